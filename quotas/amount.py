@@ -1,0 +1,126 @@
+"""`Amount`: the one number type every quota, usage and budget figure goes through.
+
+Why a type and not a float: quota values may be *unlimited*, and arithmetic with an
+unlimited operand has rules (unlimited - x stays unlimited, min(x, unlimited) = x) that raw
+`+`/`-` on floats get wrong silently (float("inf") - float("inf") is NaN). Keeping every
+quota number in `Amount` makes those rules live in one place.
+
+Invariant: a finite Amount is a non-negative-or-negative float rounded to 1e-9 (usage
+subtraction may go negative transiently, comparisons stay exact for integral GPU counts);
+UNLIMITED compares greater than every finite Amount and equals only itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Union
+
+Number = Union[int, float]
+
+_ROUND = 9
+
+
+@dataclass(frozen=True, slots=True, order=False)
+class Amount:
+    """A quota quantity, finite or unlimited. Immutable and hashable."""
+
+    value: float  # math.inf means unlimited
+
+    # -- construction -----------------------------------------------------------------
+    @staticmethod
+    def of(x: "Amount | Number | None") -> "Amount":
+        """Coerce a number (None means unlimited) into an Amount."""
+        if isinstance(x, Amount):
+            return x
+        if x is None:
+            return UNLIMITED
+        if isinstance(x, float) and math.isnan(x):
+            raise ValueError("an Amount cannot be NaN")
+        if x == math.inf:
+            return UNLIMITED
+        return Amount(round(float(x), _ROUND))
+
+    @property
+    def unlimited(self) -> bool:
+        return self.value == math.inf
+
+    # -- arithmetic (unlimited absorbs) -------------------------------------------------
+    def __add__(self, other: "Amount | Number") -> "Amount":
+        o = Amount.of(other)
+        if self.unlimited or o.unlimited:
+            return UNLIMITED
+        return Amount(round(self.value + o.value, _ROUND))
+
+    __radd__ = __add__
+
+    def __sub__(self, other: "Amount | Number") -> "Amount":
+        """unlimited - x = unlimited; x - unlimited = 0 (nothing is left of a finite pool)."""
+        o = Amount.of(other)
+        if self.unlimited:
+            return UNLIMITED
+        if o.unlimited:
+            return ZERO
+        return Amount(round(self.value - o.value, _ROUND))
+
+    def __mul__(self, k: Number) -> "Amount":
+        if self.unlimited:
+            return UNLIMITED if k > 0 else ZERO
+        return Amount(round(self.value * k, _ROUND))
+
+    __rmul__ = __mul__
+
+    def clamp0(self) -> "Amount":
+        """max(self, 0): what is left can never be negative."""
+        return self if self.unlimited or self.value >= 0 else ZERO
+
+    # -- comparison ----------------------------------------------------------------------
+    def _cmp_value(self, other: "Amount | Number") -> float:
+        return Amount.of(other).value
+
+    def __lt__(self, other: "Amount | Number") -> bool:
+        return self.value < self._cmp_value(other)
+
+    def __le__(self, other: "Amount | Number") -> bool:
+        return self.value <= self._cmp_value(other)
+
+    def __gt__(self, other: "Amount | Number") -> bool:
+        return self.value > self._cmp_value(other)
+
+    def __ge__(self, other: "Amount | Number") -> bool:
+        return self.value >= self._cmp_value(other)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Amount, int, float)):
+            return self.value == Amount.of(other).value
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    # -- presentation ----------------------------------------------------------------------
+    def to_json(self) -> float | None:
+        """JSON form: a number, or null for unlimited."""
+        return None if self.unlimited else (int(self.value) if self.value.is_integer() else self.value)
+
+    def __float__(self) -> float:
+        return self.value
+
+    def __repr__(self) -> str:
+        return "Amount(unlimited)" if self.unlimited else f"Amount({self.to_json()})"
+
+    def __str__(self) -> str:
+        return "unlimited" if self.unlimited else str(self.to_json())
+
+
+def amin(*xs: "Amount | Number") -> Amount:
+    """Minimum of Amounts (unlimited is the identity)."""
+    return Amount.of(min(Amount.of(x).value for x in xs))
+
+
+def amax(*xs: "Amount | Number") -> Amount:
+    return Amount.of(max(Amount.of(x).value for x in xs))
+
+
+ZERO = Amount(0.0)
+UNLIMITED = Amount(math.inf)

@@ -1,0 +1,270 @@
+"""The scheduler's input and output: frozen dataclasses, nothing else.
+
+This module is the contract between the pure scheduling core and everything that calls it
+(the broker's scheduling loop, the simulator, the benchmark, capacity planning). The broker
+builds a `Snapshot` from its DB and the live node inventory, calls
+`scheduler.run_cycle(snapshot, now, policy)`, and applies the `CycleResult`.
+
+Conventions:
+- times are float seconds on one clock chosen by the caller (epoch seconds in the broker,
+  trace seconds in the simulator); the core never reads a clock.
+- ids are strings; a project id and a department id never collide (the broker uses its
+  database ids / slugs, the simulator uses trace names).
+- resources per worker: `gpus` (whole devices), `cpus` (cores, may be fractional),
+  `memory_gb`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum, IntEnum
+from typing import Mapping
+
+from quotas.amount import UNLIMITED, ZERO, Amount
+
+RESOURCES: tuple[str, ...] = ("gpus", "cpus", "memory_gb")
+
+
+class WorkloadClass(str, Enum):
+    """operation = clinical production (ordered first, never preempted by innovation)."""
+
+    OPERATION = "operation"
+    INNOVATION = "innovation"
+
+    @property
+    def rank(self) -> int:
+        """Sort key: operation (0) before innovation (1)."""
+        return 0 if self is WorkloadClass.OPERATION else 1
+
+
+class NodeState(str, Enum):
+    READY = "ready"
+    UNHEALTHY = "unhealthy"  # heartbeats stopped / node lost: receives nothing
+    DRAINING = "draining"  # fatal GPU error or admin drain: running work may finish, no new work
+    CORDONED = "cordoned"  # admin: no new work
+
+    @property
+    def schedulable(self) -> bool:
+        return self is NodeState.READY
+
+
+class Outcome(IntEnum):
+    """Ordered fit outcomes: a better outcome compares greater."""
+
+    NO_FIT = 0
+    PREEMPT = 1
+    FIT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    gpus: int = 0
+    cpus: float = 0.0
+    memory_gb: float = 0.0
+
+    def get(self, name: str) -> float:
+        return getattr(self, name)
+
+    def times(self, k: int) -> "Resources":
+        return Resources(self.gpus * k, self.cpus * k, self.memory_gb * k)
+
+
+@dataclass(frozen=True, slots=True)
+class Flavor:
+    """The unit quota is counted in, like Kueue's ResourceFlavor: (pool, GPU model)."""
+
+    pool: str
+    gpu_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """A named group of nodes.
+
+    `workload_class` says whose capacity it is. An `operation` pool with
+    `lend_to_innovation=True` lets innovation jobs use idle capacity, always as preemptible
+    work that operation reclaims within one cycle.
+    """
+
+    name: str
+    workload_class: WorkloadClass
+    lend_to_innovation: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    pool: str
+    gpu_model: str  # "" for CPU-only nodes
+    capacity: Resources
+    state: NodeState = NodeState.READY
+    state_reason: str = ""
+
+    @property
+    def flavor(self) -> Flavor:
+        return Flavor(self.pool, self.gpu_model)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSpec:
+    """One tree node's quota for one flavor and resource.
+
+    Invariant (validated by quotas.tree): guaranteed <= nominal <= limit.
+    A project/department with no QuotaSpec for a flavor+resource has guaranteed 0,
+    nominal 0 and limit unlimited: it may only borrow idle capacity.
+    """
+
+    guaranteed: Amount = ZERO
+    nominal: Amount = ZERO
+    limit: Amount = UNLIMITED
+
+
+@dataclass(frozen=True, slots=True)
+class Department:
+    id: str
+    name: str = ""
+    weight: float = 1.0
+    budget_gpu_hours: Amount = UNLIMITED  # per period
+    spent_gpu_hours: float = 0.0  # finished + elapsed part of running, this period
+    # quotas[(flavor, resource)] -> QuotaSpec
+    quotas: Mapping[tuple[Flavor, str], QuotaSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    department: str
+    weight: float = 1.0
+    budget_gpu_hours: Amount = UNLIMITED
+    spent_gpu_hours: float = 0.0
+    # Decayed past GPU usage (GPU-seconds, already decayed to the snapshot time by the
+    # caller with quotas.fairshare.decay); feeds fair-share ordering.
+    decayed_usage_gpu_s: float = 0.0
+    quotas: Mapping[tuple[Flavor, str], QuotaSpec] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the scheduler sees it (pending or running)."""
+
+    id: str
+    project: str
+    workload_class: WorkloadClass = WorkloadClass.INNOVATION
+    priority: int = 0
+    submit_time: float = 0.0  # original submit; a preempted job keeps it
+    workers: int = 1
+    per_worker: Resources = Resources(gpus=1)
+    gpu_models: tuple[str, ...] = ()  # empty: any model
+    pool: str | None = None  # pin to one pool; None: any pool its class may use
+    max_runtime_s: float = 3600.0
+
+    @property
+    def total(self) -> Resources:
+        return self.per_worker.times(self.workers)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one worker of a gang runs."""
+
+    rank: int
+    node: str
+    gpu_indices: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A job that holds resources now (admitted, starting or running)."""
+
+    job: Job
+    placements: tuple[Placement, ...]
+    start_time: float
+    flavor: Flavor
+    # True when admitted on borrowed / lent capacity (above the project's nominal, or
+    # innovation work on an operation pool): such work may be preempted to reclaim it.
+    borrowing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    nodes: tuple[Node, ...]
+    pools: tuple[Pool, ...]
+    departments: tuple[Department, ...]
+    projects: tuple[Project, ...]
+    running: tuple[Running, ...] = ()
+    pending: tuple[Job, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What a cycle may do. Presets in `POLICIES`."""
+
+    name: str = "fair-backfill-preempt"
+    strict_fifo: bool = False  # arrival order, head-of-line blocking, no quota/backfill/preemption
+    fair_share: bool = True
+    backfill: bool = True
+    preemption: bool = True
+    priority_preemption: bool = False  # within a project, higher priority preempts lower
+    fair_share_half_life_s: float = 7 * 24 * 3600.0
+    max_admissions: int | None = None  # cap per cycle (None: unbounded)
+
+
+POLICIES: Mapping[str, Policy] = {
+    "fifo": Policy(name="fifo", strict_fifo=True, fair_share=False, backfill=False, preemption=False),
+    "fair": Policy(name="fair", backfill=False, preemption=False),
+    "fair-backfill": Policy(name="fair-backfill", preemption=False),
+    "fair-backfill-preempt": Policy(name="fair-backfill-preempt"),
+}
+
+
+class ReasonCode(str, Enum):
+    QUOTA_LIMIT = "QUOTA_LIMIT"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    NO_CAPACITY = "NO_CAPACITY"
+    FRAGMENTED = "FRAGMENTED"
+    GPU_MODEL_UNAVAILABLE = "GPU_MODEL_UNAVAILABLE"
+    WAITING_FOR_HIGHER_PRIORITY = "WAITING_FOR_HIGHER_PRIORITY"
+    BACKFILL_RESERVATION = "BACKFILL_RESERVATION"
+    PREEMPTING = "PREEMPTING"  # victims were chosen; starts once they have stopped
+    NEVER_FITS = "NEVER_FITS"  # no node of its pools could ever hold one worker
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReason:
+    code: ReasonCode
+    message: str  # one sentence a clinician-researcher understands
+    details: Mapping[str, object] = field(default_factory=dict)  # requested, free, limit, ...
+    queue_position: int | None = None  # 1-based within the cycle's order
+    estimated_start: float | None = None  # on the caller's clock
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    job_id: str
+    flavor: Flavor
+    placements: tuple[Placement, ...]
+    borrowing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Preemption:
+    job_id: str  # the victim
+    for_job_id: str  # the job it makes room for
+    code: str  # RECLAIM_OPERATION | RECLAIM_NOMINAL | PRIORITY
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class CycleStats:
+    pending_considered: int = 0
+    admitted: int = 0
+    preempted: int = 0
+    still_pending: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    admissions: tuple[Admission, ...] = ()
+    preemptions: tuple[Preemption, ...] = ()
+    pending: Mapping[str, PendingReason] = field(default_factory=dict)
+    stats: CycleStats = CycleStats()
