@@ -207,6 +207,9 @@ class Policy:
     priority_preemption: bool = False  # within a project, higher priority preempts lower
     fair_share_half_life_s: float = 7 * 24 * 3600.0
     max_admissions: int | None = None  # cap per cycle (None: unbounded)
+    # explain=False skips messages, details and estimated starts for jobs that stay pending
+    # (their code is still set): the simulator and benchmarks at scale use it.
+    explain: bool = True
 
 
 POLICIES: Mapping[str, Policy] = {
