@@ -1,0 +1,106 @@
+"""Engine and session factories: SQLite (default, WAL) and PostgreSQL (psycopg 3).
+
+Why a factory and no module-level engine: nothing opens a database at import time; the app,
+the CLI and each test build their own engine from a `Settings`.
+
+SQLite: WAL journal, `foreign_keys=ON`, `busy_timeout` so concurrent writers wait instead of
+failing, `synchronous=NORMAL` (durable across process crashes in WAL mode; the broker is
+one process). PostgreSQL: `postgresql://` URLs are rewritten to `postgresql+psycopg://`.
+A `?options=-csearch_path%3D<schema>` query is passed through to libpq (tests use it to get a
+private schema).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
+from sqlmodel import Session, create_engine
+
+from broker.settings import Settings
+
+
+def normalize_url(url: str) -> str:
+    """Pick psycopg 3 for PostgreSQL URLs that name no driver."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
+    """Build the engine the settings describe (creating the SQLite file's folder)."""
+    url = normalize_url(settings.database_url)
+    if url.startswith("sqlite"):
+        db = make_url(url).database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=NullPool if db in (None, "", ":memory:") else None,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    size = pool_size or settings.db_pool_size
+    return create_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def session_factory(engine: Engine):
+    """Return a zero-argument callable that opens a Session (expire_on_commit off: rows are
+    read after commit to build responses)."""
+
+    def _open() -> Session:
+        return Session(engine, expire_on_commit=False)
+
+    return _open
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One session, one transaction: commit on success, roll back on any exception."""
+    with Session(engine, expire_on_commit=False) as s:
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+
+
+def alembic_config(settings: Settings, connection=None):
+    """An Alembic Config pointing at broker/migrations (no alembic.ini on disk)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", normalize_url(settings.database_url).replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def migrate(settings: Settings, engine: Engine | None = None, revision: str = "head") -> None:
+    """Bring the schema to `revision` (what `broker up` and the tests call). Idempotent."""
+    from alembic import command
+
+    own = engine is None
+    eng = engine or make_engine(settings)
+    try:
+        with eng.begin() as conn:
+            command.upgrade(alembic_config(settings, conn), revision)
+    finally:
+        if own:
+            eng.dispose()

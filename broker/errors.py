@@ -1,0 +1,122 @@
+"""One error hierarchy, mapped to HTTP in one place (`install_handlers`).
+
+Services raise `BrokerError` subclasses with a machine-readable `code`, a human `message`
+and optional `details`; they never raise `HTTPException`. Every error response has the shape
+`{"error": {"code": ..., "message": ..., "details": ...}}` and never carries a traceback: the
+catch-all handler logs the exception server-side and answers a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("broker.errors")
+
+
+class BrokerError(Exception):
+    status: int = 400
+    code: str = "BAD_REQUEST"
+
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None,
+                 status: int | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.details = details if details is not None else {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+
+class NotFound(BrokerError):
+    status, code = 404, "NOT_FOUND"
+
+
+class Conflict(BrokerError):
+    status, code = 409, "CONFLICT"
+
+
+class Invalid(BrokerError):
+    status, code = 422, "INVALID"
+
+
+class Unauthorized(BrokerError):
+    status, code = 401, "UNAUTHORIZED"
+
+
+class Forbidden(BrokerError):
+    status, code = 403, "FORBIDDEN"
+
+
+class PreconditionFailed(BrokerError):
+    status, code = 412, "PRECONDITION_FAILED"
+
+
+class PayloadTooLarge(BrokerError):
+    status, code = 413, "PAYLOAD_TOO_LARGE"
+
+
+class RateLimited(BrokerError):
+    status, code = 429, "RATE_LIMITED"
+
+
+class Unavailable(BrokerError):
+    status, code = 503, "UNAVAILABLE"
+
+
+class InvalidTransition(Conflict):
+    """A job state change the state machine forbids (e.g. out of a terminal state)."""
+
+    code = "INVALID_TRANSITION"
+
+
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Turn pydantic's error list into one readable sentence plus per-field details."""
+    fields = []
+    for e in errors:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
+        where = ".".join(loc) or "body"
+        msg = str(e.get("msg", "invalid"))
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown or server-owned field; remove it"
+        elif e.get("type") == "missing":
+            msg = "field required"
+        fields.append({"field": where, "message": msg, "type": e.get("type", "")})
+    text = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:10])
+    if len(fields) > 10:
+        text += f"; and {len(fields) - 10} more"
+    return "invalid request: " + text, fields
+
+
+def install_handlers(app) -> None:
+    """Map BrokerError, validation errors and anything unexpected to JSON responses."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import ORJSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(BrokerError)
+    async def _broker(_request, exc: BrokerError):
+        return ORJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request, exc: RequestValidationError):
+        message, fields = validation_message(list(exc.errors()))
+        body = {"error": {"code": "VALIDATION_ERROR", "message": message, "details": {"fields": fields}}}
+        return ORJSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request, exc: StarletteHTTPException):
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED"}.get(exc.status_code, "HTTP_ERROR")
+        body = {"error": {"code": code, "message": str(exc.detail), "details": {}}}
+        return ORJSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request, exc: Exception):
+        log.exception("unhandled error", exc_info=exc)
+        body = {"error": {"code": "INTERNAL", "message": "internal error; see the broker log", "details": {}}}
+        return ORJSONResponse(body, status_code=500)

@@ -1,0 +1,182 @@
+"""The one job state machine, applied with compare-and-set.
+
+    PENDING -> ADMITTED -> STARTING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED
+    ADMITTED | STARTING | RUNNING -> PREEMPTED | LOST      (workers being stopped / vanished)
+    PREEMPTED | LOST -> PENDING (a new attempt, while max_retries allows) | FAILED
+    any non-terminal -> CANCELLED;  PENDING -> FAILED (refused for good)
+
+Why compare-and-set: the scheduling loop, the reconciler, the API (cancel) and a second
+broker may all act on one job. Every change is `UPDATE jobs SET ..., version = version + 1
+WHERE id = :id AND version = :v`; a writer that read an older version loses the race
+(`transition` returns False) and must re-read. The JobEvent is written in the same
+transaction, so the event log never disagrees with the row.
+
+Invariants: terminal states are final (`InvalidTransition`, a real exception, never an
+assert); `version` grows by exactly one per state change; `attempt` grows by one each time a
+job goes back to PENDING; the Attempt row of the current attempt follows the job's status.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from broker.errors import InvalidTransition
+from broker.models import HOLDING, TERMINAL, Attempt, Job, JobEvent, JobStatus
+
+S = JobStatus
+
+ALLOWED: Mapping[JobStatus, frozenset[JobStatus]] = {
+    S.PENDING: frozenset({S.ADMITTED, S.CANCELLED, S.FAILED}),
+    S.ADMITTED: frozenset({S.STARTING, S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PREEMPTED, S.LOST}),
+    S.STARTING: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PREEMPTED, S.LOST}),
+    S.RUNNING: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PREEMPTED, S.LOST}),
+    S.PREEMPTED: frozenset({S.PENDING, S.FAILED, S.CANCELLED}),
+    S.LOST: frozenset({S.PENDING, S.FAILED, S.CANCELLED}),
+    S.SUCCEEDED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+
+# Job columns a transition may set besides status/version (server-owned fields only).
+_SETTABLE = frozenset({
+    "attempt", "admitted_at", "started_at", "finished_at", "exit_code", "message",
+    "pending_code", "pending_message", "pending_details", "queue_position", "estimated_start",
+    "borrowing", "flavor_pool", "flavor_gpu_model", "cancel_requested_at",
+})
+
+
+def can_transition(frm: JobStatus | str, to: JobStatus | str) -> bool:
+    return S(to) in ALLOWED[S(frm)]
+
+
+def check_transition(frm: JobStatus | str, to: JobStatus | str) -> None:
+    """Raise InvalidTransition unless frm -> to is an edge of the machine."""
+    f, t = S(frm), S(to)
+    if t not in ALLOWED[f]:
+        why = "it is terminal" if f in TERMINAL else f"allowed: {sorted(s.value for s in ALLOWED[f])}"
+        raise InvalidTransition(
+            f"job cannot go from {f.value} to {t.value}: {why}",
+            details={"from": f.value, "to": t.value},
+        )
+
+
+def transition(
+    session: Session,
+    job: Job,
+    to: JobStatus | str,
+    *,
+    expected_version: int,
+    now: float | None = None,
+    message: str = "",
+    event_details: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> bool:
+    """Move `job` to `to` if its row still has `expected_version`; write the JobEvent.
+
+    Returns False (and changes nothing) when another writer got there first. On success the
+    in-memory `job` reflects the new row (without being marked dirty). Timestamps follow the
+    target unless given: ADMITTED sets admitted_at, RUNNING started_at, terminal finished_at;
+    PENDING (requeue) bumps `attempt` and clears the admission fields. The caller commits.
+    """
+    frm, to = S(job.status), S(to)
+    check_transition(frm, to)
+    bad = set(fields) - _SETTABLE
+    if bad:
+        raise ValueError(f"transition cannot set {sorted(bad)}")
+    t = time.time() if now is None else now
+    values: dict[str, Any] = dict(fields)
+    if to is S.ADMITTED:
+        values.setdefault("admitted_at", t)
+        values.setdefault("pending_code", None)
+        values.setdefault("pending_message", "")
+        values.setdefault("pending_details", {})
+        values.setdefault("queue_position", None)
+        values.setdefault("estimated_start", None)
+    elif to is S.RUNNING:
+        values.setdefault("started_at", t)
+    elif to in TERMINAL:
+        values.setdefault("finished_at", t)
+    elif to is S.PENDING:
+        values.setdefault("attempt", job.attempt + 1)
+        for k in ("admitted_at", "started_at", "flavor_pool", "flavor_gpu_model"):
+            values.setdefault(k, None)
+        values.setdefault("borrowing", False)
+    if message:
+        values.setdefault("message", message)
+
+    res = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.version == expected_version)
+        .values(status=to.value, version=Job.version + 1, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        return False
+
+    _follow_attempt(session, job, frm, to, t, values, message)
+    session.add(JobEvent(
+        job_id=job.id, ts=t, kind="transition", from_status=frm.value, to_status=to.value,
+        attempt=job.attempt, message=message, details=dict(event_details or {}),
+    ))
+    for k, v in {"status": to.value, "version": expected_version + 1, **values}.items():
+        set_committed_value(job, k, v)
+    return True
+
+
+def requeue_or_fail(
+    session: Session, job: Job, *, expected_version: int, now: float | None = None, message: str = ""
+) -> JobStatus | None:
+    """PREEMPTED/LOST -> PENDING as a new attempt while retries remain, else FAILED.
+
+    Retries used = attempt - 1; a job may be retried while that is below `max_retries`.
+    Returns the new status, or None on a lost race.
+    """
+    if job.attempt - 1 < job.max_retries:
+        to = S.PENDING
+        msg = message or f"requeued as attempt {job.attempt + 1} after {job.status}"
+    else:
+        to = S.FAILED
+        msg = message or f"{job.status} and no retries left (max_retries={job.max_retries})"
+    ok = transition(session, job, to, expected_version=expected_version, now=now, message=msg)
+    return to if ok else None
+
+
+def record_event(session: Session, job_id: str, kind: str, *, message: str = "",
+                 details: Mapping[str, Any] | None = None, attempt: int | None = None,
+                 now: float | None = None) -> None:
+    """An event that is not a status change (cancel requested, pending reason changed...)."""
+    session.add(JobEvent(job_id=job_id, ts=time.time() if now is None else now, kind=kind,
+                         attempt=attempt, message=message, details=dict(details or {})))
+
+
+def _follow_attempt(session: Session, job: Job, frm: JobStatus, to: JobStatus, t: float,
+                    values: Mapping[str, Any], message: str) -> None:
+    """Keep the current attempt's row in step: created at admission, closed when it ends."""
+    if to is S.ADMITTED:
+        session.merge(Attempt(job_id=job.id, number=job.attempt, status=to.value, admitted_at=t))
+        return
+    if frm not in HOLDING:
+        return  # PENDING -> CANCELLED/FAILED: no attempt ran
+    att = session.get(Attempt, (job.id, job.attempt))
+    if att is None:
+        return
+    if frm in (S.PREEMPTED, S.LOST):
+        # The attempt ended as preempted/lost; the job moves on (requeue, fail, cancel).
+        if att.ended_at is None:
+            att.ended_at = t
+    else:
+        att.status = to.value
+        if to is S.RUNNING and att.started_at is None:
+            att.started_at = values.get("started_at", t)
+        if to in TERMINAL and att.ended_at is None:
+            att.ended_at = t
+        if "exit_code" in values:
+            att.exit_code = values["exit_code"]
+        if message:
+            att.reason = message
+    session.add(att)

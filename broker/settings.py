@@ -1,0 +1,76 @@
+"""The broker's one typed settings object (pydantic-settings, prefix ``BROKER_``).
+
+Why one object: every knob lives in one place, is validated once, and is passed down
+explicitly. Nothing in the broker reads the environment at import time; `Settings()` is
+built in `create_app()` / `main()` (or by a test) and handed to whatever needs it.
+
+Invariant: `database_url` is always set after construction; when not given it is the SQLite
+file `<data_dir>/broker.db`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BROKER_", extra="ignore")
+
+    data_dir: Path = Path(".broker")
+    database_url: str = ""  # "" -> sqlite:///<data_dir>/broker.db
+    ray_address: str | None = None  # None: start a local Ray head
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    cycle_interval_s: float = 1.0
+    reconcile_interval_s: float = 5.0
+    grace_period_s: float = 30.0
+    heartbeat_timeout_s: float = 60.0
+    starting_timeout_s: float = 120.0  # a job stuck in STARTING longer than this is repaired
+
+    allow_process_runtime: bool = False
+    max_body_bytes: int = 256 * 1024
+    page_size_default: int = 100
+    page_size_max: int = 500
+    max_command_args: int = 256
+    max_command_chars: int = 16 * 1024
+    max_env_vars: int = 128
+    max_env_value_chars: int = 8 * 1024
+
+    token_cache_ttl_s: float = 30.0
+    idempotency_ttl_s: float = 24 * 3600.0
+
+    # Group commit (submit hot path): how many jobs one transaction may carry and how long
+    # the writer waits for more once the first arrives (0: commit what is there at once).
+    submit_batch_max: int = 256
+    submit_batch_wait_s: float = 0.0
+    db_pool_size: int = 10
+
+    default_max_runtime_s: float = 24 * 3600.0
+    seed_demo: bool = True
+
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _default_db(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{Path(self.data_dir) / 'broker.db'}"
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def ensure_data_dir(self) -> Path:
+        """Create the data dir (mode 0700: it holds the admin token) and return it."""
+        p = Path(self.data_dir)
+        p.mkdir(parents=True, exist_ok=True)
+        try:
+            p.chmod(0o700)
+        except OSError:
+            pass
+        return p
