@@ -55,7 +55,7 @@ class TokenKind(str, enum.Enum):
 _KIND_TAG = {TokenKind.USER: "cbk", TokenKind.AGENT: "cba"}
 _TAG_KIND = {v: k for k, v in _KIND_TAG.items()}
 # tag _ id _ secret; the secret is urlsafe base64 without padding (may contain '_' and '-').
-_TOKEN_RE = re.compile(r"^(cbk|cba)_([a-z2-7]{8})_([A-Za-z0-9_-]{43,86})$")
+_TOKEN_RE = re.compile(r"(cbk|cba)_([a-z2-7]{8})_([A-Za-z0-9_-]{43,86})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,7 @@ def parse_token(raw: str | None) -> ParsedToken | None:
     """
     if not raw or len(raw) > MAX_TOKEN_CHARS:
         return None
-    m = _TOKEN_RE.match(raw)
+    m = _TOKEN_RE.fullmatch(raw)
     if m is None:
         return None
     tag, ident, _ = m.groups()
