@@ -1,0 +1,77 @@
+"""Pending reasons: one code, the numbers behind it, one plain sentence.
+
+Why a module of its own: the wording is read by clinician-researchers ("why is my job not
+running?"), so it lives in one place and every code has exactly one sentence template.
+With `Policy.explain=False` the cycle calls `bare` instead and builds no strings.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from scheduler.model import PendingReason, ReasonCode
+
+_BARE: dict[ReasonCode, PendingReason] = {c: PendingReason(c, "") for c in ReasonCode}
+
+
+def bare(code: ReasonCode, position: int | None = None) -> PendingReason:
+    """A reason with only its code (explain=False): shared instances, no allocation."""
+    if position is None:
+        return _BARE[code]
+    return PendingReason(code, "", queue_position=position)
+
+
+def _n(x: object) -> str:
+    if isinstance(x, float):
+        if x == float("inf"):
+            return "unlimited"
+        return str(int(x)) if x.is_integer() else f"{x:.1f}"
+    return str(x)
+
+
+def message(code: ReasonCode, d: Mapping[str, object]) -> str:
+    """One sentence for a code, filled from the details."""
+    unit = d.get("resource", "GPUs")
+    if code is ReasonCode.QUOTA_LIMIT:
+        if d.get("level") == "borrow":
+            return (f"Project {d.get('project')} already uses {_n(d.get('in_use'))} of its {_n(d.get('nominal'))} "
+                    f"nominal {unit} and only {_n(d.get('available'))} idle {unit} can be borrowed, "
+                    f"but the job needs {_n(d.get('requested'))}.")
+        if d.get("level") == "reserved":
+            return (f"The job needs {_n(d.get('requested'))} {unit}, but the idle capacity is held for other "
+                    f"projects' guarantees ({_n(d.get('available'))} {unit} may be used).")
+        who = "department" if d.get("level") == "department" else "project"
+        return (f"The {who} {d.get('owner')} uses {_n(d.get('in_use'))} of its limit of {_n(d.get('limit'))} "
+                f"{unit}, and this job needs {_n(d.get('requested'))} more.")
+    if code is ReasonCode.BUDGET_EXHAUSTED:
+        return (f"The GPU-hour budget of {d.get('owner')} has {_n(d.get('left'))} of {_n(d.get('budget'))} "
+                f"GPU-hours left (running jobs reserve their maximum runtime), and this job needs "
+                f"{_n(d.get('requested'))}.")
+    if code is ReasonCode.NO_CAPACITY:
+        return (f"The job needs {_n(d.get('requested'))} GPUs but only {_n(d.get('free'))} are free on "
+                f"healthy nodes it may use ({_n(d.get('in_use'))} in use).")
+    if code is ReasonCode.FRAGMENTED:
+        return (f"{_n(d.get('free'))} GPUs are free in total, but no node has {_n(d.get('per_worker'))} "
+                f"free GPUs together for one worker of this job.")
+    if code is ReasonCode.GPU_MODEL_UNAVAILABLE:
+        return (f"No healthy node with the requested GPU model ({', '.join(d.get('gpu_models', ()))}) "
+                f"is available in the pools this job may use.")
+    if code is ReasonCode.WAITING_FOR_HIGHER_PRIORITY:
+        return (f"The job is number {d.get('queue_position')} in the queue and waits for the jobs "
+                f"ahead of it to start first.")
+    if code is ReasonCode.BACKFILL_RESERVATION:
+        return ("The job would fit now, but starting it would delay a larger job ahead of it that "
+                "has the next free capacity reserved.")
+    if code is ReasonCode.PREEMPTING:
+        return (f"{_n(d.get('victims'))} job(s) are being stopped to make room for this job; it starts "
+                f"once they have stopped.")
+    if code is ReasonCode.NEVER_FITS:
+        return (f"The job asks for {_n(d.get('per_worker'))} GPUs per worker, but no node in the pools "
+                f"it may use has that many ({_n(d.get('largest_node'))} at most), so it can never start.")
+    return str(code.value)
+
+
+def explained(code: ReasonCode, details: dict[str, object], position: int | None,
+              estimated_start: float | None = None) -> PendingReason:
+    details["queue_position"] = position
+    return PendingReason(code, message(code, details), details, position, estimated_start)
