@@ -96,7 +96,7 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
 def install_handlers(app) -> None:
     """Map BrokerError, validation errors and anything unexpected to JSON responses."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import ORJSONResponse
+    from broker.api.json import JSON as ORJSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(BrokerError)

@@ -180,3 +180,39 @@ def _follow_attempt(session: Session, job: Job, frm: JobStatus, to: JobStatus, t
         if message:
             att.reason = message
     session.add(att)
+
+
+def update_fields(session: Session, job: Job, *, expected_version: int, event_kind: str = "",
+                  message: str = "", now: float | None = None, **fields: Any) -> bool:
+    """Compare-and-set a non-status change (e.g. `cancel_requested_at`), bumping `version`.
+
+    Returns False on a lost race. Writes a JobEvent of `event_kind` when given.
+    """
+    bad = set(fields) - _SETTABLE
+    if bad:
+        raise ValueError(f"update_fields cannot set {sorted(bad)}")
+    res = session.execute(
+        update(Job).where(Job.id == job.id, Job.version == expected_version)
+        .values(version=Job.version + 1, **fields).execution_options(synchronize_session=False)
+    )
+    if res.rowcount != 1:
+        return False
+    if event_kind:
+        record_event(session, job.id, event_kind, message=message, attempt=job.attempt, now=now)
+    for k, v in {"version": expected_version + 1, **fields}.items():
+        set_committed_value(job, k, v)
+    return True
+
+
+def set_pending_reason(session: Session, job_id: str, *, code: str | None, message: str = "",
+                       details: Mapping[str, Any] | None = None, queue_position: int | None = None,
+                       estimated_start: float | None = None) -> bool:
+    """Record why a PENDING job waits. Informational: no version bump (so it never makes a
+    concurrent cancel or admission lose its compare-and-set), and only while still PENDING."""
+    res = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == S.PENDING.value)
+        .values(pending_code=code, pending_message=message, pending_details=dict(details or {}),
+                queue_position=queue_position, estimated_start=estimated_start)
+        .execution_options(synchronize_session=False)
+    )
+    return res.rowcount == 1

@@ -1,0 +1,15 @@
+"""`JSON`: a response rendered with orjson (fast, handles the plain dicts the services return)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)

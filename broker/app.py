@@ -1,0 +1,67 @@
+"""`create_app()`: build the FastAPI app and wire settings, DB, services and the executor.
+
+Nothing here runs at import time. `start_background=False` gives an app without periodic
+tasks (API tests); the group-commit writer always runs (it is part of the submit path).
+
+app.state carries: settings, engine, auth (TokenAuth), jobs (JobService), logs (LogService),
+catalog (CatalogService), executor (or None), and two optional hooks set by the scheduling
+loop: `on_submit()` (wake up after a committed submit) and `on_cancel()` (after a cancel
+request on a running job; falls back to on_submit).
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from broker.api.json import JSON
+
+from broker.api import catalog as catalog_routes
+from broker.api import jobs as job_routes
+from broker.api.limits import BodyLimit
+from broker.db import make_engine
+from broker.errors import install_handlers
+from broker.services.auth import TokenAuth
+from broker.services.catalog import CatalogService
+from broker.services.jobs import JobService
+from broker.services.logs import LogService
+from broker.settings import Settings
+
+
+def create_app(settings: Settings | None = None, executor=None, start_background: bool = True,
+               engine=None) -> FastAPI:
+    settings = settings or Settings()
+    own_engine = engine is None
+    engine = engine or make_engine(settings)
+    jobs = JobService(settings, engine, executor=executor)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await jobs.writer.start()
+        # ---- background tasks (scheduling loop, reconciler, telemetry) start here ----
+        # The lead wires broker.tasks in this block when start_background is True.
+        try:
+            yield
+        finally:
+            await jobs.writer.stop()
+            if own_engine:
+                engine.dispose()
+
+    app = FastAPI(title="Compute Broker", version="0.1.0", lifespan=lifespan,
+                  default_response_class=JSON,
+                  description="Queue, quotas, fair share and preemption for GPU jobs on Ray.")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.executor = executor
+    app.state.start_background = start_background
+    app.state.auth = TokenAuth(engine, ttl_s=settings.token_cache_ttl_s)
+    app.state.jobs = jobs
+    app.state.logs = LogService(jobs)
+    app.state.catalog = CatalogService(engine)
+    app.state.on_submit = None
+    app.state.on_cancel = None
+    install_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(job_routes.router)
+    app.include_router(catalog_routes.router)
+    return app

@@ -1,0 +1,1 @@
+"""Queries only: no transactions are opened or committed here (services own them)."""

@@ -1,0 +1,261 @@
+"""API shapes: one family per resource (Create for input, Public for output).
+
+Input models forbid unknown fields (`extra="forbid"`): a body that names a server-owned field
+(status, node, gpu ids, attempt...) or a typo is refused with 422 instead of being silently
+ignored. Limits on command and env are part of the schema so that OpenAPI documents them.
+
+Output models describe what the routes return; the hot submit path builds the same shape as
+a plain dict (`broker.services.views`) and tests check it validates against `JobPublic`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_COMMAND_ARGS = 256
+MAX_ARG_CHARS = 4096
+MAX_COMMAND_CHARS = 16 * 1024
+MAX_ENV_VARS = 128
+MAX_ENV_VALUE_CHARS = 8 * 1024
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Set by the runner for every worker: a job may not override them.
+RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK",
+                          "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "BROKER_JOB_ID", "BROKER_ATTEMPT"})
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
+IMAGE = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$"
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False)
+
+
+class ResourcesIn(_In):
+    gpus: int = Field(0, ge=0, le=64, description="whole GPUs per worker")
+    cpus: float = Field(1.0, gt=0, le=1024, description="CPU cores per worker")
+    memory_gb: float = Field(1.0, gt=0, le=16384, description="memory per worker, GiB")
+    gpu_model: Optional[str | list[str]] = Field(
+        None, description="a GPU model (or a list of acceptable ones); omit for any")
+
+    @field_validator("gpu_model")
+    @classmethod
+    def _models(cls, v):
+        if v is None:
+            return v
+        items = [v] if isinstance(v, str) else v
+        if not items or len(items) > 16 or any(not (0 < len(m) <= 128) for m in items):
+            raise ValueError("gpu_model must be a non-empty name or a list of 1..16 names")
+        return v
+
+    def models(self) -> list[str]:
+        if self.gpu_model is None:
+            return []
+        return [self.gpu_model] if isinstance(self.gpu_model, str) else list(self.gpu_model)
+
+
+class JobCreate(_In):
+    """POST /api/v1/jobs."""
+
+    name: str = Field(pattern=NAME, description="a short name; letters, digits, . _ -")
+    project: str = Field(pattern=SLUG, description="project id, e.g. ouh-liver")
+    workload_class: Literal["operation", "innovation"] = Field("innovation", alias="class")
+    image: str = Field("", max_length=512, description="container image; required for runtime container")
+    command: list[str] = Field(min_length=1, max_length=MAX_COMMAND_ARGS)
+    env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_VARS)
+    resources: ResourcesIn = Field(default_factory=ResourcesIn)
+    workers: int = Field(1, ge=1, le=256, description="gang size: all start or none")
+    max_runtime_s: float = Field(3600.0, gt=0, le=30 * 24 * 3600)
+    priority: int = Field(0, ge=-1000, le=1000)
+    runtime: Literal["container", "process"] = "container"
+    max_retries: int = Field(3, ge=0, le=100, description="requeues after preemption or node loss")
+    pool: Optional[str] = Field(None, pattern=SLUG, description="pin to one pool; omit to let the class decide")
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: list[str]) -> list[str]:
+        if not v[0].strip():
+            raise ValueError("command[0] (the program) must not be empty")
+        for i, a in enumerate(v):
+            if len(a) > MAX_ARG_CHARS:
+                raise ValueError(f"command[{i}] is longer than {MAX_ARG_CHARS} characters")
+            if "\x00" in a:
+                raise ValueError(f"command[{i}] contains a NUL byte")
+        total = sum(len(a) for a in v)
+        if total > MAX_COMMAND_CHARS:
+            raise ValueError(f"command is {total} characters long; the limit is {MAX_COMMAND_CHARS}")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not ENV_NAME.match(k):
+                raise ValueError(f"env name {k[:64]!r} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*)")
+            if k in RESERVED_ENV:
+                raise ValueError(f"env {k} is set by the broker for each worker and cannot be given")
+            if len(val) > MAX_ENV_VALUE_CHARS or "\x00" in val:
+                raise ValueError(f"env {k} value is too long or contains a NUL byte")
+        return v
+
+    @model_validator(mode="after")
+    def _image(self) -> "JobCreate":
+        if self.runtime == "container":
+            if not self.image:
+                raise ValueError("image is required for runtime 'container'")
+            if not re.match(IMAGE, self.image):
+                raise ValueError("image is not a valid image reference")
+        return self
+
+
+class PendingReasonPublic(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ResourcesPublic(BaseModel):
+    gpus: int
+    cpus: float
+    memory_gb: float
+    gpu_model: Optional[list[str]] = None
+
+
+class FlavorPublic(BaseModel):
+    pool: Optional[str] = None
+    gpu_model: Optional[str] = None
+
+
+class AttemptPublic(BaseModel):
+    number: int
+    status: str
+    admitted_at: Optional[float] = None
+    started_at: Optional[float] = None
+    ended_at: Optional[float] = None
+    exit_code: Optional[int] = None
+    reason: str = ""
+
+
+class PlacementPublic(BaseModel):
+    attempt: int
+    rank: int
+    node: str
+    gpu_indices: list[int] = []
+    cuda_visible_devices: str = ""
+
+
+class JobPublic(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    name: str
+    project: str
+    workload_class: str = Field(alias="class")
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    resources: ResourcesPublic
+    workers: int
+    max_runtime_s: float
+    priority: int
+    runtime: str
+    max_retries: int
+    pool: Optional[str] = None
+    status: str
+    attempt: int
+    version: int
+    pending_reason: Optional[PendingReasonPublic] = None
+    queue_position: Optional[int] = None
+    estimated_start: Optional[float] = None
+    submit_time: float
+    created_at: float
+    admitted_at: Optional[float] = None
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    cancel_requested_at: Optional[float] = None
+    exit_code: Optional[int] = None
+    message: str = ""
+    borrowing: bool = False
+    flavor: Optional[FlavorPublic] = None
+    attempts: list[AttemptPublic] = []
+    placements: list[PlacementPublic] = []
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: Optional[str] = None
+
+
+class JobEventPublic(BaseModel):
+    id: int
+    ts: float
+    kind: str
+    from_status: Optional[str] = None
+    to_status: Optional[str] = None
+    attempt: Optional[int] = None
+    message: str = ""
+    details: dict[str, Any] = {}
+
+
+class JobEventList(BaseModel):
+    items: list[JobEventPublic]
+
+
+class ProjectPublic(BaseModel):
+    id: str
+    name: str
+    department: str
+    department_name: str = ""
+    weight: float
+    budget_gpu_hours: Optional[float] = None
+
+
+class NodePublic(BaseModel):
+    id: str
+    hostname: str
+    pool: str
+    gpu_model: str
+    gpus: int
+    cpus: float
+    memory_gb: float
+    state: str
+    state_reason: str = ""
+    last_heartbeat: Optional[float] = None
+    labels: dict[str, str] = {}
+
+
+class PoolPublic(BaseModel):
+    name: str
+    workload_class: str = Field(alias="class")
+    lend_to_innovation: bool
+    description: str = ""
+    nodes: int = 0
+    gpus: int = 0
+    cpus: float = 0.0
+    memory_gb: float = 0.0
+    gpu_models: list[str] = []
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class Items(BaseModel):
+    """Generic list envelope for the catalog endpoints."""
+
+    items: list[Any]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = {}

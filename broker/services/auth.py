@@ -1,0 +1,103 @@
+"""Bearer-token authentication with a small in-process TTL cache.
+
+Tokens are stored as sha256 of the full token (see `broker.security.tokens`); a request's
+token is parsed (syntax only), looked up by its visible prefix, compared in constant time,
+and checked for expiry and revocation. A positive result is cached for `ttl_s` keyed by the
+token's hash so the hot path costs one sha256 and one dict lookup; expiry is re-checked on
+every hit. Revocation through this process calls `forget()`; another process's revocation
+is seen within `ttl_s`. Failures are never cached (a flood of bad tokens cannot grow memory).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from broker.errors import Unauthorized
+from broker.models import ApiToken
+from broker.repo import catalog
+from broker.security.tokens import bearer_token, hash_token, parse_token, verify_token_hash
+
+_MAX_CACHED = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling. Roles and scopes are enforced by the authorization layer (issue 4)."""
+
+    token_id: str
+    kind: str  # "user" | "agent"
+    role: str
+    name: str = ""
+    project_id: str | None = None
+    department_id: str | None = None
+    node_id: str | None = None
+    expires_at: float | None = None
+
+
+def _unauthorized(msg: str = "a valid bearer token is required") -> Unauthorized:
+    return Unauthorized(msg, code="UNAUTHORIZED", headers={"WWW-Authenticate": "Bearer"})
+
+
+class TokenAuth:
+    def __init__(self, engine: Engine, *, ttl_s: float = 30.0, clock: Callable[[], float] = time.time):
+        self._engine, self._ttl, self._clock = engine, ttl_s, clock
+        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def cached(self, authorization: str | None) -> Principal | None:
+        """The principal if this token was verified within ttl_s and is still unexpired; no I/O."""
+        raw = bearer_token(authorization)
+        if raw is None:
+            return None
+        hit = self._cache.get(hash_token(raw))
+        if hit is None:
+            return None
+        p, until = hit
+        now = self._clock()
+        if now >= until or (p.expires_at is not None and now >= p.expires_at):
+            return None
+        return p
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """Verify against the DB (cache miss path). Raises Unauthorized (401)."""
+        p = self.cached(authorization)
+        if p is not None:
+            return p
+        raw = bearer_token(authorization)
+        parsed = parse_token(raw)
+        if parsed is None:
+            raise _unauthorized()
+        with Session(self._engine) as s:
+            row = catalog.token_by_prefix(s, parsed.prefix)
+        now = self._clock()
+        if row is None or not verify_token_hash(parsed.plaintext, row.hash):
+            raise _unauthorized()
+        if row.revoked_at is not None and row.revoked_at <= now:
+            raise _unauthorized("token revoked")
+        if row.expires_at is not None and now >= row.expires_at:
+            raise _unauthorized("token expired")
+        p = principal_of(row)
+        with self._lock:
+            if len(self._cache) >= _MAX_CACHED:
+                self._cache.clear()
+            self._cache[row.hash] = (p, now + self._ttl)
+        return p
+
+    def forget(self, token_hash: str | None = None) -> None:
+        """Drop one cached token (after revocation) or all of them."""
+        with self._lock:
+            if token_hash is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(token_hash, None)
+
+
+def principal_of(row: ApiToken) -> Principal:
+    return Principal(token_id=row.id, kind=row.kind, role=row.role, name=row.name, project_id=row.project_id,
+                     department_id=row.department_id, node_id=row.node_id, expires_at=row.expires_at)

@@ -1,0 +1,107 @@
+"""First start: the platform-admin token and the demo region.
+
+`ensure_admin_token` is idempotent: when `<data_dir>/admin-token` holds a token that is valid in
+the DB it does nothing; otherwise it issues a new platform-admin token, stores only its hash, and
+writes the plaintext to the file with mode 0600 (created with that mode, never world-readable
+for an instant). `seed_demo` fills an empty DB with departments, projects, pools and quotas.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from broker.db import make_engine
+from broker.models import ApiToken, Department, Pool, Project, QuotaRow
+from broker.repo import catalog
+from broker.security.tokens import TokenKind, issue_token, parse_token, verify_token_hash
+from broker.settings import Settings
+
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def create_token(session: Session, *, name: str, role: str, kind: str = "user", project_id: str | None = None,
+                 department_id: str | None = None, node_id: str | None = None,
+                 expires_at: float | None = None) -> tuple[str, ApiToken]:
+    """Issue a token and store its hash. Returns (plaintext, row); the plaintext is not kept."""
+    issued = issue_token(TokenKind(kind))
+    row = ApiToken(prefix=issued.prefix, hash=issued.hash, kind=kind, name=name, role=role, project_id=project_id,
+                   department_id=department_id, node_id=node_id, expires_at=expires_at)
+    session.add(row)
+    session.flush()
+    return issued.plaintext, row
+
+
+def ensure_admin_token(settings: Settings, engine: Engine | None = None) -> Path:
+    """Make sure a usable platform-admin token exists in `<data_dir>/admin-token`; return its path."""
+    path = settings.ensure_data_dir() / ADMIN_TOKEN_FILE
+    own = engine is None
+    eng = engine or make_engine(settings)
+    try:
+        with Session(eng) as s:
+            if path.exists() and _valid(s, path.read_text().strip()):
+                return path
+            plaintext, _ = create_token(s, name="admin", role="platform-admin")
+            s.commit()
+    finally:
+        if own:
+            eng.dispose()
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(plaintext + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return path
+
+
+def _valid(s: Session, raw: str) -> bool:
+    parsed = parse_token(raw)
+    if parsed is None:
+        return False
+    row = catalog.token_by_prefix(s, parsed.prefix)
+    now = time.time()
+    return (row is not None and verify_token_hash(raw, row.hash) and row.revoked_at is None
+            and (row.expires_at is None or row.expires_at > now))
+
+
+DEPARTMENTS = [("ouh", "OUH", 1.0), ("slb", "SLB", 1.0), ("svs", "SVS", 1.0), ("shs", "SHS", 1.0),
+               ("rit", "Regional IT", 0.5)]
+PROJECTS = [("ouh-liver", "ouh", "Liver segmentation"), ("ouh-radiology", "ouh", "Radiology triage"),
+            ("slb-cardio", "slb", "Cardiology ECG models"), ("svs-pathology", "svs", "Digital pathology"),
+            ("shs-ops-triage", "shs", "ED triage (production)"), ("rit-platform", "rit", "Platform tests")]
+# nominal GPUs on the innovation pool per department / project; operation guarantees for production.
+INNOVATION_NOMINAL = {"ouh": 4, "slb": 2, "svs": 2, "shs": 1, "rit": 1,
+                      "ouh-liver": 2, "ouh-radiology": 2, "slb-cardio": 2, "svs-pathology": 2,
+                      "shs-ops-triage": 1, "rit-platform": 1}
+OPERATION_GUARANTEED = {"shs": 2, "ouh": 2, "shs-ops-triage": 2, "ouh-radiology": 2}
+
+
+def seed_demo(session: Session, *, gpu_model: str = "") -> bool:
+    """Seed an empty DB with the demo region. Returns False (and changes nothing) if any
+    department exists. `gpu_model` is the flavor's model used for the demo quotas."""
+    if session.execute(select(func.count()).select_from(Department)).scalar_one() > 0:
+        return False
+    for did, name, w in DEPARTMENTS:
+        session.add(Department(id=did, name=name, weight=w))
+    session.flush()
+    for pid, did, name in PROJECTS:
+        session.add(Project(id=pid, department_id=did, name=name))
+    session.add(Pool(name="operation", workload_class="operation", lend_to_innovation=True,
+                     description="reserved for clinical production; idle capacity lent to innovation"))
+    session.add(Pool(name="innovation", workload_class="innovation", description="shared by innovation teams"))
+    for owner, g in INNOVATION_NOMINAL.items():
+        kind = "department" if owner in dict((d, 0) for d, _, _ in DEPARTMENTS) else "project"
+        session.add(QuotaRow(owner_kind=kind, owner_id=owner, pool="innovation", gpu_model=gpu_model, resource="gpus",
+                             guaranteed=0, nominal=g, limit=None))
+    for owner, g in OPERATION_GUARANTEED.items():
+        kind = "department" if owner in ("shs", "ouh") else "project"
+        session.add(QuotaRow(owner_kind=kind, owner_id=owner, pool="operation", gpu_model=gpu_model, resource="gpus",
+                             guaranteed=g, nominal=g, limit=None))
+    session.flush()
+    return True

@@ -1,0 +1,60 @@
+"""Catalog use cases: projects, nodes, pools (read-only here; admin writes come with issue 4)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from broker.repo import catalog
+from broker.services.auth import Principal
+
+
+class CatalogService:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def projects(self, *, principal: Principal) -> dict:
+        with Session(self.engine) as s:
+            return {"items": [
+                {"id": p.id, "name": p.name or p.id, "department": d.id, "department_name": d.name,
+                 "weight": p.weight, "budget_gpu_hours": p.budget_gpu_hours}
+                for p, d in catalog.projects(s)
+            ]}
+
+    def nodes(self, *, principal: Principal) -> dict:
+        with Session(self.engine) as s:
+            return {"items": [
+                {"id": n.id, "hostname": n.hostname, "pool": n.pool, "gpu_model": n.gpu_model, "gpus": n.gpus,
+                 "cpus": n.cpus, "memory_gb": n.memory_gb, "state": n.state, "state_reason": n.state_reason,
+                 "last_heartbeat": n.last_heartbeat, "labels": dict(n.labels or {})}
+                for n in catalog.nodes(s)
+            ]}
+
+    def pools(self, *, principal: Principal) -> dict:
+        with Session(self.engine) as s:
+            nodes = catalog.nodes(s)
+            agg: dict[str, dict] = defaultdict(lambda: {"nodes": 0, "gpus": 0, "cpus": 0.0, "memory_gb": 0.0, "models": set()})
+            for n in nodes:
+                a = agg[n.pool]
+                a["nodes"] += 1
+                a["gpus"] += n.gpus
+                a["cpus"] += n.cpus
+                a["memory_gb"] += n.memory_gb
+                if n.gpu_model:
+                    a["models"].add(n.gpu_model)
+            out = []
+            for p in catalog.pools(s):
+                a = agg[p.name]
+                out.append({"name": p.name, "class": p.workload_class, "lend_to_innovation": p.lend_to_innovation,
+                            "description": p.description, "nodes": a["nodes"], "gpus": a["gpus"], "cpus": a["cpus"],
+                            "memory_gb": a["memory_gb"], "gpu_models": sorted(a["models"])})
+            return {"items": out}
+
+    def ready(self) -> bool:
+        from sqlalchemy import text
+
+        with self.engine.connect() as c:
+            c.execute(text("SELECT 1"))
+        return True

@@ -1,0 +1,213 @@
+"""Job use cases: submit, get, list, cancel, events, logs. Services own the transactions.
+
+Submit is the hot path (issue 3 benchmark): it validates against cached catalog data (projects,
+pools, nodes), builds the row as a plain dict and hands it to the group-commit writer, which
+acknowledges after COMMIT. Nothing slow runs inside the request: the scheduler is woken through
+the optional `on_submit` hook after the commit. Requests carrying an `Idempotency-Key` take a
+separate transactional path (key row and job row in one transaction; the unique (token, key)
+constraint makes concurrent duplicates collapse to one job).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import orjson
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from broker import jobstate
+from broker.errors import Conflict, Invalid, NotFound
+from broker.models import Job, JobStatus, TERMINAL, IdempotencyKey, new_id
+from broker.repo import jobs as repo
+from broker.schemas import JobCreate
+from broker.services import submit_checks as checks
+from broker.services.auth import Principal
+from broker.services.group_commit import GroupCommitWriter
+from broker.services.views import event_public, job_public
+from broker.settings import Settings
+
+log = logging.getLogger("broker.jobs")
+
+_STATUSES = {s.value for s in JobStatus}
+
+
+class JobService:
+    def __init__(self, settings: Settings, engine: Engine, *, executor=None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
+        self.projects = checks.TTLCache(lambda: checks.load_projects(engine), ttl_s=5.0)
+        self.inventory = checks.TTLCache(lambda: checks.load_inventory(engine), ttl_s=2.0)
+        self.writer = GroupCommitWriter(engine, repo.insert_jobs, batch_max=settings.submit_batch_max,
+                                        wait_s=settings.submit_batch_wait_s)
+
+    # ------------------------------------------------------------------ submit
+    def prepare(self, *, principal: Principal, spec: JobCreate) -> tuple[dict, dict]:
+        """Check the spec against the catalog and build the job and event rows (no writes).
+
+        May read the DB on a cache miss: async callers run it in a thread when `ready()` is False.
+        """
+        if spec.runtime == "process" and not self.settings.allow_process_runtime:
+            raise Invalid("runtime 'process' runs commands unconfined on the node and is disabled here; "
+                          "use runtime 'container'", code="PROCESS_RUNTIME_DISABLED")
+        projects = self.projects.get()
+        if spec.project not in projects:
+            self.projects.invalidate()  # a project created a moment ago: look once more
+            if spec.project not in self.projects.get():
+                raise checks.unknown_project(spec.project)
+        shape = checks.WorkerShape(spec.resources.gpus, spec.resources.cpus, spec.resources.memory_gb,
+                                   tuple(spec.resources.models()))
+        why = checks.never_fits(self.inventory.get(), workload_class=spec.workload_class, pool=spec.pool,
+                                shape=shape, workers=spec.workers)
+        if why is not None:
+            raise Invalid(why[0], code="NEVER_FITS", details=why[1])
+        now = self.clock()
+        row = {
+            "id": new_id(), "name": spec.name, "project_id": spec.project, "workload_class": spec.workload_class,
+            "image": spec.image, "command": spec.command, "env": spec.env, "runtime": spec.runtime,
+            "gpus": spec.resources.gpus, "cpus": spec.resources.cpus, "memory_gb": spec.resources.memory_gb,
+            "gpu_models": list(shape.gpu_models), "pool": spec.pool, "workers": spec.workers,
+            "max_runtime_s": spec.max_runtime_s, "priority": spec.priority, "max_retries": spec.max_retries,
+            "status": JobStatus.PENDING.value, "version": 1, "attempt": 1, "submit_time": now, "created_at": now,
+            "admitted_at": None, "started_at": None, "finished_at": None, "cancel_requested_at": None,
+            "exit_code": None, "message": "", "pending_code": None, "pending_message": "", "pending_details": {},
+            "queue_position": None, "estimated_start": None, "borrowing": False, "flavor_pool": None,
+            "flavor_gpu_model": None, "owner_token_id": principal.token_id,
+        }
+        event = {"job_id": row["id"], "ts": now, "kind": "submitted", "from_status": None,
+                 "to_status": JobStatus.PENDING.value, "attempt": 1, "message": f"submitted by {principal.name or principal.token_id}",
+                 "details": {}}
+        return row, event
+
+    def cache_ready(self) -> bool:
+        return self.projects.fresh() is not None and self.inventory.fresh() is not None
+
+    async def submit_rows(self, row: dict, event: dict) -> dict:
+        try:
+            await self.writer.submit(row, event)
+        except IntegrityError:
+            raise checks.unknown_project(row["project_id"]) from None
+        return job_public(row)
+
+    def submit_idempotent(self, *, principal: Principal, row: dict, event: dict, key: str,
+                          body_hash: str) -> tuple[dict, bool]:
+        """Store the job under (token, key) or return the job stored earlier with the same body.
+
+        Returns (job, replayed). Same key with another body -> 422 IDEMPOTENCY_KEY_REUSED.
+        """
+        for _ in range(3):
+            with Session(self.engine, expire_on_commit=False) as s:
+                existing = repo.idempotency_key(s, principal.token_id, key)
+                now = self.clock()
+                if existing is not None and existing.created_at < now - self.settings.idempotency_ttl_s:
+                    s.delete(existing)
+                    s.flush()
+                    existing = None
+                if existing is not None:
+                    return self._replay(s, existing, body_hash), True
+                try:
+                    s.add(IdempotencyKey(token_id=principal.token_id, key=key, body_hash=body_hash,
+                                         job_id=row["id"], created_at=now))
+                    s.flush()
+                    repo.insert_jobs(s.connection(), [row], [event])
+                    s.commit()
+                    return job_public(row), False
+                except IntegrityError:
+                    s.rollback()  # a concurrent request with this key won: read its job
+                    continue
+        raise Conflict("the idempotency key is being used concurrently; retry", code="IDEMPOTENCY_BUSY")
+
+    def _replay(self, s: Session, key: IdempotencyKey, body_hash: str) -> dict:
+        if key.body_hash != body_hash:
+            raise Invalid("this Idempotency-Key was used with a different body; use a new key",
+                          code="IDEMPOTENCY_KEY_REUSED", details={"job_id": key.job_id})
+        job = repo.get(s, key.job_id)
+        if job is None:
+            raise NotFound("the job of this Idempotency-Key no longer exists", code="JOB_NOT_FOUND")
+        return job_public(job)
+
+    # ------------------------------------------------------------------ reads
+    def get(self, *, principal: Principal, job_id: str) -> dict:
+        with Session(self.engine) as s:
+            job = self._job(s, job_id)
+            return job_public(job, attempts=repo.attempts(s, job_id), placements=repo.placements(s, job_id))
+
+    def list(self, *, principal: Principal, projects: Sequence[str] = (), statuses: Sequence[str] = (),
+             cursor: str | None = None, limit: int = 100) -> dict:
+        if not 1 <= limit <= self.settings.page_size_max:
+            raise Invalid(f"limit must be between 1 and {self.settings.page_size_max}", code="BAD_LIMIT")
+        bad = [st for st in statuses if st not in _STATUSES]
+        if bad:
+            raise Invalid(f"unknown status {bad[0]!r}; one of {', '.join(sorted(_STATUSES))}", code="BAD_STATUS")
+        with Session(self.engine) as s:
+            rows, nxt = repo.page(s, projects=projects, statuses=statuses, cursor=cursor, limit=limit)
+            return {"items": [job_public(j) for j in rows], "next_cursor": nxt}
+
+    def events(self, *, principal: Principal, job_id: str, after: int = 0, limit: int = 500) -> dict:
+        with Session(self.engine) as s:
+            self._job(s, job_id)
+            return {"items": [event_public(e) for e in repo.events(s, job_id, after=after, limit=limit)]}
+
+    def job_row(self, job_id: str) -> Job:
+        with Session(self.engine, expire_on_commit=False) as s:
+            job = self._job(s, job_id)
+            s.expunge(job)
+            return job
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, *, principal: Principal, job_id: str, reason: str = "") -> tuple[dict, tuple[str, int] | None]:
+        """PENDING -> CANCELLED at once; a job holding resources gets `cancel_requested_at` and
+        its workers are stopped by the caller (returned (job_id, attempt) to stop, outside the
+        transaction); the scheduling loop moves it to CANCELLED once they have exited.
+        Terminal jobs -> 409 JOB_TERMINAL. Cancelling twice is harmless."""
+        who = principal.name or principal.token_id
+        msg = f"cancelled by {who}" + (f": {reason}" if reason else "")
+        for _ in range(5):
+            with Session(self.engine, expire_on_commit=False) as s:
+                job = self._job(s, job_id)
+                st = JobStatus(job.status)
+                if st in TERMINAL:
+                    raise Conflict(f"job {job_id} is {st.value}; a finished job cannot be cancelled",
+                                   code="JOB_TERMINAL", details={"status": st.value})
+                if st is JobStatus.PENDING:
+                    ok = jobstate.transition(s, job, JobStatus.CANCELLED, expected_version=job.version,
+                                             now=self.clock(), message=msg)
+                    stop = None
+                elif job.cancel_requested_at is not None:
+                    return job_public(job), None
+                else:
+                    ok = jobstate.update_fields(s, job, expected_version=job.version, event_kind="cancel_requested",
+                                                message=msg, now=self.clock(), cancel_requested_at=self.clock())
+                    stop = (job.id, job.attempt)
+                if not ok:
+                    s.rollback()
+                    continue  # lost a race with the scheduler: read again
+                s.commit()
+                return job_public(job, attempts=repo.attempts(s, job_id), placements=repo.placements(s, job_id)), stop
+        raise Conflict("the job is changing too fast to cancel; retry", code="CANCEL_RACE")
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _job(s: Session, job_id: str) -> Job:
+        job = repo.get(s, job_id) if len(job_id) <= 32 else None
+        if job is None:
+            raise NotFound(f"job {job_id!r} not found", code="JOB_NOT_FOUND")
+        return job
+
+
+def body_hash(spec: JobCreate) -> str:
+    """Canonical hash of a submit body: same fields and values -> same hash, key order ignored."""
+    data = spec.model_dump(by_alias=True, mode="json")
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def logs_attempt(job: Job, attempt: int | None) -> int:
+    if attempt is None:
+        return job.attempt
+    if not 1 <= attempt <= job.attempt:
+        raise Invalid(f"attempt must be between 1 and {job.attempt}", code="BAD_ATTEMPT")
+    return attempt
