@@ -1,0 +1,468 @@
+"""Trace-driven simulator: replay a job trace through `run_cycle` on a simulated clock.
+
+    python -m scheduler.simulate --trace FILE [--format canonical|philly-pollux] --nodes N
+        --gpus-per-node G --policy POLICY [--json] [--window START:END] [--cycle-interval S]
+
+The simulator owns the clock, the cluster state and the jobs' true durations; `run_cycle`
+sees only a `Snapshot` (jobs with their max_runtime, never their duration), exactly as in the
+broker. Metrics and their definitions live in `scheduler.simmetrics`.
+
+Events and the tick rule
+------------------------
+Three kinds of event: *submit*, *finish* (the true duration has run out) and *preempt-stop* (a
+preempted job has released its resources, ``--preempt-grace`` seconds after the decision, 0 by
+default). Events are coalesced into scheduling ticks: with ``--cycle-interval 0`` (default) a
+tick is every distinct event time; with ``S > 0`` ticks are the multiples of S, and a tick
+applies every event at or before it (like the broker's periodic cycle: a job that finished at
+t frees its GPUs at the next tick, but its completion time stays t). Finishes are applied
+before submits. At a tick the simulator runs one cycle only when it could change something:
+
+- something was submitted, finished or stopped since the last cycle, and
+- a pending job could start: some pending job needs no more GPUs than are free (for ``fifo``:
+  the head of the queue, since fifo blocks behind it), or the policy preempts, some running
+  job borrows, and some project with pending work is below its nominal share by at least its
+  smallest pending job (reclaim can only happen then).
+
+A cycle that issued preemptions is followed by another cycle as soon as the victims have
+stopped (at the same instant with grace 0), so the preemptor starts without waiting for an
+unrelated event; at most ``MAX_CYCLES_PER_INSTANT`` cycles run at one instant.
+
+Snapshot: quotas, fair share, queue depth
+-----------------------------------------
+One pool (``sim``, class innovation) of N identical nodes; GPU models are those named in the
+trace (nodes round-robin over them) or one model ``gpu``. One department ``sim`` holds every
+project; its nominal is the whole cluster. Each project gets ``guaranteed`` 0, a ``nominal``
+share of every flavor and resource, and an unlimited ``limit`` (anyone may borrow idle
+capacity; reclaim-preemption gives a project its nominal back). ``--shares equal`` (default)
+splits the cluster equally; ``--shares demand`` splits it in proportion to each project's
+GPU-seconds in the replayed trace (the quota an admin would set from last period's usage).
+The share is also the project's fair-share weight. Decayed usage (half-life from the policy)
+is integrated exactly between ticks and passed in `Project.decayed_usage_gpu_s`.
+
+``--queue-depth D`` (default 0: unlimited) passes at most ``max(D, free GPUs + 1)`` pending jobs
+per project, each project's own head first (class, priority, submit time): the same limit as
+Slurm's ``bf_max_job_test``. For ``fifo`` the first ``free GPUs + 1`` jobs of the global queue
+are passed, which is exact (at most one job per free GPU can start, and fifo stops at the
+first that does not).
+
+A preempted job goes back to pending with its original submit time; it loses the work done
+since its last start unless the trace marks it checkpointable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import sys
+import time
+from bisect import insort
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+from quotas.amount import UNLIMITED, ZERO, Amount
+from scheduler.model import (
+    POLICIES, CycleResult, Department, Flavor, Job, Node, Policy, Pool, Project, QuotaSpec,
+    Resources, Running, Snapshot, WorkloadClass,
+)
+from scheduler.simmetrics import JobOutcome, metrics, render_table
+from scheduler.traces import FORMATS, TraceError, TraceJob, load_trace, to_job
+
+CycleFn = Callable[[Snapshot, float, Policy], CycleResult]
+MAX_CYCLES_PER_INSTANT = 16
+SIM_POOL = "sim"
+SIM_DEPARTMENT = "sim"
+_FINISH, _STOP, _SUBMIT = 0, 1, 2  # event order at one instant
+
+
+class SimulationError(RuntimeError):
+    """The cycle returned a decision the cluster cannot apply (a bug in the core)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    nodes: int
+    gpus_per_node: int
+    policy: Policy = POLICIES["fair-backfill-preempt"]
+    cycle_interval: float = 0.0
+    preempt_grace: float = 0.0
+    shares: str = "equal"  # equal | demand
+    queue_depth: int = 0  # 0: unlimited
+    cpus_per_node: float | None = None  # default 8 per GPU
+    memory_gb_per_node: float | None = None  # default 64 per GPU
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    metrics: dict
+    outcomes: tuple[JobOutcome, ...]
+
+
+@dataclass(slots=True)
+class _Live:
+    """Mutable per-job simulation state (the simulator's own, never shown to the core)."""
+
+    tj: TraceJob
+    job: Job
+    remaining: float
+    attempt: int = 0
+    first_start: float | None = None
+    start: float | None = None
+    end: float | None = None
+    running: Running | None = None
+    stopping: bool = False
+    preemptions: int = 0
+    lost_gpu_s: float = 0.0
+
+
+def cluster(cfg: SimConfig, gpu_models: Sequence[str]) -> tuple[tuple[Node, ...], tuple[Pool, ...]]:
+    """N identical nodes in one innovation pool, GPU models round-robin."""
+    g = cfg.gpus_per_node
+    cap = Resources(gpus=g, cpus=cfg.cpus_per_node if cfg.cpus_per_node is not None else 8.0 * g,
+                    memory_gb=cfg.memory_gb_per_node if cfg.memory_gb_per_node is not None else 64.0 * g)
+    models = tuple(gpu_models) or ("gpu",)
+    nodes = tuple(Node(id=f"n{i:05d}", pool=SIM_POOL, gpu_model=models[i % len(models)], capacity=cap)
+                  for i in range(cfg.nodes))
+    return nodes, (Pool(SIM_POOL, WorkloadClass.INNOVATION),)
+
+
+def project_shares(jobs: Sequence[TraceJob], mode: str) -> dict[str, float]:
+    """Each project's fraction of the cluster (sums to 1): equal, or by GPU-seconds demanded."""
+    if mode == "equal":
+        names = sorted({j.project for j in jobs})
+        return {p: 1.0 / len(names) for p in names}
+    if mode == "demand":
+        demand: Counter[str] = Counter()
+        for j in jobs:
+            demand[j.project] += j.gpu_seconds
+        total = sum(demand.values())
+        return {p: demand[p] / total for p in sorted(demand)}
+    raise ValueError(f"unknown shares mode {mode!r} (equal or demand)")
+
+
+def quota_tree(nodes: Sequence[Node], shares: dict[str, float]) -> tuple[tuple[Department, ...], dict[str, Project], dict[str, float]]:
+    """Department with the whole cluster as nominal; projects with nominal = share; guaranteed 0."""
+    cap: dict[tuple[Flavor, str], float] = {}
+    for n in nodes:
+        for r in ("gpus", "cpus", "memory_gb"):
+            cap[(n.flavor, r)] = cap.get((n.flavor, r), 0.0) + n.capacity.get(r)
+    dept = Department(id=SIM_DEPARTMENT, name="simulated department",
+                      quotas={k: QuotaSpec(ZERO, Amount.of(v), UNLIMITED) for k, v in cap.items()})
+    projects = {
+        p: Project(id=p, department=SIM_DEPARTMENT, weight=s,
+                   quotas={k: QuotaSpec(ZERO, Amount.of(v * s), UNLIMITED) for k, v in cap.items()})
+        for p, s in shares.items()
+    }
+    total_gpus = sum(n.capacity.gpus for n in nodes)
+    nominal_gpus = {p: s * total_gpus for p, s in shares.items()}
+    return (dept,), projects, nominal_gpus
+
+
+def default_cycle() -> CycleFn:
+    from scheduler.cycle import run_cycle  # imported late: the simulator is usable without it in tests
+
+    return run_cycle
+
+
+def simulate(trace: Sequence[TraceJob], cfg: SimConfig, cycle: CycleFn | None = None) -> SimResult:
+    """Replay `trace` (any order) and return metrics plus one outcome per job. Deterministic."""
+    return _Sim(trace, cfg, cycle or default_cycle()).run()
+
+
+class _Sim:
+    def __init__(self, trace: Sequence[TraceJob], cfg: SimConfig, cycle: CycleFn) -> None:
+        self.cfg, self.cycle_fn = cfg, cycle
+        self.policy = replace(cfg.policy, explain=False)
+        capacity = cfg.nodes * cfg.gpus_per_node
+        self.skipped = [t for t in trace if t.gpus > capacity or
+                        (t.workers is not None and t.gpus // t.workers > cfg.gpus_per_node)]
+        skipped_ids = {t.id for t in self.skipped}
+        trace = sorted((t for t in trace if t.id not in skipped_ids), key=lambda t: (t.submit_time, t.line, t.id))
+        models = sorted({t.gpu_model for t in trace if t.gpu_model})
+        self.nodes, self.pools = cluster(cfg, models)
+        self.departments, self.projects, self.nominal = quota_tree(self.nodes, project_shares(trace or self.skipped, cfg.shares))
+        self.free = {n.id: n.capacity.gpus for n in self.nodes}
+        self.free_total = capacity
+        self.capacity = capacity
+        self.live = {t.id: _Live(t, to_job(t, cfg.gpus_per_node), t.duration) for t in trace}
+        self.events: list[tuple[float, int, int, str, int]] = []
+        self.seq = 0
+        for t in trace:
+            self._push(t.submit_time, _SUBMIT, t.id, 0)
+        # pending queue, per project and global, sorted by the core's within-project order
+        self.queue: dict[str, list[tuple]] = {p: [] for p in self.projects}
+        self.fifo: list[tuple] = []
+        self.pend_sizes: dict[str, Counter[int]] = {p: Counter() for p in self.projects}
+        self.used = dict.fromkeys(self.projects, 0)  # GPUs held by running jobs, per project
+        self.borrowers = 0
+        self.running: dict[str, _Live] = {}
+        self.running_r: dict[str, Running] = {}  # the core's view, in admission order
+        self.project_tuple = tuple(self.projects.values())
+        self.usage = dict.fromkeys(self.projects, 0.0)  # decayed GPU-seconds
+        self.usage_t = 0.0
+        self.cycles = self.preemptions = self.admissions = 0
+        self.lost_gpu_s = 0.0
+
+    # -- event loop ---------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        t0 = time.perf_counter()
+        interval = self.cfg.cycle_interval
+        while self.events:
+            t = self.events[0][0]
+            now = math.ceil(t / interval) * interval if interval > 0 else t
+            changed = False
+            while self.events and self.events[0][0] <= now:
+                et, kind, _, jid, attempt = heapq.heappop(self.events)
+                changed |= self._apply_event(et, kind, jid, attempt)
+            if not changed:
+                continue
+            for _ in range(MAX_CYCLES_PER_INSTANT):
+                if not self._worth_a_cycle():
+                    break
+                if not self._cycle(now):
+                    break
+        wall = time.perf_counter() - t0
+        outcomes = tuple(
+            JobOutcome(id=lv.tj.id, project=lv.tj.project, submit=lv.tj.submit_time, duration=lv.tj.duration,
+                       gpus=lv.tj.gpus, first_start=lv.first_start, end=lv.end,
+                       preemptions=lv.preemptions, lost_gpu_s=lv.lost_gpu_s)
+            for lv in self.live.values()
+        )
+        m = metrics(outcomes, self.capacity)
+        m.update(preemptions=self.preemptions, cycles=self.cycles, admissions=self.admissions,
+                 lost_gpu_s=round(self.lost_gpu_s, 1), skipped_jobs=len(self.skipped),
+                 wall_s=round(wall, 3), policy=self.cfg.policy.name, nodes=self.cfg.nodes,
+                 gpus_per_node=self.cfg.gpus_per_node, gpus=self.capacity,
+                 cycle_interval_s=interval, shares=self.cfg.shares, queue_depth=self.cfg.queue_depth)
+        return SimResult(m, outcomes)
+
+    def _push(self, t: float, kind: int, jid: str, attempt: int) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (t, kind, self.seq, jid, attempt))
+
+    def _apply_event(self, t: float, kind: int, jid: str, attempt: int) -> bool:
+        lv = self.live[jid]
+        if kind == _SUBMIT:
+            self._enqueue(lv)
+            return True
+        if lv.running is None or lv.attempt != attempt:
+            return False  # a finish made stale by a preemption
+        if kind == _FINISH:
+            lv.end = t
+            lv.remaining = 0.0
+        self._release(lv, t)
+        if kind == _STOP:
+            self._enqueue(lv)
+        return True
+
+    # -- queue and cluster bookkeeping ---------------------------------------------------------
+    def _key(self, job: Job) -> tuple:
+        return (job.workload_class.rank, -job.priority, job.submit_time, job.id)
+
+    def _enqueue(self, lv: _Live) -> None:
+        job = lv.job
+        insort(self.queue[job.project], self._key(job))
+        if self.policy.strict_fifo:
+            insort(self.fifo, (job.submit_time, job.id))
+        self.pend_sizes[job.project][lv.tj.gpus] += 1
+
+    def _dequeue(self, lv: _Live) -> None:
+        job = lv.job
+        self.queue[job.project].remove(self._key(job))
+        if self.policy.strict_fifo:
+            self.fifo.remove((job.submit_time, job.id))
+        sizes = self.pend_sizes[job.project]
+        sizes[lv.tj.gpus] -= 1
+        if not sizes[lv.tj.gpus]:
+            del sizes[lv.tj.gpus]
+
+    def _release(self, lv: _Live, t: float) -> None:
+        assert lv.running is not None
+        self._decay_to(t)
+        for p in lv.running.placements:
+            self.free[p.node] += lv.job.per_worker.gpus
+        self.free_total += lv.tj.gpus
+        self.used[lv.tj.project] -= lv.tj.gpus
+        self.borrowers -= lv.running.borrowing
+        del self.running[lv.tj.id]
+        del self.running_r[lv.tj.id]
+        lv.running, lv.stopping = None, False
+
+    def _decay_to(self, t: float) -> None:
+        """Integrate decayed usage exactly: U' = U d + r h/ln2 (1 - d), d = 2^(-dt/h)."""
+        dt = t - self.usage_t
+        if dt <= 0:
+            return
+        h = self.policy.fair_share_half_life_s
+        d = 2.0 ** (-dt / h)
+        gain = h / math.log(2) * (1.0 - d)
+        for p, u in self.usage.items():
+            self.usage[p] = u * d + self.used[p] * gain
+        self.usage_t = t
+
+    # -- cycles --------------------------------------------------------------------------------
+    def _worth_a_cycle(self) -> bool:
+        """Necessary condition for a cycle to admit or preempt anything (see module doc)."""
+        if self.policy.strict_fifo:
+            if not self.fifo:
+                return False
+            head = self.live[self.fifo[0][1]]
+            return head.tj.gpus <= self.free_total
+        smallest = [min(s) for s in self.pend_sizes.values() if s]
+        if not smallest:
+            return False
+        if min(smallest) <= self.free_total:
+            return True
+        if not (self.policy.preemption and self.borrowers):
+            return False
+        return any(s and self.used[p] + min(s) <= self.nominal[p] + 1e-9 for p, s in self.pend_sizes.items())
+
+    def _pending_view(self) -> tuple[Job, ...]:
+        live = self.live
+        if self.policy.strict_fifo:
+            return tuple(live[jid].job for _, jid in self.fifo[: self.free_total + 1])
+        depth = self.cfg.queue_depth
+        out: list[Job] = []
+        for q in self.queue.values():
+            sel = q if depth <= 0 else q[: max(depth, self.free_total + 1)]
+            out.extend(live[k[3]].job for k in sel)
+        return tuple(out)
+
+    def _cycle(self, now: float) -> bool:
+        """Run one cycle at `now` and apply it. True when another cycle at `now` may help."""
+        self._decay_to(now)
+        if self.policy.fair_share:
+            u = self.usage
+            projects = tuple(Project(p.id, p.department, p.weight, p.budget_gpu_hours, p.spent_gpu_hours, u[p.id],
+                                     p.quotas) for p in self.projects.values())
+        else:
+            projects = self.project_tuple
+        snap = Snapshot(nodes=self.nodes, pools=self.pools, departments=self.departments, projects=projects,
+                        running=tuple(self.running_r.values()), pending=self._pending_view())
+        result = self.cycle_fn(snap, now, self.policy)
+        self.cycles += 1
+        stopped_now = False
+        for pre in result.preemptions:
+            lv = self.live.get(pre.job_id)
+            if lv is None or lv.running is None or lv.stopping:
+                continue  # already stopping: a repeated decision is a no-op
+            self._preempt(lv, now)
+            stopped_now |= self.cfg.preempt_grace <= 0
+        for adm in result.admissions:
+            self._admit(adm, now)
+        return stopped_now
+
+    def _preempt(self, lv: _Live, now: float) -> None:
+        self.preemptions += 1
+        lv.preemptions += 1
+        ran = now - lv.start if lv.start is not None else 0.0
+        if lv.tj.checkpointable:
+            lv.remaining = max(0.0, lv.remaining - ran)
+        else:  # the work since the last start is lost
+            lv.lost_gpu_s += ran * lv.tj.gpus
+            self.lost_gpu_s += ran * lv.tj.gpus
+            lv.remaining = lv.tj.duration
+        lv.attempt += 1  # the pending finish event is now stale
+        if self.cfg.preempt_grace <= 0:
+            self._release(lv, now)
+            self._enqueue(lv)
+        else:
+            lv.stopping = True
+            self._push(now + self.cfg.preempt_grace, _STOP, lv.tj.id, lv.attempt)
+
+    def _admit(self, adm, now: float) -> None:
+        lv = self.live.get(adm.job_id)
+        if lv is None or lv.running is not None or lv.end is not None:
+            raise SimulationError(f"cycle admitted {adm.job_id!r}, which is not pending")
+        per = lv.job.per_worker.gpus
+        if len(adm.placements) != lv.job.workers:
+            raise SimulationError(f"{adm.job_id}: {len(adm.placements)} placements for {lv.job.workers} workers")
+        for p in adm.placements:
+            if self.free.get(p.node, -1) < per:
+                raise SimulationError(f"{adm.job_id}: node {p.node} over-allocated")
+            self.free[p.node] -= per
+        self._dequeue(lv)
+        self._decay_to(now)
+        self.free_total -= lv.tj.gpus
+        self.used[lv.tj.project] += lv.tj.gpus
+        self.borrowers += adm.borrowing
+        lv.running = Running(job=lv.job, placements=adm.placements, start_time=now, flavor=adm.flavor,
+                             borrowing=adm.borrowing)
+        lv.start = now
+        if lv.first_start is None:
+            lv.first_start = now
+        self.running[lv.tj.id] = lv
+        self.running_r[lv.tj.id] = lv.running
+        self.admissions += 1
+        self._push(now + lv.remaining, _FINISH, lv.tj.id, lv.attempt)
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+
+
+def parse_window(text: str) -> tuple[float | None, float | None]:
+    """'START:END' in seconds, each optional, with an optional s/m/h/d suffix ('7d:14d')."""
+    if ":" not in text:
+        raise ValueError(f"window must be START:END, got {text!r}")
+    a, b = text.split(":", 1)
+    return _duration(a), _duration(b)
+
+
+def _duration(s: str) -> float | None:
+    s = s.strip()
+    if not s:
+        return None
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(s[-1].lower())
+    num = s[:-1] if unit else s
+    try:
+        return float(num) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"bad time {s!r} (seconds, or a number with s/m/h/d)") from None
+
+
+def window(jobs: Sequence[TraceJob], start: float | None, end: float | None) -> list[TraceJob]:
+    """Jobs submitted in [start, end) (trace seconds)."""
+    return [j for j in jobs if (start is None or j.submit_time >= start) and (end is None or j.submit_time < end)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m scheduler.simulate", description=__doc__.split("\n")[0])
+    ap.add_argument("--trace", required=True)
+    ap.add_argument("--format", choices=FORMATS, default="canonical")
+    ap.add_argument("--nodes", type=int, required=True)
+    ap.add_argument("--gpus-per-node", type=int, required=True)
+    ap.add_argument("--policy", choices=sorted(POLICIES), default="fair-backfill-preempt")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--window", help="START:END submit-time window, e.g. 0:7d")
+    ap.add_argument("--cycle-interval", type=float, default=0.0, help="seconds between ticks (0: every event)")
+    ap.add_argument("--preempt-grace", type=float, default=0.0, help="seconds a preempted job takes to stop")
+    ap.add_argument("--shares", choices=("equal", "demand"), default="equal")
+    ap.add_argument("--queue-depth", type=int, default=0, help="pending jobs passed per project (0: all)")
+    args = ap.parse_args(argv)
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        print("error: --nodes and --gpus-per-node must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        jobs = load_trace(args.trace, args.format)
+        if args.window:
+            jobs = window(jobs, *parse_window(args.window))
+            if not jobs:
+                raise ValueError(f"no job submitted in window {args.window}")
+    except (TraceError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cfg = SimConfig(nodes=args.nodes, gpus_per_node=args.gpus_per_node, policy=POLICIES[args.policy],
+                    cycle_interval=args.cycle_interval, preempt_grace=args.preempt_grace,
+                    shares=args.shares, queue_depth=args.queue_depth)
+    result = simulate(jobs, cfg)
+    if args.json:
+        print(json.dumps(result.metrics, sort_keys=True))
+    else:
+        print(render_table(result.metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

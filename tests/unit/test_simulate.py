@@ -1,0 +1,260 @@
+"""Simulator: hand-computed fifo replays, metric definitions, preemption accounting, tick rule,
+determinism, and the CLIs (simulate and bench) end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scheduler.model import POLICIES, Admission, CycleResult, Flavor, Placement, Preemption
+from scheduler.simmetrics import JobOutcome, jain, metrics, percentile
+from scheduler.simulate import SimConfig, SimulationError, parse_window, project_shares, simulate
+from scheduler.traces import TraceJob, load_trace
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "tests" / "data" / "sim_sample.csv"
+SIM_KEYS = {"jobs", "avg_jct_s", "avg_wait_s", "p50_wait_s", "p95_wait_s", "p99_wait_s", "utilization",
+            "makespan_s", "jain_fairness", "preemptions", "cycles", "wall_s"}
+BENCH_KEYS = {"cycle_ms_median", "cycle_ms_p95", "admitted", "preempted", "pending", "nodes", "running"}
+
+
+def tj(jid: str, submit: float, duration: float, gpus: int = 1, project: str = "p", *,
+       checkpointable: bool = False, line: int = 0) -> TraceJob:
+    return TraceJob(id=jid, submit_time=submit, duration=duration, gpus=gpus, project=project,
+                    max_runtime=2 * duration, checkpointable=checkpointable, line=line)
+
+
+def outcome(jid: str, submit: float, start: float, end: float, duration: float, gpus: int = 1,
+            project: str = "p") -> JobOutcome:
+    return JobOutcome(id=jid, project=project, submit=submit, duration=duration, gpus=gpus,
+                      first_start=start, end=end)
+
+
+def scripted(victims_for: dict[str, str] | None = None, borrowers: frozenset[str] = frozenset()):
+    """A stand-in cycle: fifo with head-of-line blocking over free GPUs (first fit), and
+    `victims_for[pending_id] = running_id`: preempt that victim when the pending job is blocked;
+    jobs in `borrowers` are admitted as borrowing. It lets the simulator's own bookkeeping be
+    checked independently of the real core."""
+    victims_for = victims_for or {}
+
+    def cycle(snap, now, policy):
+        free = {n.id: n.capacity.gpus for n in snap.nodes}
+        for r in snap.running:
+            for p in r.placements:
+                free[p.node] -= r.job.per_worker.gpus
+        running = {r.job.id for r in snap.running}
+        adms, pres = [], []
+        # preemptors first (as reclaim would order them), then arrival order
+        for j in sorted(snap.pending, key=lambda j: (j.id not in victims_for, j.submit_time, j.id)):
+            pl = []
+            for w in range(j.workers):
+                node = next((n for n, g in sorted(free.items()) if g >= j.per_worker.gpus), None)
+                if node is None:
+                    break
+                free[node] -= j.per_worker.gpus
+                pl.append(Placement(w, node))
+            if len(pl) < j.workers:
+                for p in pl:
+                    free[p.node] += j.per_worker.gpus
+                if victims_for.get(j.id) in running:
+                    pres.append(Preemption(victims_for[j.id], j.id, "RECLAIM_NOMINAL", "test"))
+                break
+            adms.append(Admission(j.id, Flavor("sim", "gpu"), tuple(pl), borrowing=j.id in borrowers))
+        return CycleResult(admissions=tuple(adms), preemptions=tuple(pres))
+
+    return cycle
+
+
+HAND = [tj("a", 0, 100, 1), tj("b", 10, 50, 2), tj("c", 20, 30, 1)]
+
+
+def by_id(result) -> dict[str, JobOutcome]:
+    return {o.id: o for o in result.outcomes}
+
+
+def check_hand_fifo(result, starts: dict[str, float]) -> None:
+    got = by_id(result)
+    for jid, start in starts.items():
+        assert got[jid].first_start == start, jid
+
+
+def test_hand_computed_fifo_with_the_real_core():
+    """2 GPUs; a(1 GPU, 100 s) at 0, b(2 GPUs, 50 s) at 10, c(1 GPU, 30 s) at 20.
+    fifo: a 0-100; b blocks the head until a ends: 100-150; c behind b: 150-180."""
+    result = simulate(HAND, SimConfig(nodes=1, gpus_per_node=2, policy=POLICIES["fifo"]))
+    check_hand_fifo(result, {"a": 0, "b": 100, "c": 150})
+    m = result.metrics
+    assert m["jobs"] == 3 and m["unfinished"] == 0
+    assert m["avg_wait_s"] == pytest.approx((0 + 90 + 130) / 3, abs=0.1)
+    assert m["avg_jct_s"] == pytest.approx((100 + 140 + 160) / 3, abs=0.1)
+    assert (m["p50_wait_s"], m["p95_wait_s"], m["p99_wait_s"]) == (90, 130, 130)
+    assert m["makespan_s"] == 180
+    assert m["utilization"] == pytest.approx((100 * 1 + 50 * 2 + 30 * 1) / (2 * 180), abs=1e-4)
+    assert m["preemptions"] == 0
+
+
+def test_stand_in_gives_the_same_hand_result_and_skips_useless_cycles():
+    result = simulate(HAND, SimConfig(nodes=1, gpus_per_node=2, policy=POLICIES["fifo"]), scripted())
+    check_hand_fifo(result, {"a": 0, "b": 100, "c": 150})
+    # cycles at 0 (a), 100 (b), 150 (c); the submits of b and c cannot start anything (b is
+    # the blocked head), so no cycle runs for them.
+    assert result.metrics["cycles"] == 3
+
+
+def test_cycle_interval_coalesces_events_into_ticks():
+    """Ticks every 60 s: a at tick 0; b, c arrive before tick 60 but b blocks; a ends at 100,
+    freeing at tick 120 (b 120-170); c starts at tick 180. Completion times stay exact."""
+    cfg = SimConfig(nodes=1, gpus_per_node=2, policy=POLICIES["fifo"], cycle_interval=60)
+    result = simulate(HAND, cfg, scripted())
+    check_hand_fifo(result, {"a": 0, "b": 120, "c": 180})
+    got = by_id(result)
+    assert (got["a"].end, got["b"].end, got["c"].end) == (100, 170, 210)
+
+
+@pytest.mark.parametrize("checkpointable,x_end,lost,util", [
+    pytest.param(False, 150, 80, 210 / (2 * 150), id="restart loses the work since its start"),
+    pytest.param(True, 110, 0, 210 / (2 * 110), id="checkpointable resumes"),
+])
+def test_preemption_loses_work_unless_checkpointable(checkpointable, x_end, lost, util):
+    """2 GPUs, projects p and q with one GPU of nominal each. x (q, 2 GPUs, 100 s) borrows from
+    0; y (p, 1 GPU, 10 s) arrives at 40 and reclaims; x runs again once y ends at 50."""
+    trace = [tj("x", 0, 100, 2, "q", checkpointable=checkpointable), tj("y", 40, 10, 1, "p")]
+    result = simulate(trace, SimConfig(nodes=1, gpus_per_node=2), scripted({"y": "x"}, frozenset({"x"})))
+    got = by_id(result)
+    assert got["y"].first_start == 40 and got["y"].end == 50, "the preemptor starts at once (grace 0)"
+    assert got["x"].first_start == 0, "wait counts to the first start"
+    assert got["x"].end == x_end and got["x"].jct == x_end, "preempted job keeps its submit time"
+    assert got["x"].preemptions == 1 and got["x"].lost_gpu_s == lost
+    assert result.metrics["preemptions"] == 1 and result.metrics["lost_gpu_s"] == lost
+    assert result.metrics["utilization"] == pytest.approx(util, abs=1e-4)
+
+
+def test_preempt_grace_holds_resources_until_the_stop_event():
+    trace = [tj("x", 0, 100, 2, "q"), tj("y", 40, 10, 1, "p")]
+    cfg = SimConfig(nodes=1, gpus_per_node=2, preempt_grace=5)
+    result = simulate(trace, cfg, scripted({"y": "x"}, frozenset({"x"})))
+    got = by_id(result)
+    assert got["y"].first_start == 45 and got["x"].end == 155
+
+
+def test_no_cycle_for_a_submit_that_cannot_start_or_reclaim():
+    """Same as above but x does not borrow: y cannot reclaim anything, so no cycle runs at 40."""
+    trace = [tj("x", 0, 100, 2, "q"), tj("y", 40, 10, 1, "p")]
+    result = simulate(trace, SimConfig(nodes=1, gpus_per_node=2), scripted({"y": "x"}))
+    assert by_id(result)["y"].first_start == 100 and result.metrics["preemptions"] == 0
+    assert result.metrics["cycles"] == 2
+
+
+def test_over_allocating_admission_is_refused():
+    def greedy(snap, now, policy):
+        return CycleResult(admissions=tuple(Admission(j.id, Flavor("sim", "gpu"), (Placement(0, snap.nodes[0].id),))
+                                            for j in snap.pending))
+    with pytest.raises(SimulationError, match="over-allocated"):
+        simulate([tj("a", 0, 10), tj("b", 0, 10)], SimConfig(nodes=1, gpus_per_node=1), greedy)
+
+
+def test_jobs_larger_than_the_cluster_are_skipped_not_hung():
+    result = simulate([tj("big", 0, 10, gpus=32), tj("a", 0, 10)], SimConfig(nodes=2, gpus_per_node=8), scripted())
+    assert result.metrics["skipped_jobs"] == 1 and result.metrics["jobs"] == 1
+
+
+def test_multi_gpu_jobs_are_split_into_workers_on_nodes():
+    seen = []
+
+    def spy(snap, now, policy):
+        seen.extend((j.id, j.workers, j.per_worker.gpus) for j in snap.pending)
+        return scripted()(snap, now, policy)
+    simulate([tj("w", 0, 10, gpus=16)], SimConfig(nodes=2, gpus_per_node=8), spy)
+    assert seen[0] == ("w", 2, 8)
+
+
+METRIC_CASES = {
+    "percentile nearest rank p50 of 4": (lambda: percentile([4, 1, 3, 2], 50), 2),
+    "percentile p95 of 20": (lambda: percentile(list(range(1, 21)), 95), 19),
+    "percentile of one": (lambda: percentile([7], 99), 7),
+    "jain equal": (lambda: jain([2, 2, 2]), 1.0),
+    "jain one takes all": (lambda: jain([1, 0, 0, 0]), 0.25),
+}
+
+
+@pytest.mark.parametrize("fn,expected", METRIC_CASES.values(), ids=METRIC_CASES.keys())
+def test_metric_helpers(fn, expected):
+    assert fn() == pytest.approx(expected)
+
+
+def test_metrics_definitions():
+    outs = [
+        outcome("a", 0, 0, 100, 100, project="p"),      # slowdown 1
+        outcome("b", 50, 150, 250, 100, project="q"),   # wait 100, slowdown 2
+        JobOutcome("c", "q", 60, 5, 1, None, None),      # never ran: excluded, counted unfinished
+    ]
+    m = metrics(outs, cluster_gpus=2)
+    assert (m["jobs"], m["unfinished"]) == (2, 1)
+    assert m["avg_wait_s"] == 50 and m["avg_jct_s"] == 150
+    assert m["makespan_s"] == 250 and m["utilization"] == pytest.approx(200 / 500)
+    assert m["jain_fairness"] == pytest.approx((1 + 2) ** 2 / (2 * (1 + 4)), abs=1e-4)
+
+
+def test_project_shares():
+    trace = [tj("a", 0, 100, 1, "p"), tj("b", 0, 100, 3, "q")]
+    assert project_shares(trace, "equal") == {"p": 0.5, "q": 0.5}
+    assert project_shares(trace, "demand") == {"p": 0.25, "q": 0.75}
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0:7d", (0.0, 7 * 86400.0)), (":3600", (None, 3600.0)), ("2h:", (7200.0, None)), ("10m:90", (600.0, 90.0)),
+])
+def test_parse_window(text, expected):
+    assert parse_window(text) == expected
+
+
+def test_replay_is_deterministic_with_the_real_core():
+    jobs = load_trace(str(SAMPLE))
+    cfg = SimConfig(nodes=2, gpus_per_node=8)
+    a, b = simulate(jobs, cfg), simulate(jobs, cfg)
+    assert a.outcomes == b.outcomes
+    assert {k: v for k, v in a.metrics.items() if k != "wall_s"} == {k: v for k, v in b.metrics.items() if k != "wall_s"}
+    assert a.metrics["jobs"] == len(jobs)
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_simulate_cli_json(policy):
+    p = run_module("scheduler.simulate", "--trace", str(SAMPLE), "--nodes", "2", "--gpus-per-node", "8",
+                   "--policy", policy, "--json")
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout)
+    assert SIM_KEYS <= m.keys()
+    assert m["jobs"] == 10 and 0 < m["utilization"] <= 1
+
+
+def test_simulate_cli_table_and_window():
+    p = run_module("scheduler.simulate", "--trace", str(SAMPLE), "--nodes", "1", "--gpus-per-node", "8",
+                   "--policy", "fifo", "--window", "0:600")
+    assert p.returncode == 0, p.stderr
+    assert "average JCT (s)" in p.stdout and "jobs completed" in p.stdout
+
+
+def test_simulate_cli_bad_trace_exits_2_naming_the_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("job_id,submit_time,duration,gpus,project\na,0,10,1,p\nb,0,ten,1,p\n")
+    p = run_module("scheduler.simulate", "--trace", str(bad), "--nodes", "1", "--gpus-per-node", "8")
+    assert p.returncode == 2
+    assert "line 3" in p.stderr and "duration must be a number" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_bench_cli_json_small():
+    p = run_module("scheduler.bench", "--json", "--small", "--repeat", "2")
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout)
+    assert BENCH_KEYS <= m.keys()
+    assert m["nodes"] == 40 and m["pending_in"] == 300
+    assert m["admitted"] + m["pending"] == m["pending_in"], "every pending job is admitted or has a reason"
