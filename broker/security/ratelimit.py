@@ -1,0 +1,75 @@
+"""Per-token rate limiting: one token bucket per key, injectable clock.
+
+Why a token bucket: it allows short bursts (a CLI listing jobs then fetching a few) while
+bounding the sustained rate, and its state is two floats per key. `check` answers either
+"allowed" or "retry after N seconds" (the exact time until one token is back), which the API
+turns into 429 with a ``Retry-After`` header (rounded up to whole seconds, at least 1).
+
+Memory is bounded: at most `max_keys` buckets; when full, the least recently used bucket is
+dropped (a dropped bucket comes back full, which only ever errs on the side of allowing).
+Invariant: over any window of T seconds a key is allowed at most ``burst + rate * T`` units.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Hashable
+
+__all__ = ["RateDecision", "TokenBucketLimiter"]
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    retry_after_s: float = 0.0  # > 0 only when not allowed
+    remaining: float = 0.0
+
+    @property
+    def retry_after_header(self) -> str:
+        """Value for the HTTP ``Retry-After`` header (whole seconds, >= 1)."""
+        return str(max(1, math.ceil(self.retry_after_s)))
+
+
+class TokenBucketLimiter:
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
+        if rate_per_s <= 0 or burst < 1:
+            raise ValueError("rate_per_s must be > 0 and burst >= 1")
+        self.rate = float(rate_per_s)
+        self.burst = float(burst)
+        self._clock = clock
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+        self._lock = threading.Lock()
+
+    def check(self, key: Hashable, cost: float = 1.0, *, now: float | None = None) -> RateDecision:
+        """Take `cost` units from `key`'s bucket if it holds them; otherwise say when it will."""
+        if cost > self.burst:
+            return RateDecision(False, retry_after_s=math.inf)
+        with self._lock:
+            t = self._clock() if now is None else now
+            tokens, at = self._buckets.get(key, (self.burst, t))
+            tokens = min(self.burst, tokens + max(0.0, t - at) * self.rate)
+            if tokens >= cost:
+                tokens -= cost
+                decision = RateDecision(True, remaining=tokens)
+            else:
+                decision = RateDecision(False, retry_after_s=(cost - tokens) / self.rate, remaining=tokens)
+            self._buckets[key] = (tokens, t)
+            self._buckets.move_to_end(key)
+            while len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+        return decision
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -1,0 +1,87 @@
+"""Token bucket: bursts, refill, retry-after, per-key isolation, bounded memory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from broker.security.ratelimit import RateDecision, TokenBucketLimiter
+
+
+def limiter(rate=2.0, burst=5, **kw):
+    return TokenBucketLimiter(rate, burst, clock=lambda: 0.0, **kw)
+
+
+def test_burst_then_refused_with_exact_retry_after():
+    lim = limiter()
+    assert all(lim.check("t", now=0.0).allowed for _ in range(5))
+    d = lim.check("t", now=0.0)
+    assert not d.allowed and d.retry_after_s == pytest.approx(0.5)
+    assert d.retry_after_header == "1"
+
+
+def test_refill_over_time():
+    lim = limiter()
+    for _ in range(5):
+        lim.check("t", now=0.0)
+    assert not lim.check("t", now=0.4).allowed
+    assert lim.check("t", now=0.5).allowed  # 0.4 s gave 0.8, +0.1 s -> 1.0 token
+
+
+def test_refill_capped_at_burst():
+    lim = limiter()
+    lim.check("t", now=0.0)
+    allowed = sum(lim.check("t", now=1000.0).allowed for _ in range(10))
+    assert allowed == 5
+
+
+def test_keys_are_isolated():
+    lim = limiter(burst=1)
+    assert lim.check("a", now=0.0).allowed
+    assert not lim.check("a", now=0.0).allowed
+    assert lim.check("b", now=0.0).allowed
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.7, 3.0, 10.0])
+def test_invariant_burst_plus_rate_times_window(seconds):
+    lim = limiter(rate=2.0, burst=5)
+    allowed = 0
+    steps = 100
+    for i in range(steps + 1):
+        t = seconds * i / steps
+        while lim.check("t", now=t).allowed:
+            allowed += 1
+    assert allowed == math.floor(5 + 2.0 * seconds + 1e-9)
+
+
+def test_cost_larger_than_burst_never_allowed():
+    d = limiter(burst=2).check("t", cost=3, now=0.0)
+    assert not d.allowed and d.retry_after_s == math.inf
+
+
+def test_memory_bounded_lru():
+    lim = limiter(burst=1, max_keys=3)
+    for k in "abcd":
+        lim.check(k, now=0.0)
+    assert len(lim) == 3
+    assert lim.check("a", now=0.0).allowed  # "a" was evicted: it comes back full
+
+
+def test_clock_is_used_when_no_now():
+    t = [0.0]
+    lim = TokenBucketLimiter(1.0, 1, clock=lambda: t[0])
+    assert lim.check("k").allowed and not lim.check("k").allowed
+    t[0] = 1.0
+    assert lim.check("k").allowed
+
+
+@pytest.mark.parametrize("rate, burst", [(0, 1), (1, 0), (-1, 5)])
+def test_bad_config(rate, burst):
+    with pytest.raises(ValueError):
+        TokenBucketLimiter(rate, burst)
+
+
+def test_retry_after_header_minimum_one():
+    assert RateDecision(False, retry_after_s=0.01).retry_after_header == "1"
+    assert RateDecision(False, retry_after_s=2.2).retry_after_header == "3"
