@@ -123,14 +123,15 @@ class Agent:
 
     def tick(self, now: float) -> float:
         """Do what is due at `now`; return the time the next thing is due."""
-        if now >= self.next_sample_at:
-            self.sample(now)
-            self.next_sample_at = _advance(self.next_sample_at, self.config.sample_interval_s, now)
+        # push before sampling: the report due at t holds the readings of [t - push_interval, t)
         if now >= self.next_push_at:
             self.push(now)
             self.next_push_at = _advance(self.next_push_at, self.config.push_interval_s, now)
         elif self.pusher is not None and len(self.pusher.buffer) and now >= self.pusher.next_attempt_at:
             self.pusher.flush(now)
+        if now >= self.next_sample_at:
+            self.sample(now)
+            self.next_sample_at = _advance(self.next_sample_at, self.config.sample_interval_s, now)
         due = min(self.next_sample_at, self.next_push_at)
         if self.pusher is not None and len(self.pusher.buffer):
             due = min(due, max(now, self.pusher.next_attempt_at))
