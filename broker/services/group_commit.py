@@ -34,27 +34,34 @@ class GroupCommitWriter:
         self._wait_s = wait_s
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._starts = 0
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
         self.batches = 0
         self.items = 0
 
     async def start(self) -> None:
+        """Start the writer on the running loop (counted: an app served by two loops at once,
+        as in tests with two clients, keeps one writer; the other loop commits directly)."""
+        self._starts += 1
         if self._task is None:
+            self._loop = asyncio.get_running_loop()
             self._queue = asyncio.Queue()
             self._task = asyncio.create_task(self._run(), name="group-commit")
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop."""
-        if self._task is None:
+        """Finish what is queued, then stop (when the last starter stops, on the writer's loop)."""
+        self._starts = max(0, self._starts - 1)
+        if self._task is None or self._starts > 0 or asyncio.get_running_loop() is not self._loop:
             return
         await self._queue.put(None)
         await self._task
-        self._task = None
-        self._thread.shutdown(wait=True)
+        self._task, self._loop = None, None
 
     async def submit(self, job_row: dict, event_row: dict) -> None:
         """Resolve once the rows are committed; raise what the insert raised."""
-        if self._task is None:  # not started (e.g. a tool using the service directly)
+        if self._task is None or asyncio.get_running_loop() is not self._loop:
+            # not started here (a tool using the service directly, or a second event loop)
             await asyncio.get_running_loop().run_in_executor(self._thread, self._commit, [(job_row, event_row)])
             return
         fut = asyncio.get_running_loop().create_future()
