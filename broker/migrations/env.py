@@ -9,6 +9,7 @@ from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
 import broker.models  # noqa: F401  (registers the tables)
+import broker.telemetry.models  # noqa: F401  (telemetry tables, issue 5)
 
 target_metadata = SQLModel.metadata
 config = context.config

@@ -1,0 +1,1 @@
+"""Telemetry: ingest of agent reports, raw samples with retention, rollups, node health."""
