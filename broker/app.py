@@ -18,6 +18,7 @@ from broker.api.json import JSON
 
 from broker.api import catalog as catalog_routes
 from broker.api import jobs as job_routes
+from broker.api.fastpath import SubmitFastPath
 from broker.api.limits import BodyLimit
 from broker.db import make_engine
 from broker.errors import install_handlers
@@ -25,7 +26,16 @@ from broker.services.auth import TokenAuth
 from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.logs import LogService
+from broker.services.scheduling import SchedulingLoop
 from broker.settings import Settings
+from broker.tasks import Tasks
+
+
+def make_tasks(settings: Settings, engine, executor):
+    """The scheduling loop and its periodic tasks (broker.tasks), not yet started."""
+    loop = SchedulingLoop(settings, engine, executor)
+    return Tasks(loop, executor, cycle_interval_s=settings.cycle_interval_s,
+                 reconcile_interval_s=settings.reconcile_interval_s)
 
 
 def create_app(settings: Settings | None = None, executor=None, start_background: bool = True,
@@ -38,11 +48,19 @@ def create_app(settings: Settings | None = None, executor=None, start_background
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await jobs.writer.start()
-        # ---- background tasks (scheduling loop, reconciler, telemetry) start here ----
-        # The lead wires broker.tasks in this block when start_background is True.
+        tasks = None
+        if start_background and executor is not None:
+            tasks = make_tasks(settings, engine, executor)
+            app.state.tasks = tasks
+            app.state.on_submit = tasks.wake
+            app.state.on_cancel = tasks.wake
+            tasks.start()
         try:
             yield
         finally:
+            if tasks is not None:
+                app.state.on_submit = app.state.on_cancel = None
+                tasks.stop()
             await jobs.writer.stop()
             if own_engine:
                 engine.dispose()
@@ -60,7 +78,10 @@ def create_app(settings: Settings | None = None, executor=None, start_background
     app.state.catalog = CatalogService(engine)
     app.state.on_submit = None
     app.state.on_cancel = None
+    app.state.tasks = None
     install_handlers(app)
+    if settings.submit_fast_path:  # outermost user middleware: the hot submit skips the framework
+        app.add_middleware(SubmitFastPath, state=app.state, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(job_routes.router)
     app.include_router(catalog_routes.router)

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     starting_timeout_s: float = 120.0  # a job stuck in STARTING longer than this is repaired
 
     allow_process_runtime: bool = False
+    scheduling_policy: str = "fair-backfill-preempt"  # a name from scheduler.model.POLICIES
     max_body_bytes: int = 256 * 1024
     page_size_default: int = 100
     page_size_max: int = 500
@@ -49,6 +50,7 @@ class Settings(BaseSettings):
     submit_batch_max: int = 256
     submit_batch_wait_s: float = 0.0
     db_pool_size: int = 10
+    submit_fast_path: bool = True  # POST /api/v1/jobs as a pure ASGI handler (broker.api.fastpath)
 
     default_max_runtime_s: float = 24 * 3600.0
     seed_demo: bool = True

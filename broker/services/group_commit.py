@@ -36,6 +36,7 @@ class GroupCommitWriter:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._starts = 0
+        self._conn = None  # the writer thread's own connection
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
         self.batches = 0
         self.items = 0
@@ -57,6 +58,7 @@ class GroupCommitWriter:
         await self._queue.put(None)
         await self._task
         self._task, self._loop = None, None
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_conn)
 
     async def submit(self, job_row: dict, event_row: dict) -> None:
         """Resolve once the rows are committed; raise what the insert raised."""
@@ -107,5 +109,24 @@ class GroupCommitWriter:
                     fut.set_exception(e)
 
     def _commit(self, items: list[Item]) -> None:
-        with self._engine.begin() as conn:
-            self._write(conn, [j for j, _ in items], [e for _, e in items])
+        """Runs on the writer thread only. Keeps one connection checked out (no pool checkout or
+        pre-ping per batch); a failed batch drops it, so the retry reconnects."""
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        conn = self._conn
+        try:
+            with conn.begin():
+                self._write(conn, [j for j, _ in items], [e for _, e in items])
+        except Exception:
+            self._conn = None
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:  # already broken: nothing left to release
+                pass
+            raise
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

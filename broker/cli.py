@@ -1,0 +1,24 @@
+"""Entry point of the `broker` console script.
+
+Command groups live in `broker/cli_*.py` and register on the typer objects of
+`broker.cli_common`; importing them here is the whole wiring. Add one import line per module.
+"""
+
+from __future__ import annotations
+
+from broker.cli_common import app  # noqa: F401  (the console script target: broker.cli:app)
+
+import broker.cli_jobs  # noqa: F401,E402  jobs submit|list|get|cancel|logs|events
+import broker.cli_bench_submit  # noqa: F401,E402  bench submit
+
+# ---- registered by other modules (one import line each) ----
+# broker.cli_up               -> `broker up`           (lead)
+# broker.cli_bench_dispatch   -> `broker bench dispatch` (Ray helper)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
