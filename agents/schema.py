@@ -42,7 +42,7 @@ ShortStr = Annotated[str, Field(max_length=256)]
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class XidEvent(_Wire):

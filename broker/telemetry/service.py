@@ -1,0 +1,241 @@
+"""Telemetry use cases: ingest a report, check heartbeats, summarise a job's GPU use.
+
+Ingest is the hot path (a region of 1,000 nodes x 8 GPUs pushes 8,000 samples a second), so:
+- the body is validated once by pydantic straight from bytes (`model_validate_json`);
+- samples become plain tuples and go into the DB in one statement per report: PostgreSQL
+  `COPY ... FROM STDIN` through psycopg, SQLite `executemany`;
+- one transaction per report holds: claim the seq, insert samples, insert the host reading,
+  update node health. Claiming is write-first (`UPDATE agent_state SET last_seq = :seq WHERE
+  node_id = :n AND last_seq < :seq`), so two copies of one report racing each other store it
+  once, with no read-then-write upgrade (SQLITE_BUSY) and with the node's row lock held until
+  commit.
+
+Invariants: a report is stored at most once per (node, seq); a report is accepted only from
+an agent token bound to the report's node; a duplicate is acknowledged (the agent drops it)
+without touching any table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from agents.schema import DeviceSample, TelemetryAck, TelemetryReport
+from broker.errors import Forbidden, Invalid
+from broker.telemetry import health
+from broker.telemetry.health import HealthConfig
+
+log = logging.getLogger("broker.telemetry")
+
+SAMPLE_COLUMNS = (
+    "node_id", "gpu_index", "uuid", "ts", "util_gpu", "util_memory", "memory_used_mb", "memory_total_mb",
+    "power_w", "energy_mj", "temp_gpu", "temp_memory", "sm_clock_mhz", "mem_clock_mhz", "pcie_replay",
+    "ecc_uncorrectable", "ecc_correctable", "gr_active", "tensor_active", "dram_active", "xid",
+    "job_id", "attempt", "project_id", "job_memory_mb",
+)
+HOST_COLUMNS = ("node_id", "ts", "cpu_percent", "load1", "mem_used_mb", "mem_total_mb", "disk_used_gb", "disk_total_gb")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    raw_retention_s: float = 7 * 86400.0
+    minute_retention_s: float = 31 * 86400.0
+    hour_retention_s: float = 400 * 86400.0
+    rollup_lateness_s: float = 120.0  # minutes younger than this are not rolled up yet
+    max_future_s: float = 86400.0  # a sample further in the future means a broken clock: 422
+    health: HealthConfig = HealthConfig()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "TelemetryConfig":
+        """Read BROKER_TELEMETRY_* knobs where Settings has them; defaults otherwise."""
+        g = lambda name, default: getattr(settings, name, default)  # noqa: E731
+        return cls(
+            raw_retention_s=g("telemetry_raw_retention_s", cls.raw_retention_s),
+            minute_retention_s=g("telemetry_minute_retention_s", cls.minute_retention_s),
+            hour_retention_s=g("telemetry_hour_retention_s", cls.hour_retention_s),
+            health=HealthConfig(
+                heartbeat_timeout_s=g("heartbeat_timeout_s", 60.0),
+                fatal_hold_s=g("telemetry_fatal_hold_s", 3600.0),
+            ),
+        )
+
+
+def sample_row(node_id: str, s: DeviceSample) -> tuple:
+    """One DB row (in SAMPLE_COLUMNS order) for one reading (pure).
+
+    Attribution: the job whose processes hold the most GPU memory on the device owns the
+    row; `job_memory_mb` is the sum over that job's processes.
+    """
+    job = attempt = project = None
+    job_mem = None
+    if s.processes:
+        per_job: dict[str, float] = {}
+        meta: dict[str, tuple] = {}
+        for p in s.processes:
+            if p.job_id:
+                per_job[p.job_id] = per_job.get(p.job_id, 0.0) + (p.used_memory_mb or 0.0)
+                meta.setdefault(p.job_id, (p.attempt, p.project))
+        if per_job:
+            job = max(per_job, key=lambda j: (per_job[j], j))
+            job_mem = per_job[job]
+            attempt, project = meta[job]
+    g = s.gpm
+    return (
+        node_id, s.index, s.uuid, s.ts, s.util_gpu, s.util_memory, s.memory_used_mb, s.memory_total_mb,
+        s.power_w, s.energy_mj, s.temp_gpu, s.temp_memory, s.sm_clock_mhz, s.mem_clock_mhz, s.pcie_replay,
+        s.ecc_uncorrectable, s.ecc_correctable,
+        g.graphics_activity if g else None, g.tensor_activity if g else None, g.dram_bw_util if g else None,
+        s.xid_events[-1].xid if s.xid_events else None,
+        job, attempt, project, job_mem,
+    )
+
+
+def parse_report(body: bytes) -> TelemetryReport:
+    """Validate a report from raw bytes; Invalid (422) with per-field details when it is not one."""
+    try:
+        return TelemetryReport.model_validate_json(body)
+    except ValidationError as e:
+        fields = [
+            {"field": ".".join(str(p) for p in err.get("loc", ())) or "body", "message": str(err.get("msg", "")),
+             "type": err.get("type", "")}
+            for err in e.errors()[:20]
+        ]
+        first = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+        raise Invalid(f"invalid telemetry report: {first}", code="INVALID_REPORT", details={"fields": fields}) from None
+
+
+class TelemetryService:
+    def __init__(self, engine: Engine, config: TelemetryConfig = TelemetryConfig(),
+                 clock: Callable[[], float] = time.time) -> None:
+        self.engine, self.config, self.clock = engine, config, clock
+        self.dialect = engine.dialect.name
+
+    # ------------------------------------------------------------------ ingest
+    def ingest_bytes(self, *, agent_node_id: str | None, body: bytes, now: float | None = None) -> TelemetryAck:
+        return self.ingest(agent_node_id=agent_node_id, report=parse_report(body), now=now)
+
+    def ingest(self, *, agent_node_id: str | None, report: TelemetryReport, now: float | None = None) -> TelemetryAck:
+        now = self.clock() if now is None else now
+        if not agent_node_id or report.node_id != agent_node_id:
+            raise Forbidden(f"this agent token may only push telemetry for node {agent_node_id!r}",
+                            code="NODE_MISMATCH", details={"token_node": agent_node_id, "report_node": report.node_id})
+        if report.gpus and max(s.ts for s in report.gpus) > now + self.config.max_future_s:
+            raise Invalid("sample timestamps are more than a day in the future: check the node's clock",
+                          code="CLOCK_SKEW")
+        oldest_kept = now - self.config.raw_retention_s
+        rows = [sample_row(report.node_id, s) for s in report.gpus if s.ts >= oldest_kept]
+        faults = health.gpu_faults(report.gpus, self.config.health.fatal_xids)
+        with Session(self.engine) as s:
+            try:
+                if not self._claim(s, report, now, len(rows), faults):
+                    s.rollback()
+                    return TelemetryAck(accepted=True, duplicate=True, samples=0)
+                if rows:
+                    self._insert_samples(s, rows)
+                    self._mark_late(s, min(r[3] for r in rows))
+                if report.host is not None:
+                    h = report.host
+                    self._insert(s, "host_samples", HOST_COLUMNS, [(report.node_id, h.ts, h.cpu_percent, h.load1,
+                                 h.mem_used_mb, h.mem_total_mb, h.disk_used_gb, h.disk_total_gb)])
+                status = self._update_node(s, report, now, faults)
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+        return TelemetryAck(accepted=True, samples=len(rows), node_status=status)
+
+    def _claim(self, s: Session, r: TelemetryReport, now: float, n: int, faults: list[str]) -> bool:
+        hb = r.heartbeat
+        params = dict(
+            n=r.node_id, seq=r.seq, now=now, ver=r.agent_version[:64], started=hb.started_at, backend=hb.gpu_backend,
+            cpu_only=hb.cpu_only, reason=(hb.cpu_only_reason or "")[:256], driver=(hb.driver_version or "")[:64],
+            cuda=(hb.cuda_version or "")[:32], devices=hb.device_count, buffered=hb.buffered_reports,
+            dropped=hb.dropped_reports, samples=n, fatal_at=now if faults else None,
+            fatal_reason="; ".join(faults)[:500],
+        )
+        sets = ("last_seq=:seq, last_report_at=:now, agent_version=:ver, agent_started_at=:started, "
+                "gpu_backend=:backend, cpu_only=:cpu_only, cpu_only_reason=:reason, driver_version=:driver, "
+                "cuda_version=:cuda, device_count=:devices, buffered_reports=:buffered, dropped_reports=:dropped, "
+                "reports=reports+1, samples=samples+:samples")
+        if faults:
+            sets += ", fatal_at=:fatal_at, fatal_reason=:fatal_reason"
+        res = s.execute(text(f"UPDATE agent_state SET {sets} WHERE node_id=:n AND last_seq < :seq"), params)
+        if res.rowcount == 1:
+            return True
+        exists = s.execute(text("SELECT 1 FROM agent_state WHERE node_id=:n"), {"n": r.node_id}).first()
+        if exists:
+            return False  # seq already stored: a replayed duplicate
+        res = s.execute(text(
+            "INSERT INTO agent_state (node_id, last_seq, last_report_at, agent_version, agent_started_at, gpu_backend, "
+            "cpu_only, cpu_only_reason, driver_version, cuda_version, device_count, buffered_reports, dropped_reports, "
+            "reports, samples, fatal_at, fatal_reason) VALUES (:n, :seq, :now, :ver, :started, :backend, :cpu_only, "
+            ":reason, :driver, :cuda, :devices, :buffered, :dropped, 1, :samples, :fatal_at, :fatal_reason) "
+            "ON CONFLICT (node_id) DO NOTHING"), params)
+        return res.rowcount == 1
+
+    def _insert_samples(self, s: Session, rows: list[tuple]) -> None:
+        self._insert(s, "gpu_samples", SAMPLE_COLUMNS, rows)
+
+    def _insert(self, s: Session, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        conn = s.connection()
+        if self.dialect == "postgresql":
+            raw = conn.connection.driver_connection  # psycopg 3, same transaction
+            with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+                for row in rows:
+                    cp.write_row(row)
+            return
+        marks = ", ".join("?" for _ in columns)
+        conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
+
+    def _mark_late(self, s: Session, min_ts: float) -> None:
+        """A sample older than the minute watermark makes its bucket dirty for the next rollup."""
+        from broker.telemetry import rollup
+
+        rollup.mark_dirty_if_late(s, min_ts)
+
+    def _update_node(self, s: Session, r: TelemetryReport, now: float, faults: list[str]) -> str | None:
+        row = s.execute(text("SELECT state, state_reason FROM nodes WHERE id=:n"), {"n": r.node_id}).first()
+        if row is None:
+            return None  # not in the inventory yet: samples are kept, health starts when it appears
+        state, reason = row[0], row[1] or ""
+        agent = s.execute(text("SELECT fatal_at, fatal_reason FROM agent_state WHERE node_id=:n"),
+                          {"n": r.node_id}).first()
+        new_state, new_reason = health.on_report(state, reason, faults, agent[0], agent[1] or "",
+                                                 r.heartbeat.started_at, now, self.config.health)
+        if (new_state, new_reason) != (state, reason):
+            log.warning("node %s: %s -> %s (%s)", r.node_id, state, new_state, new_reason or "healthy again")
+        s.execute(text("UPDATE nodes SET last_heartbeat=:now, state=:st, state_reason=:rs, updated_at=:now "
+                       "WHERE id=:n AND state=:old"),
+                  {"now": now, "st": new_state, "rs": new_reason, "n": r.node_id, "old": state})
+        return new_state
+
+    # ------------------------------------------------------------------ heartbeats
+    def check_heartbeats(self, now: float | None = None) -> list[tuple[str, str, str]]:
+        """Mark nodes whose agent went silent UNHEALTHY; returns [(node, new_state, reason)]."""
+        now = self.clock() if now is None else now
+        cutoff = now - self.config.health.heartbeat_timeout_s
+        changed = []
+        with Session(self.engine) as s:
+            rows = s.execute(text(
+                "SELECT n.id, n.state, n.state_reason, a.last_report_at FROM nodes n "
+                "JOIN agent_state a ON a.node_id = n.id WHERE a.last_report_at < :cutoff AND n.state <> :unhealthy"),
+                {"cutoff": cutoff, "unhealthy": health.UNHEALTHY}).all()
+            for node_id, state, reason, last in rows:
+                new_state, new_reason = health.on_silence(state, reason or "", last, now, self.config.health)
+                if (new_state, new_reason) == (state, reason):
+                    continue
+                res = s.execute(text("UPDATE nodes SET state=:st, state_reason=:rs, updated_at=:now "
+                                     "WHERE id=:n AND state=:old"),
+                                {"st": new_state, "rs": new_reason, "now": now, "n": node_id, "old": state})
+                if res.rowcount:
+                    log.warning("node %s: %s -> %s (%s)", node_id, state, new_state, new_reason)
+                    changed.append((node_id, new_state, new_reason))
+            s.commit()
+        return changed
