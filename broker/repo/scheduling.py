@@ -1,0 +1,75 @@
+"""Queries the scheduling loop needs: what holds resources, what waits, quotas and accounting.
+
+Queries only; the transactions belong to `broker.services.scheduling`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+from sqlalchemy import or_, select, tuple_
+from sqlmodel import Session
+
+from broker.models import (
+    HOLDING, Department, Job, JobStatus, Ledger, Node, Placement, Pool, Project, QuotaRow,
+)
+
+_HOLDING = [s.value for s in HOLDING]
+
+
+def departments(session: Session) -> Sequence[Department]:
+    return session.execute(select(Department).order_by(Department.id)).scalars().all()
+
+
+def projects(session: Session) -> Sequence[Project]:
+    return session.execute(select(Project).order_by(Project.id)).scalars().all()
+
+
+def pools(session: Session) -> Sequence[Pool]:
+    return session.execute(select(Pool).order_by(Pool.name)).scalars().all()
+
+
+def nodes(session: Session) -> Sequence[Node]:
+    return session.execute(select(Node).order_by(Node.id)).scalars().all()
+
+
+def quota_rows(session: Session) -> Sequence[QuotaRow]:
+    return session.execute(select(QuotaRow).order_by(QuotaRow.id)).scalars().all()
+
+
+def holding_jobs(session: Session) -> Sequence[Job]:
+    """Jobs whose current attempt holds (or may still hold) resources."""
+    return session.execute(select(Job).where(Job.status.in_(_HOLDING)).order_by(Job.id)).scalars().all()
+
+
+def pending_jobs(session: Session) -> Sequence[Job]:
+    return session.execute(
+        select(Job).where(Job.status == JobStatus.PENDING.value).order_by(Job.submit_time, Job.id)
+    ).scalars().all()
+
+
+def placements_of(session: Session, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], list[Placement]]:
+    """Placements per (job_id, attempt), ranks in order."""
+    keys = list(keys)
+    out: dict[tuple[str, int], list[Placement]] = defaultdict(list)
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i + 500]
+        rows = session.execute(
+            select(Placement).where(tuple_(Placement.job_id, Placement.attempt).in_(chunk))
+            .order_by(Placement.job_id, Placement.attempt, Placement.rank)
+        ).scalars().all()
+        for p in rows:
+            out[(p.job_id, p.attempt)].append(p)
+    return out
+
+
+def ledger_since(session: Session, since: float) -> Sequence[Ledger]:
+    """Ledger rows that overlap [since, now]: still running, or ended after `since`."""
+    return session.execute(
+        select(Ledger).where(or_(Ledger.ended_at.is_(None), Ledger.ended_at >= since))
+    ).scalars().all()
+
+
+def open_ledger(session: Session, job_id: str, attempt: int) -> Ledger | None:
+    return session.get(Ledger, (job_id, attempt))

@@ -1,0 +1,376 @@
+"""The scheduling loop: observe the executor, run the core, apply its decisions, launch.
+
+One `tick()` is four steps, each with short transactions and no network call inside one:
+
+1. sync nodes   executor inventory -> Node rows (new nodes join READY; a node the executor
+                reports dead or no longer lists becomes UNHEALTHY, and READY again when it
+                returns, unless an admin or the health monitor set another state).
+2. observe      executor status of every job that holds resources -> state transitions:
+                STARTING -> RUNNING when every worker runs; SUCCEEDED when all exit 0; FAILED on
+                the first non-zero exit (the rest of the gang is stopped); LOST when a worker
+                vanishes; cancel requests and preemptions stop the workers and finish once
+                they are gone. The attempt's ledger row is closed when its workers are gone.
+3. schedule     DB rows -> `Snapshot` -> `scheduler.run_cycle(snapshot, now, policy)`; admissions
+                are applied with compare-and-set (PENDING -> ADMITTED + placements + an open
+                ledger row, in one transaction per cycle), preemption victims go to PREEMPTED,
+                pending reasons are written where they changed.
+4. launch       every ADMITTED job is launched (idempotent per attempt) and moves to STARTING.
+
+Choices where the issues are silent: a preempted job goes back to PENDING without using up a
+retry (preemption is the platform's decision, not the job's failure); a lost job uses one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from broker import jobstate
+from broker.models import Job, JobStatus, Ledger, Node, Placement
+from broker.ports import AttemptStatus, Executor, LaunchSpec, WorkerLaunch, WorkerState
+from broker.repo import scheduling as repo
+from broker.services.snapshot import build_snapshot, lookback_start
+from broker.settings import Settings
+from scheduler import run_cycle
+from scheduler.model import POLICIES, CycleResult, NodeState, Policy
+
+log = logging.getLogger("broker.scheduling")
+S = JobStatus
+
+EXECUTOR_REASON = "executor: "  # prefix of node states this loop sets (and may clear)
+
+
+@dataclass
+class TickReport:
+    admitted: list[str] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    launched: list[str] = field(default_factory=list)
+    pending: int = 0
+    cycle_ms: float = 0.0
+
+
+class SchedulingLoop:
+    def __init__(self, settings: Settings, engine: Engine, executor: Executor, *,
+                 clock: Callable[[], float] = time.time, policy: Policy | None = None) -> None:
+        self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
+        self.policy = policy or POLICIES[settings.scheduling_policy]
+        self._stopping: set[tuple[str, int]] = set()  # stop() already sent for these attempts
+        self._cause: dict[tuple[str, int], object] = {}  # the worker whose failure stopped its gang
+        self._lock = threading.Lock()  # one tick at a time, whoever calls it
+        self.last_cycle: CycleResult | None = None
+
+    # ------------------------------------------------------------------ the tick
+    def tick(self) -> TickReport:
+        with self._lock:
+            rep = TickReport()
+            self.sync_nodes()
+            self.observe(rep)
+            self.schedule(rep)
+            self.launch_admitted(rep)
+            return rep
+
+    # ------------------------------------------------------------------ 1. nodes
+    def sync_nodes(self) -> None:
+        observed = {o.id: o for o in self.executor.nodes()}
+        now = self.clock()
+        with Session(self.engine) as s:
+            rows = {n.id: n for n in repo.nodes(s)}
+            for nid, o in observed.items():
+                row = rows.get(nid)
+                if row is None:
+                    row = Node(id=nid, pool=o.pool, state=NodeState.READY.value)
+                changed = _assign(row, hostname=o.hostname, address=o.address, pool=o.pool, gpu_model=o.gpu_model,
+                                  gpus=o.capacity.gpus, cpus=o.capacity.cpus, memory_gb=o.capacity.memory_gb,
+                                  labels=dict(o.labels))
+                if not o.alive and row.state == NodeState.READY.value:
+                    changed |= _assign(row, state=NodeState.UNHEALTHY.value,
+                                       state_reason=EXECUTOR_REASON + "the executor reports the node dead")
+                elif o.alive and row.state == NodeState.UNHEALTHY.value and row.state_reason.startswith(EXECUTOR_REASON):
+                    changed |= _assign(row, state=NodeState.READY.value, state_reason="")
+                if changed or nid not in rows:
+                    row.updated_at = now
+                    s.add(row)
+            for nid, row in rows.items():
+                if nid not in observed and row.state == NodeState.READY.value:
+                    _assign(row, state=NodeState.UNHEALTHY.value,
+                            state_reason=EXECUTOR_REASON + "the node left the executor's inventory", updated_at=now)
+                    s.add(row)
+            s.commit()
+
+    # ------------------------------------------------------------------ 2. observe
+    def observe(self, rep: TickReport) -> None:
+        with Session(self.engine) as s:
+            jobs = [j for j in repo.holding_jobs(s) if j.status != S.ADMITTED.value]
+            s.expunge_all()
+        for job in jobs:
+            try:
+                st = self.executor.status(job.id, job.attempt)
+            except Exception as e:  # an executor hiccup must not stop the loop
+                log.warning("status of %s/%s failed: %s", job.id, job.attempt, e)
+                continue
+            self._observe_one(job, st, rep)
+
+    def _observe_one(self, job: Job, st: AttemptStatus, rep: TickReport) -> None:
+        key = (job.id, job.attempt)
+        now = self.clock()
+        status = S(job.status)
+        workers = st.workers
+        exited = [w for w in workers if w.state is WorkerState.EXITED]
+        lost = [w for w in workers if w.state is WorkerState.LOST]
+        gone = st.exists is False or (workers and len(exited) + len(lost) == len(workers))
+
+        if status in (S.PREEMPTED, S.LOST):
+            if not gone:
+                self._stop(key, "preempted" if status is S.PREEMPTED else "lost")
+                return
+            self._finish(job, None, now, rep, release=True)
+            return
+
+        if job.cancel_requested_at is not None and not gone:
+            self._stop(key, "cancelled")
+            return
+
+        if not st.exists:
+            if status is S.STARTING and now - (job.admitted_at or now) < self.settings.starting_timeout_s:
+                return  # launch may still be settling
+            self._finish(job, S.LOST, now, rep, message="the executor no longer knows this attempt")
+            return
+        if lost and not gone:
+            self._stop(key, "a gang member was lost")
+            return
+        failed = [w for w in exited if w.exit_code not in (0, None)]
+        first = self._cause.get(key)
+        if failed and first is None:
+            first = self._cause[key] = min(failed, key=lambda w: (w.ended_at or now, w.rank))
+        if failed and not gone:
+            self._stop(key, f"worker {first.rank} exited with code {first.exit_code}")
+            return
+        if gone:
+            if job.cancel_requested_at is not None:
+                self._finish(job, S.CANCELLED, now, rep, message="cancelled", exit_code=_first_bad(workers))
+            elif lost and not failed:
+                self._finish(job, S.LOST, now, rep, message=f"worker {lost[0].rank} was lost: {lost[0].message}".rstrip(": "))
+            elif failed:
+                w = first
+                why = f"worker {w.rank} exited with code {w.exit_code}" + (f" ({w.message})" if w.message else "")
+                self._finish(job, S.FAILED, now, rep, message=why, exit_code=w.exit_code)
+            else:
+                self._finish(job, S.SUCCEEDED, now, rep, message="all workers exited 0", exit_code=0)
+            return
+        if status is S.STARTING and workers and all(w.state in (WorkerState.RUNNING, WorkerState.EXITED) for w in workers):
+            started = min((w.started_at for w in workers if w.started_at), default=now)
+            with Session(self.engine) as s:
+                row = s.get(Job, job.id)
+                if row is not None and row.status == S.STARTING.value and row.attempt == job.attempt:
+                    jobstate.transition(s, row, S.RUNNING, expected_version=row.version, now=now, started_at=started)
+                    self._record_devices(s, job, st)
+                    s.commit()
+
+    def _stop(self, key: tuple[str, int], why: str) -> None:
+        if key in self._stopping:
+            return
+        self._stopping.add(key)
+        try:
+            self.executor.stop(key[0], key[1], self.settings.grace_period_s, why)
+        except Exception as e:
+            self._stopping.discard(key)
+            log.warning("stop of %s/%s failed: %s", key[0], key[1], e)
+
+    def _finish(self, job: Job, to: JobStatus | None, now: float, rep: TickReport, *, message: str = "",
+                exit_code: int | None = None, release: bool = True) -> None:
+        """End the current attempt: close its ledger row, move the job on, release the executor.
+
+        `to=None` means the job was PREEMPTED/LOST and its workers are now gone: requeue it."""
+        key = (job.id, job.attempt)
+        with Session(self.engine) as s:
+            row = s.get(Job, job.id)
+            if row is None or row.attempt != job.attempt or S(row.status) not in (S.STARTING, S.RUNNING, S.PREEMPTED, S.LOST):
+                return
+            _close_ledger(s, row, now)
+            if to is None:
+                if row.status == S.PREEMPTED.value and row.cancel_requested_at is None:
+                    jobstate.transition(s, row, S.PENDING, expected_version=row.version, now=now,
+                                        message="requeued after preemption")
+                elif row.cancel_requested_at is not None:
+                    jobstate.transition(s, row, S.CANCELLED, expected_version=row.version, now=now, message="cancelled")
+                else:
+                    jobstate.requeue_or_fail(s, row, expected_version=row.version, now=now)
+            elif to is S.LOST:
+                if jobstate.transition(s, row, S.LOST, expected_version=row.version, now=now, message=message):
+                    jobstate.requeue_or_fail(s, row, expected_version=row.version, now=now)
+            else:
+                fields = {"exit_code": exit_code} if exit_code is not None else {}
+                jobstate.transition(s, row, to, expected_version=row.version, now=now, message=message, **fields)
+            s.commit()
+        rep.finished.append(job.id)
+        if release:
+            try:
+                self.executor.release(*key)
+            except Exception as e:
+                log.warning("release of %s/%s failed (the reconciler retries): %s", key[0], key[1], e)
+        self._stopping.discard(key)
+        self._cause.pop(key, None)
+
+    @staticmethod
+    def _record_devices(s: Session, job: Job, st: AttemptStatus) -> None:
+        for w in st.workers:
+            p = s.get(Placement, (job.id, job.attempt, w.rank))
+            if p is not None and w.cuda_visible_devices and p.cuda_visible_devices != w.cuda_visible_devices:
+                p.cuda_visible_devices = w.cuda_visible_devices
+                s.add(p)
+
+    # ------------------------------------------------------------------ 3. schedule
+    def schedule(self, rep: TickReport) -> CycleResult | None:
+        now = self.clock()
+        with Session(self.engine) as s:
+            holding = repo.holding_jobs(s)
+            pending = repo.pending_jobs(s)
+            if not pending:
+                return None
+            snap = build_snapshot(
+                now=now, half_life_s=self.policy.fair_share_half_life_s, departments=repo.departments(s),
+                projects=repo.projects(s), pools=repo.pools(s), nodes=repo.nodes(s), quotas=repo.quota_rows(s),
+                holding=holding, placements=repo.placements_of(s, [(j.id, j.attempt) for j in holding]),
+                pending=pending, ledger=repo.ledger_since(s, lookback_start(now, self.policy.fair_share_half_life_s)),
+            )
+            t0 = time.perf_counter()
+            result = run_cycle(snap, now, self.policy)
+            rep.cycle_ms = (time.perf_counter() - t0) * 1000.0
+            by_id = {j.id: j for j in pending}
+            held = {j.id: j for j in holding}
+            for adm in result.admissions:
+                job = by_id[adm.job_id]
+                if not jobstate.transition(
+                        s, job, S.ADMITTED, expected_version=job.version, now=now, borrowing=adm.borrowing,
+                        flavor_pool=adm.flavor.pool, flavor_gpu_model=adm.flavor.gpu_model,
+                        event_details={"placements": [{"rank": p.rank, "node": p.node, "gpus": list(p.gpu_indices)}
+                                                      for p in adm.placements], "borrowing": adm.borrowing}):
+                    continue
+                for p in adm.placements:
+                    s.add(Placement(job_id=job.id, attempt=job.attempt, rank=p.rank, node_id=p.node,
+                                    gpu_indices=list(p.gpu_indices)))
+                s.add(Ledger(job_id=job.id, attempt=job.attempt, project_id=job.project_id,
+                             department_id=snap_department(snap, job.project_id), pool=adm.flavor.pool,
+                             gpu_model=adm.flavor.gpu_model, gpus=job.gpus * job.workers, started_at=now))
+                rep.admitted.append(job.id)
+            victims = []
+            for pre in result.preemptions:
+                job = held.get(pre.job_id)
+                if job is None or job.status not in (S.ADMITTED.value, S.STARTING.value, S.RUNNING.value):
+                    continue
+                if jobstate.transition(s, job, S.PREEMPTED, expected_version=job.version, now=now,
+                                       message=pre.message,
+                                       event_details={"code": pre.code, "for_job": pre.for_job_id}):
+                    victims.append((job.id, job.attempt, pre.message))
+                    rep.preempted.append(job.id)
+            for jid, why in result.pending.items():
+                job = by_id.get(jid)
+                if job is None:
+                    continue
+                details = _plain(why.details)
+                if (job.pending_code, job.pending_message, job.queue_position, job.estimated_start, job.pending_details) != \
+                        (why.code.value, why.message, why.queue_position, why.estimated_start, details):
+                    jobstate.set_pending_reason(s, jid, code=why.code.value, message=why.message, details=details,
+                                                queue_position=why.queue_position, estimated_start=why.estimated_start)
+            rep.pending = len(result.pending)
+            s.commit()
+        for jid, att, why in victims:
+            self._stop((jid, att), why or "preempted")
+        self.last_cycle = result
+        return result
+
+    # ------------------------------------------------------------------ 4. launch
+    def launch_admitted(self, rep: TickReport) -> None:
+        with Session(self.engine) as s:
+            admitted = [j for j in repo.holding_jobs(s) if j.status == S.ADMITTED.value]
+            places = repo.placements_of(s, [(j.id, j.attempt) for j in admitted])
+            s.expunge_all()
+        for job in admitted:
+            spec = launch_spec(job, places.get((job.id, job.attempt), []), self.settings.grace_period_s)
+            try:
+                self.executor.launch(spec)
+            except Exception as e:
+                log.warning("launch of %s/%s failed: %s", job.id, job.attempt, e)
+                with Session(self.engine) as s:
+                    row = s.get(Job, job.id)
+                    if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
+                        _close_ledger(s, row, self.clock())
+                        if jobstate.transition(s, row, S.LOST, expected_version=row.version,
+                                               message=f"launch failed: {_short(e)}"):
+                            jobstate.requeue_or_fail(s, row, expected_version=row.version)
+                        s.commit()
+                try:
+                    self.executor.release(job.id, job.attempt)
+                except Exception:
+                    pass
+                continue
+            with Session(self.engine) as s:
+                row = s.get(Job, job.id)
+                if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
+                    jobstate.transition(s, row, S.STARTING, expected_version=row.version, now=self.clock())
+                    s.commit()
+            rep.launched.append(job.id)
+
+
+def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float) -> LaunchSpec:
+    return LaunchSpec(
+        job_id=job.id, attempt=job.attempt, image=job.image, command=tuple(job.command), env=dict(job.env or {}),
+        runtime=job.runtime, max_runtime_s=job.max_runtime_s, grace_s=grace_s, project=job.project_id,
+        workers=tuple(WorkerLaunch(rank=p.rank, node=p.node_id, gpus=job.gpus, cpus=job.cpus, memory_gb=job.memory_gb,
+                                   gpu_indices=tuple(p.gpu_indices or ())) for p in placements),
+    )
+
+
+def snap_department(snap, project_id: str) -> str:
+    for p in snap.projects:
+        if p.id == project_id:
+            return p.department
+    return ""
+
+
+def _close_ledger(s: Session, job: Job, now: float) -> None:
+    led = repo.open_ledger(s, job.id, job.attempt)
+    if led is not None and led.ended_at is None:
+        led.ended_at = now
+        led.allocated_gpu_s = max(0.0, now - led.started_at) * led.gpus
+        s.add(led)
+
+
+def _assign(row, **values) -> bool:
+    changed = False
+    for k, v in values.items():
+        if getattr(row, k) != v:
+            setattr(row, k, v)
+            changed = True
+    return changed
+
+
+def _first_bad(workers) -> int | None:
+    codes = [w.exit_code for w in workers if w.exit_code not in (None, 0)]
+    return codes[0] if codes else None
+
+
+def _plain(d) -> dict:
+    """Details as JSON-safe plain values (Amounts and enums become numbers and strings)."""
+    out = {}
+    for k, v in dict(d).items():
+        if hasattr(v, "to_json"):
+            v = v.to_json()
+        elif hasattr(v, "value") and not isinstance(v, (int, float, str)):
+            v = v.value
+        elif isinstance(v, (tuple, list)):
+            v = [x.to_json() if hasattr(x, "to_json") else x for x in v]
+        out[str(k)] = v
+    return out
+
+
+def _short(e: Exception) -> str:
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:300]

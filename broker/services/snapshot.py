@@ -1,0 +1,142 @@
+"""Build the scheduler's `Snapshot` from DB rows.
+
+Why a separate module: the conversion from rows to the core's frozen dataclasses is the one
+place where broker vocabulary (tables, JSON columns, "" meaning "any model") meets the pure
+core's, and it is tested on its own. Nothing here opens a session or reads a clock: callers
+pass rows and `now`.
+
+Choices where the issues are silent:
+- a quota row with gpu_model "" applies to every GPU model present in its pool (the same
+  figures for each flavor), so a region with one model per pool configures quotas per pool;
+- budget periods are calendar months (UTC); `spent` counts the part of each ledger row inside
+  the current month, running attempts up to `now`;
+- decayed usage (fair share) integrates every ledger row with the policy's half-life, looking
+  back at most eight half-lives (older use weighs < 0.4 %).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from typing import Mapping, Sequence
+
+from broker.models import Department as DepartmentRow
+from broker.models import Job as JobRow
+from broker.models import JobStatus, Ledger
+from broker.models import Node as NodeRow
+from broker.models import Placement as PlacementRow
+from broker.models import Pool as PoolRow
+from broker.models import Project as ProjectRow
+from broker.models import QuotaRow
+from quotas.amount import UNLIMITED, Amount
+from quotas.fairshare import accumulate, decay
+from scheduler.model import (
+    Department, Flavor, Job, Node, NodeState, Placement, Pool, Project, QuotaSpec, Resources,
+    Running, Snapshot, WorkloadClass,
+)
+
+LOOKBACK_HALF_LIVES = 8
+
+
+def month_start(now: float) -> float:
+    """Start of the current budget period (calendar month, UTC) as epoch seconds."""
+    d = dt.datetime.fromtimestamp(now, tz=dt.timezone.utc)
+    return dt.datetime(d.year, d.month, 1, tzinfo=dt.timezone.utc).timestamp()
+
+
+def lookback_start(now: float, half_life_s: float) -> float:
+    return min(month_start(now), now - LOOKBACK_HALF_LIVES * half_life_s)
+
+
+def to_job(row: JobRow) -> Job:
+    return Job(
+        id=row.id, project=row.project_id, workload_class=WorkloadClass(row.workload_class),
+        priority=row.priority, submit_time=row.submit_time, workers=row.workers,
+        per_worker=Resources(row.gpus, row.cpus, row.memory_gb), gpu_models=tuple(row.gpu_models or ()),
+        pool=row.pool, max_runtime_s=row.max_runtime_s,
+    )
+
+
+def to_node(row: NodeRow) -> Node:
+    try:
+        state = NodeState(row.state)
+    except ValueError:
+        state = NodeState.UNHEALTHY
+    return Node(id=row.id, pool=row.pool, gpu_model=row.gpu_model,
+                capacity=Resources(row.gpus, row.cpus, row.memory_gb), state=state, state_reason=row.state_reason)
+
+
+def _quotas(rows: Sequence[QuotaRow], models_by_pool: Mapping[str, Sequence[str]]
+            ) -> dict[tuple[str, str], dict[tuple[Flavor, str], QuotaSpec]]:
+    out: dict[tuple[str, str], dict[tuple[Flavor, str], QuotaSpec]] = defaultdict(dict)
+    for q in rows:
+        spec = QuotaSpec(Amount.of(q.guaranteed), Amount.of(q.nominal),
+                         UNLIMITED if q.limit is None else Amount.of(q.limit))
+        models = [q.gpu_model] if q.gpu_model else list(models_by_pool.get(q.pool, ())) or [""]
+        for m in models:
+            out[(q.owner_kind, q.owner_id)][(Flavor(q.pool, m), q.resource)] = spec
+    return out
+
+
+def usage_from_ledger(rows: Sequence[Ledger], now: float, half_life_s: float
+                      ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """(spent GPU-hours this month per project, per department, decayed GPU-seconds per project)."""
+    period = month_start(now)
+    spent_p: dict[str, float] = defaultdict(float)
+    spent_d: dict[str, float] = defaultdict(float)
+    decayed: dict[str, float] = defaultdict(float)
+    for r in rows:
+        end = now if r.ended_at is None else min(r.ended_at, now)
+        start = r.started_at
+        if end <= start or r.gpus <= 0:
+            continue
+        in_period = max(0.0, end - max(start, period)) * r.gpus / 3600.0
+        spent_p[r.project_id] += in_period
+        spent_d[r.department_id] += in_period
+        decayed[r.project_id] += decay(accumulate(0.0, r.gpus, end - start, half_life_s), now - end, half_life_s)
+    return dict(spent_p), dict(spent_d), dict(decayed)
+
+
+def build_snapshot(
+    *, now: float, half_life_s: float, departments: Sequence[DepartmentRow], projects: Sequence[ProjectRow],
+    pools: Sequence[PoolRow], nodes: Sequence[NodeRow], quotas: Sequence[QuotaRow],
+    holding: Sequence[JobRow], placements: Mapping[tuple[str, int], Sequence[PlacementRow]],
+    pending: Sequence[JobRow], ledger: Sequence[Ledger],
+) -> Snapshot:
+    """Rows in, Snapshot out. Jobs that hold resources become `Running` with their placements;
+    a holding job without placements (should not happen) is skipped rather than guessed."""
+    models_by_pool: dict[str, list[str]] = defaultdict(list)
+    for n in nodes:
+        if n.gpu_model and n.gpu_model not in models_by_pool[n.pool]:
+            models_by_pool[n.pool].append(n.gpu_model)
+    quota = _quotas(quotas, models_by_pool)
+    spent_p, spent_d, decayed = usage_from_ledger(ledger, now, half_life_s)
+
+    deps = tuple(
+        Department(id=d.id, name=d.name, weight=d.weight,
+                   budget_gpu_hours=Amount.of(d.budget_gpu_hours), spent_gpu_hours=spent_d.get(d.id, 0.0),
+                   quotas=quota.get(("department", d.id), {}))
+        for d in departments
+    )
+    projs = tuple(
+        Project(id=p.id, department=p.department_id, weight=p.weight,
+                budget_gpu_hours=Amount.of(p.budget_gpu_hours), spent_gpu_hours=spent_p.get(p.id, 0.0),
+                decayed_usage_gpu_s=decayed.get(p.id, 0.0), quotas=quota.get(("project", p.id), {}))
+        for p in projects
+    )
+    running = []
+    for j in holding:
+        pls = placements.get((j.id, j.attempt), ())
+        if not pls:
+            continue
+        start = j.started_at or j.admitted_at or now
+        running.append(Running(
+            job=to_job(j), placements=tuple(Placement(p.rank, p.node_id, tuple(p.gpu_indices or ())) for p in pls),
+            start_time=start, flavor=Flavor(j.flavor_pool or "", j.flavor_gpu_model or ""), borrowing=j.borrowing,
+        ))
+    return Snapshot(
+        nodes=tuple(to_node(n) for n in nodes),
+        pools=tuple(Pool(p.name, WorkloadClass(p.workload_class), p.lend_to_innovation) for p in pools),
+        departments=deps, projects=projs, running=tuple(running),
+        pending=tuple(to_job(j) for j in pending if j.status == JobStatus.PENDING.value),
+    )

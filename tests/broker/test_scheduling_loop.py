@@ -1,0 +1,216 @@
+"""The scheduling loop over a real DB (SQLite and PostgreSQL) and the FakeExecutor.
+
+The fake stands in for Ray here on purpose: these tests pin down the loop's own logic (state
+transitions, ledger, pending reasons, preemption, reconciliation) with a controllable clock.
+The same flows run against real Ray and podman in tests/integration/.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sqlmodel import Session, select
+
+from broker.adapters.fake import FakeExecutor, node
+from broker.models import Job, Ledger, Node
+from broker.services.reconcile import release_orphans
+from broker.services.scheduling import SchedulingLoop, TickReport
+from tests.broker.conftest import NODES, job_body
+
+
+class Clock:
+    def __init__(self, t: float = 1_790_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+CLOCK = Clock()
+
+
+def inventory():
+    return [node(n["id"], pool=n["pool"], gpus=n["gpus"], cpus=n["cpus"], memory_gb=n["memory_gb"],
+                 gpu_model=n["gpu_model"]) for n in NODES]
+
+
+@pytest.fixture(scope="module")
+def fake_executor():
+    return FakeExecutor(inventory(), clock=CLOCK)
+
+
+@pytest.fixture(scope="module")
+def loop(settings, engine, fake_executor):
+    return SchedulingLoop(settings, engine, fake_executor, clock=CLOCK)
+
+
+@pytest.fixture(autouse=True)
+def _drain(client, loop, fake_executor):
+    """Every test starts with an idle cluster: whatever an earlier test left is cancelled."""
+    yield
+    for j in client.get("/api/v1/jobs", params={"limit": 500}).json()["items"]:
+        if j["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            client.post(f"/api/v1/jobs/{j['id']}/cancel")
+    loop.tick()
+    loop.tick()
+
+
+def submit(client, **over) -> str:
+    r = client.post("/api/v1/jobs", json=job_body(**over))
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def get(client, jid: str) -> dict:
+    return client.get(f"/api/v1/jobs/{jid}").json()
+
+
+def test_job_runs_to_succeeded_and_is_accounted(client, loop, fake_executor, engine):
+    jid = submit(client, gpus=2)
+    rep = loop.tick()
+    assert jid in rep.admitted and jid in rep.launched
+    j = get(client, jid)
+    assert j["status"] == "STARTING"
+    assert [p["node"] for p in j["placements"]] in (["inno-1"], ["inno-2"])
+    assert len(j["placements"][0]["gpu_indices"]) == 2
+    spec = fake_executor.specs[(jid, 1)]
+    assert spec.workers[0].gpus == 2 and spec.image == "localhost/busybox:test"
+
+    loop.tick()
+    assert get(client, jid)["status"] == "RUNNING"
+    CLOCK.advance(100)
+    fake_executor.finish(jid, 1, exit_code=0)
+    loop.tick()
+    j = get(client, jid)
+    assert (j["status"], j["exit_code"]) == ("SUCCEEDED", 0)
+    assert (jid, 1) in fake_executor.releases
+    with Session(engine) as s:
+        led = s.get(Ledger, (jid, 1))
+        assert led.ended_at is not None and led.allocated_gpu_s == pytest.approx(2 * 100, rel=0.01)
+
+
+def test_gang_failure_stops_the_rest_and_fails_with_exit_code(client, loop, fake_executor):
+    jid = submit(client, gpus=4, workers=2)
+    loop.tick()
+    j = get(client, jid)
+    assert sorted(p["node"] for p in j["placements"]) == ["inno-1", "inno-2"]
+    loop.tick()
+    fake_executor.finish(jid, 1, exit_code=3, rank=1)
+    loop.tick()  # rank 1 failed: rank 0 is stopped
+    assert any(s[0] == jid for s in fake_executor.stops)
+    loop.tick()
+    j = get(client, jid)
+    assert (j["status"], j["exit_code"]) == ("FAILED", 3)
+    assert "worker 1 exited with code 3" in j["message"]
+
+
+def test_cancel_running_job_stops_workers_then_cancelled(client, loop, fake_executor):
+    jid = submit(client, gpus=1)
+    loop.tick()
+    loop.tick()
+    assert get(client, jid)["status"] == "RUNNING"
+    r = client.post(f"/api/v1/jobs/{jid}/cancel")
+    assert r.status_code == 200
+    loop.tick()
+    j = get(client, jid)
+    assert j["status"] == "CANCELLED"
+    assert any(s[0] == jid and s[2] == loop.settings.grace_period_s for s in fake_executor.stops)
+
+
+def test_waiting_job_gets_pending_reason_with_numbers(client, loop):
+    big = submit(client, gpus=4, workers=2)  # takes the whole innovation pool (2 x 4)
+    loop.tick()
+    waiting = submit(client, gpus=4, project="slb-cardio", pool="innovation")
+    loop.tick()
+    j = get(client, waiting)
+    assert j["status"] == "PENDING"
+    assert j["pending_reason"]["code"] in ("NO_CAPACITY", "FRAGMENTED", "PREEMPTING", "QUOTA_LIMIT")
+    assert j["pending_reason"]["message"]
+    assert j["queue_position"] >= 1
+    assert get(client, big)["status"] in ("STARTING", "RUNNING")
+
+
+def test_lost_worker_requeues_while_retries_allow(client, loop, fake_executor):
+    jid = submit(client, gpus=1, max_retries=1)
+    loop.tick()
+    loop.tick()
+    fake_executor.lose(jid, 1)
+    loop.tick()  # LOST: the rest is stopped (nothing left), requeued as attempt 2
+    loop.tick()
+    j = get(client, jid)
+    assert j["attempt"] == 2 and j["status"] in ("STARTING", "RUNNING", "ADMITTED")
+    fake_executor.lose(jid, 2)
+    loop.tick()
+    loop.tick()
+    j = get(client, jid)
+    assert j["status"] == "FAILED" and "no retries left" in j["message"]
+
+
+def test_operation_reclaims_capacity_lent_to_innovation(client, loop, fake_executor):
+    # Innovation borrows the idle operation pool (it lends), then operation needs it back.
+    # The operation pool has 8 GPUs of which 4 are guaranteed (shs 2, ouh 2) and never lent.
+    too_big = submit(client, gpus=8, project="ouh-liver", pool="operation")
+    inno = submit(client, gpus=4, project="ouh-liver", pool="operation")
+    loop.tick()
+    j = get(client, inno)
+    assert j["status"] == "STARTING" and j["borrowing"] is True, j
+    assert get(client, too_big)["pending_reason"]["code"] == "QUOTA_LIMIT"
+    submit_time = j["submit_time"]
+    loop.tick()
+    op = submit(client, gpus=6, project="shs-ops-triage", **{"class": "operation"})
+    loop.tick()  # victim chosen and stopped
+    assert get(client, inno)["status"] in ("PREEMPTED", "PENDING")
+    loop.tick()
+    loop.tick()
+    assert get(client, op)["status"] in ("STARTING", "RUNNING")
+    j = get(client, inno)
+    assert j["status"] == "PENDING" and j["attempt"] == 2 and j["submit_time"] == submit_time
+
+
+def test_restarted_loop_adopts_running_job(client, settings, engine, fake_executor):
+    first = SchedulingLoop(settings, engine, fake_executor, clock=CLOCK)
+    jid = submit(client, gpus=1)
+    first.tick()
+    first.tick()
+    assert get(client, jid)["status"] == "RUNNING"
+    second = SchedulingLoop(settings, engine, fake_executor, clock=CLOCK)  # a broker restart
+    fake_executor.finish(jid, 1, exit_code=0)
+    second.tick()
+    assert get(client, jid)["status"] == "SUCCEEDED"
+    assert fake_executor.launches.count((jid, 1)) == 1
+
+
+def test_reconcile_releases_orphaned_attempt(engine, fake_executor):
+    from broker.ports import LaunchSpec, WorkerLaunch
+
+    fake_executor.launch(LaunchSpec(job_id="ghost", attempt=1, image="x", command=("true",), env={},
+                                    runtime="container", workers=(WorkerLaunch(0, "inno-1", 1, 1, 1),),
+                                    max_runtime_s=60))
+    assert ("ghost", 1) in release_orphans(engine, fake_executor)
+    assert ("ghost", 1) not in fake_executor.attempts()
+
+
+def test_node_leaving_inventory_turns_unhealthy_and_recovers(loop, fake_executor, engine):
+    fake_executor.set_nodes([n for n in inventory() if n.id != "inno-2"])
+    loop.tick()
+    with Session(engine) as s:
+        n = s.get(Node, "inno-2")
+        assert n.state == "unhealthy" and "inventory" in n.state_reason
+    fake_executor.set_nodes(inventory())
+    loop.tick()
+    with Session(engine) as s:
+        assert s.get(Node, "inno-2").state == "ready"
+
+
+def test_no_double_admission_from_two_loops(client, settings, engine, fake_executor):
+    a = SchedulingLoop(settings, engine, fake_executor, clock=CLOCK)
+    b = SchedulingLoop(settings, engine, fake_executor, clock=CLOCK)
+    jid = submit(client, gpus=1)
+    a_rep, b_rep = TickReport(), TickReport()
+    a.schedule(a_rep)
+    b.schedule(b_rep)
+    assert jid in a_rep.admitted and jid not in b_rep.admitted
+    with Session(engine) as s:
+        assert s.execute(select(Job).where(Job.id == jid)).scalar_one().attempt == 1
