@@ -1,0 +1,114 @@
+"""Python client, CLI, and the submit fast path against the FastAPI route."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+from typer.testing import CliRunner
+
+from broker import jobstate
+from broker.app import create_app
+from broker.client import BrokerAPIError, BrokerClient
+from broker.models import Job, JobStatus
+from tests.broker.conftest import job_body
+
+
+@pytest.fixture
+def api(client, admin_token):
+    return BrokerClient("http://testserver", admin_token, http=client)
+
+
+def test_client_submit_get_list_cancel_events(api, new_project):
+    p = new_project()
+    j = api.submit(job_body(project=p), idempotency_key="k-client-1")
+    assert api.submit(job_body(project=p), idempotency_key="k-client-1")["id"] == j["id"]
+    assert api.get(j["id"])["status"] == "PENDING"
+    assert [x["id"] for x in api.iter_jobs(project=p, limit=1)] == [j["id"]]
+    assert api.cancel(j["id"])["status"] == "CANCELLED"
+    assert [e["kind"] for e in api.events(j["id"])] == ["submitted", "transition"]
+    assert api.wait(j["id"], timeout=1)["status"] == "CANCELLED"
+    with pytest.raises(BrokerAPIError) as ei:
+        api.cancel(j["id"])
+    assert (ei.value.status, ei.value.code) == (409, "JOB_TERMINAL")
+    assert {"ouh-liver"} <= {x["id"] for x in api.projects()} and api.pools() and api.nodes()
+
+
+def test_client_wait_times_out_on_a_pending_job(api):
+    j = api.submit(job_body())
+    with pytest.raises(TimeoutError):
+        api.wait(j["id"], timeout=0, poll_s=0)
+
+
+def test_cli_jobs_commands(monkeypatch, client, admin_token, new_project, engine):
+    import broker.cli_jobs as cj
+    from broker.cli import app
+
+    monkeypatch.setattr(cj, "_client", lambda url, token: BrokerClient("http://testserver", admin_token, http=client))
+    monkeypatch.setattr(BrokerClient, "close", lambda self: None)  # the shared TestClient stays open
+    run = CliRunner().invoke
+    p = new_project()
+    r = run(app, ["jobs", "submit", "-p", p, "--image", "img:1", "--gpus", "1", "-e", "A=1", "--", "python", "t.py"])
+    assert r.exit_code == 0, r.output
+    job = json.loads(r.output)
+    assert (job["command"], job["env"], job["name"], job["resources"]["gpus"]) == (["python", "t.py"], {"A": "1"}, "python", 1)
+    r = run(app, ["jobs", "list", "-p", p])
+    assert r.exit_code == 0 and job["id"] in r.output and "PENDING" in r.output
+    assert json.loads(run(app, ["jobs", "get", job["id"]]).output)["id"] == job["id"]
+    assert json.loads(run(app, ["jobs", "cancel", job["id"]]).output)["status"] == "CANCELLED"
+    r = run(app, ["jobs", "events", job["id"]])
+    assert "PENDING -> CANCELLED" in r.output
+    bad = run(app, ["jobs", "submit", "-p", p, "--gpus", "9", "--image", "img", "--", "x"])
+    assert bad.exit_code == 2 and "NEVER_FITS" in bad.output
+
+
+BODIES = [
+    ("ok", job_body()),
+    ("unknown-field", job_body(node="x")),
+    ("missing-command", {k: v for k, v in job_body().items() if k != "command"}),
+    ("never-fits", job_body(gpus=9)),
+    ("unknown-project", job_body(project="nope")),
+    ("bad-env", job_body(env={"A-B": "1"})),
+]
+
+
+@pytest.mark.parametrize("body", [b for _, b in BODIES], ids=[n for n, _ in BODIES])
+def test_fast_path_and_fastapi_route_answer_alike(settings, engine, admin_token, body):
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    answers = []
+    for fast in (True, False):
+        st = settings.model_copy(update={"submit_fast_path": fast})
+        with TestClient(create_app(st, engine=engine, start_background=False), headers=auth) as c:
+            r = c.post("/api/v1/jobs", json=body)
+            answers.append((r.status_code, r.json().get("error", {}).get("code"), sorted(r.json())))
+            if r.status_code == 201:
+                assert c.get(f"/api/v1/jobs/{r.json()['id']}").status_code == 200
+    assert answers[0] == answers[1]
+
+
+def test_fast_path_refuses_missing_token_and_agent_tokens(anon):
+    r = anon.post("/api/v1/jobs", json=job_body())
+    assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+
+
+def test_submit_survives_a_db_error_for_one_row_only(client, engine, new_project):
+    """A project deleted after the cache saw it: that submit fails alone with 422."""
+    from broker.models import Project
+
+    p = new_project()
+    client.post("/api/v1/jobs", json=job_body(project=p))  # warm the project cache with p
+    from sqlalchemy import delete, select
+
+    from broker.models import JobEvent
+
+    with Session(engine) as s:
+        ids = select(Job.id).where(Job.project_id == p)
+        s.execute(delete(JobEvent).where(JobEvent.job_id.in_(ids)))
+        s.execute(delete(Job).where(Job.project_id == p))
+        s.delete(s.get(Project, p))
+        s.commit()
+    r = client.post("/api/v1/jobs", json=job_body(project=p))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "UNKNOWN_PROJECT"
+    assert client.post("/api/v1/jobs", json=job_body()).status_code == 201
