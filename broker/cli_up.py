@@ -1,0 +1,168 @@
+"""`broker up`: the whole broker on one machine with embedded defaults.
+
+What it starts, in order: the database (SQLite in the data dir unless BROKER_DATABASE_URL says
+otherwise; migrations applied), the demo region on an empty DB, the platform-admin token, a
+local Ray head (or a small local multi-node cluster with `--nodes`), the API with the
+scheduling loop, and one node agent per local Ray node. Ctrl-C (or SIGTERM) stops them in
+reverse order: the API and the loop, every running attempt (containers stopped, runner actors
+and placement groups released), the agents, then Ray. Nothing is left behind.
+
+`runtime: process` jobs are allowed here (development and demos on one machine); a production
+deployment leaves BROKER_ALLOW_PROCESS_RUNTIME off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+import uvicorn
+from sqlmodel import Session
+
+from broker.cli_common import app
+from broker.db import make_engine, migrate
+from broker.services.bootstrap import create_token, ensure_admin_token, seed_demo
+from broker.settings import Settings
+
+log = logging.getLogger("broker.up")
+
+
+@app.command("up")
+def up(
+    port: int = typer.Option(8000, help="API port"),
+    host: str = typer.Option("127.0.0.1", help="API bind address"),
+    data_dir: Path = typer.Option(Path(".broker"), help="database, tokens, logs"),
+    gpus: int = typer.Option(0, help="logical GPUs per local Ray node (0: what Ray detects)"),
+    nodes: int = typer.Option(1, help="local Ray nodes (pools alternate innovation / operation)"),
+    gpu_model: str = typer.Option("", help="GPU model label of the local nodes"),
+    demo: bool = typer.Option(True, "--demo/--no-demo", help="seed the demo region on an empty DB"),
+    ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster instead of starting one"),
+    agent: bool = typer.Option(True, "--agent/--no-agent", help="run a node agent per local node"),
+    fake_telemetry: int = typer.Option(0, help="agents report N scripted fake GPUs (demos without GPUs)"),
+    allow_process: bool = typer.Option(True, "--allow-process/--no-allow-process",
+                                       help="allow runtime 'process' jobs (unconfined; development only)"),
+) -> None:
+    """Start the broker with embedded defaults: SQLite, local Ray, agent, API."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per tick is noise
+    overrides = dict(data_dir=data_dir, port=port, host=host, allow_process_runtime=allow_process)
+    if ray_address:
+        overrides["ray_address"] = ray_address
+    settings = Settings(**overrides)
+    settings.ensure_data_dir()
+    migrate(settings)
+    engine = make_engine(settings)
+    if demo and settings.seed_demo:
+        with Session(engine) as s:
+            if seed_demo(s, gpu_model=gpu_model):
+                typer.echo("seeded the demo region (OUH, SLB, SVS, SHS, Regional IT)")
+            s.commit()
+    token_path = ensure_admin_token(settings, engine)
+    typer.echo(f"platform-admin token: {token_path} (mode 0600)")
+
+    # SIGTERM behaves like Ctrl-C, so a service manager stops us cleanly too.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+    cluster = None
+    agents: list[subprocess.Popen] = []
+    executor = None
+    try:
+        from broker.adapters.ray_executor import RayExecutor
+        from broker.adapters.ray_local import start_local_cluster
+
+        address = settings.ray_address
+        if address is None:
+            pools = ("innovation", "operation") if nodes > 1 else ("innovation",)
+            env = {"CONTAINERS_CONF": os.environ["CONTAINERS_CONF"]} if os.environ.get("CONTAINERS_CONF") else {}
+            cluster = start_local_cluster(gpus=gpus, nodes=nodes, pools=pools, gpu_model=gpu_model, env=env,
+                                          log_file=settings.data_dir / "ray.log")
+            address = cluster.address
+            typer.echo(f"local Ray at {address} with nodes {', '.join(cluster.node_names)}")
+        executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs")
+        if agent:
+            agents = _start_agents(settings, engine, [o.id for o in executor.nodes()], fake_telemetry)
+
+        from broker.app import create_app
+
+        api = create_app(settings, executor=executor, engine=engine)
+        typer.echo(f"API on http://{host}:{port} (docs at /docs); Ctrl-C stops everything")
+        uvicorn.run(api, host=host, port=port, log_level=settings.log_level, lifespan="on")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        typer.echo("stopping ...")
+        if executor is not None and cluster is not None:
+            _stop_attempts(executor, settings.grace_period_s)
+        for p in agents:
+            _terminate(p)
+        if executor is not None:
+            try:
+                executor.shutdown()
+            except Exception:
+                pass
+        if cluster is not None:
+            cluster.stop()
+        engine.dispose()
+        typer.echo("stopped")
+
+
+def _start_agents(settings: Settings, engine, node_ids: list[str], fake_gpus: int) -> list[subprocess.Popen]:
+    """One agent process per local node, each with its own agent token (scoped to its node)."""
+    procs = []
+    agent_bin = Path(sys.executable).with_name("broker-agent")
+    for nid in node_ids:
+        with Session(engine) as s:
+            plaintext, _ = create_token(s, name=f"agent {nid}", role="agent", kind="agent", node_id=nid)
+            s.commit()
+        tok = settings.data_dir / f"agent-token-{nid}"
+        fd = os.open(tok, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(plaintext + "\n")
+        argv = [str(agent_bin) if agent_bin.exists() else "broker-agent",
+                "--broker-url", f"http://{settings.host}:{settings.port}", "--token-file", str(tok),
+                "--node-id", nid, "--buffer-dir", str(settings.data_dir / f"agent-buffer-{nid}")]
+        if fake_gpus:
+            argv += ["--fake-gpus", str(fake_gpus)]
+        logf = open(settings.data_dir / f"agent-{nid}.log", "ab")
+        procs.append(subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                      start_new_session=True))
+        logf.close()
+    return procs
+
+
+def _stop_attempts(executor, grace_s: float) -> None:
+    """Stop every attempt this local cluster runs: it dies with the cluster anyway, and its
+    containers must not outlive it. The jobs are found LOST (and requeued) on the next start."""
+    try:
+        held = list(executor.attempts())
+    except Exception:
+        return
+    for job_id, attempt in held:
+        try:
+            executor.stop(job_id, attempt, min(grace_s, 10.0), "broker shutting down")
+        except Exception:
+            pass
+    for job_id, attempt in held:
+        try:
+            executor.release(job_id, attempt)
+        except Exception:
+            pass
+
+
+def _terminate(p: subprocess.Popen) -> None:
+    if p.poll() is not None:
+        return
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=5)
+    except Exception:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except Exception:
+            pass
