@@ -1,0 +1,334 @@
+"""RayExecutor: the `broker.ports.Executor` on a Ray cluster.
+
+Ray places and runs processes; the broker decides what runs where. So this adapter does not
+let Ray choose nodes: each attempt gets one placement group (named `cb-<job>-a<attempt>`,
+detached) with one bundle per worker, `{"GPU": g, "CPU": c}`, and every bundle carries a
+*bundle label selector* that pins it to the node the scheduler chose:
+
+- `{"broker.io/node": <name>}` for nodes started with that label (what `broker up`, the test
+  cluster and the KubeRay manifests set), otherwise
+- `{"ray.io/node-id": <hex>}`, the label Ray itself puts on every node. (We do not fall back to
+  the `node:<ip>` resource: several raylets can share one IP, as in local multi-node clusters.)
+
+Node labels read by `nodes()` (set with `ray start --labels k=v,...`, or `rayStartParams.labels`
+/ the pod's labels in KubeRay): `broker.io/node` (stable node name; default: the Ray node id),
+`broker.io/pool` (default "innovation"), `broker.io/gpu-model` (default "generic" on nodes with
+GPUs, "" without). No custom resources are needed.
+
+Each worker is a detached named actor `job-<job>-a<attempt>-r<rank>` (see ray_runner) in the
+namespace, scheduled into its bundle with `num_gpus=g` so Ray assigns the GPU ids. Detached
+actors and placement groups outlive the broker's driver: a new RayExecutor (a restarted broker)
+re-adopts running attempts through `attempts()` and `status()`. The only state this object keeps
+is a cache of actor handles and of the last status seen.
+
+Invariants: `launch` is idempotent per (job_id, attempt) (named placement group +
+`get_if_exists` actors); no method blocks on a runner for longer than `call_timeout_s`, except
+`release` (bounded by `release_timeout_s`); `shutdown` never kills runners.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import ray
+from ray import cloudpickle
+from ray.exceptions import GetTimeoutError, RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from broker.adapters import ray_runner
+from broker.adapters.ray_runner import (NAME_RE, PG_NAME_RE, WorkerRunner, actor_name,
+                                        log_path, pg_name)
+from broker.ports import AttemptStatus, LaunchSpec, NodeObservation, WorkerState, WorkerStatus
+from scheduler.model import Resources
+
+NODE_LABEL = "broker.io/node"
+POOL_LABEL = "broker.io/pool"
+GPU_MODEL_LABEL = "broker.io/gpu-model"
+RAY_NODE_ID_LABEL = "ray.io/node-id"
+DEFAULT_POOL = "innovation"
+GIB = float(1 << 30)
+_MIN_CPU = 0.01  # Ray refuses empty bundles: a 0-CPU 0-GPU worker reserves a sliver of CPU
+
+# Runner code travels by value, so Ray nodes need Ray but not the broker package.
+cloudpickle.register_pickle_by_value(ray_runner)
+
+
+class ExecutorError(RuntimeError):
+    """A launch the executor cannot carry out (e.g. a node it does not know)."""
+
+
+class RayExecutor:
+    def __init__(self, address: str | None = None, log_dir: str | os.PathLike = ".broker/logs",
+                 namespace: str = "compute-broker", *, gpu_devices: str = "auto",
+                 network: str = "host", call_timeout_s: float = 2.0,
+                 release_timeout_s: float = 15.0, runner_concurrency: int = 8,
+                 init_kwargs: dict[str, Any] | None = None) -> None:
+        """Connect to Ray (`address`: None starts an in-process local Ray, "auto" or
+        "host:port" joins a running cluster, "ray://..." uses Ray Client).
+
+        `log_dir` must be an absolute-able path that exists (or can be created) on every
+        node; runners write `<log_dir>/<job>/<attempt>/worker-<rank>.log` on their node.
+        `gpu_devices`: "auto" passes `--device nvidia.com/gpu=N` only where a CDI spec exists,
+        "on"/"off" force it.
+        """
+        self.namespace = namespace
+        self.log_dir = str(Path(log_dir).resolve())
+        self.gpu_devices, self.network = gpu_devices, network
+        self.call_timeout_s, self.release_timeout_s = call_timeout_s, release_timeout_s
+        self._owns_connection = not ray.is_initialized()
+        if self._owns_connection:
+            kwargs = {"log_to_driver": False, "logging_level": "warning"}
+            kwargs.update(init_kwargs or {})
+            ray.init(address=address, namespace=namespace, **kwargs)
+        self._runner_cls = ray.remote(max_concurrency=runner_concurrency)(WorkerRunner)
+        self._lock = threading.Lock()
+        self._handles: dict[str, Any] = {}
+        self._last: dict[str, WorkerStatus] = {}
+
+    # --- inventory ---------------------------------------------------------------------
+
+    def nodes(self) -> Sequence[NodeObservation]:
+        """Ray's nodes, alive first; nodes that offer neither CPU nor GPU (a `num-cpus=0`
+        head) are not nodes to schedule on and are left out."""
+        seen: dict[str, NodeObservation] = {}
+        for n in sorted(ray.nodes(), key=lambda n: not n.get("Alive", False)):
+            obs = node_observation(n)
+            if obs is None or obs.id in seen:
+                continue
+            seen[obs.id] = obs
+        return list(seen.values())
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def launch(self, spec: LaunchSpec) -> None:
+        """Reserve the gang (placement group pinned per bundle) and create its runners.
+
+        Returns once both are *requested*: the placement group and the actors come up
+        asynchronously, and `status()` says STARTING until the process runs."""
+        if not spec.workers:
+            raise ExecutorError("a launch needs at least one worker")
+        by_name = {o.id: o for o in self.nodes()}
+        selectors = []
+        for w in spec.workers:
+            node = by_name.get(w.node)
+            if node is None or not node.alive:
+                raise ExecutorError(f"node {w.node!r} is not an alive Ray node")
+            if NODE_LABEL in node.labels:
+                selectors.append({NODE_LABEL: node.id})
+            else:
+                selectors.append({RAY_NODE_ID_LABEL: node.labels[RAY_NODE_ID_LABEL]})
+        pg = self._find_pg(spec.job_id, spec.attempt)
+        if pg is None:
+            bundles = [_bundle(w.gpus, w.cpus) for w in spec.workers]
+            pg = placement_group(bundles, strategy="PACK", name=pg_name(spec.job_id, spec.attempt),
+                                 lifetime="detached", bundle_label_selector=selectors)
+        world = len(spec.workers)
+        for w in sorted(spec.workers, key=lambda w: w.rank):
+            name = actor_name(spec.job_id, spec.attempt, w.rank)
+            bundle = _bundle(w.gpus, w.cpus)
+            handle = self._runner_cls.options(
+                name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,
+                num_gpus=bundle.get("GPU", 0), num_cpus=bundle.get("CPU", 0),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    pg, placement_group_bundle_index=w.rank),
+            ).remote(spec.job_id, spec.attempt, w.rank, world, w.node, spec.image,
+                     list(spec.command), dict(spec.env), spec.runtime, spec.max_runtime_s,
+                     spec.grace_s, self.log_dir, self.namespace, self.gpu_devices, self.network)
+            with self._lock:
+                self._handles[name] = handle
+
+    def status(self, job_id: str, attempt: int) -> AttemptStatus:
+        pg_info = self._pg_info(job_id, attempt)
+        ranks = set(self._ranks(job_id, attempt))
+        if pg_info is not None:
+            ranks |= set(range(len(pg_info.get("bundles", {}))))
+        if not ranks:
+            return AttemptStatus(job_id, attempt, (), exists=False)
+        asked: dict[int, Any] = {}
+        workers: dict[int, WorkerStatus] = {}
+        for rank in sorted(ranks):
+            name = actor_name(job_id, attempt, rank)
+            handle = self._handle(name)
+            if handle is None:
+                workers[rank] = self._lost(name, rank, "runner actor is gone")
+                continue
+            state = _actor_state(handle)
+            if state == "DEAD":
+                workers[rank] = self._lost(name, rank, "runner actor died (node lost?)")
+            elif state in ("ALIVE", None):
+                asked[rank] = handle.status.remote()
+            else:  # waiting for its placement group bundle / worker process
+                workers[rank] = self._last.get(name) or WorkerStatus(rank, WorkerState.STARTING)
+        if asked:
+            ray.wait(list(asked.values()), num_returns=len(asked), timeout=self.call_timeout_s)
+        for rank, ref in asked.items():
+            name = actor_name(job_id, attempt, rank)
+            try:
+                ws = _worker_status(ray.get(ref, timeout=0))
+            except GetTimeoutError:
+                ws = self._last.get(name) or WorkerStatus(rank, WorkerState.STARTING,
+                                                          message="runner not responding")
+            except RayActorError:
+                ws = self._lost(name, rank, "runner actor died (node lost?)")
+            workers[rank] = ws
+            self._last[name] = ws
+        return AttemptStatus(job_id, attempt, tuple(workers[r] for r in sorted(workers)))
+
+    def stop(self, job_id: str, attempt: int, grace_s: float, message: str = "") -> None:
+        for rank in self._ranks(job_id, attempt):
+            handle = self._handle(actor_name(job_id, attempt, rank))
+            if handle is not None:
+                handle.stop.remote(grace_s, message)
+
+    def release(self, job_id: str, attempt: int) -> None:
+        """Kill what still runs, then the runners, then the placement group."""
+        handles = []
+        for rank in self._ranks(job_id, attempt):
+            name = actor_name(job_id, attempt, rank)
+            handle = self._handle(name)
+            if handle is not None:
+                handles.append(handle)
+            with self._lock:
+                self._handles.pop(name, None)
+                self._last.pop(name, None)
+        refs = [h.terminate.remote() for h in handles if _actor_state(h) in ("ALIVE", None)]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=self.release_timeout_s)
+        for h in handles:
+            try:
+                ray.kill(h, no_restart=True)
+            except (ValueError, RayActorError):
+                pass
+        pg = self._find_pg(job_id, attempt)
+        if pg is not None:
+            remove_placement_group(pg)
+
+    def attempts(self) -> Sequence[tuple[str, int]]:
+        found = set()
+        for name in ray.util.list_named_actors(all_namespaces=False):
+            m = NAME_RE.match(name)
+            if m:
+                found.add((m["job"], int(m["attempt"])))
+        for info in ray.util.placement_group_table().values():
+            m = PG_NAME_RE.match(info.get("name") or "")
+            if m and info.get("state") != "REMOVED":
+                found.add((m["job"], int(m["attempt"])))
+        return sorted(found)
+
+    def read_log(self, job_id: str, attempt: int, rank: int, offset: int = 0,
+                 max_bytes: int = 1 << 20) -> bytes:
+        """From the shared/local log file when this host has it, else through the runner."""
+        path = log_path(self.log_dir, job_id, attempt, rank)
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(max_bytes)
+        handle = self._handle(actor_name(job_id, attempt, rank))
+        if handle is None:
+            return b""
+        try:
+            return ray.get(handle.read_log.remote(offset, max_bytes), timeout=10)
+        except (GetTimeoutError, RayActorError):
+            return b""
+
+    def shutdown(self) -> None:
+        """Disconnect from Ray. Detached runners and placement groups keep running."""
+        with self._lock:
+            self._handles.clear()
+        if self._owns_connection and ray.is_initialized():
+            ray.shutdown()
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _handle(self, name: str) -> Any | None:
+        with self._lock:
+            handle = self._handles.get(name)
+        if handle is not None:
+            return handle
+        try:
+            handle = ray.get_actor(name, namespace=self.namespace)
+        except ValueError:
+            return None
+        with self._lock:
+            self._handles[name] = handle
+        return handle
+
+    def _ranks(self, job_id: str, attempt: int) -> list[int]:
+        prefix = actor_name(job_id, attempt, 0)[:-1]
+        return sorted(int(n[len(prefix):]) for n in ray.util.list_named_actors()
+                      if n.startswith(prefix) and n[len(prefix):].isdigit())
+
+    def _lost(self, name: str, rank: int, message: str) -> WorkerStatus:
+        last = self._last.get(name)
+        if last is not None and last.state is WorkerState.EXITED:
+            return last  # it ended before the actor went away: keep how it ended
+        return WorkerStatus(rank, WorkerState.LOST, node=last.node if last else "",
+                            started_at=last.started_at if last else None, message=message)
+
+    def _find_pg(self, job_id: str, attempt: int):
+        try:
+            return ray.util.get_placement_group(pg_name(job_id, attempt))
+        except ValueError:
+            return None
+
+    def _pg_info(self, job_id: str, attempt: int) -> dict | None:
+        pg = self._find_pg(job_id, attempt)
+        if pg is None:
+            return None
+        info = ray.util.placement_group_table(pg)
+        return info if info and info.get("state") != "REMOVED" else None
+
+
+def node_observation(n: dict[str, Any]) -> NodeObservation | None:
+    """One `ray.nodes()` entry as the broker sees it (None: a node with nothing to offer)."""
+    labels = dict(n.get("Labels") or {})
+    res = n.get("Resources") or {}
+    gpus, cpus = int(res.get("GPU", 0)), float(res.get("CPU", 0.0))
+    alive = bool(n.get("Alive", False))
+    if alive and gpus == 0 and cpus == 0:
+        return None
+    node_hex = n.get("NodeID", "")
+    labels.setdefault(RAY_NODE_ID_LABEL, node_hex)
+    return NodeObservation(
+        id=labels.get(NODE_LABEL) or node_hex,
+        hostname=n.get("NodeManagerHostname", ""),
+        address=n.get("NodeManagerAddress", ""),
+        pool=labels.get(POOL_LABEL) or DEFAULT_POOL,
+        gpu_model=labels.get(GPU_MODEL_LABEL) or ("generic" if gpus else ""),
+        capacity=Resources(gpus=gpus, cpus=cpus,
+                           memory_gb=round(float(res.get("memory", 0.0)) / GIB, 1)),
+        alive=alive,
+        labels=labels,
+    )
+
+
+def _bundle(gpus: int, cpus: float) -> dict[str, float]:
+    """A worker's bundle; never empty (Ray refuses empty bundles)."""
+    bundle: dict[str, float] = {}
+    if gpus:
+        bundle["GPU"] = float(gpus)
+    if cpus > 0 or not gpus:
+        bundle["CPU"] = float(cpus) if cpus > 0 else _MIN_CPU
+    return bundle
+
+
+def _actor_state(handle: Any) -> str | None:
+    """GCS actor state (ALIVE, PENDING_CREATION, DEAD, ...); None where it cannot be read
+    (e.g. Ray Client)."""
+    try:
+        info = ray._private.state.state.actor_table(handle._actor_id.hex())
+    except Exception:  # noqa: BLE001 - private API: degrade to asking the actor
+        return None
+    return info.get("State") if info else None
+
+
+def _worker_status(d: dict[str, Any]) -> WorkerStatus:
+    return WorkerStatus(rank=d["rank"], state=WorkerState(d["state"]), node=d.get("node", ""),
+                        exit_code=d.get("exit_code"), started_at=d.get("started_at"),
+                        ended_at=d.get("ended_at"),
+                        cuda_visible_devices=d.get("cuda_visible_devices", ""),
+                        message=d.get("message", ""))

@@ -1,0 +1,300 @@
+"""The worker runner: a detached Ray actor that runs one worker of one attempt.
+
+One runner per (job, attempt, rank), named `job-<job_id>-a<attempt>-r<rank>` in the broker's
+namespace and scheduled into its placement-group bundle, so Ray has reserved its GPUs and
+CPUs before it starts. The runner
+
+- learns its GPUs from Ray (`ray.get_gpu_ids()`), and for rank 0 picks MASTER_ADDR (its node
+  IP) and MASTER_PORT (a free port on its node); the other ranks ask rank 0's runner;
+- starts the job as a podman container (`runtime="container"`) or a plain process in its own
+  process group (`runtime="process"`), stdout+stderr to
+  `<log_dir>/<job_id>/<attempt>/worker-<rank>.log` on its node;
+- records started_at / exit code / ended_at and keeps them after the process ends, so a
+  restarted broker that re-adopts the attempt still reads how it ended;
+- stops the work itself: SIGTERM, then SIGKILL after the grace period (podman stop -t), on
+  request and when max_runtime is exceeded.
+
+Why this module imports only the standard library and `ray`: the executor ships this class to
+the Ray workers *by value* (cloudpickle), so Ray nodes (a KubeRay pod, a GPU server) need Ray
+but not the broker package. Keep it that way; status comes back as plain dicts.
+
+Invariants: the process is started at most once per runner; after `ended_at` is set the
+runner's status never changes again; exit codes of processes killed by a signal are reported
+as 128 + signal (what podman reports for containers), never negative.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import ray
+
+NAME_RE = re.compile(r"^job-(?P<job>.+)-a(?P<attempt>\d+)-r(?P<rank>\d+)$")
+PG_NAME_RE = re.compile(r"^cb-(?P<job>.+)-a(?P<attempt>\d+)$")
+CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+EXIT_START_FAILED = 125  # the runner could not start the process (podman's own convention)
+
+STARTING, RUNNING, EXITED = "starting", "running", "exited"
+
+
+def actor_name(job_id: str, attempt: int, rank: int) -> str:
+    return f"job-{job_id}-a{attempt}-r{rank}"
+
+
+def pg_name(job_id: str, attempt: int) -> str:
+    return f"cb-{job_id}-a{attempt}"
+
+
+def container_name(job_id: str, attempt: int, rank: int) -> str:
+    return f"cb-{job_id}-a{attempt}-r{rank}"
+
+
+def log_path(log_dir: str | os.PathLike, job_id: str, attempt: int, rank: int) -> Path:
+    return Path(log_dir) / job_id / str(attempt) / f"worker-{rank}.log"
+
+
+def cdi_gpus_available(dirs: Sequence[str] = CDI_DIRS) -> bool:
+    """True when an NVIDIA CDI spec exists on this node (the container toolkit writes it)."""
+    for d in dirs:
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        if any("nvidia" in n for n in names):
+            return True
+    return False
+
+
+def worker_env(
+    *,
+    job_id: str,
+    attempt: int,
+    rank: int,
+    world_size: int,
+    master_addr: str,
+    master_port: int,
+    gpu_ids: Sequence[int],
+    real_gpus: bool,
+    user_env: Mapping[str, str],
+) -> dict[str, str]:
+    """The variables every worker sees (they override the user's env of the same name).
+
+    On real GPU nodes the container sees only its CDI devices, renumbered from 0, so
+    CUDA_VISIBLE_DEVICES inside is 0..n-1; BROKER_GPU_IDS always holds the node's indices.
+    """
+    cvd = ",".join(str(i) for i in (range(len(gpu_ids)) if real_gpus else gpu_ids))
+    env = dict(user_env)
+    env.update(
+        CUDA_VISIBLE_DEVICES=cvd,
+        WORLD_SIZE=str(world_size),
+        RANK=str(rank),
+        LOCAL_RANK="0",  # one worker per bundle: each worker is alone in its slice of the node
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=str(master_port),
+        BROKER_JOB_ID=job_id,
+        BROKER_ATTEMPT=str(attempt),
+        BROKER_GPU_IDS=",".join(str(i) for i in gpu_ids),
+    )
+    return env
+
+
+def podman_argv(
+    *,
+    name: str,
+    job_id: str,
+    attempt: int,
+    image: str,
+    command: Sequence[str],
+    env_keys: Sequence[str],
+    gpu_ids: Sequence[int],
+    real_gpus: bool,
+    network: str = "host",
+) -> list[str]:
+    """`podman run` for one worker. Env values travel in podman's own environment (`-e KEY`),
+    so they never show in a process list."""
+    argv = ["podman", "run", "--rm", "--name", name, "--label", f"broker.job={job_id}",
+            "--label", f"broker.attempt={attempt}"]
+    if network:
+        argv += ["--network", network]
+    for key in env_keys:
+        argv += ["-e", key]
+    if real_gpus:
+        for i in gpu_ids:
+            argv += ["--device", f"nvidia.com/gpu={i}"]
+    return argv + [image, *command]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class WorkerRunner:
+    """Actor body; the executor wraps it with `ray.remote(max_concurrency=...)`."""
+
+    def __init__(self, job_id: str, attempt: int, rank: int, world_size: int, node: str,
+                 image: str, command: Sequence[str], env: Mapping[str, str], runtime: str,
+                 max_runtime_s: float, grace_s: float, log_dir: str, namespace: str,
+                 gpu_devices: str = "auto", network: str = "host") -> None:
+        self.job_id, self.attempt, self.rank, self.world_size = job_id, attempt, rank, world_size
+        self.node, self.image, self.command, self.user_env = node, image, list(command), dict(env)
+        self.runtime, self.max_runtime_s, self.grace_s = runtime, max_runtime_s, grace_s
+        self.namespace, self.network = namespace, network
+        self.log_file = log_path(log_dir, job_id, attempt, rank)
+        self.gpu_ids = [int(float(g)) for g in ray.get_gpu_ids()]
+        self.real_gpus = gpu_devices == "on" or (gpu_devices == "auto" and cdi_gpus_available())
+        self.ip = ray.util.get_node_ip_address()
+        self.port = _free_port() if rank == 0 else 0
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._stop_requested = False
+        self._done = threading.Event()
+        self.state, self.exit_code, self.message = STARTING, None, ""
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        threading.Thread(target=self._run, name="runner", daemon=True).start()
+
+    # --- actor methods -----------------------------------------------------------------
+
+    def master(self) -> tuple[str, int]:
+        """(MASTER_ADDR, MASTER_PORT): rank 0's node IP and the port it picked."""
+        return self.ip, self.port
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"rank": self.rank, "state": self.state, "node": self.node,
+                    "exit_code": self.exit_code, "started_at": self.started_at,
+                    "ended_at": self.ended_at, "message": self.message,
+                    "cuda_visible_devices": ",".join(str(i) for i in self.gpu_ids)}
+
+    def stop(self, grace_s: float, message: str = "") -> None:
+        """SIGTERM now, SIGKILL after grace_s. Returns at once; repeated calls keep the first
+        message."""
+        with self._lock:
+            if self.ended_at is not None:
+                return
+            if not self._stop_requested:
+                self._stop_requested = True
+                self.message = message or "stopped"
+            proc = self._proc
+        if proc is not None:
+            threading.Thread(target=self._terminate, args=(proc, grace_s), daemon=True).start()
+
+    def terminate(self, wait_s: float = 10.0) -> bool:
+        """Kill now (no grace) and wait until the process is gone; True when it is."""
+        self.stop(0.0, "released")
+        return self._done.wait(wait_s)
+
+    def read_log(self, offset: int = 0, max_bytes: int = 1 << 20) -> bytes:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                return f.read(max_bytes)
+        except FileNotFoundError:
+            return b""
+
+    # --- internals -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            addr, port = self._master()
+            env = worker_env(job_id=self.job_id, attempt=self.attempt, rank=self.rank,
+                             world_size=self.world_size, master_addr=addr, master_port=port,
+                             gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
+                             user_env=self.user_env)
+            argv, proc_env = self._argv(env)
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                if self._stop_requested:  # cancelled before it ever ran
+                    self._finish_locked(128 + signal.SIGTERM)
+                    return
+                with open(self.log_file, "ab") as log:
+                    self._proc = subprocess.Popen(
+                        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        env=proc_env, start_new_session=True, close_fds=True)
+                self.started_at, self.state = time.time(), RUNNING
+        except Exception as exc:  # noqa: BLE001 - anything that stops the start is the job's end
+            with self._lock:
+                self.message = f"could not start: {exc}"[:500]
+                self._finish_locked(EXIT_START_FAILED)
+            return
+        if self.max_runtime_s and self.max_runtime_s > 0 and self.max_runtime_s != float("inf"):
+            timer = threading.Timer(self.max_runtime_s, self.stop,
+                                    (self.grace_s, "max_runtime exceeded"))
+            timer.daemon = True
+            timer.start()
+        rc = self._proc.wait()
+        with self._lock:
+            self._finish_locked(_exit_code(rc))
+
+    def _finish_locked(self, code: int) -> None:
+        self.exit_code, self.ended_at, self.state = code, time.time(), EXITED
+        self._done.set()
+
+    def _master(self) -> tuple[str, int]:
+        if self.rank == 0:
+            return self.ip, self.port
+        head = ray.get_actor(actor_name(self.job_id, self.attempt, 0), namespace=self.namespace)
+        ref = head.master.remote()
+        while not self._stop_requested:  # rank 0 may still be starting; a cancel ends the wait
+            ready, _ = ray.wait([ref], timeout=1.0)
+            if ready:
+                addr, port = ray.get(ref)
+                return addr, port
+        return "", 0
+
+    def _argv(self, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        base = dict(os.environ)
+        if self.runtime == "container":
+            argv = podman_argv(name=container_name(self.job_id, self.attempt, self.rank),
+                               job_id=self.job_id, attempt=self.attempt, image=self.image,
+                               command=self.command, env_keys=sorted(env),
+                               gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
+                               network=self.network)
+            base.update(env)  # CONTAINERS_CONF etc. stay from the node's environment
+            return argv, base
+        if self.runtime == "process":
+            base.update(env)
+            return list(self.command), base
+        raise ValueError(f"unknown runtime {self.runtime!r}")
+
+    def _terminate(self, proc: subprocess.Popen, grace_s: float) -> None:
+        if self.runtime == "container":
+            name = container_name(self.job_id, self.attempt, self.rank)
+            t = max(0, int(round(grace_s)))
+            subprocess.run(["podman", "stop", "-t", str(t), name], capture_output=True,
+                           timeout=t + 60, check=False)
+            try:
+                proc.wait(timeout=10)
+                return
+            except subprocess.TimeoutExpired:  # podman could not stop it: remove by force
+                subprocess.run(["podman", "rm", "-f", name], capture_output=True, timeout=60,
+                               check=False)
+                _killpg(proc.pid, signal.SIGKILL)
+            return
+        _killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _killpg(proc.pid, signal.SIGKILL)
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
