@@ -10,6 +10,7 @@ from sqlmodel import SQLModel
 
 import broker.models  # noqa: F401  (registers the tables)
 import broker.telemetry.models  # noqa: F401  (telemetry tables, issue 5)
+import broker.models_tenancy  # noqa: F401  (users, memberships, token owners, audit log; issue 4)
 
 target_metadata = SQLModel.metadata
 config = context.config

@@ -1,0 +1,41 @@
+"""Audit log query: platform-admins see everything, department-admins their departments."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, Query, Request
+from sqlmodel import Session
+
+from broker.api.deps import User
+from broker.api.json import JSON
+from broker.errors import Forbidden, Invalid
+from broker.schemas import ErrorResponse
+from broker.security.policy import Resource
+from broker.services import admin_audit
+
+router = APIRouter(tags=["audit"])
+ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 422)}
+Str = Annotated[Optional[str], Query(max_length=255)]
+
+
+@router.get("/api/v1/audit", responses=ERRORS, summary="Audit entries, newest first")
+def audit_log(request: Request, principal: User, action: Str = None, target_kind: Str = None, target_id: Str = None,
+              actor: Str = None, department: Str = None, project: Str = None,
+              since: Annotated[Optional[float], Query()] = None, until: Annotated[Optional[float], Query()] = None,
+              cursor: Annotated[Optional[str], Query(max_length=20)] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 100):
+    state = request.app.state
+    scope = state.authz.scope(principal, Resource.AUDIT)
+    if scope.empty:
+        raise Forbidden("the audit log is for platform- and department-admins", code="FORBIDDEN")
+    after_id = None
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise Invalid("cursor is malformed; pass next_cursor unchanged", code="BAD_CURSOR")
+        after_id = int(cursor)
+    with Session(state.engine) as s:
+        body = admin_audit.query(s, scope, action=action, target_kind=target_kind, target_id=target_id, actor=actor,
+                                 department=department, project=project, since=since, until=until,
+                                 after_id=after_id, limit=limit)
+    return JSON(body)

@@ -1,0 +1,235 @@
+"""Tenancy routes: users (platform-admins), memberships, departments and projects.
+
+Updates of departments and projects need If-Match with the ETag of a GET (428 without,
+412 when stale); responses carry the new ETag.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.api.admin_deps import CallerDep
+from broker.api.deps import User
+from broker.api.json import JSON
+from broker.schemas import ErrorResponse
+
+router = APIRouter(tags=["tenancy"])
+ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 412, 422, 428)}
+SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
+USER_ID = r"^[a-z0-9][a-z0-9._@-]{0,63}$"
+IfMatch = Annotated[Optional[str], Header(alias="If-Match", max_length=200)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserCreate(_In):
+    id: str = Field(pattern=USER_ID)
+    display_name: str = Field("", max_length=200)
+    email: Optional[str] = Field(None, max_length=320)
+    oidc_subject: Optional[str] = Field(None, max_length=255)
+
+
+class UserPatch(_In):
+    disabled: bool
+
+
+class UserPublic(BaseModel):
+    id: str
+    display_name: str
+    email: Optional[str] = None
+    oidc_subject: Optional[str] = None
+    disabled: bool
+    created_at: float
+
+
+class UserList(BaseModel):
+    items: list[UserPublic]
+
+
+class MemberAdd(_In):
+    user: str = Field(pattern=USER_ID)
+    role: Literal["member", "project-admin"]
+
+
+class DepartmentMemberAdd(_In):
+    user: str = Field(pattern=USER_ID)
+    role: Literal["department-admin", "ops-viewer"]
+
+
+class MembershipPublic(BaseModel):
+    id: str
+    user: str
+    role: str
+    department: Optional[str] = None
+    project: Optional[str] = None
+    created_at: float
+    created_by: str
+
+
+class MembershipList(BaseModel):
+    items: list[MembershipPublic]
+
+
+class DepartmentCreate(_In):
+    id: str = Field(pattern=SLUG)
+    name: str = Field(min_length=1, max_length=200)
+    weight: float = Field(1.0, gt=0, le=1000)
+    budget_gpu_hours: Optional[float] = Field(None, ge=0)
+
+
+class DepartmentPatch(_In):
+    name: Optional[str] = Field(None, min_length=1, max_length=200)
+    weight: Optional[float] = Field(None, gt=0, le=1000)
+    budget_gpu_hours: Optional[float] = Field(None, ge=0)
+
+
+class DepartmentPublic(BaseModel):
+    id: str
+    name: str
+    weight: float
+    budget_gpu_hours: Optional[float] = None
+    etag: str
+
+
+class DepartmentList(BaseModel):
+    items: list[DepartmentPublic]
+
+
+class ProjectCreate(_In):
+    id: str = Field(pattern=SLUG)
+    name: str = Field("", max_length=200)
+    weight: float = Field(1.0, gt=0, le=1000)
+    budget_gpu_hours: Optional[float] = Field(None, ge=0)
+    max_running: Optional[int] = Field(None, ge=0, le=100000)
+    max_pending: Optional[int] = Field(None, ge=0, le=100000)
+
+
+class ProjectPatch(_In):
+    name: Optional[str] = Field(None, max_length=200)
+    weight: Optional[float] = Field(None, gt=0, le=1000)
+    budget_gpu_hours: Optional[float] = Field(None, ge=0)
+    max_running: Optional[int] = Field(None, ge=0, le=100000)
+    max_pending: Optional[int] = Field(None, ge=0, le=100000)
+
+
+class ProjectAdminPublic(BaseModel):
+    id: str
+    department: str
+    name: str
+    weight: float
+    budget_gpu_hours: Optional[float] = None
+    max_running: Optional[int] = None
+    max_pending: Optional[int] = None
+    etag: str
+
+
+def _etagged(body: dict, status: int = 200) -> JSON:
+    return JSON(body, status_code=status, headers={"ETag": body["etag"]})
+
+
+def _svc(request: Request):
+    return request.app.state.tenancy_admin
+
+
+# ---------------------------------------------------------------- users
+@router.post("/api/v1/admin/users", status_code=201, response_model=UserPublic, responses=ERRORS)
+def create_user(request: Request, body: UserCreate, principal: User, caller: CallerDep):
+    return JSON(_svc(request).create_user(principal, caller, **body.model_dump()), status_code=201)
+
+
+@router.get("/api/v1/admin/users", response_model=UserList, responses=ERRORS)
+def list_users(request: Request, principal: User):
+    return JSON(_svc(request).list_users(principal))
+
+
+@router.patch("/api/v1/admin/users/{user_id}", response_model=UserPublic, responses=ERRORS)
+def patch_user(request: Request, user_id: str, body: UserPatch, principal: User, caller: CallerDep):
+    return JSON(_svc(request).set_user_disabled(principal, caller, user_id, body.disabled))
+
+
+# ---------------------------------------------------------------- departments
+@router.get("/api/v1/departments", response_model=DepartmentList, responses=ERRORS)
+def list_departments(request: Request, principal: User):
+    return JSON(_svc(request).list_departments(principal))
+
+
+@router.post("/api/v1/departments", status_code=201, response_model=DepartmentPublic, responses=ERRORS)
+def create_department(request: Request, body: DepartmentCreate, principal: User, caller: CallerDep):
+    return _etagged(_svc(request).create_department(principal, caller, **body.model_dump()), 201)
+
+
+@router.get("/api/v1/departments/{dept}", response_model=DepartmentPublic, responses=ERRORS)
+def get_department(request: Request, dept: str, principal: User):
+    return _etagged(_svc(request).get_department(principal, dept))
+
+
+@router.patch("/api/v1/departments/{dept}", response_model=DepartmentPublic, responses=ERRORS)
+def patch_department(request: Request, dept: str, body: DepartmentPatch, principal: User, caller: CallerDep,
+                     if_match: IfMatch = None):
+    changes = body.model_dump(exclude_unset=True)
+    return _etagged(_svc(request).update_department(principal, caller, dept, changes, if_match))
+
+
+@router.post("/api/v1/departments/{dept}/projects", status_code=201, response_model=ProjectAdminPublic,
+             responses=ERRORS)
+def create_project(request: Request, dept: str, body: ProjectCreate, principal: User, caller: CallerDep):
+    return _etagged(_svc(request).create_project(principal, caller, department=dept, **body.model_dump()), 201)
+
+
+@router.get("/api/v1/departments/{dept}/members", response_model=MembershipList, responses=ERRORS)
+def department_members(request: Request, dept: str, principal: User):
+    return JSON(_svc(request).list_members(principal, department=dept))
+
+
+@router.post("/api/v1/departments/{dept}/members", status_code=201, response_model=MembershipPublic,
+             responses=ERRORS)
+def add_department_member(request: Request, dept: str, body: DepartmentMemberAdd, principal: User,
+                          caller: CallerDep):
+    return JSON(_svc(request).grant(principal, caller, user=body.user, role=body.role, department=dept),
+                status_code=201)
+
+
+@router.delete("/api/v1/departments/{dept}/members/{user}", status_code=204, responses=ERRORS)
+def remove_department_member(request: Request, dept: str, user: str, principal: User, caller: CallerDep,
+                             role: Annotated[Literal["department-admin", "ops-viewer"], Query()]):
+    _svc(request).revoke(principal, caller, user=user, role=role, department=dept)
+    return Response(status_code=204)
+
+
+# ---------------------------------------------------------------- projects
+@router.get("/api/v1/projects/{project}", response_model=ProjectAdminPublic, responses=ERRORS)
+def get_project(request: Request, project: str, principal: User):
+    return _etagged(_svc(request).get_project(principal, project))
+
+
+@router.patch("/api/v1/projects/{project}", response_model=ProjectAdminPublic, responses=ERRORS,
+              summary="Budgets, concurrency limits, weight (department-admins); needs If-Match")
+def patch_project(request: Request, project: str, body: ProjectPatch, principal: User, caller: CallerDep,
+                  if_match: IfMatch = None):
+    changes = body.model_dump(exclude_unset=True)
+    return _etagged(_svc(request).update_project(principal, caller, project, changes, if_match))
+
+
+@router.get("/api/v1/projects/{project}/members", response_model=MembershipList, responses=ERRORS)
+def project_members(request: Request, project: str, principal: User):
+    return JSON(_svc(request).list_members(principal, project=project))
+
+
+@router.post("/api/v1/projects/{project}/members", status_code=201, response_model=MembershipPublic,
+             responses=ERRORS)
+def add_project_member(request: Request, project: str, body: MemberAdd, principal: User, caller: CallerDep):
+    return JSON(_svc(request).grant(principal, caller, user=body.user, role=body.role, project=project),
+                status_code=201)
+
+
+@router.delete("/api/v1/projects/{project}/members/{user}", status_code=204, responses=ERRORS)
+def remove_project_member(request: Request, project: str, user: str, principal: User, caller: CallerDep,
+                          role: Annotated[Literal["member", "project-admin"], Query()]):
+    _svc(request).revoke(principal, caller, user=user, role=role, project=project)
+    return Response(status_code=204)

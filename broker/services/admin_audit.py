@@ -1,0 +1,140 @@
+"""The audit log: append entries inside the caller's transaction, query them by scope.
+
+Why inside the caller's transaction: an admin change and its audit entry commit together or
+not at all (no change without a trace, no trace of a change that rolled back). Entries are
+built by the pure `broker.security.audit.build_record` (secrets redacted, diff computed) and
+chained: each stores the previous entry's hash. Writers are serialized for the chain: SQLite
+has one writer anyway; on PostgreSQL a transaction-scoped advisory lock is taken first.
+
+Reads: platform-admins see everything; department-admins see entries of their departments
+(`list_scope(..., Resource.AUDIT)`); nobody else sees any (the route answers 403/404 by policy).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+from sqlalchemy import select, text
+from sqlmodel import Session
+
+from broker.errors import Invalid
+from broker.models import ApiToken
+from broker.models_tenancy import AuditEntry
+from broker.security.audit import build_record, chain_hash, verify_chain
+from broker.security.policy import Principal as PolicyPrincipal, Scope
+
+_ADVISORY_KEY = 0x434241554449  # "CBAUDI"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who acts, as the audit log records it."""
+
+    token_id: str
+    subject: str  # policy subject: user id or "token:<id>"
+    kind: str = "user"
+    name: str = ""
+    source: str | None = None
+    request_id: str | None = None
+    policy: PolicyPrincipal | None = None
+
+    @property
+    def actor(self) -> str:
+        return self.subject
+
+
+def token_prefix(session: Session, token_id: str) -> str | None:
+    if token_id.startswith("oidc:"):
+        return "oidc"
+    row = session.get(ApiToken, token_id)
+    return row.prefix if row is not None else None
+
+
+def record(session: Session, caller: Caller, *, action: str, target_kind: str, target_id: str,
+           before: Any = None, after: Any = None, department: str | None = None, project: str | None = None,
+           outcome: str = "ok", clock: Callable[[], float] = time.time) -> AuditEntry:
+    """Append one entry in `session`'s transaction (the caller commits)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+    at = clock()
+    rec = build_record(
+        at=datetime.fromtimestamp(at, tz=timezone.utc), actor=caller.actor, actor_kind=caller.kind,
+        action=action, target_kind=target_kind, target_id=target_id, before=before, after=after,
+        department=department, project=project, source=caller.source,
+        token_prefix=token_prefix(session, caller.token_id), outcome=outcome, request_id=caller.request_id,
+    )
+    prev = session.execute(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)).scalar_one_or_none()
+    data = rec.as_json()
+    entry = AuditEntry(
+        at=at, actor=rec.actor, actor_kind=rec.actor_kind, token_prefix=rec.token_prefix, action=rec.action,
+        target_kind=rec.target_kind, target_id=rec.target_id, department_id=department, project_id=project,
+        source=rec.source, outcome=rec.outcome, request_id=rec.request_id,
+        before=data["before"], after=data["after"], changes=data["changes"], prev_hash=prev,
+        hash=chain_hash(prev, _chain_view({**data, "at": at})),
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def _chain_view(data: dict) -> dict:
+    """The fields the chain covers (what a reader can recompute from a row)."""
+    keys = ("at", "actor", "actor_kind", "action", "target_kind", "target_id", "department", "project", "source",
+            "token_prefix", "outcome", "request_id", "before", "after", "changes")
+    return {k: data.get(k) for k in keys}
+
+
+def entry_public(e: AuditEntry) -> dict:
+    return {"id": e.id, "at": e.at, "actor": e.actor, "actor_kind": e.actor_kind, "token_prefix": e.token_prefix,
+            "action": e.action, "target_kind": e.target_kind, "target_id": e.target_id,
+            "department": e.department_id, "project": e.project_id, "source": e.source, "outcome": e.outcome,
+            "request_id": e.request_id, "before": e.before, "after": e.after, "changes": e.changes or [],
+            "hash": e.hash}
+
+
+def query(session: Session, scope: Scope, *, action: str | None = None, target_kind: str | None = None,
+          target_id: str | None = None, actor: str | None = None, department: str | None = None,
+          project: str | None = None, since: float | None = None, until: float | None = None,
+          after_id: int | None = None, limit: int = 100) -> dict:
+    """Newest first, filtered to `scope`; `after_id` pages backwards (ids below it)."""
+    if not 1 <= limit <= 500:
+        raise Invalid("limit must be between 1 and 500", code="BAD_LIMIT")
+    if scope.empty:
+        return {"items": [], "next_cursor": None}
+    q = select(AuditEntry)
+    if not scope.all:
+        q = q.where(AuditEntry.department_id.in_(sorted(scope.departments)))
+    for col, val in ((AuditEntry.action, action), (AuditEntry.target_kind, target_kind),
+                     (AuditEntry.target_id, target_id), (AuditEntry.actor, actor),
+                     (AuditEntry.department_id, department), (AuditEntry.project_id, project)):
+        if val is not None:
+            q = q.where(col == val)
+    if since is not None:
+        q = q.where(AuditEntry.at >= since)
+    if until is not None:
+        q = q.where(AuditEntry.at < until)
+    if after_id is not None:
+        q = q.where(AuditEntry.id < after_id)
+    rows = list(session.execute(q.order_by(AuditEntry.id.desc()).limit(limit + 1)).scalars().all())
+    nxt = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        nxt = str(rows[-1].id)
+    return {"items": [entry_public(e) for e in rows], "next_cursor": nxt}
+
+
+def verify(session: Session) -> int | None:
+    """Id of the first entry whose chain link is broken, or None if the log is intact."""
+    rows: Sequence[AuditEntry] = session.execute(select(AuditEntry).order_by(AuditEntry.id)).scalars().all()
+    idx = verify_chain((_chain_view(_as_record_json(e)), e.hash) for e in rows)
+    return None if idx is None else rows[idx].id
+
+
+def _as_record_json(e: AuditEntry) -> dict:
+    return {"at": e.at, "actor": e.actor, "actor_kind": e.actor_kind, "action": e.action, "target_kind": e.target_kind,
+            "target_id": e.target_id, "department": e.department_id, "project": e.project_id, "source": e.source,
+            "token_prefix": e.token_prefix, "outcome": e.outcome, "request_id": e.request_id,
+            "before": e.before, "after": e.after, "changes": e.changes or []}
