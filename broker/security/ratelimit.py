@@ -73,3 +73,45 @@ class TokenBucketLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class RateLimitMiddleware:
+    """Pure ASGI middleware: one bucket per bearer token (per client address without one).
+
+    Keyed on a hash of the ``Authorization`` header, so it runs *before* authentication and
+    also throttles floods of bad tokens; the key never holds the token itself. Answers 429 with
+    ``Retry-After`` and the standard error shape. Paths in `exempt` (health probes) pass.
+    """
+
+    def __init__(self, app, limiter: TokenBucketLimiter, *, exempt: tuple[str, ...] = ("/healthz", "/readyz")):
+        self.app = app
+        self.limiter = limiter
+        self.exempt = exempt
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.exempt:
+            return await self.app(scope, receive, send)
+        auth = None
+        for k, v in scope.get("headers", ()):
+            if k == b"authorization":
+                auth = v
+                break
+        if auth:
+            import hashlib
+
+            key: Hashable = "t:" + hashlib.sha256(auth).hexdigest()[:32]
+        else:
+            client = scope.get("client") or ("?", 0)
+            key = "a:" + str(client[0])
+        d = self.limiter.check(key)
+        if d.allowed:
+            return await self.app(scope, receive, send)
+        import json
+
+        body = json.dumps({"error": {"code": "RATE_LIMITED",
+                                     "message": f"too many requests; retry in {d.retry_after_header} s",
+                                     "details": {"retry_after_s": round(d.retry_after_s, 3)}}}).encode()
+        await send({"type": "http.response.start", "status": 429,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"retry-after", d.retry_after_header.encode())]})
+        await send({"type": "http.response.body", "body": body})

@@ -85,3 +85,46 @@ def test_bad_config(rate, burst):
 def test_retry_after_header_minimum_one():
     assert RateDecision(False, retry_after_s=0.01).retry_after_header == "1"
     assert RateDecision(False, retry_after_s=2.2).retry_after_header == "3"
+
+
+def _app_with_limit(rate=1.0, burst=2, clock=lambda: 0.0):
+    from fastapi import FastAPI
+
+    from broker.security.ratelimit import RateLimitMiddleware
+
+    app = FastAPI()
+
+    @app.get("/x")
+    def x():
+        return {"ok": True}
+
+    @app.get("/healthz")
+    def h():
+        return {"ok": True}
+
+    app.add_middleware(RateLimitMiddleware, limiter=TokenBucketLimiter(rate, burst, clock=clock))
+    return app
+
+
+def test_middleware_429_with_retry_after_per_token():
+    from fastapi.testclient import TestClient
+
+    with TestClient(_app_with_limit()) as c:
+        a = {"Authorization": "Bearer aaa"}
+        assert [c.get("/x", headers=a).status_code for _ in range(3)] == [200, 200, 429]
+        r = c.get("/x", headers=a)
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "RATE_LIMITED"
+        assert c.get("/x", headers={"Authorization": "Bearer bbb"}).status_code == 200  # other token
+        assert all(c.get("/healthz", headers=a).status_code == 200 for _ in range(5))  # probes exempt
+
+
+def test_middleware_refills_with_clock():
+    from fastapi.testclient import TestClient
+
+    t = [0.0]
+    with TestClient(_app_with_limit(rate=1.0, burst=1, clock=lambda: t[0])) as c:
+        assert c.get("/x").status_code == 200
+        assert c.get("/x").status_code == 429
+        t[0] = 1.0
+        assert c.get("/x").status_code == 200
