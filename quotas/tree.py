@@ -143,7 +143,9 @@ class QuotaTree:
         capacity: Mapping[Key, Amount],
         departments: Mapping[str, Mapping[Key, SpecLike]],
         projects: Mapping[str, tuple[str, Mapping[Key, SpecLike]]],
+        usage: Mapping[str, Mapping[Key, Amount]] | None = None,
     ) -> None:
+        """Build the tree; `usage` (per project, per key) is bubbled up in one pass."""
         self.capacity = dict(capacity)
         self._pspec = {pid: specs for pid, (_, specs) in projects.items()}
         self.dept_of = {pid: dept for pid, (dept, _) in projects.items()}
@@ -163,6 +165,13 @@ class QuotaTree:
             self._dspec[dept] = eff
         self.usage: dict[tuple[str, Key], Amount] = {}  # project and department usage
         self.region_usage: dict[Key, Amount] = {}
+        for pid in sorted(usage or {}):
+            dept = self.dept_of.get(pid, "")
+            for key, a in usage[pid].items():
+                a = Amount.of(a)
+                self.usage[(pid, key)] = self.usage.get((pid, key), ZERO) + a
+                self.usage[(dept, key)] = self.usage.get((dept, key), ZERO) + a
+                self.region_usage[key] = self.region_usage.get(key, ZERO) + a
         self.version = 0  # bumps on every change: lets callers cache headroom
         # Unused-guarantee bookkeeping, kept incrementally so protection is O(1) per check:
         # _ug_sum[(dept, key)] = sum of its projects' unused guarantees, _prot[(dept, key)] =
@@ -175,11 +184,14 @@ class QuotaTree:
             for key in sorted(keys, key=str):
                 s = ZERO
                 for pid in self._members.get(dept, ()):
-                    s = s + self.project_spec(pid, key).guaranteed
+                    s = s + self._unused(self.project_spec(pid, key), pid, key)
                 self._ug_sum[(dept, key)] = s
-                p = amax(self.department_spec(dept, key).guaranteed, s)
+                p = amax(self._unused(self.department_spec(dept, key), dept, key), s)
                 self._prot[(dept, key)] = p
                 self._total_prot[key] = self._total_prot.get(key, ZERO) + p
+
+    def _unused(self, spec: SpecLike, owner: str, key: Key) -> Amount:
+        return (spec.guaranteed - self.used(owner, key)).clamp0() if spec.guaranteed > ZERO else ZERO
 
     # -- specs -----------------------------------------------------------------------------
     def project_spec(self, pid: str, key: Key) -> SpecLike:
@@ -225,6 +237,18 @@ class QuotaTree:
             return total
         own = (self.project_spec(pid, key).guaranteed - self.used(pid, key)).clamp0()
         return total - self._prot[(dept, key)] + self._ug_sum[(dept, key)] - own
+
+    def department_lendable(self, dept: str, key: Key) -> Amount:
+        """Invariant: lendable_to(p) = (department_lendable(dept of p) + p's unused guarantee)^+.
+
+        The department part (may be negative) is shared by all its projects, so callers can
+        cache it per department instead of per project.
+        """
+        idle = self.capacity.get(key, ZERO) - self.region_usage.get(key, ZERO)
+        total = self._total_prot.get(key, ZERO)
+        if (dept, key) not in self._prot:
+            return idle - total
+        return idle - (total - self._prot[(dept, key)] + self._ug_sum[(dept, key)])
 
     def lendable_to(self, pid: str, key: Key) -> Amount:
         """Invariant: lendable = region capacity - region usage - others' unused guarantees."""

@@ -1,15 +1,177 @@
-"""Backfill (placeholder until the reservation logic lands)."""
+"""Backfill: reserve the earliest start of the first capacity-blocked job of each pool.
+
+Why: without a reservation, a stream of small jobs can keep a large gang waiting forever.
+EASY-style backfill computes when the blocked job could start at the latest (running jobs end
+by start_time + max_runtime_s; this cycle's victims stop now) and holds, on the nodes it will
+use, the part of its need that must come out of resources free now. Later jobs run on what is
+left, or anywhere if they finish (by their max_runtime) before the reservation starts.
+
+A reservation is applied to the working state as a virtual `take` and lifted (`lift` returns
+the redo) only to test or admit a job that ends before it: the Kueue "what-if returns undo"
+pattern, no copies.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Callable
+
+from scheduler.reasons import explained
+from scheduler.state import EPS, World, pack
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scheduler.cycle import Shape, _Cycle
+    from scheduler.model import Job
+
+
+class Reservation:
+    __slots__ = ("job_id", "fid", "start", "blocks", "blocked_g")
+
+    def __init__(self, job_id: str, fid: int, start: float) -> None:
+        self.job_id, self.fid, self.start = job_id, fid, start
+        self.blocks: list[list] = []  # [node index, g, c, m, ids taken]
+        self.blocked_g = 0
+
+    def apply(self, world: World) -> None:
+        for b in self.blocks:
+            b[4] = world.take(b[0], b[1], b[2], b[3])
+
+    def lift(self, world: World) -> Callable[[], None]:
+        """Give the held resources back; returns the redo that holds them again."""
+        for i, g, c, m, ids in self.blocks:
+            world.give(i, g, c, m, ids)
+        return lambda: self.apply(world)
+
 
 class Reservations:
-    def blocks(self, cyc, s, fids) -> bool:
-        return False
+    def __init__(self) -> None:
+        self.any = False
+        self.by_fid: dict[int, Reservation] = {}
+        self.by_pool: dict[str, Reservation] = {}
+        self.head_start: dict[str, float] = {}
+        self._unreserved: frozenset[int] | None = None
 
-    def allowed_fn(self, cyc, job, fid):
+    def unreserved_fids(self, cyc: "_Cycle") -> frozenset[int]:
+        """Flavors of pools that hold no reservation yet (cached until the next reservation)."""
+        got = self._unreserved
+        if got is None:
+            got = self._unreserved = frozenset(
+                fx.fid for fx in cyc.world.flavors if fx.pool.name not in self.by_pool)
+        return got
+
+    def could_fit(self, cyc: "_Cycle", s: "Shape", fid: int) -> bool:
+        res = self.by_fid.get(fid)
+        return res is not None and cyc.world.flavors[fid].total_free_g + res.blocked_g >= s.req[0]
+
+    def reserve(self, cyc: "_Cycle", job: "Job", s: "Shape", fids: list[int]) -> None:
+        """Reserve for `job` unless its best pool already holds a reservation."""
+        best = None
+        for fid in fids:
+            if cyc.world.flavors[fid].pool.name in self.by_pool:
+                continue
+            got = earliest_start(cyc, s, fid)
+            if got is not None and (best is None or got[0] < best[0]):
+                best = (got[0], fid, got[1], got[2])
+        if best is None:
+            return
+        start, fid, placed, free_at = best
+        w = cyc.world
+        res = Reservation(job.id, fid, start)
+        for i, k in placed:
+            n = w.nodes[i]
+            fg, fc, fm = free_at[i]
+            need = (k * s.g, k * s.c, k * s.m)
+            now_free = (n.free_g, n.free_c, n.free_m)
+            at = (fg, fc, fm)
+            blk = [max(0.0, min(need[r] - (at[r] - now_free[r]), now_free[r])) for r in range(3)]
+            if blk[0] > 0 or blk[1] > EPS or blk[2] > EPS:
+                res.blocks.append([i, int(blk[0]), blk[1], blk[2], ()])
+                res.blocked_g += int(blk[0])
+        res.apply(w)
+        self.by_fid[fid] = res
+        self.by_pool[w.flavors[fid].pool.name] = res
+        self.head_start[job.id] = start
+        self.any = True
+        self._unreserved = None
+
+
+def _k(f: list[float], g: int, c: float, m: float) -> int:
+    k = int(f[0]) // g if g else 1 << 30
+    if c > 0:
+        k = min(k, int((f[1] + EPS) // c))
+    if m > 0:
+        k = min(k, int((f[2] + EPS) // m))
+    return max(k, 0)
+
+
+def _events(cyc: "_Cycle", fid: int) -> list[tuple[float, str, list[tuple[int, int, float, float]]]]:
+    """Resource releases in flavor fid: (time, job id, [(node, gpus, cpus, mem)])."""
+    now = cyc.now
+    out = []
+    for r in cyc.runs_by_fid.get(fid, ()):
+        end = now if r.job.id in cyc.victims else max(r.end, now)
+        out.append((end, r.job.id, [(i, r.g, r.c, r.m) for i, _ids in r.taken]))
+    for end, jid, f, placed, s in cyc.started:
+        if f == fid:
+            out.append((end, jid, [(i, k * s.g, k * s.c, k * s.m) for i, k in placed]))
+    out.sort(key=lambda e: (e[0], e[1]))
+    return out
+
+
+def earliest_start(cyc: "_Cycle", s: "Shape", fid: int):
+    """(time, placement, free per node at that time) for the gang on flavor fid, or None."""
+    w = cyc.world
+    free = {i: [float(w.nodes[i].free_g), w.nodes[i].free_c, w.nodes[i].free_m]
+            for i in w.flavors[fid].nodes if w.nodes[i].ready}
+    total = sum(_k(f, s.g, s.c, s.m) for f in free.values())
+    when = cyc.now
+    if total < s.w:
+        for end, _jid, parts in _events(cyc, fid):
+            for i, g, c, m in parts:
+                f = free.get(i)
+                if f is None:
+                    continue
+                old = _k(f, s.g, s.c, s.m)
+                f[0] += g
+                f[1] += c
+                f[2] += m
+                total += _k(f, s.g, s.c, s.m) - old
+            if total >= s.w:
+                when = end
+                break
+        else:
+            return None
+    cands = [(_k(f, s.g, s.c, s.m), int(f[0]), i) for i, f in sorted(free.items())]
+    placed = pack([c for c in cands if c[0] > 0], s.w)
+    if placed is None:
         return None
+    return when, placed, {i: tuple(free[i]) for i, _k2 in placed}
 
 
-def reserve_or_estimate(cyc, job, s, fids):
-    return None
+def add_estimates(cyc: "_Cycle") -> None:
+    """Build the deferred capacity reasons (explain only), with an estimated start.
+
+    The reserved head gets its reservation time; others a lower bound: the first time enough
+    GPUs in total are released in one of their flavors (ignores fragmentation and the queue).
+    """
+    timelines: dict[int, tuple[list[float], list[float]]] = {}
+    free = {f: fx.total_free_g for f, fx in enumerate(cyc.world.flavors)}
+    for job, s, fids, code, details, position in cyc.to_estimate:
+        est = cyc.reservations.head_start.get(job.id)
+        if est is None:
+            for fid in fids:
+                tl = timelines.get(fid)
+                if tl is None:
+                    ends, cum, acc = [], [], 0.0
+                    for end, _jid, parts in _events(cyc, fid):
+                        acc += sum(p[1] for p in parts)
+                        ends.append(end)
+                        cum.append(acc)
+                    tl = timelines[fid] = (ends, cum)
+                need = s.req[0] - free[fid]
+                ends, cum = tl
+                j = bisect_left(cum, need - EPS) if need > 0 else 0
+                if j < len(ends) and (est is None or ends[j] < est):
+                    est = ends[j]
+        details["requested"] = int(s.req[0])
+        cyc.pending[job.id] = explained(code, details, position, est)

@@ -7,14 +7,20 @@ Steps:
  1. Index: node free resources and GPU indices from running placements; quota usage bubbled up
     the tree; budget reservations; fair-share allocation.
  2. Order pending jobs: class (operation first), priority, quota tier (within guarantee, then
-    within nominal, then borrowing, as Kueue orders non-borrowing first), fair share (weighted
-    dominant share of allocation plus decayed past usage, updated as the cycle admits), submit
-    time, id. `strict_fifo`: submit time then id, with head-of-line blocking.
- 3. For each job: budget, quota, gang placement on its candidate flavors (non-borrowing first).
+    within nominal, then borrowing: Kueue orders non-borrowing first, and it is what makes a
+    guarantee hold within the cycle), fair share (weighted dominant share of allocation plus
+    decayed past usage, updated as the cycle admits), submit time, id.
+    `strict_fifo`: submit time then id, head-of-line blocking, no quota/backfill/preemption.
+ 3. For each job: budget, hard quota limits, a cheap capacity test on the per-flavor index,
+    then lending rules, then gang placement on its candidate flavors (non-borrowing first).
  4. Preemption when quota allows but capacity does not (scheduler.preemption).
  5. Backfill: the first capacity-blocked job of each pool gets a reservation at its earliest
     start; later jobs start only if they do not delay it (scheduler.backfill).
- 6. Exactly one pending reason per job that is not admitted.
+ 6. Exactly one pending reason per job that is not admitted (scheduler.reasons).
+
+Codes: a job blocked by physical capacity gets NO_CAPACITY / FRAGMENTED even when it would also
+be borrowing; QUOTA_LIMIT means a hard limit, or idle capacity that exists but is not lendable
+to it (others' guarantees).
 
 Determinism: every sort uses total keys ending in ids; no set or dict order leaks into output.
 """
@@ -22,17 +28,17 @@ Determinism: every sort uses total keys ending in ids; no set or dict order leak
 from __future__ import annotations
 
 import heapq
-from typing import Iterable
+from typing import Iterator
 
 from quotas.amount import Amount
 from quotas.budget import BudgetLedger, remaining_reservation
 from quotas.fairshare import dominant_share, past_equivalent
-from quotas.tree import QuotaTree, Verdict
+from quotas.tree import QuotaTree
 from scheduler import backfill as bf
 from scheduler import preemption as pre
 from scheduler.model import (
-    POLICIES, RESOURCES, Admission, CycleResult, CycleStats, Flavor, Job, Outcome, PendingReason,
-    Placement, Policy, Preemption, ReasonCode, Running, Snapshot, WorkloadClass,
+    POLICIES, RESOURCES, Admission, CycleResult, CycleStats, Flavor, Job, PendingReason, Placement,
+    Policy, Preemption, ReasonCode, Snapshot, WorkloadClass,
 )
 from scheduler.quota_view import QuotaView
 from scheduler.reasons import bare, explained
@@ -40,12 +46,23 @@ from scheduler.state import World
 
 DEFAULT_POLICY = POLICIES["fair-backfill-preempt"]
 EPS = 1e-9
+CAPACITY_CODES = (ReasonCode.NO_CAPACITY, ReasonCode.FRAGMENTED, ReasonCode.BACKFILL_RESERVATION)
+
+
+def run_cycle(snapshot: Snapshot, now: float, policy: Policy = DEFAULT_POLICY) -> CycleResult:
+    """Decide admissions, preemptions and pending reasons for one snapshot at time `now`."""
+    return _Cycle(snapshot, now, policy).run()
 
 
 class Shape:
-    """What a job needs, resolved once per distinct (class, pool, models, gang) shape."""
+    """What a job needs, resolved once per distinct (class, pool, models, gang) shape.
 
-    __slots__ = ("fids", "never", "model_missing", "largest", "w", "g", "c", "m", "req")
+    Candidate flavors: operation jobs use operation pools; innovation jobs use innovation pools
+    and, as borrowed preemptible work, operation pools that lend. Order: own-class pools first,
+    then the job's model preference, then names.
+    """
+
+    __slots__ = ("fids", "ready_fids", "code", "largest", "w", "g", "c", "m", "req")
 
     def __init__(self, world: World, job: Job) -> None:
         pw = job.per_worker
@@ -64,23 +81,40 @@ class Shape:
             pool_ok.append(fx)
         models = job.gpu_models
         with_model = [fx for fx in pool_ok if not models or fx.flavor.gpu_model in models]
-        self.model_missing = bool(pool_ok) and not with_model
         fits = [fx for fx in with_model if fx.max_cap_g >= self.g and fx.max_cap_c + EPS >= self.c
                 and fx.max_cap_m + EPS >= self.m]
         self.largest = max((fx.max_cap_g for fx in with_model), default=0)
-        self.never = not pool_ok or (bool(with_model) and not fits)
 
-        def rank(fx):  # own-class pools first, then preferred model order, then names
+        def rank(fx):
             lent = (not op) and fx.pool.workload_class is WorkloadClass.OPERATION
             mi = models.index(fx.flavor.gpu_model) if models else 0
             return (lent, mi, fx.flavor.pool, fx.flavor.gpu_model)
 
         self.fids = tuple(fx.fid for fx in sorted(fits, key=rank))
+        self.ready_fids = tuple(f for f in self.fids if world.flavors[f].any_ready)
+        self.code: ReasonCode | None = None  # a reason that holds whatever the cycle does
+        if not pool_ok:
+            self.code = ReasonCode.NEVER_FITS
+        elif not with_model:
+            self.code = ReasonCode.GPU_MODEL_UNAVAILABLE
+        elif not fits:
+            self.code = ReasonCode.NEVER_FITS
+        elif not self.ready_fids:
+            self.code = ReasonCode.GPU_MODEL_UNAVAILABLE if models else ReasonCode.NO_CAPACITY
 
 
-def run_cycle(snapshot: Snapshot, now: float, policy: Policy = DEFAULT_POLICY) -> CycleResult:
-    """Decide admissions, preemptions and pending reasons for one snapshot at time `now`."""
-    return _Cycle(snapshot, now, policy).run()
+class Run:
+    """A running job as the cycle indexes it (for preemption and backfill timelines)."""
+
+    __slots__ = ("job", "fid", "start", "end", "taken", "req", "borrowing", "g", "c", "m")
+
+    def __init__(self, job: Job, fid: int, start: float, borrowing: bool) -> None:
+        self.job, self.fid, self.start, self.borrowing = job, fid, start, borrowing
+        self.end = start + job.max_runtime_s
+        pw = job.per_worker
+        self.g, self.c, self.m = int(pw.gpus), float(pw.cpus), float(pw.memory_gb)
+        self.req = (float(job.workers * self.g), job.workers * self.c, job.workers * self.m)
+        self.taken: list[tuple[int, tuple[int, ...]]] = []  # (node index, GPU ids) per worker
 
 
 class _Cycle:
@@ -92,39 +126,34 @@ class _Cycle:
         self.projects = {p.id: p for p in snap.projects}
         self.departments = {d.id: d for d in snap.departments}
         self.dept_of = {p.id: p.department for p in snap.projects}
-        self.running = sorted(snap.running, key=lambda r: r.job.id)
-        usage: dict[tuple[str, int], list[float]] = {}
+        self.runs: list[Run] = []
+        self.runs_by_fid: dict[int, list[Run]] = {}
+        usage: dict[str, dict[tuple[Flavor, str], float]] = {}
         self.alloc: dict[str, list[float]] = {}
         reserved: dict[str, float] = {}
-        self.borrowed = [[0.0, 0.0, 0.0] for _ in w.flavors]  # reclaimable by nominal owners
-        self.lent = [[0.0, 0.0, 0.0] for _ in w.flavors]  # innovation on operation pools
-        self.run_fid: dict[str, int] = {}
-        for r in self.running:
+        self.borrowed = [[0.0, 0.0, 0.0] for _ in w.flavors]  # running work flagged borrowing
+        for r in sorted(snap.running, key=lambda r: r.job.id):
             j = r.job
-            pw = j.per_worker
-            g, c, m = int(pw.gpus), float(pw.cpus), float(pw.memory_gb)
+            fid = w.fid.get(r.flavor, -1)
+            run = Run(j, fid, r.start_time, r.borrowing)
             for pl in r.placements:
                 i = w.by_id.get(pl.node)
-                if i is None:
-                    continue
-                ids = tuple(pl.gpu_indices) if len(pl.gpu_indices) == g else None
-                w.take(i, g, c, m, ids)
-            tot = (float(j.workers * g), j.workers * c, j.workers * m)
-            fid = w.fid.get(r.flavor, -1)
-            self.run_fid[j.id] = fid
+                if i is not None:
+                    ids = tuple(pl.gpu_indices) if len(pl.gpu_indices) == run.g else None
+                    run.taken.append((i, w.take(i, run.g, run.c, run.m, ids)))
+            self.runs.append(run)
             if fid >= 0:
-                u = usage.setdefault((j.project, fid), [0.0, 0.0, 0.0])
-                for k in range(3):
-                    u[k] += tot[k]
+                self.runs_by_fid.setdefault(fid, []).append(run)
+                u = usage.setdefault(j.project, {})
+                for k, res in enumerate(RESOURCES):
+                    if run.req[k]:
+                        u[(r.flavor, res)] = u.get((r.flavor, res), 0.0) + run.req[k]
                     if r.borrowing:
-                        self.borrowed[fid][k] += tot[k]
-                    if j.workload_class is WorkloadClass.INNOVATION and \
-                            w.flavors[fid].pool.workload_class is WorkloadClass.OPERATION:
-                        self.lent[fid][k] += tot[k]
+                        self.borrowed[fid][k] += run.req[k]
             a = self.alloc.setdefault(j.project, [0.0, 0.0, 0.0])
             for k in range(3):
-                a[k] += tot[k]
-            rh = remaining_reservation(j.workers * g, r.start_time, j.max_runtime_s, now).value
+                a[k] += run.req[k]
+            rh = remaining_reservation(int(run.req[0]), r.start_time, j.max_runtime_s, now).value
             for owner in (j.project, self.dept_of.get(j.project, "")):
                 reserved[owner] = reserved.get(owner, 0.0) + rh
         capacity: dict[tuple[Flavor, str], Amount] = {}
@@ -132,28 +161,24 @@ class _Cycle:
             tot = [0.0, 0.0, 0.0]
             for i in fx.nodes:
                 n = w.nodes[i]
-                caps = (n.cap_g, n.cap_c, n.cap_m)
-                frees = (n.free_g, n.free_c, n.free_m)
+                caps, frees = (n.cap_g, n.cap_c, n.cap_m), (n.free_g, n.free_c, n.free_m)
                 for k in range(3):
                     tot[k] += caps[k] if n.ready else caps[k] - frees[k]
-            for k, r in enumerate(RESOURCES):
-                capacity[(fx.flavor, r)] = Amount.of(tot[k])
+            for k, res in enumerate(RESOURCES):
+                capacity[(fx.flavor, res)] = Amount.of(tot[k])
         dspecs = {d.id: d.quotas for d in snap.departments}
         pspecs = {p.id: (p.department, p.quotas) for p in snap.projects}
-        self.tree = QuotaTree(capacity, dspecs, pspecs)
+        self.tree = QuotaTree(capacity, dspecs, pspecs,
+                              {pid: {k: Amount.of(v) for k, v in u.items()} for pid, u in usage.items()})
         managed = {k for s in dspecs.values() for k in s} | {k for _, s in pspecs.values() for k in s}
         self.qv = QuotaView(self.tree, [fx.flavor for fx in w.flavors], managed)
-        for (pid, fid), u in sorted(usage.items()):
-            self.qv.add(pid, fid, (u[0], u[1], u[2]))
         budgets = {p.id: p.budget_gpu_hours for p in snap.projects if not p.budget_gpu_hours.unlimited}
         budgets.update({d.id: d.budget_gpu_hours for d in snap.departments if not d.budget_gpu_hours.unlimited})
-        spent = {p.id: p.spent_gpu_hours for p in snap.projects}
-        spent.update({d.id: d.spent_gpu_hours for d in snap.departments})
+        spent = {o: float(x.spent_gpu_hours) for o, x in [*self.projects.items(), *self.departments.items()]}
         self.ledger = BudgetLedger(budgets, spent)
         for owner in sorted(reserved):
             if owner in budgets:
                 self.ledger.reserve((owner,), Amount.of(reserved[owner]))
-        # fair share: capacity totals over ready nodes
         cap = [0.0, 0.0, 0.0]
         for n in w.nodes:
             if n.ready:
@@ -166,8 +191,16 @@ class _Cycle:
         self.preemptions: list[Preemption] = []
         self.pending: dict[str, PendingReason] = {}
         self.victims: set[str] = set()
-        self.started: list[tuple[float, str, int, tuple]] = []  # (end, job id, fid, placement)
+        self.started: list[tuple[float, str, int, list[tuple[int, int]], Shape]] = []
         self.reservations = bf.Reservations()
+        self.preempt_failed: dict[tuple, tuple] = {}
+        self.ranked: dict[int, list[Run]] = {}
+        self.bounds: dict[int, list[float]] = {}
+        self.run_flags: dict[str, tuple[bool, bool, bool]] = {}
+        self.preemptors: set[str] = set()  # projects that got a PREEMPTING job this cycle
+        self.to_estimate: list[tuple] = []  # capacity-blocked jobs, explained at the end
+        self.labels = [f"{fx.flavor.pool}/{fx.flavor.gpu_model}" for fx in w.flavors]
+        self._dirty: set[str] = set()
 
     # -- helpers --------------------------------------------------------------------------
     def shape(self, job: Job) -> Shape:
@@ -179,6 +212,7 @@ class _Cycle:
         return s
 
     def share(self, pid: str) -> float:
+        """Weighted dominant share: (allocation + decayed past GPU use) / capacity / weight."""
         if not self.policy.fair_share:
             return 0.0
         a = self.alloc.get(pid, (0.0, 0.0, 0.0))
@@ -189,21 +223,16 @@ class _Cycle:
         return dominant_share({"gpus": a[0] + past, "cpus": a[1], "memory_gb": a[2]}, self.cap, weight)
 
     def tier(self, job: Job, s: Shape) -> int:
-        """0 within guarantee, 1 within nominal, 2 borrowing (on the job's first flavor)."""
-        if not s.fids:
+        """0 within guarantee, 1 within nominal (or unmanaged), 2 borrowing, on its first flavor."""
+        if not s.ready_fids:
             return 2
-        lp, ld, g, n, dn = self.qv.record(job.project, s.fids[0])
-        managed = self.qv.managed[s.fids[0]]
-        if not managed:
+        level, _ri, wg, wn, _b = self.qv.limits(job.project, s.ready_fids[0], s.req)
+        if not self.qv.managed[s.ready_fids[0]]:
             return 1
-        if all(s.req[ri] <= g[j] + EPS for j, ri in enumerate(managed)):
-            return 0
-        if all(s.req[ri] <= n[j] + EPS for j, ri in enumerate(managed)):
-            return 1
-        return 2
+        return 0 if wg else 1 if wn else 2
 
     # -- step 2: order -------------------------------------------------------------------
-    def order(self) -> Iterable[Job]:
+    def order(self) -> Iterator[Job]:
         pend = self.snap.pending
         if self.policy.strict_fifo:
             yield from sorted(pend, key=lambda j: (j.submit_time, j.id))
@@ -211,31 +240,34 @@ class _Cycle:
         queues: dict[str, list[Job]] = {}
         for j in sorted(pend, key=lambda j: (j.workload_class.rank, -j.priority, j.submit_time, j.id)):
             queues.setdefault(j.project, []).append(j)
-        heap = []
-        pos = {pid: 0 for pid in queues}
         shares = {pid: self.share(pid) for pid in queues}
-        for pid, q in queues.items():
-            j = q[0]
-            heap.append((j.workload_class.rank, -j.priority, self.tier(j, self.shape(j)), shares[pid],
-                         j.submit_time, j.id, pid))
-        heapq.heapify(heap)
-        self._dirty: set[str] = set()
-        while heap:
-            item = heapq.heappop(heap)
-            pid = item[-1]
-            q = queues[pid]
-            j = q[pos[pid]]
-            yield j
-            pos[pid] += 1
-            if pid in self._dirty:  # the project was admitted something: its share/tier moved
-                self._dirty.discard(pid)
-                shares[pid] = self.share(pid)
-            if pos[pid] < len(q):
-                nj = q[pos[pid]]
-                heapq.heappush(heap, (nj.workload_class.rank, -nj.priority, self.tier(nj, self.shape(nj)),
-                                      shares[pid], nj.submit_time, nj.id, pid))
+        pos = dict.fromkeys(queues, 0)
 
-    # -- step 3..6 -----------------------------------------------------------------------
+        def entry(j: Job, pid: str) -> tuple:
+            return (j.workload_class.rank, -j.priority, self.tier(j, self.shape(j)), shares[pid],
+                    j.submit_time, j.id, pid)
+
+        heap = [entry(q[0], pid) for pid, q in queues.items()]
+        heapq.heapify(heap)
+        dirty = self._dirty
+        while heap:
+            pid = heapq.heappop(heap)[-1]
+            q = queues[pid]
+            yield q[pos[pid]]
+            pos[pid] += 1
+            if dirty:  # admissions moved shares (and tiers): re-key those projects' heads
+                for d in sorted(dirty):
+                    shares[d] = self.share(d)
+                moved = [i for i, e in enumerate(heap) if e[-1] in dirty]
+                for i in moved:
+                    heap[i] = entry(queues[heap[i][-1]][pos[heap[i][-1]]], heap[i][-1])
+                if moved:
+                    heapq.heapify(heap)
+                dirty.clear()
+            if pos[pid] < len(q):
+                heapq.heappush(heap, entry(q[pos[pid]], pid))
+
+    # -- steps 3..6 ----------------------------------------------------------------------
     def run(self) -> CycleResult:
         policy = self.policy
         fifo = policy.strict_fifo
@@ -247,70 +279,90 @@ class _Cycle:
             if blocked or (cap_left is not None and cap_left <= 0):
                 self.wait(job, ReasonCode.WAITING_FOR_HIGHER_PRIORITY, {}, position)
                 continue
-            ok = self.schedule(job, position)
-            if ok:
+            if self.schedule(job, position):
                 if cap_left is not None:
                     cap_left -= 1
-            elif fifo and self.pending[job.id].code in (ReasonCode.NO_CAPACITY, ReasonCode.FRAGMENTED):
+            elif fifo and self.pending[job.id].code in CAPACITY_CODES:
                 blocked = True
+        if self.explain and self.to_estimate:
+            bf.add_estimates(self)
         stats = CycleStats(len(self.snap.pending), len(self.admissions), len(self.preemptions), len(self.pending))
         return CycleResult(tuple(self.admissions), tuple(self.preemptions), self.pending, stats)
 
-    def wait(self, job: Job, code: ReasonCode, details: dict, position: int, est: float | None = None) -> None:
+    def wait(self, job: Job, code: ReasonCode, details: dict, position: int) -> bool:
         if self.explain:
             details.setdefault("requested", int(job.total.gpus))
-            self.pending[job.id] = explained(code, details, position, est)
+            self.pending[job.id] = explained(code, details, position)
         else:
             self.pending[job.id] = bare(code, position)
+        return False
 
     def schedule(self, job: Job, position: int) -> bool:
         """Try to admit one job; on failure record its single pending reason. Returns admitted."""
         s = self.shape(job)
+        if s.code is not None:
+            return self.static_reason(job, s, position)
         fifo = self.policy.strict_fifo
-        if s.never or (s.model_missing and not fifo):
-            if s.model_missing:
-                return self.wait(job, ReasonCode.GPU_MODEL_UNAVAILABLE, {"gpu_models": job.gpu_models}, position)
-            return self.wait(job, ReasonCode.NEVER_FITS, {"per_worker": s.g, "largest_node": s.largest}, position)
-        fx_ready = [fid for fid in s.fids if self.world.flavors[fid].any_ready]
-        if not fx_ready:
-            if job.gpu_models:
-                return self.wait(job, ReasonCode.GPU_MODEL_UNAVAILABLE, {"gpu_models": job.gpu_models}, position)
-            return self.wait(job, ReasonCode.NO_CAPACITY, self.capacity_details(s), position)
         pid = job.project
-        dept = self.dept_of.get(pid, "")
-        gpu_h = s.req[0] * job.max_runtime_s / 3600.0
-        budget_owners = tuple(o for o in (pid, dept) if o in self.ledger.budget)
-        if budget_owners:
-            bc = self.ledger.check(budget_owners, Amount.of(gpu_h))
-            if not bc.ok:
-                return self.wait(job, ReasonCode.BUDGET_EXHAUSTED, {
-                    "owner": bc.owner, "budget": bc.budget.value, "spent": bc.spent.value,
-                    "reserved": bc.reserved.value, "left": bc.left.value, "requested_gpu_hours": gpu_h}, position)
-        quota_fail = None
-        reclaim: list[tuple[int, bool]] = []  # (fid, borrowing) where quota allows only by reclaiming
-        capacity_fids: list[int] = []  # quota ok, no room
+        req = s.req
+        if self.ledger.budget:
+            owners = tuple(o for o in (pid, self.dept_of.get(pid, "")) if o in self.ledger.budget)
+            if owners:
+                gpu_h = req[0] * job.max_runtime_s / 3600.0
+                bc = self.ledger.check(owners, Amount.of(gpu_h))
+                if not bc.ok:
+                    return self.wait(job, ReasonCode.BUDGET_EXHAUSTED, {
+                        "owner": bc.owner, "budget": bc.budget.value, "spent": bc.spent.value,
+                        "reserved": bc.reserved.value, "left": bc.left.value,
+                        "requested_gpu_hours": gpu_h} if self.explain else {}, position)
+        flavors = self.world.flavors
+        res = self.reservations
+        req0, g = req[0], s.g
+        for fid in s.ready_fids:
+            fx = flavors[fid]
+            if (fx.total_free_g >= req0 and fx.max_free >= g) or (
+                    res.any and fid in res.by_fid and res.could_fit(self, s, fid)):
+                break
+        else:
+            return self.no_room(job, s, position)
+        qv = self.qv
+        innovation = job.workload_class is WorkloadClass.INNOVATION
+        quota_fail = lend_fail = None
+        cap_fids = []
+        reclaim: list[tuple[int, bool, bool]] = []  # (fid, within guarantee, within nominal)
+        backfill_blocked = False
         chosen = None
-        for fid in fx_ready:
-            fx = self.world.flavors[fid]
-            lent_pool = job.workload_class is WorkloadClass.INNOVATION and \
-                fx.pool.workload_class is WorkloadClass.OPERATION
-            if fifo:
-                verdict, borrowing = Verdict.OK, lent_pool
-            else:
-                rec = self.reclaimable(job, fid)
-                verdict, borrowing, within_g, level, ri = self.qv.check(pid, fid, s.req, rec)
-                borrowing = borrowing or lent_pool
-                if verdict is Verdict.LIMIT:
+        deferred: list[int] = []  # flavors without room now: only their limits matter, later
+        for fid in s.ready_fids:
+            fx = flavors[fid]
+            if not ((fx.total_free_g >= req0 and fx.max_free >= g) or (
+                    res.any and fid in res.by_fid and res.could_fit(self, s, fid))):
+                deferred.append(fid)
+                continue
+            borrowing = innovation and fx.pool.workload_class is WorkloadClass.OPERATION
+            wg = wn = False
+            if not fifo and qv.managed[fid]:
+                level, ri, wg, wn, b = qv.limits(pid, fid, req)
+                if level:
                     quota_fail = quota_fail or (fid, level, ri)
                     continue
-                if verdict is Verdict.RECLAIM:
-                    reclaim.append((fid, borrowing))
-                    continue
-            placed = self.try_place(job, s, fid)
+                borrowing = borrowing or b
+                if not wg:
+                    ri = qv.lend_fail(pid, fid, req)
+                    if ri >= 0:
+                        lend_fail = lend_fail or (fid, "borrow" if not wn else "reserved", ri)
+                        reclaim.append((fid, wg, wn))
+                        continue
+            placed, redo, blocked_by_res = self.try_place(job, s, fid)
             if placed is None:
-                capacity_fids.append(fid)
-                reclaim.append((fid, borrowing))
+                backfill_blocked = backfill_blocked or blocked_by_res
+                cap_fids.append(fid)
+                reclaim.append((fid, wg, wn))
                 continue
+            if redo is not None:  # a short job slipping in before a reservation
+                self.admit(job, s, fid, borrowing, placed)
+                redo()
+                return True
             if chosen is None or (chosen[1] and not borrowing):
                 chosen = (fid, borrowing, placed)
             if not borrowing:
@@ -318,90 +370,143 @@ class _Cycle:
         if chosen is not None:
             self.admit(job, s, *chosen)
             return True
-        # -- step 4: preemption --------------------------------------------------------------
-        if self.policy.preemption and not fifo and reclaim:
-            got = pre.try_preempt(self, job, s, reclaim)
-            if got:
-                return False
-        # -- step 5: backfill reservation for the first capacity-blocked job of a pool ---------
-        est = None
-        if capacity_fids and self.policy.backfill and not fifo:
-            est = bf.reserve_or_estimate(self, job, s, capacity_fids)
-        # -- step 6: the reason ---------------------------------------------------------------
-        if capacity_fids or (reclaim and quota_fail is None):
-            fids = capacity_fids or [f for f, _ in reclaim]
-            if self.reservations.blocks(self, s, fids):
-                return self.wait(job, ReasonCode.BACKFILL_RESERVATION, self.capacity_details(s, fids), position, est)
-            d = self.capacity_details(s, fids)
-            code = ReasonCode.FRAGMENTED if d["free"] >= s.req[0] and s.req[0] > 0 else ReasonCode.NO_CAPACITY
-            return self.wait(job, code, d, position, est)
+        return self.blocked(job, s, position, deferred, cap_fids, reclaim, quota_fail or lend_fail, backfill_blocked)
+
+    def capacity_reason(self, job: Job, s: Shape, fids: list[int], position: int, backfill_blocked: bool) -> bool:
+        """BACKFILL_RESERVATION, FRAGMENTED (a flavor has the GPUs in total, no node fits) or NO_CAPACITY."""
+        flavors = self.world.flavors
+        if backfill_blocked:
+            code = ReasonCode.BACKFILL_RESERVATION
+        elif s.req[0] > 0 and any(flavors[f].total_free_g >= s.req[0] for f in fids):
+            code = ReasonCode.FRAGMENTED
+        else:
+            code = ReasonCode.NO_CAPACITY
+        if self.explain:  # the reason is built at the end, with its estimated start
+            self.to_estimate.append((job, s, fids, code, self.capacity_details(s, fids), position))
+            return False
+        self.pending[job.id] = bare(code, position)
+        return False
+
+    def no_room(self, job: Job, s: Shape, position: int) -> bool:
+        """Fast path: no candidate flavor has room now, so only preemption could admit the job."""
+        return self.blocked(job, s, position, list(s.ready_fids), [], [], None, False)
+
+    def blocked(self, job: Job, s: Shape, position: int, fids: list[int], cap_fids: list[int],
+                reclaim: list[tuple[int, bool, bool]], quota_fail, backfill_blocked: bool) -> bool:
+        """Steps 4-6 for a job that was not admitted; `fids` are flavors without room now.
+
+        For those only the hard limits matter (a limit beats capacity as the reason), and only
+        as far as needed: once one flavor is known to be capacity-blocked, a flavor is looked
+        at only if a preemption or a reservation could still come from it.
+        """
+        pid, qv, fifo = job.project, self.qv, self.policy.strict_fifo
+        can_preempt = self.policy.preemption and not fifo and pid not in self.preemptors
+        want_all = can_preempt or (self.policy.backfill and not fifo and not backfill_blocked and
+                                   len(self.reservations.by_pool) < len(self.world.pools_with_nodes))
+        skipped = False
+        for fid in fids:
+            if cap_fids and (not want_all or (
+                    not (can_preempt and pre.may_help(self, job, s, fid))
+                    and fid not in self.reservations.unreserved_fids(self))):
+                skipped = True
+                continue  # neither a preemption nor a reservation could come from this flavor
+            wg = wn = False
+            if not fifo and qv.managed[fid]:
+                level, ri, wg, wn, _b = qv.limits(pid, fid, s.req)
+                if level:
+                    quota_fail = quota_fail or (fid, level, ri)
+                    continue
+            cap_fids.append(fid)
+            reclaim.append((fid, wg, wn))
+        if len(reclaim) > 1:
+            rank = {f: k for k, f in enumerate(s.ready_fids)}
+            reclaim.sort(key=lambda t: rank[t[0]])
+        # -- step 4: preemption ----------------------------------------------------------
+        if can_preempt and reclaim and pre.try_preempt(self, job, s, reclaim, position):
+            return False
+        # -- step 5: backfill reservation for the first capacity-blocked job of a pool -------
+        if cap_fids and self.policy.backfill and not fifo and not backfill_blocked:
+            self.reservations.reserve(self, job, s, cap_fids)
+        # -- step 6: the reason -------------------------------------------------------------
+        if cap_fids:
+            if skipped:  # FRAGMENTED looks at every flavor within limits: few have the GPUs
+                flavors = self.world.flavors
+                cap_fids = cap_fids + [f for f in fids if f not in cap_fids and flavors[f].total_free_g >= s.req[0]
+                                       and (fifo or not qv.managed[f] or not qv.limits(pid, f, s.req)[0])]
+            return self.capacity_reason(job, s, cap_fids, position, backfill_blocked)
         if quota_fail is not None:
             return self.wait(job, ReasonCode.QUOTA_LIMIT, self.quota_details(job, s, *quota_fail), position)
-        return self.wait(job, ReasonCode.NO_CAPACITY, self.capacity_details(s), position, est)
+        return self.wait(job, ReasonCode.NO_CAPACITY, self.capacity_details(s, list(s.ready_fids)), position)
 
-    def reclaimable(self, job: Job, fid: int) -> tuple[float, float, float] | None:
-        """Capacity this job could take back by preemption (None: it may not reclaim)."""
-        if not self.policy.preemption:
-            return None
-        fx = self.world.flavors[fid]
-        if job.workload_class is WorkloadClass.OPERATION and fx.pool.workload_class is WorkloadClass.OPERATION:
-            return tuple(a + b for a, b in zip(self.borrowed[fid], self.lent[fid]))
-        return tuple(self.borrowed[fid])
+    def static_reason(self, job: Job, s: Shape, position: int) -> bool:
+        code = s.code
+        if code is ReasonCode.GPU_MODEL_UNAVAILABLE:
+            return self.wait(job, code, {"gpu_models": job.gpu_models}, position)
+        if code is ReasonCode.NEVER_FITS:
+            return self.wait(job, code, {"per_worker": s.g, "largest_node": s.largest}, position)
+        return self.wait(job, code, self.capacity_details(s, list(s.fids)), position)
 
     def try_place(self, job: Job, s: Shape, fid: int):
-        fx = self.world.flavors[fid]
-        if fx.max_free_g() < s.g or fx.total_free_g < s.req[0]:
-            return None
-        allowed = self.reservations.allowed_fn(self, job, fid)
-        return self.world.place(fid, s.w, s.g, s.c, s.m, allowed)
+        """(placement or None, redo after admitting or None, blocked only by a reservation)."""
+        w = self.world
+        fx = w.flavors[fid]
+        if fx.total_free_g >= s.req[0] and fx.max_free >= s.g:
+            placed = w.place(fid, s.w, s.g, s.c, s.m)
+            if placed is not None:
+                return placed, None, False
+        res = self.reservations.by_fid.get(fid)
+        if res is None:
+            return None, None, False
+        redo = res.lift(w)
+        placed = w.place(fid, s.w, s.g, s.c, s.m) if fx.max_free >= s.g else None
+        if placed is not None and self.now + job.max_runtime_s <= res.start + EPS:
+            return placed, redo, False
+        redo()
+        return None, None, placed is not None
 
     def admit(self, job: Job, s: Shape, fid: int, borrowing: bool, placed: list[tuple[int, int]]) -> None:
         w = self.world
         placements = []
-        rank = 0
         for i, k in placed:
             for _ in range(k):
-                ids = w.take(i, s.g, s.c, s.m)
-                placements.append(Placement(rank, w.nodes[i].id, ids))
-                rank += 1
-        fx = w.flavors[fid]
-        self.admissions.append(Admission(job.id, fx.flavor, tuple(placements), borrowing))
+                placements.append(Placement(len(placements), w.nodes[i].id, w.take(i, s.g, s.c, s.m)))
+        self.admissions.append(Admission(job.id, w.flavors[fid].flavor, tuple(placements), borrowing))
         self.qv.add(job.project, fid, s.req)
-        if borrowing:
-            pass  # borrowed-this-cycle capacity is not reclaimable until it is running
         owners = tuple(o for o in (job.project, self.dept_of.get(job.project, "")) if o in self.ledger.budget)
         if owners:
             self.ledger.reserve(owners, Amount.of(s.req[0] * job.max_runtime_s / 3600.0))
         a = self.alloc.setdefault(job.project, [0.0, 0.0, 0.0])
         for k in range(3):
             a[k] += s.req[k]
-        if hasattr(self, "_dirty"):
-            self._dirty.add(job.project)
-        self.started.append((self.now + job.max_runtime_s, job.id, fid, tuple(placed)))
+        self._dirty.add(job.project)
+        self.started.append((self.now + job.max_runtime_s, job.id, fid, list(placed), s))
 
     # -- details for reasons ----------------------------------------------------------------
-    def capacity_details(self, s: Shape, fids: list[int] | None = None) -> dict:
-        if not self.explain:
-            return {"free": sum(self.world.flavors[f].total_free_g for f in (fids or s.fids))}
-        fl = [self.world.flavors[f] for f in (fids or s.fids)]
+    def capacity_details(self, s: Shape, fids: list[int]) -> dict:
+        fl = [self.world.flavors[f] for f in fids]
         free = sum(fx.total_free_g for fx in fl if fx.any_ready)
+        if not self.explain:
+            return {"free": free}
         ready = sum(fx.ready_cap_g for fx in fl)
         return {"requested": int(s.req[0]), "per_worker": s.g, "workers": s.w, "free": free,
-                "in_use": max(0, ready - free), "flavors": [f"{fx.flavor.pool}/{fx.flavor.gpu_model}" for fx in fl]}
+                "in_use": max(0, ready - free), "flavors": [self.labels[f] for f in fids]}
 
     def quota_details(self, job: Job, s: Shape, fid: int, level: str, ri: int) -> dict:
         if not self.explain:
             return {}
         fx = self.world.flavors[fid]
-        r = RESOURCES[ri]
-        key = (fx.flavor, r)
-        owner = self.dept_of.get(job.project, "") if level == "department" else job.project
-        c = self.tree.check(job.project, key, Amount.of(s.req[ri]))
-        spec = self.tree.department_spec(owner, key) if level == "department" else self.tree.project_spec(owner, key)
-        return {"level": level, "owner": owner, "project": job.project, "resource": r if r != "gpus" else "GPUs",
+        res = RESOURCES[ri]
+        key = (fx.flavor, res)
+        dept = level == "department"
+        owner = self.dept_of.get(job.project, "") if dept else job.project
+        spec = self.tree.department_spec(owner, key) if dept else self.tree.project_spec(owner, key)
+        used = self.tree.used(owner, key)
+        avail = self.tree.lendable_to(job.project, key) if level in ("borrow", "reserved") else \
+            (spec.limit - used).clamp0()
+        return {"level": level, "owner": owner, "project": job.project, "resource": "GPUs" if res == "gpus" else res,
                 "flavor": f"{fx.flavor.pool}/{fx.flavor.gpu_model}", "requested": s.req[ri],
-                "in_use": self.tree.used(owner, key).value, "nominal": spec.nominal.value,
-                "limit": spec.limit.value, "available": c.available.value}
+                "in_use": used.value, "nominal": spec.nominal.value, "limit": spec.limit.value,
+                "available": avail.value}
 
 
-__all__ = ["run_cycle", "Outcome", "Running"]
+__all__ = ["run_cycle", "DEFAULT_POLICY"]

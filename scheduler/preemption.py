@@ -1,7 +1,325 @@
-"""Preemption (placeholder until victim selection lands)."""
+"""Preemption: pick a minimal set of running jobs whose stopping lets a pending job start.
+
+Kinds, in the order a victim is considered for them:
+- RECLAIM_OPERATION: an operation job takes back operation-pool capacity lent to innovation.
+- RECLAIM_NOMINAL: a job within its project's nominal (or guarantee) takes back capacity from
+  projects running above their nominal (a job within its own guarantee may also take from
+  projects above their guarantee: guarantees are reclaimed within one cycle).
+- PRIORITY (policy.priority_preemption): within one project, higher priority preempts lower.
+
+Never: a victim whose project runs within its guarantee (except same-project priority
+preemption, which only reorders the project's own share); an operation victim for an
+innovation job; a victim already chosen this cycle.
+
+Selection (Kueue's minimalPreemptions): candidates sorted by preference (project most over its
+nominal, lowest priority, least work lost = now - start, id) are released one by one on the
+working state until the gang fits (placement and quota both); then each chosen victim is put
+back, latest first, and dropped from the set if the job still fits without it. So the set
+really frees space on the right nodes, and no victim is superfluous. Every release is undone
+afterwards: victims keep their resources this cycle (nobody else may use them), and the part
+of the preemptor's future placement that is free now is held for it.
+
+Single-worker jobs search node by node: candidates are walked in preference order and the
+first node whose victims free enough wins, then victims that node does not need are dropped.
+Gangs release candidates in preference order until the gang places, then drop what is not
+needed. Quota is checked once, on the final set, as a what-if with undo.
+
+Bounds (performance): one preemptor per project per cycle (Kueue considers one head per
+ClusterQueue); a failed search is remembered per (project, flavor, kind) with its size, and a
+request at least as big fails at once, because the state only gets tighter within a cycle.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Iterator
 
-def try_preempt(cyc, job, s, reclaim) -> bool:
+from quotas.amount import Amount
+from quotas.tree import Verdict
+from quotas.tree import Verdict as TreeVerdict
+from scheduler.model import RESOURCES, Preemption, ReasonCode, WorkloadClass
+from scheduler.reasons import bare, explained
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scheduler.cycle import Run, Shape, _Cycle
+    from scheduler.model import Job
+
+MAX_CANDIDATES = 512
+EPS = 1e-9
+
+_WORDS = {
+    "RECLAIM_OPERATION": "operation work takes back operation-pool capacity that was lent to innovation jobs",
+    "RECLAIM_NOMINAL": "project {p} takes back capacity within its quota that was lent to projects above theirs",
+    "PRIORITY": "a higher-priority job of the same project needs the capacity",
+}
+
+
+def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, bool, bool]], position: int) -> bool:
+    """Issue preemptions for `job` if some flavor can be freed; True when it did."""
+    pid = job.project
+    if pid in cyc.preemptors:
+        return False
+    op = job.workload_class is WorkloadClass.OPERATION
+    prio = cyc.policy.priority_preemption
+    for fid, wg, wn in reclaim:
+        fx = cyc.world.flavors[fid]
+        op_reclaim = op and fx.pool.workload_class is WorkloadClass.OPERATION
+        if not (op_reclaim or wn or wg or prio):
+            continue
+        if not prio:
+            b = _bounds(cyc, fid)
+            room = (b[0] if op_reclaim else 0.0) + (b[2] if wg else b[1] if wn else 0.0)
+            if room <= 0 or fx.total_free_g + room < s.req[0]:
+                continue  # not enough preemptible GPUs in this flavor, whatever the search
+        memo = (pid, fid, op_reclaim, wg, wn, job.priority if prio else 0)
+        failed = cyc.preempt_failed.get(memo)
+        if failed is not None and all(a >= b for a, b in zip((s.g, s.c, s.m) + s.req, failed)):
+            continue  # something no bigger already failed, and the state only got tighter
+        found = _search(cyc, job, s, fid, op_reclaim, wg, wn, prio)
+        if found is None:
+            if failed is None or all(a <= b for a, b in zip((s.g, s.c, s.m) + s.req, failed)):
+                cyc.preempt_failed[memo] = (s.g, s.c, s.m) + s.req
+            continue
+        _issue(cyc, job, s, fid, found[0], found[1], position)
+        return True
     return False
+
+
+def may_help(cyc: "_Cycle", job: "Job", s: "Shape", fid: int) -> bool:
+    """Cheap necessary condition for a preemption on flavor fid (before any quota lookup)."""
+    if cyc.policy.priority_preemption:
+        return True
+    b = _bounds(cyc, fid)
+    room = max(b[2], b[0] if job.workload_class is WorkloadClass.OPERATION else 0.0)
+    return room > 0 and cyc.world.flavors[fid].total_free_g + room >= s.req[0]
+
+
+def _bounds(cyc: "_Cycle", fid: int) -> list[float]:
+    """Upper bounds of preemptible GPUs in a flavor: [lent to innovation on an operation pool,
+    over nominal or borrowing, over guarantee]. Computed once; victims are subtracted."""
+    got = cyc.bounds.get(fid)
+    if got is None:
+        got = cyc.bounds[fid] = [0.0, 0.0, 0.0]
+        qv = cyc.qv
+        gi = 0 in qv.managed[fid]
+        j = qv.managed[fid].index(0) if gi else -1
+        op_pool = cyc.world.flavors[fid].pool.workload_class is WorkloadClass.OPERATION
+        for r in cyc.runs_by_fid.get(fid, ()):
+            rec = qv.record(r.job.project, fid) if gi else None
+            g_room, n_room = (rec[2][j], rec[3][j]) if rec else (-1.0, -1.0)
+            flags = (op_pool and r.job.workload_class is WorkloadClass.INNOVATION and g_room < -EPS,
+                     g_room < -EPS and (n_room < -EPS or r.borrowing), g_room < -EPS)
+            cyc.run_flags[r.job.id] = flags
+            for k in range(3):
+                if flags[k]:
+                    got[k] += r.req[0]
+    return got
+
+
+def _ranked(cyc: "_Cycle", fid: int) -> list["Run"]:
+    """Running jobs of a flavor in victim preference order (computed once per cycle)."""
+    got = cyc.ranked.get(fid)
+    if got is None:
+        fl = cyc.world.flavors[fid].flavor
+        key = (fl, "gpus")
+        over: dict[str, float] = {}
+        for r in cyc.runs_by_fid.get(fid, ()):
+            q = r.job.project
+            if q not in over:
+                over[q] = (cyc.tree.used(q, key) - cyc.tree.project_spec(q, key).nominal).value
+        got = sorted(cyc.runs_by_fid.get(fid, ()),
+                     key=lambda r: (-over[r.job.project], r.job.priority, cyc.now - r.start, r.job.id))
+        cyc.ranked[fid] = got
+    return got
+
+
+def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, wg: bool, wn: bool,
+              prio: bool) -> Iterator[tuple["Run", str]]:
+    """Candidates in preference order with their kind; lazily, so a search stops early.
+
+    A victim's project must stay above its guarantee (and, for nominal reclaim, above its
+    nominal) counting the victims already taken from it in this search.
+    """
+    qv = cyc.qv
+    gi = 0 in qv.managed[fid]  # is "gpus" a managed resource of this flavor?
+    innovation = job.workload_class is WorkloadClass.INNOVATION
+    taken: dict[str, float] = {}
+    rooms: dict[str, tuple[float, float]] = {}
+    for r in _ranked(cyc, fid):
+        v = r.job
+        if v.id in cyc.victims or (innovation and v.workload_class is WorkloadClass.OPERATION):
+            continue
+        q = v.project
+        room = rooms.get(q)
+        if room is None:
+            if gi:
+                rec = qv.record(q, fid)
+                j = qv.managed[fid].index(0)
+                room = rooms[q] = (rec[2][j], rec[3][j])  # guarantee - used, nominal - used
+            else:
+                room = rooms[q] = (-1.0, -1.0)
+        t = taken.get(q, 0.0)
+        g_room, n_room = room[0] + t, room[1] + t  # room left after the victims taken so far
+        kind = None
+        if q == job.project:
+            if prio and v.priority < job.priority:
+                kind = "PRIORITY"
+        elif g_room < -EPS:  # the project runs above its guarantee
+            if op_reclaim and v.workload_class is WorkloadClass.INNOVATION:
+                kind = "RECLAIM_OPERATION"
+            elif wg or (wn and (n_room < -EPS or r.borrowing)):
+                kind = "RECLAIM_NOMINAL"
+        if kind is not None:
+            taken[q] = t + r.req[0]
+            yield r, kind
+
+
+def _search(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, wg: bool, wn: bool, prio: bool):
+    """Minimal victim set [(run, kind)] and the placement it allows, or None."""
+    w = cyc.world
+    nodes = w.nodes
+    cands = _eligible(cyc, job, s, fid, op_reclaim, wg, wn, prio)
+    chosen: list[tuple["Run", str]] = []
+    if s.w == 1:
+        # single worker: the first node whose victims (in preference order) free enough
+        acc: dict[int, list] = {}
+        target = None
+        for n_seen, (r, kind) in enumerate(cands):
+            if n_seen >= MAX_CANDIDATES:
+                break
+            for i in sorted({i for i, _ids in r.taken}):
+                n = nodes[i]
+                if not n.ready or n.fid != fid or n.cap_g < s.g:
+                    continue
+                a = acc.setdefault(i, [0, 0.0, 0.0, []])
+                a[0] += r.g * sum(1 for x, _ in r.taken if x == i)
+                a[1] += r.c * sum(1 for x, _ in r.taken if x == i)
+                a[2] += r.m * sum(1 for x, _ in r.taken if x == i)
+                a[3].append((r, kind))
+                if _node_fits(n, a[0], a[1], a[2], s):
+                    target = i
+                    break
+            if target is not None:
+                break
+        if target is None:
+            return None
+        chosen = list(acc[target][3])
+        # minimise: drop victims (latest first) that the node does not need
+        for idx in range(len(chosen) - 1, -1, -1):
+            rest = chosen[:idx] + chosen[idx + 1:]
+            fr = _freed_on(rest, target)
+            if _node_fits(nodes[target], *fr, s):
+                chosen = rest
+        undos = [_release(w, r) for r, _ in chosen]
+        placed = w.place(fid, 1, s.g, s.c, s.m)
+        if placed is not None and placed[0][0] != target:
+            placed = [(target, 1)] if nodes[target].fits(s.g, s.c, s.m) >= 1 else placed
+    else:
+        undos = []
+        placed = None
+        for n_seen, (r, kind) in enumerate(cands):
+            if n_seen >= MAX_CANDIDATES:
+                break
+            chosen.append((r, kind))
+            undos.append(_release(w, r))
+            fx = w.flavors[fid]
+            if fx.total_free_g >= s.req[0] and fx.max_free >= s.g:
+                placed = w.place(fid, s.w, s.g, s.c, s.m)
+                if placed is not None:
+                    break
+        if placed is None:
+            for u in reversed(undos):
+                u()
+            return None
+        for idx in range(len(chosen) - 1, -1, -1):  # put back, latest first, what is not needed
+            undos[idx]()
+            p = w.place(fid, s.w, s.g, s.c, s.m)
+            if p is not None:
+                placed = p
+                del chosen[idx]
+                del undos[idx]
+            else:
+                undos[idx] = _release(w, chosen[idx][0])
+        placed = w.place(fid, s.w, s.g, s.c, s.m)
+    ok = placed is not None and _quota_ok(cyc, job, s, fid, [r for r, _ in chosen])
+    for u in reversed(undos):
+        u()
+    if not ok:
+        return None
+    return sorted(chosen, key=lambda t: t[0].job.id), placed
+
+
+def _node_fits(n, g: float, c: float, m: float, s: "Shape") -> bool:
+    return (n.free_g + g >= s.g and (s.c <= 0 or n.free_c + c + EPS >= s.c)
+            and (s.m <= 0 or n.free_m + m + EPS >= s.m))
+
+
+def _freed_on(victims, i: int) -> tuple[float, float, float]:
+    g = c = m = 0.0
+    for r, _k in victims:
+        k = sum(1 for x, _ in r.taken if x == i)
+        g += r.g * k
+        c += r.c * k
+        m += r.m * k
+    return g, c, m
+
+
+def _release(w, r: "Run"):
+    """What-if: the victim's workers leave their nodes. Returns the undo."""
+    for i, ids in r.taken:
+        w.give(i, r.g, r.c, r.m, ids)
+
+    def undo() -> None:
+        for i, ids in r.taken:
+            w.take(i, r.g, r.c, r.m, ids)
+
+    return undo
+
+
+def _quota_ok(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims: list["Run"]) -> bool:
+    """Would the job pass quota once the victims' usage is gone? A what-if on the tree itself,
+    undone at once, so the cycle's cached quota view stays valid."""
+    qv = cyc.qv
+    if not qv.managed[fid] or qv.check(job.project, fid, s.req)[0] is Verdict.OK:
+        return True  # quota was never the problem
+    tree = cyc.tree
+    fl = cyc.world.flavors[fid].flavor
+    undos = []
+    for r in victims:
+        rf = cyc.world.flavors[r.fid].flavor
+        undos.append(tree.add_usage(r.job.project, {(rf, res): Amount.of(-r.req[k])
+                                                    for k, res in enumerate(RESOURCES) if r.req[k]}))
+    ok = all(tree.check(job.project, (fl, RESOURCES[ri]), Amount.of(s.req[ri])).verdict is TreeVerdict.OK
+             for ri in qv.managed[fid] if s.req[ri])
+    for u in reversed(undos):
+        u()
+    return ok
+
+
+def _issue(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims, placed, position: int) -> None:
+    w = cyc.world
+    for r, kind in victims:
+        cyc.victims.add(r.job.id)
+        flags = cyc.run_flags.get(r.job.id)
+        if flags is not None and r.fid in cyc.bounds:
+            for k in range(3):
+                if flags[k]:
+                    cyc.bounds[r.fid][k] -= r.req[0]
+        msg = (f"Job {r.job.id} is stopped because " + _WORDS[kind].format(p=job.project) + ".") \
+            if cyc.explain else ""
+        cyc.preemptions.append(Preemption(r.job.id, job.id, kind, msg))
+    # hold, for the preemptor, the part of its future placement that is free right now
+    for i, k in placed:
+        n = w.nodes[i]
+        g = max(0, min(k * s.g, n.free_g))
+        c = max(0.0, min(k * s.c, n.free_c))
+        m = max(0.0, min(k * s.m, n.free_m))
+        if g or c or m:
+            w.take(i, g, c, m)
+    cyc.preemptors.add(job.project)
+    if cyc.explain:
+        d = {"victims": len(victims), "victim_ids": [r.job.id for r, _ in victims],
+             "kinds": sorted({k for _, k in victims}), "requested": int(s.req[0]),
+             "flavor": cyc.labels[fid]}
+        cyc.pending[job.id] = explained(ReasonCode.PREEMPTING, d, position)
+    else:
+        cyc.pending[job.id] = bare(ReasonCode.PREEMPTING, position)

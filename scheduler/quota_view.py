@@ -38,87 +38,118 @@ class QuotaView:
         self.managed: list[tuple[int, ...]] = [
             tuple(ri for ri, r in enumerate(RESOURCES) if (fl, r) in managed) for fl in flavors
         ]
-        self._pver: dict[tuple[str, int], int] = {}
-        self._dver: dict[tuple[str, int], int] = {}
         self._fver: list[int] = [0] * len(flavors)
-        self._rec: dict[tuple[str, int], tuple[int, int, _Rec]] = {}
-        self._lend: dict[tuple[str, int], tuple[int, tuple[float, ...]]] = {}
+        self._rec: dict[tuple[str, int], tuple] = {}  # project part, per (project, flavor)
+        self._drec: dict[tuple[str, int], tuple] = {}  # department part, per (department, flavor)
+        self._limc: dict[tuple[str, int], dict] = {}  # limits() answers per (project, flavor), by request
+        self._members: dict[str, list[str]] = {}
+        for pid in sorted(tree.dept_of):
+            self._members.setdefault(tree.dept_of[pid], []).append(pid)
+        self._lend: dict[tuple[str, int], tuple[int, int, tuple[float, ...]]] = {}
+        # bumped by every usage decrease (preemption what-ifs): cached lendable numbers from an
+        # older epoch are no longer upper bounds, so their failures are not trusted
+        self._epoch = 0
 
     # -- cached reads --------------------------------------------------------------------
     def record(self, pid: str, fid: int) -> _Rec:
-        dept = self.tree.dept_of.get(pid, "")
-        pv, dv = self._pver.get((pid, fid), 0), self._dver.get((dept, fid), 0)
+        """(project limit room, department limit room, guarantee room, nominal room,
+        department nominal room) per managed resource of the flavor."""
         hit = self._rec.get((pid, fid))
-        if hit is not None and hit[0] == pv and hit[1] == dv:
-            return hit[2]
-        fl = self.flavors[fid]
-        t = self.tree
-        lp, ld, g, n, dn = [], [], [], [], []
-        for ri in self.managed[fid]:
-            key = (fl, RESOURCES[ri])
-            ps, ds = t.project_spec(pid, key), t.department_spec(dept, key)
-            pu, du = t.used(pid, key), t.used(dept, key)
-            lp.append((ps.limit - pu).value)
-            ld.append((ds.limit - du).value)
-            g.append((ps.guaranteed - pu).value)
-            n.append((ps.nominal - pu).value)
-            dn.append((ds.nominal - du).value)
-        rec = (tuple(lp), tuple(ld), tuple(g), tuple(n), tuple(dn))
-        self._rec[(pid, fid)] = (pv, dv, rec)
-        return rec
+        if hit is None:
+            fl = self.flavors[fid]
+            t = self.tree
+            lp, g, n = [], [], []
+            for ri in self.managed[fid]:
+                key = (fl, RESOURCES[ri])
+                ps, pu = t.project_spec(pid, key), t.used(pid, key)
+                lp.append((ps.limit - pu).value)
+                g.append((ps.guaranteed - pu).value)
+                n.append((ps.nominal - pu).value)
+            hit = self._rec[(pid, fid)] = (tuple(lp), tuple(g), tuple(n))
+        dept = self.tree.dept_of.get(pid, "")
+        dh = self._drec.get((dept, fid))
+        if dh is None:
+            fl = self.flavors[fid]
+            t = self.tree
+            ld, dn = [], []
+            for ri in self.managed[fid]:
+                key = (fl, RESOURCES[ri])
+                ds, du = t.department_spec(dept, key), t.used(dept, key)
+                ld.append((ds.limit - du).value)
+                dn.append((ds.nominal - du).value)
+            dh = self._drec[(dept, fid)] = (tuple(ld), tuple(dn))
+        return hit[0], dh[0], hit[1], hit[2], dh[1]
 
     def lendable(self, pid: str, fid: int, fresh: bool) -> tuple[float, ...]:
+        """tree.lendable_to per managed resource, from a per-department cached part."""
+        dept = self.tree.dept_of.get(pid, "")
         fv = self._fver[fid]
-        hit = self._lend.get((pid, fid))
-        if hit is not None and (hit[0] == fv or not fresh):
-            return hit[1]
-        fl = self.flavors[fid]
-        vals = tuple(self.tree.lendable_to(pid, (fl, RESOURCES[ri])).value for ri in self.managed[fid])
-        self._lend[(pid, fid)] = (fv, vals)
-        return vals
+        hit = self._lend.get((dept, fid))
+        if hit is None or (hit[0] != fv and (fresh or hit[1] != self._epoch)):
+            fl = self.flavors[fid]
+            vals = tuple(self.tree.department_lendable(dept, (fl, RESOURCES[ri])).value for ri in self.managed[fid])
+            hit = self._lend[(dept, fid)] = (fv, self._epoch, vals)
+        g = self.record(pid, fid)[2]
+        return tuple(max(0.0, b + (x if x > 0 else 0.0)) for b, x in zip(hit[2], g))
 
-    # -- the check -----------------------------------------------------------------------
-    def check(self, pid: str, fid: int, req: tuple[float, float, float],
-              reclaimable: tuple[float, float, float] | None = None) -> tuple[Verdict, bool, bool, str, int]:
-        """(verdict, borrowing, within_guarantee, failing level, failing resource index).
+    # -- the checks -----------------------------------------------------------------------
+    def limits(self, pid: str, fid: int, req: tuple[float, float, float]) -> tuple[str, int, bool, bool, bool]:
+        """Hard limits and flags: (failing level or "", resource index, within guarantee,
+        within nominal, borrowing). Only the project's and department's own numbers: cheap,
+        and memoised per request size until the project's or department's usage changes."""
+        memo = self._limc.get((pid, fid))
+        if memo is None:
+            memo = self._limc[(pid, fid)] = {}
+        got = memo.get(req)
+        if got is None:
+            got = memo[req] = self._limits(pid, fid, req)
+        return got
 
-        Same rules as QuotaTree.check, over all managed resources of the flavor.
-        """
+    def _limits(self, pid: str, fid: int, req: tuple[float, float, float]) -> tuple[str, int, bool, bool, bool]:
         managed = self.managed[fid]
         if not managed:
-            return Verdict.OK, False, False, "", -1
+            return "", -1, False, False, False
         lp, ld, g, n, dn = self.record(pid, fid)
         borrowing = False
-        within_g = True
+        within_g = within_n = True
         for j, ri in enumerate(managed):
             a = req[ri]
             if a <= 0:
                 continue
             if a > lp[j] + EPS:
-                return Verdict.LIMIT, False, False, "project", ri
+                return "project", ri, False, False, False
             if a > ld[j] + EPS:
-                return Verdict.LIMIT, False, False, "department", ri
+                return "department", ri, False, False, False
             if a > g[j] + EPS:
                 within_g = False
-            if a > n[j] + EPS or a > dn[j] + EPS:
+            if a > n[j] + EPS:
+                within_n = False
                 borrowing = True
-        if within_g:
-            return Verdict.OK, borrowing, True, "", -1
+            elif a > dn[j] + EPS:
+                borrowing = True
+        return "", -1, within_g, within_n, borrowing
+
+    def lend_fail(self, pid: str, fid: int, req: tuple[float, float, float]) -> int:
+        """-1 when the request fits what pid may take beyond its own guarantee (idle capacity
+        not protected by others' guarantees); else the failing resource index."""
+        managed = self.managed[fid]
         for fresh in (False, True):
             lend = self.lendable(pid, fid, fresh)
-            bad = -1
             for j, ri in enumerate(managed):
                 if req[ri] > lend[j] + EPS:
-                    bad = j
-                    break
-            if bad >= 0:
-                ri = managed[bad]
-                level = "borrow" if req[ri] > n[bad] + EPS else "reserved"
-                if reclaimable is not None and all(
-                        req[r2] <= lend[j2] + reclaimable[r2] + EPS for j2, r2 in enumerate(managed)):
-                    return Verdict.RECLAIM, borrowing, False, level, ri
-                return Verdict.LIMIT, borrowing, False, level, ri
-        return Verdict.OK, borrowing, False, "", -1
+                    return ri
+        return -1
+
+    def check(self, pid: str, fid: int, req: tuple[float, float, float]) -> tuple[Verdict, bool, bool]:
+        """(verdict OK/LIMIT, borrowing, within guarantee): QuotaTree.check over all managed keys."""
+        level, _ri, within_g, _wn, borrowing = self.limits(pid, fid, req)
+        if level:
+            return Verdict.LIMIT, False, False
+        if within_g or not self.managed[fid]:
+            return Verdict.OK, borrowing, within_g
+        if self.lend_fail(pid, fid, req) >= 0:
+            return Verdict.LIMIT, borrowing, False
+        return Verdict.OK, borrowing, False
 
     # -- mutation ------------------------------------------------------------------------
     def add(self, pid: str, fid: int, req: tuple[float, float, float]) -> Callable[[], None]:
@@ -126,6 +157,8 @@ class QuotaView:
         fl = self.flavors[fid]
         amounts = {(fl, r): Amount.of(req[ri]) for ri, r in enumerate(RESOURCES) if req[ri]}
         undo_tree = self.tree.add_usage(pid, amounts)
+        if any(x < 0 for x in req):
+            self._epoch += 1
         self._bump(pid, fid)
 
         def undo() -> None:
@@ -135,7 +168,12 @@ class QuotaView:
         return undo
 
     def _bump(self, pid: str, fid: int) -> None:
+        """Usage of pid (and so of its department) changed in flavor fid."""
         dept = self.tree.dept_of.get(pid, "")
-        self._pver[(pid, fid)] = self._pver.get((pid, fid), 0) + 1
-        self._dver[(dept, fid)] = self._dver.get((dept, fid), 0) + 1
+        self._rec.pop((pid, fid), None)
+        self._drec.pop((dept, fid), None)
+        limc = self._limc
+        limc.pop((pid, fid), None)
+        for q in self._members.get(dept, ()):
+            limc.pop((q, fid), None)
         self._fver[fid] += 1

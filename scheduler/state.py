@@ -55,7 +55,7 @@ class FlavorIndex:
     """Per-flavor view: ready nodes by free GPU count, total free, largest node ever seen."""
 
     __slots__ = ("fid", "flavor", "pool", "nodes", "buckets", "total_free_g", "max_cap_g",
-                 "max_cap_c", "max_cap_m", "any_node", "any_ready", "ready_cap_g")
+                 "max_cap_c", "max_cap_m", "any_node", "any_ready", "ready_cap_g", "max_free")
 
     def __init__(self, fid: int, flavor: Flavor, pool: Pool) -> None:
         self.fid = fid
@@ -70,13 +70,18 @@ class FlavorIndex:
         self.any_node = False
         self.any_ready = False
         self.ready_cap_g = 0
+        self.max_free = -1  # largest free GPU count on one ready node (-1: no ready node)
 
     def max_free_g(self) -> int:
+        return self.max_free
+
+    def _recompute_max(self) -> None:
         b = self.buckets
         for f in range(len(b) - 1, -1, -1):
             if b[f]:
-                return f
-        return -1
+                self.max_free = f
+                return
+        self.max_free = -1
 
 
 class World:
@@ -108,6 +113,7 @@ class World:
             if w.ready:
                 fx.any_ready = True
                 fx.ready_cap_g += w.cap_g
+        self.pools_with_nodes = sorted({fx.pool.name for fx in self.flavors})
         for fx in self.flavors:
             fx.buckets = [[] for _ in range(fx.max_cap_g + 1)]
             for i in fx.nodes:
@@ -115,6 +121,7 @@ class World:
                 if w.ready:
                     fx.buckets[w.free_g].append(i)
                     fx.total_free_g += w.free_g
+            fx._recompute_max()
 
     # -- mutation (take and give are each other's undo) ----------------------------------
     def _rebucket(self, w: WNode, old_g: int) -> None:
@@ -128,6 +135,10 @@ class World:
         del b[bisect_left(b, w.i)]
         insort(fx.buckets[new], w.i)
         fx.total_free_g += new - old
+        if new > fx.max_free:
+            fx.max_free = new
+        elif old == fx.max_free and not b:
+            fx._recompute_max()
 
     def take(self, i: int, g: int, c: float, m: float, ids: tuple[int, ...] | None = None) -> tuple[int, ...]:
         """Use resources on node i; returns the GPU indices taken (the lowest free ones unless given)."""
@@ -196,20 +207,30 @@ class World:
                     total += k
         if total < workers:
             return None
-        cands.sort(key=lambda t: (-t[0], t[1], t[2]))
-        out: list[tuple[int, int]] = []
-        left = workers
-        used = set()
-        for k, _f, i in cands:
-            if left <= 0:
-                break
-            if k >= left:
-                # finish on the best-fitting remaining node that holds the rest
-                best = min((t for t in cands if t[0] >= left and t[2] not in used), key=lambda t: (t[1], t[2]))
-                out.append((best[2], left))
-                left = 0
-                break
-            out.append((i, k))
-            used.add(i)
-            left -= k
-        return out
+        return pack(cands, workers)
+
+
+def pack(cands: list[tuple[int, int, int]], workers: int) -> list[tuple[int, int]] | None:
+    """Fewest nodes for a gang: cands are (workers that fit, free GPUs, node index).
+
+    Takes the nodes that hold most workers first and finishes on the best-fitting node (least
+    free GPUs) that holds the rest. Deterministic: ties break on node index.
+    """
+    if sum(t[0] for t in cands) < workers:
+        return None
+    for k, f, i in sorted(cands, key=lambda t: (t[1], t[2])):
+        if k >= workers:
+            return [(i, workers)]
+    cands = sorted(cands, key=lambda t: (-t[0], t[1], t[2]))
+    out: list[tuple[int, int]] = []
+    left = workers
+    used: set[int] = set()
+    for k, _f, i in cands:
+        if k >= left:
+            best = min((t for t in cands if t[0] >= left and t[2] not in used), key=lambda t: (t[1], t[2]))
+            out.append((best[2], left))
+            return out
+        out.append((i, k))
+        used.add(i)
+        left -= k
+    return None
