@@ -1,0 +1,113 @@
+"""The Ray adapter's pure helpers: names, podman argv, worker env, node observations, bundles.
+
+No Ray cluster is started here (the integration tests do that)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("ray")
+
+from broker.adapters.ray_executor import _bundle, node_observation  # noqa: E402
+from broker.adapters.ray_local import node_specs  # noqa: E402
+from broker.adapters.ray_runner import (NAME_RE, PG_NAME_RE, _exit_code, actor_name,  # noqa: E402
+                                        cdi_gpus_available, log_path, pg_name, podman_argv,
+                                        worker_env)
+
+
+@pytest.mark.parametrize("job_id, attempt, rank", [
+    ("plain", 1, 0),
+    ("with-dashes-a1-r2", 12, 3),  # ids that look like the suffix still parse back exactly
+    ("0b9e8c1a-6d1f-4a55-9c0e-2f1b7e1c9d2a", 2, 15),
+])
+def test_names_round_trip(job_id, attempt, rank):
+    m = NAME_RE.match(actor_name(job_id, attempt, rank))
+    assert (m["job"], int(m["attempt"]), int(m["rank"])) == (job_id, attempt, rank)
+    m = PG_NAME_RE.match(pg_name(job_id, attempt))
+    assert (m["job"], int(m["attempt"])) == (job_id, attempt)
+
+
+def test_log_path_layout(tmp_path):
+    assert log_path(tmp_path, "j", 2, 1) == tmp_path / "j" / "2" / "worker-1.log"
+
+
+@pytest.mark.parametrize("case, real_gpus, gpu_ids, devices, cvd", [
+    ("logical_gpus", False, [2, 3], [], "2,3"),
+    ("cdi_gpus", True, [2, 3], ["nvidia.com/gpu=2", "nvidia.com/gpu=3"], "0,1"),
+    ("no_gpus", False, [], [], ""),
+])
+def test_podman_argv_and_env(case, real_gpus, gpu_ids, devices, cvd):
+    env = worker_env(job_id="j", attempt=1, rank=1, world_size=2, master_addr="10.0.0.1",
+                     master_port=29500, gpu_ids=gpu_ids, real_gpus=real_gpus,
+                     user_env={"RANK": "user-value", "FOO": "bar"})
+    assert env["CUDA_VISIBLE_DEVICES"] == cvd, case
+    assert env["BROKER_GPU_IDS"] == ",".join(map(str, gpu_ids))
+    assert (env["RANK"], env["WORLD_SIZE"], env["MASTER_ADDR"], env["MASTER_PORT"]) == \
+        ("1", "2", "10.0.0.1", "29500")  # the broker's values win over the user's
+    assert env["FOO"] == "bar"
+    argv = podman_argv(name="cb-j-a1-r1", job_id="j", attempt=1, image="img:1",
+                       command=["sh", "-c", "echo hi"], env_keys=sorted(env), gpu_ids=gpu_ids,
+                       real_gpus=real_gpus)
+    assert argv[:4] == ["podman", "run", "--rm", "--name"] and argv[-4:] == ["img:1", "sh", "-c", "echo hi"]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--device"] == devices
+    assert "broker.job=j" in argv and "broker.attempt=1" in argv
+    assert not any("=bar" in a for a in argv)  # values travel in podman's env, not its argv
+
+
+def test_cdi_detection(tmp_path):
+    assert cdi_gpus_available([str(tmp_path / "missing")]) is False
+    (tmp_path / "nvidia.yaml").write_text("cdiVersion: 0.5.0\n")
+    assert cdi_gpus_available([str(tmp_path / "missing"), str(tmp_path)]) is True
+
+
+@pytest.mark.parametrize("returncode, code", [(0, 0), (3, 3), (-9, 137), (-15, 143)])
+def test_signal_deaths_are_128_plus_signal(returncode, code):
+    assert _exit_code(returncode) == code
+
+
+def ray_node(labels=None, gpus=0, cpus=4.0, alive=True, node_id="ab" * 28):
+    res = {"CPU": cpus, "memory": 8 * 2**30}
+    if gpus:
+        res["GPU"] = float(gpus)
+    return {"NodeID": node_id, "Alive": alive, "NodeManagerAddress": "10.0.0.5",
+            "NodeManagerHostname": "gpu-5", "Labels": labels or {}, "Resources": res}
+
+
+@pytest.mark.parametrize("case, node, expect", [
+    ("labelled_gpu_node",
+     ray_node({"broker.io/node": "op-1", "broker.io/pool": "operation", "broker.io/gpu-model": "H100"}, gpus=8),
+     dict(id="op-1", pool="operation", gpu_model="H100", gpus=8)),
+    ("unlabelled_gpu_node", ray_node(gpus=2), dict(id="ab" * 28, pool="innovation", gpu_model="generic", gpus=2)),
+    ("cpu_node", ray_node(), dict(id="ab" * 28, pool="innovation", gpu_model="", gpus=0)),
+])
+def test_node_observation(case, node, expect):
+    obs = node_observation(node)
+    assert (obs.id, obs.pool, obs.gpu_model, obs.capacity.gpus) == \
+        (expect["id"], expect["pool"], expect["gpu_model"], expect["gpus"]), case
+    assert obs.capacity.memory_gb == 8.0 and obs.address == "10.0.0.5" and obs.alive
+    assert obs.labels["ray.io/node-id"] == "ab" * 28  # the pinning fallback is always there
+
+
+def test_empty_alive_head_is_not_a_node_but_a_dead_node_stays_visible():
+    assert node_observation(ray_node(cpus=0)) is None
+    dead = node_observation(ray_node({"broker.io/node": "n1"}, gpus=2, alive=False))
+    assert dead is not None and dead.alive is False
+
+
+@pytest.mark.parametrize("gpus, cpus, bundle", [
+    (2, 4.0, {"GPU": 2.0, "CPU": 4.0}),
+    (1, 0.0, {"GPU": 1.0}),
+    (0, 0.0, {"CPU": 0.01}),  # Ray refuses empty bundles
+    (0, 1.5, {"CPU": 1.5}),
+])
+def test_bundle(gpus, cpus, bundle):
+    assert _bundle(gpus, cpus) == bundle
+
+
+def test_node_specs_cycle_pools_and_number_per_pool():
+    specs = node_specs(3, ("innovation", "innovation", "operation"), gpu_model="A100")
+    assert [s["broker.io/node"] for s in specs] == ["innovation-0", "innovation-1", "operation-0"]
+    assert [s["broker.io/pool"] for s in specs] == ["innovation", "innovation", "operation"]
+    assert all(s["broker.io/gpu-model"] == "A100" for s in specs)
+    assert [s["broker.io/node"] for s in node_specs(3, ("innovation", "operation"))] == \
+        ["innovation-0", "operation-0", "innovation-1"]
