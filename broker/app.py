@@ -18,6 +18,7 @@ from broker.api.json import JSON
 
 from broker.api import catalog as catalog_routes
 from broker.api import jobs as job_routes
+from broker.api import observability as observability_routes
 from broker.api.fastpath import SubmitFastPath
 from broker.api.limits import BodyLimit
 from broker.db import make_engine
@@ -85,4 +86,5 @@ def create_app(settings: Settings | None = None, executor=None, start_background
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(job_routes.router)
     app.include_router(catalog_routes.router)
+    app.include_router(observability_routes.router)
     return app

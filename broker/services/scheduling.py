@@ -65,6 +65,8 @@ class SchedulingLoop:
         self._cause: dict[tuple[str, int], object] = {}  # the worker whose failure stopped its gang
         self._lock = threading.Lock()  # one tick at a time, whoever calls it
         self.last_cycle: CycleResult | None = None
+        self.last_report: TickReport | None = None
+        self.last_tick_at: float | None = None
 
     # ------------------------------------------------------------------ the tick
     def tick(self) -> TickReport:
@@ -74,6 +76,7 @@ class SchedulingLoop:
             self.observe(rep)
             self.schedule(rep)
             self.launch_admitted(rep)
+            self.last_report, self.last_tick_at = rep, self.clock()
             return rep
 
     # ------------------------------------------------------------------ 1. nodes

@@ -1,0 +1,117 @@
+"""Operations' view: the utilization overview (JSON), Prometheus /metrics, and the dashboard page.
+
+All three read the same `broker.services.overview.overview()` so the page, Grafana and the API
+never disagree. Any authenticated user may read them: they hold aggregates only (no job
+commands, env or logs), which is what the ops-viewer role is for.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from starlette.concurrency import run_in_threadpool
+
+from broker.api.deps import User
+from broker.api.json import JSON
+from broker.services.overview import overview
+
+router = APIRouter(tags=["operations"])
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+def _overview(request: Request) -> dict:
+    tasks = getattr(request.app.state, "tasks", None)
+    last = {}
+    if tasks is not None and tasks.loop.last_report is not None:
+        r = tasks.loop.last_report
+        last = {"cycle_ms": round(r.cycle_ms, 2), "admitted": len(r.admitted), "preempted": len(r.preempted),
+                "pending": r.pending, "at": tasks.loop.last_tick_at}
+    return overview(request.app.state.engine, time.time(), last_cycle=last)
+
+
+@router.get("/api/v1/overview")
+async def get_overview(request: Request, principal: User):
+    """Allocated vs used GPUs per pool, node and project; idle allocations; queue health."""
+    return JSON(await run_in_threadpool(_overview, request))
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request, principal: User):
+    """Prometheus text format (scrape with a bearer token)."""
+    data = await run_in_threadpool(_overview, request)
+    reg = CollectorRegistry()
+    reg.register(_Collector(data))
+    return Response(generate_latest(reg), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/dashboard", include_in_schema=False)
+async def dashboard():
+    return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
+
+@router.get("/static/{name}", include_in_schema=False)
+async def static(name: str):
+    path = (STATIC / name).resolve()
+    if path.parent != STATIC or not path.is_file():
+        return JSON({"error": {"code": "NOT_FOUND", "message": "no such file"}}, status_code=404)
+    return FileResponse(path)
+
+
+class _Collector:
+    def __init__(self, data: dict) -> None:
+        self.d = data
+
+    def collect(self):
+        d = self.d
+        g = GaugeMetricFamily
+        pool_metrics = {
+            "gpus": g("broker_pool_gpus", "GPUs in the pool", labels=["pool"]),
+            "gpus_schedulable": g("broker_pool_gpus_schedulable", "GPUs on READY nodes", labels=["pool"]),
+            "gpus_allocated": g("broker_pool_gpus_allocated", "GPUs held by admitted jobs", labels=["pool"]),
+            "gpus_used": g("broker_pool_gpus_used", "GPUs seen busy by the agents", labels=["pool"]),
+            "power_w": g("broker_pool_power_watts", "power drawn by the pool's GPUs", labels=["pool"]),
+        }
+        for p in d["pools"]:
+            for k, m in pool_metrics.items():
+                m.add_metric([p["name"]], float(p.get(k, 0) or 0))
+        yield from pool_metrics.values()
+
+        na = g("broker_node_gpus_allocated", "GPUs held on the node", labels=["node", "pool"])
+        nu = g("broker_node_gpus_used", "GPUs busy on the node", labels=["node", "pool"])
+        ns = g("broker_node_state", "1 for the node's current state", labels=["node", "state"])
+        for n in d["nodes"]:
+            na.add_metric([n["id"], n["pool"]], n["gpus_allocated"])
+            nu.add_metric([n["id"], n["pool"]], n["gpus_used"])
+            ns.add_metric([n["id"], n["state"]], 1)
+        yield from (na, nu, ns)
+
+        pa = g("broker_project_gpus_allocated", "GPUs held by the project's jobs", labels=["project"])
+        pu = g("broker_project_gpus_used", "GPUs the project's jobs keep busy", labels=["project"])
+        pb = g("broker_project_gpus_borrowed", "GPUs held above nominal (preemptible)", labels=["project"])
+        pp = g("broker_project_jobs_pending", "pending jobs", labels=["project"])
+        for p in d["projects"]:
+            pa.add_metric([p["project"]], p["gpus_allocated"])
+            pu.add_metric([p["project"]], p["gpus_used"])
+            pb.add_metric([p["project"]], p["borrowing_gpus"])
+            pp.add_metric([p["project"]], p["pending"])
+        yield from (pa, pu, pb, pp)
+
+        js = g("broker_jobs", "jobs by status", labels=["status"])
+        for st, n in sorted(d["queue"]["by_status"].items()):
+            js.add_metric([st], n)
+        jr = g("broker_jobs_pending_by_reason", "pending jobs by pending-reason code", labels=["reason"])
+        for code, n in sorted(d["queue"]["by_reason"].items()):
+            jr.add_metric([code], n)
+        yield from (js, jr)
+        yield g("broker_idle_allocated_gpus", "GPUs allocated to running jobs that stayed idle over the window",
+                value=d["totals"]["idle_allocated_gpus"])
+        yield g("broker_oldest_pending_wait_seconds", "wait of the oldest pending job",
+                value=float(d["queue"]["oldest_pending_wait_s"] or 0))
+        if d.get("scheduler"):
+            yield g("broker_scheduler_cycle_milliseconds", "duration of the last scheduling cycle",
+                    value=float(d["scheduler"].get("cycle_ms", 0)))
