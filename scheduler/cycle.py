@@ -46,7 +46,6 @@ from scheduler.state import World
 
 DEFAULT_POLICY = POLICIES["fair-backfill-preempt"]
 EPS = 1e-9
-CAPACITY_CODES = (ReasonCode.NO_CAPACITY, ReasonCode.FRAGMENTED, ReasonCode.BACKFILL_RESERVATION)
 
 
 def run_cycle(snapshot: Snapshot, now: float, policy: Policy = DEFAULT_POLICY) -> CycleResult:
@@ -279,10 +278,11 @@ class _Cycle:
             if blocked or (cap_left is not None and cap_left <= 0):
                 self.wait(job, ReasonCode.WAITING_FOR_HIGHER_PRIORITY, {}, position)
                 continue
+            self.capacity_blocked = False
             if self.schedule(job, position):
                 if cap_left is not None:
                     cap_left -= 1
-            elif fifo and self.pending[job.id].code in CAPACITY_CODES:
+            elif fifo and self.capacity_blocked:
                 blocked = True
         if self.explain and self.to_estimate:
             bf.add_estimates(self)
@@ -375,6 +375,7 @@ class _Cycle:
     def capacity_reason(self, job: Job, s: Shape, fids: list[int], position: int, backfill_blocked: bool) -> bool:
         """BACKFILL_RESERVATION, FRAGMENTED (a flavor has the GPUs in total, no node fits) or NO_CAPACITY."""
         flavors = self.world.flavors
+        self.capacity_blocked = True
         if backfill_blocked:
             code = ReasonCode.BACKFILL_RESERVATION
         elif s.req[0] > 0 and any(flavors[f].total_free_g >= s.req[0] for f in fids):
@@ -424,16 +425,18 @@ class _Cycle:
         # -- step 4: preemption ----------------------------------------------------------
         if can_preempt and reclaim and pre.try_preempt(self, job, s, reclaim, position):
             return False
-        # -- step 5: backfill reservation for the first capacity-blocked job of a pool -------
-        if cap_fids and self.policy.backfill and not fifo and not backfill_blocked:
-            self.reservations.reserve(self, job, s, cap_fids)
-        # -- step 6: the reason -------------------------------------------------------------
         if cap_fids:
+            # -- step 6: the reason (numbers as they are before this job's reservation) --------
+            every = cap_fids
             if skipped:  # FRAGMENTED looks at every flavor within limits: few have the GPUs
                 flavors = self.world.flavors
-                cap_fids = cap_fids + [f for f in fids if f not in cap_fids and flavors[f].total_free_g >= s.req[0]
-                                       and (fifo or not qv.managed[f] or not qv.limits(pid, f, s.req)[0])]
-            return self.capacity_reason(job, s, cap_fids, position, backfill_blocked)
+                every = cap_fids + [f for f in fids if f not in cap_fids and flavors[f].total_free_g >= s.req[0]
+                                    and (fifo or not qv.managed[f] or not qv.limits(pid, f, s.req)[0])]
+            self.capacity_reason(job, s, every, position, backfill_blocked)
+            # -- step 5: backfill reservation for the first capacity-blocked job of a pool -----
+            if self.policy.backfill and not fifo and not backfill_blocked:
+                self.reservations.reserve(self, job, s, cap_fids)
+            return False
         if quota_fail is not None:
             return self.wait(job, ReasonCode.QUOTA_LIMIT, self.quota_details(job, s, *quota_fail), position)
         return self.wait(job, ReasonCode.NO_CAPACITY, self.capacity_details(s, list(s.ready_fids)), position)
