@@ -175,7 +175,8 @@ def serve(mode: str, url: str, port: int, workers: int) -> None:
     os.environ["BROKER_DATABASE_URL"] = url
     target = "broker.bench_submit:_broker_app" if mode == "broker" else "broker.bench_submit:_baseline_app"
     uvicorn.run(target, factory=True, host="127.0.0.1", port=port, workers=workers, loop="uvloop",
-                http="httptools", log_level="warning", access_log=False)
+                http="httptools", log_level="warning", access_log=False, proxy_headers=False,
+                server_header=False, date_header=False)
 
 
 def _broker_app():
