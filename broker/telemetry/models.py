@@ -4,7 +4,7 @@ Why this shape:
 - `gpu_samples` is append-only and hot (one row per GPU per second per node). It has no
   foreign keys (a sample must never be refused because the node row is not there yet) and
   three indexes, one per query path: (node, gpu, ts) for node charts, (job, ts) for per-job
-  use, (ts) for retention deletes. Attribution is denormalised into the row (job, attempt,
+  use (partial: attributed rows only), (ts) for retention deletes (BRIN on PostgreSQL). Attribution is denormalised into the row (job, attempt,
   project of the process using the most memory on that GPU), so per-job queries need no join.
 - `gpu_rollups` holds sums, counts and maxima, not averages, so an hour is computed exactly
   from its minutes, and a range from its buckets: avg = sum / count. One row per
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from sqlalchemy import BigInteger, Column, Index, Integer, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 # BIGINT ids on PostgreSQL, INTEGER PRIMARY KEY (rowid alias, autoincrement) on SQLite.
@@ -35,8 +35,12 @@ class GpuSample(SQLModel, table=True):
     __tablename__ = "gpu_samples"
     __table_args__ = (
         Index("ix_gpu_samples_node_gpu_ts", "node_id", "gpu_index", "ts"),
-        Index("ix_gpu_samples_job_ts", "job_id", "ts"),
-        Index("ix_gpu_samples_ts", "ts"),
+        # only attributed rows: idle GPUs cost this index nothing
+        Index("ix_gpu_samples_job_ts", "job_id", "ts", postgresql_where=text("job_id IS NOT NULL"),
+              sqlite_where=text("job_id IS NOT NULL")),
+        # retention scans by time; rows arrive in time order, so a BRIN index (a few pages,
+        # almost free to maintain) is enough on PostgreSQL; SQLite gets a plain index
+        Index("ix_gpu_samples_ts", "ts", postgresql_using="brin"),
     )
 
     id: Optional[int] = Field(default=None, sa_column=Column(_BigId, primary_key=True, autoincrement=True))
@@ -69,7 +73,8 @@ class GpuSample(SQLModel, table=True):
 
 class HostSampleRow(SQLModel, table=True):
     __tablename__ = "host_samples"
-    __table_args__ = (Index("ix_host_samples_node_ts", "node_id", "ts"), Index("ix_host_samples_ts", "ts"))
+    __table_args__ = (Index("ix_host_samples_node_ts", "node_id", "ts"),
+                      Index("ix_host_samples_ts", "ts", postgresql_using="brin"))
 
     id: Optional[int] = Field(default=None, sa_column=Column(_BigId, primary_key=True, autoincrement=True))
     node_id: str = Field(max_length=200)

@@ -38,8 +38,13 @@ def _set(s: Session, name: str, value: float) -> None:
                   {"n": name, "v": value})
 
 
+def watermark(s: Session) -> float | None:
+    """Every minute before this has been rolled up (None: rollups never ran)."""
+    return _get(s, "rollup_1m")
+
+
 def mark_dirty_if_late(s: Session, min_ts: float) -> None:
-    """Called by ingest inside its transaction. Costs one indexed read when nothing is late."""
+    """Called by ingest inside its transaction, for samples older than the watermark."""
     wm = _get(s, "rollup_1m")
     if wm is None or min_ts >= wm:
         return

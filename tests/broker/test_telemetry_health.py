@@ -64,7 +64,9 @@ def test_on_silence(name, state, reason, silent_s, expected_state):
 
 @pytest.fixture
 def svc(engine):
-    return TelemetryService(engine, TelemetryConfig(health=CFG), clock=lambda: T0)
+    svc = TelemetryService(engine, TelemetryConfig(health=CFG), clock=lambda: T0)
+    yield svc
+    svc.close()
 
 
 def test_fatal_xid_drains_then_recovers_after_hold(svc, engine):

@@ -53,7 +53,9 @@ def minute_rows(engine, node, res=60):
 
 @pytest.fixture
 def svc(engine):
-    return TelemetryService(engine, TelemetryConfig())
+    svc = TelemetryService(engine, TelemetryConfig())
+    yield svc
+    svc.close()
 
 
 def test_minute_rollup_avg_max(svc, engine):

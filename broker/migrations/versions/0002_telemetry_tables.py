@@ -100,9 +100,10 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('gpu_samples', schema=None) as batch_op:
-        batch_op.create_index('ix_gpu_samples_job_ts', ['job_id', 'ts'], unique=False)
+        batch_op.create_index('ix_gpu_samples_job_ts', ['job_id', 'ts'], unique=False,
+                              postgresql_where=sa.text('job_id IS NOT NULL'), sqlite_where=sa.text('job_id IS NOT NULL'))
         batch_op.create_index('ix_gpu_samples_node_gpu_ts', ['node_id', 'gpu_index', 'ts'], unique=False)
-        batch_op.create_index('ix_gpu_samples_ts', ['ts'], unique=False)
+        batch_op.create_index('ix_gpu_samples_ts', ['ts'], unique=False, postgresql_using='brin')
 
     op.create_table('host_samples',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
@@ -118,7 +119,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('host_samples', schema=None) as batch_op:
         batch_op.create_index('ix_host_samples_node_ts', ['node_id', 'ts'], unique=False)
-        batch_op.create_index('ix_host_samples_ts', ['ts'], unique=False)
+        batch_op.create_index('ix_host_samples_ts', ['ts'], unique=False, postgresql_using='brin')
 
     op.create_table('telemetry_marks',
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
