@@ -31,7 +31,10 @@ class AgentConfig:
     hostname: str = ""
     sample_interval_s: float = 1.0
     push_interval_s: float = 10.0
-    max_samples_per_report: int = 10_000  # a stalled loop must not build an unbounded report
+    # One report stays well under the broker's request body limit (256 KiB by default; a
+    # sample is ~550 bytes of JSON): more samples than this are split into several reports.
+    max_samples_per_report: int = 200
+    max_pending_samples: int = 100_000  # a stalled push must not grow memory without bound
 
     def host(self) -> str:
         return self.hostname or socket.gethostname()
@@ -79,7 +82,7 @@ class Agent:
         if self.host_reader is not None:
             self._host = self.host_reader.read(now)
         self._pending.extend(samples)
-        overflow = len(self._pending) - self.config.max_samples_per_report
+        overflow = len(self._pending) - self.config.max_pending_samples
         if overflow > 0:
             del self._pending[:overflow]
         if self.exporter is not None:
@@ -87,8 +90,9 @@ class Agent:
         return samples
 
     def build_report(self, now: float) -> TelemetryReport:
-        """A report of every sample since the last one; takes them out of the pending list."""
-        samples, self._pending = self._pending, []
+        """A report of the oldest pending samples (at most max_samples_per_report); takes them out."""
+        cut = self.config.max_samples_per_report
+        samples, self._pending = self._pending[:cut], self._pending[cut:]
         buffered = len(self.pusher.buffer) if self.pusher is not None else 0
         dropped = self.pusher.buffer.dropped if self.pusher is not None else 0
         info = self.info
@@ -117,8 +121,11 @@ class Agent:
         if self.pusher is None:
             self._pending.clear()
             return
-        report = self.build_report(now)
-        self.pusher.enqueue(report.seq, encode(report))
+        while True:
+            report = self.build_report(now)
+            self.pusher.enqueue(report.seq, encode(report))
+            if not self._pending:
+                break
         self.pusher.flush(now)
 
     def tick(self, now: float) -> float:

@@ -11,9 +11,10 @@ One run:
 4. afterwards every acknowledged sample is counted in gpu_samples: samples acknowledged but
    not stored count as errors.
 
-The default report (8 GPUs x 30 readings = 240 samples, about 110 KB) is what an 8-GPU agent
-sends with a 30 s push interval, or per request while replaying after an outage; `--readings
-10` gives the default 10 s push (80 samples).
+The default report (8 GPUs x 25 readings = 200 samples, about 115 KB) is the largest report an
+agent sends (AgentConfig.max_samples_per_report): what an 8-GPU node sends per request while
+replaying after an outage, or with a 25 s push interval; `--readings 10` gives the default
+10 s push (80 samples).
 
 JSON keys: samples_per_s, p95_ms, p50_ms, p99_ms, reports_per_s, errors, requests,
 samples_stored, samples_per_report, concurrency, duration_s, database, server_workers.
@@ -198,7 +199,7 @@ async def _load(port: int, agents: list[tuple[str, str, bytes]], per_report: int
     return res
 
 
-def bench(*, database: str | None = None, nodes: int = 32, gpus: int = 8, readings: int = 30,
+def bench(*, database: str | None = None, nodes: int = 32, gpus: int = 8, readings: int = 25,
           duration_s: float = 10.0, warmup_s: float = 2.0, workers: int = 2) -> dict:
     from broker.bench_submit import _redact, percentile, prepare_database, stop_server
 

@@ -18,7 +18,7 @@ def bench_ingest(
                                            help="DB URL (default: PostgreSQL at 127.0.0.1:5432/test if up, else SQLite)"),
     nodes: int = typer.Option(32, "--nodes", "-n", help="simulated agents (one keep-alive connection each)"),
     gpus: int = typer.Option(8, "--gpus", help="GPUs per node"),
-    readings: int = typer.Option(30, "--readings", help="readings per GPU in one report (30: a 30 s push at 1 s sampling)"),
+    readings: int = typer.Option(25, "--readings", help="readings per GPU in one report (25 x 8 GPUs = 200 samples, the agent's largest report)"),
     duration: float = typer.Option(10.0, "--duration", "-d", help="measured seconds (after a 2 s warm-up)"),
     workers: int = typer.Option(2, "--workers", help="uvicorn worker processes"),
 ):

@@ -214,3 +214,33 @@ def test_wire_json_round_trips():
     run(agent, 10.0)
     body = json.loads(broker.received[0].model_dump_json())
     assert body["node_id"] == "n1" and body["heartbeat"]["gpu_backend"] == "fake"
+
+
+def test_large_batches_are_split_into_reports_under_the_body_limit():
+    broker = FakeBroker()
+    sizes = []
+
+    class Sizing(FakeBroker):
+        def send(self, body):
+            sizes.append(len(body))
+            return broker.send(body)
+
+    agent = make_agent(Sizing(), n=16)  # 16 GPUs x 10 readings = 160 samples per push interval
+    agent.config = AgentConfig(node_id="n1", hostname="n1", max_samples_per_report=64)
+    agent.start(0.0)
+    run(agent, 10.0)
+    assert [len(r.gpus) for r in broker.received] == [64, 64, 32]
+    assert sample_times(broker.received) == [float(t) for t in range(10)]
+    seqs = [r.seq for r in broker.received]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert max(sizes) < 256 * 1024
+
+
+def test_default_report_of_an_8_gpu_node_fits_the_body_limit():
+    from agents.agent import encode
+
+    r = FakeReader(8)
+    r.init()
+    samples = [s for k in range(25) for s in r.read(float(k))]
+    body = encode(report(seq=1, gpus=samples[: AgentConfig(node_id="x").max_samples_per_report]))
+    assert len(body) < 200 * 1024
