@@ -106,11 +106,10 @@ def serve(url: str, port: int, workers: int) -> None:
 def _app():
     from broker.app import create_app
     from broker.settings import Settings
-    from broker.telemetry.api import router
+    from broker.telemetry.tasks import install
 
     app = create_app(Settings(), start_background=False)
-    if not any(getattr(r, "path", "") == "/api/v1/telemetry" for r in app.routes):
-        app.include_router(router)  # until create_app wires it
+    install(app)  # idempotent: a no-op once create_app wires telemetry itself
     return app
 
 

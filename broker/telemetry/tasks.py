@@ -1,15 +1,23 @@
-"""The telemetry periodic tasks, for the one module that registers periodic tasks.
+"""Telemetry wiring: the router and service on the app, and the periodic tasks.
 
-Each entry is (name, interval_s, fn(now)); register each with max_instances=1. None of them
-makes a network call; each opens its own short transactions.
+What create_app needs (two calls, see `install` and `register`):
+
+    from broker.telemetry.tasks import install as install_telemetry, register as register_telemetry
+    install_telemetry(app)                       # in create_app, after app.state.engine is set
+    register_telemetry(tasks, app.state.telemetry)  # in lifespan, where `tasks` is built
+
+Each task is (name, interval_s, fn(now)); `register` adds them to broker.tasks.Tasks with
+`add_interval` (max_instances=1 there). None of them makes a network call; each opens its
+own short transactions.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Any, Callable
 
 from broker.telemetry import rollup
-from broker.telemetry.service import TelemetryService
+from broker.telemetry.service import TelemetryConfig, TelemetryService
 
 
 def periodic_tasks(svc: TelemetryService) -> list[tuple[str, float, Callable[[float], object]]]:
@@ -20,3 +28,23 @@ def periodic_tasks(svc: TelemetryService) -> list[tuple[str, float, Callable[[fl
         ("telemetry.retention", 3600.0, lambda now: rollup.apply_retention(
             svc.engine, now, cfg.raw_retention_s, cfg.minute_retention_s, cfg.hour_retention_s)),
     ]
+
+
+def install(app: Any) -> TelemetryService:
+    """Mount the telemetry routes and put the service on app.state (idempotent)."""
+    from broker.telemetry.api import router
+
+    svc = getattr(app.state, "telemetry", None)
+    if svc is None:
+        svc = TelemetryService(app.state.engine, TelemetryConfig.from_settings(app.state.settings))
+        app.state.telemetry = svc
+    if not getattr(app.state, "telemetry_routes", False):  # FastAPI includes routers lazily: mark it
+        app.include_router(router)
+        app.state.telemetry_routes = True
+    return svc
+
+
+def register(tasks: Any, svc: TelemetryService, clock: Callable[[], float] = time.time) -> None:
+    """Add the telemetry tasks to a broker.tasks.Tasks (anything with add_interval(fn, seconds, id))."""
+    for name, every, fn in periodic_tasks(svc):
+        tasks.add_interval(lambda fn=fn: fn(clock()), every, name)

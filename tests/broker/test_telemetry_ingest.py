@@ -8,7 +8,8 @@ from sqlmodel import Session
 
 from agents.agent import encode
 from agents.fake import FakeReader
-from broker.telemetry.api import router, service
+from broker.telemetry.api import service
+from broker.telemetry.tasks import install
 from tests.broker.telemetry_builders import agent_token, gpu, new_node, node_state, report
 
 URL = "/api/v1/telemetry"
@@ -16,8 +17,7 @@ URL = "/api/v1/telemetry"
 
 @pytest.fixture(scope="module")
 def tclient(app, client):
-    if not any(getattr(r, "path", "") == URL for r in app.routes):
-        app.include_router(router)
+    install(app)
     return client
 
 
