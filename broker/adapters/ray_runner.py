@@ -149,6 +149,7 @@ class WorkerRunner:
                  image: str, command: Sequence[str], env: Mapping[str, str], runtime: str,
                  max_runtime_s: float, grace_s: float, log_dir: str, namespace: str,
                  gpu_devices: str = "auto", network: str = "host") -> None:
+        self.created_at = time.time()  # for dispatch timing: actor up vs. process up
         self.job_id, self.attempt, self.rank, self.world_size = job_id, attempt, rank, world_size
         self.node, self.image, self.command, self.user_env = node, image, list(command), dict(env)
         self.runtime, self.max_runtime_s, self.grace_s = runtime, max_runtime_s, grace_s
@@ -178,6 +179,7 @@ class WorkerRunner:
             return {"rank": self.rank, "state": self.state, "node": self.node,
                     "exit_code": self.exit_code, "started_at": self.started_at,
                     "ended_at": self.ended_at, "message": self.message,
+                    "runner_created_at": self.created_at, "pid": os.getpid(),
                     "cuda_visible_devices": ",".join(str(i) for i in self.gpu_ids)}
 
     def stop(self, grace_s: float, message: str = "") -> None:

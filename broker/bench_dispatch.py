@@ -1,0 +1,137 @@
+"""`broker bench dispatch`: submit -> job process running, the broker against Ray's Jobs API.
+
+One run, on an idle local one-node Ray cluster (logical GPUs, dashboard on for the Jobs API):
+1. a fresh broker (SQLite in a temp dir, demo region, admin token, `runtime: process` allowed)
+   serves the real API with uvicorn on a free port in this process, with its scheduling loop
+   and a RayExecutor on that cluster;
+2. `n` times, alternating so that drift on the shared machine hits both alike:
+   - broker: `POST /api/v1/jobs` of `sh -c 'date +%s.%N > marker'` with 1 GPU and 1 CPU; the
+     latency is the epoch time the process wrote minus the time just before the POST;
+   - Ray:    `JobSubmissionClient.submit_job` of the same command with
+     `entrypoint_num_gpus=1, entrypoint_num_cpus=1`, timed the same way;
+   each job is waited for until it ends before the next one starts (an idle cluster each time);
+3. one warm-up run of each path comes first and is not counted.
+
+JSON keys: broker_ms_median, ray_jobs_ms_median, ratio (= broker / ray; goal <= 0.5), plus
+broker_ms / ray_jobs_ms (every sample), n, path ("api": through REST and the scheduling loop).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+GOAL_RATIO = 0.5
+
+
+def _marker_time(path: Path):
+    def read() -> float | None:
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return None
+        try:
+            return float(text) if text else None
+        except ValueError:
+            return None
+    return read
+
+
+def _wait(pred, timeout_s: float, what: str):
+    deadline = time.time() + timeout_s
+    while True:
+        v = pred()
+        if v is not None:
+            return v
+        if time.time() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout_s} s")
+        time.sleep(0.005)
+
+
+def bench(n: int = 20, *, gpus_per_node: int = 2, project: str = "ouh-liver",
+          keep_dir: str | None = None) -> dict:
+    import uvicorn
+    from sqlmodel import Session
+
+    from broker.adapters.ray_executor import RayExecutor
+    from broker.adapters.ray_jobs import RayJobsBaseline
+    from broker.adapters.ray_local import free_port, start_local_cluster
+    from broker.app import create_app
+    from broker.client import BrokerClient
+    from broker.db import make_engine, migrate
+    from broker.services.bootstrap import ensure_admin_token, seed_demo
+    from broker.settings import Settings
+
+    work = Path(keep_dir or tempfile.mkdtemp(prefix="bench-dispatch-"))
+    marks = work / "marks"
+    marks.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    settings = Settings(data_dir=work / "broker", port=port, allow_process_runtime=True)
+    settings.ensure_data_dir()
+    migrate(settings)
+    engine = make_engine(settings)
+    with Session(engine) as s:
+        seed_demo(s)
+        s.commit()
+    token = ensure_admin_token(settings, engine).read_text().strip()
+
+    cluster = start_local_cluster(gpus=gpus_per_node, nodes=1, dashboard=True,
+                                  log_file=work / "ray.log")
+    server = executor = None
+    thread = None
+    try:
+        executor = RayExecutor(cluster.address, log_dir=work / "logs")
+        app = create_app(settings, executor=executor, engine=engine)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                               lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        _wait(lambda: True if server.started else None, 60, "the API start")
+        client = BrokerClient(f"http://127.0.0.1:{port}", token)
+        ray_jobs = RayJobsBaseline(cluster.dashboard_url)
+
+        def broker_once(i: int) -> float:
+            m = marks / f"broker-{i}"
+            t0 = time.time()
+            job = client.submit(name=f"dispatch-{i}", project=project, command=["sh", "-c", f"date +%s.%N > {m}"],
+                                resources={"gpus": 1, "cpus": 1, "memory_gb": 0.5}, runtime="process",
+                                max_runtime_s=120, workload_class="innovation")
+            ran = _wait(_marker_time(m), 120, f"broker job {job['id']} start")
+            done = client.wait(job["id"], timeout=120, poll_s=0.05)
+            if done["status"] != "SUCCEEDED":
+                raise RuntimeError(f"broker job {job['id']} ended {done['status']}")
+            return ran - t0
+
+        def ray_once(i: int) -> float:
+            m = marks / f"ray-{i}"
+            return ray_jobs.run(f"sh -c 'date +%s.%N > {m}'", cpus=1, gpus=1, started=_marker_time(m))
+
+        warm = {"broker_ms": broker_once(-1) * 1000, "ray_jobs_ms": ray_once(-1) * 1000}
+        b, r = [], []
+        for i in range(n):
+            if i % 2:
+                r.append(ray_once(i) * 1000)
+                b.append(broker_once(i) * 1000)
+            else:
+                b.append(broker_once(i) * 1000)
+                r.append(ray_once(i) * 1000)
+        client.close()
+    finally:
+        if server is not None:
+            server.should_exit = True
+            if thread is not None:
+                thread.join(timeout=30)
+        if executor is not None:
+            for job_id, attempt in executor.attempts():
+                executor.release(job_id, attempt)
+            executor.shutdown()
+        cluster.stop()
+        engine.dispose()
+    bm, rm = statistics.median(b), statistics.median(r)
+    return {"broker_ms_median": round(bm, 1), "ray_jobs_ms_median": round(rm, 1),
+            "ratio": round(bm / rm, 3), "goal_ratio": GOAL_RATIO, "n": n, "path": "api",
+            "broker_ms": [round(x, 1) for x in b], "ray_jobs_ms": [round(x, 1) for x in r],
+            "warmup": {k: round(v, 1) for k, v in warm.items()}}

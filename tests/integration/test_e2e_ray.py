@@ -1,0 +1,172 @@
+"""End to end through REST: the real API, the scheduling loop, the RayExecutor on a real local
+multi-node Ray cluster (fixture `ray_cluster`) and real podman containers.
+
+Each test gets a fresh SQLite broker (demo region, admin token, grace period 2 s) whose
+lifespan runs the scheduling loop; `broker` yields a BrokerClient on it. Jobs go into project
+ouh-liver (innovation nominal 2 GPUs, borrowing allowed).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from broker.client import BrokerAPIError, BrokerClient
+from tests.integration.conftest import NAMESPACE, NODE_POOLS, wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.container, pytest.mark.timeout(240)]
+
+GRACE_S = 2.0
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+ENV_ECHO = "echo rank=$RANK world=$WORLD_SIZE cvd=$CUDA_VISIBLE_DEVICES master=$MASTER_ADDR:$MASTER_PORT"
+
+
+@pytest.fixture
+def broker_settings(tmp_path):
+    from broker.db import migrate
+    from broker.settings import Settings
+
+    s = Settings(data_dir=tmp_path / "broker", allow_process_runtime=True, grace_period_s=GRACE_S,
+                 cycle_interval_s=0.5, reconcile_interval_s=2.0)
+    s.ensure_data_dir()
+    migrate(s)
+    return s
+
+
+@contextmanager
+def running_broker(settings, address):
+    """One broker process's worth: engine, RayExecutor, app with its scheduling loop."""
+    from broker.adapters.ray_executor import RayExecutor
+    from broker.app import create_app
+    from broker.db import make_engine
+    from broker.services.bootstrap import ensure_admin_token, seed_demo
+
+    engine = make_engine(settings)
+    with Session(engine) as s:
+        seed_demo(s)
+        s.commit()
+    token = ensure_admin_token(settings, engine).read_text().strip()
+    executor = RayExecutor(address, log_dir=settings.data_dir / "logs", namespace=NAMESPACE)
+    try:
+        with TestClient(create_app(settings, executor=executor, engine=engine)) as http:
+            client = BrokerClient("http://testserver", token, http=http)
+            wait_for(lambda: len(client.nodes()) == len(NODE_POOLS), 30)  # the loop synced Ray's nodes
+            yield client
+    finally:
+        executor.shutdown()
+        engine.dispose()
+
+
+@pytest.fixture
+def broker(ray_cluster, broker_settings, busybox_image):
+    with running_broker(broker_settings, ray_cluster.address) as client:
+        yield client
+    _release_all(ray_cluster)
+
+
+def _release_all(ray_cluster):
+    from broker.adapters.ray_executor import RayExecutor
+
+    ex = RayExecutor(ray_cluster.address, namespace=NAMESPACE)
+    try:
+        for job_id, attempt in ex.attempts():
+            ex.release(job_id, attempt)
+    finally:
+        ex.shutdown()
+
+
+def job(command, *, gpus=1, workers=1, max_runtime_s=120.0, runtime="container", **extra) -> dict:
+    """A job body for project ouh-liver running `command` in the busybox image."""
+    body = dict(name="e2e", project="ouh-liver", workload_class="innovation",
+                image="localhost/busybox:test" if runtime == "container" else "",
+                command=["sh", "-c", command] if isinstance(command, str) else list(command),
+                resources={"gpus": gpus, "cpus": 0.5, "memory_gb": 0.1}, workers=workers,
+                max_runtime_s=max_runtime_s, runtime=runtime, max_retries=0)
+    body.update(extra)
+    return body
+
+
+def wait_status(client, job_id, until, timeout_s=60.0) -> dict:
+    return client.wait(job_id, until=tuple(until), timeout=timeout_s, poll_s=0.2)
+
+
+def fields(text: str) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in text.split() if "=" in kv)
+
+
+@pytest.mark.parametrize("case, command, status, exit_code, log_text", [
+    pytest.param("succeeds", "echo hello from $BROKER_JOB_ID", "SUCCEEDED", 0, "hello from ", id="succeeds"),
+    pytest.param("fails", "echo going down; exit 3", "FAILED", 3, "going down", id="fails_with_exit_code"),
+])
+def test_container_job_ends_with_status_exit_code_and_logs(broker, case, command, status, exit_code, log_text):
+    created = broker.submit(job(command))
+    assert created["status"] == "PENDING"
+    done = wait_status(broker, created["id"], TERMINAL)
+    assert (done["status"], done["exit_code"]) == (status, exit_code), done["message"]
+    assert done["started_at"] and done["finished_at"] >= done["started_at"]
+    assert log_text in broker.logs(created["id"], worker=0)
+    if case == "succeeds":
+        assert created["id"] in broker.logs(created["id"])
+
+
+def test_gang_of_two_lands_on_two_nodes_with_rank_env(broker):
+    # 2 GPUs per worker and 2 GPUs per node: the gang must span two innovation nodes.
+    created = broker.submit(job(ENV_ECHO, gpus=2, workers=2))
+    done = wait_status(broker, created["id"], TERMINAL)
+    assert done["status"] == "SUCCEEDED", done["message"]
+    nodes = sorted(p["node"] for p in done["placements"])
+    assert nodes == ["innovation-0", "innovation-1"]
+    f0, f1 = (fields(broker.logs(created["id"], worker=r)) for r in (0, 1))
+    assert (f0["rank"], f1["rank"], f0["world"], f1["world"]) == ("0", "1", "2", "2")
+    assert f0["master"] == f1["master"]
+    pairs = {(p["node"], p["cuda_visible_devices"]) for p in done["placements"]}
+    assert len(pairs) == 2 and all(len(cvd.split(",")) == 2 for _, cvd in pairs)
+
+
+def test_cancel_stops_a_running_container_within_the_grace_period(broker):
+    created = broker.submit(job(["sleep", "300"]))
+    wait_status(broker, created["id"], ["RUNNING"])
+    t0 = time.monotonic()
+    broker.cancel(created["id"])
+    done = wait_status(broker, created["id"], TERMINAL, timeout_s=30)
+    assert done["status"] == "CANCELLED"
+    assert time.monotonic() - t0 < GRACE_S + 10  # grace, podman's stop, one loop interval
+
+
+def test_max_runtime_stops_the_job(broker):
+    created = broker.submit(job(["sleep", "300"], max_runtime_s=2))
+    done = wait_status(broker, created["id"], TERMINAL, timeout_s=40)
+    assert done["status"] == "FAILED" and "max_runtime" in done["message"], done["message"]
+    assert done["finished_at"] - done["started_at"] < 2 + GRACE_S + 10
+
+
+def test_broker_restart_readopts_a_running_job(ray_cluster, broker_settings, busybox_image):
+    try:
+        with running_broker(broker_settings, ray_cluster.address) as first:
+            created = first.submit(job("echo begin; sleep 4; echo end"))
+            wait_status(first, created["id"], ["RUNNING"])
+        # The broker is gone (its loop, its Ray driver); the detached runner keeps running.
+        with running_broker(broker_settings, ray_cluster.address) as second:
+            done = wait_status(second, created["id"], TERMINAL, timeout_s=40)
+            assert done["status"] == "SUCCEEDED" and done["attempt"] == 1, done["message"]
+            assert second.logs(created["id"]).split() == ["begin", "end"]
+    finally:
+        _release_all(ray_cluster)
+
+
+def test_oversized_job_is_refused_with_422(broker):
+    with pytest.raises(BrokerAPIError) as e:
+        broker.submit(job("true", gpus=3))  # every node has 2 GPUs
+    assert e.value.status == 422 and e.value.code
+    assert "3" in e.value.message
+
+
+def test_process_runtime_end_to_end(broker):
+    created = broker.submit(job(ENV_ECHO + "; exit 4", runtime="process", gpus=2))
+    done = wait_status(broker, created["id"], TERMINAL)
+    assert (done["status"], done["exit_code"]) == ("FAILED", 4)
+    assert fields(broker.logs(created["id"]))["cvd"] == "0,1"
