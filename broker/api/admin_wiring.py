@@ -1,19 +1,26 @@
 """`install_admin(app)`: wire the security layer into an app built by `create_app()`.
 
-Adds to app.state: `authz` (Authz), `token_admin`, `tenancy_admin`, `quota_admin`; includes the
-token, tenancy, quota/usage and audit routers. Kept out of `create_app()` so the service core
-and the security layer can be developed apart; `create_app()` calls it once.
+Adds to app.state: `authz` (Authz), `token_admin`, `tenancy_admin`, `quota_admin`, `oidc`
+(None unless `oidc_issuer` is set) and `audit_job` (records job actions); hands `authz` and a
+`SubmitGuard` to the job service (authorization of every job read/cancel/log/list and of
+submit); includes the token, tenancy, quota/usage and audit routers. Kept out of
+`create_app()` so the service core and the security layer can be developed apart;
+`create_app()` calls it once.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
+from sqlmodel import Session
 
 from broker.api import admin_audit, admin_quotas, admin_tenancy, admin_tokens
+from broker.services import admin_audit as audit_service
+from broker.services import oidc_auth
 from broker.services.admin_quotas import QuotaAdmin
 from broker.services.admin_tenancy import TenancyAdmin
 from broker.services.admin_tokens import TokenAdmin
 from broker.services.authz import Authz
+from broker.services.submit_guard import SubmitGuard
 
 
 def install_admin(app: FastAPI) -> None:
@@ -27,8 +34,30 @@ def install_admin(app: FastAPI) -> None:
         if hook is not None:
             hook()
 
+    guard = SubmitGuard(state.settings, engine, authz)
+    jobs = getattr(state, "jobs", None)
+    if jobs is not None:
+        jobs.authz = authz
+        jobs.guard = guard
+    state.submit_guard = guard
     state.token_admin = TokenAdmin(engine, authz, getattr(state, "auth", None))
-    state.tenancy_admin = TenancyAdmin(engine, authz)
+    state.tenancy_admin = TenancyAdmin(engine, authz, on_change=guard.invalidate)
     state.quota_admin = QuotaAdmin(engine, authz, on_change=on_quota_change)
+    state.oidc = oidc_auth.from_settings(state.settings, authz, engine)
+    state.audit_job = _audit_job
     for r in (admin_tokens.router, admin_tenancy.router, admin_quotas.router, admin_audit.router):
         app.include_router(r)
+
+
+def _audit_job(request, principal, action: str, job: dict) -> None:
+    """Record a job action (cancel) in the audit log, in its own short transaction."""
+    from broker.api.admin_deps import caller
+
+    c = caller(request, principal)
+    authz = request.app.state.authz
+    project = job.get("project")
+    with Session(request.app.state.engine) as s:
+        audit_service.record(s, c, action=action, target_kind="job", target_id=job.get("id", ""),
+                             after={"status": job.get("status"), "cancel_requested_at": job.get("cancel_requested_at")},
+                             department=authz.project_department(project) if project else None, project=project)
+        s.commit()

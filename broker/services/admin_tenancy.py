@@ -87,8 +87,9 @@ def department_public(d: Department) -> dict:
 
 
 class TenancyAdmin:
-    def __init__(self, engine, authz: Authz, *, clock: Callable[[], float] = time.time) -> None:
-        self.engine, self.authz, self.clock = engine, authz, clock
+    def __init__(self, engine, authz: Authz, *, clock: Callable[[], float] = time.time,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.engine, self.authz, self.clock, self.on_change = engine, authz, clock, on_change
 
     # ------------------------------------------------------------------ users
     def create_user(self, p: AuthPrincipal, caller: Caller, *, id: str, display_name: str = "",
@@ -310,6 +311,8 @@ class TenancyAdmin:
                          after={f: getattr(row, f) for f in fields}, clock=self.clock, **scope)
             s.commit()
         self.authz.invalidate()
+        if self.on_change is not None:
+            self.on_change()
         return body
 
 

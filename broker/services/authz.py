@@ -210,6 +210,12 @@ class Authz:
         return Ref(Resource.JOB, department=self.project_department(project_id), project=project_id,
                    owner=self.owner_subject(owner_token))
 
+    def check_job(self, p: AuthPrincipal, job: Job, action: Action) -> PolicyPrincipal:
+        """`require` for a job row already loaded (no extra query); HIDE -> JOB_NOT_FOUND."""
+        ref = Ref(Resource.JOB, department=self.project_department(job.project_id), project=job.project_id,
+                  owner=self.owner_subject(job.owner_token_id))
+        return self.require(p, action, ref, hidden=job_not_found(job.id))
+
     def require_job(self, p: AuthPrincipal, job_id: str, action: Action) -> PolicyPrincipal:
         ref = self.job_ref(job_id)
         if ref is None:

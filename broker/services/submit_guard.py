@@ -1,0 +1,75 @@
+"""Submit-time security checks: may the caller submit here, is the spec allowed, is the
+project under its pending-job cap. Called first by `JobService.prepare` (both the FastAPI
+route and the ASGI fast path go through it).
+
+- Authorization: JOB_SUBMIT on the target project. A foreign project answers exactly like a
+  missing one (422 UNKNOWN_PROJECT), so submit cannot probe which projects exist.
+- Spec: env names (POSIX, not server-owned such as CUDA_VISIBLE_DEVICES / RANK / NVIDIA_* /
+  BROKER_*), env sizes, and for containers the image against the admins' registry allow-list
+  (`image_allow_prefixes`): fully qualified references only, matched on path boundaries.
+  All problems are reported at once (422, details.problems).
+- Pending cap: `projects.max_pending` (None = no cap). The limits are cached (`ttl_s`); the
+  count query runs only for projects that have a cap, so uncapped projects pay nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from broker.errors import Invalid, RateLimited
+from broker.models import Job, JobStatus, Project
+from broker.security.limits import env_problems, image_problems, normalize_prefixes
+from broker.security.policy import Action
+from broker.services.authz import Authz
+from broker.services.submit_checks import unknown_project
+
+DEFAULT_IMAGE_PREFIXES = ("localhost/",)
+
+
+class SubmitGuard:
+    def __init__(self, settings: Any, engine, authz: Authz, *, ttl_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings, self.engine, self.authz, self._ttl, self._clock = settings, engine, authz, ttl_s, clock
+        prefixes = getattr(settings, "image_allow_prefixes", None)
+        self.prefixes = normalize_prefixes(DEFAULT_IMAGE_PREFIXES if prefixes is None else prefixes)
+        self._caps: tuple[dict[str, int], float] | None = None
+        self._lock = threading.Lock()
+
+    def check(self, principal, spec) -> None:
+        self.authz.require_project(principal, spec.project, Action.JOB_SUBMIT, hidden=unknown_project(spec.project))
+        s = self.settings
+        problems = env_problems(spec.env, max_vars=getattr(s, "max_env_vars", 128),
+                                max_value_chars=getattr(s, "max_env_value_chars", 8192))
+        if spec.runtime == "container":
+            problems += image_problems(spec.image, self.prefixes)
+        if problems:
+            raise Invalid("; ".join(f"{p.field}: {p.message}" for p in problems[:10]), code=problems[0].code,
+                          details={"problems": [p.as_detail() for p in problems]})
+        cap = self.caps().get(spec.project)
+        if cap is not None:
+            with Session(self.engine) as ses:
+                n = ses.execute(select(func.count()).select_from(Job).where(
+                    Job.project_id == spec.project, Job.status == JobStatus.PENDING.value)).scalar_one()
+            if n >= cap:
+                raise RateLimited(f"project {spec.project} already has {n} pending jobs (cap {cap}); "
+                                  "wait for some to start or finish", code="PENDING_CAP",
+                                  details={"pending": n, "max_pending": cap}, headers={"Retry-After": "30"})
+
+    def caps(self) -> dict[str, int]:
+        now = self._clock()
+        cur = self._caps
+        if cur is not None and cur[1] > now:
+            return cur[0]
+        with Session(self.engine) as s:
+            caps = {pid: cap for pid, cap in s.execute(select(Project.id, Project.max_pending)).all()
+                    if cap is not None}
+        self._caps = (caps, now + self._ttl)
+        return caps
+
+    def invalidate(self) -> None:
+        self._caps = None
