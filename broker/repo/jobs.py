@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
+import functools
 
 import orjson
 from typing import Sequence
 
-from sqlalchemy import JSON, and_, insert, or_, select
+from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from broker.errors import Invalid
@@ -73,32 +73,36 @@ def page(session: Session, *, projects: Sequence[str] = (), statuses: Sequence[s
 
 
 def insert_jobs(conn: Connection, job_rows: list[dict], event_rows: list[dict]) -> None:
-    """The group-commit writer's hot path. PostgreSQL: `COPY ... FROM STDIN` per table (one
-    round trip, adaptation in C; measured about 3x less CPU per job than executemany in
-    pipeline mode). Others: Core executemany. Rows must carry every column (`None` allowed)."""
-    if conn.dialect.name == "postgresql":
-        _copy(conn, JOBS, job_rows)
-        _copy(conn, EVENTS, event_rows)
+    """The group-commit writer's hot path; rows must carry the same keys (values may be None).
+
+    PostgreSQL: ONE statement for the whole batch, jobs and their events together, the rows
+    passed as two JSON arrays (`json_populate_recordset`): on an autocommit connection that is
+    one round trip and one WAL flush per batch, which matters most when the machine is busy and
+    every round trip waits for the scheduler. Foreign keys are checked at the end of the
+    statement, so events may reference jobs inserted by the same statement.
+    Others: Core executemany per table (SQLite has no round trips).
+    """
+    if not job_rows:
         return
-    if job_rows:
-        conn.execute(insert(JOBS), job_rows)
+    if conn.dialect.name == "postgresql":
+        sql = _pg_batch_sql(tuple(job_rows[0]), tuple(event_rows[0]) if event_rows else ())
+        params = (orjson.dumps(job_rows).decode(),) + ((orjson.dumps(event_rows).decode(),) if event_rows else ())
+        conn.exec_driver_sql(sql, params)
+        return
+    conn.execute(insert(JOBS), job_rows)
     if event_rows:
         conn.execute(insert(EVENTS), event_rows)
 
 
-def _copy(conn: Connection, table, rows: list[dict]) -> None:
-    if not rows:
-        return
-    cols = [c.name for c in table.columns if c.name in rows[0]]
-    json_cols = {c.name for c in table.columns if isinstance(c.type, JSON)}
-    raw = conn.connection.driver_connection  # psycopg.Connection, inside the SQLAlchemy transaction
-    sql = f'COPY {table.name} ({", ".join(cols)}) FROM STDIN'
-    try:
-        with raw.cursor() as cur, cur.copy(sql) as cp:
-            for r in rows:
-                cp.write_row([orjson.dumps(r[c]).decode() if c in json_cols else r[c] for c in cols])
-    except conn.dialect.loaded_dbapi.Error as e:  # surface it as SQLAlchemy does (IntegrityError...)
-        raise DBAPIError.instance(sql, None, e, conn.dialect.loaded_dbapi.Error) from e
+@functools.lru_cache(maxsize=8)
+def _pg_batch_sql(job_cols: tuple[str, ...], event_cols: tuple[str, ...]) -> str:
+    jc = ", ".join(job_cols)
+    jobs = f"INSERT INTO jobs ({jc}) SELECT {jc} FROM json_populate_recordset(NULL::jobs, %s::json)"
+    if not event_cols:
+        return jobs
+    ec = ", ".join(event_cols)
+    return (f"WITH j AS ({jobs}) INSERT INTO job_events ({ec}) "
+            f"SELECT {ec} FROM json_populate_recordset(NULL::job_events, %s::json)")
 
 
 def idempotency_key(session: Session, token_id: str, key: str) -> IdempotencyKey | None:

@@ -113,10 +113,16 @@ class GroupCommitWriter:
         pre-ping per batch); a failed batch drops it, so the retry reconnects."""
         if self._conn is None:
             self._conn = self._engine.connect()
+            if self._engine.dialect.name == "postgresql":
+                # the batch is one statement: autocommit makes it one round trip and one commit
+                self._conn = self._conn.execution_options(isolation_level="AUTOCOMMIT")
         conn = self._conn
         try:
-            with conn.begin():
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
                 self._write(conn, [j for j, _ in items], [e for _, e in items])
+            else:
+                with conn.begin():
+                    self._write(conn, [j for j, _ in items], [e for _, e in items])
         except Exception:
             self._conn = None
             try:
