@@ -86,3 +86,18 @@ class AuditEntry(SQLModel, table=True):
 
 
 TENANCY_TABLES = [User, Membership, TokenOwner, AuditEntry]
+
+
+class AdminSetting(SQLModel, table=True):
+    """A runtime setting admins change through the API (image allow-list, max runtime per
+    workload class). `version` is the ETag for If-Match updates; `value` is JSON."""
+
+    __tablename__ = "admin_settings"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: Optional[dict] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    version: int = 1
+    updated_at: float = Field(default_factory=now)
+
+
+TENANCY_TABLES.append(AdminSetting)

@@ -13,10 +13,11 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlmodel import Session
 
-from broker.api import admin_audit, admin_quotas, admin_tenancy, admin_tokens
+from broker.api import admin_audit, admin_quotas, admin_settings, admin_tenancy, admin_tokens
 from broker.services import admin_audit as audit_service
 from broker.services import oidc_auth
 from broker.services.admin_quotas import QuotaAdmin
+from broker.services.admin_settings import SettingsAdmin
 from broker.services.admin_tenancy import TenancyAdmin
 from broker.services.admin_tokens import TokenAdmin
 from broker.services.authz import Authz
@@ -34,7 +35,10 @@ def install_admin(app: FastAPI) -> None:
         if hook is not None:
             hook()
 
-    guard = SubmitGuard(state.settings, engine, authz)
+    settings_admin = SettingsAdmin(engine, authz, state.settings)
+    guard = SubmitGuard(state.settings, engine, authz, admin_settings=settings_admin.effective)
+    settings_admin.on_change = guard.invalidate
+    state.settings_admin = settings_admin
     jobs = getattr(state, "jobs", None)
     if jobs is not None:
         jobs.authz = authz
@@ -45,7 +49,8 @@ def install_admin(app: FastAPI) -> None:
     state.quota_admin = QuotaAdmin(engine, authz, on_change=on_quota_change)
     state.oidc = oidc_auth.from_settings(state.settings, authz, engine)
     state.audit_job = _audit_job
-    for r in (admin_tokens.router, admin_tenancy.router, admin_quotas.router, admin_audit.router):
+    for r in (admin_tokens.router, admin_tenancy.router, admin_quotas.router, admin_audit.router,
+              admin_settings.router):
         app.include_router(r)
 
 

@@ -1,0 +1,48 @@
+"""Runtime settings routes: everyone reads (which registries are allowed), platform-admins
+change them with If-Match."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+from fastapi import APIRouter, Header, Request
+from pydantic import BaseModel, ConfigDict
+
+from broker.api.admin_deps import CallerDep
+from broker.api.deps import User
+from broker.api.json import JSON
+from broker.schemas import ErrorResponse
+
+router = APIRouter(tags=["settings"])
+ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 412, 422, 428)}
+
+
+class SettingPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: dict[str, Any]
+
+
+class SettingPublic(BaseModel):
+    key: str
+    value: dict[str, Any]
+    version: int
+    etag: str
+    default: bool
+
+
+class SettingList(BaseModel):
+    items: list[SettingPublic]
+
+
+@router.get("/api/v1/admin/settings", response_model=SettingList, responses=ERRORS,
+            summary="Image registry allow-list and max runtime per class")
+def list_settings(request: Request, principal: User):
+    return JSON(request.app.state.settings_admin.list(principal))
+
+
+@router.put("/api/v1/admin/settings/{key}", response_model=SettingPublic, responses=ERRORS,
+            summary="Platform-admins: change a setting (If-Match required)")
+def put_setting(request: Request, key: str, body: SettingPut, principal: User, caller: CallerDep,
+                if_match: Annotated[Optional[str], Header(alias="If-Match", max_length=200)] = None):
+    out = request.app.state.settings_admin.put(principal, caller, key, body.value, if_match)
+    return JSON(out, headers={"ETag": out["etag"]})
