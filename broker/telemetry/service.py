@@ -110,6 +110,25 @@ def sample_row(node_id: str, s: DeviceSample) -> tuple:
     )
 
 
+def claim_params(r: TelemetryReport, now: float, n: int, faults: list[str]) -> dict[str, Any]:
+    """Bind parameters of the agent_state claim (shared by the generic and the PostgreSQL path)."""
+    hb = r.heartbeat
+    return dict(
+        n=r.node_id, seq=r.seq, now=now, ver=r.agent_version[:64], started=hb.started_at, backend=hb.gpu_backend,
+        cpu_only=hb.cpu_only, reason=(hb.cpu_only_reason or "")[:256], driver=(hb.driver_version or "")[:64],
+        cuda=(hb.cuda_version or "")[:32], devices=hb.device_count, buffered=hb.buffered_reports,
+        dropped=hb.dropped_reports, samples=n, fatal_at=now if faults else None,
+        fatal_reason="; ".join(faults)[:500],
+    )
+
+
+def host_row(r: TelemetryReport) -> tuple | None:
+    h = r.host
+    if h is None:
+        return None
+    return (r.node_id, h.ts, h.cpu_percent, h.load1, h.mem_used_mb, h.mem_total_mb, h.disk_used_gb, h.disk_total_gb)
+
+
 def parse_report(body: bytes) -> TelemetryReport:
     """Validate a report from raw bytes; Invalid (422) with per-field details when it is not one."""
     try:
@@ -174,6 +193,12 @@ class TelemetryService:
         oldest_kept = now - self.config.raw_retention_s
         rows = [sample_row(report.node_id, s) for s in report.gpus if s.ts >= oldest_kept]
         faults = health.gpu_faults(report.gpus, self.config.health.fatal_xids)
+        if self.dialect == "postgresql":
+            from broker.telemetry import pg_ingest
+
+            ack = pg_ingest.ingest(self, report, rows, faults, now)
+            if ack is not None:
+                return ack  # else: first report of this node or a duplicate: the generic path decides
         with Session(self.ingest_engine) as s:
             try:
                 latch = self._claim(s, report, now, len(rows), faults)
@@ -184,11 +209,9 @@ class TelemetryService:
                     self._insert_samples(s, rows)
                     self._mark_late(s, min(r[3] for r in rows), now)
                 if report.host is not None:
-                    h = report.host
                     s.execute(text(f"INSERT INTO host_samples ({', '.join(HOST_COLUMNS)}) VALUES "
                                    f"({', '.join(':' + c for c in HOST_COLUMNS)})"),
-                              dict(zip(HOST_COLUMNS, (report.node_id, h.ts, h.cpu_percent, h.load1, h.mem_used_mb,
-                                                      h.mem_total_mb, h.disk_used_gb, h.disk_total_gb))))
+                              dict(zip(HOST_COLUMNS, host_row(report))))
                 status = self._update_node(s, report, now, faults, latch)
                 s.commit()
             except BaseException:
@@ -199,14 +222,7 @@ class TelemetryService:
     def _claim(self, s: Session, r: TelemetryReport, now: float, n: int, faults: list[str]) -> tuple | None:
         """Take `seq` for this node. Returns the health latch (fatal_at, fatal_reason), or None
         when the seq is not newer than the stored one (a duplicate)."""
-        hb = r.heartbeat
-        params = dict(
-            n=r.node_id, seq=r.seq, now=now, ver=r.agent_version[:64], started=hb.started_at, backend=hb.gpu_backend,
-            cpu_only=hb.cpu_only, reason=(hb.cpu_only_reason or "")[:256], driver=(hb.driver_version or "")[:64],
-            cuda=(hb.cuda_version or "")[:32], devices=hb.device_count, buffered=hb.buffered_reports,
-            dropped=hb.dropped_reports, samples=n, fatal_at=now if faults else None,
-            fatal_reason="; ".join(faults)[:500],
-        )
+        params = claim_params(r, now, n, faults)
         sets = ("last_seq=:seq, last_report_at=:now, agent_version=:ver, agent_started_at=:started, "
                 "gpu_backend=:backend, cpu_only=:cpu_only, cpu_only_reason=:reason, driver_version=:driver, "
                 "cuda_version=:cuda, device_count=:devices, buffered_reports=:buffered, dropped_reports=:dropped, "
@@ -267,18 +283,23 @@ class TelemetryService:
                         {"n": r.node_id}).first()
         if row is None:
             return None  # not in the inventory yet: samples are kept, health starts when it appears
-        state, reason, last_hb = row[0], row[1] or "", row[2]
-        new_state, new_reason = health.on_report(state, reason, faults, latch[0], latch[1],
-                                                 r.heartbeat.started_at, now, self.config.health)
-        changed = (new_state, new_reason) != (state, reason)
-        if changed:
-            log.warning("node %s: %s -> %s (%s)", r.node_id, state, new_state, new_reason or "healthy again")
-        elif last_hb is not None and 0 <= now - last_hb < self.config.heartbeat_write_s:
-            return state  # heartbeat written moments ago: spare the row update
-        s.execute(text("UPDATE nodes SET last_heartbeat=:now, state=:st, state_reason=:rs, updated_at=:now "
-                       "WHERE id=:n AND state=:old"),
-                  {"now": now, "st": new_state, "rs": new_reason, "n": r.node_id, "old": state})
+        new_state, new_reason, write = self.node_transition(r, now, faults, latch, row[0], row[1] or "", row[2])
+        if write:
+            s.execute(text("UPDATE nodes SET last_heartbeat=:now, state=:st, state_reason=:rs, updated_at=:now "
+                           "WHERE id=:n AND state=:old"),
+                      {"now": now, "st": new_state, "rs": new_reason, "n": r.node_id, "old": row[0]})
         return new_state
+
+    def node_transition(self, r: TelemetryReport, now: float, faults: list[str], latch: tuple, state: str,
+                        reason: str, last_hb: float | None) -> tuple[str, str, bool]:
+        """(new state, new reason, whether the node row must be written) after an accepted report."""
+        new_state, new_reason = health.on_report(state, reason, faults, latch[0], latch[1] or "",
+                                                 r.heartbeat.started_at, now, self.config.health)
+        if (new_state, new_reason) != (state, reason):
+            log.warning("node %s: %s -> %s (%s)", r.node_id, state, new_state, new_reason or "healthy again")
+            return new_state, new_reason, True
+        fresh = last_hb is not None and 0 <= now - last_hb < self.config.heartbeat_write_s
+        return new_state, new_reason, not fresh  # a heartbeat written moments ago spares the row update
 
     # ------------------------------------------------------------------ heartbeats
     def check_heartbeats(self, now: float | None = None) -> list[tuple[str, str, str]]:
