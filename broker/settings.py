@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     # the writer waits for more once the first arrives (0: commit what is there at once).
     submit_batch_max: int = 256
     submit_batch_wait_s: float = 0.0
+    submit_writers: int = 2  # transactions in flight at once (PostgreSQL; SQLite uses 1)
     db_pool_size: int = 10
     submit_fast_path: bool = True  # POST /api/v1/jobs as a pure ASGI handler (broker.api.fastpath)
 

@@ -1,21 +1,24 @@
-"""Group commit: one writer batches concurrent submits into one transaction.
+"""Group commit: concurrent submits share transactions.
 
-Why: a transaction per request pays one round trip and one fsync (WAL flush) per job; with
-hundreds of submits per second the database spends its time flushing. Here each request
-hands its rows to an asyncio queue and awaits a future; a single writer task takes whatever
-has queued up (up to `batch_max`), inserts it with one multi-row INSERT per table in ONE
-transaction on a dedicated thread, and resolves every future only after COMMIT returned.
+Why: a transaction per request pays a round trip and a WAL flush per job; at hundreds of
+submits per second the database spends its time flushing. Each request hands its rows to an
+asyncio queue and awaits a future; the dispatcher takes whatever has queued up (up to
+`batch_max`) as soon as one of `writers` writer threads is free, and that thread writes the
+batch (one statement on PostgreSQL, see `broker.repo.jobs.insert_jobs`) and commits. While all
+writers are busy the queue grows, so batches grow with load and the cost per job falls.
 
 Invariants: a future resolves successfully only after the transaction holding its rows
-committed (so a 201 always means durably stored); if a batch fails, every item is retried
-alone so one bad row (e.g. a project deleted a moment ago) fails only its own request; the
-writer never runs more than one transaction at a time (SQLite has one writer anyway).
+committed (a 201 always means durably stored); if a batch fails, each of its items is retried
+alone so one bad row (e.g. a project deleted a moment ago) fails only its own request; each
+writer thread keeps its own connection (no pool checkout or pre-ping per batch) and drops it
+after an error, so the retry reconnects. SQLite gets one writer (it has one anyway).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -27,23 +30,28 @@ Item = tuple[dict, dict]  # (job row, event row)
 
 
 class GroupCommitWriter:
-    def __init__(self, engine: Engine, write: Callable, *, batch_max: int = 256, wait_s: float = 0.0) -> None:
+    def __init__(self, engine: Engine, write: Callable, *, batch_max: int = 256, wait_s: float = 0.0,
+                 writers: int = 2) -> None:
         self._engine = engine
         self._write = write  # write(conn, job_rows, event_rows): the repo's multi-row insert
         self._batch_max = max(1, batch_max)
         self._wait_s = wait_s
+        self._writers = 1 if engine.dialect.name == "sqlite" else max(1, writers)
+        self._autocommit = engine.dialect.name == "postgresql"  # the batch is one statement there
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._starts = 0
-        self._conn = None  # the writer thread's own connection
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-commit")
+        self._local = threading.local()  # each writer thread's own connection
+        self._conns: list = []
+        self._conns_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=self._writers, thread_name_prefix="group-commit")
         self.batches = 0
         self.items = 0
 
     async def start(self) -> None:
-        """Start the writer on the running loop (counted: an app served by two loops at once,
-        as in tests with two clients, keeps one writer; the other loop commits directly)."""
+        """Start the dispatcher on the running loop (counted: an app served by two loops at
+        once, as in tests with two clients, keeps one; the other loop commits directly)."""
         self._starts += 1
         if self._task is None:
             self._loop = asyncio.get_running_loop()
@@ -51,57 +59,79 @@ class GroupCommitWriter:
             self._task = asyncio.create_task(self._run(), name="group-commit")
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop (when the last starter stops, on the writer's loop)."""
+        """Commit what is queued, then stop (when the last starter stops, on the writer's loop)."""
         self._starts = max(0, self._starts - 1)
         if self._task is None or self._starts > 0 or asyncio.get_running_loop() is not self._loop:
             return
         await self._queue.put(None)
         await self._task
         self._task, self._loop = None, None
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._close_conn)
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            try:
+                c.close()
+            except Exception:  # closing a broken connection: nothing to release
+                pass
+        self._local = threading.local()
 
     async def submit(self, job_row: dict, event_row: dict) -> None:
         """Resolve once the rows are committed; raise what the insert raised."""
-        if self._task is None or asyncio.get_running_loop() is not self._loop:
+        loop = asyncio.get_running_loop()
+        if self._task is None or loop is not self._loop:
             # not started here (a tool using the service directly, or a second event loop)
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._commit, [(job_row, event_row)])
+            await loop.run_in_executor(self._pool, self._commit, [(job_row, event_row)])
             return
-        fut = asyncio.get_running_loop().create_future()
+        fut = loop.create_future()
         self._queue.put_nowait(((job_row, event_row), fut))
         await fut
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         q = self._queue
+        free = asyncio.Semaphore(self._writers)
+        inflight: set[asyncio.Task] = set()
         stopping = False
         while not stopping:
             first = await q.get()
             if first is None:
                 break
-            batch = [first]
+            await free.acquire()  # wait for a writer first: the batch grows meanwhile
             if self._wait_s > 0:
                 await asyncio.sleep(self._wait_s)
+            batch = [first]
             while len(batch) < self._batch_max and not q.empty():
                 nxt = q.get_nowait()
                 if nxt is None:
                     stopping = True
                     break
                 batch.append(nxt)
-            items = [it for it, _ in batch]
+            t = asyncio.create_task(self._flush(batch, free))
+            inflight.add(t)
+            t.add_done_callback(inflight.discard)
+        if inflight:
+            await asyncio.gather(*inflight)
+
+    async def _flush(self, batch, free: asyncio.Semaphore) -> None:
+        loop = asyncio.get_running_loop()
+        try:
             try:
-                await loop.run_in_executor(self._thread, self._commit, items)
-                self.batches += 1
-                self.items += len(items)
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_result(None)
+                await loop.run_in_executor(self._pool, self._commit, [it for it, _ in batch])
             except Exception:
+                log.warning("group commit of %d jobs failed; retrying one by one", len(batch), exc_info=True)
                 await self._one_by_one(loop, batch)
+                return
+            self.batches += 1
+            self.items += len(batch)
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+        finally:
+            free.release()
 
     async def _one_by_one(self, loop, batch) -> None:
         for item, fut in batch:
             try:
-                await loop.run_in_executor(self._thread, self._commit, [item])
+                await loop.run_in_executor(self._pool, self._commit, [item])
                 if not fut.done():
                     fut.set_result(None)
             except Exception as e:  # handed to the request that owns the row
@@ -109,30 +139,30 @@ class GroupCommitWriter:
                     fut.set_exception(e)
 
     def _commit(self, items: list[Item]) -> None:
-        """Runs on the writer thread only. Keeps one connection checked out (no pool checkout or
-        pre-ping per batch); a failed batch drops it, so the retry reconnects."""
-        if self._conn is None:
-            self._conn = self._engine.connect()
-            if self._engine.dialect.name == "postgresql":
-                # the batch is one statement: autocommit makes it one round trip and one commit
-                self._conn = self._conn.execution_options(isolation_level="AUTOCOMMIT")
-        conn = self._conn
+        """Runs on a writer thread, with that thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._engine.connect()
+            if self._autocommit:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        jobs, events = [j for j, _ in items], [e for _, e in items]
         try:
-            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-                self._write(conn, [j for j, _ in items], [e for _, e in items])
+            if self._autocommit:
+                self._write(conn, jobs, events)  # one statement: committed when it returns
             else:
                 with conn.begin():
-                    self._write(conn, [j for j, _ in items], [e for _, e in items])
+                    self._write(conn, jobs, events)
         except Exception:
-            self._conn = None
+            self._local.conn = None
+            with self._conns_lock:
+                if conn in self._conns:
+                    self._conns.remove(conn)
             try:
                 conn.invalidate()
                 conn.close()
             except Exception:  # already broken: nothing left to release
                 pass
             raise
-
-    def _close_conn(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
