@@ -35,12 +35,7 @@ class Settings(BaseSettings):
     allow_process_runtime: bool = False
     scheduling_policy: str = "fair-backfill-preempt"  # a name from scheduler.model.POLICIES
     max_body_bytes: int = 256 * 1024
-    page_size_default: int = 100
-    page_size_max: int = 500
-    max_command_args: int = 256
-    max_command_chars: int = 16 * 1024
-    max_env_vars: int = 128
-    max_env_value_chars: int = 8 * 1024
+    page_size_max: int = 500  # command/env limits live in broker.schemas (they are in the OpenAPI doc)
 
     token_cache_ttl_s: float = 30.0
     idempotency_ttl_s: float = 24 * 3600.0

@@ -11,13 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from broker.errors import Invalid
-from broker.models import Node, Pool, Project
+from broker.models import Node, Pool
 from broker.repo import catalog
 
 
@@ -136,15 +136,6 @@ def load_inventory(engine: Engine) -> Inventory:
         return Inventory(pools=pools, nodes=nodes)
 
 
-def known_project(projects: Mapping[str, str], project_id: str) -> bool:
-    return project_id in projects
-
-
-def project_row(engine: Engine, project_id: str) -> Project | None:
-    with Session(engine) as s:
-        return catalog.project(s, project_id)
-
-
-def unknown_project(project_id: str, known: Sequence[str] = ()) -> Invalid:
+def unknown_project(project_id: str) -> Invalid:
     return Invalid(f"project {project_id!r} does not exist (or you may not submit to it)",
                    code="UNKNOWN_PROJECT", details={"project": project_id})
