@@ -112,29 +112,40 @@ def build_agent(args: argparse.Namespace, now: float) -> Agent:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stop: threading.Event | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT (main thread) or until `stop` is set.
+
+    `stop` lets a host process run the agent in a thread, e.g. the Ray actor the broker may
+    start on every Ray node: `threading.Thread(target=main, args=(argv, ev)).start()`.
+    """
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     now = time.time()
     agent = build_agent(args, now)
     agent.start(now)
     if args.once:
         return _once(agent, args)
+    server = None
     if agent.exporter is not None:
-        agent.exporter.serve(args.metrics_port, args.metrics_addr)
+        server = agent.exporter.serve(args.metrics_port, args.metrics_addr)
         log.info("serving /metrics on %s:%d", args.metrics_addr, args.metrics_port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
     log.info("broker-agent %s for node %s started (%s)", __version__, args.node_id, agent.info.backend)
     while not stop.is_set():
         due = agent.tick(time.time())
         stop.wait(max(0.0, due - time.time()))
     agent.stop(time.time())
+    if server is not None:
+        server.shutdown()
+        server.server_close()
     return 0
 
 

@@ -44,6 +44,21 @@ def install(app: Any) -> TelemetryService:
     return svc
 
 
+def issue_agent_token(engine: Any, node_id: str, name: str = "") -> str:
+    """A new agent token bound to `node_id` (for `broker up` and the Ray per-node agents).
+
+    The plaintext is returned once; only its hash is stored. The token may push telemetry for
+    this node and do nothing else."""
+    from sqlmodel import Session
+
+    from broker.services.bootstrap import create_token
+
+    with Session(engine) as s:
+        plain, _ = create_token(s, name=name or f"agent-{node_id}", role="agent", kind="agent", node_id=node_id)
+        s.commit()
+    return plain
+
+
 def register(tasks: Any, svc: TelemetryService, clock: Callable[[], float] = time.time) -> None:
     """Add the telemetry tasks to a broker.tasks.Tasks (anything with add_interval(fn, seconds, id))."""
     for name, every, fn in periodic_tasks(svc):

@@ -46,3 +46,55 @@ def test_once_stdout_without_driver_reports_cpu_only():
 def test_bad_arguments_exit_2_with_message(name, args):
     p = run_agent(*args)
     assert p.returncode == 2 and "error" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_agent_loop_in_a_thread_pushes_and_serves_metrics(tmp_path):
+    """What a Ray actor would do: run main() in a thread against a broker, stop it with an event."""
+    import http.server
+    import socket
+    import threading
+
+    import httpx
+
+    from agents.main import main
+
+    got = []
+
+    class Broker(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append((self.headers["Authorization"], TelemetryReport.model_validate_json(body)))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *a):
+            return None
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Broker)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        mport = s.getsockname()[1]
+    (tmp_path / "token").write_text("cba_test\n")
+    stop = threading.Event()
+    argv = ["--broker-url", f"http://127.0.0.1:{srv.server_address[1]}", "--token-file", str(tmp_path / "token"),
+            "--node-id", "n-thread", "--fake-gpus", "1", "--sample-interval", "0.05", "--push-interval", "0.2",
+            "--buffer-dir", str(tmp_path / "buf"), "--metrics-port", str(mport), "--metrics-addr", "127.0.0.1"]
+    t = threading.Thread(target=main, args=(argv, stop))
+    t.start()
+    try:
+        deadline = __import__("time").monotonic() + 20
+        while len(got) < 2 and __import__("time").monotonic() < deadline:
+            stop.wait(0.05)
+        metrics = httpx.get(f"http://127.0.0.1:{mport}/metrics", timeout=5).text
+    finally:
+        stop.set()
+        t.join(20)
+        srv.shutdown()
+    assert not t.is_alive()
+    assert len(got) >= 2 and got[0][0] == "Bearer cba_test"
+    assert all(r.node_id == "n-thread" for _, r in got) and got[0][1].seq < got[1][1].seq
+    assert 'DCGM_FI_DEV_GPU_UTIL{gpu="0"' in metrics
+    assert (tmp_path / "buf" / "next_seq").exists()

@@ -37,3 +37,21 @@ def test_register_passes_now_to_every_task(engine):
     assert [i for i, _, _ in tasks.added] == ["telemetry.heartbeats", "telemetry.rollup", "telemetry.retention"]
     tasks.added[0][2]()
     assert calls == [("hb", 1234.0)]
+
+
+def test_issued_agent_token_pushes_for_its_node_only(app, engine):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from agents.agent import encode
+    from broker.telemetry.tasks import issue_agent_token
+    from tests.broker.telemetry_builders import gpu, new_node, report
+
+    install(app)
+    node = new_node(engine)
+    tok = issue_agent_token(engine, node)
+    assert tok.startswith("cba_")
+    with TestClient(app, headers={"Authorization": f"Bearer {tok}"}) as c:
+        assert c.post("/api/v1/telemetry", content=encode(report(node, 1, [gpu(0, time.time())]))).status_code == 200
+        assert c.post("/api/v1/telemetry", content=encode(report("other", 1, [gpu(0, time.time())]))).status_code == 403
