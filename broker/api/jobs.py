@@ -26,7 +26,7 @@ def _csv(values: list[str] | None) -> list[str]:
 @router.post("", status_code=201, response_model=JobPublic, responses=ERRORS,
              summary="Submit a job (stored PENDING; the scheduler admits it)")
 async def submit(request: Request, spec: JobCreate, principal: User,
-                 idempotency_key: Annotated[Optional[str], Header(max_length=255)] = None):
+                 idempotency_key: Annotated[Optional[str], Header(description="1..255 printable characters")] = None):
     svc = request.app.state.jobs
     if svc.cache_ready():
         row, event = svc.prepare(principal=principal, spec=spec)
@@ -34,7 +34,7 @@ async def submit(request: Request, spec: JobCreate, principal: User,
         row, event = await run_in_threadpool(svc.prepare, principal=principal, spec=spec)
     headers = {}
     if idempotency_key is not None:
-        if not idempotency_key.strip() or not idempotency_key.isprintable():
+        if len(idempotency_key) > 255 or not idempotency_key.strip() or not idempotency_key.isprintable():
             raise Invalid("Idempotency-Key must be 1..255 printable characters", code="BAD_IDEMPOTENCY_KEY")
         body, replayed = await run_in_threadpool(svc.submit_idempotent, principal=principal, row=row, event=event,
                                                  key=idempotency_key, body_hash=body_hash(spec))
@@ -98,6 +98,6 @@ async def logs(request: Request, job_id: str, principal: User,
                                        attempt=attempt, offset=offset)
         return Response(data, media_type="text/plain; charset=utf-8")
     att, _ = await run_in_threadpool(svc.locate, principal=principal, job_id=job_id, worker=worker, attempt=attempt)
-    svc._executor()  # 503 before the stream starts when no executor is attached
+    svc.require_executor()  # 503 before the stream starts when no executor is attached
     return StreamingResponse(svc.follow(job_id=job_id, attempt=att, worker=worker, offset=offset),
                              media_type="text/plain; charset=utf-8")

@@ -24,7 +24,7 @@ class LogService:
     def __init__(self, jobs: JobService, *, poll_s: float = 0.5) -> None:
         self.jobs, self.poll_s = jobs, poll_s
 
-    def _executor(self):
+    def require_executor(self):
         if self.jobs.executor is None:
             raise Unavailable("logs are unavailable: no executor is attached to this broker", code="NO_EXECUTOR")
         return self.jobs.executor
@@ -39,10 +39,10 @@ class LogService:
     def read(self, *, principal: Principal, job_id: str, worker: int = 0, attempt: int | None = None,
              offset: int = 0, max_bytes: int = 1 << 20) -> bytes:
         att, _ = self.locate(principal=principal, job_id=job_id, worker=worker, attempt=attempt)
-        return self._executor().read_log(job_id, att, worker, offset, max_bytes)
+        return self.require_executor().read_log(job_id, att, worker, offset, max_bytes)
 
     async def follow(self, *, job_id: str, attempt: int, worker: int, offset: int = 0) -> AsyncIterator[bytes]:
-        ex = self._executor()
+        ex = self.require_executor()
         while True:
             data = await to_thread.run_sync(ex.read_log, job_id, attempt, worker, offset, CHUNK)
             if data:

@@ -215,3 +215,16 @@ def test_logs_follow_streams_until_the_attempt_ends(client, app, engine, fake_ex
     finally:
         t.join()
     assert f.text == "a\nb\n"
+
+
+def test_logs_without_an_executor_are_503(settings, engine, admin_token):
+    from fastapi.testclient import TestClient
+
+    from broker.app import create_app
+
+    with TestClient(create_app(settings, engine=engine, start_background=False),
+                    headers={"Authorization": f"Bearer {admin_token}"}) as c:
+        j = c.post("/api/v1/jobs", json=job_body()).json()
+        for params in ({}, {"follow": "true"}):
+            r = c.get(f"/api/v1/jobs/{j['id']}/logs", params=params)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "NO_EXECUTOR"

@@ -71,3 +71,8 @@ def test_concurrent_requests_with_one_key_make_exactly_one_job(client, engine):
 def test_blank_key_is_422(client):
     r = client.post("/api/v1/jobs", json=job_body(), headers={"Idempotency-Key": " "})
     assert r.status_code == 422 and r.json()["error"]["code"] == "BAD_IDEMPOTENCY_KEY"
+
+
+def test_too_long_key_is_422(client):
+    r = client.post("/api/v1/jobs", json=job_body(), headers={"Idempotency-Key": "k" * 256})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "BAD_IDEMPOTENCY_KEY"
