@@ -61,7 +61,7 @@ class JobService:
                 raise checks.unknown_project(spec.project)
         shape = checks.WorkerShape(spec.resources.gpus, spec.resources.cpus, spec.resources.memory_gb,
                                    tuple(spec.resources.models()))
-        why = checks.never_fits(self.inventory.get(), workload_class=spec.workload_class, pool=spec.pool,
+        why = checks.never_fits_cached(self.inventory.get(), workload_class=spec.workload_class, pool=spec.pool,
                                 shape=shape, workers=spec.workers)
         if why is not None:
             raise Invalid(why[0], code="NEVER_FITS", details=why[1])

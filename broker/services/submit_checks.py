@@ -33,6 +33,25 @@ class WorkerShape:
 class Inventory:
     pools: Mapping[str, Pool] = field(default_factory=dict)
     nodes: tuple[Node, ...] = ()
+    # never_fits answers for this inventory (it is replaced, not mutated, when reloaded)
+    memo: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+
+_UNSET = object()
+_MEMO_MAX = 4096
+
+
+def never_fits_cached(inv: Inventory, *, workload_class: str, pool: str | None, shape: WorkerShape,
+                      workers: int) -> tuple[str, dict] | None:
+    """`never_fits`, remembered per inventory: submits repeat a handful of shapes, and the
+    answer only changes when the inventory does (a bad pool pin raises every time)."""
+    key = (workload_class, pool, shape, workers)
+    why = inv.memo.get(key, _UNSET)
+    if why is _UNSET:
+        why = never_fits(inv, workload_class=workload_class, pool=pool, shape=shape, workers=workers)
+        if len(inv.memo) < _MEMO_MAX:
+            inv.memo[key] = why
+    return why
 
 
 def eligible_pools(pools: Mapping[str, Pool], workload_class: str, pinned: str | None) -> list[str]:

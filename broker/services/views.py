@@ -15,7 +15,7 @@ from broker.models import Attempt, JobEvent, Placement
 
 def job_public(j: Any, *, attempts: Iterable[Attempt] = (), placements: Iterable[Placement] = ()) -> dict:
     """`j` is a Job row or a mapping with the Job columns."""
-    g = j.get if isinstance(j, Mapping) else (lambda k, _j=j: getattr(_j, k))
+    g = j.__getitem__ if type(j) is dict else (j.get if isinstance(j, Mapping) else j.__getattribute__)
     code = g("pending_code")
     models = g("gpu_models") or None
     fpool = g("flavor_pool")

@@ -64,3 +64,16 @@ def test_eligible_pools_refuses_bad_pins(cls, pin, code):
 def test_eligible_pools_by_class():
     assert eligible_pools(POOLS, "operation", None) == ["operation"]
     assert eligible_pools(POOLS, "innovation", None) == ["innovation", "operation"]
+
+
+def test_never_fits_cached_remembers_per_inventory_and_still_raises_bad_pins():
+    from broker.services.submit_checks import never_fits_cached
+
+    inv = Inventory(pools=POOLS, nodes=INV.nodes)
+    a = never_fits_cached(inv, workload_class="innovation", pool=None, shape=shape(9), workers=1)
+    b = never_fits_cached(inv, workload_class="innovation", pool=None, shape=shape(9), workers=1)
+    assert a is b and a is not None and len(inv.memo) == 1
+    assert never_fits_cached(inv, workload_class="innovation", pool=None, shape=shape(1), workers=1) is None
+    for _ in range(2):
+        with pytest.raises(Invalid):
+            never_fits_cached(inv, workload_class="operation", pool="innovation", shape=shape(1), workers=1)
