@@ -180,3 +180,32 @@ def test_unexpected_exception_is_a_bare_500_without_traceback(settings, engine):
         r = c.get("/boom")
     assert r.status_code == 500 and r.json()["error"]["code"] == "INTERNAL"
     assert "secret" not in r.text and "Traceback" not in r.text
+
+
+def test_readyz_is_503_when_the_database_is_unreachable(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from broker.app import create_app
+    from broker.settings import Settings
+
+    st = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=1")
+    with TestClient(create_app(st, start_background=False)) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and r.json() == {"status": "unavailable", "checks": {"database": "unreachable"}}
+
+
+def test_unexpected_error_on_the_submit_fast_path_is_a_bare_500(settings, engine, admin_token, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from broker.app import create_app
+
+    app = create_app(settings, engine=engine, start_background=False)
+
+    async def broken(row, event):
+        raise RuntimeError("connection to /var/run/secret failed")
+
+    monkeypatch.setattr(app.state.jobs, "submit_rows", broken)
+    with TestClient(app, raise_server_exceptions=False, headers={"Authorization": f"Bearer {admin_token}"}) as c:
+        r = c.post("/api/v1/jobs", json=job_body())
+    assert r.status_code == 500 and r.json()["error"]["code"] == "INTERNAL"
+    assert "secret" not in r.text and "Traceback" not in r.text
