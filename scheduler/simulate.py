@@ -29,7 +29,9 @@ unrelated event; at most ``MAX_CYCLES_PER_INSTANT`` cycles run at one instant.
 
 Snapshot: quotas, fair share, queue depth
 -----------------------------------------
-One pool (``sim``, class innovation) of N identical nodes; GPU models are those named in the
+One pool (``sim``, class innovation) of N identical nodes, plus an ``operation`` pool (the
+first ``--operation-nodes``; by default a quarter of the nodes when the trace has operation jobs,
+else none) that lends idle capacity to innovation work; GPU models are those named in the
 trace (nodes round-robin over them) or one model ``gpu``. One department ``sim`` holds every
 project; its nominal is the whole cluster. Each project gets ``guaranteed`` 0, a ``nominal``
 share of every flavor and resource, and an unlimited ``limit`` (anyone may borrow idle
@@ -73,6 +75,7 @@ from scheduler.traces import FORMATS, TraceError, TraceJob, load_trace, to_job
 CycleFn = Callable[[Snapshot, float, Policy], CycleResult]
 MAX_CYCLES_PER_INSTANT = 16
 SIM_POOL = "sim"
+OPERATION_POOL = "operation"
 SIM_DEPARTMENT = "sim"
 _FINISH, _STOP, _SUBMIT = 0, 1, 2  # event order at one instant
 
@@ -90,6 +93,8 @@ class SimConfig:
     preempt_grace: float = 0.0
     shares: str = "equal"  # equal | demand
     queue_depth: int = 0  # 0: unlimited
+    operation_nodes: int | None = None  # None: a quarter of the nodes if the trace has operation jobs, else 0
+    progress: bool = False  # a line on stderr every 1,000 cycles
     cpus_per_node: float | None = None  # default 8 per GPU
     memory_gb_per_node: float | None = None  # default 64 per GPU
 
@@ -117,15 +122,20 @@ class _Live:
     lost_gpu_s: float = 0.0
 
 
-def cluster(cfg: SimConfig, gpu_models: Sequence[str]) -> tuple[tuple[Node, ...], tuple[Pool, ...]]:
-    """N identical nodes in one innovation pool, GPU models round-robin."""
+def cluster(cfg: SimConfig, gpu_models: Sequence[str], operation_nodes: int = 0) -> tuple[tuple[Node, ...], tuple[Pool, ...]]:
+    """N identical nodes, GPU models round-robin: the first `operation_nodes` in an operation
+    pool that lends idle capacity to innovation, the rest in the innovation pool `sim`."""
     g = cfg.gpus_per_node
     cap = Resources(gpus=g, cpus=cfg.cpus_per_node if cfg.cpus_per_node is not None else 8.0 * g,
                     memory_gb=cfg.memory_gb_per_node if cfg.memory_gb_per_node is not None else 64.0 * g)
     models = tuple(gpu_models) or ("gpu",)
-    nodes = tuple(Node(id=f"n{i:05d}", pool=SIM_POOL, gpu_model=models[i % len(models)], capacity=cap)
+    nodes = tuple(Node(id=f"n{i:05d}", pool=OPERATION_POOL if i < operation_nodes else SIM_POOL,
+                       gpu_model=models[i % len(models)], capacity=cap)
                   for i in range(cfg.nodes))
-    return nodes, (Pool(SIM_POOL, WorkloadClass.INNOVATION),)
+    pools = (Pool(SIM_POOL, WorkloadClass.INNOVATION),)
+    if operation_nodes:
+        pools = (Pool(OPERATION_POOL, WorkloadClass.OPERATION, lend_to_innovation=True), *pools)
+    return nodes, pools
 
 
 def project_shares(jobs: Sequence[TraceJob], mode: str) -> dict[str, float]:
@@ -181,7 +191,11 @@ class _Sim:
         skipped_ids = {t.id for t in self.skipped}
         trace = sorted((t for t in trace if t.id not in skipped_ids), key=lambda t: (t.submit_time, t.line, t.id))
         models = sorted({t.gpu_model for t in trace if t.gpu_model})
-        self.nodes, self.pools = cluster(cfg, models)
+        op_nodes = cfg.operation_nodes
+        if op_nodes is None:
+            has_op = any(t.workload_class is WorkloadClass.OPERATION for t in trace)
+            op_nodes = max(1, cfg.nodes // 4) if has_op else 0
+        self.nodes, self.pools = cluster(cfg, models, min(op_nodes, cfg.nodes))
         self.departments, self.projects, self.nominal = quota_tree(self.nodes, project_shares(trace or self.skipped, cfg.shares))
         self.free = {n.id: n.capacity.gpus for n in self.nodes}
         self.free_total = capacity
@@ -221,7 +235,12 @@ class _Sim:
             for _ in range(MAX_CYCLES_PER_INSTANT):
                 if not self._worth_a_cycle():
                     break
-                if not self._cycle(now):
+                again = self._cycle(now)
+                if self.cfg.progress and self.cycles % 1000 == 0:
+                    print(f"[{time.perf_counter() - t0:7.1f}s] t={now / 86400:6.2f}d cycles={self.cycles} "
+                          f"pending={sum(map(len, self.queue.values()))} running={len(self.running)}",
+                          file=sys.stderr, flush=True)
+                if not again:
                     break
         wall = time.perf_counter() - t0
         outcomes = tuple(
@@ -440,6 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--preempt-grace", type=float, default=0.0, help="seconds a preempted job takes to stop")
     ap.add_argument("--shares", choices=("equal", "demand"), default="equal")
     ap.add_argument("--queue-depth", type=int, default=0, help="pending jobs passed per project (0: all)")
+    ap.add_argument("--progress", action="store_true", help="progress lines on stderr")
+    ap.add_argument("--operation-nodes", type=int, default=None,
+                    help="nodes in an operation pool (default: a quarter if the trace has operation jobs, else 0)")
     args = ap.parse_args(argv)
     if args.nodes < 1 or args.gpus_per_node < 1:
         print("error: --nodes and --gpus-per-node must be >= 1", file=sys.stderr)
@@ -455,7 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cfg = SimConfig(nodes=args.nodes, gpus_per_node=args.gpus_per_node, policy=POLICIES[args.policy],
                     cycle_interval=args.cycle_interval, preempt_grace=args.preempt_grace,
-                    shares=args.shares, queue_depth=args.queue_depth)
+                    shares=args.shares, queue_depth=args.queue_depth, operation_nodes=args.operation_nodes,
+                    progress=args.progress)
     result = simulate(jobs, cfg)
     if args.json:
         print(json.dumps(result.metrics, sort_keys=True))

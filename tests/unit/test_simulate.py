@@ -13,7 +13,7 @@ import pytest
 from scheduler.model import POLICIES, Admission, CycleResult, Flavor, Placement, Preemption
 from scheduler.simmetrics import JobOutcome, jain, metrics, percentile
 from scheduler.simulate import SimConfig, SimulationError, parse_window, project_shares, simulate
-from scheduler.traces import TraceJob, load_trace
+from scheduler.traces import TraceJob, load_trace, parse_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "data" / "sim_sample.csv"
@@ -258,3 +258,20 @@ def test_bench_cli_json_small():
     assert BENCH_KEYS <= m.keys()
     assert m["nodes"] == 40 and m["pending_in"] == 300
     assert m["admitted"] + m["pending"] == m["pending_in"], "every pending job is admitted or has a reason"
+
+
+def test_operation_jobs_get_an_operation_pool_with_the_real_core():
+    """A trace with operation work gets an operation pool (a quarter of the nodes) that lends idle
+    capacity to innovation; the operation job runs there at once even though innovation work
+    arrived first and fills the innovation pool."""
+    jobs = parse_lines([
+        "job_id,submit_time,duration,gpus,project,class",
+        "i1,0,1000,8,research,innovation",
+        "i2,0,1000,8,research,innovation",
+        "i3,0,1000,8,research,innovation",
+        "o1,10,100,8,clinic,operation",
+    ])
+    result = simulate(jobs, SimConfig(nodes=4, gpus_per_node=8))
+    got = by_id(result)
+    assert result.metrics["jobs"] == 4 and result.metrics["unfinished"] == 0
+    assert got["o1"].first_start == 10
