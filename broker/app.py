@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, executor=None, start_background
     app.state.on_cancel = None
     app.state.tasks = None
     install_handlers(app)
-    if settings.submit_fast_path:  # outermost user middleware: the hot submit skips the framework
+    if settings.submit_fast_path:  # inside BodyLimit: the hot submit skips routing and dependencies
         app.add_middleware(SubmitFastPath, state=app.state, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(job_routes.router)
