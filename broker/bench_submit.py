@@ -12,7 +12,8 @@ What it does, in one run:
 5. does the same against the baseline app (`broker.bench_baseline`) and reports the ratio.
 
 JSON keys: jobs_per_s, p95_ms, p50_ms, p99_ms, errors, requests, verified, concurrency,
-duration_s, database, server_workers, baseline {...}, ratio (jobs_per_s / baseline's).
+duration_s, database, server_workers, repeat, baseline {...}, ratio (jobs_per_s / baseline's),
+runs [...] (with --repeat N > 1: the top-level figures are the median run's).
 """
 
 from __future__ import annotations
@@ -312,21 +313,42 @@ def run_one(mode: str, url: str, token: str, *, concurrency: int, duration_s: fl
 
 
 def bench(*, database: str | None, concurrency: int, duration_s: float, warmup_s: float = 1.0, workers: int = 1,
-          baseline: bool = True, baseline_workers: int | None = None, baseline_concurrency: int | None = None) -> dict:
+          baseline: bool = True, baseline_workers: int | None = None, baseline_concurrency: int | None = None,
+          repeat: int = 1) -> dict:
+    """Run ours (and the baseline) `repeat` times, alternating, on one prepared database.
+
+    The top-level figures are those of our median-throughput run (and the baseline's median
+    run), so one unlucky run on a shared machine neither makes nor breaks the result; `errors`
+    is the sum over all runs, and every run is listed under `runs`.
+    """
     url, cleanup = prepare_database(database)
     try:
         token = make_token(url)
-        ours = run_one("broker", url, token, concurrency=concurrency, duration_s=duration_s, warmup_s=warmup_s,
-                       workers=workers)
-        out = {**asdict(ours), "database": _redact(url)}
+        ours_runs, base_runs = [], []
+        for _ in range(max(1, repeat)):
+            ours_runs.append(run_one("broker", url, token, concurrency=concurrency, duration_s=duration_s,
+                                     warmup_s=warmup_s, workers=workers))
+            if baseline:
+                base_runs.append(run_one("baseline", url, token, concurrency=baseline_concurrency or concurrency,
+                                         duration_s=duration_s, warmup_s=warmup_s,
+                                         workers=baseline_workers or workers))
+        ours = _median_run(ours_runs)
+        out = {**asdict(ours), "errors": sum(r.errors for r in ours_runs), "database": _redact(url),
+               "repeat": len(ours_runs)}
         if baseline:
-            base = run_one("baseline", url, token, concurrency=baseline_concurrency or concurrency,
-                           duration_s=duration_s, warmup_s=warmup_s, workers=baseline_workers or workers)
-            out["baseline"] = asdict(base)
+            base = _median_run(base_runs)
+            out["baseline"] = {**asdict(base), "errors": sum(r.errors for r in base_runs)}
             out["ratio"] = round(ours.jobs_per_s / base.jobs_per_s, 2) if base.jobs_per_s else None
+        if len(ours_runs) > 1:
+            out["runs"] = [{k: asdict(r)[k] for k in ("mode", "jobs_per_s", "p50_ms", "p95_ms", "errors")}
+                           for r in ours_runs + base_runs]
         return out
     finally:
         cleanup()
+
+
+def _median_run(runs: list[RunReport]) -> RunReport:
+    return sorted(runs, key=lambda r: r.jobs_per_s)[len(runs) // 2]
 
 
 def _redact(url: str) -> str:

@@ -22,12 +22,13 @@ def bench_submit(
     baseline: bool = typer.Option(True, "--baseline/--no-baseline",
                                   help="also measure the plain FastAPI+SQLModel endpoint and print the ratio"),
     baseline_workers: Optional[int] = typer.Option(None, "--baseline-workers"),
+    repeat: int = typer.Option(1, "--repeat", "-r", help="runs of each (alternating); report the median run"),
 ):
     """Concurrent POST /api/v1/jobs; every 201 is checked to be a row in the DB afterwards."""
     from broker.bench_submit import bench
 
     out = bench(database=database, concurrency=concurrency, duration_s=duration, workers=workers,
-                baseline=baseline, baseline_workers=baseline_workers)
+                baseline=baseline, baseline_workers=baseline_workers, repeat=repeat)
     if as_json:
         typer.echo(json.dumps(out))
         return
@@ -40,5 +41,8 @@ def bench_submit(
     if "baseline" in out:
         typer.echo(line(out["baseline"]))
         typer.echo(f"ratio: {out['ratio']}x the baseline's throughput")
+    for r in out.get("runs", []):
+        typer.echo(f"  run: {r['mode']:9} {r['jobs_per_s']:8.1f} jobs/s  p50 {r['p50_ms']:6.1f} ms  "
+                   f"p95 {r['p95_ms']:6.1f} ms  errors {r['errors']}")
     for s in out.get("error_samples", []):
         typer.echo(f"  error: {s}")

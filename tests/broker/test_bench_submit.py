@@ -14,10 +14,11 @@ from broker.cli import app
 @pytest.mark.slow
 def test_bench_submit_json_on_sqlite(tmp_path):
     r = CliRunner().invoke(app, ["bench", "submit", "--json", "--database", f"sqlite:///{tmp_path / 'b.db'}",
-                                 "--duration", "1", "--concurrency", "2"])
+                                 "--duration", "1", "--concurrency", "2", "--repeat", "2"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.output.strip().splitlines()[-1])
     for k in ("jobs_per_s", "p95_ms", "p50_ms", "errors", "ratio"):
         assert k in out
     assert out["errors"] == 0 and out["requests"] > 0 and out["verified"] >= out["requests"]
     assert out["baseline"]["errors"] == 0 and out["baseline"]["requests"] > 0
+    assert out["repeat"] == 2 and [r["mode"] for r in out["runs"]] == ["broker", "broker", "baseline", "baseline"]
