@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +18,7 @@ router = APIRouter(tags=["quotas"])
 ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 412, 422, 428)}
 SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
 IfMatch = Annotated[Optional[str], Header(alias="If-Match", max_length=200)]
+QuotaId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 MAX_FIGURE = 1e9
 
 
@@ -100,13 +101,13 @@ def validation(request: Request, principal: User):
 
 
 @router.get("/api/v1/quotas/{quota_id}", response_model=QuotaPublic, responses=ERRORS)
-def get_quota(request: Request, quota_id: int, principal: User):
+def get_quota(request: Request, quota_id: QuotaId, principal: User):
     return _etagged(_svc(request).get(principal, quota_id))
 
 
 @router.patch("/api/v1/quotas/{quota_id}", response_model=QuotaPublic, responses=ERRORS,
               summary="Change guaranteed / nominal / limit; needs If-Match")
-def patch_quota(request: Request, quota_id: int, body: QuotaPatch, principal: User, caller: CallerDep,
+def patch_quota(request: Request, quota_id: QuotaId, body: QuotaPatch, principal: User, caller: CallerDep,
                 if_match: IfMatch = None):
     changes = body.model_dump(exclude_unset=True)
     for k in ("guaranteed", "nominal"):
@@ -116,7 +117,7 @@ def patch_quota(request: Request, quota_id: int, body: QuotaPatch, principal: Us
 
 
 @router.delete("/api/v1/quotas/{quota_id}", status_code=204, responses=ERRORS)
-def delete_quota(request: Request, quota_id: int, principal: User, caller: CallerDep, if_match: IfMatch = None):
+def delete_quota(request: Request, quota_id: QuotaId, principal: User, caller: CallerDep, if_match: IfMatch = None):
     _svc(request).delete(principal, caller, quota_id, if_match=if_match)
     return Response(status_code=204)
 
@@ -130,7 +131,7 @@ def put_pool(request: Request, name: str, body: PoolPut, principal: User, caller
 
     if not re.fullmatch(SLUG, name):
         raise Invalid("pool names are lower-case slugs", code="BAD_POOL_NAME")
-    return JSON(_svc(request).update_pool(principal, caller, name, body.model_dump(exclude_unset=True)))
+    return JSON(_svc(request).update_pool(principal, caller, name, body.model_dump(exclude_none=True)))
 
 
 @router.get("/api/v1/projects/{project}/usage", responses=ERRORS,

@@ -129,6 +129,12 @@ class ProjectAdminPublic(BaseModel):
     etag: str
 
 
+def _changes(body: BaseModel, nullable: set[str]) -> dict:
+    """Fields the client sent; null clears only nullable fields (e.g. a budget) and is
+    ignored for the others (a name or weight cannot be "unset")."""
+    return {k: v for k, v in body.model_dump(exclude_unset=True).items() if v is not None or k in nullable}
+
+
 def _etagged(body: dict, status: int = 200) -> JSON:
     return JSON(body, status_code=status, headers={"ETag": body["etag"]})
 
@@ -172,7 +178,7 @@ def get_department(request: Request, dept: str, principal: User):
 @router.patch("/api/v1/departments/{dept}", response_model=DepartmentPublic, responses=ERRORS)
 def patch_department(request: Request, dept: str, body: DepartmentPatch, principal: User, caller: CallerDep,
                      if_match: IfMatch = None):
-    changes = body.model_dump(exclude_unset=True)
+    changes = _changes(body, {"budget_gpu_hours"})
     return _etagged(_svc(request).update_department(principal, caller, dept, changes, if_match))
 
 
@@ -212,7 +218,7 @@ def get_project(request: Request, project: str, principal: User):
               summary="Budgets, concurrency limits, weight (department-admins); needs If-Match")
 def patch_project(request: Request, project: str, body: ProjectPatch, principal: User, caller: CallerDep,
                   if_match: IfMatch = None):
-    changes = body.model_dump(exclude_unset=True)
+    changes = _changes(body, {"budget_gpu_hours", "max_running", "max_pending"})
     return _etagged(_svc(request).update_project(principal, caller, project, changes, if_match))
 
 
