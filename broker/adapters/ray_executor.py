@@ -42,6 +42,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from broker.adapters import ray_runner
 from broker.adapters.ray_runner import (NAME_RE, PG_NAME_RE, WorkerRunner, actor_name,
                                         log_path, pg_name)
+from broker.adapters.ray_warm import WarmPool, del_names, get_names, put_names
 from broker.ports import AttemptStatus, LaunchSpec, NodeObservation, WorkerState, WorkerStatus
 from scheduler.model import Resources
 
@@ -66,14 +67,16 @@ class RayExecutor:
                  namespace: str = "compute-broker", *, gpu_devices: str = "auto",
                  network: str = "host", call_timeout_s: float = 2.0,
                  release_timeout_s: float = 15.0, runner_concurrency: int = 8,
-                 init_kwargs: dict[str, Any] | None = None) -> None:
+                 warm_runners: int = 1, init_kwargs: dict[str, Any] | None = None) -> None:
         """Connect to Ray (`address`: None starts an in-process local Ray, "auto" or
         "host:port" joins a running cluster, "ray://..." uses Ray Client).
 
         `log_dir` must be an absolute-able path that exists (or can be created) on every
         node; runners write `<log_dir>/<job>/<attempt>/worker-<rank>.log` on their node.
         `gpu_devices`: "auto" passes `--device nvidia.com/gpu=N` only where a CDI spec exists,
-        "on"/"off" force it.
+        "on"/"off" force it. `warm_runners`: idle spare runners kept per node for the fast
+        dispatch path (see ray_warm; 0 turns the pool off: every worker gets a fresh runner
+        inside its bundle and Ray's GPU ids).
         """
         self.namespace = namespace
         self.log_dir = str(Path(log_dir).resolve())
@@ -88,6 +91,12 @@ class RayExecutor:
         self._lock = threading.Lock()
         self._handles: dict[str, Any] = {}
         self._last: dict[str, WorkerStatus] = {}
+        self._names_cache: dict[tuple[str, int], dict[int, str]] = {}
+        self._pool = None
+        if warm_runners > 0:
+            self._pool = WarmPool(self._runner_cls, per_node=warm_runners, namespace=namespace,
+                                  runner_args=self._runner_args)
+            self._start_pool()
 
     # --- inventory ---------------------------------------------------------------------
 
@@ -121,37 +130,56 @@ class RayExecutor:
                 selectors.append({NODE_LABEL: node.id})
             else:
                 selectors.append({RAY_NODE_ID_LABEL: node.labels[RAY_NODE_ID_LABEL]})
-        pg = self._find_pg(spec.job_id, spec.attempt)
-        if pg is None:
-            bundles = [_bundle(w.gpus, w.cpus) for w in spec.workers]
-            pg = placement_group(bundles, strategy="PACK", name=pg_name(spec.job_id, spec.attempt),
-                                 lifetime="detached", bundle_label_selector=selectors)
-        world = len(spec.workers)
+        if self._find_pg(spec.job_id, spec.attempt) is not None:
+            return  # launched before (by us or by the broker before a restart)
+        bundles = [_bundle(w.gpus, w.cpus) for w in spec.workers]
+        pg = placement_group(bundles, strategy="PACK", name=pg_name(spec.job_id, spec.attempt),
+                             lifetime="detached", bundle_label_selector=selectors)
+        names: dict[int, str] = {}
+        adoptions: list[tuple[Any, dict]] = []
+        master = None
         for w in sorted(spec.workers, key=lambda w: w.rank):
-            name = actor_name(spec.job_id, spec.attempt, w.rank)
-            bundle = _bundle(w.gpus, w.cpus)
-            handle = self._runner_cls.options(
-                name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,
-                num_gpus=bundle.get("GPU", 0), num_cpus=bundle.get("CPU", 0),
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    pg, placement_group_bundle_index=w.rank),
-            ).remote(spec.job_id, spec.attempt, w.rank, world, w.node, spec.image,
-                     list(spec.command), dict(spec.env), spec.runtime, spec.max_runtime_s,
-                     spec.grace_s, self.log_dir, self.namespace, self.gpu_devices, self.network)
+            job = dict(job_id=spec.job_id, attempt=spec.attempt, rank=w.rank,
+                       world_size=len(spec.workers), image=spec.image, command=list(spec.command),
+                       env=dict(spec.env), runtime=spec.runtime, max_runtime_s=spec.max_runtime_s,
+                       grace_s=spec.grace_s, master=master, log_dir=self.log_dir)
+            has_ids = len(w.gpu_indices) == w.gpus
+            if self._pool is not None and has_ids:
+                job["gpu_ids"] = list(w.gpu_indices)  # one source of GPU ids per node (ray_warm)
+            spare = self._pool.take(w.node) if self._pool is not None and has_ids else None
+            if spare is not None:
+                name, handle = spare
+                adoptions.append((handle, {**job, "pg": pg}))
+            else:
+                name = actor_name(spec.job_id, spec.attempt, w.rank)
+                bundle = _bundle(w.gpus, w.cpus)
+                handle = self._runner_cls.options(
+                    name=name, namespace=self.namespace, lifetime="detached", get_if_exists=True,
+                    num_gpus=bundle.get("GPU", 0), num_cpus=bundle.get("CPU", 0),
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(
+                        pg, placement_group_bundle_index=w.rank),
+                ).remote(**self._runner_args(w.node), job=job)
+            if w.rank == 0:
+                master = handle
+            names[w.rank] = name
             with self._lock:
                 self._handles[name] = handle
+        with self._lock:
+            self._names_cache[(spec.job_id, spec.attempt)] = names
+        if adoptions:
+            put_names(self.namespace, spec.job_id, spec.attempt, names)  # before they start
+            for handle, job in adoptions:
+                handle.adopt.remote(job)
+            used = {w.node for w in spec.workers}
+            self._pool.refill({n: by_name[n].labels[RAY_NODE_ID_LABEL] for n in used})
 
     def status(self, job_id: str, attempt: int) -> AttemptStatus:
-        pg_info = self._pg_info(job_id, attempt)
-        ranks = set(self._ranks(job_id, attempt))
-        if pg_info is not None:
-            ranks |= set(range(len(pg_info.get("bundles", {}))))
-        if not ranks:
+        names = self._names(job_id, attempt)
+        if not names:
             return AttemptStatus(job_id, attempt, (), exists=False)
         asked: dict[int, Any] = {}
         workers: dict[int, WorkerStatus] = {}
-        for rank in sorted(ranks):
-            name = actor_name(job_id, attempt, rank)
+        for rank, name in sorted(names.items()):
             handle = self._handle(name)
             if handle is None:
                 workers[rank] = self._lost(name, rank, "runner actor is gone")
@@ -166,9 +194,9 @@ class RayExecutor:
         if asked:
             ray.wait(list(asked.values()), num_returns=len(asked), timeout=self.call_timeout_s)
         for rank, ref in asked.items():
-            name = actor_name(job_id, attempt, rank)
+            name = names[rank]
             try:
-                ws = _worker_status(ray.get(ref, timeout=0))
+                ws = _worker_status(ray.get(ref, timeout=0), rank)
             except GetTimeoutError:
                 ws = self._last.get(name) or WorkerStatus(rank, WorkerState.STARTING,
                                                           message="runner not responding")
@@ -179,16 +207,15 @@ class RayExecutor:
         return AttemptStatus(job_id, attempt, tuple(workers[r] for r in sorted(workers)))
 
     def stop(self, job_id: str, attempt: int, grace_s: float, message: str = "") -> None:
-        for rank in self._ranks(job_id, attempt):
-            handle = self._handle(actor_name(job_id, attempt, rank))
+        for name in self._names(job_id, attempt).values():
+            handle = self._handle(name)
             if handle is not None:
                 handle.stop.remote(grace_s, message)
 
     def release(self, job_id: str, attempt: int) -> None:
         """Kill what still runs, then the runners, then the placement group."""
         handles = []
-        for rank in self._ranks(job_id, attempt):
-            name = actor_name(job_id, attempt, rank)
+        for name in self._names(job_id, attempt).values():
             handle = self._handle(name)
             if handle is not None:
                 handles.append(handle)
@@ -206,6 +233,9 @@ class RayExecutor:
         pg = self._find_pg(job_id, attempt)
         if pg is not None:
             remove_placement_group(pg)
+        del_names(self.namespace, job_id, attempt)
+        with self._lock:
+            self._names_cache.pop((job_id, attempt), None)
 
     def attempts(self) -> Sequence[tuple[str, int]]:
         found = set()
@@ -227,7 +257,8 @@ class RayExecutor:
             with open(path, "rb") as f:
                 f.seek(offset)
                 return f.read(max_bytes)
-        handle = self._handle(actor_name(job_id, attempt, rank))
+        name = self._names(job_id, attempt).get(rank)
+        handle = self._handle(name) if name else None
         if handle is None:
             return b""
         try:
@@ -243,6 +274,32 @@ class RayExecutor:
             ray.shutdown()
 
     # --- helpers -----------------------------------------------------------------------
+
+    def _runner_args(self, node: str) -> dict[str, Any]:
+        return dict(node=node, log_dir=self.log_dir, namespace=self.namespace,
+                    gpu_devices=self.gpu_devices, network=self.network)
+
+    def _start_pool(self) -> None:
+        try:
+            self._pool.adopt_existing()
+            self._pool.refill({o.id: o.labels[RAY_NODE_ID_LABEL] for o in self.nodes() if o.alive})
+        except Exception:  # noqa: BLE001 - no pool means the cold path; never fatal
+            pass
+
+    def _names(self, job_id: str, attempt: int) -> dict[int, str]:
+        """rank -> runner actor name: launched by us (cache), warm runners of any broker (GCS
+        KV), one default name per bundle, or whatever named runners are left; {} if none."""
+        with self._lock:
+            cached = self._names_cache.get((job_id, attempt))
+        if cached is not None:
+            return cached
+        names = get_names(self.namespace, job_id, attempt)
+        if names:
+            return names
+        pg_info = self._pg_info(job_id, attempt)
+        ranks = (range(len(pg_info.get("bundles", {}))) if pg_info is not None
+                 else self._ranks(job_id, attempt))
+        return {r: actor_name(job_id, attempt, r) for r in ranks}
 
     def _handle(self, name: str) -> Any | None:
         with self._lock:
@@ -326,8 +383,8 @@ def _actor_state(handle: Any) -> str | None:
     return info.get("State") if info else None
 
 
-def _worker_status(d: dict[str, Any]) -> WorkerStatus:
-    return WorkerStatus(rank=d["rank"], state=WorkerState(d["state"]), node=d.get("node", ""),
+def _worker_status(d: dict[str, Any], rank: int) -> WorkerStatus:
+    return WorkerStatus(rank=rank, state=WorkerState(d["state"]), node=d.get("node", ""),
                         exit_code=d.get("exit_code"), started_at=d.get("started_at"),
                         ended_at=d.get("ended_at"),
                         cuda_visible_devices=d.get("cuda_visible_devices", ""),

@@ -145,38 +145,65 @@ def _exit_code(returncode: int) -> int:
 class WorkerRunner:
     """Actor body; the executor wraps it with `ray.remote(max_concurrency=...)`."""
 
-    def __init__(self, job_id: str, attempt: int, rank: int, world_size: int, node: str,
-                 image: str, command: Sequence[str], env: Mapping[str, str], runtime: str,
-                 max_runtime_s: float, grace_s: float, log_dir: str, namespace: str,
-                 gpu_devices: str = "auto", network: str = "host") -> None:
+    def __init__(self, node: str, log_dir: str, namespace: str, gpu_devices: str = "auto",
+                 network: str = "host", job: Mapping[str, Any] | None = None) -> None:
+        """`job` given: run it now (a runner created for one worker). `job` None: a warm
+        spare that waits, idle, until `adopt(job)`."""
         self.created_at = time.time()  # for dispatch timing: actor up vs. process up
-        self.job_id, self.attempt, self.rank, self.world_size = job_id, attempt, rank, world_size
-        self.node, self.image, self.command, self.user_env = node, image, list(command), dict(env)
-        self.runtime, self.max_runtime_s, self.grace_s = runtime, max_runtime_s, grace_s
-        self.namespace, self.network = namespace, network
-        self.log_file = log_path(log_dir, job_id, attempt, rank)
-        self.gpu_ids = [int(float(g)) for g in ray.get_gpu_ids()]
+        self.node, self.log_dir, self.namespace, self.network = node, log_dir, namespace, network
         self.real_gpus = gpu_devices == "on" or (gpu_devices == "auto" and cdi_gpus_available())
         self.ip = ray.util.get_node_ip_address()
-        self.port = _free_port() if rank == 0 else 0
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._stop_requested = False
         self._done = threading.Event()
+        self.job_id: str | None = None
+        self.attempt, self.rank, self.world_size, self.port = 0, -1, 0, 0
+        self.gpu_ids: list[int] = []
         self.state, self.exit_code, self.message = STARTING, None, ""
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        if job is not None:
+            self.adopt(job)
+
+    def adopt(self, job: Mapping[str, Any]) -> bool:
+        """Take one worker of one attempt and start it (asynchronously). Keys: job_id,
+        attempt, rank, world_size, image, command, env, runtime, max_runtime_s, grace_s;
+        optional log_dir (else the constructor's: a spare may outlive the broker that made it),
+        gpu_ids (else Ray's ids of this actor), master (rank 0's runner handle),
+        pg (wait until this placement group is placed before starting). A runner takes one
+        job in its life; adopting the same worker again is a no-op, another one is refused."""
+        with self._lock:
+            if self.job_id is not None:
+                return (self.job_id, self.attempt, self.rank) == (job["job_id"], job["attempt"], job["rank"])
+            self.job_id, self.attempt, self.rank = job["job_id"], int(job["attempt"]), int(job["rank"])
+        self.world_size = int(job["world_size"])
+        self.image, self.command, self.user_env = job["image"], list(job["command"]), dict(job["env"])
+        self.runtime, self.max_runtime_s, self.grace_s = job["runtime"], job["max_runtime_s"], job["grace_s"]
+        ids = job.get("gpu_ids")
+        self.gpu_ids = [int(g) for g in ids] if ids is not None else [int(float(g)) for g in ray.get_gpu_ids()]
+        self._master_handle, self._pg = job.get("master"), job.get("pg")
+        self.log_file = log_path(job.get("log_dir") or self.log_dir, self.job_id, self.attempt,
+                                 self.rank)
+        self.port = _free_port() if self.rank == 0 else 0
         threading.Thread(target=self._run, name="runner", daemon=True).start()
+        return True
+
+    def identity(self) -> tuple[str, str | None, int, int]:
+        """(node, job_id or None while idle, attempt, rank)."""
+        return self.node, self.job_id, self.attempt, self.rank
 
     # --- actor methods -----------------------------------------------------------------
 
-    def master(self) -> tuple[str, int]:
-        """(MASTER_ADDR, MASTER_PORT): rank 0's node IP and the port it picked."""
-        return self.ip, self.port
+    def master(self) -> tuple[str, int] | None:
+        """(MASTER_ADDR, MASTER_PORT): rank 0's node IP and the port it picked (None until
+        this runner has adopted rank 0)."""
+        return (self.ip, self.port) if self.job_id is not None and self.rank == 0 else None
 
     def status(self) -> dict[str, Any]:
         with self._lock:
             return {"rank": self.rank, "state": self.state, "node": self.node,
+                    "idle": self.job_id is None,
                     "exit_code": self.exit_code, "started_at": self.started_at,
                     "ended_at": self.ended_at, "message": self.message,
                     "runner_created_at": self.created_at, "pid": os.getpid(),
@@ -197,10 +224,14 @@ class WorkerRunner:
 
     def terminate(self, wait_s: float = 10.0) -> bool:
         """Kill now (no grace) and wait until the process is gone; True when it is."""
+        if self.job_id is None:
+            return True
         self.stop(0.0, "released")
         return self._done.wait(wait_s)
 
     def read_log(self, offset: int = 0, max_bytes: int = 1 << 20) -> bytes:
+        if self.job_id is None:
+            return b""
         try:
             with open(self.log_file, "rb") as f:
                 f.seek(offset)
@@ -212,6 +243,7 @@ class WorkerRunner:
 
     def _run(self) -> None:
         try:
+            self._wait_placed()
             addr, port = self._master()
             env = worker_env(job_id=self.job_id, attempt=self.attempt, rank=self.rank,
                              world_size=self.world_size, master_addr=addr, master_port=port,
@@ -246,16 +278,24 @@ class WorkerRunner:
         self.exit_code, self.ended_at, self.state = code, time.time(), EXITED
         self._done.set()
 
+    def _wait_placed(self) -> None:
+        """A warm runner is not inside the bundle: start only once Ray has reserved it."""
+        while self._pg is not None and not self._stop_requested:
+            if self._pg.wait(1.0):
+                return
+
     def _master(self) -> tuple[str, int]:
         if self.rank == 0:
             return self.ip, self.port
-        head = ray.get_actor(actor_name(self.job_id, self.attempt, 0), namespace=self.namespace)
-        ref = head.master.remote()
+        head = self._master_handle or ray.get_actor(actor_name(self.job_id, self.attempt, 0),
+                                                    namespace=self.namespace)
         while not self._stop_requested:  # rank 0 may still be starting; a cancel ends the wait
+            ref = head.master.remote()
             ready, _ = ray.wait([ref], timeout=1.0)
+            if ready and (got := ray.get(ref)) is not None:
+                return got
             if ready:
-                addr, port = ray.get(ref)
-                return addr, port
+                time.sleep(0.02)  # rank 0's runner is up but has not adopted its worker yet
         return "", 0
 
     def _argv(self, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:

@@ -22,9 +22,12 @@ ENV_ECHO = ("echo rank=$RANK world=$WORLD_SIZE local=$LOCAL_RANK cvd=$CUDA_VISIB
 
 def spec(job_id: str, command, *, image: str = "", nodes=("innovation-0",), gpus: int = 1,
          runtime: str = "container", max_runtime_s: float = 120.0, grace_s: float = 2.0,
-         attempt: int = 1, env=None) -> LaunchSpec:
-    """A LaunchSpec with one worker per entry of `nodes` (rank = position)."""
-    workers = tuple(WorkerLaunch(rank=r, node=n, gpus=gpus, cpus=0.5, memory_gb=0.1)
+         attempt: int = 1, env=None, gpu_indices=None) -> LaunchSpec:
+    """A LaunchSpec with one worker per entry of `nodes` (rank = position). Without
+    `gpu_indices` (one tuple per worker) the workers take the cold path: a fresh runner in its
+    bundle with Ray's GPU ids; with them, a warm spare runner when one is ready."""
+    workers = tuple(WorkerLaunch(rank=r, node=n, gpus=gpus, cpus=0.5, memory_gb=0.1,
+                                 gpu_indices=tuple(gpu_indices[r]) if gpu_indices else ())
                     for r, n in enumerate(nodes))
     return LaunchSpec(job_id=job_id, attempt=attempt, image=image,
                       command=("sh", "-c", command) if isinstance(command, str) else tuple(command),
@@ -130,11 +133,23 @@ def test_max_runtime_stops_the_job(ray_executor, busybox_image, job_id):
     assert 2 <= w.ended_at - w.started_at < 2 + 1 + 8
 
 
+def spare_on(node: str):
+    import ray
+
+    return [n for n in ray.util.list_named_actors() if n.startswith(f"spare-{node}-")]
+
+
+@pytest.mark.parametrize("path", ["cold", "warm"])
 def test_new_executor_readopts_running_attempt(ray_cluster, ray_executor, busybox_image, job_id,
-                                               tmp_path):
+                                               tmp_path, path):
     from broker.adapters.ray_executor import RayExecutor
 
-    ray_executor.launch(spec(job_id, "echo started; sleep 3; echo done", image=busybox_image))
+    gpu_indices = None
+    if path == "warm":
+        wait_for(lambda: spare_on("innovation-1"), 60)
+        gpu_indices = [(1,)]
+    ray_executor.launch(spec(job_id, "echo started; sleep 3; echo done", image=busybox_image,
+                             nodes=("innovation-1",), gpu_indices=gpu_indices))
     until_state(ray_executor, job_id, WorkerState.RUNNING)
     ray_executor.shutdown()  # the broker goes away; the detached runner does not
 
@@ -147,6 +162,7 @@ def test_new_executor_readopts_running_attempt(ray_cluster, ray_executor, busybo
         st = until_state(again, job_id, WorkerState.EXITED, timeout_s=30)
         assert st.workers[0].exit_code == 0
         assert again.read_log(job_id, 1, 0).split() == [b"started", b"done"]
+        assert st.workers[0].cuda_visible_devices == ("1" if path == "warm" else "0")
     finally:
         again.release(job_id, 1)
         again.shutdown()
@@ -168,6 +184,26 @@ def test_release_leaves_nothing_behind(ray_executor, busybox_image, job_id):
     states = [t["state"] for t in ray.util.placement_group_table().values()
               if t["name"] == f"cb-{job_id}-a1"]
     assert set(states) <= {"REMOVED"}
+
+
+def test_warm_spares_take_a_gang_with_the_schedulers_gpu_ids(ray_executor, job_id):
+    from broker.adapters.ray_warm import get_names
+
+    wait_for(lambda: spare_on("operation-0"), 60)
+    spares_before = set(spare_on("operation-0"))
+    ray_executor.launch(spec(job_id, ENV_ECHO, runtime="process", nodes=("operation-0", "operation-0"),
+                             gpu_indices=[(1,), (0,)]))
+    st = until_state(ray_executor, job_id, WorkerState.EXITED)
+    assert [w.exit_code for w in st.workers] == [0, 0]
+    assert [w.cuda_visible_devices for w in st.workers] == ["1", "0"]
+    f0, f1 = log_fields(ray_executor, job_id, 0), log_fields(ray_executor, job_id, 1)
+    assert (f0["cvd"], f1["cvd"], f0["rank"], f1["rank"]) == ("1", "0", "0", "1")
+    assert f0["master"] == f1["master"] and not f0["master"].endswith(":0")
+    names = get_names(ray_executor.namespace, job_id, 1)  # rank -> runner, as a new broker sees it
+    assert names[0] in spares_before  # rank 0 went to a warm spare; rank 1 to another one
+    assert names[1] in spares_before or names[1] == f"job-{job_id}-a1-r1"  # or a fresh runner
+    ray_executor.release(job_id, 1)
+    wait_for(lambda: spare_on("operation-0"), 60)  # the pool refills
 
 
 def test_process_runtime_runs_in_its_own_group(ray_executor, job_id):
