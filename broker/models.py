@@ -22,8 +22,9 @@ from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
-def new_id(nbytes: int = 6) -> str:
-    """Short random hex id (12 chars by default)."""
+def new_id(nbytes: int = 8) -> str:
+    """Short random hex id (16 chars, 64 bits: a collision among a million jobs has odds of
+    about 3e-8, and a colliding insert is retried with a new id anyway)."""
     return secrets.token_hex(nbytes)
 
 

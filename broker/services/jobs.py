@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import orjson
+from anyio import to_thread
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -87,11 +88,20 @@ class JobService:
         return self.projects.fresh() is not None and self.inventory.fresh() is not None
 
     async def submit_rows(self, row: dict, event: dict) -> dict:
-        try:
-            await self.writer.submit(row, event)
-        except IntegrityError:
-            raise checks.unknown_project(row["project_id"]) from None
-        return job_public(row)
+        """Store through the group-commit writer; returns once committed.
+
+        An IntegrityError means the project vanished after the cache saw it (-> 422) or, with
+        odds of ~1e-8, an id collision (-> one retry under a fresh id)."""
+        for attempt in range(2):
+            try:
+                await self.writer.submit(row, event)
+                return job_public(row)
+            except IntegrityError:
+                self.projects.invalidate()
+                if attempt or row["project_id"] not in await to_thread.run_sync(self.projects.get):
+                    raise checks.unknown_project(row["project_id"]) from None
+                row["id"] = event["job_id"] = new_id()
+        raise checks.unknown_project(row["project_id"])  # not reached: the loop returns or raises
 
     def submit_idempotent(self, *, principal: Principal, row: dict, event: dict, key: str,
                           body_hash: str) -> tuple[dict, bool]:

@@ -70,3 +70,19 @@ def test_writer_without_start_commits_directly(settings, engine):
     (j, e), = rows(svc, 1, name="gc-direct")
     asyncio.run(GroupCommitWriter(engine, repo.insert_jobs).submit(j, e))
     assert count(engine, "gc-direct") == 1
+
+
+def test_an_id_collision_is_retried_under_a_fresh_id(settings, engine):
+    svc = JobService(settings, engine)
+    (j1, e1), (j2, e2) = rows(svc, 2, name="gc-collide")
+    j2["id"] = e2["job_id"] = j1["id"]
+
+    async def main():
+        await svc.writer.start()
+        a = await svc.submit_rows(j1, e1)
+        b = await svc.submit_rows(j2, e2)
+        await svc.writer.stop()
+        return a, b
+
+    a, b = asyncio.run(main())
+    assert a["id"] != b["id"] and count(engine, "gc-collide") == 2
