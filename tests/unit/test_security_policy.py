@@ -297,3 +297,84 @@ def test_can_grant(name, principal, grant, expected):
 def test_grant_scope_validation(role, dept, proj):
     with pytest.raises(ValueError):
         Grant(role, department=dept, project=proj)
+
+
+# ---------------------------------------------------------------- properties
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+DEPTS = ["ouh", "slb"]
+PROJS = {"ouh": ["ouh-a", "ouh-b"], "slb": ["slb-a"]}
+SUBJECTS = ["alice", "bob"]
+
+
+@st.composite
+def grants(draw):
+    role = draw(st.sampled_from(list(Role)))
+    dept = draw(st.sampled_from(DEPTS))
+    if role in (Role.MEMBER, Role.PROJECT_ADMIN):
+        return Grant(role, department=dept, project=draw(st.sampled_from(PROJS[dept])))
+    if role is Role.DEPARTMENT_ADMIN:
+        return Grant(role, department=dept)
+    if role is Role.OPS_VIEWER:
+        return Grant(role, department=draw(st.sampled_from([None, dept])))
+    return Grant(role)
+
+
+principals = st.builds(
+    lambda s, gs, agent: Principal(s, tuple(gs), kind="agent" if agent else "user", node_id="n1" if agent else None),
+    st.sampled_from(SUBJECTS), st.lists(grants(), max_size=3), st.booleans(),
+)
+
+
+@st.composite
+def refs(draw):
+    resource = draw(st.sampled_from([Resource.JOB, Resource.PROJECT, Resource.DEPARTMENT, Resource.TOKEN, Resource.AUDIT]))
+    dept = draw(st.sampled_from(DEPTS))
+    proj = draw(st.sampled_from(PROJS[dept]))
+    owner = draw(st.sampled_from(SUBJECTS))
+    if resource is Resource.JOB:
+        return Ref(resource, department=dept, project=proj, owner=owner)
+    if resource is Resource.PROJECT:
+        return Ref(resource, department=dept, project=proj)
+    if resource is Resource.TOKEN:
+        return Ref(resource, owner=owner)
+    return Ref(resource, department=draw(st.sampled_from([dept, None])) if resource is Resource.AUDIT else dept)
+
+
+@settings(max_examples=500, deadline=None)
+@given(principals, refs())
+def test_property_list_scope_equals_visibility(p, ref):
+    assert list_scope(p, ref.resource).contains(ref) == visible(p, ref)
+
+
+_OBJ_ACTIONS = [a for a in Action if a not in (Action.TELEMETRY_PUSH,)]
+
+
+@settings(max_examples=500, deadline=None)
+@given(principals, refs(), st.sampled_from(_OBJ_ACTIONS))
+def test_property_invisible_objects_are_always_hidden(p, ref, action):
+    from broker.security.policy import _SPECS
+
+    spec = _SPECS[action]
+    if spec.resource is not ref.resource:
+        return
+    d = authorize(p, action, ref)
+    if not visible(p, ref):
+        assert d is Decision.HIDE
+    else:
+        assert d in (Decision.ALLOW, Decision.DENY)
+
+
+@settings(max_examples=300, deadline=None)
+@given(principals, refs(), st.sampled_from(_OBJ_ACTIONS))
+def test_property_more_grants_never_lose_power(p, ref, action):
+    """Monotonic: adding a grant never turns ALLOW into HIDE/DENY."""
+    from broker.security.policy import _SPECS
+
+    if _SPECS[action].resource is not ref.resource or p.is_agent:
+        return
+    before = authorize(p, action, ref)
+    more = Principal(p.subject, p.grants + (Grant(Role.OPS_VIEWER),), kind=p.kind, node_id=p.node_id)
+    if before is Decision.ALLOW:
+        assert authorize(more, action, ref) is Decision.ALLOW
