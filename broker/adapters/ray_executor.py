@@ -15,14 +15,16 @@ Node labels read by `nodes()` (set with `ray start --labels k=v,...`, or `raySta
 `broker.io/pool` (default "innovation"), `broker.io/gpu-model` (default "generic" on nodes with
 GPUs, "" without). No custom resources are needed.
 
-Each worker is a detached named actor `job-<job>-a<attempt>-r<rank>` (see ray_runner) in the
-namespace, scheduled into its bundle with `num_gpus=g` so Ray assigns the GPU ids. Detached
-actors and placement groups outlive the broker's driver: a new RayExecutor (a restarted broker)
-re-adopts running attempts through `attempts()` and `status()`. The only state this object keeps
-is a cache of actor handles and of the last status seen.
+Each worker runs in a detached runner actor (see ray_runner): either a fresh one named
+`job-<job>-a<attempt>-r<rank>`, scheduled into its bundle with `num_gpus=g` so Ray assigns the
+GPU ids, or - the fast path - an idle spare from the per-node warm pool (see ray_warm) that
+adopts the worker; then the rank -> runner map is kept in Ray's GCS key-value store. Detached
+actors, placement groups and that map outlive the broker's driver: a new RayExecutor (a
+restarted broker) re-adopts running attempts through `attempts()` and `status()`. This object
+keeps only caches (actor handles, names, the last status seen).
 
-Invariants: `launch` is idempotent per (job_id, attempt) (named placement group +
-`get_if_exists` actors); no method blocks on a runner for longer than `call_timeout_s`, except
+Invariants: `launch` is idempotent per (job_id, attempt) (a second launch finds the named
+placement group and does nothing); no method blocks on a runner for longer than `call_timeout_s`, except
 `release` (bounded by `release_timeout_s`); `shutdown` never kills runners.
 """
 

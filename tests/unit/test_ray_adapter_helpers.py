@@ -111,3 +111,22 @@ def test_node_specs_cycle_pools_and_number_per_pool():
     assert all(s["broker.io/gpu-model"] == "A100" for s in specs)
     assert [s["broker.io/node"] for s in node_specs(3, ("innovation", "operation"))] == \
         ["innovation-0", "operation-0", "innovation-1"]
+
+
+def test_only_the_ray_adapter_modules_import_ray():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for pkg in ("broker", "scheduler", "quotas", "agents"):
+        for path in (root / pkg).rglob("*.py"):
+            if path.parent.name == "adapters" and path.name.startswith("ray"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                         else [])
+                if any(n == "ray" or n.startswith("ray.") for n in names):
+                    offenders.append(str(path.relative_to(root)))
+    assert offenders == []
