@@ -353,7 +353,7 @@ class _Cycle:
                         lend_fail = lend_fail or (fid, "borrow" if not wn else "reserved", ri)
                         reclaim.append((fid, wg, wn))
                         continue
-            placed, redo, blocked_by_res = self.try_place(job, s, fid)
+            placed, redo, blocked_by_res = self.try_place(job, s, fid, wg)
             if placed is None:
                 backfill_blocked = backfill_blocked or blocked_by_res
                 cap_fids.append(fid)
@@ -449,8 +449,12 @@ class _Cycle:
             return self.wait(job, code, {"per_worker": s.g, "largest_node": s.largest}, position)
         return self.wait(job, code, self.capacity_details(s, list(s.fids)), position)
 
-    def try_place(self, job: Job, s: Shape, fid: int):
-        """(placement or None, redo after admitting or None, blocked only by a reservation)."""
+    def try_place(self, job: Job, s: Shape, fid: int, within_guarantee: bool = False):
+        """(placement or None, redo after admitting or None, blocked only by a reservation).
+
+        A job that ends before a reservation starts, or runs within its project's guarantee
+        (a guarantee outranks a backfill reservation), may use the reserved resources.
+        """
         w = self.world
         fx = w.flavors[fid]
         if fx.total_free_g >= s.req[0] and fx.max_free >= s.g:
@@ -462,7 +466,7 @@ class _Cycle:
             return None, None, False
         redo = res.lift(w)
         placed = w.place(fid, s.w, s.g, s.c, s.m) if fx.max_free >= s.g else None
-        if placed is not None and self.now + job.max_runtime_s <= res.start + EPS:
+        if placed is not None and (within_guarantee or self.now + job.max_runtime_s <= res.start + EPS):
             return placed, redo, False
         redo()
         return None, None, placed is not None

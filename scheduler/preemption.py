@@ -7,9 +7,9 @@ Kinds, in the order a victim is considered for them:
   projects above their guarantee: guarantees are reclaimed within one cycle).
 - PRIORITY (policy.priority_preemption): within one project, higher priority preempts lower.
 
-Never: a victim whose project runs within its guarantee (except same-project priority
-preemption, which only reorders the project's own share); an operation victim for an
-innovation job; a victim already chosen this cycle.
+Never: a victim whose removal would take its project below its guarantee (same-project
+priority preemption excepted: it only reorders the project's own share); an operation victim
+for an innovation job; a victim already chosen this cycle.
 
 Selection (Kueue's minimalPreemptions): candidates sorted by preference (project most over its
 nominal, lowest priority, least work lost = now - start, id) are released one by one on the
@@ -68,19 +68,27 @@ def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, 
         if not prio:
             b = _bounds(cyc, fid)
             room = (b[0] if op_reclaim else 0.0) + (b[2] if wg else b[1] if wn else 0.0)
+            if wg and fid in cyc.reservations.by_fid:
+                room += cyc.reservations.by_fid[fid].blocked_g
             if room <= 0 or fx.total_free_g + room < s.req[0]:
                 continue  # not enough preemptible GPUs in this flavor, whatever the search
         memo = (pid, fid, op_reclaim, wg, wn, job.priority if prio else 0)
         failed = cyc.preempt_failed.get(memo)
         if failed is not None and all(a >= b for a, b in zip((s.g, s.c, s.m) + s.req, failed)):
             continue  # something no bigger already failed, and the state only got tighter
+        res = cyc.reservations.by_fid.get(fid) if wg else None
+        redo = res.lift(cyc.world) if res is not None else None  # a guarantee outranks a reservation
         found = _search(cyc, job, s, fid, op_reclaim, wg, wn, prio)
+        if found is not None:
+            _issue(cyc, job, s, fid, found[0], found[1], position)
+        if redo is not None:
+            redo()
+        if found is not None:
+            return True
         if found is None:
             if failed is None or all(a <= b for a, b in zip((s.g, s.c, s.m) + s.req, failed)):
                 cyc.preempt_failed[memo] = (s.g, s.c, s.m) + s.req
             continue
-        _issue(cyc, job, s, fid, found[0], found[1], position)
-        return True
     return False
 
 
@@ -163,7 +171,7 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
         if q == job.project:
             if prio and v.priority < job.priority:
                 kind = "PRIORITY"
-        elif g_room < -EPS:  # the project runs above its guarantee
+        elif g_room + r.req[0] <= EPS:  # the project stays at or above its guarantee without it
             if op_reclaim and v.workload_class is WorkloadClass.INNOVATION:
                 kind = "RECLAIM_OPERATION"
             elif wg or (wn and (n_room < -EPS or r.borrowing)):
