@@ -225,6 +225,23 @@ class Authz:
     def scope(self, p: AuthPrincipal, resource: Resource) -> Scope:
         return list_scope(self.principal(p), resource)
 
+    def narrow_overview(self, p: AuthPrincipal, data: dict) -> dict:
+        """The operations overview without rows of projects the caller may not see.
+
+        Region-, pool- and node-level aggregates stay (they name no tenant); the per-project
+        rows and the idle-allocation list (job id, name, project) are cut to the caller's
+        project scope. Global ops-viewers and platform-admins see everything.
+        """
+        scope = self.scope(p, Resource.PROJECT)
+        if scope.all:
+            return data
+
+        def ok(pid: str) -> bool:
+            return scope.contains(Ref(Resource.PROJECT, department=self.project_department(pid), project=pid))
+
+        return {**data, "projects": [x for x in data.get("projects", []) if ok(x["project"])],
+                "idle_allocations": [x for x in data.get("idle_allocations", []) if ok(x["project"])]}
+
     def visible_projects(self, p: AuthPrincipal, requested: Iterable[str] = (),
                          resource: Resource = Resource.JOB) -> list[str] | None:
         """Project ids a job/project list may show: None = no restriction (platform-admin and

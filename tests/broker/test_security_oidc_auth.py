@@ -93,3 +93,25 @@ def test_non_jwt_is_left_to_token_auth(oidc, header):
 
 def test_api_token_is_left_to_token_auth(oidc):
     assert oidc[0].authenticate("Bearer " + issue_token().plaintext) is None
+
+
+@pytest.mark.parametrize(
+    "name, principal_kw, projects",
+    [
+        ("member sees its project only", dict(role="member", project_id="ouh-liver", department_id="ouh"), {"ouh-liver"}),
+        ("dept-admin sees its department", dict(role="department-admin", department_id="ouh"), {"ouh-liver", "ouh-radiology"}),
+        ("global ops sees all", dict(role="ops-viewer"), {"ouh-liver", "ouh-radiology", "slb-cardio"}),
+        ("no grant sees none", dict(role="user"), set()),
+    ],
+)
+def test_overview_is_narrowed_to_visible_projects(engine, name, principal_kw, projects):
+    from broker.services.auth import Principal as AuthPrincipal
+
+    authz = Authz(engine)
+    data = {"totals": {"gpus": 8}, "projects": [{"project": p} for p in ("ouh-liver", "ouh-radiology", "slb-cardio")],
+            "idle_allocations": [{"job_id": "j1", "project": "slb-cardio"}, {"job_id": "j2", "project": "ouh-liver"}]}
+    p = AuthPrincipal(token_id="t-" + uuid.uuid4().hex[:6], kind="user", **principal_kw)
+    out = authz.narrow_overview(p, data)
+    assert {x["project"] for x in out["projects"]} == projects
+    assert {x["project"] for x in out["idle_allocations"]} <= projects
+    assert out["totals"] == data["totals"]
