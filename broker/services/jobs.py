@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import orjson
 from anyio import to_thread

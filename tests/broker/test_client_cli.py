@@ -9,10 +9,9 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from broker import jobstate
 from broker.app import create_app
 from broker.client import BrokerAPIError, BrokerClient
-from broker.models import Job, JobStatus
+from broker.models import Job
 from tests.broker.conftest import job_body
 
 
