@@ -22,6 +22,13 @@ SIM_KEYS = {"jobs", "avg_jct_s", "avg_wait_s", "p50_wait_s", "p95_wait_s", "p99_
 BENCH_KEYS = {"cycle_ms_median", "cycle_ms_p95", "admitted", "preempted", "pending", "nodes", "running"}
 
 
+def exact(**kw) -> SimConfig:
+    """Event-exact replay: a tick at every event time, every pending job visible."""
+    kw.setdefault("cycle_interval", 0)
+    kw.setdefault("queue_depth", 0)
+    return SimConfig(**kw)
+
+
 def tj(jid: str, submit: float, duration: float, gpus: int = 1, project: str = "p", *,
        checkpointable: bool = False, line: int = 0) -> TraceJob:
     return TraceJob(id=jid, submit_time=submit, duration=duration, gpus=gpus, project=project,
@@ -85,7 +92,7 @@ def check_hand_fifo(result, starts: dict[str, float]) -> None:
 def test_hand_computed_fifo_with_the_real_core():
     """2 GPUs; a(1 GPU, 100 s) at 0, b(2 GPUs, 50 s) at 10, c(1 GPU, 30 s) at 20.
     fifo: a 0-100; b blocks the head until a ends: 100-150; c behind b: 150-180."""
-    result = simulate(HAND, SimConfig(nodes=1, gpus_per_node=2, policy=POLICIES["fifo"]))
+    result = simulate(HAND, exact(nodes=1, gpus_per_node=2, policy=POLICIES["fifo"]))
     check_hand_fifo(result, {"a": 0, "b": 100, "c": 150})
     m = result.metrics
     assert m["jobs"] == 3 and m["unfinished"] == 0
@@ -98,7 +105,7 @@ def test_hand_computed_fifo_with_the_real_core():
 
 
 def test_stand_in_gives_the_same_hand_result_and_skips_useless_cycles():
-    result = simulate(HAND, SimConfig(nodes=1, gpus_per_node=2, policy=POLICIES["fifo"]), scripted())
+    result = simulate(HAND, exact(nodes=1, gpus_per_node=2, policy=POLICIES["fifo"]), scripted())
     check_hand_fifo(result, {"a": 0, "b": 100, "c": 150})
     # cycles at 0 (a), 100 (b), 150 (c); the submits of b and c cannot start anything (b is
     # the blocked head), so no cycle runs for them.
@@ -108,7 +115,7 @@ def test_stand_in_gives_the_same_hand_result_and_skips_useless_cycles():
 def test_cycle_interval_coalesces_events_into_ticks():
     """Ticks every 60 s: a at tick 0; b, c arrive before tick 60 but b blocks; a ends at 100,
     freeing at tick 120 (b 120-170); c starts at tick 180. Completion times stay exact."""
-    cfg = SimConfig(nodes=1, gpus_per_node=2, policy=POLICIES["fifo"], cycle_interval=60)
+    cfg = exact(nodes=1, gpus_per_node=2, policy=POLICIES["fifo"], cycle_interval=60)
     result = simulate(HAND, cfg, scripted())
     check_hand_fifo(result, {"a": 0, "b": 120, "c": 180})
     got = by_id(result)
@@ -123,7 +130,7 @@ def test_preemption_loses_work_unless_checkpointable(checkpointable, x_end, lost
     """2 GPUs, projects p and q with one GPU of nominal each. x (q, 2 GPUs, 100 s) borrows from
     0; y (p, 1 GPU, 10 s) arrives at 40 and reclaims; x runs again once y ends at 50."""
     trace = [tj("x", 0, 100, 2, "q", checkpointable=checkpointable), tj("y", 40, 10, 1, "p")]
-    result = simulate(trace, SimConfig(nodes=1, gpus_per_node=2), scripted({"y": "x"}, frozenset({"x"})))
+    result = simulate(trace, exact(nodes=1, gpus_per_node=2), scripted({"y": "x"}, frozenset({"x"})))
     got = by_id(result)
     assert got["y"].first_start == 40 and got["y"].end == 50, "the preemptor starts at once (grace 0)"
     assert got["x"].first_start == 0, "wait counts to the first start"
@@ -135,7 +142,7 @@ def test_preemption_loses_work_unless_checkpointable(checkpointable, x_end, lost
 
 def test_preempt_grace_holds_resources_until_the_stop_event():
     trace = [tj("x", 0, 100, 2, "q"), tj("y", 40, 10, 1, "p")]
-    cfg = SimConfig(nodes=1, gpus_per_node=2, preempt_grace=5)
+    cfg = exact(nodes=1, gpus_per_node=2, preempt_grace=5)
     result = simulate(trace, cfg, scripted({"y": "x"}, frozenset({"x"})))
     got = by_id(result)
     assert got["y"].first_start == 45 and got["x"].end == 155
@@ -144,7 +151,7 @@ def test_preempt_grace_holds_resources_until_the_stop_event():
 def test_no_cycle_for_a_submit_that_cannot_start_or_reclaim():
     """Same as above but x does not borrow: y cannot reclaim anything, so no cycle runs at 40."""
     trace = [tj("x", 0, 100, 2, "q"), tj("y", 40, 10, 1, "p")]
-    result = simulate(trace, SimConfig(nodes=1, gpus_per_node=2), scripted({"y": "x"}))
+    result = simulate(trace, exact(nodes=1, gpus_per_node=2), scripted({"y": "x"}))
     assert by_id(result)["y"].first_start == 100 and result.metrics["preemptions"] == 0
     assert result.metrics["cycles"] == 2
 
@@ -154,11 +161,11 @@ def test_over_allocating_admission_is_refused():
         return CycleResult(admissions=tuple(Admission(j.id, Flavor("sim", "gpu"), (Placement(0, snap.nodes[0].id),))
                                             for j in snap.pending))
     with pytest.raises(SimulationError, match="over-allocated"):
-        simulate([tj("a", 0, 10), tj("b", 0, 10)], SimConfig(nodes=1, gpus_per_node=1), greedy)
+        simulate([tj("a", 0, 10), tj("b", 0, 10)], exact(nodes=1, gpus_per_node=1), greedy)
 
 
 def test_jobs_larger_than_the_cluster_are_skipped_not_hung():
-    result = simulate([tj("big", 0, 10, gpus=32), tj("a", 0, 10)], SimConfig(nodes=2, gpus_per_node=8), scripted())
+    result = simulate([tj("big", 0, 10, gpus=32), tj("a", 0, 10)], exact(nodes=2, gpus_per_node=8), scripted())
     assert result.metrics["skipped_jobs"] == 1 and result.metrics["jobs"] == 1
 
 
@@ -168,7 +175,7 @@ def test_multi_gpu_jobs_are_split_into_workers_on_nodes():
     def spy(snap, now, policy):
         seen.extend((j.id, j.workers, j.per_worker.gpus) for j in snap.pending)
         return scripted()(snap, now, policy)
-    simulate([tj("w", 0, 10, gpus=16)], SimConfig(nodes=2, gpus_per_node=8), spy)
+    simulate([tj("w", 0, 10, gpus=16)], exact(nodes=2, gpus_per_node=8), spy)
     assert seen[0] == ("w", 2, 8)
 
 
@@ -214,10 +221,11 @@ def test_parse_window(text, expected):
 
 def test_replay_is_deterministic_with_the_real_core():
     jobs = load_trace(str(SAMPLE))
-    cfg = SimConfig(nodes=2, gpus_per_node=8)
+    cfg = exact(nodes=2, gpus_per_node=8)
     a, b = simulate(jobs, cfg), simulate(jobs, cfg)
     assert a.outcomes == b.outcomes
-    assert {k: v for k, v in a.metrics.items() if k != "wall_s"} == {k: v for k, v in b.metrics.items() if k != "wall_s"}
+    timing = ("wall_s", "cpu_s")
+    assert {k: v for k, v in a.metrics.items() if k not in timing} == {k: v for k, v in b.metrics.items() if k not in timing}
     assert a.metrics["jobs"] == len(jobs)
 
 
@@ -271,7 +279,24 @@ def test_operation_jobs_get_an_operation_pool_with_the_real_core():
         "i3,0,1000,8,research,innovation",
         "o1,10,100,8,clinic,operation",
     ])
-    result = simulate(jobs, SimConfig(nodes=4, gpus_per_node=8))
+    result = simulate(jobs, exact(nodes=4, gpus_per_node=8))
     got = by_id(result)
     assert result.metrics["jobs"] == 4 and result.metrics["unfinished"] == 0
     assert got["o1"].first_start == 10
+
+
+@pytest.mark.parametrize("policy,depth,seen", [
+    pytest.param("fair", 3, 3, id="per-project depth when fewer GPUs are free"),
+    pytest.param("fair", 0, 10, id="depth 0 passes everything"),
+    pytest.param("fifo", 3, 2, id="fifo passes free GPUs + 1 of the global queue"),
+])
+def test_queue_depth_bounds_the_pending_view(policy, depth, seen):
+    """1 GPU busy until 100; ten 1-GPU jobs queue meanwhile; at 100 one GPU is free."""
+    trace = [tj("x", 0, 100)] + [tj(f"q{i}", i + 1, 10) for i in range(10)]
+    views: dict[float, int] = {}
+
+    def spy(snap, now, pol):
+        views.setdefault(now, len(snap.pending))
+        return scripted()(snap, now, pol)
+    simulate(trace, exact(nodes=1, gpus_per_node=1, policy=POLICIES[policy], queue_depth=depth), spy)
+    assert views[100] == seen
