@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = [
@@ -214,17 +215,24 @@ def normalize_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
 def image_allowed(image: str, prefixes: Iterable[str]) -> bool:
     """True if `image` parses and its name lies under one of `prefixes` (component-wise).
     An empty allow-list allows nothing."""
+    return _allowed(image, normalize_prefixes(prefixes))
+
+
+@lru_cache(maxsize=4096)
+def _allowed(image: str, normalized: tuple[str, ...]) -> bool:
+    """Memoized on (image, normalized prefixes): a region uses few images, and submit is hot."""
     ref = parse_image(image)
     if ref is None:
         return False
-    for p in normalize_prefixes(prefixes):
-        if ref.name == p or ref.name.startswith(p + "/"):
-            return True
-    return False
+    return any(ref.name == p or ref.name.startswith(p + "/") for p in normalized)
 
 
-def image_problems(image: str, prefixes: Iterable[str]) -> list[Problem]:
+def image_problems(image: str, prefixes: Iterable[str], *, normalized: bool = False) -> list[Problem]:
+    """Problems of `image` against the allow-list (`normalized=True`: `prefixes` already went
+    through `normalize_prefixes`, which the hot path does once)."""
     prefixes = tuple(prefixes)
+    if _allowed(image, prefixes if normalized else normalize_prefixes(prefixes)):
+        return []
     if parse_image(image) is None:
         return [
             Problem(
@@ -233,10 +241,8 @@ def image_problems(image: str, prefixes: Iterable[str]) -> list[Problem]:
                 "image must be a fully qualified reference like registry.example/team/name:tag",
             )
         ]
-    if not image_allowed(image, prefixes):
-        allowed = ", ".join(p if p.endswith("/") else p + "/" for p in prefixes) or "(none configured)"
-        return [Problem("image", "IMAGE_NOT_ALLOWED", f"image registry not allowed; allowed prefixes: {allowed}")]
-    return []
+    allowed = ", ".join(p if p.endswith("/") else p + "/" for p in prefixes) or "(none configured)"
+    return [Problem("image", "IMAGE_NOT_ALLOWED", f"image registry not allowed; allowed prefixes: {allowed}")]
 
 
 # --------------------------------------------------------------------------- env
@@ -284,24 +290,26 @@ def env_problems(
     saves reasoning about runtimes that fold case).
     """
     out: list[Problem] = []
+    prefixes = tuple(reserved_prefixes)
     if not isinstance(env, Mapping):
         return [Problem("env", "ENV_INVALID", "env must be an object of string names to string values")]
     if len(env) > max_vars:
         out.append(Problem("env", "ENV_TOO_MANY", f"at most {max_vars} variables are allowed"))
     for name, value in env.items():
-        f = f"env.{str(name)[:64]}"
         if not isinstance(name, str) or len(name) > MAX_ENV_NAME_CHARS or not _ENV_NAME.fullmatch(name):
-            out.append(Problem(f, "ENV_NAME_INVALID", "names must match [A-Za-z_][A-Za-z0-9_]* (max 128 chars)"))
+            out.append(Problem(f"env.{str(name)[:64]}", "ENV_NAME_INVALID",
+                               "names must match [A-Za-z_][A-Za-z0-9_]* (max 128 chars)"))
             continue
         upper = name.upper()
-        if upper in reserved_names or any(upper.startswith(p) for p in reserved_prefixes):
-            out.append(Problem(f, "ENV_NAME_RESERVED", "this variable is set by the broker and cannot be overridden"))
+        if upper in reserved_names or upper.startswith(prefixes):
+            out.append(Problem(f"env.{name}", "ENV_NAME_RESERVED",
+                               "this variable is set by the broker and cannot be overridden"))
         if not isinstance(value, str):
-            out.append(Problem(f, "ENV_VALUE_INVALID", "values must be strings"))
+            out.append(Problem(f"env.{name}", "ENV_VALUE_INVALID", "values must be strings"))
         elif len(value) > max_value_chars:
-            out.append(Problem(f, "ENV_VALUE_TOO_LONG", f"values are limited to {max_value_chars} characters"))
+            out.append(Problem(f"env.{name}", "ENV_VALUE_TOO_LONG", f"values are limited to {max_value_chars} characters"))
         elif "\x00" in value:
-            out.append(Problem(f, "ENV_VALUE_INVALID", "values cannot contain NUL characters"))
+            out.append(Problem(f"env.{name}", "ENV_VALUE_INVALID", "values cannot contain NUL characters"))
     return out
 
 

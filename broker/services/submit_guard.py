@@ -43,6 +43,8 @@ class SubmitGuard:
         self._caps: tuple[dict[str, int], float] | None = None
         self._runtime: tuple[tuple[tuple[str, ...], dict[str, float]], float] | None = None
         self._lock = threading.Lock()
+        self._max_env_vars = int(getattr(settings, "max_env_vars", 128))
+        self._max_env_value = int(getattr(settings, "max_env_value_chars", 8192))
 
     @property
     def prefixes(self) -> tuple[str, ...]:
@@ -65,12 +67,10 @@ class SubmitGuard:
 
     def check(self, principal, spec) -> None:
         self.authz.require_project(principal, spec.project, Action.JOB_SUBMIT, hidden=unknown_project(spec.project))
-        s = self.settings
-        problems = env_problems(spec.env, max_vars=getattr(s, "max_env_vars", 128),
-                                max_value_chars=getattr(s, "max_env_value_chars", 8192))
+        problems = env_problems(spec.env, max_vars=self._max_env_vars, max_value_chars=self._max_env_value)
         prefixes, max_runtime = self._runtime_settings()
         if spec.runtime == "container":
-            problems += image_problems(spec.image, prefixes)
+            problems += image_problems(spec.image, prefixes, normalized=True)
         cap_s = max_runtime.get(spec.workload_class)
         if cap_s is not None and spec.max_runtime_s > cap_s:
             problems.append(Problem("max_runtime_s", "MAX_RUNTIME_EXCEEDED",
