@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import functools
-
-import orjson
 from typing import Sequence
 
+import orjson
 from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from broker.errors import Invalid
@@ -85,13 +85,32 @@ def insert_jobs(conn: Connection, job_rows: list[dict], event_rows: list[dict]) 
     if not job_rows:
         return
     if conn.dialect.name == "postgresql":
-        sql = _pg_batch_sql(tuple(job_rows[0]), tuple(event_rows[0]) if event_rows else ())
-        params = (orjson.dumps(job_rows).decode(),) + ((orjson.dumps(event_rows).decode(),) if event_rows else ())
-        conn.exec_driver_sql(sql, params)
+        conn.exec_driver_sql(*pg_batch(job_rows, event_rows))
         return
     conn.execute(insert(JOBS), job_rows)
     if event_rows:
         conn.execute(insert(EVENTS), event_rows)
+
+
+async def insert_jobs_async(aconn, job_rows: list[dict], event_rows: list[dict]) -> None:
+    """`insert_jobs` for PostgreSQL on a psycopg AsyncConnection in autocommit mode (the
+    group-commit writer runs it on the event loop: no thread hand-off per batch). Driver
+    errors come back as SQLAlchemy's (IntegrityError...), like the sync path."""
+    import psycopg
+
+    if not job_rows:
+        return
+    sql, params = pg_batch(job_rows, event_rows)
+    try:
+        await aconn.execute(sql, params)
+    except psycopg.Error as e:
+        raise DBAPIError.instance(sql, None, e, psycopg.Error) from e
+
+
+def pg_batch(job_rows: list[dict], event_rows: list[dict]) -> tuple[str, tuple[str, ...]]:
+    sql = _pg_batch_sql(tuple(job_rows[0]), tuple(event_rows[0]) if event_rows else ())
+    params = (orjson.dumps(job_rows).decode(),) + ((orjson.dumps(event_rows).decode(),) if event_rows else ())
+    return sql, params
 
 
 @functools.lru_cache(maxsize=8)

@@ -5,7 +5,9 @@ submits per second the database spends its time flushing. Each request hands its
 asyncio queue and awaits a future; the dispatcher takes whatever has queued up (up to
 `batch_max`) as soon as one of `writers` writer threads is free, and that thread writes the
 batch (one statement on PostgreSQL, see `broker.repo.jobs.insert_jobs`) and commits. While all
-writers are busy the queue grows, so batches grow with load and the cost per job falls.
+writers are busy the queue grows, so batches grow with load and the cost per job falls. On
+PostgreSQL the writers are psycopg async connections driven by the event loop itself (no
+thread hand-off and no GIL ping-pong per batch); elsewhere they are threads.
 
 Invariants: a future resolves successfully only after the transaction holding its rows
 committed (a 201 always means durably stored); if a batch fails, each of its items is retried
@@ -31,9 +33,13 @@ Item = tuple[dict, dict]  # (job row, event row)
 
 class GroupCommitWriter:
     def __init__(self, engine: Engine, write: Callable, *, batch_max: int = 256, wait_s: float = 0.0,
-                 writers: int = 2) -> None:
+                 writers: int = 2, write_async: Callable | None = None) -> None:
         self._engine = engine
         self._write = write  # write(conn, job_rows, event_rows): the repo's multi-row insert
+        # PostgreSQL: await write_async(psycopg AsyncConnection, jobs, events) on the event loop
+        self._write_async = write_async if engine.dialect.name == "postgresql" else None
+        self._aconns: list = []  # idle async connections (autocommit)
+        self._aconns_all: list = []
         self._batch_max = max(1, batch_max)
         self._wait_s = wait_s
         self._writers = 1 if engine.dialect.name == "sqlite" else max(1, writers)
@@ -74,6 +80,12 @@ class GroupCommitWriter:
             except Exception:  # closing a broken connection: nothing to release
                 pass
         self._local = threading.local()
+        aconns, self._aconns_all, self._aconns = self._aconns_all, [], []
+        for c in aconns:
+            try:
+                await c.close()
+            except Exception:  # closing a broken connection: nothing to release
+                pass
 
     async def submit(self, job_row: dict, event_row: dict) -> None:
         """Resolve once the rows are committed; raise what the insert raised."""
@@ -115,7 +127,7 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         try:
             try:
-                await loop.run_in_executor(self._pool, self._commit, [it for it, _ in batch])
+                await self._commit_here(loop, [it for it, _ in batch])
             except Exception:
                 log.warning("group commit of %d jobs failed; retrying one by one", len(batch), exc_info=True)
                 await self._one_by_one(loop, batch)
@@ -131,12 +143,40 @@ class GroupCommitWriter:
     async def _one_by_one(self, loop, batch) -> None:
         for item, fut in batch:
             try:
-                await loop.run_in_executor(self._pool, self._commit, [item])
+                await self._commit_here(loop, [item])
                 if not fut.done():
                     fut.set_result(None)
             except Exception as e:  # handed to the request that owns the row
                 if not fut.done():
                     fut.set_exception(e)
+
+    async def _commit_here(self, loop, items: list[Item]) -> None:
+        """Commit on the event loop (PostgreSQL, async driver) or on a writer thread."""
+        if self._write_async is None:
+            await loop.run_in_executor(self._pool, self._commit, items)
+            return
+        conn = self._aconns.pop() if self._aconns else await self._connect_async()
+        try:
+            await self._write_async(conn, [j for j, _ in items], [e for _, e in items])
+        except Exception:
+            if conn.broken or conn.closed:  # a constraint error leaves an autocommit connection usable
+                self._aconns_all.remove(conn)
+                try:
+                    await conn.close()
+                except Exception:  # already broken: nothing left to release
+                    pass
+            else:
+                self._aconns.append(conn)
+            raise
+        self._aconns.append(conn)
+
+    async def _connect_async(self):
+        import psycopg
+
+        url = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        self._aconns_all.append(conn)
+        return conn
 
     def _commit(self, items: list[Item]) -> None:
         """Runs on a writer thread, with that thread's connection."""

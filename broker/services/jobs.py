@@ -44,7 +44,8 @@ class JobService:
         self.projects = checks.TTLCache(lambda: checks.load_projects(engine), ttl_s=5.0)
         self.inventory = checks.TTLCache(lambda: checks.load_inventory(engine), ttl_s=2.0)
         self.writer = GroupCommitWriter(engine, repo.insert_jobs, batch_max=settings.submit_batch_max,
-                                        wait_s=settings.submit_batch_wait_s, writers=settings.submit_writers)
+                                        wait_s=settings.submit_batch_wait_s, writers=settings.submit_writers,
+                                        write_async=repo.insert_jobs_async)
 
     # ------------------------------------------------------------------ submit
     def prepare(self, *, principal: Principal, spec: JobCreate) -> tuple[dict, dict]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from sqlalchemy import func, select
 from sqlmodel import Session
 
@@ -28,12 +30,19 @@ def count(engine, prefix: str) -> int:
         return s.execute(select(func.count()).select_from(Job).where(Job.name.like(f"{prefix}-%"))).scalar_one()
 
 
-def test_concurrent_submits_share_transactions_and_all_land(settings, engine):
+# the two writer kinds: threads with SQLAlchemy connections, or (PostgreSQL) psycopg async
+# connections on the event loop; on SQLite both cases use the thread writer.
+WRITE_ASYNC = pytest.mark.parametrize("write_async", [None, repo.insert_jobs_async], ids=["threads", "async"])
+
+
+@WRITE_ASYNC
+def test_concurrent_submits_share_transactions_and_all_land(settings, engine, write_async):
     svc = JobService(settings, engine)
-    items = rows(svc, 60, name="gc-many")
+    name = f"gc-many-{write_async is not None}"
+    items = rows(svc, 60, name=name)
 
     async def main():
-        w = GroupCommitWriter(engine, repo.insert_jobs, writers=2)
+        w = GroupCommitWriter(engine, repo.insert_jobs, writers=2, write_async=write_async)
         await w.start()
         await asyncio.gather(*(w.submit(j, e) for j, e in items))
         await w.stop()
@@ -41,17 +50,19 @@ def test_concurrent_submits_share_transactions_and_all_land(settings, engine):
 
     w = asyncio.run(main())
     assert w.items == 60 and w.batches < 60  # batched
-    assert count(engine, "gc-many") == 60
+    assert count(engine, name) == 60
 
 
-def test_a_bad_row_fails_alone(settings, engine):
+@WRITE_ASYNC
+def test_a_bad_row_fails_alone(settings, engine, write_async):
     svc = JobService(settings, engine)
-    good = rows(svc, 5, name="gc-good")
-    bad_job, bad_event = rows(svc, 1, name="gc-bad")[0]
+    tag = "a" if write_async else "t"
+    good = rows(svc, 5, name=f"gc-good{tag}")
+    bad_job, bad_event = rows(svc, 1, name=f"gc-bad{tag}")[0]
     bad_job["project_id"] = "no-such-project"  # violates the foreign key at insert time
 
     async def main():
-        w = GroupCommitWriter(engine, repo.insert_jobs)
+        w = GroupCommitWriter(engine, repo.insert_jobs, write_async=write_async)
         await w.start()
         res = await asyncio.gather(*(w.submit(j, e) for j, e in [*good[:2], (bad_job, bad_event), *good[2:]]),
                                    return_exceptions=True)
@@ -61,7 +72,7 @@ def test_a_bad_row_fails_alone(settings, engine):
     res = asyncio.run(main())
     assert [r is None for r in res] == [True, True, False, True, True, True]
     assert "IntegrityError" in type(res[2]).__name__
-    assert count(engine, "gc-good") == 5 and count(engine, "gc-bad") == 0
+    assert count(engine, f"gc-good{tag}") == 5 and count(engine, f"gc-bad{tag}") == 0
 
 
 def test_writer_without_start_commits_directly(settings, engine):
@@ -85,3 +96,22 @@ def test_an_id_collision_is_retried_under_a_fresh_id(settings, engine):
 
     a, b = asyncio.run(main())
     assert a["id"] != b["id"] and count(engine, "gc-collide") == 2
+
+
+def test_a_dropped_async_connection_is_replaced(settings, engine):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the async writer is PostgreSQL's")
+    svc = JobService(settings, engine)
+    (j1, e1), (j2, e2) = rows(svc, 2, name="gc-reconnect")
+
+    async def main():
+        w = GroupCommitWriter(engine, repo.insert_jobs, write_async=repo.insert_jobs_async)
+        await w.start()
+        await w.submit(j1, e1)
+        for c in list(w._aconns_all):  # the server or the network dropped it
+            await c.close()
+        await w.submit(j2, e2)
+        await w.stop()
+
+    asyncio.run(main())
+    assert count(engine, "gc-reconnect") == 2
