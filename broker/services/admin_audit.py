@@ -4,7 +4,7 @@ Why inside the caller's transaction: an admin change and its audit entry commit 
 not at all (no change without a trace, no trace of a change that rolled back). Entries are
 built by the pure `broker.security.audit.build_record` (secrets redacted, diff computed) and
 chained: each stores the previous entry's hash. Writers are serialized for the chain: SQLite
-has one writer anyway; on PostgreSQL a transaction-scoped advisory lock is taken first.
+takes its write lock before reading the chain head; PostgreSQL a transaction-scoped advisory lock.
 
 Reads: platform-admins see everything; department-admins see entries of their departments
 (`list_scope(..., Resource.AUDIT)`); nobody else sees any (the route answers 403/404 by policy).
@@ -57,8 +57,13 @@ def record(session: Session, caller: Caller, *, action: str, target_kind: str, t
            before: Any = None, after: Any = None, department: str | None = None, project: str | None = None,
            outcome: str = "ok", clock: Callable[[], float] = time.time) -> AuditEntry:
     """Append one entry in `session`'s transaction (the caller commits)."""
-    if session.get_bind().dialect.name == "postgresql":
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+    elif dialect == "sqlite":
+        # Take SQLite's write lock before reading the chain head: the driver starts a
+        # transaction only at the first write, so a bare SELECT could read a stale head.
+        session.execute(text("UPDATE audit_log SET id = id WHERE 1 = 0"))
     at = clock()
     rec = build_record(
         at=datetime.fromtimestamp(at, tz=timezone.utc), actor=caller.actor, actor_kind=caller.kind,

@@ -467,13 +467,48 @@ def test_audit_query_is_scoped(people, root):
 def test_audit_chain_is_intact_and_detects_edits(root, engine):
     from broker.models_tenancy import AuditEntry
 
+    from broker.services.admin_audit import Caller
+
+    with Session(engine) as s:
+        for i in range(2):
+            admin_audit.record(s, Caller(token_id="t", subject="token:t"), action="test.chain", target_kind="x",
+                               target_id=str(i))
+        s.commit()
     with Session(engine) as s:
         assert admin_audit.verify(s) is None
-        e = s.get(AuditEntry, 2)
+        from sqlmodel import select as _select
+
+        e = s.exec(_select(AuditEntry).order_by(AuditEntry.id.desc())).first()
         original = e.actor
         e.actor = "mallory"
         s.add(e)
         s.flush()
-        assert admin_audit.verify(s) == 2
+        assert admin_audit.verify(s) == e.id
         e.actor = original
         s.rollback()
+
+
+def test_audit_chain_survives_concurrent_writers(engine):
+    """Writers serialize on the chain (advisory lock on PostgreSQL, one writer on SQLite)."""
+    import threading
+
+    from broker.services.admin_audit import Caller
+
+    caller = Caller(token_id="t-conc", subject="token:t-conc")
+    errors = []
+
+    def write(i):
+        try:
+            with Session(engine) as s:
+                admin_audit.record(s, caller, action="test.concurrent", target_kind="x", target_id=str(i),
+                                   after={"i": i})
+                s.commit()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=write, args=(i,)) for i in range(12)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not errors
+    with Session(engine) as s:
+        assert admin_audit.verify(s) is None
