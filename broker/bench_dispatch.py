@@ -13,7 +13,8 @@ One run, on an idle local one-node Ray cluster (logical GPUs, dashboard on for t
 3. one warm-up run of each path comes first and is not counted.
 
 JSON keys: broker_ms_median, ray_jobs_ms_median, ratio (= broker / ray; goal <= 0.5), plus
-broker_ms / ray_jobs_ms (every sample), n, path ("api": through REST and the scheduling loop).
+broker_ms / ray_jobs_ms (every sample), n, path ("api": through REST and the scheduling loop),
+warm_runners (spare runners per node; 0 measures the cold path: a fresh runner per worker).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _wait(pred, timeout_s: float, what: str):
 
 
 def bench(n: int = 20, *, gpus_per_node: int = 2, project: str = "ouh-liver",
-          keep_dir: str | None = None) -> dict:
+          warm_runners: int = 2, keep_dir: str | None = None) -> dict:
     import uvicorn
     from sqlmodel import Session
 
@@ -83,7 +84,7 @@ def bench(n: int = 20, *, gpus_per_node: int = 2, project: str = "ouh-liver",
     server = executor = None
     thread = None
     try:
-        executor = RayExecutor(cluster.address, log_dir=work / "logs")
+        executor = RayExecutor(cluster.address, log_dir=work / "logs", warm_runners=warm_runners)
         app = create_app(settings, executor=executor, engine=engine)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                                lifespan="on"))
@@ -133,5 +134,6 @@ def bench(n: int = 20, *, gpus_per_node: int = 2, project: str = "ouh-liver",
     bm, rm = statistics.median(b), statistics.median(r)
     return {"broker_ms_median": round(bm, 1), "ray_jobs_ms_median": round(rm, 1),
             "ratio": round(bm / rm, 3), "goal_ratio": GOAL_RATIO, "n": n, "path": "api",
+            "warm_runners": warm_runners,
             "broker_ms": [round(x, 1) for x in b], "ray_jobs_ms": [round(x, 1) for x in r],
             "warmup": {k: round(v, 1) for k, v in warm.items()}}

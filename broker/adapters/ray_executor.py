@@ -69,7 +69,7 @@ class RayExecutor:
                  namespace: str = "compute-broker", *, gpu_devices: str = "auto",
                  network: str = "host", call_timeout_s: float = 2.0,
                  release_timeout_s: float = 15.0, runner_concurrency: int = 8,
-                 warm_runners: int = 1, init_kwargs: dict[str, Any] | None = None) -> None:
+                 warm_runners: int = 2, init_kwargs: dict[str, Any] | None = None) -> None:
         """Connect to Ray (`address`: None starts an in-process local Ray, "auto" or
         "host:port" joins a running cluster, "ray://..." uses Ray Client).
 
