@@ -98,9 +98,8 @@ def test_an_id_collision_is_retried_under_a_fresh_id(settings, engine):
     assert a["id"] != b["id"] and count(engine, "gc-collide") == 2
 
 
-def test_a_dropped_async_connection_is_replaced(settings, engine):
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the async writer is PostgreSQL's")
+def test_a_dropped_connection_is_replaced(settings, engine):
+    """PostgreSQL: the async writer's connection; SQLite: the writer thread's connection."""
     svc = JobService(settings, engine)
     (j1, e1), (j2, e2) = rows(svc, 2, name="gc-reconnect")
 
@@ -110,6 +109,8 @@ def test_a_dropped_async_connection_is_replaced(settings, engine):
         await w.submit(j1, e1)
         for c in list(w._aconns_all):  # the server or the network dropped it
             await c.close()
+        for c in list(w._conns):
+            c.close()
         await w.submit(j2, e2)
         await w.stop()
 
