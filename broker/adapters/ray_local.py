@@ -15,10 +15,14 @@ port is picked free, so two local clusters (a test and a demo) never collide. Th
 `Cluster` uses the machine's address (Ray derives its GCS address from the node IP, and a
 driver must reach raylets on the same IP) with random ports; token auth guards it.
 
-Token authentication (Ray 2.60): `ray start --head` turns it on by default for local clusters
-and writes `~/.ray/auth_token`; drivers on this machine read that file. `RAY_AUTH_MODE=disabled`
-in the environment opts out, `RAY_AUTH_MODE=token` forces it; we leave the choice to the
-environment.
+Token authentication (Ray 2.60): `ray.init()` starting its own local cluster turns it on by
+default, but `ray start --head` (used here) and `Cluster` turn it on only when
+`RAY_AUTH_MODE=token` is set or a token already exists (`~/.ray/auth_token`, or
+`RAY_AUTH_TOKEN` / `RAY_AUTH_TOKEN_PATH`); otherwise Ray logs "Token authentication is
+disabled". We pass the environment through unchanged, so `RAY_AUTH_MODE=token broker up`
+(with a token from `ray get-auth-token --generate`) runs the local cluster with auth, and the
+broker's driver, which inherits the same variables, presents the token. The one-node head binds
+127.0.0.1 only, so without auth it is reachable from this machine alone.
 """
 
 from __future__ import annotations
