@@ -10,7 +10,7 @@ Two shapes:
 Every node the broker may schedule on gets the labels the RayExecutor pins and reads:
 `broker.io/node=<pool>-<i>`, `broker.io/pool=<pool>` and, when given, `broker.io/gpu-model`.
 Pools cycle over the nodes: `pools=("innovation", "innovation", "operation")` with 3 nodes
-gives innovation-0, innovation-1, operation-0. The one-node head binds to 127.0.0.1 and every
+gives innovation-0, innovation-1, operation-0. The one-node head advertises 127.0.0.1 and every
 port is picked free, so two local clusters (a test and a demo) never collide. The multi-node
 `Cluster` uses the machine's address (Ray derives its GCS address from the node IP, and a
 driver must reach raylets on the same IP) with random ports; token auth guards it.
@@ -21,8 +21,9 @@ default, but `ray start --head` (used here) and `Cluster` turn it on only when
 `RAY_AUTH_TOKEN` / `RAY_AUTH_TOKEN_PATH`); otherwise Ray logs "Token authentication is
 disabled". We pass the environment through unchanged, so `RAY_AUTH_MODE=token broker up`
 (with a token from `ray get-auth-token --generate`) runs the local cluster with auth, and the
-broker's driver, which inherits the same variables, presents the token. The one-node head binds
-127.0.0.1 only, so without auth it is reachable from this machine alone.
+broker's driver, which inherits the same variables, presents the token. Note that the one-node
+head only *advertises* 127.0.0.1 (and its dashboard binds it): gcs_server and raylet still
+listen on all interfaces, so on a shared network run it with token auth or behind a firewall.
 """
 
 from __future__ import annotations
