@@ -187,8 +187,9 @@ async def _agent(port: int, token: str, body: bytes, per_report: int, seq0: int,
 
 
 async def _load(port: int, agents: list[tuple[str, str, bytes]], per_report: int, duration_s: float,
-                warmup_s: float) -> Load:
+                warmup_s: float, at_start=lambda: None) -> Load:
     res = Load()
+    asyncio.get_running_loop().call_later(warmup_s, at_start)  # CPU accounting starts after warm-up
     t = time.perf_counter()
     record_from, stop_at = t + warmup_s, t + warmup_s + duration_s
     seq0 = 10**12
@@ -198,8 +199,29 @@ async def _load(port: int, agents: list[tuple[str, str, bytes]], per_report: int
     return res
 
 
-def bench(*, database: str | None = None, nodes: int = 32, gpus: int = 8, readings: int = 25,
-          duration_s: float = 10.0, warmup_s: float = 2.0, workers: int = 2) -> dict:
+def _cpu(server_pid: int) -> dict[str, float]:
+    """User+system CPU seconds so far: server process tree, all postgres processes, this process."""
+    import psutil
+
+    def cpu(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    try:
+        server = psutil.Process(server_pid)
+        server_s = cpu(server) + sum(cpu(c) for c in server.children(recursive=True))
+    except psutil.Error:
+        server_s = 0.0
+    pg_s = sum(cpu(p) for p in psutil.process_iter(["name"]) if (p.info.get("name") or "").startswith("postgres"))
+    me = os.times()
+    return {"server": server_s, "postgres": pg_s, "loadgen": me.user + me.system}
+
+
+def bench(*, database: str | None = None, nodes: int = 48, gpus: int = 8, readings: int = 25,
+          duration_s: float = 10.0, warmup_s: float = 2.0, workers: int = 3) -> dict:
     from broker.bench_submit import _redact, percentile, prepare_database, stop_server
 
     url, cleanup = prepare_database(database)
@@ -209,14 +231,18 @@ def bench(*, database: str | None = None, nodes: int = 32, gpus: int = 8, readin
         per_report = gpus * readings
         proc, port = start(url, workers)
         try:
+            snap: dict[str, dict[str, float]] = {}
+            load = _load(port, agents, per_report, duration_s, warmup_s, lambda: snap.setdefault("0", _cpu(proc.pid)))
             try:
                 import uvloop
 
-                res = uvloop.run(_load(port, agents, per_report, duration_s, warmup_s))
+                res = uvloop.run(load)
             except ImportError:
-                res = asyncio.run(_load(port, agents, per_report, duration_s, warmup_s))
+                res = asyncio.run(load)
+            cpu0, cpu1 = snap.get("0") or _cpu(proc.pid), _cpu(proc.pid)
         finally:
             stop_server(proc)
+        cpu = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}
         stored = stored_samples(url)
         acked = res.samples + res.warm_samples
         missing = max(0, acked - stored)
@@ -236,6 +262,12 @@ def bench(*, database: str | None = None, nodes: int = 32, gpus: int = 8, readin
             "duration_s": duration_s,
             "server_workers": workers,
             "database": _redact(url),
+            # CPU seconds used during the measured run by the API server processes, by every
+            # PostgreSQL process on the machine, and by this load generator; and what that
+            # means per CPU second: a figure the other tenants of a shared machine disturb less.
+            "cpu_s": cpu,
+            "samples_per_cpu_s": round(res.samples / max(1e-9, sum(cpu.values())), 1),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
             "error_samples": res.error_samples,
         }
     finally:

@@ -16,11 +16,11 @@ def bench_ingest(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     database: Optional[str] = typer.Option(None, "--database",
                                            help="DB URL (default: PostgreSQL at 127.0.0.1:5432/test if up, else SQLite)"),
-    nodes: int = typer.Option(32, "--nodes", "-n", help="simulated agents (one keep-alive connection each)"),
+    nodes: int = typer.Option(48, "--nodes", "-n", help="simulated agents (one keep-alive connection each)"),
     gpus: int = typer.Option(8, "--gpus", help="GPUs per node"),
     readings: int = typer.Option(25, "--readings", help="readings per GPU in one report (25 x 8 GPUs = 200 samples, the agent's largest report)"),
     duration: float = typer.Option(10.0, "--duration", "-d", help="measured seconds (after a 2 s warm-up)"),
-    workers: int = typer.Option(2, "--workers", help="uvicorn worker processes"),
+    workers: int = typer.Option(3, "--workers", help="uvicorn worker processes (3 on 2 cores: requests wait on PostgreSQL part of the time)"),
 ):
     """Agents push reports back to back; every acknowledged sample is checked to be stored."""
     from broker.bench_ingest import bench

@@ -15,11 +15,13 @@ The service is taken from app.state.telemetry, created on first use when create_
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Annotated, Optional
+
+import anyio
 
 from fastapi import APIRouter, Depends, Query, Request
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import User, principal
 from broker.api.json import JSON
@@ -54,8 +56,21 @@ async def push(request: Request, p: Annotated[Principal, Depends(principal)]):
     if p.kind != "agent":
         raise Forbidden("telemetry is pushed with an agent token", code="AGENT_TOKEN_REQUIRED")
     body = await request.body()
-    ack = await run_in_threadpool(service(request).ingest_bytes, agent_node_id=p.node_id, body=body)
+    svc = service(request)
+    ack = await anyio.to_thread.run_sync(partial(svc.ingest_bytes, agent_node_id=p.node_id, body=body),
+                                         limiter=_ingest_limiter(request))
     return JSON(ack.model_dump())
+
+
+def _ingest_limiter(request: Request) -> anyio.CapacityLimiter:
+    """At most a few ingest threads per process. Why: ingest is mostly Python (validation,
+    COPY rows) and holds the GIL; forty threads fighting over it cost more CPU than they
+    overlap waiting on the database. Requests beyond the limit wait in the event loop."""
+    lim = getattr(request.app.state, "telemetry_limiter", None)
+    if lim is None:
+        lim = anyio.CapacityLimiter(getattr(request.app.state.settings, "telemetry_ingest_threads", 4))
+        request.app.state.telemetry_limiter = lim
+    return lim
 
 
 @router.get("/nodes", summary="Node health and agent state")
