@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import orjson
 
@@ -84,7 +86,7 @@ def prepare_database(url: str | None) -> tuple[str, callable]:
     if not url or url.startswith("sqlite"):
         if not url:
             d = tempfile.mkdtemp(prefix="bench-submit-")
-            url = f"sqlite:///{d}/broker.db"
+            return _seed(f"sqlite:///{d}/broker.db"), lambda: shutil.rmtree(d, ignore_errors=True)
         return _seed(url), lambda: None
     url = normalize_url(url)
     schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -120,7 +122,7 @@ def _seed(url: str) -> str:
     from broker.services.bootstrap import seed_demo
     from broker.settings import Settings
 
-    st = Settings(database_url=url, data_dir=tempfile.mkdtemp(prefix="bench-data-"))
+    st = Settings(database_url=url, data_dir=Path(tempfile.gettempdir()))  # data_dir is unused here
     migrate(st)
     eng = make_engine(st)
     with Session(eng) as s:
