@@ -250,6 +250,26 @@ class QuotaTree:
             return idle - total
         return idle - (total - self._prot[(dept, key)] + self._ug_sum[(dept, key)])
 
+    def lendable_if_removed(self, pid: str, key: Key, removed: Mapping[str, Amount]) -> Amount:
+        """Invariant: equals lendable_to(pid) after removing `removed` usage per department,
+        provided each removal leaves its project at or above its own guarantee (as preemption
+        victims do), so projects' unused guarantees do not change. No what-if on the tree."""
+        dept = self.dept_of.get(pid, "")
+        idle = self.capacity.get(key, ZERO) - self.region_usage.get(key, ZERO)
+        total = self._total_prot.get(key, ZERO)
+        for e in sorted(removed):
+            r = removed[e]
+            idle = idle + r
+            if e != dept and (e, key) in self._prot:
+                own = (self.department_spec(e, key).guaranteed - (self.used(e, key) - r)).clamp0()
+                total = total + amax(own, self._ug_sum[(e, key)]) - self._prot[(e, key)]
+        if (dept, key) in self._prot:
+            own_p = (self.project_spec(pid, key).guaranteed - self.used(pid, key)).clamp0()
+            protected = total - self._prot[(dept, key)] + self._ug_sum[(dept, key)] - own_p
+        else:
+            protected = total
+        return (idle - protected).clamp0()
+
     def lendable_to(self, pid: str, key: Key) -> Amount:
         """Invariant: lendable = region capacity - region usage - others' unused guarantees."""
         idle = self.capacity.get(key, ZERO) - self.region_usage.get(key, ZERO)

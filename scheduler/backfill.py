@@ -91,6 +91,7 @@ class Reservations:
         self.by_fid[fid] = res
         self.by_pool[w.flavors[fid].pool.name] = res
         self.head_start[job.id] = start
+        cyc.epoch += 1
         self.any = True
         self._unreserved = None
 

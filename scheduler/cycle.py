@@ -61,13 +61,14 @@ class Shape:
     then the job's model preference, then names.
     """
 
-    __slots__ = ("fids", "ready_fids", "code", "largest", "w", "g", "c", "m", "req")
+    __slots__ = ("fids", "ready_fids", "code", "largest", "w", "g", "c", "m", "req", "rank")
 
     def __init__(self, world: World, job: Job) -> None:
         pw = job.per_worker
         self.w, self.g, self.c, self.m = job.workers, int(pw.gpus), float(pw.cpus), float(pw.memory_gb)
         self.req = (float(self.w * self.g), self.w * self.c, self.w * self.m)
         op = job.workload_class is WorkloadClass.OPERATION
+        self.rank = 0 if op else 1
         pool_ok = []
         for fx in world.flavors:
             p = fx.pool
@@ -200,6 +201,13 @@ class _Cycle:
         self.to_estimate: list[tuple] = []  # capacity-blocked jobs, explained at the end
         self.labels = [f"{fx.flavor.pool}/{fx.flavor.gpu_model}" for fx in w.flavors]
         self._dirty: set[str] = set()
+        self.budget_owners: dict[str, tuple[str, ...]] = {}
+        self.memo: dict[tuple, tuple[int, tuple]] = {}
+        self.epoch = 0  # bumped by every change of the working state that decisions read
+        self.outcome: tuple | None = None
+        self.runtime_dependent = False
+        self._left: dict[str, float] = {}
+        self.capacity_blocked = False
 
     # -- helpers --------------------------------------------------------------------------
     def shape(self, job: Job) -> Shape:
@@ -231,40 +239,51 @@ class _Cycle:
         return 0 if wg else 1 if wn else 2
 
     # -- step 2: order -------------------------------------------------------------------
-    def order(self) -> Iterator[Job]:
+    def order(self) -> Iterator[tuple[Job, Shape]]:
+        """Jobs in cycle order, with their shapes. One heap entry per project (its head), so
+        a project's share and tier are re-keyed when it is admitted something."""
         pend = self.snap.pending
+        shape = self.shape
         if self.policy.strict_fifo:
-            yield from sorted(pend, key=lambda j: (j.submit_time, j.id))
+            for j in sorted(pend, key=lambda j: (j.submit_time, j.id)):
+                yield j, shape(j)
             return
         queues: dict[str, list[Job]] = {}
-        for j in sorted(pend, key=lambda j: (j.workload_class.rank, -j.priority, j.submit_time, j.id)):
+        for j in sorted(pend, key=lambda j: (0 if j.workload_class is WorkloadClass.OPERATION else 1, -j.priority,
+                                             j.submit_time, j.id)):
             queues.setdefault(j.project, []).append(j)
         shares = {pid: self.share(pid) for pid in queues}
         pos = dict.fromkeys(queues, 0)
+        tier = self.tier
 
         def entry(j: Job, pid: str) -> tuple:
-            return (j.workload_class.rank, -j.priority, self.tier(j, self.shape(j)), shares[pid],
-                    j.submit_time, j.id, pid)
+            s = shape(j)
+            return (s.rank, -j.priority, tier(j, s), shares[pid], j.submit_time, j.id, pid, s)
 
         heap = [entry(q[0], pid) for pid, q in queues.items()]
         heapq.heapify(heap)
         dirty = self._dirty
+        pop, push = heapq.heappop, heapq.heappush
         while heap:
-            pid = heapq.heappop(heap)[-1]
+            e = pop(heap)
+            pid = e[6]
             q = queues[pid]
-            yield q[pos[pid]]
-            pos[pid] += 1
+            p = pos[pid]
+            yield q[p], e[7]
+            p += 1
+            pos[pid] = p
             if dirty:  # admissions moved shares (and tiers): re-key those projects' heads
                 for d in sorted(dirty):
                     shares[d] = self.share(d)
-                moved = [i for i, e in enumerate(heap) if e[-1] in dirty]
+                moved = [i for i, x in enumerate(heap) if x[6] in dirty]
                 for i in moved:
-                    heap[i] = entry(queues[heap[i][-1]][pos[heap[i][-1]]], heap[i][-1])
+                    hp = heap[i][6]
+                    heap[i] = entry(queues[hp][pos[hp]], hp)
                 if moved:
                     heapq.heapify(heap)
                 dirty.clear()
-            if pos[pid] < len(q):
-                heapq.heappush(heap, entry(q[pos[pid]], pid))
+            if p < len(q):
+                push(heap, entry(q[p], pid))
 
     # -- steps 3..6 ----------------------------------------------------------------------
     def run(self) -> CycleResult:
@@ -273,13 +292,13 @@ class _Cycle:
         blocked = False  # fifo head-of-line
         cap_left = policy.max_admissions
         position = 0
-        for job in self.order():
+        for job, s in self.order():
             position += 1
             if blocked or (cap_left is not None and cap_left <= 0):
                 self.wait(job, ReasonCode.WAITING_FOR_HIGHER_PRIORITY, {}, position)
                 continue
             self.capacity_blocked = False
-            if self.schedule(job, position):
+            if self.schedule(job, s, position):
                 if cap_left is not None:
                     cap_left -= 1
             elif fifo and self.capacity_blocked:
@@ -295,20 +314,65 @@ class _Cycle:
             self.pending[job.id] = explained(code, details, position)
         else:
             self.pending[job.id] = bare(code, position)
+        self.outcome = ("wait", code, details)
         return False
 
-    def schedule(self, job: Job, position: int) -> bool:
-        """Try to admit one job; on failure record its single pending reason. Returns admitted."""
-        s = self.shape(job)
+    def schedule(self, job: Job, s: Shape, position: int) -> bool:
+        """Try to admit one job; on failure record its single pending reason. Returns admitted.
+
+        Outcomes of jobs that were not admitted are memoised per (project, shape) while the
+        cycle's state epoch (bumped by every admission, hold, reservation and preemption) is
+        unchanged: an identical job meets an identical state, so it gets the same reason
+        without repeating quota, placement and preemption work. Decisions that depended on the
+        job's runtime (a short job tried against a reservation) are not memoised.
+        """
         if s.code is not None:
             return self.static_reason(job, s, position)
+        key = (job.project, s, job.priority) if self.policy.priority_preemption else (job.project, s)
+        hit = self.memo.get(key)
+        if hit is not None and hit[0] == self.epoch and self.budget_ok(job, s):
+            return self.replay(job, s, position, hit[1])
+        epoch = self.epoch
+        self.outcome = None
+        self.runtime_dependent = False
+        if self._schedule(job, s, position):
+            return True
+        if self.epoch == epoch and self.outcome is not None and not self.runtime_dependent \
+                and self.outcome[1] is not ReasonCode.BUDGET_EXHAUSTED:
+            self.memo[key] = (epoch, self.outcome)
+        return False
+
+    def budget_ok(self, job: Job, s: Shape) -> bool:
+        owners = self.budget_owners.get(job.project)
+        if not owners:
+            return True
+        gpu_h = s.req[0] * job.max_runtime_s / 3600.0
+        return all(gpu_h <= self.budget_left(o) + EPS for o in owners)
+
+    def replay(self, job: Job, s: Shape, position: int, outcome: tuple) -> bool:
+        kind, code, details = outcome[0], outcome[1], outcome[2]
+        if kind == "capacity":
+            self.capacity_blocked = True
+            if self.explain:
+                self.to_estimate.append((job, s, outcome[3], code, details, position))
+                return False
+        elif self.explain:
+            self.pending[job.id] = explained(code, details, position)
+            return False
+        self.pending[job.id] = bare(code, position)
+        return False
+
+    def _schedule(self, job: Job, s: Shape, position: int) -> bool:
         fifo = self.policy.strict_fifo
         pid = job.project
         req = s.req
-        if self.ledger.budget:
-            owners = tuple(o for o in (pid, self.dept_of.get(pid, "")) if o in self.ledger.budget)
-            if owners:
-                gpu_h = req[0] * job.max_runtime_s / 3600.0
+        owners = self.budget_owners.get(pid)
+        if owners is None:
+            owners = self.budget_owners[pid] = tuple(
+                o for o in (pid, self.dept_of.get(pid, "")) if o in self.ledger.budget)
+        if owners:
+            gpu_h = req[0] * job.max_runtime_s / 3600.0
+            if any(gpu_h > self.budget_left(o) + EPS for o in owners):
                 bc = self.ledger.check(owners, Amount.of(gpu_h))
                 if not bc.ok:
                     return self.wait(job, ReasonCode.BUDGET_EXHAUSTED, {
@@ -383,9 +447,12 @@ class _Cycle:
         else:
             code = ReasonCode.NO_CAPACITY
         if self.explain:  # the reason is built at the end, with its estimated start
-            self.to_estimate.append((job, s, fids, code, self.capacity_details(s, fids), position))
-            return False
-        self.pending[job.id] = bare(code, position)
+            d = self.capacity_details(s, fids)
+            self.to_estimate.append((job, s, fids, code, d, position))
+        else:
+            d = None
+            self.pending[job.id] = bare(code, position)
+        self.outcome = ("capacity", code, d, fids)
         return False
 
     def no_room(self, job: Job, s: Shape, position: int) -> bool:
@@ -441,6 +508,13 @@ class _Cycle:
             return self.wait(job, ReasonCode.QUOTA_LIMIT, self.quota_details(job, s, *quota_fail), position)
         return self.wait(job, ReasonCode.NO_CAPACITY, self.capacity_details(s, list(s.ready_fids)), position)
 
+    def budget_left(self, owner: str) -> float:
+        """Cached float of ledger.left(owner); dropped whenever the ledger reserves."""
+        v = self._left.get(owner)
+        if v is None:
+            v = self._left[owner] = self.ledger.left(owner).value
+        return v
+
     def static_reason(self, job: Job, s: Shape, position: int) -> bool:
         code = s.code
         if code is ReasonCode.GPU_MODEL_UNAVAILABLE:
@@ -464,6 +538,7 @@ class _Cycle:
         res = self.reservations.by_fid.get(fid)
         if res is None:
             return None, None, False
+        self.runtime_dependent = True
         redo = res.lift(w)
         placed = w.place(fid, s.w, s.g, s.c, s.m) if fx.max_free >= s.g else None
         if placed is not None and (within_guarantee or self.now + job.max_runtime_s <= res.start + EPS):
@@ -482,10 +557,13 @@ class _Cycle:
         owners = tuple(o for o in (job.project, self.dept_of.get(job.project, "")) if o in self.ledger.budget)
         if owners:
             self.ledger.reserve(owners, Amount.of(s.req[0] * job.max_runtime_s / 3600.0))
+            for o in owners:
+                self._left.pop(o, None)
         a = self.alloc.setdefault(job.project, [0.0, 0.0, 0.0])
         for k in range(3):
             a[k] += s.req[k]
         self._dirty.add(job.project)
+        self.epoch += 1
         self.started.append((self.now + job.max_runtime_s, job.id, fid, list(placed), s))
 
     # -- details for reasons ----------------------------------------------------------------

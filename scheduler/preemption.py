@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Iterator
 
 from quotas.amount import Amount
 from quotas.tree import Verdict
-from quotas.tree import Verdict as TreeVerdict
 from scheduler.model import RESOURCES, Preemption, ReasonCode, WorkloadClass
 from scheduler.reasons import bare, explained
 
@@ -284,23 +283,32 @@ def _release(w, r: "Run"):
 
 
 def _quota_ok(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims: list["Run"]) -> bool:
-    """Would the job pass quota once the victims' usage is gone? A what-if on the tree itself,
-    undone at once, so the cycle's cached quota view stays valid."""
+    """Would the job pass quota once the victims' usage is gone?
+
+    Its own limits do not change; only the capacity lendable to it grows. Victims never take
+    their project below its guarantee, so QuotaTree.lendable_if_removed answers exactly
+    without a what-if on the tree.
+    """
     qv = cyc.qv
     if not qv.managed[fid] or qv.check(job.project, fid, s.req)[0] is Verdict.OK:
         return True  # quota was never the problem
+    if qv.limits(job.project, fid, s.req)[0]:
+        return False
     tree = cyc.tree
     fl = cyc.world.flavors[fid].flavor
-    undos = []
-    for r in victims:
-        rf = cyc.world.flavors[r.fid].flavor
-        undos.append(tree.add_usage(r.job.project, {(rf, res): Amount.of(-r.req[k])
-                                                    for k, res in enumerate(RESOURCES) if r.req[k]}))
-    ok = all(tree.check(job.project, (fl, RESOURCES[ri]), Amount.of(s.req[ri])).verdict is TreeVerdict.OK
-             for ri in qv.managed[fid] if s.req[ri])
-    for u in reversed(undos):
-        u()
-    return ok
+    for ri in qv.managed[fid]:
+        if not s.req[ri]:
+            continue
+        removed: dict[str, float] = {}
+        for r in victims:
+            if r.fid == fid and r.req[ri]:
+                d = cyc.dept_of.get(r.job.project, "")
+                removed[d] = removed.get(d, 0.0) + r.req[ri]
+        got = tree.lendable_if_removed(job.project, (fl, RESOURCES[ri]),
+                                       {d: Amount.of(v) for d, v in removed.items()})
+        if Amount.of(s.req[ri]) > got:
+            return False
+    return True
 
 
 def _issue(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims, placed, position: int) -> None:
@@ -324,6 +332,7 @@ def _issue(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims, placed, pos
         if g or c or m:
             w.take(i, g, c, m)
     cyc.preemptors.add(job.project)
+    cyc.epoch += 1
     if cyc.explain:
         d = {"victims": len(victims), "victim_ids": [r.job.id for r, _ in victims],
              "kinds": sorted({k for _, k in victims}), "requested": int(s.req[0]),

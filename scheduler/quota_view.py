@@ -10,6 +10,10 @@ preemption victims keep theirs until they stop), so headroom and lendable capaci
 shrink. A request that fails against a stale cached number fails against the fresh one too;
 only a request that would pass is re-checked against fresh numbers.
 
+The cached rooms are differences of the tree's Amount values (spec value - usage value);
+usage is always finite, so an unlimited spec stays an unlimited (inf) room and no NaN can
+arise. tests/unit/test_quota_view.py checks the view against QuotaTree.check.
+
 Only "managed" keys are checked: (flavor, resource) pairs that some project or department has
 a spec for. A resource nobody configured is limited by physical capacity alone and never
 makes a job count as borrowing.
@@ -61,10 +65,10 @@ class QuotaView:
             lp, g, n = [], [], []
             for ri in self.managed[fid]:
                 key = (fl, RESOURCES[ri])
-                ps, pu = t.project_spec(pid, key), t.used(pid, key)
-                lp.append((ps.limit - pu).value)
-                g.append((ps.guaranteed - pu).value)
-                n.append((ps.nominal - pu).value)
+                ps, pu = t.project_spec(pid, key), t.used(pid, key).value
+                lp.append(ps.limit.value - pu)  # usage is always finite: inf - u stays inf
+                g.append(ps.guaranteed.value - pu)
+                n.append(ps.nominal.value - pu)
             hit = self._rec[(pid, fid)] = (tuple(lp), tuple(g), tuple(n))
         dept = self.tree.dept_of.get(pid, "")
         dh = self._drec.get((dept, fid))
@@ -74,9 +78,9 @@ class QuotaView:
             ld, dn = [], []
             for ri in self.managed[fid]:
                 key = (fl, RESOURCES[ri])
-                ds, du = t.department_spec(dept, key), t.used(dept, key)
-                ld.append((ds.limit - du).value)
-                dn.append((ds.nominal - du).value)
+                ds, du = t.department_spec(dept, key), t.used(dept, key).value
+                ld.append(ds.limit.value - du)
+                dn.append(ds.nominal.value - du)
             dh = self._drec[(dept, fid)] = (tuple(ld), tuple(dn))
         return hit[0], dh[0], hit[1], hit[2], dh[1]
 

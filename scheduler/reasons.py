@@ -72,6 +72,8 @@ def message(code: ReasonCode, d: Mapping[str, object]) -> str:
 
 
 def explained(code: ReasonCode, details: dict[str, object], position: int | None,
-              estimated_start: float | None = None) -> PendingReason:
-    details["queue_position"] = position
-    return PendingReason(code, message(code, details), details, position, estimated_start)
+              estimated_start: float | None = None, text: str | None = None) -> PendingReason:
+    """A full reason; `text` reuses a message already built for identical details."""
+    details = {**details, "queue_position": position}
+    return PendingReason(code, text if text is not None else message(code, details), details, position,
+                         estimated_start)

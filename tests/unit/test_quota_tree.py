@@ -115,3 +115,19 @@ def test_incremental_protection_matches_recount(usage: dict) -> None:
         dept = projects[p][0]
         own = (fresh.project_spec(p, K).guaranteed - fresh.used(p, K)).clamp0()
         assert fresh.lendable_to(p, K) == (fresh.department_lendable(dept, K) + own).clamp0()
+
+
+@pytest.mark.parametrize("removed", [{"b": 2}, {"b": 4, "x": 3}, {"x": 5}],
+                         ids=["own_department", "two_departments", "department_with_guarantee"])
+def test_lendable_if_removed_matches_what_if(removed: dict) -> None:
+    """The closed form equals a real what-if (usage removed from projects above guarantee)."""
+    projects = {"a": ("d", spec(4, 2)), "b": ("d", spec(2, 0)), "x": ("e", spec(4, 1)), "y": ("e", None)}
+    t = tree(projects, {"e": spec(8, 6)}, usage={"b": 6, "x": 7, "y": 1})
+    by_dept: dict[str, Amount] = {}
+    for p, u in removed.items():
+        by_dept[projects[p][0]] = by_dept.get(projects[p][0], A(0)) + A(u)
+    closed = t.lendable_if_removed("a", K, by_dept)
+    undos = [t.add_usage(p, {K: A(-u)}) for p, u in removed.items()]
+    assert closed == t.lendable_to("a", K)
+    for u in undos:
+        u()
