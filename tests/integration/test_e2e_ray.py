@@ -170,3 +170,14 @@ def test_process_runtime_end_to_end(broker):
     done = wait_status(broker, created["id"], TERMINAL)
     assert (done["status"], done["exit_code"]) == ("FAILED", 4)
     assert fields(broker.logs(created["id"]))["cvd"] == "0,1"
+
+
+@pytest.mark.parametrize("case, change, field", [
+    pytest.param("no_command", {"command": []}, "command", id="no_command"),
+    pytest.param("negative_gpus", {"resources": {"gpus": -1, "cpus": 1, "memory_gb": 1}}, "gpus", id="negative_gpus"),
+])
+def test_bad_body_is_refused_with_422_and_a_clear_message(broker, case, change, field):
+    with pytest.raises(BrokerAPIError) as e:
+        broker.submit({**job("true"), **change})
+    assert e.value.status == 422 and e.value.code, case
+    assert field in (e.value.message + str(e.value.details)), e.value.message
