@@ -128,34 +128,66 @@ class _Cycle:
         self.dept_of = {p.id: p.department for p in snap.projects}
         self.runs: list[Run] = []
         self.runs_by_fid: dict[int, list[Run]] = {}
-        usage: dict[str, dict[tuple[Flavor, str], float]] = {}
+        usage: dict[tuple[str, int], list[float]] = {}
         self.alloc: dict[str, list[float]] = {}
         reserved: dict[str, float] = {}
         self.borrowed = [[0.0, 0.0, 0.0] for _ in w.flavors]  # running work flagged borrowing
+        budgets = {p.id: p.budget_gpu_hours for p in snap.projects if not p.budget_gpu_hours.unlimited}
+        budgets.update({d.id: d.budget_gpu_hours for d in snap.departments if not d.budget_gpu_hours.unlimited})
+        fid_of = {(fx.flavor.pool, fx.flavor.gpu_model): fx.fid for fx in w.flavors}  # no dataclass hashing
+        by_id, dept_of, runs, runs_by_fid, alloc = w.by_id, self.dept_of, self.runs, self.runs_by_fid, self.alloc
         for r in sorted(snap.running, key=lambda r: r.job.id):
             j = r.job
-            fid = w.fid.get(r.flavor, -1)
+            fl = r.flavor
+            fid = fid_of.get((fl.pool, fl.gpu_model), -1)
             run = Run(j, fid, r.start_time, r.borrowing)
+            g, c, m = run.g, run.c, run.m
             for pl in r.placements:
-                i = w.by_id.get(pl.node)
+                i = by_id.get(pl.node)
                 if i is not None:
-                    ids = tuple(pl.gpu_indices) if len(pl.gpu_indices) == run.g else None
-                    run.taken.append((i, w.take(i, run.g, run.c, run.m, ids)))
-            self.runs.append(run)
+                    ids = pl.gpu_indices
+                    if len(ids) == g:
+                        w.occupy(i, g, c, m, ids)
+                        run.taken.append((i, ids))
+                    else:  # indices unknown: the lowest free ones stand in for them
+                        slot = [()]
+                        w.occupy(i, g, c, m, None, slot)
+                        run.taken.append((i, slot))
+            runs.append(run)
+            req = run.req
+            pid = j.project
             if fid >= 0:
-                self.runs_by_fid.setdefault(fid, []).append(run)
-                u = usage.setdefault(j.project, {})
-                for k, res in enumerate(RESOURCES):
-                    if run.req[k]:
-                        u[(r.flavor, res)] = u.get((r.flavor, res), 0.0) + run.req[k]
-                    if r.borrowing:
-                        self.borrowed[fid][k] += run.req[k]
-            a = self.alloc.setdefault(j.project, [0.0, 0.0, 0.0])
-            for k in range(3):
-                a[k] += run.req[k]
-            rh = remaining_reservation(int(run.req[0]), r.start_time, j.max_runtime_s, now).value
-            for owner in (j.project, self.dept_of.get(j.project, "")):
-                reserved[owner] = reserved.get(owner, 0.0) + rh
+                lst = runs_by_fid.get(fid)
+                if lst is None:
+                    lst = runs_by_fid[fid] = []
+                lst.append(run)
+                u = usage.get((pid, fid))
+                if u is None:
+                    u = usage[(pid, fid)] = [0.0, 0.0, 0.0]
+                u[0] += req[0]
+                u[1] += req[1]
+                u[2] += req[2]
+                if r.borrowing:
+                    b = self.borrowed[fid]
+                    b[0] += req[0]
+                    b[1] += req[1]
+                    b[2] += req[2]
+            a = alloc.get(pid)
+            if a is None:
+                a = alloc[pid] = [0.0, 0.0, 0.0]
+            a[0] += req[0]
+            a[1] += req[1]
+            a[2] += req[2]
+            if budgets:
+                dept = dept_of.get(pid, "")
+                if pid in budgets or dept in budgets:
+                    rh = remaining_reservation(int(req[0]), r.start_time, j.max_runtime_s, now).value
+                    for owner in (pid, dept):
+                        reserved[owner] = reserved.get(owner, 0.0) + rh
+        w.finalize()
+        for run in runs:  # resolve stand-in indices
+            if any(type(ids) is list for _i, ids in run.taken):
+                run.taken = [(i, ids[0] if type(ids) is list else ids) for i, ids in run.taken]
         capacity: dict[tuple[Flavor, str], Amount] = {}
         for fx in w.flavors:
             tot = [0.0, 0.0, 0.0]
@@ -168,12 +200,16 @@ class _Cycle:
                 capacity[(fx.flavor, res)] = Amount.of(tot[k])
         dspecs = {d.id: d.quotas for d in snap.departments}
         pspecs = {p.id: (p.department, p.quotas) for p in snap.projects}
-        self.tree = QuotaTree(capacity, dspecs, pspecs,
-                              {pid: {k: Amount.of(v) for k, v in u.items()} for pid, u in usage.items()})
+        tree_usage: dict[str, dict[tuple[Flavor, str], Amount]] = {}
+        for (pid, fid), u in usage.items():
+            fl = w.flavors[fid].flavor
+            d = tree_usage.setdefault(pid, {})
+            for k, res in enumerate(RESOURCES):
+                if u[k]:
+                    d[(fl, res)] = Amount.of(u[k])
+        self.tree = QuotaTree(capacity, dspecs, pspecs, tree_usage)
         managed = {k for s in dspecs.values() for k in s} | {k for _, s in pspecs.values() for k in s}
         self.qv = QuotaView(self.tree, [fx.flavor for fx in w.flavors], managed)
-        budgets = {p.id: p.budget_gpu_hours for p in snap.projects if not p.budget_gpu_hours.unlimited}
-        budgets.update({d.id: d.budget_gpu_hours for d in snap.departments if not d.budget_gpu_hours.unlimited})
         spent = {o: float(x.spent_gpu_hours) for o, x in [*self.projects.items(), *self.departments.items()]}
         self.ledger = BudgetLedger(budgets, spent)
         for owner in sorted(reserved):

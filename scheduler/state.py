@@ -114,14 +114,41 @@ class World:
                 fx.any_ready = True
                 fx.ready_cap_g += w.cap_g
         self.pools_with_nodes = sorted({fx.pool.name for fx in self.flavors})
+        self._used_ids: dict[int, set[int]] = {}
+        self._unassigned: list[tuple[int, int, list]] = []  # (node, gpus, slot to fill with ids)
+        self._final = False
+
+    # -- bulk loading of running work (step 1), then `finalize` builds the indexes once --------
+    def occupy(self, i: int, g: int, c: float, m: float, ids: tuple[int, ...] | None, slot: list | None = None) -> None:
+        """Account running work on node i before `finalize`; ids None: any free ones, written
+        into slot[0] at finalize (a snapshot without GPU indices)."""
+        w = self.nodes[i]
+        w.free_g -= g
+        w.free_c -= c
+        w.free_m -= m
+        if ids is None:
+            self._unassigned.append((i, g, slot if slot is not None else [()]))
+        elif ids:
+            self._used_ids.setdefault(i, set()).update(ids)
+
+    def finalize(self) -> None:
+        for i, used in self._used_ids.items():
+            w = self.nodes[i]
+            w.free_ids = [x for x in w.free_ids if x not in used]
+        for i, g, slot in self._unassigned:
+            w = self.nodes[i]
+            slot[0] = tuple(w.free_ids[:g])
+            del w.free_ids[:g]
         for fx in self.flavors:
             fx.buckets = [[] for _ in range(fx.max_cap_g + 1)]
             for i in fx.nodes:
                 w = self.nodes[i]
                 if w.ready:
-                    fx.buckets[w.free_g].append(i)
-                    fx.total_free_g += w.free_g
+                    f = min(max(w.free_g, 0), w.cap_g)
+                    fx.buckets[f].append(i)
+                    fx.total_free_g += f
             fx._recompute_max()
+        self._final = True
 
     # -- mutation (take and give are each other's undo) ----------------------------------
     def _rebucket(self, w: WNode, old_g: int) -> None:

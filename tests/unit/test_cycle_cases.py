@@ -84,6 +84,13 @@ def c_gpu_indices_avoid_running():
     return Case(snapshot([node("n1", gpus=4)], [job("a", gpus=2)], [busy]), {"a"}, check=check)
 
 
+def c_running_without_gpu_indices_still_counts():
+    # a snapshot that lost GPU indices: 3 GPUs are in use somewhere on n1; the job gets the rest
+    busy = running(job("busy", gpus=3, project="other"), ("n1", ()))
+    snap = snapshot([node("n1", gpus=4)], [job("a", gpus=1, submit=0), job("b", gpus=1, submit=1)], [busy])
+    return Case(snap, {"a"}, {"b": RC.NO_CAPACITY}, check=lambda r: _on(r, "a") == [("n1", (3,))] or pytest.fail())
+
+
 def c_fragmented_vs_no_capacity():
     snap = snapshot([node("n1"), node("n2")], [job("big", gpus=8, submit=0), job("huge", gpus=8, workers=2, submit=1)],
                     [full("n1", 4), full("n2", 4)])
