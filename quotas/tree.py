@@ -165,13 +165,21 @@ class QuotaTree:
             self._dspec[dept] = eff
         self.usage: dict[tuple[str, Key], Amount] = {}  # project and department usage
         self.region_usage: dict[Key, Amount] = {}
+        # Bulk bubbling: usage is always finite, so department and region sums are added up
+        # once as numbers and rounded into one Amount each (same result as Amount additions).
+        dsum: dict[tuple[str, Key], float] = {}
+        rsum: dict[Key, float] = {}
         for pid in sorted(usage or {}):
             dept = self.dept_of.get(pid, "")
             for key, a in usage[pid].items():
                 a = Amount.of(a)
                 self.usage[(pid, key)] = self.usage.get((pid, key), ZERO) + a
-                self.usage[(dept, key)] = self.usage.get((dept, key), ZERO) + a
-                self.region_usage[key] = self.region_usage.get(key, ZERO) + a
+                dsum[(dept, key)] = dsum.get((dept, key), 0.0) + a.value
+                rsum[key] = rsum.get(key, 0.0) + a.value
+        for k, v in dsum.items():
+            self.usage[k] = self.usage.get(k, ZERO) + Amount.of(v)
+        for key, v in rsum.items():
+            self.region_usage[key] = Amount.of(v)
         self.version = 0  # bumps on every change: lets callers cache headroom
         # Unused-guarantee bookkeeping, kept incrementally so protection is O(1) per check:
         # _ug_sum[(dept, key)] = sum of its projects' unused guarantees, _prot[(dept, key)] =

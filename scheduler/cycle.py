@@ -48,6 +48,11 @@ DEFAULT_POLICY = POLICIES["fair-backfill-preempt"]
 EPS = 1e-9
 
 
+def fkey(fl: Flavor) -> tuple[str, str]:
+    """The quota tree's flavor key: a plain (pool, model) tuple."""
+    return (fl.pool, fl.gpu_model)
+
+
 def run_cycle(snapshot: Snapshot, now: float, policy: Policy = DEFAULT_POLICY) -> CycleResult:
     """Decide admissions, preemptions and pending reasons for one snapshot at time `now`."""
     return _Cycle(snapshot, now, policy).run()
@@ -188,7 +193,7 @@ class _Cycle:
         for run in runs:  # resolve stand-in indices
             if any(type(ids) is list for _i, ids in run.taken):
                 run.taken = [(i, ids[0] if type(ids) is list else ids) for i, ids in run.taken]
-        capacity: dict[tuple[Flavor, str], Amount] = {}
+        capacity: dict[tuple[tuple[str, str], str], Amount] = {}
         for fx in w.flavors:
             tot = [0.0, 0.0, 0.0]
             for i in fx.nodes:
@@ -197,19 +202,21 @@ class _Cycle:
                 for k in range(3):
                     tot[k] += caps[k] if n.ready else caps[k] - frees[k]
             for k, res in enumerate(RESOURCES):
-                capacity[(fx.flavor, res)] = Amount.of(tot[k])
-        dspecs = {d.id: d.quotas for d in snap.departments}
-        pspecs = {p.id: (p.department, p.quotas) for p in snap.projects}
-        tree_usage: dict[str, dict[tuple[Flavor, str], Amount]] = {}
+                capacity[(fkey(fx.flavor), res)] = Amount.of(tot[k])
+        # The tree is keyed by ((pool, model), resource) tuples: they hash in C, Flavor
+        # dataclasses in Python, and the hot paths look keys up millions of times.
+        dspecs = {d.id: {(fkey(f), r): v for (f, r), v in d.quotas.items()} for d in snap.departments}
+        pspecs = {p.id: (p.department, {(fkey(f), r): v for (f, r), v in p.quotas.items()}) for p in snap.projects}
+        tree_usage: dict[str, dict[tuple[tuple[str, str], str], Amount]] = {}
         for (pid, fid), u in usage.items():
-            fl = w.flavors[fid].flavor
+            fl = fkey(w.flavors[fid].flavor)
             d = tree_usage.setdefault(pid, {})
             for k, res in enumerate(RESOURCES):
                 if u[k]:
                     d[(fl, res)] = Amount.of(u[k])
         self.tree = QuotaTree(capacity, dspecs, pspecs, tree_usage)
         managed = {k for s in dspecs.values() for k in s} | {k for _, s in pspecs.values() for k in s}
-        self.qv = QuotaView(self.tree, [fx.flavor for fx in w.flavors], managed)
+        self.qv = QuotaView(self.tree, [fkey(fx.flavor) for fx in w.flavors], managed)
         spent = {o: float(x.spent_gpu_hours) for o, x in [*self.projects.items(), *self.departments.items()]}
         self.ledger = BudgetLedger(budgets, spent)
         for owner in sorted(reserved):
@@ -617,7 +624,7 @@ class _Cycle:
             return {}
         fx = self.world.flavors[fid]
         res = RESOURCES[ri]
-        key = (fx.flavor, res)
+        key = (self.qv.flavors[fid], res)
         dept = level == "department"
         owner = self.dept_of.get(job.project, "") if dept else job.project
         spec = self.tree.department_spec(owner, key) if dept else self.tree.project_spec(owner, key)

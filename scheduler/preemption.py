@@ -126,8 +126,7 @@ def _ranked(cyc: "_Cycle", fid: int) -> list["Run"]:
     """Running jobs of a flavor in victim preference order (computed once per cycle)."""
     got = cyc.ranked.get(fid)
     if got is None:
-        fl = cyc.world.flavors[fid].flavor
-        key = (fl, "gpus")
+        key = (cyc.qv.flavors[fid], "gpus")
         over: dict[str, float] = {}
         for r in cyc.runs_by_fid.get(fid, ()):
             q = r.job.project
@@ -295,7 +294,7 @@ def _quota_ok(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims: list["Ru
     if qv.limits(job.project, fid, s.req)[0]:
         return False
     tree = cyc.tree
-    fl = cyc.world.flavors[fid].flavor
+    fl = qv.flavors[fid]
     for ri in qv.managed[fid]:
         if not s.req[ri]:
             continue

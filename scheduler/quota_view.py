@@ -25,7 +25,7 @@ from typing import Callable
 
 from quotas.amount import Amount
 from quotas.tree import QuotaTree, Verdict
-from scheduler.model import RESOURCES, Flavor
+from scheduler.model import RESOURCES
 
 EPS = 1e-9
 INF = float("inf")
@@ -35,7 +35,8 @@ _Rec = tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], tuple[floa
 
 
 class QuotaView:
-    def __init__(self, tree: QuotaTree, flavors: list[Flavor], managed: set[tuple[Flavor, str]]) -> None:
+    def __init__(self, tree: QuotaTree, flavors: list, managed: set) -> None:
+        """flavors[fid]: the tree's key for flavor fid; managed: (flavor key, resource) pairs."""
         self.tree = tree
         self.flavors = flavors
         # per flavor: indices into RESOURCES of the managed resources
