@@ -72,7 +72,8 @@ def start_local_cluster(gpus: int = 0, nodes: int = 1, pools: Sequence[str] = ("
                         dashboard: bool = False, env: Mapping[str, str] | None = None,
                         log_file: str | os.PathLike | None = None,
                         timeout_s: float = 90.0) -> LocalCluster:
-    """Start a local cluster with `gpus` logical GPUs per node; return its address and stop().
+    """Start a local cluster with `gpus` logical GPUs per node (0: what Ray detects); return
+    its address and stop().
 
     `cpus` per node defaults to the machine's core count (one node) or 2 (several nodes).
     `env` is added to the environment of the Ray processes (e.g. CONTAINERS_CONF for podman).
@@ -98,7 +99,7 @@ def _start_head(gpus: int, labels: Mapping[str, str], cpus: float | None, dashbo
                 env: Mapping[str, str], log_file, timeout_s: float) -> LocalCluster:
     port, dash_port = free_port(), free_port()
     argv = [_ray_bin(), "start", "--head", "--block", "--disable-usage-stats",
-            f"--node-ip-address={HOST}", f"--port={port}", f"--num-gpus={gpus}",
+            f"--node-ip-address={HOST}", f"--port={port}",
             "--labels=" + ",".join(f"{k}={v}" for k, v in labels.items()),
             f"--include-dashboard={'true' if dashboard else 'false'}",
             f"--dashboard-host={HOST}", f"--dashboard-port={dash_port}",
@@ -107,6 +108,8 @@ def _start_head(gpus: int, labels: Mapping[str, str], cpus: float | None, dashbo
             f"--runtime-env-agent-port={free_port()}"]
     if cpus is not None:
         argv.append(f"--num-cpus={int(cpus)}")
+    if gpus:
+        argv.append(f"--num-gpus={gpus}")
     out = open(log_file, "ab") if log_file else tempfile.TemporaryFile()
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env={**os.environ, **env}, start_new_session=True)
@@ -142,7 +145,7 @@ def _start_multi(gpus: int, specs: list[dict[str, str]], cpus: float, dashboard:
             "num_cpus": 0, "num_gpus": 0,
             "include_dashboard": dashboard, "dashboard_host": HOST, "dashboard_port": dash_port})
         for labels in specs:
-            cluster.add_node(num_cpus=cpus, num_gpus=gpus, labels=dict(labels))
+            cluster.add_node(num_cpus=cpus, num_gpus=gpus or None, labels=dict(labels))
         cluster.wait_for_nodes()
     finally:
         for k, v in saved.items():
