@@ -35,6 +35,7 @@ from broker.settings import Settings
 log = logging.getLogger("broker.jobs")
 
 _STATUSES = {s.value for s in JobStatus}
+RECHECK_S = 1.0  # an unknown project re-reads the project list at most this often
 
 
 class JobService:
@@ -51,20 +52,19 @@ class JobService:
     def prepare(self, *, principal: Principal, spec: JobCreate) -> tuple[dict, dict]:
         """Check the spec against the catalog and build the job and event rows (no writes).
 
-        May read the DB on a cache miss: async callers run it in a thread when `ready()` is False.
+        May read the DB on a cache miss: async callers run it in a thread unless `cache_ready()`.
         """
         if spec.runtime == "process" and not self.settings.allow_process_runtime:
             raise Invalid("runtime 'process' runs commands unconfined on the node and is disabled here; "
                           "use runtime 'container'", code="PROCESS_RUNTIME_DISABLED")
-        projects = self.projects.get()
-        if spec.project not in projects:
-            self.projects.invalidate()  # a project created a moment ago: look once more
-            if spec.project not in self.projects.get():
+        if spec.project not in self.projects.get():
+            # a project created a moment ago? look once more (at most once a second)
+            if spec.project not in self.projects.get(max_age=RECHECK_S):
                 raise checks.unknown_project(spec.project)
         shape = checks.WorkerShape(spec.resources.gpus, spec.resources.cpus, spec.resources.memory_gb,
                                    tuple(spec.resources.models()))
-        why = checks.never_fits_cached(self.inventory.get(), workload_class=spec.workload_class, pool=spec.pool,
-                                shape=shape, workers=spec.workers)
+        why = checks.never_fits_cached(self.inventory.get(), workload_class=spec.workload_class,
+                                       pool=spec.pool, shape=shape, workers=spec.workers)
         if why is not None:
             raise Invalid(why[0], code="NEVER_FITS", details=why[1])
         now = self.clock()
@@ -85,6 +85,12 @@ class JobService:
                  "details": {}}
         return row, event
 
+    def catalog_changed(self) -> None:
+        """Forget the cached projects, pools and nodes: call after writing them in this process
+        (admin changes, node sync). Other processes' writes show within the caches' TTLs."""
+        self.projects.invalidate()
+        self.inventory.invalidate()
+
     def cache_ready(self) -> bool:
         return self.projects.fresh() is not None and self.inventory.fresh() is not None
 
@@ -98,8 +104,8 @@ class JobService:
                 await self.writer.submit(row, event)
                 return job_public(row)
             except IntegrityError:
-                self.projects.invalidate()
-                if attempt or row["project_id"] not in await to_thread.run_sync(self.projects.get):
+                fresh = await to_thread.run_sync(lambda: self.projects.get(max_age=RECHECK_S))
+                if attempt or row["project_id"] not in fresh:
                     raise checks.unknown_project(row["project_id"]) from None
                 row["id"] = event["job_id"] = new_id()
         raise checks.unknown_project(row["project_id"])  # not reached: the loop returns or raises

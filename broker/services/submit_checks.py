@@ -114,7 +114,12 @@ def never_fits(inv: Inventory, *, workload_class: str, pool: str | None, shape: 
 
 
 class TTLCache:
-    """A loader result kept for `ttl_s`; `get()` never blocks on the DB when fresh."""
+    """A loader result kept for `ttl_s`; `get()` never touches the DB while fresh.
+
+    `get(max_age=...)` asks for a value at most that old (a submit naming a project the cache
+    does not know looks once more); reloads are never more frequent than `max_age`, so a flood
+    of bad requests cannot turn into a flood of queries.
+    """
 
     def __init__(self, loader: Callable[[], object], ttl_s: float, clock: Callable[[], float] = time.monotonic):
         self._loader, self._ttl, self._clock = loader, ttl_s, clock
@@ -122,15 +127,16 @@ class TTLCache:
         self._at = -1e18
         self._lock = threading.Lock()
 
-    def fresh(self) -> object | None:
-        return self._value if self._clock() - self._at < self._ttl else None
+    def fresh(self, max_age: float | None = None) -> object | None:
+        age = self._ttl if max_age is None else min(max_age, self._ttl)
+        return self._value if self._clock() - self._at < age else None
 
-    def get(self) -> object:
-        v = self.fresh()
+    def get(self, max_age: float | None = None) -> object:
+        v = self.fresh(max_age)
         if v is not None:
             return v
         with self._lock:
-            v = self.fresh()
+            v = self.fresh(max_age)
             if v is None:
                 v = self._loader()
                 self._value, self._at = v, self._clock()

@@ -114,7 +114,7 @@ def anon(app, client):
 
 
 @pytest.fixture
-def new_project(engine):
+def new_project(engine, app):
     """A fresh project (in department ouh) per call: isolates counts between tests."""
 
     def make(department: str = "ouh") -> str:
@@ -122,6 +122,7 @@ def new_project(engine):
         with Session(engine) as s:
             s.add(Project(id=pid, department_id=department, name=pid))
             s.commit()
+        app.state.jobs.catalog_changed()  # as an in-process admin write does
         return pid
 
     return make

@@ -77,3 +77,23 @@ def test_never_fits_cached_remembers_per_inventory_and_still_raises_bad_pins():
     for _ in range(2):
         with pytest.raises(Invalid):
             never_fits_cached(inv, workload_class="operation", pool="innovation", shape=shape(1), workers=1)
+
+
+def test_ttl_cache_reloads_after_ttl_and_max_age_bounds_rechecks():
+    from broker.services.submit_checks import TTLCache
+
+    t, loads = [0.0], []
+
+    def loader():
+        loads.append(t[0])
+        return len(loads)
+
+    c = TTLCache(loader, ttl_s=5.0, clock=lambda: t[0])
+    assert c.get() == 1 and c.get() == 1
+    t[0] = 0.5
+    assert c.get(max_age=1.0) == 1  # younger than max_age: no reload
+    t[0] = 1.5
+    assert c.get(max_age=1.0) == 2 and c.get(max_age=1.0) == 2  # one reload, then fresh again
+    t[0] = 7.0
+    assert c.fresh() is None and c.get() == 3
+    assert loads == [0.0, 1.5, 7.0]
