@@ -19,6 +19,7 @@ from typing import Union
 Number = Union[int, float]
 
 _ROUND = 9
+_INF = math.inf
 
 
 @dataclass(frozen=True, slots=True, order=False)
@@ -47,21 +48,23 @@ class Amount:
 
     # -- arithmetic (unlimited absorbs) -------------------------------------------------
     def __add__(self, other: "Amount | Number") -> "Amount":
-        o = Amount.of(other)
-        if self.unlimited or o.unlimited:
+        b = other.value if type(other) is Amount else Amount.of(other).value  # fast path: no coercion
+        a = self.value
+        if a == _INF or b == _INF:
             return UNLIMITED
-        return Amount(round(self.value + o.value, _ROUND))
+        return Amount(round(a + b, _ROUND))
 
     __radd__ = __add__
 
     def __sub__(self, other: "Amount | Number") -> "Amount":
         """unlimited - x = unlimited; x - unlimited = 0 (nothing is left of a finite pool)."""
-        o = Amount.of(other)
-        if self.unlimited:
+        b = other.value if type(other) is Amount else Amount.of(other).value
+        a = self.value
+        if a == _INF:
             return UNLIMITED
-        if o.unlimited:
+        if b == _INF:
             return ZERO
-        return Amount(round(self.value - o.value, _ROUND))
+        return Amount(round(a - b, _ROUND))
 
     def __mul__(self, k: Number) -> "Amount":
         if self.unlimited:
@@ -72,7 +75,7 @@ class Amount:
 
     def clamp0(self) -> "Amount":
         """max(self, 0): what is left can never be negative."""
-        return self if self.unlimited or self.value >= 0 else ZERO
+        return self if self.value >= 0 else ZERO  # unlimited (inf) is >= 0
 
     # -- comparison ----------------------------------------------------------------------
     def _cmp_value(self, other: "Amount | Number") -> float:

@@ -157,8 +157,16 @@ def add_estimates(cyc: "_Cycle") -> None:
     """
     timelines: dict[int, tuple[list[float], list[float]]] = {}
     free = {f: fx.total_free_g for f, fx in enumerate(cyc.world.flavors)}
+    # jobs replayed from the cycle's memo share one details dict: same shape, flavors and state,
+    # so the same estimate and message (details stay alive in the memo: ids are not reused)
+    shared: dict[int, tuple[float | None, str]] = {}
+    heads = cyc.reservations.head_start
     for job, s, fids, code, details, position in cyc.to_estimate:
-        est = cyc.reservations.head_start.get(job.id)
+        hit = shared.get(id(details)) if job.id not in heads else None
+        if hit is not None:
+            cyc.pending[job.id] = explained(code, details, position, hit[0], hit[1])
+            continue
+        est = heads.get(job.id)
         if est is None:
             for fid in fids:
                 tl = timelines.get(fid)
@@ -175,4 +183,6 @@ def add_estimates(cyc: "_Cycle") -> None:
                 if j < len(ends) and (est is None or ends[j] < est):
                     est = ends[j]
         details["requested"] = int(s.req[0])
-        cyc.pending[job.id] = explained(code, details, position, est)
+        reason = cyc.pending[job.id] = explained(code, details, position, est)
+        if job.id not in heads:
+            shared[id(details)] = (est, reason.message)
