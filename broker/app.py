@@ -32,9 +32,9 @@ from broker.settings import Settings
 from broker.tasks import Tasks
 
 
-def make_tasks(settings: Settings, engine, executor):
+def make_tasks(settings: Settings, engine, executor, on_nodes_changed=None):
     """The scheduling loop and its periodic tasks (broker.tasks), not yet started."""
-    loop = SchedulingLoop(settings, engine, executor)
+    loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=on_nodes_changed)
     return Tasks(loop, executor, cycle_interval_s=settings.cycle_interval_s,
                  reconcile_interval_s=settings.reconcile_interval_s)
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, executor=None, start_background
         await jobs.writer.start()
         tasks = None
         if start_background and executor is not None:
-            tasks = make_tasks(settings, engine, executor)
+            tasks = make_tasks(settings, engine, executor, on_nodes_changed=jobs.catalog_changed)
             app.state.tasks = tasks
             app.state.on_submit = tasks.wake
             app.state.on_cancel = tasks.wake

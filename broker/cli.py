@@ -11,10 +11,10 @@ from broker.cli_common import app  # noqa: F401  (the console script target: bro
 import broker.cli_jobs  # noqa: F401,E402  jobs submit|list|get|cancel|logs|events
 import broker.cli_bench_submit  # noqa: F401,E402  bench submit
 import broker.cli_up  # noqa: F401,E402  up
+import broker.cli_bench_dispatch  # noqa: F401,E402  bench dispatch
 import broker.cli_bench_ingest  # noqa: F401,E402  bench ingest (telemetry)
 
 # ---- registered by other modules (one import line each) ----
-# broker.cli_bench_dispatch   -> `broker bench dispatch` (Ray helper)
 
 
 def main() -> None:

@@ -92,7 +92,7 @@ def up(
 
         api = create_app(settings, executor=executor, engine=engine)
         typer.echo(f"API on http://{host}:{port} (docs at /docs); Ctrl-C stops everything")
-        uvicorn.run(api, host=host, port=port, log_level=settings.log_level, lifespan="on")
+        uvicorn.run(api, host=host, port=port, log_level=settings.log_level, lifespan="on", access_log=False)
     except KeyboardInterrupt:
         pass
     finally:

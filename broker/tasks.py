@@ -47,7 +47,12 @@ class Tasks:
         self._aps.shutdown(wait=True)
 
     def wake(self) -> None:
-        """Run a scheduling tick now (or right after the one running)."""
+        """Run a scheduling tick now (or right after the one running).
+
+        Cheap when called in bursts (every submit calls it): while a wake-up is pending, the
+        next one only finds the flag set and returns."""
+        if self._dirty.is_set():
+            return
         self._dirty.set()
         try:
             self._sched_job.modify(next_run_time=dt.datetime.now(dt.timezone.utc))

@@ -58,8 +58,10 @@ class TickReport:
 
 class SchedulingLoop:
     def __init__(self, settings: Settings, engine: Engine, executor: Executor, *,
-                 clock: Callable[[], float] = time.time, policy: Policy | None = None) -> None:
+                 clock: Callable[[], float] = time.time, policy: Policy | None = None,
+                 on_nodes_changed: Callable[[], None] | None = None) -> None:
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
+        self.on_nodes_changed = on_nodes_changed  # e.g. drop the submit path's inventory cache
         self.policy = policy or POLICIES[settings.scheduling_policy]
         self._stopping: set[tuple[str, int]] = set()  # stop() already sent for these attempts
         self._cause: dict[tuple[str, int], object] = {}  # the worker whose failure stopped its gang
@@ -83,6 +85,7 @@ class SchedulingLoop:
     def sync_nodes(self) -> None:
         observed = {o.id: o for o in self.executor.nodes()}
         now = self.clock()
+        dirty = False
         with Session(self.engine) as s:
             rows = {n.id: n for n in repo.nodes(s)}
             for nid, o in observed.items():
@@ -100,12 +103,16 @@ class SchedulingLoop:
                 if changed or nid not in rows:
                     row.updated_at = now
                     s.add(row)
+                    dirty = True
             for nid, row in rows.items():
                 if nid not in observed and row.state == NodeState.READY.value:
                     _assign(row, state=NodeState.UNHEALTHY.value,
                             state_reason=EXECUTOR_REASON + "the node left the executor's inventory", updated_at=now)
                     s.add(row)
+                    dirty = True
             s.commit()
+        if dirty and self.on_nodes_changed is not None:
+            self.on_nodes_changed()
 
     # ------------------------------------------------------------------ 2. observe
     def observe(self, rep: TickReport) -> None:
