@@ -166,10 +166,8 @@ class TelemetryService:
                 from sqlalchemy import create_engine
 
                 size = max(2, getattr(self.engine.pool, "size", lambda: 5)())
-                # autocommit: the fast path's one statement is its own transaction (pg_ingest)
                 self._ingest_engine = create_engine(self.engine.url, pool_size=size, max_overflow=size,
-                                                    pool_pre_ping=False, pool_recycle=600,
-                                                    isolation_level="AUTOCOMMIT")
+                                                    pool_pre_ping=False, pool_recycle=600)
                 self._own_ingest_engine = True
             else:
                 self._ingest_engine = self.engine
@@ -201,7 +199,7 @@ class TelemetryService:
             ack = pg_ingest.ingest(self, report, rows, faults, now)
             if ack is not None:
                 return ack  # else: first report of this node or a duplicate: the generic path decides
-        with Session(self.engine if self.dialect == "postgresql" else self.ingest_engine) as s:
+        with Session(self.ingest_engine) as s:
             try:
                 latch = self._claim(s, report, now, len(rows), faults)
                 if latch is None:
