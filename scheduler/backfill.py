@@ -50,6 +50,7 @@ class Reservations:
         self.by_pool: dict[str, Reservation] = {}
         self.head_start: dict[str, float] = {}
         self._unreserved: frozenset[int] | None = None
+        self.never: set = set()  # (shape, flavor) that cannot start even on an empty flavor
 
     def unreserved_fids(self, cyc: "_Cycle") -> frozenset[int]:
         """Flavors of pools that hold no reservation yet (cached until the next reservation)."""
@@ -67,9 +68,11 @@ class Reservations:
         """Reserve for `job` unless its best pool already holds a reservation."""
         best = None
         for fid in fids:
-            if cyc.world.flavors[fid].pool.name in self.by_pool:
+            if cyc.world.flavors[fid].pool.name in self.by_pool or (s, fid) in self.never:
                 continue
             got = earliest_start(cyc, s, fid)
+            if got is None:  # not even once everything running has ended: stays so this cycle
+                self.never.add((s, fid))
             if got is not None and (best is None or got[0] < best[0]):
                 best = (got[0], fid, got[1], got[2])
         if best is None:

@@ -45,6 +45,7 @@ from scheduler.reasons import bare, explained
 from scheduler.state import World
 
 DEFAULT_POLICY = POLICIES["fair-backfill-preempt"]
+_OP = WorkloadClass.OPERATION
 EPS = 1e-9
 
 
@@ -255,7 +256,8 @@ class _Cycle:
     # -- helpers --------------------------------------------------------------------------
     def shape(self, job: Job) -> Shape:
         pw = job.per_worker
-        key = (job.workload_class, job.pool, job.gpu_models, job.workers, pw.gpus, pw.cpus, pw.memory_gb)
+        # the class as a bool: a str-Enum hashes through Python code, a bool in C
+        key = (job.workload_class is _OP, job.pool, job.gpu_models, job.workers, pw.gpus, pw.cpus, pw.memory_gb)
         s = self.shapes.get(key)
         if s is None:
             s = self.shapes[key] = Shape(self.world, job)
@@ -425,27 +427,21 @@ class _Cycle:
         flavors = self.world.flavors
         res = self.reservations
         req0, g = req[0], s.g
-        for fid in s.ready_fids:
-            fx = flavors[fid]
-            if (fx.total_free_g >= req0 and fx.max_free >= g) or (
-                    res.any and fid in res.by_fid and res.could_fit(self, s, fid)):
-                break
-        else:
+        roomy = [fid for fid in s.ready_fids if (flavors[fid].total_free_g >= req0 and flavors[fid].max_free >= g)
+                 or (res.any and fid in res.by_fid and res.could_fit(self, s, fid))]
+        if not roomy:
             return self.no_room(job, s, position)
         qv = self.qv
-        innovation = job.workload_class is WorkloadClass.INNOVATION
+        innovation = job.workload_class is not _OP
         quota_fail = lend_fail = None
         cap_fids = []
         reclaim: list[tuple[int, bool, bool]] = []  # (fid, within guarantee, within nominal)
         backfill_blocked = False
         chosen = None
-        deferred: list[int] = []  # flavors without room now: only their limits matter, later
-        for fid in s.ready_fids:
+        # flavors without room now: only their limits matter, later
+        deferred = [fid for fid in s.ready_fids if fid not in roomy] if len(roomy) < len(s.ready_fids) else []
+        for fid in roomy:
             fx = flavors[fid]
-            if not ((fx.total_free_g >= req0 and fx.max_free >= g) or (
-                    res.any and fid in res.by_fid and res.could_fit(self, s, fid))):
-                deferred.append(fid)
-                continue
             borrowing = innovation and fx.pool.workload_class is WorkloadClass.OPERATION
             wg = wn = False
             if not fifo and qv.managed[fid]:
@@ -515,15 +511,16 @@ class _Cycle:
         want_all = can_preempt or (self.policy.backfill and not fifo and not backfill_blocked and
                                    len(self.reservations.by_pool) < len(self.world.pools_with_nodes))
         skipped = False
+        unreserved = self.reservations.unreserved_fids(self) if want_all else ()
+        req = s.req
         for fid in fids:
             if cap_fids and (not want_all or (
-                    not (can_preempt and pre.may_help(self, job, s, fid))
-                    and fid not in self.reservations.unreserved_fids(self))):
+                    fid not in unreserved and not (can_preempt and pre.may_help(self, job, s, fid)))):
                 skipped = True
                 continue  # neither a preemption nor a reservation could come from this flavor
             wg = wn = False
             if not fifo and qv.managed[fid]:
-                level, ri, wg, wn, _b = qv.limits(pid, fid, s.req)
+                level, ri, wg, wn, _b = qv.limits(pid, fid, req)
                 if level:
                     quota_fail = quota_fail or (fid, level, ri)
                     continue
