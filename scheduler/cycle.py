@@ -4,8 +4,8 @@
 decisions (admissions with placements, preemptions, one pending reason per other job).
 
 Steps:
- 1. Index: node free resources and GPU indices from running placements; quota usage bubbled up
-    the tree; budget reservations; fair-share allocation.
+ 1. Index (scheduler.index): node free resources and GPU indices from running placements;
+    quota usage bubbled up the tree; budget reservations; fair-share allocation.
  2. Order pending jobs: class (operation first), priority, quota tier (within guarantee, then
     within nominal, then borrowing: Kueue orders non-borrowing first, and it is what makes a
     guarantee hold within the cycle), fair share (weighted dominant share of allocation plus

@@ -106,7 +106,6 @@ def index_snapshot(cyc: "_Cycle") -> None:
     usage: dict[tuple[str, int], list[float]] = {}
     cyc.alloc: dict[str, list[float]] = {}
     reserved: dict[str, float] = {}
-    cyc.borrowed = [[0.0, 0.0, 0.0] for _ in w.flavors]  # running work flagged borrowing
     budgets = {p.id: p.budget_gpu_hours for p in snap.projects if not p.budget_gpu_hours.unlimited}
     budgets.update({d.id: d.budget_gpu_hours for d in snap.departments if not d.budget_gpu_hours.unlimited})
     fid_of = {(fx.flavor.pool, fx.flavor.gpu_model): fx.fid for fx in w.flavors}  # no dataclass hashing
@@ -142,11 +141,6 @@ def index_snapshot(cyc: "_Cycle") -> None:
             u[0] += req[0]
             u[1] += req[1]
             u[2] += req[2]
-            if r.borrowing:
-                b = cyc.borrowed[fid]
-                b[0] += req[0]
-                b[1] += req[1]
-                b[2] += req[2]
         a = alloc.get(pid)
         if a is None:
             a = alloc[pid] = [0.0, 0.0, 0.0]
