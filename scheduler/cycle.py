@@ -125,11 +125,19 @@ class _Cycle:
             queues.setdefault(j.project, []).append(j)
         shares = {pid: self.share(pid) for pid in queues}
         pos = dict.fromkeys(queues, 0)
-        tier = self.tier
+        limits, managed = self.qv.limits, self.qv.managed
 
         def entry(j: Job, pid: str) -> tuple:
             s = shape(j)
-            return (s.rank, -j.priority, tier(j, s), shares[pid], j.submit_time, j.id, pid, s)
+            fids = s.ready_fids
+            if not fids:
+                t = 2
+            elif managed[fids[0]]:  # self.tier, inlined: this runs once per pending job
+                _lv, _ri, wg, wn, _b = limits(pid, fids[0], s.req)
+                t = 0 if wg else 1 if wn else 2
+            else:
+                t = 1
+            return (s.rank, -j.priority, t, shares[pid], j.submit_time, j.id, pid, s)
 
         heap = [entry(q[0], pid) for pid, q in queues.items()]
         heapq.heapify(heap)
@@ -201,8 +209,15 @@ class _Cycle:
             return self.static_reason(job, s, position)
         key = (job.project, s, job.priority) if self.policy.priority_preemption else (job.project, s)
         hit = self.memo.get(key)
-        if hit is not None and hit[0] == self.epoch and self.budget_ok(job, s):
-            return self.replay(job, s, position, hit[1])
+        if hit is not None and hit[0] == self.epoch and (not self.budget_owners.get(job.project)
+                                                         or self.budget_ok(job, s)):
+            out = hit[1]
+            if self.explain:
+                return self.replay(job, s, position, out)
+            self.pending[job.id] = bare(out[1], position)
+            if out[0] == "capacity":
+                self.capacity_blocked = True
+            return False
         epoch = self.epoch
         self.outcome = None
         self.runtime_dependent = False
@@ -353,8 +368,8 @@ class _Cycle:
             cap_fids.append(fid)
             reclaim.append((fid, wg, wn))
         if len(reclaim) > 1:
-            rank = {f: k for k, f in enumerate(s.ready_fids)}
-            reclaim.sort(key=lambda t: rank[t[0]])
+            order = s.ready_fids
+            reclaim.sort(key=lambda t: order.index(t[0]))
         # -- step 4: preemption ----------------------------------------------------------
         if can_preempt and reclaim and pre.try_preempt(self, job, s, reclaim, position):
             return False
