@@ -78,6 +78,8 @@ from scheduler.traces import FORMATS, TraceError, TraceJob, load_trace, to_job
 
 CycleFn = Callable[[Snapshot, float, Policy], CycleResult]
 MAX_CYCLES_PER_INSTANT = 16
+DEFAULT_CYCLE_INTERVAL_S = 300.0
+DEFAULT_QUEUE_DEPTH = 32
 SIM_POOL = "sim"
 OPERATION_POOL = "operation"
 SIM_DEPARTMENT = "sim"
@@ -93,10 +95,10 @@ class SimConfig:
     nodes: int
     gpus_per_node: int
     policy: Policy = POLICIES["fair-backfill-preempt"]
-    cycle_interval: float = 300.0  # 0: a tick at every distinct event time
+    cycle_interval: float = DEFAULT_CYCLE_INTERVAL_S  # 0: a tick at every distinct event time
     preempt_grace: float = 0.0
     shares: str = "equal"  # equal | demand
-    queue_depth: int = 32  # 0: unlimited
+    queue_depth: int = DEFAULT_QUEUE_DEPTH  # 0: unlimited
     operation_nodes: int | None = None  # None: a quarter of the nodes if the trace has operation jobs, else 0
     progress: bool = False  # a line on stderr every 1,000 cycles
     cpus_per_node: float | None = None  # default 8 per GPU
@@ -459,11 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--policy", choices=sorted(POLICIES), default="fair-backfill-preempt")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--window", help="START:END submit-time window, e.g. 0:7d")
-    ap.add_argument("--cycle-interval", type=float, default=SimConfig.cycle_interval,
+    ap.add_argument("--cycle-interval", type=float, default=DEFAULT_CYCLE_INTERVAL_S,
                     help="seconds between ticks (default 300; 0: a tick at every event)")
     ap.add_argument("--preempt-grace", type=float, default=0.0, help="seconds a preempted job takes to stop")
     ap.add_argument("--shares", choices=("equal", "demand"), default="equal")
-    ap.add_argument("--queue-depth", type=int, default=SimConfig.queue_depth,
+    ap.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH,
                     help="pending jobs passed per project and cycle, at least free GPUs + 1 (default 32; 0: all)")
     ap.add_argument("--progress", action="store_true", help="progress lines on stderr")
     ap.add_argument("--operation-nodes", type=int, default=None,
