@@ -16,6 +16,7 @@ from scheduler import run_cycle
 from scheduler.model import (
     POLICIES, CycleResult, Flavor, NodeState, Policy, ReasonCode as RC, Snapshot,
 )
+from tests.unit.schedkit import INNO as INNO_
 from tests.unit.schedkit import OP, dept, job, node, project, q, running, snapshot
 
 DEFAULT = POLICIES["fair-backfill-preempt"]
@@ -480,3 +481,40 @@ def test_reclaimed_job_starts_next_cycle() -> None:
     later = replace(c.snap, running=tuple(r for r in c.snap.running if r.job.id not in gone))
     second = run_cycle(later, 20.0)
     assert [a.job_id for a in second.admissions] == ["clinical"]
+
+
+def _busy_snapshot(seed: int) -> Snapshot:
+    """A crowded random snapshot with many identical job shapes (what the memo feeds on)."""
+    rng = random.Random(seed)
+    nodes = [node(f"n{i:02d}", pool="operation" if i < 3 else "innovation", model="A100" if i % 2 else "H100")
+             for i in range(12)]
+    projects = [project(f"p{i}", dept=f"d{i % 3}", nominal=rng.choice([0, 4, 8]), guaranteed=rng.choice([0, 2]),
+                        flavor=("innovation", rng.choice(["A100", "H100"])), budget=rng.choice([None, None, 30]))
+                for i in range(8)]
+
+    def mk(jid: str, t: float):
+        return job(jid, gpus=rng.choice([1, 2, 4, 8]), workers=rng.choice([1, 1, 2]), project=f"p{rng.randrange(8)}",
+                   priority=rng.choice([0, 1]), submit=t, models=rng.choice([(), ("A100",)]),
+                   runtime=rng.choice([600.0, 3600.0]), cls=OP if rng.random() < 0.1 else INNO_)
+    first = snapshot(nodes, [mk(f"r{i}", -i) for i in range(40)], projects=projects)
+    r = run_cycle(first, 0.0, replace(DEFAULT, preemption=False))
+    pend = {j.id: j for j in first.pending}
+    runs = [running(pend[a.job_id], *[(p.node, p.gpu_indices) for p in a.placements], start=-rng.random() * 600,
+                    borrowing=a.borrowing, flavor=a.flavor) for a in r.admissions]
+    return snapshot(nodes, [mk(f"j{i:03d}", float(i)) for i in range(150)], runs, projects=projects)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("policy", ["fair-backfill-preempt", "fair", "fifo"])
+def test_outcome_memo_changes_nothing(seed: int, policy: str, monkeypatch) -> None:
+    """Replaying memoised outcomes gives exactly the decisions of evaluating every job."""
+    from scheduler import cycle as cycle_mod
+    snap = _busy_snapshot(seed)
+    for explain in (True, False):
+        pol = replace(POLICIES[policy], explain=explain)
+        with_memo = run_cycle(snap, 10.0, pol)
+        with monkeypatch.context() as m:
+            m.setattr(cycle_mod._Cycle, "schedule", lambda self, job, s, pos: (
+                self.static_reason(job, s, pos) if s.code is not None else self._schedule(job, s, pos)))
+            without = run_cycle(snap, 10.0, pol)
+        assert with_memo == without
