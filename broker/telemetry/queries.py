@@ -116,7 +116,8 @@ def job_usage(engine: Engine, job_id: str, attempt: int | None = None) -> dict[s
 
     Raw samples first (exact); when they have aged out, the minute rollups (same averages,
     peaks of the minute maxima). Memory is the job's own processes' memory where the agent
-    could attribute it, the GPU's used memory otherwise.
+    could attribute it, the GPU's used memory otherwise. `energy_j` and `used_gpu_s` (for the
+    ledger) come from raw samples only, and are None once those have aged out.
     """
     mem = "COALESCE(job_memory_mb, memory_used_mb)"
     att = "" if attempt is None else " AND attempt = :t"
@@ -134,8 +135,14 @@ def job_usage(engine: Engine, job_id: str, attempt: int | None = None) -> dict[s
                 f"{_avg('tensor_sum', 'gpm_n')} AS tensor_active_avg, MIN(bucket) AS first_ts, MAX(bucket) AS last_ts "
                 "FROM gpu_rollups WHERE resolution_s = 60 AND job_id = :j"), {"j": job_id}).mappings().one())
             source = "1m"
-        gpus = s.execute(text(f"SELECT COUNT(*) FROM (SELECT DISTINCT node_id, gpu_index FROM gpu_samples "
-                              f"WHERE job_id = :j{att}) AS d"), {"j": job_id, "t": attempt}).scalar()
+        per_gpu = s.execute(text(
+            f"SELECT MAX(energy_mj) - MIN(energy_mj), AVG(util_gpu), MAX(ts) - MIN(ts), COUNT(*) FROM gpu_samples "
+            f"WHERE job_id = :j{att} GROUP BY node_id, gpu_index"), {"j": job_id, "t": attempt}).all()
+    gpus = len(per_gpu)
+    # energy: the NVML total-energy counter's rise over the job's readings, per GPU, summed;
+    # used GPU-seconds: average utilization x time spanned, per GPU (one reading ~ one interval)
+    energy = [r[0] for r in per_gpu if r[0] is not None]
+    used = [(r[1] / 100.0) * (r[2] * r[3] / max(1, r[3] - 1)) for r in per_gpu if r[1] is not None and r[3]]
     samples = int(out["samples"] or 0)
     return {
         "job_id": job_id,
@@ -150,6 +157,8 @@ def job_usage(engine: Engine, job_id: str, attempt: int | None = None) -> dict[s
         "tensor_active_avg": _f(out["tensor_active_avg"]),
         "first_ts": _f(out["first_ts"]),
         "last_ts": _f(out["last_ts"]),
+        "energy_j": round(sum(energy) / 1000.0, 3) if energy else None,
+        "used_gpu_s": round(sum(used), 3) if used else None,
     }
 
 

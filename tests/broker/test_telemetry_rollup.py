@@ -124,7 +124,20 @@ def test_job_usage_avg_and_peak_from_attributed_samples(svc, engine):
     assert (u["samples"], u["gpus"], u["source"]) == (12, 1, "raw")
     assert u["gpu_util_avg"] == pytest.approx(7.5) and u["gpu_util_peak"] == 15.0
     assert u["memory_used_mb_avg"] == pytest.approx(1002.5) and u["memory_used_mb_peak"] == 1005.0
+    # 12 readings 10 s apart = 120 s at 7.5 % average
+    assert u["used_gpu_s"] == pytest.approx(0.075 * 120) and u["energy_j"] is None  # gpu() sends no energy
     assert queries.job_usage(engine, "no-such-job")["samples"] == 0
+
+
+def test_job_energy_from_the_counter(svc, engine):
+    node = new_node(engine)
+    t0 = 1_700_450_000.0
+    samples = [gpu(i, t0 + k, util=100.0, job="job-energy", energy_mj=1_000_000 + 500_000 * k + i)
+               for k in range(3) for i in range(2)]
+    svc.ingest(agent_node_id=node, report=report(node, 1, samples), now=t0 + 10)
+    u = queries.job_usage(engine, "job-energy")
+    assert u["energy_j"] == pytest.approx(2 * 1000.0)  # each GPU's counter rose 1,000,000 mJ
+    assert u["used_gpu_s"] == pytest.approx(2 * 3.0) and u["gpus"] == 2
 
 
 def test_job_usage_falls_back_to_rollups_after_retention(svc, engine):
