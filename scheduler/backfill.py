@@ -157,35 +157,38 @@ def add_estimates(cyc: "_Cycle") -> None:
 
     The reserved head gets its reservation time; others a lower bound: the first time enough
     GPUs in total are released in one of their flavors (ignores fragmentation and the queue).
+    Estimates depend only on (flavors, GPUs requested) and messages only on the numbers they
+    quote, so both are computed once per distinct value.
     """
     timelines: dict[int, tuple[list[float], list[float]]] = {}
     free = {f: fx.total_free_g for f, fx in enumerate(cyc.world.flavors)}
-    # jobs replayed from the cycle's memo share one details dict: same shape, flavors and state,
-    # so the same estimate and message (details stay alive in the memo: ids are not reused)
-    shared: dict[int, tuple[float | None, str]] = {}
+    estimates: dict[tuple, float | None] = {}
+    texts: dict[tuple, str] = {}
     heads = cyc.reservations.head_start
     for job, s, fids, code, details, position in cyc.to_estimate:
-        hit = shared.get(id(details)) if job.id not in heads else None
-        if hit is not None:
-            cyc.pending[job.id] = explained(code, details, position, hit[0], hit[1])
-            continue
         est = heads.get(job.id)
         if est is None:
-            for fid in fids:
-                tl = timelines.get(fid)
-                if tl is None:
-                    ends, cum, acc = [], [], 0.0
-                    for end, _jid, parts in _events(cyc, fid):
-                        acc += sum(p[1] for p in parts)
-                        ends.append(end)
-                        cum.append(acc)
-                    tl = timelines[fid] = (ends, cum)
-                need = s.req[0] - free[fid]
-                ends, cum = tl
-                j = bisect_left(cum, need - EPS) if need > 0 else 0
-                if j < len(ends) and (est is None or ends[j] < est):
-                    est = ends[j]
-        details["requested"] = int(s.req[0])
-        reason = cyc.pending[job.id] = explained(code, details, position, est)
-        if job.id not in heads:
-            shared[id(details)] = (est, reason.message)
+            ek = (tuple(fids), s.req[0])
+            if ek in estimates:
+                est = estimates[ek]
+            else:
+                for fid in fids:
+                    tl = timelines.get(fid)
+                    if tl is None:
+                        ends, cum, acc = [], [], 0.0
+                        for end, _jid, parts in _events(cyc, fid):
+                            acc += sum(p[1] for p in parts)
+                            ends.append(end)
+                            cum.append(acc)
+                        tl = timelines[fid] = (ends, cum)
+                    need = s.req[0] - free[fid]
+                    ends, cum = tl
+                    j = bisect_left(cum, need - EPS) if need > 0 else 0
+                    if j < len(ends) and (est is None or ends[j] < est):
+                        est = ends[j]
+                estimates[ek] = est
+        tk = (code, details.get("requested"), details.get("free"), details.get("in_use"), details.get("per_worker"))
+        text = texts.get(tk)
+        reason = cyc.pending[job.id] = explained(code, details, position, est, text)
+        if text is None:
+            texts[tk] = reason.message

@@ -29,8 +29,8 @@ def _n(x: object) -> str:
     return str(x)
 
 
-def message(code: ReasonCode, d: Mapping[str, object]) -> str:
-    """One sentence for a code, filled from the details."""
+def message(code: ReasonCode, d: Mapping[str, object], position: int | None = None) -> str:
+    """One sentence for a code, filled from the details (and the queue position)."""
     unit = d.get("resource", "GPUs")
     if code is ReasonCode.QUOTA_LIMIT:
         if d.get("level") == "borrow":
@@ -57,7 +57,7 @@ def message(code: ReasonCode, d: Mapping[str, object]) -> str:
         return (f"No healthy node with the requested GPU model ({', '.join(d.get('gpu_models', ()))}) "
                 f"is available in the pools this job may use.")
     if code is ReasonCode.WAITING_FOR_HIGHER_PRIORITY:
-        return (f"The job is number {d.get('queue_position')} in the queue and waits for the jobs "
+        return (f"The job is number {position} in the queue and waits for the jobs "
                 f"ahead of it to start first.")
     if code is ReasonCode.BACKFILL_RESERVATION:
         return ("The job would fit now, but starting it would delay a larger job ahead of it that "
@@ -71,9 +71,12 @@ def message(code: ReasonCode, d: Mapping[str, object]) -> str:
     return str(code.value)
 
 
-def explained(code: ReasonCode, details: dict[str, object], position: int | None,
+def explained(code: ReasonCode, details: Mapping[str, object], position: int | None,
               estimated_start: float | None = None, text: str | None = None) -> PendingReason:
-    """A full reason; `text` reuses a message already built for identical details."""
-    details = {**details, "queue_position": position}
-    return PendingReason(code, text if text is not None else message(code, details), details, position,
+    """A full reason; `text` reuses a message already built for identical details.
+
+    The queue position is the reason's own field, not a detail, so identical jobs (memoised
+    in the cycle) share one details mapping: it must not be changed once handed over.
+    """
+    return PendingReason(code, text if text is not None else message(code, details, position), details, position,
                          estimated_start)
