@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pydantic import ValidationError
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -40,6 +40,7 @@ SAMPLE_COLUMNS = (
     "ecc_uncorrectable", "ecc_correctable", "gr_active", "tensor_active", "dram_active", "xid",
     "job_id", "attempt", "project_id", "job_memory_mb",
 )
+_JOB, _PROJECT = SAMPLE_COLUMNS.index("job_id"), SAMPLE_COLUMNS.index("project_id")
 _INT = {"gpu_index", "xid", "attempt"}
 _BIGINT = {"energy_mj", "pcie_replay", "ecc_uncorrectable", "ecc_correctable"}
 _TEXT = {"node_id", "uuid", "job_id", "project_id"}
@@ -151,6 +152,7 @@ class TelemetryService:
         self._ingest_engine = ingest_engine
         self._own_ingest_engine = False
         self._wm_cache: tuple[float | None, float] = (None, -1e18)
+        self._projects: dict[str, str] = {}
 
     @property
     def ingest_engine(self) -> Engine:
@@ -191,7 +193,7 @@ class TelemetryService:
             raise Invalid("sample timestamps are more than a day in the future: check the node's clock",
                           code="CLOCK_SKEW")
         oldest_kept = now - self.config.raw_retention_s
-        rows = [sample_row(report.node_id, s) for s in report.gpus if s.ts >= oldest_kept]
+        rows = self._with_projects([sample_row(report.node_id, s) for s in report.gpus if s.ts >= oldest_kept])
         faults = health.gpu_faults(report.gpus, self.config.health.fatal_xids)
         if self.dialect == "postgresql":
             from broker.telemetry import pg_ingest
@@ -218,6 +220,29 @@ class TelemetryService:
                 s.rollback()
                 raise
         return TelemetryAck(accepted=True, samples=len(rows), node_status=status)
+
+    def _with_projects(self, rows: list[tuple]) -> list[tuple]:
+        """Set project_id of attributed rows from the jobs table (the agent may not know it).
+
+        The DB's answer wins over the agent's: the job's project is the broker's fact. Known
+        answers are cached (a job never changes project); unknown job ids keep what the agent
+        said and are asked again next time."""
+        jobs = {r[_JOB] for r in rows if r[_JOB] is not None}
+        if not jobs:
+            return rows
+        missing = [j for j in jobs if j not in self._projects]
+        if missing:
+            with Session(self.engine) as s:
+                found = s.execute(text("SELECT id, project_id FROM jobs WHERE id IN :ids")
+                                  .bindparams(bindparam("ids", expanding=True)), {"ids": missing}).all()
+            if len(self._projects) > 50_000:
+                self._projects.clear()
+            self._projects.update({j: p for j, p in found})
+        out = []
+        for r in rows:
+            p = self._projects.get(r[_JOB]) if r[_JOB] is not None else None
+            out.append(r if p is None or p == r[_PROJECT] else r[:_PROJECT] + (p,) + r[_PROJECT + 1:])
+        return out
 
     def _claim(self, s: Session, r: TelemetryReport, now: float, n: int, faults: list[str]) -> tuple | None:
         """Take `seq` for this node. Returns the health latch (fatal_at, fatal_reason), or None

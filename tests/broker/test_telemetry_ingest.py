@@ -196,3 +196,21 @@ def test_agent_to_broker_end_to_end_with_outage_and_replay(tclient, engine):
                                       {"n": node})]
     assert ts == [t0 + k for k in range(len(ts))] and len(ts) >= 290  # stored in order, no gap
     assert node_state(engine, node)[0] == "ready"
+
+
+def test_project_comes_from_the_jobs_table(tclient, client, engine):
+    """The runner sets BROKER_JOB_ID but not the project: the broker fills it in (and wins)."""
+    from tests.broker.conftest import job_body
+
+    r = client.post("/api/v1/jobs", json=job_body(project="ouh-liver"))
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    node = new_node(engine)
+    now = time.time()
+    body = encode(report(node, 1, [gpu(0, now, job=job_id), gpu(1, now, job=job_id, project="spoofed"),
+                                   gpu(2, now, job="not-a-job", project="agent-said")]))
+    assert push(tclient, agent_token(engine, node), body).status_code == 200
+    with Session(engine) as s:
+        got = s.execute(text("SELECT gpu_index, project_id FROM gpu_samples WHERE node_id=:n ORDER BY gpu_index"),
+                        {"n": node}).all()
+    assert [tuple(g) for g in got] == [(0, "ouh-liver"), (1, "ouh-liver"), (2, "agent-said")]
