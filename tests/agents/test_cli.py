@@ -98,3 +98,17 @@ def test_agent_loop_in_a_thread_pushes_and_serves_metrics(tmp_path):
     assert all(r.node_id == "n-thread" for _, r in got) and got[0][1].seq < got[1][1].seq
     assert 'DCGM_FI_DEV_GPU_UTIL{gpu="0"' in metrics
     assert (tmp_path / "buf" / "next_seq").exists()
+
+
+def test_console_script_target_from_pyproject(capsys):
+    """`broker-agent` is declared as agents.main:main; the target works without a subprocess too."""
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    scripts = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    module, func = scripts["broker-agent"].split(":")
+    main = getattr(importlib.import_module(module), func)
+    assert main(["--once", "--stdout", "--fake-gpus", "1", "--node-id", "n-entry"]) == 0
+    report = TelemetryReport.model_validate_json(capsys.readouterr().out)
+    assert report.node_id == "n-entry" and len(report.gpus) == 1
