@@ -3,7 +3,8 @@
 Ingest is the hot path (a region of 1,000 nodes x 8 GPUs pushes 8,000 samples a second), so:
 - the body is validated once by pydantic straight from bytes (`model_validate_json`);
 - samples become plain tuples and go into the DB in one statement per report: PostgreSQL
-  `COPY ... FROM STDIN` through psycopg, SQLite `executemany`;
+  binary `COPY ... FROM STDIN` (on the fast path of `pg_ingest`: about four round trips per
+  report, asynchronous commit, a pool of its own), SQLite `executemany`;
 - one transaction per report holds: claim the seq, insert samples, insert the host reading,
   update node health. Claiming is write-first (`UPDATE agent_state SET last_seq = :seq WHERE
   node_id = :n AND last_seq < :seq`), so two copies of one report racing each other store it
