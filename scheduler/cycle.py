@@ -27,6 +27,7 @@ Determinism: every sort uses total keys ending in ids; no set or dict order leak
 
 from __future__ import annotations
 
+import gc
 import heapq
 from typing import Iterator
 
@@ -47,8 +48,21 @@ EPS = 1e-9
 
 
 def run_cycle(snapshot: Snapshot, now: float, policy: Policy = DEFAULT_POLICY) -> CycleResult:
-    """Decide admissions, preemptions and pending reasons for one snapshot at time `now`."""
-    return _Cycle(snapshot, now, policy).run()
+    """Decide admissions, preemptions and pending reasons for one snapshot at time `now`.
+
+    The cyclic garbage collector is paused for the call (and restored after): a big cycle
+    allocates in bursts, and each generation-2 collection re-walks every object of the
+    snapshot, which measured 30-45 % of a 10k-pending cycle. Reference counting still frees
+    everything; the few cycles (undo closures) are collected once it is re-enabled.
+    """
+    enabled = gc.isenabled()
+    if enabled:
+        gc.disable()
+    try:
+        return _Cycle(snapshot, now, policy).run()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Cycle:
