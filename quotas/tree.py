@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable, Hashable, Iterable, Mapping, Protocol
+from typing import Callable, Hashable, Mapping, Protocol
 
 from quotas.amount import UNLIMITED, ZERO, Amount, amax, amin
 
@@ -320,7 +320,3 @@ def headroom(tree: QuotaTree, pid: str, key: Key) -> Amount:
     room = amin(ps.limit - pu, ds.limit - tree.used(dept, key)).clamp0()
     own = (ps.guaranteed - pu).clamp0()
     return amin(room, amax(own, tree.lendable_to(pid, key)))
-
-
-def keys_of(specs: Iterable[Mapping[Key, SpecLike]]) -> list[Key]:
-    return sorted({k for s in specs for k in s}, key=str)

@@ -280,6 +280,6 @@ class CycleMachine(RuleBasedStateMachine):
         return slots >= j.workers
 
 
-CycleMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
+CycleMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
                                           suppress_health_check=[HealthCheck.too_slow])
 TestCycleMachine = CycleMachine.TestCase
