@@ -192,7 +192,9 @@ class QuotaTree:
             for key in sorted(keys, key=str):
                 s = ZERO
                 for pid in self._members.get(dept, ()):
-                    s = s + self._unused(self.project_spec(pid, key), pid, key)
+                    u = self._unused(self.project_spec(pid, key), pid, key)
+                    if u.value:
+                        s = s + u
                 self._ug_sum[(dept, key)] = s
                 p = amax(self._unused(self.department_spec(dept, key), dept, key), s)
                 self._prot[(dept, key)] = p
