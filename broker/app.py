@@ -30,11 +30,14 @@ from broker.services.logs import LogService
 from broker.services.scheduling import SchedulingLoop
 from broker.settings import Settings
 from broker.tasks import Tasks
+from broker.telemetry.tasks import install as install_telemetry
+from broker.telemetry.tasks import register as register_telemetry
 
 
 def make_tasks(settings: Settings, engine, executor, on_nodes_changed=None):
-    """The scheduling loop and its periodic tasks (broker.tasks), not yet started."""
-    loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=on_nodes_changed)
+    """The periodic tasks (broker.tasks), not yet started: the scheduling loop and the
+    reconciler when there is an executor; telemetry tasks are added by the caller."""
+    loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=on_nodes_changed) if executor else None
     return Tasks(loop, executor, cycle_interval_s=settings.cycle_interval_s,
                  reconcile_interval_s=settings.reconcile_interval_s)
 
@@ -50,11 +53,13 @@ def create_app(settings: Settings | None = None, executor=None, start_background
     async def lifespan(app: FastAPI):
         await jobs.writer.start()
         tasks = None
-        if start_background and executor is not None:
+        if start_background:
             tasks = make_tasks(settings, engine, executor, on_nodes_changed=jobs.catalog_changed)
+            register_telemetry(tasks, app.state.telemetry)
             app.state.tasks = tasks
-            app.state.on_submit = tasks.wake
-            app.state.on_cancel = tasks.wake
+            if tasks.loop is not None:
+                app.state.on_submit = tasks.wake
+                app.state.on_cancel = tasks.wake
             tasks.start()
         try:
             yield
@@ -63,6 +68,7 @@ def create_app(settings: Settings | None = None, executor=None, start_background
                 app.state.on_submit = app.state.on_cancel = None
                 tasks.stop()
             await jobs.writer.stop()
+            app.state.telemetry.close()
             if own_engine:
                 engine.dispose()
 
@@ -87,4 +93,5 @@ def create_app(settings: Settings | None = None, executor=None, start_background
     app.include_router(job_routes.router)
     app.include_router(catalog_routes.router)
     app.include_router(observability_routes.router)
+    install_telemetry(app)
     return app

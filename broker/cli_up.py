@@ -27,8 +27,9 @@ from sqlmodel import Session
 
 from broker.cli_common import app
 from broker.db import make_engine, migrate
-from broker.services.bootstrap import create_token, ensure_admin_token, seed_demo
+from broker.services.bootstrap import ensure_admin_token, seed_demo
 from broker.settings import Settings
+from broker.telemetry.tasks import issue_agent_token
 
 log = logging.getLogger("broker.up")
 
@@ -117,9 +118,7 @@ def _start_agents(settings: Settings, engine, node_ids: list[str], fake_gpus: in
     procs = []
     agent_bin = Path(sys.executable).with_name("broker-agent")
     for nid in node_ids:
-        with Session(engine) as s:
-            plaintext, _ = create_token(s, name=f"agent {nid}", role="agent", kind="agent", node_id=nid)
-            s.commit()
+        plaintext = issue_agent_token(engine, nid)
         tok = settings.data_dir / f"agent-token-{nid}"
         fd = os.open(tok, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -26,15 +26,18 @@ log = logging.getLogger("broker.tasks")
 
 
 class Tasks:
-    def __init__(self, loop: SchedulingLoop, executor: Executor, *, cycle_interval_s: float,
+    def __init__(self, loop: SchedulingLoop | None, executor: Executor | None, *, cycle_interval_s: float,
                  reconcile_interval_s: float) -> None:
+        """Without an executor (loop None) only the tasks added with `add_interval` run."""
         self.loop = loop
         self.executor = executor
         self._aps = BackgroundScheduler(timezone=dt.timezone.utc,
                                         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None})
         self._dirty = threading.Event()
-        self._sched_job = self._aps.add_job(self._schedule, "interval", seconds=cycle_interval_s, id="schedule")
-        self._aps.add_job(self._reconcile, "interval", seconds=reconcile_interval_s, id="reconcile")
+        self._sched_job = None
+        if loop is not None and executor is not None:
+            self._sched_job = self._aps.add_job(self._schedule, "interval", seconds=cycle_interval_s, id="schedule")
+            self._aps.add_job(self._reconcile, "interval", seconds=reconcile_interval_s, id="reconcile")
 
     def add_interval(self, fn: Callable[[], object], seconds: float, id: str) -> None:
         self._aps.add_job(_guarded(fn, id), "interval", seconds=seconds, id=id)
@@ -51,7 +54,7 @@ class Tasks:
 
         Cheap when called in bursts (every submit calls it): while a wake-up is pending, the
         next one only finds the flag set and returns."""
-        if self._dirty.is_set():
+        if self._sched_job is None or self._dirty.is_set():
             return
         self._dirty.set()
         try:

@@ -27,7 +27,7 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 def _overview(request: Request) -> dict:
     tasks = getattr(request.app.state, "tasks", None)
     last = {}
-    if tasks is not None and tasks.loop.last_report is not None:
+    if tasks is not None and tasks.loop is not None and tasks.loop.last_report is not None:
         r = tasks.loop.last_report
         last = {"cycle_ms": round(r.cycle_ms, 2), "admitted": len(r.admitted), "preempted": len(r.preempted),
                 "pending": r.pending, "at": tasks.loop.last_tick_at}
