@@ -82,7 +82,7 @@ class Shape:
 class Run:
     """A running job as the cycle indexes it (for preemption and backfill timelines)."""
 
-    __slots__ = ("job", "fid", "start", "end", "taken", "req", "borrowing", "g", "c", "m")
+    __slots__ = ("job", "fid", "start", "end", "taken", "req", "borrowing", "g", "c", "m", "per_node")
 
     def __init__(self, job: Job, fid: int, start: float, borrowing: bool) -> None:
         self.job, self.fid, self.start, self.borrowing = job, fid, start, borrowing
@@ -91,6 +91,7 @@ class Run:
         self.g, self.c, self.m = int(pw.gpus), float(pw.cpus), float(pw.memory_gb)
         self.req = (float(job.workers * self.g), job.workers * self.c, job.workers * self.m)
         self.taken: list[tuple[int, tuple[int, ...]]] = []  # (node index, GPU ids) per worker
+        self.per_node: list[tuple[int, int]] | None = None  # (node, workers), filled by preemption
 
 
 def index_snapshot(cyc: "_Cycle") -> None:

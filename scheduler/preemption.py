@@ -192,14 +192,16 @@ def _search(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, w
         for n_seen, (r, kind) in enumerate(cands):
             if n_seen >= MAX_CANDIDATES:
                 break
-            for i in sorted({i for i, _ids in r.taken}):
+            for i, k in _per_node(r):
                 n = nodes[i]
                 if not n.ready or n.fid != fid or n.cap_g < s.g:
                     continue
-                a = acc.setdefault(i, [0, 0.0, 0.0, []])
-                a[0] += r.g * sum(1 for x, _ in r.taken if x == i)
-                a[1] += r.c * sum(1 for x, _ in r.taken if x == i)
-                a[2] += r.m * sum(1 for x, _ in r.taken if x == i)
+                a = acc.get(i)
+                if a is None:
+                    a = acc[i] = [0, 0.0, 0.0, []]
+                a[0] += r.g * k
+                a[1] += r.c * k
+                a[2] += r.m * k
                 a[3].append((r, kind))
                 if _node_fits(n, a[0], a[1], a[2], s):
                     target = i
@@ -257,6 +259,17 @@ def _search(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, w
 def _node_fits(n, g: float, c: float, m: float, s: "Shape") -> bool:
     return (n.free_g + g >= s.g and (s.c <= 0 or n.free_c + c + EPS >= s.c)
             and (s.m <= 0 or n.free_m + m + EPS >= s.m))
+
+
+def _per_node(r: "Run") -> list[tuple[int, int]]:
+    """(node index, workers of r on it), sorted by node: computed once per run."""
+    got = r.per_node
+    if got is None:
+        counts: dict[int, int] = {}
+        for i, _ids in r.taken:
+            counts[i] = counts.get(i, 0) + 1
+        got = r.per_node = sorted(counts.items())
+    return got
 
 
 def _freed_on(victims, i: int) -> tuple[float, float, float]:
