@@ -250,10 +250,10 @@ def growth_sentence(rows: list[dict]) -> str:
         a = next(r for r in rows if r["vary"] == kind and r[key] == lo)["cycle_cpu_ms_median"]
         b = next(r for r in rows if r["vary"] == kind and r[key] == hi)["cycle_cpu_ms_median"]
         return f"x{b / a:.1f}" if a > 0 else "n/a"
-    return (f"CPU cost grows {ratio('pending', 1_000, 10_000, 'pending_in')} from 1k to 10k pending and "
-            f"{ratio('pending', 10_000, 50_000, 'pending_in')} from 10k to 50k (x5 input), "
-            f"{ratio('nodes', 100, 1_000, 'nodes')} from 100 to 1,000 nodes and "
-            f"{ratio('nodes', 1_000, 5_000, 'nodes')} from 1,000 to 5,000 (x5 input).")
+    return (f"CPU cost grows {ratio('pending', 1_000, 10_000, 'pending_in')} for 10x the pending jobs (1k to 10k) "
+            f"and {ratio('pending', 10_000, 50_000, 'pending_in')} for 5x (10k to 50k); "
+            f"{ratio('nodes', 100, 1_000, 'nodes')} for 10x the nodes (100 to 1,000) and "
+            f"{ratio('nodes', 1_000, 5_000, 'nodes')} for 5x (1,000 to 5,000).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
