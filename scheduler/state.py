@@ -92,15 +92,15 @@ class World:
         self.nodes: list[WNode] = []
         self.by_id: dict[str, int] = {}
         self.flavors: list[FlavorIndex] = []
-        self.fid: dict[Flavor, int] = {}
+        self.fid: dict[tuple[str, str], int] = {}  # (pool, model) -> flavor index (tuples hash in C)
         for node in sorted(nodes, key=lambda n: n.id):
-            fl = node.flavor
-            fid = self.fid.get(fl)
+            fk = (node.pool, node.gpu_model)
+            fid = self.fid.get(fk)
             if fid is None:
                 fid = len(self.flavors)
-                self.fid[fl] = fid
-                pool = self.pools.get(fl.pool) or Pool(fl.pool, WorkloadClass.INNOVATION)
-                self.flavors.append(FlavorIndex(fid, fl, pool))
+                self.fid[fk] = fid
+                pool = self.pools.get(node.pool) or Pool(node.pool, WorkloadClass.INNOVATION)
+                self.flavors.append(FlavorIndex(fid, Flavor(node.pool, node.gpu_model), pool))
             w = WNode(len(self.nodes), node, fid)
             self.by_id[node.id] = w.i
             self.nodes.append(w)
