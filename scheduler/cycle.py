@@ -134,15 +134,24 @@ class _Cycle:
                 yield j, shape(j)
             return
         queues: dict[str, list[Job]] = {}
-        for j in sorted(pend, key=lambda j: (0 if j.workload_class is WorkloadClass.OPERATION else 1, -j.priority,
-                                             j.submit_time, j.id)):
-            queues.setdefault(j.project, []).append(j)
+        for j in pend:
+            q = queues.get(j.project)
+            if q is None:
+                q = queues[j.project] = []
+            q.append(j)
+        for q in queues.values():  # small sorts per project instead of one big one
+            q.sort(key=lambda j: (j.workload_class is not _OP, -j.priority, j.submit_time, j.id))
         shares = {pid: self.share(pid) for pid in queues}
         pos = dict.fromkeys(queues, 0)
         limits, managed = self.qv.limits, self.qv.managed
 
+        shapes = self.shapes
+
         def entry(j: Job, pid: str) -> tuple:
-            s = shape(j)
+            pw = j.per_worker
+            s = shapes.get((j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb))
+            if s is None:
+                s = shape(j)
             fids = s.ready_fids
             if not fids:
                 t = 2
@@ -206,7 +215,7 @@ class _Cycle:
             details.setdefault("requested", int(job.total.gpus))
             self.pending[job.id] = explained(code, details, position)
         else:
-            self.pending[job.id] = bare(code, position)
+            self.pending[job.id] = bare(code)
         self.outcome = ("wait", code, details)
         return False
 
@@ -228,7 +237,7 @@ class _Cycle:
             out = hit[1]
             if self.explain:
                 return self.replay(job, s, position, out)
-            self.pending[job.id] = bare(out[1], position)
+            self.pending[job.id] = bare(out[1])
             if out[0] == "capacity":
                 self.capacity_blocked = True
             return False
@@ -259,7 +268,7 @@ class _Cycle:
         elif self.explain:
             self.pending[job.id] = explained(code, details, position)
             return False
-        self.pending[job.id] = bare(code, position)
+        self.pending[job.id] = bare(code)
         return False
 
     def _schedule(self, job: Job, s: Shape, position: int) -> bool:
@@ -345,7 +354,7 @@ class _Cycle:
             self.to_estimate.append((job, s, fids, code, d, position))
         else:
             d = None
-            self.pending[job.id] = bare(code, position)
+            self.pending[job.id] = bare(code)
         self.outcome = ("capacity", code, d, fids)
         return False
 

@@ -351,4 +351,4 @@ def _issue(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims, placed, pos
              "flavor": cyc.labels[fid]}
         cyc.pending[job.id] = explained(ReasonCode.PREEMPTING, d, position)
     else:
-        cyc.pending[job.id] = bare(ReasonCode.PREEMPTING, position)
+        cyc.pending[job.id] = bare(ReasonCode.PREEMPTING)

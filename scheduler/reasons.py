@@ -2,7 +2,8 @@
 
 Why a module of its own: the wording is read by clinician-researchers ("why is my job not
 running?"), so it lives in one place and every code has exactly one sentence template.
-With `Policy.explain=False` the cycle calls `bare` instead and builds no strings.
+With `Policy.explain=False` the cycle calls `bare` instead: a shared per-code instance, no
+strings, numbers or queue position.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from scheduler.model import PendingReason, ReasonCode
 _BARE: dict[ReasonCode, PendingReason] = {c: PendingReason(c, "") for c in ReasonCode}
 
 
-def bare(code: ReasonCode, position: int | None = None) -> PendingReason:
-    """A reason with only its code (explain=False): shared instances, no allocation."""
-    if position is None:
-        return _BARE[code]
-    return PendingReason(code, "", queue_position=position)
+def bare(code: ReasonCode) -> PendingReason:
+    """A reason with only its code (explain=False): one shared instance per code, no
+    allocation, no queue position (bulk replays need the code only)."""
+    return _BARE[code]
 
 
 def _n(x: object) -> str:
