@@ -16,6 +16,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Callable
 
+from scheduler.model import PendingReason
 from scheduler.reasons import explained
 from scheduler.state import EPS, World, pack
 
@@ -165,7 +166,13 @@ def add_estimates(cyc: "_Cycle") -> None:
     estimates: dict[tuple, float | None] = {}
     texts: dict[tuple, str] = {}
     heads = cyc.reservations.head_start
+    by_details: dict[int, tuple[float | None, str]] = {}  # memo replays share one details dict
+    pending = cyc.pending
     for job, s, fids, code, details, position in cyc.to_estimate:
+        hit = by_details.get(id(details))
+        if hit is not None and job.id not in heads:
+            pending[job.id] = PendingReason(code, hit[1], details, position, hit[0])
+            continue
         est = heads.get(job.id)
         if est is None:
             ek = (tuple(fids), s.req[0])
@@ -189,6 +196,8 @@ def add_estimates(cyc: "_Cycle") -> None:
                 estimates[ek] = est
         tk = (code, details.get("requested"), details.get("free"), details.get("in_use"), details.get("per_worker"))
         text = texts.get(tk)
-        reason = cyc.pending[job.id] = explained(code, details, position, est, text)
+        reason = pending[job.id] = explained(code, details, position, est, text)
         if text is None:
             texts[tk] = reason.message
+        if job.id not in heads:
+            by_details[id(details)] = (est, reason.message)
