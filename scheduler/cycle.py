@@ -20,7 +20,13 @@ Steps:
 
 Codes: a job blocked by physical capacity gets NO_CAPACITY / FRAGMENTED even when it would also
 be borrowing; QUOTA_LIMIT means a hard limit, or idle capacity that exists but is not lendable
-to it (others' guarantees).
+to it (others' guarantees). Per flavor, outcomes are ranked with the ordered `Outcome` enum
+(FIT > PREEMPT > NO_FIT), a non-borrowing fit before a borrowing one.
+
+Cost (a deep queue is the normal case): a job whose flavors have no room skips straight to
+steps 4-6 (`no_room`); outcomes of jobs that were not admitted are memoised per (project,
+shape) while the state epoch is unchanged; quota headroom is a cached float view
+(scheduler.quota_view); preemption searches are bounded (scheduler.preemption).
 
 Determinism: every sort uses total keys ending in ids; no set or dict order leaks into output.
 """
@@ -36,7 +42,7 @@ from quotas.fairshare import dominant_share, past_equivalent
 from scheduler import backfill as bf
 from scheduler import preemption as pre
 from scheduler.model import (
-    POLICIES, RESOURCES, Admission, CycleResult, CycleStats, Job, PendingReason, Placement,
+    POLICIES, RESOURCES, Admission, CycleResult, CycleStats, Job, Outcome, PendingReason, Placement,
     Policy, Preemption, ReasonCode, Snapshot, WorkloadClass,
 )
 from scheduler.index import Run, Shape, index_snapshot
@@ -330,12 +336,14 @@ class _Cycle:
                 self.admit(job, s, fid, borrowing, placed)
                 redo()
                 return True
-            if chosen is None or (chosen[1] and not borrowing):
-                chosen = (fid, borrowing, placed)
+            # flavors are ranked by (Outcome, not borrowing): a fit beats a fit that borrows
+            rank = (Outcome.FIT, not borrowing)
+            if chosen is None or rank > chosen[0]:
+                chosen = (rank, fid, borrowing, placed)
             if not borrowing:
                 break
-        if chosen is not None:
-            self.admit(job, s, *chosen)
+        if chosen is not None and chosen[0][0] is Outcome.FIT:
+            self.admit(job, s, *chosen[1:])
             return True
         return self.blocked(job, s, position, deferred, cap_fids, reclaim, quota_fail or lend_fail, backfill_blocked)
 
@@ -394,7 +402,7 @@ class _Cycle:
             order = s.ready_fids
             reclaim.sort(key=lambda t: order.index(t[0]))
         # -- step 4: preemption ----------------------------------------------------------
-        if can_preempt and reclaim and pre.try_preempt(self, job, s, reclaim, position):
+        if can_preempt and reclaim and pre.try_preempt(self, job, s, reclaim, position) is Outcome.PREEMPT:
             return False
         if cap_fids:
             # -- step 6: the reason (numbers as they are before this job's reservation) --------

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from quotas.amount import Amount
 from quotas.tree import Verdict
-from scheduler.model import RESOURCES, Preemption, ReasonCode, WorkloadClass
+from scheduler.model import RESOURCES, Outcome, Preemption, ReasonCode, WorkloadClass
 from scheduler.reasons import bare, explained
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,11 +52,13 @@ _WORDS = {
 }
 
 
-def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, bool, bool]], position: int) -> bool:
-    """Issue preemptions for `job` if some flavor can be freed; True when it did."""
+def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, bool, bool]],
+                position: int) -> Outcome:
+    """Issue preemptions for `job` if some flavor can be freed: Outcome.PREEMPT when it did,
+    Outcome.NO_FIT otherwise (flavors in `reclaim` order, the first that frees wins)."""
     pid = job.project
     if pid in cyc.preemptors:
-        return False
+        return Outcome.NO_FIT
     op = job.workload_class is WorkloadClass.OPERATION
     prio = cyc.policy.priority_preemption
     for fid, wg, wn in reclaim:
@@ -83,12 +85,10 @@ def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, 
         if redo is not None:
             redo()
         if found is not None:
-            return True
-        if found is None:
-            if failed is None or all(a <= b for a, b in zip((s.g, s.c, s.m) + s.req, failed)):
-                cyc.preempt_failed[memo] = (s.g, s.c, s.m) + s.req
-            continue
-    return False
+            return Outcome.PREEMPT
+        if failed is None or all(a <= b for a, b in zip((s.g, s.c, s.m) + s.req, failed)):
+            cyc.preempt_failed[memo] = (s.g, s.c, s.m) + s.req
+    return Outcome.NO_FIT
 
 
 def may_help(cyc: "_Cycle", job: "Job", s: "Shape", fid: int) -> bool:
