@@ -97,6 +97,7 @@ class _Cycle:
         self.outcome: tuple | None = None
         self.runtime_dependent = False
         self._left: dict[str, float] = {}
+        self._cap_details: dict[tuple, tuple[int, dict]] = {}
         self.capacity_blocked = False
 
     # -- helpers --------------------------------------------------------------------------
@@ -480,13 +481,21 @@ class _Cycle:
 
     # -- details for reasons ----------------------------------------------------------------
     def capacity_details(self, s: Shape, fids: list[int]) -> dict:
+        """Numbers for a capacity reason; one shared (read-only) dict per (shape, flavors)
+        while the state epoch is unchanged, so identical jobs share details, estimate and text."""
+        key = (s, tuple(fids))
+        hit = self._cap_details.get(key)
+        if hit is not None and hit[0] == self.epoch:
+            return hit[1]
         fl = [self.world.flavors[f] for f in fids]
         free = sum(fx.total_free_g for fx in fl if fx.any_ready)
         if not self.explain:
             return {"free": free}
         ready = sum(fx.ready_cap_g for fx in fl)
-        return {"requested": int(s.req[0]), "per_worker": s.g, "workers": s.w, "free": free,
-                "in_use": max(0, ready - free), "flavors": [self.labels[f] for f in fids]}
+        d = {"requested": int(s.req[0]), "per_worker": s.g, "workers": s.w, "free": free,
+             "in_use": max(0, ready - free), "flavors": [self.labels[f] for f in fids]}
+        self._cap_details[key] = (self.epoch, d)
+        return d
 
     def quota_details(self, job: Job, s: Shape, fid: int, level: str, ri: int) -> dict:
         if not self.explain:
