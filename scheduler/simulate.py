@@ -222,7 +222,7 @@ class _Sim:
         self.project_tuple = tuple(self.projects.values())
         self.usage = dict.fromkeys(self.projects, 0.0)  # decayed GPU-seconds
         self.usage_t = 0.0
-        self.cycles = self.preemptions = self.admissions = 0
+        self.cycles = self.idle_cycles = self.preemptions = self.admissions = 0
         self.lost_gpu_s = 0.0
 
     # -- event loop ---------------------------------------------------------------------------
@@ -256,7 +256,7 @@ class _Sim:
             for lv in self.live.values()
         )
         m = metrics(outcomes, self.capacity)
-        m.update(preemptions=self.preemptions, cycles=self.cycles, admissions=self.admissions,
+        m.update(preemptions=self.preemptions, cycles=self.cycles, idle_cycles=self.idle_cycles, admissions=self.admissions,
                  lost_gpu_s=round(self.lost_gpu_s, 1), skipped_jobs=len(self.skipped),
                  wall_s=round(wall, 3), cpu_s=round(cpu, 3), policy=self.cfg.policy.name, nodes=self.cfg.nodes,
                  gpus_per_node=self.cfg.gpus_per_node, gpus=self.capacity,
@@ -368,6 +368,7 @@ class _Sim:
                         running=tuple(self.running_r.values()), pending=self._pending_view())
         result = self.cycle_fn(snap, now, self.policy)
         self.cycles += 1
+        self.idle_cycles += not (result.admissions or result.preemptions)
         stopped_now = False
         for pre in result.preemptions:
             lv = self.live.get(pre.job_id)
