@@ -133,41 +133,53 @@ class _Cycle:
     # -- step 2: order -------------------------------------------------------------------
     def order(self) -> Iterator[tuple[Job, Shape]]:
         """Jobs in cycle order, with their shapes. One heap entry per project (its head), so
-        a project's share and tier are re-keyed when it is admitted something."""
+        a project's share and tier are re-keyed when it is admitted something.
+
+        Cost: this runs once per pending job, so each job's static part is resolved once into
+        a queue item (rank, -priority, submit, id, input index, job, shape, tier flavor) that
+        sorts without a key function; a heap entry only adds the tier and share. The input
+        index is a tie-break that never changes the order (ids are unique; a duplicate id keeps
+        input order, as the stable sort on (class, priority, submit, id) did).
+        """
         pend = self.snap.pending
         shape = self.shape
         if self.policy.strict_fifo:
             for j in sorted(pend, key=lambda j: (j.submit_time, j.id)):
                 yield j, shape(j)
             return
-        queues: dict[str, list[Job]] = {}
-        for j in pend:
-            q = queues.get(j.project)
-            if q is None:
-                q = queues[j.project] = []
-            q.append(j)
-        for q in queues.values():  # small sorts per project instead of one big one
-            q.sort(key=lambda j: (j.workload_class is not _OP, -j.priority, j.submit_time, j.id))
-        shares = {pid: self.share(pid) for pid in queues}
-        pos = dict.fromkeys(queues, 0)
-        limits, managed = self.qv.limits, self.qv.managed
-
+        managed = self.qv.managed
         shapes = self.shapes
-
-        def entry(j: Job, pid: str) -> tuple:
+        tier_fid: dict[Shape, int] = {}  # -2: no ready flavor (tier 2), -1: unmanaged (tier 1)
+        queues: dict[str, list[tuple]] = {}
+        for i, j in enumerate(pend):
             pw = j.per_worker
             s = shapes.get((j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb))
             if s is None:
                 s = shape(j)
-            fids = s.ready_fids
-            if not fids:
-                t = 2
-            elif managed[fids[0]]:  # self.tier, inlined: this runs once per pending job
-                _lv, _ri, wg, wn, _b = limits(pid, fids[0], s.req)
-                t = 0 if wg else 1 if wn else 2
+            f0 = tier_fid.get(s)
+            if f0 is None:
+                fids = s.ready_fids
+                f0 = tier_fid[s] = -2 if not fids else fids[0] if managed[fids[0]] else -1
+            item = (s.rank, -j.priority, j.submit_time, j.id, i, j, s, f0)
+            q = queues.get(j.project)
+            if q is None:
+                queues[j.project] = [item]
             else:
-                t = 1
-            return (s.rank, -j.priority, t, shares[pid], j.submit_time, j.id, pid, s)
+                q.append(item)
+        for q in queues.values():  # small sorts per project instead of one big one
+            q.sort()
+        shares = {pid: self.share(pid) for pid in queues}
+        pos = dict.fromkeys(queues, 0)
+        limits = self.qv.limits
+
+        def entry(it: tuple, pid: str) -> tuple:
+            f0 = it[7]
+            if f0 >= 0:  # self.tier, inlined
+                got = limits(pid, f0, it[6].req)
+                t = 0 if got[2] else 1 if got[3] else 2
+            else:
+                t = 1 if f0 == -1 else 2
+            return (it[0], it[1], t, shares[pid], it[2], it[3], pid, it)
 
         heap = [entry(q[0], pid) for pid, q in queues.items()]
         heapq.heapify(heap)
@@ -175,11 +187,11 @@ class _Cycle:
         pop, push = heapq.heappop, heapq.heappush
         while heap:
             e = pop(heap)
+            it = e[7]
+            yield it[5], it[6]
             pid = e[6]
             q = queues[pid]
-            p = pos[pid]
-            yield q[p], e[7]
-            p += 1
+            p = pos[pid] + 1
             pos[pid] = p
             if dirty:  # admissions moved shares (and tiers): re-key those projects' heads
                 for d in sorted(dirty):
