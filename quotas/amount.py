@@ -40,7 +40,7 @@ class Amount:
             raise ValueError("an Amount cannot be NaN")
         if x == math.inf:
             return UNLIMITED
-        return Amount(round(float(x), _ROUND))
+        return _make(round(float(x), _ROUND))
 
     @property
     def unlimited(self) -> bool:
@@ -52,7 +52,7 @@ class Amount:
         a = self.value
         if a == _INF or b == _INF:
             return UNLIMITED
-        return Amount(round(a + b, _ROUND))
+        return _make(round(a + b, _ROUND))
 
     __radd__ = __add__
 
@@ -64,12 +64,12 @@ class Amount:
             return UNLIMITED
         if b == _INF:
             return ZERO
-        return Amount(round(a - b, _ROUND))
+        return _make(round(a - b, _ROUND))
 
     def __mul__(self, k: Number) -> "Amount":
         if self.unlimited:
             return UNLIMITED if k > 0 else ZERO
-        return Amount(round(self.value * k, _ROUND))
+        return _make(round(self.value * k, _ROUND))
 
     __rmul__ = __mul__
 
@@ -79,7 +79,7 @@ class Amount:
 
     # -- comparison ----------------------------------------------------------------------
     def _cmp_value(self, other: "Amount | Number") -> float:
-        return Amount.of(other).value
+        return other.value if type(other) is Amount else Amount.of(other).value
 
     def __lt__(self, other: "Amount | Number") -> bool:
         return self.value < self._cmp_value(other)
@@ -114,6 +114,21 @@ class Amount:
 
     def __str__(self) -> str:
         return "unlimited" if self.unlimited else str(self.to_json())
+
+
+_new = object.__new__
+_set_value = Amount.value.__set__  # the slot's own setter (what the frozen __init__ ends in)
+
+
+def _make(value: float) -> Amount:
+    """Amount(value) without the frozen dataclass __init__ round trip (half the cost).
+
+    Why: quota arithmetic creates tens of thousands of Amounts per scheduling cycle. Only for
+    values already rounded by the caller; the result is an ordinary, immutable Amount.
+    """
+    a = _new(Amount)
+    _set_value(a, value)
+    return a
 
 
 def amin(*xs: "Amount | Number") -> Amount:

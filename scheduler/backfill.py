@@ -16,8 +16,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Callable
 
-from scheduler.model import PendingReason
-from scheduler.reasons import explained
+from scheduler.reasons import explained, make_reason
 from scheduler.state import EPS, World, pack
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,7 +170,7 @@ def add_estimates(cyc: "_Cycle") -> None:
     for job, s, fids, code, details, position in cyc.to_estimate:
         hit = by_details.get(id(details))
         if hit is not None and job.id not in heads:
-            pending[job.id] = PendingReason(code, hit[1], details, position, hit[0])
+            pending[job.id] = make_reason(code, hit[1], details, position, hit[0])
             continue
         est = heads.get(job.id)
         if est is None:
