@@ -135,6 +135,21 @@ def validate_tree(
     return sorted(problems, key=lambda p: (p.where, str(p.key), p.code))
 
 
+_INF = float("inf")
+
+
+def _fadd(a: float, b: float) -> float:
+    """(Amount(a) + Amount(b)).value without the objects."""
+    return _INF if a == _INF or b == _INF else round(a + b, 9)
+
+
+def _fsub(a: float, b: float) -> float:
+    """(Amount(a) - Amount(b)).value without the objects."""
+    if a == _INF:
+        return _INF
+    return 0.0 if b == _INF else round(a - b, 9)
+
+
 class QuotaTree:
     """Usage and headroom for one cycle. Mutated only through `add_usage` (which returns undo)."""
 
@@ -187,12 +202,17 @@ class QuotaTree:
         self._ug_sum: dict[tuple[str, Key], Amount] = {}
         self._prot: dict[tuple[str, Key], Amount] = {}
         self._total_prot: dict[Key, Amount] = {}
+        pspec = self._pspec
         for dept in sorted(self._dspec):
             keys = set(self._dspec[dept])
+            members = self._members.get(dept, ())
             for key in sorted(keys, key=str):
                 s = ZERO
-                for pid in self._members.get(dept, ()):
-                    u = self._unused(self.project_spec(pid, key), pid, key)
+                for pid in members:  # self._unused, skipping the many specs without a guarantee
+                    spec = pspec.get(pid, {}).get(key)
+                    if spec is None or not spec.guaranteed > ZERO:
+                        continue  # unused guarantee 0 (the default spec guarantees nothing)
+                    u = (spec.guaranteed - self.used(pid, key)).clamp0()
                     if u.value:
                         s = s + u
                 self._ug_sum[(dept, key)] = s
@@ -259,6 +279,17 @@ class QuotaTree:
         if (dept, key) not in self._prot:
             return idle - total
         return idle - (total - self._prot[(dept, key)] + self._ug_sum[(dept, key)])
+
+    def department_lendable_value(self, dept: str, key: Key) -> float:
+        """department_lendable(dept, key).value, in floats with Amount's exact rules (each
+        step rounded to 1e-9; unlimited absorbs in +, x - unlimited = 0): the quota view asks
+        this after every admission in a flavor, and four Amount objects per answer showed."""
+        idle = _fsub(self.capacity.get(key, ZERO).value, self.region_usage.get(key, ZERO).value)
+        total = self._total_prot.get(key, ZERO).value
+        prot = self._prot.get((dept, key))
+        if prot is None:
+            return _fsub(idle, total)
+        return _fsub(idle, _fadd(_fsub(total, prot.value), self._ug_sum[(dept, key)].value))
 
     def lendable_if_removed(self, pid: str, key: Key, removed: Mapping[str, Amount]) -> Amount:
         """Invariant: equals lendable_to(pid) after removing `removed` usage per department,

@@ -203,8 +203,15 @@ class _Cycle:
                 if moved:
                     heapq.heapify(heap)
                 dirty.clear()
-            if p < len(q):
-                push(heap, entry(q[p], pid))
+            if p < len(q):  # entry(q[p], pid), inlined: once per pending job
+                it = q[p]
+                f0 = it[7]
+                if f0 >= 0:
+                    got = limits(pid, f0, it[6].req)
+                    t = 0 if got[2] else 1 if got[3] else 2
+                else:
+                    t = 1 if f0 == -1 else 2
+                push(heap, (it[0], it[1], t, shares[pid], it[2], it[3], pid, it))
 
     # -- steps 3..6 ----------------------------------------------------------------------
     def run(self) -> CycleResult:
@@ -366,10 +373,14 @@ class _Cycle:
         self.capacity_blocked = True
         if backfill_blocked:
             code = ReasonCode.BACKFILL_RESERVATION
-        elif s.req[0] > 0 and any(flavors[f].total_free_g >= s.req[0] for f in fids):
-            code = ReasonCode.FRAGMENTED
         else:
             code = ReasonCode.NO_CAPACITY
+            need = s.req[0]
+            if need > 0:
+                for f in fids:
+                    if flavors[f].total_free_g >= need:
+                        code = ReasonCode.FRAGMENTED
+                        break
         if self.explain:  # the reason is built at the end, with its estimated start
             d = self.capacity_details(s, fids)
             self.to_estimate.append((job, s, fids, code, d, position))
@@ -426,8 +437,11 @@ class _Cycle:
                                     and (fifo or not qv.managed[f] or not qv.limits(pid, f, s.req)[0])]
             self.capacity_reason(job, s, every, position, backfill_blocked)
             # -- step 5: backfill reservation for the first capacity-blocked job of a pool -----
-            if self.policy.backfill and not fifo and not backfill_blocked:
-                self.reservations.reserve(self, job, s, cap_fids)
+            res = self.reservations
+            # (once every pool with nodes holds a reservation, reserve() could only skip)
+            if self.policy.backfill and not fifo and not backfill_blocked and \
+                    len(res.by_pool) < len(self.world.pools_with_nodes):
+                res.reserve(self, job, s, cap_fids)
             return False
         if quota_fail is not None:
             return self.wait(job, ReasonCode.QUOTA_LIMIT, self.quota_details(job, s, *quota_fail), position)

@@ -92,10 +92,11 @@ class QuotaView:
         hit = self._lend.get((dept, fid))
         if hit is None or (hit[0] != fv and (fresh or hit[1] != self._epoch)):
             fl = self.flavors[fid]
-            vals = tuple(self.tree.department_lendable(dept, (fl, RESOURCES[ri])).value for ri in self.managed[fid])
+            dl = self.tree.department_lendable_value
+            vals = tuple([dl(dept, (fl, RESOURCES[ri])) for ri in self.managed[fid]])
             hit = self._lend[(dept, fid)] = (fv, self._epoch, vals)
         g = self.record(pid, fid)[2]
-        return tuple(max(0.0, b + (x if x > 0 else 0.0)) for b, x in zip(hit[2], g))
+        return tuple([max(0.0, b + (x if x > 0 else 0.0)) for b, x in zip(hit[2], g)])
 
     # -- the checks -----------------------------------------------------------------------
     def limits(self, pid: str, fid: int, req: tuple[float, float, float]) -> tuple[str, int, bool, bool, bool]:
