@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Callable, Hashable, Mapping, Protocol
 
-from quotas.amount import UNLIMITED, ZERO, Amount, amax, amin
+from quotas.amount import UNLIMITED, ZERO, Amount, amax, amin, round9
 
 Key = tuple[Hashable, str]  # (flavor, resource)
 
@@ -140,14 +140,14 @@ _INF = float("inf")
 
 def _fadd(a: float, b: float) -> float:
     """(Amount(a) + Amount(b)).value without the objects."""
-    return _INF if a == _INF or b == _INF else round(a + b, 9)
+    return _INF if a == _INF or b == _INF else round9(a + b)
 
 
 def _fsub(a: float, b: float) -> float:
     """(Amount(a) - Amount(b)).value without the objects."""
     if a == _INF:
         return _INF
-    return 0.0 if b == _INF else round(a - b, 9)
+    return 0.0 if b == _INF else round9(a - b)
 
 
 class QuotaTree:
