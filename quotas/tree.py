@@ -205,11 +205,13 @@ class QuotaTree:
         pspec = self._pspec
         for dept in sorted(self._dspec):
             keys = set(self._dspec[dept])
-            members = self._members.get(dept, ())
+            # members with some guarantee: only they can have an unused one (self._unused)
+            guaranteed = [(pid, specs) for pid in self._members.get(dept, ())
+                          for specs in (pspec.get(pid, {}),) if any(v.guaranteed > ZERO for v in specs.values())]
             for key in sorted(keys, key=str):
                 s = ZERO
-                for pid in members:  # self._unused, skipping the many specs without a guarantee
-                    spec = pspec.get(pid, {}).get(key)
+                for pid, specs in guaranteed:
+                    spec = specs.get(key)
                     if spec is None or not spec.guaranteed > ZERO:
                         continue  # unused guarantee 0 (the default spec guarantees nothing)
                     u = (spec.guaranteed - self.used(pid, key)).clamp0()

@@ -111,6 +111,7 @@ def index_snapshot(cyc: "_Cycle") -> None:
     budgets.update({d.id: d.budget_gpu_hours for d in snap.departments if not d.budget_gpu_hours.unlimited})
     fid_of = {(fx.flavor.pool, fx.flavor.gpu_model): fx.fid for fx in w.flavors}  # no dataclass hashing
     by_id, dept_of, runs, runs_by_fid, alloc = w.by_id, cyc.dept_of, cyc.runs, cyc.runs_by_fid, cyc.alloc
+    standins: list[Run] = []  # runs with a GPU-index slot filled at finalize
     for r in sorted(snap.running, key=lambda r: r.job.id):
         j = r.job
         fl = r.flavor
@@ -128,6 +129,8 @@ def index_snapshot(cyc: "_Cycle") -> None:
                     slot = [()]
                     w.occupy(i, g, c, m, None, slot)
                     run.taken.append((i, slot))
+                    if not standins or standins[-1] is not run:
+                        standins.append(run)
         runs.append(run)
         req = run.req
         pid = j.project
@@ -155,9 +158,8 @@ def index_snapshot(cyc: "_Cycle") -> None:
                 for owner in (pid, dept):
                     reserved[owner] = reserved.get(owner, 0.0) + rh
     w.finalize()
-    for run in runs:  # resolve stand-in indices
-        if any(type(ids) is list for _i, ids in run.taken):
-            run.taken = [(i, ids[0] if type(ids) is list else ids) for i, ids in run.taken]
+    for run in standins:  # resolve stand-in indices
+        run.taken = [(i, ids[0] if type(ids) is list else ids) for i, ids in run.taken]
     capacity: dict[tuple[tuple[str, str], str], Amount] = {}
     for fx in w.flavors:
         tot = [0.0, 0.0, 0.0]
