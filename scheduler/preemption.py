@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
-from quotas.amount import Amount
+from quotas.amount import round9
 from quotas.tree import Verdict
 from scheduler.model import RESOURCES, Outcome, Preemption, ReasonCode, WorkloadClass
 from scheduler.reasons import bare, explained
@@ -316,9 +316,8 @@ def _quota_ok(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims: list["Ru
             if r.fid == fid and r.req[ri]:
                 d = cyc.dept_of.get(r.job.project, "")
                 removed[d] = removed.get(d, 0.0) + r.req[ri]
-        got = tree.lendable_if_removed(job.project, (fl, RESOURCES[ri]),
-                                       {d: Amount.of(v) for d, v in removed.items()})
-        if Amount.of(s.req[ri]) > got:
+        got = tree.lendable_if_removed_value(job.project, (fl, RESOURCES[ri]), removed)
+        if round9(float(s.req[ri])) > got:  # Amount.of(request) > lendable, in floats
             return False
     return True
 

@@ -110,3 +110,21 @@ def test_department_lendable_value_matches_tree():
             assert tree.department_lendable_value(dept, key) == tree.department_lendable(dept, key).value
             checked += 1
     assert checked > 10
+
+
+def test_lendable_if_removed_value_matches_tree():
+    import random
+
+    from quotas.amount import Amount as A
+
+    cyc = _Cycle(snapshot("mid7"), NOW, POLICIES["fair-backfill-preempt"])
+    tree = cyc.tree
+    rng = random.Random(3)
+    depts = sorted(set(tree.dept_of.values()))
+    keys = sorted({k for (_o, k) in tree.usage if _o in tree.dept_of}, key=str)
+    pids = sorted(tree.dept_of)
+    for _ in range(300):
+        pid, key = rng.choice(pids), rng.choice(keys)
+        removed = {d: rng.choice([1.0, 2.0, 8.0, 0.5, 1 / 3, 64.0]) for d in rng.sample(depts, rng.randint(0, 3))}
+        want = tree.lendable_if_removed(pid, key, {d: A.of(v) for d, v in removed.items()}).value
+        assert tree.lendable_if_removed_value(pid, key, removed) == want
