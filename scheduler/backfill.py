@@ -122,6 +122,21 @@ def _events(cyc: "_Cycle", fid: int) -> list[tuple[float, str, list[tuple[int, i
     return out
 
 
+def _gpu_releases(cyc: "_Cycle", fid: int) -> list[tuple[float, str, int]]:
+    """_events(cyc, fid) with each event's GPUs summed: (time, job id, GPUs), same order.
+    The estimates only need GPU totals, so no per-node lists are built."""
+    now, victims = cyc.now, cyc.victims
+    out = []
+    for r in cyc.runs_by_fid.get(fid, ()):
+        jid = r.job.id
+        out.append((now if jid in victims else max(r.end, now), jid, r.g * len(r.taken)))
+    for end, jid, f, placed, s in cyc.started:
+        if f == fid:
+            out.append((end, jid, sum(k * s.g for _i, k in placed)))
+    out.sort(key=lambda e: (e[0], e[1]))
+    return out
+
+
 def earliest_start(cyc: "_Cycle", s: "Shape", fid: int):
     """(time, placement, free per node at that time) for the gang on flavor fid, or None."""
     w = cyc.world
@@ -182,8 +197,8 @@ def add_estimates(cyc: "_Cycle") -> None:
                     tl = timelines.get(fid)
                     if tl is None:
                         ends, cum, acc = [], [], 0.0
-                        for end, _jid, parts in _events(cyc, fid):
-                            acc += sum(p[1] for p in parts)
+                        for end, _jid, gpus in _gpu_releases(cyc, fid):
+                            acc += gpus
                             ends.append(end)
                             cum.append(acc)
                         tl = timelines[fid] = (ends, cum)

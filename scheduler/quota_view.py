@@ -46,6 +46,8 @@ class QuotaView:
         self._fver: list[int] = [0] * len(flavors)
         self._rec: dict[tuple[str, int], tuple] = {}  # project part, per (project, flavor)
         self._drec: dict[tuple[str, int], tuple] = {}  # department part, per (department, flavor)
+        self._full: dict[tuple[str, int], _Rec] = {}  # record() answers, per (project, flavor)
+        self._full_holders: dict[tuple[str, int], list[str]] = {}  # who holds one, per (department, flavor)
         self._limc: dict[tuple[str, int], dict] = {}  # limits() answers per (project, flavor), by request
         self._members: dict[str, list[str]] = {}
         for pid in sorted(tree.dept_of):
@@ -58,7 +60,22 @@ class QuotaView:
     # -- cached reads --------------------------------------------------------------------
     def record(self, pid: str, fid: int) -> _Rec:
         """(project limit room, department limit room, guarantee room, nominal room,
-        department nominal room) per managed resource of the flavor."""
+        department nominal room) per managed resource of the flavor.
+
+        The combined record is cached per (project, flavor) (one lookup on the hot path) and
+        dropped, for every project that cached one under the same department, whenever that
+        department's usage in the flavor changes (`_bump`)."""
+        got = self._full.get((pid, fid))
+        if got is None:
+            got = self._full[(pid, fid)] = self._record(pid, fid)
+            dept = self.tree.dept_of.get(pid, "")
+            holders = self._full_holders.get((dept, fid))
+            if holders is None:
+                holders = self._full_holders[(dept, fid)] = []
+            holders.append(pid)
+        return got
+
+    def _record(self, pid: str, fid: int) -> _Rec:
         hit = self._rec.get((pid, fid))
         if hit is None:
             fl = self.flavors[fid]
@@ -178,6 +195,9 @@ class QuotaView:
         dept = self.tree.dept_of.get(pid, "")
         self._rec.pop((pid, fid), None)
         self._drec.pop((dept, fid), None)
+        full = self._full
+        for q in self._full_holders.pop((dept, fid), ()):
+            full.pop((q, fid), None)
         limc = self._limc
         limc.pop((pid, fid), None)
         for q in self._members.get(dept, ()):
