@@ -20,7 +20,9 @@ from broker.api import catalog as catalog_routes
 from broker.api import jobs as job_routes
 from broker.api import observability as observability_routes
 from broker.api.fastpath import SubmitFastPath
-from broker.api.limits import BodyLimit
+from broker.api.admin_wiring import install_admin
+from broker.security.limits import BodySizeLimit
+from broker.security.ratelimit import RateLimitMiddleware, TokenBucketLimiter
 from broker.db import make_engine
 from broker.errors import install_handlers
 from broker.services.auth import TokenAuth
@@ -89,9 +91,13 @@ def create_app(settings: Settings | None = None, executor=None, start_background
     install_handlers(app)
     if settings.submit_fast_path:  # inside BodyLimit: the hot submit skips routing and dependencies
         app.add_middleware(SubmitFastPath, state=app.state, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # 413 also for chunked bodies
+    if settings.rate_limit_per_s > 0:  # outermost: a throttled request costs no auth and no body read
+        app.add_middleware(RateLimitMiddleware, limiter=TokenBucketLimiter(settings.rate_limit_per_s,
+                                                                            settings.rate_limit_burst))
     app.include_router(job_routes.router)
     app.include_router(catalog_routes.router)
     app.include_router(observability_routes.router)
     install_telemetry(app)
+    install_admin(app)  # issue 4: authorization, tenancy/token/quota/settings/audit routes, OIDC
     return app

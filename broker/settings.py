@@ -38,6 +38,20 @@ class Settings(BaseSettings):
     page_size_max: int = 500  # command/env limits live in broker.schemas (they are in the OpenAPI doc)
 
     token_cache_ttl_s: float = 30.0
+
+    # Security (issue 4): image registries jobs may use (path-boundary prefixes; admins can
+    # override at runtime), per-token rate limit (0 disables), proxies whose X-Forwarded-For the
+    # audit log believes, optional OIDC (issuer + audience + JWKS; groups claim -> roles).
+    image_allow_prefixes: list[str] = ["localhost/"]
+    rate_limit_per_s: float = 1500.0
+    rate_limit_burst: int = 3000
+    security_trusted_proxies: list[str] = []
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    oidc_jwks_url: str = ""
+    oidc_groups_claim: str = "groups"
+    oidc_group_prefix: str = "cb"
+    oidc_group_map: dict[str, list[str]] = {}
     idempotency_ttl_s: float = 24 * 3600.0
 
     # Group commit (submit hot path): how many jobs one transaction may carry and how long
