@@ -69,6 +69,8 @@ def get_job(request: Request, job_id: str, principal: User):
 def cancel(request: Request, job_id: str, principal: User):
     state = request.app.state
     body, stop = state.jobs.cancel(principal=principal, job_id=job_id)
+    if getattr(state, "audit_job", None) is not None:
+        state.audit_job(request, principal, "job.cancel", body)
     if stop is not None:
         if state.jobs.executor is not None:
             state.jobs.executor.stop(stop[0], stop[1], state.settings.grace_period_s, "stopped by cancel")

@@ -44,6 +44,9 @@ class JobService:
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
         self.projects = checks.TTLCache(lambda: checks.load_projects(engine), ttl_s=5.0)
         self.inventory = checks.TTLCache(lambda: checks.load_inventory(engine), ttl_s=2.0)
+        # Security layer (issue 4), installed by create_app: authorization and submit guards.
+        self.authz = None
+        self.guard = None
         self.writer = GroupCommitWriter(engine, repo.insert_jobs, batch_max=settings.submit_batch_max,
                                         wait_s=settings.submit_batch_wait_s, writers=settings.submit_writers,
                                         write_async=repo.insert_jobs_async)
@@ -54,6 +57,8 @@ class JobService:
 
         May read the DB on a cache miss: async callers run it in a thread unless `cache_ready()`.
         """
+        if self.guard is not None:
+            self.guard.check(principal, spec)  # may submit here? env / image / runtime / pending cap
         if spec.runtime == "process" and not self.settings.allow_process_runtime:
             raise Invalid("runtime 'process' runs commands unconfined on the node and is disabled here; "
                           "use runtime 'container'", code="PROCESS_RUNTIME_DISABLED")
@@ -151,6 +156,7 @@ class JobService:
     def get(self, *, principal: Principal, job_id: str) -> dict:
         with Session(self.engine) as s:
             job = self._job(s, job_id)
+            self.authorize(principal, job, "job.read")
             return job_public(job, attempts=repo.attempts(s, job_id), placements=repo.placements(s, job_id))
 
     def list(self, *, principal: Principal, projects: Sequence[str] = (), statuses: Sequence[str] = (),
@@ -160,13 +166,18 @@ class JobService:
         bad = [st for st in statuses if st not in _STATUSES]
         if bad:
             raise Invalid(f"unknown status {bad[0]!r}; one of {', '.join(sorted(_STATUSES))}", code="BAD_STATUS")
+        if self.authz is not None:
+            visible = self.authz.visible_projects(principal, projects)
+            if visible is not None and not visible:
+                return {"items": [], "next_cursor": None}  # nothing visible: never an unfiltered list
+            projects = visible or ()
         with Session(self.engine) as s:
             rows, nxt = repo.page(s, projects=projects, statuses=statuses, cursor=cursor, limit=limit)
             return {"items": [job_public(j) for j in rows], "next_cursor": nxt}
 
     def events(self, *, principal: Principal, job_id: str, after: int = 0, limit: int = 500) -> dict:
         with Session(self.engine) as s:
-            self._job(s, job_id)
+            self.authorize(principal, self._job(s, job_id), "job.read")
             return {"items": [event_public(e) for e in repo.events(s, job_id, after=after, limit=limit)]}
 
     def job_row(self, job_id: str) -> Job:
@@ -186,6 +197,7 @@ class JobService:
         for _ in range(5):
             with Session(self.engine, expire_on_commit=False) as s:
                 job = self._job(s, job_id)
+                self.authorize(principal, job, "job.cancel")
                 st = JobStatus(job.status)
                 if st in TERMINAL:
                     raise Conflict(f"job {job_id} is {st.value}; a finished job cannot be cancelled",
@@ -208,6 +220,14 @@ class JobService:
         raise Conflict("the job is changing too fast to cancel; retry", code="CANCEL_RACE")
 
     # ------------------------------------------------------------------ helpers
+    def authorize(self, principal: Principal, job: Job, action: str) -> None:
+        """Raise unless `principal` may do `action` ("job.read", "job.cancel", "job.logs") to
+        `job`: a foreign job answers like a missing one (404 JOB_NOT_FOUND)."""
+        if self.authz is not None:
+            from broker.security.policy import Action
+
+            self.authz.check_job(principal, job, Action(action))
+
     @staticmethod
     def _job(s: Session, job_id: str) -> Job:
         job = repo.get(s, job_id) if len(job_id) <= 32 else None

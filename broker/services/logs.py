@@ -32,6 +32,7 @@ class LogService:
     def locate(self, *, principal: Principal, job_id: str, worker: int, attempt: int | None) -> tuple[int, int]:
         """Check the job, worker and attempt exist; return (attempt, workers)."""
         job = self.jobs.job_row(job_id)
+        self.jobs.authorize(principal, job, "job.logs")
         if not 0 <= worker < job.workers:
             raise Invalid(f"worker must be between 0 and {job.workers - 1}", code="BAD_WORKER")
         return logs_attempt(job, attempt), job.workers
