@@ -28,7 +28,15 @@ class PoolList(BaseModel):
 
 @router.get("/api/v1/projects", response_model=ProjectList, responses=ERRORS)
 def projects(request: Request, principal: User):
-    return JSON(request.app.state.catalog.projects(principal=principal))
+    body = request.app.state.catalog.projects(principal=principal)
+    authz = getattr(request.app.state, "authz", None)
+    if authz is not None:  # lists never include foreign rows
+        from broker.security.policy import Ref, Resource
+
+        scope = authz.scope(principal, Resource.PROJECT)
+        body["items"] = [i for i in body["items"]
+                         if scope.contains(Ref(Resource.PROJECT, department=i["department"], project=i["id"]))]
+    return JSON(body)
 
 
 @router.get("/api/v1/nodes", response_model=NodeList, responses=ERRORS)

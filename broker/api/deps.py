@@ -15,6 +15,9 @@ async def principal(request: Request) -> Principal:
     """Authenticate the bearer token (cached; a miss reads the DB in a worker thread)."""
     auth = request.app.state.auth
     header = request.headers.get("authorization")
+    oidc = getattr(request.app.state, "oidc", None)
+    if oidc is not None and oidc.looks_like_jwt(header):
+        return await run_in_threadpool(oidc.authenticate, header)
     p = auth.cached(header)
     if p is None:
         p = await run_in_threadpool(auth.authenticate, header)

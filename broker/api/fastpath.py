@@ -52,7 +52,10 @@ class SubmitFastPath:
                 auth_header = v.decode("latin-1")
             elif k == b"idempotency-key":
                 key = v.decode("latin-1")
+        oidc = getattr(st, "oidc", None)
         principal = st.auth.cached(auth_header)
+        if principal is None and oidc is not None and oidc.looks_like_jwt(auth_header):
+            principal = await run_in_threadpool(oidc.authenticate, auth_header)
         if principal is None:
             principal = await run_in_threadpool(st.auth.authenticate, auth_header)
         if principal.kind != "user":
