@@ -37,13 +37,18 @@ def _overview(request: Request) -> dict:
 @router.get("/api/v1/overview")
 async def get_overview(request: Request, principal: User):
     """Allocated vs used GPUs per pool, node and project; idle allocations; queue health."""
-    return JSON(await run_in_threadpool(_overview, request))
+    data = await run_in_threadpool(_overview, request)
+    authz = getattr(request.app.state, "authz", None)  # per-project rows: the caller's projects only
+    return JSON(authz.narrow_overview(principal, data) if authz is not None else data)
 
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request, principal: User):
     """Prometheus text format (scrape with a bearer token)."""
     data = await run_in_threadpool(_overview, request)
+    authz = getattr(request.app.state, "authz", None)
+    if authz is not None:
+        data = authz.narrow_overview(principal, data)
     reg = CollectorRegistry()
     reg.register(_Collector(data))
     return Response(generate_latest(reg), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -122,6 +122,11 @@ def project(request: Request, project_id: str, p: User, start: Start = None, end
     with Session(engine) as s:
         row = catalog.project(s, project_id)
     if row is None or not _may_read_project(p, project_id, row.department_id):
-        raise NotFound(f"project {project_id!r} not found", code="PROJECT_NOT_FOUND")
+        authz = getattr(request.app.state, "authz", None)  # issue 4: memberships count too
+        if row is None or authz is None:
+            raise NotFound(f"project {project_id!r} not found", code="PROJECT_NOT_FOUND")
+        from broker.security.policy import Action
+
+        authz.require_project(p, project_id, Action.PROJECT_USAGE_READ)
     a, b = _range(start, end)
     return JSON(queries.project_series(engine, project_id, a, b, resolution))
