@@ -49,7 +49,7 @@ def test_cli_jobs_commands(monkeypatch, client, admin_token, new_project, engine
     monkeypatch.setattr(BrokerClient, "close", lambda self: None)  # the shared TestClient stays open
     run = CliRunner().invoke
     p = new_project()
-    r = run(app, ["jobs", "submit", "-p", p, "--image", "img:1", "--gpus", "1", "-e", "A=1", "--", "python", "t.py"])
+    r = run(app, ["jobs", "submit", "-p", p, "--image", "localhost/img:1", "--gpus", "1", "-e", "A=1", "--", "python", "t.py"])
     assert r.exit_code == 0, r.output
     job = json.loads(r.output)
     assert (job["command"], job["env"], job["name"], job["resources"]["gpus"]) == (["python", "t.py"], {"A": "1"}, "python", 1)
@@ -59,7 +59,7 @@ def test_cli_jobs_commands(monkeypatch, client, admin_token, new_project, engine
     assert json.loads(run(app, ["jobs", "cancel", job["id"]]).output)["status"] == "CANCELLED"
     r = run(app, ["jobs", "events", job["id"]])
     assert "PENDING -> CANCELLED" in r.output
-    bad = run(app, ["jobs", "submit", "-p", p, "--gpus", "9", "--image", "img", "--", "x"])
+    bad = run(app, ["jobs", "submit", "-p", p, "--gpus", "9", "--image", "localhost/img", "--", "x"])
     assert bad.exit_code == 2 and "NEVER_FITS" in bad.output
 
 

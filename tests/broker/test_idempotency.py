@@ -43,7 +43,7 @@ def test_same_key_other_body_is_422(client):
 
 def test_keys_are_scoped_per_token(client, anon, engine):
     with Session(engine) as s:
-        other, _ = create_token(s, name="other", role="member")
+        other, _ = create_token(s, name="other", role="member", project_id="ouh-liver", department_id="ouh")
         s.commit()
     key, name = str(uuid.uuid4()), f"idem-{uuid.uuid4().hex[:6]}"
     r1 = client.post("/api/v1/jobs", json=job_body(name=name), headers={"Idempotency-Key": key})
