@@ -1,0 +1,396 @@
+"""Authorization matrix generated from the OpenAPI document.
+
+Every operation of `app.openapi()` must have an entry in ROUTES (a new route without one fails
+`test_every_route_has_an_authorization_entry`: authorization is decided for each route, never
+forgotten). Each entry names the policy action and how to build an own and a foreign object;
+the expected status of every (route, role, own/foreign) cell is computed from the *pure*
+policy (`broker.security.policy.authorize`) with principals built here, so the test checks
+that the HTTP layer implements the policy: ALLOW -> the route's success status, HIDE -> 404
+(422 for a project named in a submit body, like a missing one), DENY -> 403. Without a token
+every non-public route answers 401; agent tokens get 403 on every user route. List routes
+must not return a foreign row, and no response may contain a foreign job's id or command.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from broker.models import ApiToken
+from broker.security.policy import (
+    Action, Decision, Grant, Principal, Ref, Resource, Role, authorize, can_grant, list_scope,
+)
+from tests.broker.conftest import job_body
+
+OWN = {"project": "ouh-liver", "department": "ouh"}
+FOREIGN = {"project": "slb-cardio", "department": "slb"}
+SECRET_CMD = "secret-command-{}"
+
+
+# ------------------------------------------------------------------ the cast
+
+
+@dataclass
+class Actor:
+    name: str
+    client: TestClient | None
+    principal: Principal | None  # what the policy should see (None: anonymous / agent)
+    user: str | None = None
+
+
+@pytest.fixture(scope="module")
+def cast(app, client):
+    root_id = _token_id(app, client.headers["authorization"].split()[1])
+    actors = {"platform-admin": Actor("platform-admin", client, Principal(f"token:{root_id}", (Grant(Role.PLATFORM_ADMIN),)))}
+    specs = [
+        ("member", "m-alice", "member", OWN),
+        ("project-admin", "m-pat", "project-admin", OWN),
+        ("department-admin", "m-dora", "department-admin", OWN),
+    ]
+    for role_name, uid, role, scope in specs:
+        assert client.post("/api/v1/admin/users", json={"id": uid}).status_code in (201, 409)
+        if role in ("member", "project-admin"):
+            r = client.post(f"/api/v1/projects/{scope['project']}/members", json={"user": uid, "role": role})
+            grant = Grant(Role(role), department=scope["department"], project=scope["project"])
+        else:
+            r = client.post(f"/api/v1/departments/{scope['department']}/members", json={"user": uid, "role": role})
+            grant = Grant(Role(role), department=scope["department"])
+        assert r.status_code == 201, r.text
+        tok = client.post("/api/v1/admin/tokens", json={"name": uid, "user": uid}).json()["token"]
+        actors[role_name] = Actor(role_name, _client(app, tok), Principal(uid, (grant,)), user=uid)
+    r = client.post("/api/v1/admin/tokens", json={"name": "ops", "role": "ops-viewer"}).json()
+    actors["ops-viewer"] = Actor("ops-viewer", _client(app, r["token"]), Principal(f"token:{r['id']}", (Grant(Role.OPS_VIEWER),)))
+    r = client.post("/api/v1/admin/tokens", json={"name": "agent", "kind": "agent", "node": "inno-1"}).json()
+    actors["agent"] = Actor("agent", _client(app, r["token"]), None)
+    actors["anonymous"] = Actor("anonymous", _client(app, None), None)
+    for u in ("m-eve", "m-sam"):
+        assert client.post("/api/v1/admin/users", json={"id": u}).status_code in (201, 409)
+    yield actors
+    for a in actors.values():
+        if a.client is not client:
+            a.client.__exit__(None, None, None)
+
+
+def _client(app, token):
+    c = TestClient(app, headers={"Authorization": f"Bearer {token}"} if token else {})
+    c.__enter__()
+    return c
+
+
+def _token_id(app, plaintext):
+    with Session(app.state.engine) as s:
+        prefix = "_".join(plaintext.split("_")[:2])
+        return s.exec(select(ApiToken).where(ApiToken.prefix == prefix)).one().id
+
+
+# ------------------------------------------------------------------ cases
+
+
+@dataclass
+class Call:
+    path: str
+    json: dict | None = None
+    headers: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+    ref: Ref | None = None  # the object (None: non-object action)
+    grant: Grant | None = None  # for membership routes: the grant given / taken
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    action: Action | None  # None: public or custom (see `expect`)
+    ok: tuple[int, ...]
+    prepare: Callable  # (root, scope, actor) -> Call
+    hide_status: int = 404
+    public: bool = False
+    list_of: Resource | None = None  # list route: rows must be within list_scope
+    agent_ok: bool = False  # the one route agents may call (telemetry push)
+
+
+def _job(root, scope, actor=None):
+    j = root.post("/api/v1/jobs", json=job_body(project=scope["project"], command=["run", SECRET_CMD.format(scope["project"])]))
+    assert j.status_code == 201, j.text
+    return j.json()["id"], Ref(Resource.JOB, department=scope["department"], project=scope["project"],
+                               owner=_root_subject(root))
+
+
+def _root_subject(root):
+    return f"token:{_token_id(root.app, root.headers['authorization'].split()[1])}"
+
+
+def _project_ref(scope):
+    return Ref(Resource.PROJECT, department=scope["department"], project=scope["project"])
+
+
+def _dept_ref(scope):
+    return Ref(Resource.DEPARTMENT, department=scope["department"])
+
+
+def job_call(suffix=""):
+    def prep(root, scope, actor):
+        jid, ref = _job(root, scope)
+        return Call(f"/api/v1/jobs/{jid}{suffix}", ref=ref)
+    return prep
+
+
+def quota_of(root, scope):
+    items = root.get("/api/v1/quotas", params={"owner_kind": "project", "owner_id": scope["project"]}).json()["items"]
+    return next(q for q in items if q["resource"] == "gpus" and q["pool"] == "innovation")
+
+
+def fresh_quota(root, scope):
+    r = root.post("/api/v1/quotas", json={"owner_kind": "project", "owner_id": scope["project"], "pool": "innovation",
+                                          "gpu_model": "m-" + uuid.uuid4().hex[:8], "resource": "gpus", "nominal": 0})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def own_token(root, scope, actor):
+    owner = actor.user if (actor.user and scope is OWN) else "m-sam"
+    t = root.post("/api/v1/admin/tokens", json={"name": "victim", "user": owner}).json()
+    return Call(f"/api/v1/tokens/{t['id']}", ref=Ref(Resource.TOKEN, owner=owner))
+
+
+def proj_member_del(root, scope, actor):
+    r = root.post(f"/api/v1/projects/{scope['project']}/members", json={"user": "m-eve", "role": "member"})
+    assert r.status_code == 201
+    g = Grant(Role.MEMBER, department=scope["department"], project=scope["project"])
+    return Call(f"/api/v1/projects/{scope['project']}/members/m-eve", params={"role": "member"}, grant=g)
+
+
+def dept_member_del(root, scope, actor):
+    r = root.post(f"/api/v1/departments/{scope['department']}/members", json={"user": "m-eve", "role": "ops-viewer"})
+    assert r.status_code == 201
+    g = Grant(Role.OPS_VIEWER, department=scope["department"])
+    return Call(f"/api/v1/departments/{scope['department']}/members/m-eve", params={"role": "ops-viewer"}, grant=g)
+
+
+def simple(path, ref=None):
+    return lambda root, scope, actor: Call(path.format(**scope), ref=ref(scope) if ref else None)
+
+
+def etagged(path, ref, body):
+    def prep(root, scope, actor):
+        p = path.format(**scope)
+        etag = root.get(p).headers["etag"]
+        return Call(p, json=body(root, scope), headers={"If-Match": etag}, ref=ref(scope))
+    return prep
+
+
+def quota_patch(root, scope, actor):
+    q = quota_of(root, scope)
+    return Call(f"/api/v1/quotas/{q['id']}", json={"nominal": q["nominal"]}, headers={"If-Match": q["etag"]},
+                ref=_project_ref(scope))
+
+
+def quota_delete(root, scope, actor):
+    q = fresh_quota(root, scope)
+    return Call(f"/api/v1/quotas/{q['id']}", headers={"If-Match": q["etag"]}, ref=_project_ref(scope))
+
+
+def _tele_job(root, scope, suffix):
+    jid, ref = _job(root, scope)
+    return Call(f"/api/v1/telemetry/jobs/{jid}{suffix}", ref=ref)
+
+
+def setting_put(root, scope, actor):
+    items = root.get("/api/v1/admin/settings").json()["items"]
+    cur = next(x for x in items if x["key"] == "max_runtime_s.operation")
+    return Call("/api/v1/admin/settings/max_runtime_s.operation", json={"value": {"seconds": None}},
+                headers={"If-Match": cur["etag"]})
+
+
+ROUTES = [
+    Route("GET", "/healthz", None, (200,), simple("/healthz"), public=True),
+    Route("GET", "/readyz", None, (200,), simple("/readyz"), public=True),
+    Route("POST", "/api/v1/jobs", Action.JOB_SUBMIT, (201,),
+          lambda root, scope, actor: Call("/api/v1/jobs", json=job_body(project=scope["project"]), ref=_project_ref(scope)),
+          hide_status=422),
+    Route("GET", "/api/v1/jobs", Action.NODE_READ, (200,), simple("/api/v1/jobs"), list_of=Resource.JOB),
+    Route("GET", "/api/v1/jobs/{job_id}", Action.JOB_READ, (200,), job_call()),
+    Route("POST", "/api/v1/jobs/{job_id}/cancel", Action.JOB_CANCEL, (200,), job_call("/cancel")),
+    Route("GET", "/api/v1/jobs/{job_id}/events", Action.JOB_READ, (200,), job_call("/events")),
+    Route("GET", "/api/v1/jobs/{job_id}/logs", Action.JOB_LOGS, (200,), job_call("/logs")),
+    Route("GET", "/api/v1/projects", Action.NODE_READ, (200,), simple("/api/v1/projects"), list_of=Resource.PROJECT),
+    Route("GET", "/api/v1/nodes", Action.NODE_READ, (200,), simple("/api/v1/nodes")),
+    Route("GET", "/api/v1/pools", Action.POOL_READ, (200,), simple("/api/v1/pools")),
+    Route("GET", "/api/v1/tokens", Action.TOKEN_CREATE_OWN, (200,), simple("/api/v1/tokens")),
+    # ownerless tokens (bootstrap admin, scoped ops token) cannot own new tokens: 422 NO_TOKEN_OWNER
+    Route("POST", "/api/v1/tokens", Action.TOKEN_CREATE_OWN, (201, 422),
+          lambda root, scope, actor: Call("/api/v1/tokens", json={"name": "t", "ttl_days": 1})),
+    Route("DELETE", "/api/v1/tokens/{token_id}", Action.TOKEN_REVOKE, (200,), own_token),
+    Route("POST", "/api/v1/admin/tokens", Action.TOKEN_ADMIN, (201,),
+          lambda root, scope, actor: Call("/api/v1/admin/tokens", json={"name": "x", "user": "m-eve", "ttl_days": 1})),
+    Route("GET", "/api/v1/admin/users", Action.USER_ADMIN, (200,), simple("/api/v1/admin/users")),
+    Route("POST", "/api/v1/admin/users", Action.USER_ADMIN, (201,),
+          lambda root, scope, actor: Call("/api/v1/admin/users", json={"id": "u-" + uuid.uuid4().hex[:10]})),
+    Route("PATCH", "/api/v1/admin/users/{user_id}", Action.USER_ADMIN, (200,),
+          lambda root, scope, actor: Call("/api/v1/admin/users/m-sam", json={"disabled": False})),
+    Route("GET", "/api/v1/departments", Action.NODE_READ, (200,), simple("/api/v1/departments"),
+          list_of=Resource.DEPARTMENT),
+    Route("POST", "/api/v1/departments", Action.DEPARTMENT_CREATE, (201,),
+          lambda root, scope, actor: Call("/api/v1/departments", json={"id": "d-" + uuid.uuid4().hex[:8], "name": "D"})),
+    Route("GET", "/api/v1/departments/{dept}", Action.DEPARTMENT_READ, (200,),
+          simple("/api/v1/departments/{department}", _dept_ref)),
+    Route("PATCH", "/api/v1/departments/{dept}", Action.DEPARTMENT_UPDATE, (200,),
+          etagged("/api/v1/departments/{department}", _dept_ref, lambda root, scope: {"weight": 1.0})),
+    Route("POST", "/api/v1/departments/{dept}/projects", Action.PROJECT_CREATE, (201,),
+          lambda root, scope, actor: Call(f"/api/v1/departments/{scope['department']}/projects",
+                                          json={"id": "p-" + uuid.uuid4().hex[:8]}, ref=_dept_ref(scope))),
+    Route("GET", "/api/v1/departments/{dept}/members", Action.DEPARTMENT_USAGE_READ, (200,),
+          simple("/api/v1/departments/{department}/members", _dept_ref)),
+    Route("POST", "/api/v1/departments/{dept}/members", None, (201,),
+          lambda root, scope, actor: Call(f"/api/v1/departments/{scope['department']}/members",
+                                          json={"user": "m-eve", "role": "ops-viewer"},
+                                          grant=Grant(Role.OPS_VIEWER, department=scope["department"]))),
+    Route("DELETE", "/api/v1/departments/{dept}/members/{user}", None, (204,), dept_member_del),
+    Route("GET", "/api/v1/projects/{project}", Action.PROJECT_READ, (200,),
+          simple("/api/v1/projects/{project}", _project_ref)),
+    Route("PATCH", "/api/v1/projects/{project}", Action.PROJECT_UPDATE, (200,),
+          etagged("/api/v1/projects/{project}", _project_ref, lambda root, scope: {"weight": 1.0})),
+    Route("GET", "/api/v1/projects/{project}/members", Action.PROJECT_MEMBERS_READ, (200,),
+          simple("/api/v1/projects/{project}/members", _project_ref)),
+    Route("POST", "/api/v1/projects/{project}/members", None, (201,),
+          lambda root, scope, actor: Call(f"/api/v1/projects/{scope['project']}/members",
+                                          json={"user": "m-eve", "role": "member"},
+                                          grant=Grant(Role.MEMBER, department=scope["department"], project=scope["project"]))),
+    Route("DELETE", "/api/v1/projects/{project}/members/{user}", None, (204,), proj_member_del),
+    Route("GET", "/api/v1/projects/{project}/usage", Action.PROJECT_USAGE_READ, (200,),
+          simple("/api/v1/projects/{project}/usage", _project_ref)),
+    Route("GET", "/api/v1/quotas", Action.NODE_READ, (200,), simple("/api/v1/quotas"), list_of=Resource.PROJECT),
+    Route("POST", "/api/v1/quotas", Action.PROJECT_QUOTA_UPDATE, (201,),
+          lambda root, scope, actor: Call("/api/v1/quotas", ref=_project_ref(scope), json={
+              "owner_kind": "project", "owner_id": scope["project"], "pool": "innovation",
+              "gpu_model": "m-" + uuid.uuid4().hex[:8], "resource": "gpus", "nominal": 0})),
+    Route("GET", "/api/v1/quotas/validation", Action.AGGREGATES_READ, (200,), simple("/api/v1/quotas/validation")),
+    Route("GET", "/api/v1/quotas/{quota_id}", Action.PROJECT_READ, (200,),
+          lambda root, scope, actor: Call(f"/api/v1/quotas/{quota_of(root, scope)['id']}", ref=_project_ref(scope))),
+    Route("PATCH", "/api/v1/quotas/{quota_id}", Action.PROJECT_QUOTA_UPDATE, (200,), quota_patch),
+    Route("DELETE", "/api/v1/quotas/{quota_id}", Action.PROJECT_QUOTA_UPDATE, (204,), quota_delete),
+    Route("PUT", "/api/v1/pools/{name}", Action.POOL_ADMIN, (200,),
+          lambda root, scope, actor: Call("/api/v1/pools/innovation", json={"lend_to_innovation": False})),
+    Route("GET", "/api/v1/audit", None, (200,), simple("/api/v1/audit")),
+    Route("GET", "/api/v1/admin/settings", Action.NODE_READ, (200,), simple("/api/v1/admin/settings")),
+    # operations view (aggregates; per-project rows narrowed to the caller's scope)
+    Route("GET", "/api/v1/overview", Action.AGGREGATES_READ, (200,), simple("/api/v1/overview")),
+    Route("GET", "/metrics", Action.AGGREGATES_READ, (200,), simple("/metrics")),
+    # telemetry (agents push for their node; users read)
+    Route("POST", "/api/v1/telemetry", Action.TELEMETRY_PUSH, (200, 202),
+          lambda root, scope, actor: Call("/api/v1/telemetry", json={}, ref=Ref(Resource.NODE, node="inno-1")),
+          agent_ok=True),
+    Route("GET", "/api/v1/telemetry/nodes", Action.NODE_READ, (200,), simple("/api/v1/telemetry/nodes")),
+    Route("GET", "/api/v1/telemetry/nodes/{node_id}", Action.NODE_READ, (200,),
+          simple("/api/v1/telemetry/nodes/inno-1")),
+    Route("GET", "/api/v1/telemetry/jobs/{job_id}", Action.JOB_READ, (200,),
+          lambda root, scope, actor: _tele_job(root, scope, "")),
+    Route("GET", "/api/v1/telemetry/jobs/{job_id}/usage", Action.JOB_READ, (200,),
+          lambda root, scope, actor: _tele_job(root, scope, "/usage")),
+    Route("GET", "/api/v1/telemetry/projects/{project_id}", Action.PROJECT_USAGE_READ, (200,),
+          simple("/api/v1/telemetry/projects/{project}", _project_ref)),
+    Route("PUT", "/api/v1/admin/settings/{key}", Action.SETTINGS_ADMIN, (200,), setting_put),
+]
+ROUTE_KEYS = {(r.method, r.path) for r in ROUTES}
+ROLES = ["member", "project-admin", "department-admin", "platform-admin", "ops-viewer"]
+
+
+def expected(route: Route, actor: Actor, call: Call) -> int | tuple[int, ...]:
+    p = actor.principal
+    if route.method == "DELETE" and "members" in route.path or (route.method == "POST" and "members" in route.path):
+        d = can_grant(p, call.grant)
+    elif route.path == "/api/v1/audit":
+        d = Decision.DENY if list_scope(p, Resource.AUDIT).empty else Decision.ALLOW
+    else:
+        d = authorize(p, route.action, call.ref)
+    return {Decision.ALLOW: route.ok, Decision.HIDE: (route.hide_status,), Decision.DENY: (403,)}[d]
+
+
+def _row_ref(app, route, item) -> Ref:
+    """The Ref of one row of a list response (jobs, projects, departments, quotas)."""
+    if "owner_kind" in item:  # a quota row
+        if item["owner_kind"] == "department":
+            return Ref(Resource.DEPARTMENT, department=item["owner_id"])
+        return Ref(Resource.PROJECT, department=app.state.authz.project_department(item["owner_id"]),
+                   project=item["owner_id"])
+    if route.list_of is Resource.DEPARTMENT:
+        return Ref(Resource.DEPARTMENT, department=item["id"])
+    if route.list_of is Resource.PROJECT:
+        return Ref(Resource.PROJECT, department=item["department"], project=item["id"])
+    return Ref(Resource.JOB, department=app.state.authz.project_department(item["project"]), project=item["project"])
+
+
+def _served(app, route) -> bool:
+    return (route.method, route.path) in {(m.upper(), p) for p, i in app.openapi()["paths"].items() for m in i}
+
+
+def _send(client, method, call):
+    return client.request(method, call.path, json=call.json, headers=call.headers, params=call.params)
+
+
+def test_every_route_has_an_authorization_entry(app):
+    ops = {(m.upper(), path) for path, item in app.openapi()["paths"].items() for m in item}
+    missing = sorted(ops - ROUTE_KEYS)
+    assert not missing, f"routes without an authorization entry in ROUTES: {missing}"
+
+
+def _cases():
+    for r in ROUTES:
+        for role in ROLES:
+            for side in ("own", "foreign"):
+                yield pytest.param(r, role, side, id=f"{r.method} {r.path} [{role}/{side}]")
+
+
+@pytest.mark.parametrize("route, role, side", list(_cases()))
+def test_matrix(app, client, cast, route, role, side):
+    if not _served(app, route):
+        pytest.skip("route not served by this app")
+    actor = cast[role]
+    scope = OWN if side == "own" else FOREIGN
+    call = route.prepare(client, scope, actor)
+    r = _send(actor.client, route.method, call)
+    want = route.ok if route.public else expected(route, actor, call)
+    assert r.status_code in want, f"{route.method} {call.path} as {role}: {r.status_code} {r.text[:300]}"
+    if r.status_code >= 400:
+        err = r.json()["error"]
+        assert err["code"] and err["message"] and "Traceback" not in r.text
+    if route.list_of is not None and r.status_code == 200:
+        for item in r.json()["items"]:
+            ref = _row_ref(app, route, item)
+            assert list_scope(actor.principal, ref.resource).contains(ref), f"{role} sees foreign row {item}"
+    if route.path == "/api/v1/overview" and r.status_code == 200:
+        body = r.json()
+        for row in body.get("projects", []) + body.get("idle_allocations", []):
+            ref = Ref(Resource.PROJECT, department=app.state.authz.project_department(row["project"]),
+                      project=row["project"])
+            assert list_scope(actor.principal, Resource.PROJECT).contains(ref), f"{role} sees {row}"
+    if role not in ("platform-admin",):
+        secret = SECRET_CMD.format(FOREIGN["project"])
+        if not (role == "ops-viewer"):
+            assert secret not in r.text, f"{role} saw a foreign job's command"
+    if role == "ops-viewer":
+        assert "secret-command" not in r.text, "ops-viewers never see job commands"
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if not r.public], ids=lambda r: f"{r.method} {r.path}")
+def test_anonymous_gets_401(app, client, cast, route):
+    if not _served(app, route):
+        pytest.skip("route not served by this app")
+    call = route.prepare(client, OWN, cast["platform-admin"])
+    r = _send(cast["anonymous"].client, route.method, call)
+    assert r.status_code == 401, r.text
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if not r.public and not r.agent_ok],
+                         ids=lambda r: f"{r.method} {r.path}")
+def test_agent_token_gets_403(app, client, cast, route):
+    if not _served(app, route):
+        pytest.skip("route not served by this app")
+    call = route.prepare(client, OWN, cast["platform-admin"])
+    r = _send(cast["agent"].client, route.method, call)
+    assert r.status_code == 403, r.text
