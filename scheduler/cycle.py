@@ -317,8 +317,17 @@ class _Cycle:
         flavors = self.world.flavors
         res = self.reservations
         req0, g = req[0], s.g
-        roomy = [fid for fid in s.ready_fids if (flavors[fid].total_free_g >= req0 and flavors[fid].max_free >= g)
-                 or (res.any and fid in res.by_fid and res.could_fit(self, s, fid))]
+        by_fid = res.by_fid
+        roomy = []
+        for fid in s.ready_fids:
+            fx = flavors[fid]
+            tf = fx.total_free_g
+            if tf >= req0 and fx.max_free >= g:
+                roomy.append(fid)
+            else:  # res.could_fit, inlined: the reserved GPUs would be enough
+                r = by_fid.get(fid)
+                if r is not None and tf + r.blocked_g >= req0:
+                    roomy.append(fid)
         if not roomy:
             return self.no_room(job, s, position)
         qv = self.qv
