@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from broker import jobstate
-from broker.models import Job, JobStatus, Ledger, Node, Placement
+from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
 from broker.ports import AttemptStatus, Executor, LaunchSpec, WorkerLaunch, WorkerState
 from broker.repo import scheduling as repo
 from broker.services.snapshot import build_snapshot, lookback_start
@@ -65,6 +65,7 @@ class SchedulingLoop:
         self.policy = policy or POLICIES[settings.scheduling_policy]
         self._stopping: set[tuple[str, int]] = set()  # stop() already sent for these attempts
         self._cause: dict[tuple[str, int], object] = {}  # the worker whose failure stopped its gang
+        self._started: dict[tuple[str, int], float] = {}  # start seen only once the gang was gone
         self._lock = threading.Lock()  # one tick at a time, whoever calls it
         self.last_cycle: CycleResult | None = None
         self.last_report: TickReport | None = None
@@ -163,6 +164,11 @@ class SchedulingLoop:
             self._stop(key, f"worker {first.rank} exited with code {first.exit_code}")
             return
         if gone:
+            # A worker that started and exited between two ticks never showed RUNNING: keep
+            # its real start time all the same.
+            started = min((w.started_at for w in workers if w.started_at), default=None)
+            if started is not None and job.started_at is None:
+                self._started[key] = started
             if job.cancel_requested_at is not None:
                 self._finish(job, S.CANCELLED, now, rep, message="cancelled", exit_code=_first_bad(workers))
             elif lost and not failed:
@@ -217,7 +223,14 @@ class SchedulingLoop:
                     jobstate.requeue_or_fail(s, row, expected_version=row.version, now=now)
             else:
                 fields = {"exit_code": exit_code} if exit_code is not None else {}
-                jobstate.transition(s, row, to, expected_version=row.version, now=now, message=message, **fields)
+                if row.started_at is None and key in self._started:
+                    fields["started_at"] = self._started[key]
+                if jobstate.transition(s, row, to, expected_version=row.version, now=now, message=message, **fields) \
+                        and "started_at" in fields:
+                    att = s.get(Attempt, (row.id, row.attempt))
+                    if att is not None and att.started_at is None:
+                        att.started_at = fields["started_at"]
+                        s.add(att)
             s.commit()
         rep.finished.append(job.id)
         if release:
@@ -227,6 +240,7 @@ class SchedulingLoop:
                 log.warning("release of %s/%s failed (the reconciler retries): %s", key[0], key[1], e)
         self._stopping.discard(key)
         self._cause.pop(key, None)
+        self._started.pop(key, None)
 
     @staticmethod
     def _record_devices(s: Session, job: Job, st: AttemptStatus) -> None:

@@ -91,6 +91,18 @@ def test_job_runs_to_succeeded_and_is_accounted(client, loop, fake_executor, eng
         assert led.ended_at is not None and led.allocated_gpu_s == pytest.approx(2 * 100, rel=0.01)
 
 
+def test_job_that_ends_between_ticks_keeps_its_start_time(client, loop, fake_executor):
+    jid = submit(client, gpus=1)
+    loop.tick()  # admitted and launched; never seen RUNNING
+    fake_executor.finish(jid, 1, exit_code=0)
+    CLOCK.advance(5)
+    loop.tick()
+    j = get(client, jid)
+    assert j["status"] == "SUCCEEDED"
+    assert j["started_at"] is not None and j["finished_at"] >= j["started_at"]
+    assert j["attempts"][0]["started_at"] == j["started_at"]
+
+
 def test_gang_failure_stops_the_rest_and_fails_with_exit_code(client, loop, fake_executor):
     jid = submit(client, gpus=4, workers=2)
     loop.tick()
