@@ -36,7 +36,7 @@ from broker.services.admin_tenancy import department_not_found, matches
 from broker.services.auth import Principal as AuthPrincipal
 from broker.services.authz import Authz, project_not_found
 from broker.services.snapshot import _quotas, month_start, usage_from_ledger
-from quotas.amount import UNLIMITED, Amount
+from quotas.amount import Amount
 from quotas.budget import remaining_reservation
 from quotas.tree import validate_tree
 from scheduler.model import Flavor

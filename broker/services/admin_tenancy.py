@@ -23,7 +23,7 @@ from sqlmodel import Session
 from broker.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from broker.models import Department, Project
 from broker.models_tenancy import Membership, User
-from broker.security.policy import Action, Decision, Grant, PROJECT_ROLES, Ref, Resource, Role, can_grant
+from broker.security.policy import Action, Decision, Grant, PROJECT_ROLES, Ref, Resource, can_grant
 from broker.services import admin_audit as audit
 from broker.services.admin_audit import Caller
 from broker.services.auth import Principal as AuthPrincipal
