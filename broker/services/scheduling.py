@@ -258,9 +258,11 @@ class SchedulingLoop:
             pending = repo.pending_jobs(s)
             if not pending:
                 return None
+            projects = repo.projects(s)
+            pending, capped = concurrency_cap(projects, holding, pending)
             snap = build_snapshot(
                 now=now, half_life_s=self.policy.fair_share_half_life_s, departments=repo.departments(s),
-                projects=repo.projects(s), pools=repo.pools(s), nodes=repo.nodes(s), quotas=repo.quota_rows(s),
+                projects=projects, pools=repo.pools(s), nodes=repo.nodes(s), quotas=repo.quota_rows(s),
                 holding=holding, placements=repo.placements_of(s, [(j.id, j.attempt) for j in holding]),
                 pending=pending, ledger=repo.ledger_since(s, lookback_start(now, self.policy.fair_share_half_life_s)),
             )
@@ -303,7 +305,10 @@ class SchedulingLoop:
                         (why.code.value, why.message, why.queue_position, why.estimated_start, details):
                     jobstate.set_pending_reason(s, jid, code=why.code.value, message=why.message, details=details,
                                                 queue_position=why.queue_position, estimated_start=why.estimated_start)
-            rep.pending = len(result.pending)
+            for job, code, message, details in capped.values():
+                if (job.pending_code, job.pending_message) != (code, message):
+                    jobstate.set_pending_reason(s, job.id, code=code, message=message, details=details)
+            rep.pending = len(result.pending) + len(capped)
             s.commit()
         for jid, att, why in victims:
             self._stop((jid, att), why or "preempted")
@@ -341,6 +346,37 @@ class SchedulingLoop:
                     jobstate.transition(s, row, S.STARTING, expected_version=row.version, now=self.clock())
                     s.commit()
             rep.launched.append(job.id)
+
+
+def concurrency_cap(projects, holding, pending):
+    """Apply each project's `max_running`: at most (max_running - jobs it holds) of its pending
+    jobs go to the cycle, in queue order (priority, then submit time); the others wait with a
+    QUOTA_LIMIT reason. Returns (pending for the cycle, {job id: (job, code, message, details)})."""
+    limits = {p.id: p.max_running for p in projects if p.max_running is not None}
+    if not limits:
+        return pending, {}
+    held: dict[str, int] = {}
+    for j in holding:
+        held[j.project_id] = held.get(j.project_id, 0) + 1
+    room = {pid: max(0, m - held.get(pid, 0)) for pid, m in limits.items()}
+    keep, capped = [], {}
+    for j in sorted(pending, key=lambda j: (-j.priority, j.submit_time, j.id)):
+        left = room.get(j.project_id)
+        if left is None:
+            keep.append(j)
+        elif left > 0:
+            room[j.project_id] = left - 1
+            keep.append(j)
+        else:
+            m = limits[j.project_id]
+            busy = max(m, held.get(j.project_id, 0))  # held now, or taken by jobs ahead in this cycle
+            capped[j.id] = (j, "QUOTA_LIMIT",
+                         f"Project {j.project_id} may run {m} job{'s' if m != 1 else ''} at a time and already "
+                         f"has {busy}; this job starts when one of them ends.",
+                         {"level": "concurrency", "project": j.project_id, "max_running": m,
+                          "running": busy})
+    keep.sort(key=lambda j: (j.submit_time, j.id))
+    return keep, capped
 
 
 def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float) -> LaunchSpec:

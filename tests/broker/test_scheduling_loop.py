@@ -226,3 +226,26 @@ def test_no_double_admission_from_two_loops(client, settings, engine, fake_execu
     assert jid in a_rep.admitted and jid not in b_rep.admitted
     with Session(engine) as s:
         assert s.execute(select(Job).where(Job.id == jid)).scalar_one().attempt == 1
+
+
+def test_max_running_caps_a_projects_concurrency(client, loop, engine, new_project):
+    from broker.models import Project
+
+    pid = new_project()
+    with Session(engine) as s:
+        p = s.get(Project, pid)
+        p.max_running = 1
+        s.add(p)
+        s.commit()
+    first = submit(client, gpus=1, project=pid)
+    second = submit(client, gpus=1, project=pid)
+    loop.tick()
+    assert get(client, first)["status"] == "STARTING"
+    j = get(client, second)
+    assert j["status"] == "PENDING"
+    assert j["pending_reason"]["code"] == "QUOTA_LIMIT"
+    assert j["pending_reason"]["details"] == {"level": "concurrency", "project": pid, "max_running": 1, "running": 1}
+    client.post(f"/api/v1/jobs/{first}/cancel")
+    loop.tick()
+    loop.tick()
+    assert get(client, second)["status"] in ("STARTING", "RUNNING")
