@@ -6,7 +6,7 @@ decisions (admissions with placements, preemptions, one pending reason per other
 Steps:
  1. Index (scheduler.index): node free resources and GPU indices from running placements;
     quota usage bubbled up the tree; budget reservations; fair-share allocation.
- 2. Order pending jobs: class (operation first), priority, quota tier (within guarantee, then
+ 2. Order pending jobs (scheduler.ordering): class (operation first), priority, quota tier (within guarantee, then
     within nominal, then borrowing: Kueue orders non-borrowing first, and it is what makes a
     guarantee hold within the cycle), fair share (weighted dominant share of allocation plus
     decayed past usage, updated as the cycle admits), submit time, id.
@@ -34,12 +34,12 @@ Determinism: every sort uses total keys ending in ids; no set or dict order leak
 from __future__ import annotations
 
 import gc
-import heapq
 from typing import Iterator
 
 from quotas.amount import Amount
 from quotas.fairshare import dominant_share, past_equivalent
 from scheduler import backfill as bf
+from scheduler import ordering
 from scheduler import preemption as pre
 from scheduler.model import (
     POLICIES, RESOURCES, Admission, CycleResult, CycleStats, Job, Outcome, PendingReason, Placement,
@@ -132,86 +132,8 @@ class _Cycle:
 
     # -- step 2: order -------------------------------------------------------------------
     def order(self) -> Iterator[tuple[Job, Shape]]:
-        """Jobs in cycle order, with their shapes. One heap entry per project (its head), so
-        a project's share and tier are re-keyed when it is admitted something.
-
-        Cost: this runs once per pending job, so each job's static part is resolved once into
-        a queue item (rank, -priority, submit, id, input index, job, shape, tier flavor) that
-        sorts without a key function; a heap entry only adds the tier and share. The input
-        index is a tie-break that never changes the order (ids are unique; a duplicate id keeps
-        input order, as the stable sort on (class, priority, submit, id) did).
-        """
-        pend = self.snap.pending
-        shape = self.shape
-        if self.policy.strict_fifo:
-            for j in sorted(pend, key=lambda j: (j.submit_time, j.id)):
-                yield j, shape(j)
-            return
-        managed = self.qv.managed
-        shapes = self.shapes
-        tier_fid: dict[Shape, int] = {}  # -2: no ready flavor (tier 2), -1: unmanaged (tier 1)
-        queues: dict[str, list[tuple]] = {}
-        for i, j in enumerate(pend):
-            pw = j.per_worker
-            s = shapes.get((j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb))
-            if s is None:
-                s = shape(j)
-            f0 = tier_fid.get(s)
-            if f0 is None:
-                fids = s.ready_fids
-                f0 = tier_fid[s] = -2 if not fids else fids[0] if managed[fids[0]] else -1
-            item = (s.rank, -j.priority, j.submit_time, j.id, i, j, s, f0)
-            q = queues.get(j.project)
-            if q is None:
-                queues[j.project] = [item]
-            else:
-                q.append(item)
-        for q in queues.values():  # small sorts per project instead of one big one
-            q.sort()
-        shares = {pid: self.share(pid) for pid in queues}
-        pos = dict.fromkeys(queues, 0)
-        limits = self.qv.limits
-
-        def entry(it: tuple, pid: str) -> tuple:
-            f0 = it[7]
-            if f0 >= 0:  # self.tier, inlined
-                got = limits(pid, f0, it[6].req)
-                t = 0 if got[2] else 1 if got[3] else 2
-            else:
-                t = 1 if f0 == -1 else 2
-            return (it[0], it[1], t, shares[pid], it[2], it[3], pid, it)
-
-        heap = [entry(q[0], pid) for pid, q in queues.items()]
-        heapq.heapify(heap)
-        dirty = self._dirty
-        pop, push = heapq.heappop, heapq.heappush
-        while heap:
-            e = pop(heap)
-            it = e[7]
-            yield it[5], it[6]
-            pid = e[6]
-            q = queues[pid]
-            p = pos[pid] + 1
-            pos[pid] = p
-            if dirty:  # admissions moved shares (and tiers): re-key those projects' heads
-                for d in sorted(dirty):
-                    shares[d] = self.share(d)
-                moved = [i for i, x in enumerate(heap) if x[6] in dirty]
-                for i in moved:
-                    hp = heap[i][6]
-                    heap[i] = entry(queues[hp][pos[hp]], hp)
-                if moved:
-                    heapq.heapify(heap)
-                dirty.clear()
-            if p < len(q):  # entry(q[p], pid), inlined: once per pending job
-                it = q[p]
-                f0 = it[7]
-                if f0 >= 0:
-                    got = limits(pid, f0, it[6].req)
-                    t = 0 if got[2] else 1 if got[3] else 2
-                else:
-                    t = 1 if f0 == -1 else 2
-                push(heap, (it[0], it[1], t, shares[pid], it[2], it[3], pid, it))
+        """Jobs in cycle order, with their shapes (scheduler.ordering)."""
+        return ordering.order(self)
 
     # -- steps 3..6 ----------------------------------------------------------------------
     def run(self) -> CycleResult:
