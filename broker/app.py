@@ -11,6 +11,7 @@ request on a running job; falls back to on_submit).
 
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -29,6 +30,7 @@ from broker.services.auth import TokenAuth
 from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.logs import LogService
+from broker.services.accounting import fill_ledger_usage
 from broker.services.scheduling import SchedulingLoop
 from broker.settings import Settings
 from broker.tasks import Tasks
@@ -40,8 +42,10 @@ def make_tasks(settings: Settings, engine, executor, on_nodes_changed=None):
     """The periodic tasks (broker.tasks), not yet started: the scheduling loop and the
     reconciler when there is an executor; telemetry tasks are added by the caller."""
     loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=on_nodes_changed) if executor else None
-    return Tasks(loop, executor, cycle_interval_s=settings.cycle_interval_s,
-                 reconcile_interval_s=settings.reconcile_interval_s)
+    tasks = Tasks(loop, executor, cycle_interval_s=settings.cycle_interval_s,
+                  reconcile_interval_s=settings.reconcile_interval_s)
+    tasks.add_interval(lambda: fill_ledger_usage(engine, time.time()), 60.0, "accounting.ledger")
+    return tasks
 
 
 def create_app(settings: Settings | None = None, executor=None, start_background: bool = True,

@@ -146,6 +146,20 @@ class PlacementPublic(BaseModel):
     cuda_visible_devices: str = ""
 
 
+class JobUsagePublic(BaseModel):
+    """GPU use of the job measured by the node agents (attributed samples), all attempts."""
+
+    samples: int = 0
+    gpus: int = 0
+    gpu_util_avg: Optional[float] = None
+    gpu_util_peak: Optional[float] = None
+    memory_used_mb_avg: Optional[float] = None
+    memory_used_mb_peak: Optional[float] = None
+    tensor_active_avg: Optional[float] = None
+    energy_j: Optional[float] = None
+    used_gpu_s: Optional[float] = None
+
+
 class JobPublic(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -181,6 +195,7 @@ class JobPublic(BaseModel):
     flavor: Optional[FlavorPublic] = None
     attempts: list[AttemptPublic] = []
     placements: list[PlacementPublic] = []
+    usage: Optional[JobUsagePublic] = None  # GET /api/v1/jobs/{id} only, once the job has started
 
 
 class JobList(BaseModel):

@@ -31,10 +31,13 @@ from broker.services.auth import Principal
 from broker.services.group_commit import GroupCommitWriter
 from broker.services.views import event_public, job_public
 from broker.settings import Settings
+from broker.telemetry.queries import job_usage
 
 log = logging.getLogger("broker.jobs")
 
 _STATUSES = {s.value for s in JobStatus}
+_USAGE_KEYS = ("samples", "gpus", "gpu_util_avg", "gpu_util_peak", "memory_used_mb_avg", "memory_used_mb_peak",
+               "tensor_active_avg", "energy_j", "used_gpu_s")
 RECHECK_S = 1.0  # an unknown project re-reads the project list at most this often
 
 
@@ -157,7 +160,11 @@ class JobService:
         with Session(self.engine) as s:
             job = self._job(s, job_id)
             self.authorize(principal, job, "job.read")
-            return job_public(job, attempts=repo.attempts(s, job_id), placements=repo.placements(s, job_id))
+            out = job_public(job, attempts=repo.attempts(s, job_id), placements=repo.placements(s, job_id))
+        if job.admitted_at is not None or job.attempt > 1:
+            u = job_usage(self.engine, job_id)
+            out["usage"] = {k: u[k] for k in _USAGE_KEYS}
+        return out
 
     def list(self, *, principal: Principal, projects: Sequence[str] = (), statuses: Sequence[str] = (),
              cursor: str | None = None, limit: int = 100) -> dict:

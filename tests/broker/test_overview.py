@@ -83,3 +83,23 @@ def test_dashboard_page_is_self_contained(anon):
     assert r.status_code == 200 and "<title>" in r.text
     # No CDN: every script and stylesheet is inline or served by the broker itself.
     assert "http://" not in r.text and "https://" not in r.text
+
+
+def test_job_shows_measured_usage_and_ledger_gets_used_gpu_seconds(client, running_jobs, settings, engine,
+                                                                   fake_executor):
+    from broker.models import Ledger
+    from broker.services.accounting import fill_ledger_usage
+
+    busy = running_jobs["busy"]
+    u = client.get(f"/api/v1/jobs/{busy}").json()["usage"]
+    assert (u["gpus"], u["samples"], u["gpu_util_avg"], u["gpu_util_peak"]) == (2, 10, 85.0, 85.0)
+    loop = SchedulingLoop(settings, engine, fake_executor, clock=time.time)
+    fake_executor.finish(busy, 1, exit_code=0)
+    loop.tick()
+    assert client.get(f"/api/v1/jobs/{busy}").json()["status"] == "SUCCEEDED"
+    assert fill_ledger_usage(engine, time.time() + 3600) >= 1
+    with Session(engine) as s:
+        led = s.get(Ledger, (busy, 1))
+        # 2 GPUs at 85 % over 5 readings a minute apart: 0.85 x 300 s x 2
+        assert led.used_gpu_s == pytest.approx(0.85 * 300 * 2, rel=0.01)
+        assert led.allocated_gpu_s > led.used_gpu_s
