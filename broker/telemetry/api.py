@@ -27,11 +27,16 @@ from broker.api.deps import User, principal
 from broker.api.json import JSON
 from broker.errors import Forbidden, NotFound
 from broker.repo import catalog
+from broker.schemas import ErrorResponse
 from broker.services.auth import Principal
 from broker.telemetry import queries
 from broker.telemetry.service import TelemetryConfig, TelemetryService
 
-router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"])
+# Documented for every route so the OpenAPI lists what clients really get: no token (401), a
+# user token on push or a denied project (403), an unreadable job/project (404), an oversized
+# body (413), bad parameters or a bad report (422).
+ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 413, 422)}
+router = APIRouter(prefix="/api/v1/telemetry", tags=["telemetry"], responses=ERRORS)
 
 Start = Annotated[Optional[float], Query(ge=0, description="epoch seconds; default end - 3600")]
 End = Annotated[Optional[float], Query(ge=0, description="epoch seconds; default now")]
