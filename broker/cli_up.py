@@ -44,7 +44,9 @@ def up(
     gpu_model: str = typer.Option("", help="GPU model label of the local nodes"),
     demo: bool = typer.Option(True, "--demo/--no-demo", help="seed the demo region on an empty DB"),
     ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster instead of starting one"),
-    agent: bool = typer.Option(True, "--agent/--no-agent", help="run a node agent per local node"),
+    agent: bool = typer.Option(True, "--agent/--no-agent", help="run a node agent per node"),
+    agent_mode: str = typer.Option("auto", help="process (local subprocesses) | ray (one pinned Ray actor per "
+                                                  "Ray node) | auto (ray when joining a cluster)"),
     fake_telemetry: int = typer.Option(0, help="agents report N scripted fake GPUs (demos without GPUs)"),
     allow_process: bool = typer.Option(True, "--allow-process/--no-allow-process",
                                        help="allow runtime 'process' jobs (unconfined; development only)"),
@@ -72,6 +74,7 @@ def up(
 
     cluster = None
     agents: list[subprocess.Popen] = []
+    ray_agents: list[str] = []
     executor = None
     try:
         from broker.adapters.ray_executor import RayExecutor
@@ -87,7 +90,15 @@ def up(
             typer.echo(f"local Ray at {address} with nodes {', '.join(cluster.node_names)}")
         executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs")
         if agent:
-            agents = _start_agents(settings, engine, [o.id for o in executor.nodes()], fake_telemetry)
+            if agent_mode == "ray" or (agent_mode == "auto" and cluster is None):
+                from broker.adapters.ray_agents import start_node_agents
+
+                extra = ["--fake-gpus", str(fake_telemetry)] if fake_telemetry else []
+                ray_agents = start_node_agents(executor.nodes(), broker_url=f"http://{settings.host}:{settings.port}",
+                                               token_for=lambda nid: issue_agent_token(engine, nid), extra_args=extra)
+                typer.echo(f"node agents as Ray actors on {', '.join(ray_agents)}")
+            else:
+                agents = _start_agents(settings, engine, [o.id for o in executor.nodes()], fake_telemetry)
 
         from broker.app import create_app
 
@@ -102,6 +113,10 @@ def up(
             _stop_attempts(executor, settings.grace_period_s)
         for p in agents:
             _terminate(p)
+        if ray_agents and cluster is not None:  # agents on an external cluster outlive us by design
+            from broker.adapters.ray_agents import stop_node_agents
+
+            stop_node_agents(ray_agents)
         if executor is not None:
             try:
                 executor.shutdown()
