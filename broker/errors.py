@@ -80,7 +80,8 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
     fields = []
     for e in errors:
         loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
-        where = ".".join(loc) or "body"
+        # a JSON decode error's loc is ("body", char offset): the offset is not a field name
+        where = "body" if e.get("type") == "json_invalid" else (".".join(loc) or "body")
         msg = str(e.get("msg", "invalid"))
         if e.get("type") == "extra_forbidden":
             msg = "unknown or server-owned field; remove it"
@@ -91,6 +92,9 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str
     if len(fields) > 10:
         text += f"; and {len(fields) - 10} more"
     return "invalid request: " + text, fields
+
+
+BODY_PARSE_ERROR = "There was an error parsing the body"  # FastAPI's HTTPException(400) detail
 
 
 def install_handlers(app) -> None:
@@ -111,6 +115,13 @@ def install_handlers(app) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == BODY_PARSE_ERROR:
+            # FastAPI's answer to a JSON body it cannot decode (bytes that are not UTF-8). Why:
+            # the same bad body as malformed JSON gets the same documented 422, not a bare 400.
+            message, fields = validation_message([{"loc": ("body",), "type": "json_invalid",
+                                                   "msg": "body is not valid UTF-8 JSON"}])
+            body = {"error": {"code": "VALIDATION_ERROR", "message": message, "details": {"fields": fields}}}
+            return ORJSONResponse(body, status_code=422)
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 401: "UNAUTHORIZED"}.get(exc.status_code, "HTTP_ERROR")
         body = {"error": {"code": code, "message": str(exc.detail), "details": {}}}
         return ORJSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))

@@ -63,9 +63,20 @@ def test_bad_bodies_are_422_with_code_and_message(client, body, code, fragment):
     assert "Traceback" not in r.text and "File \"" not in r.text
 
 
-def test_malformed_json_is_422(client):
-    r = client.post("/api/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["error"]["code"] == "VALIDATION_ERROR"
+BAD_JSON = [  # (id, path, raw body): the submit fast path and a plain FastAPI body route
+    ("jobs-malformed", "/api/v1/jobs", b"{not json"),
+    ("jobs-not-utf8", "/api/v1/jobs", b"\xff\xfe{"),
+    ("departments-malformed", "/api/v1/departments", b"{not json"),
+    ("departments-not-utf8", "/api/v1/departments", b"\xff\xfe{"),  # FastAPI's own 400, made a 422
+]
+
+
+@pytest.mark.parametrize("path,raw", [c[1:] for c in BAD_JSON], ids=[c[0] for c in BAD_JSON])
+def test_malformed_json_is_422(client, path, raw):
+    r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "VALIDATION_ERROR" and err["message"].startswith("invalid request: body"), err
 
 
 NEVER_FITS = [
