@@ -6,7 +6,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install lint bench clean
+# podman settings that work on hosts where crun or setrlimit are refused (runc, no default
+# ulimits); override with your own containers.conf.
+CONTAINERS_CONF ?= $(CURDIR)/tests/containers.conf
+export CONTAINERS_CONF
+
+.PHONY: run test install lint bench clean system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +21,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)
+# podman + runc for container jobs: installed when missing and this is a Debian host run as root.
+system-deps:
+	@command -v podman >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc; } || \
+	  echo "note: podman not found; container jobs need it (runtime 'process' jobs work without)"
+
+run: $(STAMP) system-deps
 	$(BIN)/broker up $(ARGS)
 
 lint: $(STAMP)
@@ -24,7 +35,7 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/lint-imports
-	CONTAINERS_CONF=$(CURDIR)/tests/containers.conf $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m scheduler.bench
