@@ -106,35 +106,16 @@ def serve(url: str, port: int, workers: int) -> None:
 def _app():
     from broker.app import create_app
     from broker.settings import Settings
-    from broker.telemetry.tasks import install
-
-    app = create_app(Settings(), start_background=False)
-    install(app)  # idempotent: a no-op once create_app wires telemetry itself
-    return app
+    return create_app(Settings(), start_background=False)  # create_app wires the telemetry routes
 
 
 def start(url: str, workers: int) -> tuple[subprocess.Popen, int]:
-    import socket
-
-    from broker.bench_submit import free_port, stop_server
+    from broker.bench_submit import free_port, wait_healthy
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "broker.bench_ingest", "serve", url, str(port), str(workers)],
                             start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 "):
-                    return proc, port
-        except OSError:
-            pass
-        time.sleep(0.1)
-    stop_server(proc)
-    raise RuntimeError("the server did not answer within 60 s")
+    return wait_healthy(proc, port, "the ingest server"), port
 
 
 async def _agent(port: int, token: str, body: bytes, per_report: int, seq0: int, stop_at: float, record_from: float,

@@ -200,20 +200,25 @@ def start_server(mode: str, url: str, workers: int) -> tuple[subprocess.Popen, i
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "broker.bench_submit", "serve", mode, url, str(port), str(workers)],
                             start_new_session=True)
-    deadline = time.monotonic() + 60
+    return wait_healthy(proc, port, f"the {mode} server"), port
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, what: str, timeout_s: float = 60.0) -> subprocess.Popen:
+    """Wait until the server subprocess answers GET /healthz with 200; stop it and raise if not."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the {mode} server exited with {proc.returncode}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
                 if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return proc, port
+                    return proc
         except OSError:
-            pass
+            pass  # not listening yet
         time.sleep(0.1)
     stop_server(proc)
-    raise RuntimeError(f"the {mode} server did not answer within 60 s")
+    raise RuntimeError(f"{what} did not answer within {timeout_s:.0f} s")
 
 
 def stop_server(proc: subprocess.Popen) -> None:

@@ -83,7 +83,7 @@ def stop_node_agents(node_ids: Sequence[str], *, namespace: str = "compute-broke
         except ValueError:
             continue
         try:
-            ray.get(h.stop.remote(), timeout=timeout_s)
+            ray.get(h.stop.remote(), timeout=timeout_s)  # let the agent flush its last push
         except Exception:
-            pass
+            pass  # a dead or hung agent is killed below all the same
         ray.kill(h)
