@@ -2,7 +2,8 @@
 
 What it starts, in order: the database (SQLite in the data dir unless BROKER_DATABASE_URL says
 otherwise; migrations applied), the demo region on an empty DB, the platform-admin token, a
-local Ray head (or a small local multi-node cluster with `--nodes`), the API with the
+local Ray head (or a small local multi-node cluster with `--nodes`) with Ray token authentication
+(token in <data dir>/ray-auth-token) and, for the one-node head, every Ray port on 127.0.0.1, the API with the
 scheduling loop, and one node agent per local Ray node. Ctrl-C (or SIGTERM) stops them in
 reverse order: the API and the loop, every running attempt (containers stopped, runner actors
 and placement groups released), the agents, then Ray. Nothing is left behind.
@@ -69,8 +70,12 @@ def up(
     token_path = ensure_admin_token(settings, engine)
     typer.echo(f"platform-admin token: {token_path} (mode 0600)")
 
-    # SIGTERM behaves like Ctrl-C, so a service manager stops us cleanly too.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # SIGTERM behaves like Ctrl-C, so a service manager stops us cleanly too (exit 0). Installed
+    # again after ray.init, whose driver replaces it with sys.exit(15).
+    def on_sigterm(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     cluster = None
     agents: list[subprocess.Popen] = []
@@ -84,10 +89,15 @@ def up(
         if address is None:
             pools = ("innovation", "operation") if nodes > 1 else ("innovation",)
             env = {"CONTAINERS_CONF": os.environ["CONTAINERS_CONF"]} if os.environ.get("CONTAINERS_CONF") else {}
+            # Ray stays behind the broker: token authentication always, and the one-node head
+            # listens on 127.0.0.1 only (docs/SECURITY.md).
+            ray_token = settings.data_dir / "ray-auth-token"
             cluster = start_local_cluster(gpus=gpus, nodes=nodes, pools=pools, gpu_model=gpu_model, env=env,
-                                          log_file=settings.data_dir / "ray.log")
+                                          log_file=settings.data_dir / "ray.log", auth_token_file=ray_token,
+                                          loopback_only=nodes <= 1)
             address = cluster.address
-            typer.echo(f"local Ray at {address} with nodes {', '.join(cluster.node_names)}")
+            typer.echo(f"local Ray at {address} with nodes {', '.join(cluster.node_names)}; token authentication "
+                       f"on ({ray_token}){', ports on 127.0.0.1 only' if nodes <= 1 else ''}")
         executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs")
         if agent:
             if agent_mode == "ray" or (agent_mode == "auto" and cluster is None):
@@ -103,6 +113,7 @@ def up(
         from broker.app import create_app
 
         api = create_app(settings, executor=executor, engine=engine)
+        signal.signal(signal.SIGTERM, on_sigterm)
         typer.echo(f"API on http://{host}:{port} (docs at /docs); Ctrl-C stops everything")
         uvicorn.run(api, host=host, port=port, log_level=settings.log_level, lifespan="on", access_log=False)
     except KeyboardInterrupt:

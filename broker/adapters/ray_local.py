@@ -15,20 +15,31 @@ port is picked free, so two local clusters (a test and a demo) never collide. Th
 `Cluster` uses the machine's address (Ray derives its GCS address from the node IP, and a
 driver must reach raylets on the same IP) with random ports; token auth guards it.
 
-Token authentication (Ray 2.60): `ray.init()` starting its own local cluster turns it on by
-default, but `ray start --head` (used here) and `Cluster` turn it on only when
-`RAY_AUTH_MODE=token` is set or a token already exists (`~/.ray/auth_token`, or
-`RAY_AUTH_TOKEN` / `RAY_AUTH_TOKEN_PATH`); otherwise Ray logs "Token authentication is
-disabled". We pass the environment through unchanged, so `RAY_AUTH_MODE=token broker up`
-(with a token from `ray get-auth-token --generate`) runs the local cluster with auth, and the
-broker's driver, which inherits the same variables, presents the token. Note that the one-node
-head only *advertises* 127.0.0.1 (and its dashboard binds it): gcs_server and raylet still
-listen on all interfaces, so on a shared network run it with token auth or behind a firewall.
+Ray stays behind the broker (ARCHITECTURE; docs/SECURITY.md):
+- Token authentication (Ray 2.60): with `auth_token_file`, the cluster runs with
+  `RAY_AUTH_MODE=token` and that file (256-bit hex secret, mode 0600, made if missing) as its
+  token: every gRPC call to the GCS, raylets and workers must present it, and the Ray processes,
+  our runner actors and this process (the broker's driver) all get it from the environment
+  (`enable_token_auth`). A client without the token gets "Unauthenticated". Without the
+  argument the environment passes through unchanged, so `RAY_AUTH_MODE=token` set by an
+  operator still works.
+- Loopback only (one-node head, `loopback_only=True`): Ray 2.x starts gcs_server, raylet, core
+  workers and the dashboard agent on all interfaces whatever `--node-ip-address` says and has
+  no setting to change it (measured here: `*:<port>` for each). The head is therefore started
+  with a tiny LD_PRELOAD shim (native/bind_loopback.c, compiled once with the system C
+  compiler into a cache dir) that rewrites every non-loopback bind() to 127.0.0.1 in the head's
+  process tree, workers included. Where no C compiler exists we log that and rely on the token.
+  The multi-node `Cluster` uses the machine's address (Ray derives its GCS address from the
+  node IP, and a driver must reach raylets on the same IP), so it gets the token but not the
+  shim.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -39,6 +50,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
+
+log = logging.getLogger(__name__)
 
 NODE_LABEL, POOL_LABEL, GPU_MODEL_LABEL = "broker.io/node", "broker.io/pool", "broker.io/gpu-model"
 HOST = "127.0.0.1"
@@ -71,17 +84,119 @@ def start_local_cluster(gpus: int = 0, nodes: int = 1, pools: Sequence[str] = ("
                         *, cpus: float | None = None, gpu_model: str = "",
                         dashboard: bool = False, env: Mapping[str, str] | None = None,
                         log_file: str | os.PathLike | None = None,
+                        auth_token_file: str | os.PathLike | None = None,
+                        loopback_only: bool = False,
                         timeout_s: float = 90.0) -> LocalCluster:
     """Start a local cluster with `gpus` logical GPUs per node (0: what Ray detects); return
     its address and stop().
 
     `cpus` per node defaults to the machine's core count (one node) or 2 (several nodes).
     `env` is added to the environment of the Ray processes (e.g. CONTAINERS_CONF for podman).
+    `auth_token_file`: run with Ray token authentication (see the module docstring); this
+    process is switched to token mode too, so its drivers present the token.
+    `loopback_only` (one node only): every Ray port of the head listens on 127.0.0.1 only.
     """
     specs = node_specs(nodes, pools, gpu_model)
+    env = dict(env or {})
+    if auth_token_file is not None:
+        env.update(enable_token_auth(auth_token_file))
     if nodes <= 1:
-        return _start_head(gpus, specs[0], cpus, dashboard, env or {}, log_file, timeout_s)
-    return _start_multi(gpus, specs, 2.0 if cpus is None else cpus, dashboard, env or {})
+        if loopback_only:
+            shim = loopback_shim()
+            if shim is not None:
+                env["LD_PRELOAD"] = " ".join(p for p in (str(shim), os.environ.get("LD_PRELOAD", "")) if p)
+            env.update(enable_local_only())
+        return _start_head(gpus, specs[0], cpus, dashboard, env, log_file, timeout_s)
+    return _start_multi(gpus, specs, 2.0 if cpus is None else cpus, dashboard, env)
+
+
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # read by ray._private.ray_constants
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def ensure_token_file(path: str | os.PathLike) -> Path:
+    """The cluster token file: made with a fresh 256-bit secret (mode 0600) if missing, kept
+    otherwise (a restarted broker reconnects to nothing older, but keeps one secret per data
+    dir). Refuses an empty file or one other users may read."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PermissionError(f"{path} is readable by other users (mode {mode:o}); chmod 600 it")
+    if not path.read_text().strip():
+        raise ValueError(f"{path} is empty; delete it to have a new token made")
+    return path
+
+
+def enable_token_auth(token_file: str | os.PathLike) -> dict[str, str]:
+    """Switch this process (and what it starts) to Ray token authentication with the token in
+    `token_file` (made if missing); return the variables for other processes' environments."""
+    path = ensure_token_file(token_file)
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path.resolve())}
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # a stray inline token would win over the file
+    os.environ.update(env)
+    try:  # Ray caches its config and the token: make an already imported ray see the change
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+    except ImportError:  # pragma: no cover - ray is a dependency
+        pass
+    return env
+
+
+def enable_local_only() -> dict[str, str]:
+    """Ray's single-machine mode for this process and the head: every node IP is 127.0.0.1.
+
+    `ray start` and `ray.init` otherwise turn 127.0.0.1 (even an explicit --node-ip-address)
+    into the machine's routable address, which the loopback-bound head does not answer on.
+    Ray reads the switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: "no multi-machine cluster") once
+    at import, so an already imported ray is switched too."""
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    try:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except ImportError:  # pragma: no cover - ray is a dependency
+        pass
+    return {LOCAL_ONLY_ENV: "0"}
+
+
+SHIM_SOURCE = Path(__file__).with_name("native") / "bind_loopback.c"
+
+
+def loopback_shim(cache_dir: str | os.PathLike | None = None) -> Path | None:
+    """The compiled bind_loopback shim (built once per source version), or None where it cannot
+    be built (no C compiler, not Linux): then the head listens on all interfaces, guarded by
+    the token alone, and we say so in the log."""
+    if sys.platform != "linux":
+        log.warning("loopback-only Ray needs Linux; the Ray head listens on all interfaces")
+        return None
+    src = SHIM_SOURCE.read_bytes()
+    cache = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compute-broker"
+    out = cache / f"bind_loopback-{hashlib.sha256(src).hexdigest()[:12]}.so"
+    if out.exists():
+        return out
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log.warning("no C compiler to build %s: the Ray head listens on all interfaces "
+                    "(token authentication still applies)", SHIM_SOURCE.name)
+        return None
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    r = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(SHIM_SOURCE), "-ldl"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        log.warning("could not build %s (%s): the Ray head listens on all interfaces",
+                    SHIM_SOURCE.name, r.stderr.strip()[-300:])
+        tmp.unlink(missing_ok=True)
+        return None
+    os.replace(tmp, out)
+    return out
 
 
 def free_port() -> int:

@@ -106,6 +106,24 @@ def worker_env(
     return env
 
 
+# What a job must not inherit from the Ray worker that starts it: Ray's cluster token (the
+# job would be a Ray client of the broker's cluster) and the loopback bind shim of the embedded
+# head (a job may listen where it likes inside its own sandbox).
+_NOT_INHERITED = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+
+
+def launch_env(node_env: Mapping[str, str]) -> dict[str, str]:
+    """The environment a worker's process (podman, or the command itself) starts from: the
+    node's (CONTAINERS_CONF, PATH, ...) minus Ray's secrets and our LD_PRELOAD shim."""
+    env = {k: v for k, v in node_env.items() if k not in _NOT_INHERITED}
+    preload = " ".join(p for p in env.get("LD_PRELOAD", "").split() if "bind_loopback" not in p)
+    if preload:
+        env["LD_PRELOAD"] = preload
+    else:
+        env.pop("LD_PRELOAD", None)
+    return env
+
+
 def podman_argv(
     *,
     name: str,
@@ -299,7 +317,7 @@ class WorkerRunner:
         return "", 0
 
     def _argv(self, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-        base = dict(os.environ)
+        base = launch_env(os.environ)
         if self.runtime == "container":
             argv = podman_argv(name=container_name(self.job_id, self.attempt, self.rank),
                                job_id=self.job_id, attempt=self.attempt, image=self.image,

@@ -6,7 +6,7 @@
   tests/images/build_busybox_image.sh (idempotent); skips where podman or busybox is missing.
 - `ray_cluster` (session): a `LocalCluster` (broker.adapters.ray_local) with an empty head and
   three nodes of 2 logical GPUs and 2 CPUs each: innovation-0, innovation-1, operation-0
-  (labels broker.io/node and broker.io/pool). Started ONCE per test session: it takes
+  (labels broker.io/node and broker.io/pool), with Ray token authentication. Started ONCE per test session: it takes
   10-40 s on two cores, so no test starts its own.
 - `ray_executor`: a `RayExecutor` connected to it with its own log dir; every attempt a test
   leaves behind is released, and the executor disconnects, at teardown.
@@ -53,12 +53,15 @@ def busybox_image(containers_conf) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(containers_conf):
+def ray_cluster(containers_conf, tmp_path_factory):
     pytest.importorskip("ray")
     from broker.adapters.ray_local import start_local_cluster
 
+    # With Ray token authentication, as `broker up` runs it: every integration test also proves
+    # that the driver, the runner actors and the agents present the token.
+    token = tmp_path_factory.mktemp("ray-auth") / "ray-auth-token"
     cluster = start_local_cluster(gpus=GPUS_PER_NODE, nodes=len(NODE_POOLS), pools=NODE_POOLS,
-                                  env={"CONTAINERS_CONF": containers_conf})
+                                  env={"CONTAINERS_CONF": containers_conf}, auth_token_file=token)
     try:
         yield cluster
     finally:

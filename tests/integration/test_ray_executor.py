@@ -233,3 +233,17 @@ def test_launch_on_unknown_node_is_refused(ray_executor, job_id):
     with pytest.raises(ExecutorError, match="no-such-node"):
         ray_executor.launch(spec(job_id, "true", runtime="process", nodes=("no-such-node",)))
     assert ray_executor.status(job_id, 1).exists is False
+
+
+def test_cluster_refuses_a_client_without_the_token(ray_cluster, ray_executor):
+    """The shared cluster runs with Ray token authentication: this process (the driver) is
+    served, a process without the token is refused at the GCS."""
+    import os
+    import sys
+
+    assert len(ray_executor.nodes()) == len(NODE_POOLS)  # we present the token
+    probe = ("from ray._raylet import GcsClient\n"
+             f"print(len(GcsClient(address='{ray_cluster.address}').get_all_node_info(timeout=5)))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode != 0 and "token" in (run.stdout + run.stderr).lower(), run.stdout + run.stderr[-1000:]

@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("ray")
 
 from broker.adapters.ray_executor import _bundle, node_observation  # noqa: E402
-from broker.adapters.ray_local import node_specs  # noqa: E402
+from broker.adapters.ray_local import ensure_token_file, loopback_shim, node_specs  # noqa: E402
 from broker.adapters.ray_runner import (NAME_RE, PG_NAME_RE, _exit_code, actor_name,  # noqa: E402
-                                        cdi_gpus_available, log_path, pg_name, podman_argv,
-                                        worker_env)
+                                        cdi_gpus_available, launch_env, log_path, pg_name,
+                                        podman_argv, worker_env)
 
 
 @pytest.mark.parametrize("job_id, attempt, rank", [
@@ -130,3 +130,59 @@ def test_only_the_ray_adapter_modules_import_ray():
                 if any(n == "ray" or n.startswith("ray.") for n in names):
                     offenders.append(str(path.relative_to(root)))
     assert offenders == []
+
+
+def test_job_environment_drops_ray_secrets_and_the_bind_shim():
+    node = {"PATH": "/usr/bin", "CONTAINERS_CONF": "/etc/c.conf", "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": "/data/ray-auth-token", "RAY_AUTH_TOKEN": "s3cret",
+            "LD_PRELOAD": "/cache/bind_loopback-abc.so /opt/other.so"}
+    env = launch_env(node)
+    assert env == {"PATH": "/usr/bin", "CONTAINERS_CONF": "/etc/c.conf", "LD_PRELOAD": "/opt/other.so"}
+    assert "LD_PRELOAD" not in launch_env({"LD_PRELOAD": "/cache/bind_loopback-abc.so"})
+
+
+def test_cluster_token_file_is_private_and_kept(tmp_path):
+    path = ensure_token_file(tmp_path / "d" / "ray-auth-token")
+    token = path.read_text()
+    assert len(bytes.fromhex(token)) == 32  # 256 bits
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert ensure_token_file(path).read_text() == token  # a restart keeps the secret
+    path.chmod(0o644)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        ensure_token_file(path)
+    path.chmod(0o600)
+    path.write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        ensure_token_file(path)
+
+
+def test_loopback_shim_rewrites_wildcard_and_routable_binds(tmp_path):
+    """The LD_PRELOAD shim the embedded Ray head runs under: a process that asks for 0.0.0.0,
+    [::] (dual stack) or the machine's own address ends up listening on loopback only, on the
+    port it asked for; a loopback bind is left alone."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    shim = loopback_shim(tmp_path)
+    assert shim is not None and shim.exists()
+    assert loopback_shim(tmp_path) == shim  # built once per source version
+    probe = """
+import json, socket
+out = []
+for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::"), (socket.AF_INET, "127.0.0.1")):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind((addr, 0)); s.listen()
+    out.append(s.getsockname()[0])
+print(json.dumps(out))
+"""
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30,
+                         env={"LD_PRELOAD": str(shim), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    import json
+
+    assert json.loads(run.stdout) == ["127.0.0.1", "::ffff:127.0.0.1", "127.0.0.1"]
