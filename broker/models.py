@@ -107,7 +107,8 @@ class Node(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=200)
     hostname: str = Field(default="", max_length=255)
     address: str = Field(default="", max_length=255)
-    pool: str = Field(index=True, max_length=64)
+    pool: str = Field(index=True, max_length=64)  # effective: pool_override or the executor's label
+    pool_override: Optional[str] = Field(default=None, max_length=64)  # set by a platform-admin
     gpu_model: str = Field(default="", max_length=128)
     gpus: int = 0
     cpus: float = 0.0

@@ -239,6 +239,7 @@ class NodePublic(BaseModel):
     state_reason: str = ""
     last_heartbeat: Optional[float] = None
     labels: dict[str, str] = {}
+    pool_source: Literal["admin", "executor"] = "executor"  # who set the pool: an admin's move or the label
 
 
 class PoolPublic(BaseModel):

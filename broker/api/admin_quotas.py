@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from broker.api.admin_deps import CallerDep
 from broker.api.deps import User
 from broker.api.json import JSON
+from broker.errors import Invalid
 from broker.schemas import ErrorResponse
 
 router = APIRouter(tags=["quotas"])
@@ -127,11 +128,35 @@ def delete_quota(request: Request, quota_id: QuotaId, principal: User, caller: C
 def put_pool(request: Request, name: str, body: PoolPut, principal: User, caller: CallerDep):
     import re
 
-    from broker.errors import Invalid
-
     if not re.fullmatch(SLUG, name):
         raise Invalid("pool names are lower-case slugs", code="BAD_POOL_NAME")
     return JSON(_svc(request).update_pool(principal, caller, name, body.model_dump(exclude_none=True)))
+
+
+class NodePatch(_In):
+    pool: Optional[str] = Field(None, pattern=SLUG, description="move the node to this pool; null: back to the "
+                                                                "executor's label")
+    state: Optional[Literal["ready", "cordoned", "draining"]] = Field(
+        None, description="cordoned / draining: no new work; ready lifts an admin's cordon or drain")
+    reason: Optional[str] = Field(None, max_length=500, description="why (kept with the state, audited)")
+
+
+class NodeAdminPublic(BaseModel):
+    id: str
+    pool: str
+    pool_source: Literal["admin", "executor"]
+    state: str
+    state_reason: str
+
+
+@router.patch("/api/v1/nodes/{node_id}", response_model=NodeAdminPublic, responses=ERRORS, tags=["nodes"],
+              summary="Platform-admins: move a node between pools, cordon, drain or uncordon it")
+def patch_node(request: Request, node_id: Annotated[str, Path(max_length=200)], body: NodePatch, principal: User,
+               caller: CallerDep):
+    changes = body.model_dump(exclude_unset=True)
+    if changes.get("state", "") is None:
+        raise Invalid("state cannot be null", code="BAD_NODE_STATE")
+    return JSON(_svc(request).update_node(principal, caller, node_id, changes))
 
 
 @router.get("/api/v1/projects/{project}/usage", responses=ERRORS,

@@ -31,6 +31,9 @@ def install_admin(app: FastAPI) -> None:
     state.authz = authz
 
     def on_quota_change() -> None:
+        jobs_svc = getattr(state, "jobs", None)  # pools and nodes changed: the submit checks' caches too
+        if jobs_svc is not None:
+            jobs_svc.catalog_changed()
         hook = getattr(state, "on_submit", None)  # wake the scheduler: entitlements changed
         if hook is not None:
             hook()

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from broker.errors import Conflict, Invalid, NotFound, PreconditionFailed
-from broker.models import HOLDING, Department, Job, Node, Pool, Project, QuotaRow
+from broker.models import HOLDING, Department, Job, Node, Placement, Pool, Project, QuotaRow
 from broker.repo import scheduling as srepo
 from broker.security.policy import Action, Ref, Resource
 from broker.services import admin_audit as audit
@@ -253,10 +253,12 @@ class QuotaAdmin:
                                      code="STALE_ETAG", details={"current_etag": quota_etag(q)})
 
     def _validate(self, s: Session, *, add: QuotaRow | None = None, replace: tuple[int, dict] | None = None,
-                  remove: int | None = None) -> None:
+                  remove: int | None = None, moved_nodes: Sequence[Node] | None = None) -> None:
         rows = list(srepo.quota_rows(s))
         projects, nodes = srepo.projects(s), srepo.nodes(s)
         before = {_key(x) for x in tree_problems(rows, projects, nodes)}
+        if moved_nodes is not None:
+            nodes = moved_nodes
         proposed: list[QuotaRow] = []
         for r in rows:
             if remove is not None and r.id == remove:
@@ -308,6 +310,53 @@ class QuotaAdmin:
         self._changed()
         return pool_public(pool)
 
+    # ------------------------------------------------------------------ nodes
+    def update_node(self, p: AuthPrincipal, caller: Caller, node_id: str, changes: Mapping[str, Any]) -> dict:
+        """Platform-admins: move a node to another pool, cordon or drain it, or lift their own
+        cordon/drain. A move is checked against the quota tree like a quota change (a pool's
+        guarantees must still fit its capacity); a node holding running work cannot move
+        (cordon it and let the work end first), so no running job changes pool under its feet."""
+        self.authz.require(p, Action.POOL_ADMIN)
+        unknown = set(changes) - {"pool", "state", "reason"}
+        if unknown:
+            raise Invalid(f"unknown or read-only field(s): {', '.join(sorted(unknown))}", code="UNKNOWN_FIELD")
+        if "reason" in changes and "state" not in changes:
+            raise Invalid("a reason goes with a state change", code="REASON_WITHOUT_STATE")
+        with Session(self.engine, expire_on_commit=False) as s:
+            node = s.get(Node, node_id)
+            if node is None:
+                raise NotFound(f"node {node_id!r} does not exist", code="NODE_NOT_FOUND")
+            before = node_admin_public(node)
+            if "pool" in changes:
+                self._move(s, node, changes["pool"])
+            if "state" in changes:
+                _set_admin_state(node, changes["state"], changes.get("reason") or "")
+            node.updated_at = self.clock()
+            s.add(node)
+            s.flush()
+            after = node_admin_public(node)
+            audit.record(s, caller, action="node.update", target_kind="node", target_id=node_id, before=before,
+                         after=after, clock=self.clock)
+            s.commit()
+        self._changed()
+        return after
+
+    def _move(self, s: Session, node: Node, target: str | None) -> None:
+        if target is not None and s.get(Pool, target) is None:
+            raise Invalid(f"pool {target!r} does not exist", code="UNKNOWN_POOL")
+        if target is not None and target != node.pool:
+            busy = s.execute(select(Placement.job_id).join(Job, and_(Job.id == Placement.job_id,
+                                                                     Job.attempt == Placement.attempt))
+                             .where(Placement.node_id == node.id, Job.status.in_(_HOLDING)).distinct()).scalars().all()
+            if busy:
+                raise Conflict(f"node {node.id!r} runs {len(busy)} job(s); cordon it, let them end (or cancel "
+                               "them), then move it", code="NODE_BUSY", details={"jobs": sorted(busy)[:50]})
+            moved = [Node(**{**n.model_dump(), "pool": target}) if n.id == node.id else n for n in srepo.nodes(s)]
+            self._validate(s, moved_nodes=moved)
+            node.pool = target
+        # None: back to the executor's label, which the next inventory sync (within a tick) applies
+        node.pool_override = target
+
     # ------------------------------------------------------------------ usage
     def usage(self, p: AuthPrincipal, project_id: str) -> dict:
         self.authz.require_project(p, project_id, Action.PROJECT_USAGE_READ)
@@ -325,6 +374,34 @@ class QuotaAdmin:
             ledger = srepo.ledger_since(s, month_start(now))
             project_rows = srepo.projects(s)
         return usage_view(proj, dept, rows, nodes, holding, len(pending), ledger, project_rows, now)
+
+
+ADMIN_REASON = "admin: "
+_ADMIN_STATES = ("cordoned", "draining")
+
+
+def node_admin_public(n: Node) -> dict:
+    return {"id": n.id, "pool": n.pool, "pool_source": "admin" if n.pool_override else "executor",
+            "state": n.state, "state_reason": n.state_reason}
+
+
+def _set_admin_state(node: Node, state: str, reason: str) -> None:
+    """cordoned (no new work) and draining (no new work; running work ends) come from an admin
+    with their reason; `ready` lifts only an admin's own cordon or drain: a node the health
+    checks or the executor took out stays out until they bring it back."""
+    if state in _ADMIN_STATES:
+        node.state, node.state_reason = state, ADMIN_REASON + (reason or f"{state} by a platform-admin")
+        return
+    if state != "ready":
+        raise Invalid("state must be 'ready', 'cordoned' or 'draining'", code="BAD_NODE_STATE")
+    if node.state == "ready":
+        return
+    if node.state in _ADMIN_STATES and node.state_reason.startswith(ADMIN_REASON):
+        node.state, node.state_reason = "ready", ""
+        return
+    raise Conflict(f"node {node.id!r} is {node.state} ({node.state_reason or 'no reason given'}); only an "
+                   "admin's cordon or drain can be lifted here", code="NODE_STATE_NOT_ADMIN",
+                   details={"state": node.state, "state_reason": node.state_reason})
 
 
 def pool_public(p: Pool) -> dict:

@@ -28,7 +28,8 @@ class CatalogService:
             return {"items": [
                 {"id": n.id, "hostname": n.hostname, "pool": n.pool, "gpu_model": n.gpu_model, "gpus": n.gpus,
                  "cpus": n.cpus, "memory_gb": n.memory_gb, "state": n.state, "state_reason": n.state_reason,
-                 "last_heartbeat": n.last_heartbeat, "labels": dict(n.labels or {})}
+                 "last_heartbeat": n.last_heartbeat, "labels": dict(n.labels or {}),
+                 "pool_source": "admin" if n.pool_override else "executor"}
                 for n in catalog.nodes(s)
             ]}
 

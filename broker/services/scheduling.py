@@ -93,7 +93,8 @@ class SchedulingLoop:
                 row = rows.get(nid)
                 if row is None:
                     row = Node(id=nid, pool=o.pool, state=NodeState.READY.value)
-                changed = _assign(row, hostname=o.hostname, address=o.address, pool=o.pool, gpu_model=o.gpu_model,
+                pool = row.pool_override or o.pool  # an admin's move wins over the executor's label
+                changed = _assign(row, hostname=o.hostname, address=o.address, pool=pool, gpu_model=o.gpu_model,
                                   gpus=o.capacity.gpus, cpus=o.capacity.cpus, memory_gb=o.capacity.memory_gb,
                                   labels=dict(o.labels))
                 if not o.alive and row.state == NodeState.READY.value:

@@ -249,3 +249,96 @@ def test_max_running_caps_a_projects_concurrency(client, loop, engine, new_proje
     loop.tick()
     loop.tick()
     assert get(client, second)["status"] in ("STARTING", "RUNNING")
+
+
+# ------------------------------------------------------------------ admin: nodes between pools, cordon
+
+
+def patch_node(client, nid, **body):
+    return client.patch(f"/api/v1/nodes/{nid}", json=body)
+
+
+def node_row(client, nid) -> dict:
+    return next(n for n in client.get("/api/v1/nodes").json()["items"] if n["id"] == nid)
+
+
+def test_admin_moves_a_node_and_the_executor_sync_keeps_the_move(client, loop, engine):
+    r = patch_node(client, "inno-2", pool="operation")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"id": "inno-2", "pool": "operation", "pool_source": "admin", "state": "ready",
+                        "state_reason": ""}
+    loop.tick()  # the executor still labels it innovation: the admin's move wins
+    assert (node_row(client, "inno-2")["pool"], node_row(client, "inno-2")["pool_source"]) == ("operation", "admin")
+    # an operation job on A100s can only run on the moved node now
+    jid = submit(client, gpus=2, gpu_model="A100", project="shs-ops-triage", pool="operation",
+                 **{"class": "operation"})
+    loop.tick()
+    j = get(client, jid)
+    assert j["status"] in ("STARTING", "RUNNING"), j.get("pending_reason")
+    assert {w["node"] for w in j["placements"]} == {"inno-2"}
+    client.post(f"/api/v1/jobs/{jid}/cancel")
+    loop.tick()
+    loop.tick()
+    r = patch_node(client, "inno-2", pool=None)  # back to the executor's label
+    assert r.status_code == 200 and r.json()["pool_source"] == "executor"
+    loop.tick()
+    assert (node_row(client, "inno-2")["pool"], node_row(client, "inno-2")["pool_source"]) == ("innovation", "executor")
+    actions = [e for e in client.get("/api/v1/audit", params={"action": "node.update"}).json()["items"]]
+    assert actions and actions[0]["target_id"] == "inno-2"
+    assert actions[0]["before"]["pool"] == "operation" and actions[0]["after"]["pool_source"] == "executor"
+
+
+def test_a_node_with_running_work_cannot_move(client, loop):
+    jid = submit(client, gpus=4, project="ouh-liver")
+    loop.tick()
+    node = get(client, jid)["placements"][0]["node"]
+    r = patch_node(client, node, pool="operation")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "NODE_BUSY", r.text
+    assert jid in r.json()["error"]["details"]["jobs"]
+    assert node_row(client, node)["pool"] == "innovation"  # nothing changed
+
+
+def test_a_move_that_breaks_the_pools_guarantees_is_refused(client):
+    r = patch_node(client, "op-1", pool="innovation")  # the operation pool's guarantees need op-1
+    assert r.status_code == 422 and r.json()["error"]["code"] == "QUOTA_INVALID", r.text
+    assert node_row(client, "op-1")["pool"] == "operation"
+
+
+def test_cordon_keeps_new_work_off_and_uncordon_lifts_only_the_admins_own(client, loop, fake_executor, engine):
+    assert patch_node(client, "inno-1", state="cordoned", reason="firmware update").status_code == 200
+    assert patch_node(client, "inno-2", state="draining").status_code == 200
+    loop.tick()  # the executor sync leaves an admin's state alone
+    row = node_row(client, "inno-1")
+    assert (row["state"], row["state_reason"]) == ("cordoned", "admin: firmware update")
+    jid = submit(client, gpus=1, project="ouh-liver", pool="innovation")
+    loop.tick()
+    assert get(client, jid)["status"] == "PENDING"  # both innovation nodes are out
+    assert patch_node(client, "inno-1", state="ready").status_code == 200
+    assert patch_node(client, "inno-2", state="ready").status_code == 200
+    loop.tick()
+    assert get(client, jid)["status"] in ("STARTING", "RUNNING")
+    # a node the executor took out is not the admin's to bring back
+    fake_executor.set_nodes([n for n in inventory() if n.id != "inno-2"])
+    loop.tick()
+    r = patch_node(client, "inno-2", state="ready")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "NODE_STATE_NOT_ADMIN", r.text
+    fake_executor.set_nodes(inventory())
+    loop.tick()
+    assert node_row(client, "inno-2")["state"] == "ready"
+
+
+@pytest.mark.parametrize("body, status, code", [
+    ({"pool": "nowhere"}, 422, "UNKNOWN_POOL"),
+    ({"pool": "Not A Slug"}, 422, "VALIDATION_ERROR"),
+    ({"state": "gone"}, 422, "VALIDATION_ERROR"),
+    ({"reason": "no state"}, 422, "REASON_WITHOUT_STATE"),
+    ({"gpus": 64}, 422, "VALIDATION_ERROR"),
+])
+def test_node_patch_refuses_bad_input(client, body, status, code):
+    r = patch_node(client, "inno-1", **body)
+    assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+
+
+def test_unknown_node_is_404(client):
+    r = patch_node(client, "no-such-node", state="cordoned")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NODE_NOT_FOUND"

@@ -276,6 +276,8 @@ ROUTES = [
     Route("DELETE", "/api/v1/quotas/{quota_id}", Action.PROJECT_QUOTA_UPDATE, (204,), quota_delete),
     Route("PUT", "/api/v1/pools/{name}", Action.POOL_ADMIN, (200,),
           lambda root, scope, actor: Call("/api/v1/pools/innovation", json={"lend_to_innovation": False})),
+    Route("PATCH", "/api/v1/nodes/{node_id}", Action.POOL_ADMIN, (200,),
+          lambda root, scope, actor: Call("/api/v1/nodes/inno-1", json={"pool": "innovation"})),
     Route("GET", "/api/v1/audit", None, (200,), simple("/api/v1/audit")),
     Route("GET", "/api/v1/admin/settings", Action.NODE_READ, (200,), simple("/api/v1/admin/settings")),
     # operations view (aggregates; per-project rows narrowed to the caller's scope)
