@@ -24,10 +24,12 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
     a project's share and tier are re-keyed when it is admitted something.
 
     Cost: this runs once per pending job, so each job's static part is resolved once into
-    a queue item (rank, -priority, submit, id, input index, job, shape, tier flavor) that
-    sorts without a key function; a heap entry only adds the tier and share. The input
-    index is a tie-break that never changes the order (ids are unique; a duplicate id keeps
-    input order, as the stable sort on (class, priority, submit, id) did).
+    a queue item (base, submit, id, input index, job, shape, tier flavor) that sorts without
+    a key function; `base` folds (class rank, -priority) into one int so that, times 3 plus
+    the tier, one int compares like the (rank, -priority, tier) prefix in the heap. A heap
+    entry is (that int, share, submit, id, project, item, the project's iterator). The
+    input index is a tie-break that never changes the order (ids are unique; a duplicate id
+    keeps input order, as the stable sort on (class, priority, submit, id) did).
     """
     pend = cyc.snap.pending
     shape = cyc.shape
@@ -39,6 +41,8 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
     shapes = cyc.shapes
     tier_fid: dict[Shape, int] = {}  # -2: no ready flavor (tier 2), -1: unmanaged (tier 1)
     queues: dict[str, list[tuple]] = {}
+    top = max((abs(j.priority) for j in pend), default=0)
+    span = 2 * top + 1  # (top - priority) lies in [0, span)
     for i, j in enumerate(pend):
         pw = j.per_worker
         s = shapes.get((j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb))
@@ -48,55 +52,58 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
         if f0 is None:
             fids = s.ready_fids
             f0 = tier_fid[s] = -2 if not fids else fids[0] if managed[fids[0]] else -1
-        item = (s.rank, -j.priority, j.submit_time, j.id, i, j, s, f0)
+        item = ((s.rank * span + top - j.priority) * 3, j.submit_time, j.id, i, j, s, f0)
         q = queues.get(j.project)
         if q is None:
             queues[j.project] = [item]
         else:
             q.append(item)
-    for q in queues.values():  # small sorts per project instead of one big one
-        q.sort()
     shares = {pid: cyc.share(pid) for pid in queues}
-    pos = dict.fromkeys(queues, 0)
     limits = cyc.qv.limits
+    limc = cyc.qv._limc  # limits' own memo, read directly on the per-job path
 
-    def entry(it: tuple, pid: str) -> tuple:
-        f0 = it[7]
+    def entry(it: tuple, pid: str, rest: Iterator[tuple]) -> tuple:
+        f0 = it[6]
         if f0 >= 0:  # cyc.tier, inlined
-            got = limits(pid, f0, it[6].req)
+            got = limits(pid, f0, it[5].req)
             t = 0 if got[2] else 1 if got[3] else 2
         else:
             t = 1 if f0 == -1 else 2
-        return (it[0], it[1], t, shares[pid], it[2], it[3], pid, it)
+        return (it[0] + t, shares[pid], it[1], it[2], pid, it, rest)
 
-    heap = [entry(q[0], pid) for pid, q in queues.items()]
+    heap = []
+    for pid, q in queues.items():
+        q.sort()  # small sorts per project instead of one big one
+        rest = iter(q)
+        heap.append(entry(next(rest), pid, rest))
     heapq.heapify(heap)
     dirty = cyc._dirty
     pop, push = heapq.heappop, heapq.heappush
     while heap:
         e = pop(heap)
-        it = e[7]
-        yield it[5], it[6]
-        pid = e[6]
-        q = queues[pid]
-        p = pos[pid] + 1
-        pos[pid] = p
+        it = e[5]
+        yield it[4], it[5]
+        pid = e[4]
         if dirty:  # admissions moved shares (and tiers): re-key those projects' heads
             for d in sorted(dirty):
                 shares[d] = cyc.share(d)
-            moved = [i for i, x in enumerate(heap) if x[6] in dirty]
+            moved = [i for i, x in enumerate(heap) if x[4] in dirty]
             for i in moved:
-                hp = heap[i][6]
-                heap[i] = entry(queues[hp][pos[hp]], hp)
+                x = heap[i]
+                heap[i] = entry(x[5], x[4], x[6])
             if moved:
                 heapq.heapify(heap)
             dirty.clear()
-        if p < len(q):  # entry(q[p], pid), inlined: once per pending job
-            it = q[p]
-            f0 = it[7]
+        rest = e[6]
+        it = next(rest, None)
+        if it is not None:  # entry(it, pid, rest), inlined: once per pending job
+            f0 = it[6]
             if f0 >= 0:
-                got = limits(pid, f0, it[6].req)
+                m = limc.get((pid, f0))
+                got = m.get(it[5].req) if m is not None else None
+                if got is None:
+                    got = limits(pid, f0, it[5].req)
                 t = 0 if got[2] else 1 if got[3] else 2
             else:
                 t = 1 if f0 == -1 else 2
-            push(heap, (it[0], it[1], t, shares[pid], it[2], it[3], pid, it))
+            push(heap, (it[0] + t, shares[pid], it[1], it[2], pid, it, rest))
