@@ -35,6 +35,7 @@ from broker.services.scheduling import SchedulingLoop
 from broker.settings import Settings
 from broker.tasks import Tasks
 from broker.telemetry.tasks import install as install_telemetry
+from broker.services.admin_audit import seal_pending
 from broker.telemetry.tasks import register as register_telemetry
 
 
@@ -45,6 +46,7 @@ def make_tasks(settings: Settings, engine, executor, on_nodes_changed=None):
     tasks = Tasks(loop, executor, cycle_interval_s=settings.cycle_interval_s,
                   reconcile_interval_s=settings.reconcile_interval_s)
     tasks.add_interval(lambda: fill_ledger_usage(engine, time.time()), 60.0, "accounting.ledger")
+    tasks.add_interval(lambda: seal_pending(engine), 2.0, "audit.seal_job_submits")
     return tasks
 
 

@@ -63,6 +63,8 @@ class AuditEntry(SQLModel, table=True):
     __table_args__ = (
         Index("ix_audit_dept_id", "department_id", "id"),
         Index("ix_audit_at", "at"),
+        # job events sealed into the chain (job submits): each at most once, whoever seals
+        Index("ux_audit_source_event", "source_event_id", unique=True),
     )
 
     id: Optional[int] = Field(default=None, primary_key=True)
@@ -83,6 +85,7 @@ class AuditEntry(SQLModel, table=True):
     changes: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     prev_hash: Optional[str] = Field(default=None, max_length=64)
     hash: str = Field(default="", max_length=64)
+    source_event_id: Optional[int] = None  # job_events.id this entry seals (job submits)
 
 
 TENANCY_TABLES = [User, Membership, TokenOwner, AuditEntry]

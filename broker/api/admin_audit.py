@@ -34,6 +34,7 @@ def audit_log(request: Request, principal: User, action: Str = None, target_kind
         if not cursor.isdigit():
             raise Invalid("cursor is malformed; pass next_cursor unchanged", code="BAD_CURSOR")
         after_id = int(cursor)
+    admin_audit.seal_pending(state.engine)  # job submits of the last seconds are in the answer too
     with Session(state.engine) as s:
         body = admin_audit.query(s, scope, action=action, target_kind=target_kind, target_id=target_id, actor=actor,
                                  department=department, project=project, since=since, until=until,

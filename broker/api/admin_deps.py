@@ -18,14 +18,24 @@ from broker.security.audit import client_address
 from broker.services.admin_audit import Caller
 
 
+def origin(settings, peer: str | None, forwarded_for: str | None, request_id: str | None) -> tuple[str | None, str]:
+    """(source address, request id) as the audit log records them: X-Forwarded-For only from a
+    trusted proxy; a missing or unprintable X-Request-Id gets a fresh one."""
+    proxies = getattr(settings, "security_trusted_proxies", ()) or ()
+    source = client_address(peer, forwarded_for, proxies)
+    if not request_id or len(request_id) > 64 or not request_id.isprintable():
+        request_id = secrets.token_hex(8)
+    return source, request_id
+
+
+def request_origin(request: Request) -> tuple[str | None, str]:
+    return origin(request.app.state.settings, request.client.host if request.client else None,
+                  request.headers.get("x-forwarded-for"), request.headers.get("x-request-id"))
+
+
 def caller(request: Request, principal: User) -> Caller:
     state = request.app.state
-    peer = request.client.host if request.client else None
-    proxies = getattr(state.settings, "security_trusted_proxies", ()) or ()
-    source = client_address(peer, request.headers.get("x-forwarded-for"), proxies)
-    rid = request.headers.get("x-request-id")
-    if not rid or len(rid) > 64 or not rid.isprintable():
-        rid = secrets.token_hex(8)
+    source, rid = request_origin(request)
     pp = state.authz.principal(principal)
     return Caller(token_id=principal.token_id, subject=pp.subject, kind=principal.kind, name=principal.name,
                   source=source, request_id=rid, policy=pp)

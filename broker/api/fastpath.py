@@ -20,6 +20,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from broker.api.admin_deps import origin
 from broker.errors import BrokerError, Forbidden, PayloadTooLarge, validation_message
 from broker.schemas import JobCreate
 from broker.services.jobs import body_hash
@@ -46,12 +47,16 @@ class SubmitFastPath:
 
     async def _submit(self, scope, receive):
         st = self.state
-        auth_header = key = None
+        auth_header = key = forwarded = rid = None
         for k, v in scope["headers"]:
             if k == b"authorization":
                 auth_header = v.decode("latin-1")
             elif k == b"idempotency-key":
                 key = v.decode("latin-1")
+            elif k == b"x-forwarded-for":
+                forwarded = v.decode("latin-1")
+            elif k == b"x-request-id":
+                rid = v.decode("latin-1")
         oidc = getattr(st, "oidc", None)
         principal = st.auth.cached(auth_header)
         if principal is None and oidc is not None and oidc.looks_like_jwt(auth_header):
@@ -67,10 +72,13 @@ class SubmitFastPath:
             message, fields = validation_message(e.errors(include_url=False, include_input=False))
             return 422, {"error": {"code": "VALIDATION_ERROR", "message": message, "details": {"fields": fields}}}, []
         svc = st.jobs
+        client = scope.get("client")
+        source, rid = origin(st.settings, client[0] if client else None, forwarded, rid)
         if svc.cache_ready():
-            row, event = svc.prepare(principal=principal, spec=spec)
+            row, event = svc.prepare(principal=principal, spec=spec, source=source, request_id=rid)
         else:
-            row, event = await run_in_threadpool(svc.prepare, principal=principal, spec=spec)
+            row, event = await run_in_threadpool(svc.prepare, principal=principal, spec=spec, source=source,
+                                                 request_id=rid)
         extra = []
         if key is not None:
             if len(key) > 255 or not key.strip() or not key.isprintable():

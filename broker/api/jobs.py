@@ -10,6 +10,7 @@ from fastapi.responses import Response, StreamingResponse
 from broker.api.json import JSON
 from starlette.concurrency import run_in_threadpool
 
+from broker.api.admin_deps import request_origin
 from broker.api.deps import User
 from broker.errors import Invalid
 from broker.schemas import ErrorResponse, JobCreate, JobEventList, JobList, JobPublic
@@ -28,10 +29,12 @@ def _csv(values: list[str] | None) -> list[str]:
 async def submit(request: Request, spec: JobCreate, principal: User,
                  idempotency_key: Annotated[Optional[str], Header(description="1..255 printable characters")] = None):
     svc = request.app.state.jobs
+    source, rid = request_origin(request)
     if svc.cache_ready():
-        row, event = svc.prepare(principal=principal, spec=spec)
+        row, event = svc.prepare(principal=principal, spec=spec, source=source, request_id=rid)
     else:
-        row, event = await run_in_threadpool(svc.prepare, principal=principal, spec=spec)
+        row, event = await run_in_threadpool(svc.prepare, principal=principal, spec=spec, source=source,
+                                             request_id=rid)
     headers = {}
     if idempotency_key is not None:
         if len(idempotency_key) > 255 or not idempotency_key.strip() or not idempotency_key.isprintable():

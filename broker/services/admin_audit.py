@@ -57,13 +57,7 @@ def record(session: Session, caller: Caller, *, action: str, target_kind: str, t
            before: Any = None, after: Any = None, department: str | None = None, project: str | None = None,
            outcome: str = "ok", clock: Callable[[], float] = time.time) -> AuditEntry:
     """Append one entry in `session`'s transaction (the caller commits)."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
-    elif dialect == "sqlite":
-        # Take SQLite's write lock before reading the chain head: the driver starts a
-        # transaction only at the first write, so a bare SELECT could read a stale head.
-        session.execute(text("UPDATE audit_log SET id = id WHERE 1 = 0"))
+    _lock_chain(session)
     at = clock()
     rec = build_record(
         at=datetime.fromtimestamp(at, tz=timezone.utc), actor=caller.actor, actor_kind=caller.kind,
@@ -71,18 +65,111 @@ def record(session: Session, caller: Caller, *, action: str, target_kind: str, t
         department=department, project=project, source=caller.source,
         token_prefix=token_prefix(session, caller.token_id), outcome=outcome, request_id=caller.request_id,
     )
-    prev = session.execute(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)).scalar_one_or_none()
+    entry = _chained(rec, at, _head(session), department, project)
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def _lock_chain(session: Session) -> None:
+    """Serialize chain writers until the transaction ends."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+    elif dialect == "sqlite":
+        # Take SQLite's write lock before reading the chain head: the driver starts a
+        # transaction only at the first write, so a bare SELECT could read a stale head.
+        session.execute(text("UPDATE audit_log SET id = id WHERE 1 = 0"))
+
+
+def _head(session: Session) -> str | None:
+    return session.execute(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def _chained(rec, at: float, prev: str | None, department: str | None, project: str | None,
+             source_event_id: int | None = None) -> AuditEntry:
     data = rec.as_json()
-    entry = AuditEntry(
+    return AuditEntry(
         at=at, actor=rec.actor, actor_kind=rec.actor_kind, token_prefix=rec.token_prefix, action=rec.action,
         target_kind=rec.target_kind, target_id=rec.target_id, department_id=department, project_id=project,
         source=rec.source, outcome=rec.outcome, request_id=rec.request_id,
         before=data["before"], after=data["after"], changes=data["changes"], prev_hash=prev,
-        hash=chain_hash(prev, _chain_view({**data, "at": at})),
+        hash=chain_hash(prev, _chain_view({**data, "at": at})), source_event_id=source_event_id,
     )
-    session.add(entry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Job submits: sealed into the chain from their job event (a transactional outbox).
+#
+# Why not in the submit transaction: submits are group-committed, hundreds per transaction and
+# up to two transactions at once on PostgreSQL (one statement each); the chain needs one
+# writer at a time reading its head, which would serialize the hot path and cost round trips.
+# The "submitted" job event commits with the job (same statement) and carries who, from where
+# and the request id, so nothing can be lost; `seal_job_submits` (a broker task every couple of
+# seconds, and before every audit query) appends one chained `job.submit` entry per such event.
+# Exactly once: audit_log.source_event_id is unique, and sealers take the chain lock.
+# Events of transactions that commit out of id order (PostgreSQL sequences) are still found:
+# the scan looks back SEAL_LOOKBACK ids before the newest sealed event, far more than the events
+# that can be in flight while one submit statement commits.
+SEAL_LOOKBACK = 20_000
+SEAL_BATCH = 2_000
+
+
+def seal_job_submits(session: Session, *, limit: int = SEAL_BATCH) -> int:
+    """Append a `job.submit` entry for each submitted job event not yet in the chain (oldest
+    first, at most `limit`); the caller commits. Returns how many were sealed."""
+    from sqlalchemy import func
+
+    from broker.models import Job, JobEvent, Project
+
+    _lock_chain(session)
+    newest = session.execute(select(func.max(AuditEntry.source_event_id))).scalar() or 0
+    sealed = AuditEntry.__table__.alias("sealed")
+    q = (select(JobEvent.id, JobEvent.ts, JobEvent.job_id, JobEvent.details, Job.project_id, Project.department_id,
+                Job.name, Job.workload_class, Job.gpus, Job.cpus, Job.memory_gb, Job.workers, Job.image, Job.runtime,
+                Job.pool, Job.priority, Job.max_runtime_s)
+         .join(Job, Job.id == JobEvent.job_id)
+         .outerjoin(Project, Project.id == Job.project_id)
+         .where(JobEvent.kind == "submitted", JobEvent.id > max(0, newest - SEAL_LOOKBACK),
+                ~select(sealed.c.id).where(sealed.c.source_event_id == JobEvent.id).exists())
+         .order_by(JobEvent.id).limit(limit))
+    rows = session.execute(q).all()
+    if not rows:
+        return 0
+    prev = _head(session)
+    prefixes: dict[str, str | None] = {}
+    for r in rows:
+        d = (r.details or {}).get("audit") or {}
+        tid = d.get("token_id") or ""
+        if tid not in prefixes:
+            prefixes[tid] = token_prefix(session, tid) if tid else None
+        after = {"name": r.name, "project": r.project_id, "class": r.workload_class, "pool": r.pool,
+                 "image": r.image, "runtime": r.runtime, "workers": r.workers, "priority": r.priority,
+                 "resources": {"gpus": r.gpus, "cpus": r.cpus, "memory_gb": r.memory_gb},
+                 "max_runtime_s": r.max_runtime_s, "status": "PENDING"}
+        rec = build_record(at=datetime.fromtimestamp(r.ts, tz=timezone.utc),
+                           actor=d.get("actor") or (f"token:{tid}" if tid else "unknown"),
+                           actor_kind=d.get("actor_kind") or "user", action="job.submit", target_kind="job",
+                           target_id=r.job_id, after=after, department=r.department_id, project=r.project_id,
+                           source=d.get("source"), token_prefix=prefixes[tid], request_id=d.get("request_id"))
+        entry = _chained(rec, r.ts, prev, r.department_id, r.project_id, source_event_id=r.id)
+        prev = entry.hash
+        session.add(entry)
     session.flush()
-    return entry
+    return len(rows)
+
+
+def seal_pending(engine, *, rounds: int = 50) -> int:
+    """Seal every job submit not yet in the chain, in batches, each its own transaction."""
+    total = 0
+    for _ in range(rounds):
+        with Session(engine) as s:
+            n = seal_job_submits(s)
+            s.commit()
+        total += n
+        if n < SEAL_BATCH:
+            break
+    return total
 
 
 def _chain_view(data: dict) -> dict:

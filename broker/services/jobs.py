@@ -55,7 +55,8 @@ class JobService:
                                         write_async=repo.insert_jobs_async)
 
     # ------------------------------------------------------------------ submit
-    def prepare(self, *, principal: Principal, spec: JobCreate) -> tuple[dict, dict]:
+    def prepare(self, *, principal: Principal, spec: JobCreate, source: str | None = None,
+                request_id: str | None = None) -> tuple[dict, dict]:
         """Check the spec against the catalog and build the job and event rows (no writes).
 
         May read the DB on a cache miss: async callers run it in a thread unless `cache_ready()`.
@@ -88,9 +89,12 @@ class JobService:
             "queue_position": None, "estimated_start": None, "borrowing": False, "flavor_pool": None,
             "flavor_gpu_model": None, "owner_token_id": principal.token_id,
         }
+        audit = {"actor": self.authz.principal(principal).subject if self.authz is not None else principal.name,
+                 "actor_kind": principal.kind, "token_id": principal.token_id, "source": source,
+                 "request_id": request_id}  # sealed into the audit log (admin_audit.seal_job_submits)
         event = {"job_id": row["id"], "ts": now, "kind": "submitted", "from_status": None,
                  "to_status": JobStatus.PENDING.value, "attempt": 1, "message": f"submitted by {principal.name or principal.token_id}",
-                 "details": {}}
+                 "details": {"audit": audit}}
         return row, event
 
     def catalog_changed(self) -> None:

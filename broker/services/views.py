@@ -68,6 +68,10 @@ def placement_public(p: Placement) -> dict:
             "cuda_visible_devices": p.cuda_visible_devices}
 
 
+AUDIT_KEY = "audit"  # who/where of a submit, for the audit log only (not shown with the job's events)
+
+
 def event_public(e: JobEvent) -> dict:
     return {"id": e.id, "ts": e.ts, "kind": e.kind, "from_status": e.from_status, "to_status": e.to_status,
-            "attempt": e.attempt, "message": e.message, "details": e.details or {}}
+            "attempt": e.attempt, "message": e.message,
+            "details": {k: v for k, v in (e.details or {}).items() if k != AUDIT_KEY}}

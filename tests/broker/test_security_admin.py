@@ -512,3 +512,64 @@ def test_audit_chain_survives_concurrent_writers(engine):
     assert not errors
     with Session(engine) as s:
         assert admin_audit.verify(s) is None
+
+
+# ------------------------------------------------------------------ job submits in the audit chain
+
+
+def test_job_submits_are_sealed_into_the_audit_chain_once(people, root, engine):
+    """A submit commits with its job event; the audit log shows it (who, from where, what,
+    request id) as a chained `job.submit` entry, exactly once however often sealing runs,
+    and the job's own events do not expose the caller's address."""
+    alice = people.clients["alice"]
+    r = alice.post("/api/v1/jobs", json=_job_body("ouh-liver"), headers={"X-Request-Id": "req-audit-1"})
+    assert r.status_code == 201, r.text
+    jid = r.json()["id"]
+    items = root.get("/api/v1/audit", params={"action": "job.submit", "target_id": jid}).json()["items"]
+    assert len(items) == 1, items
+    e = items[0]
+    assert (e["actor"], e["project"], e["department"], e["request_id"]) == ("alice", "ouh-liver", "ouh", "req-audit-1")
+    assert e["source"] and e["token_prefix"] == people.tokens["alice"]["prefix"]
+    assert e["after"]["resources"]["gpus"] == 1 and e["after"]["image"]
+    assert admin_audit.seal_pending(engine) == 0  # nothing left: sealing again adds nothing
+    assert len(root.get("/api/v1/audit", params={"action": "job.submit", "target_id": jid}).json()["items"]) == 1
+    with Session(engine) as s:
+        assert admin_audit.verify(s) is None
+    events = alice.get(f"/api/v1/jobs/{jid}/events").json()["items"]
+    assert all("audit" not in ev["details"] for ev in events)
+
+
+def test_concurrent_submits_and_admin_changes_keep_one_intact_chain(people, root, engine):
+    import threading
+
+    alice = people.clients["alice"]
+    ids, errors = [], []
+
+    def submit(n):
+        for _ in range(n):
+            r = alice.post("/api/v1/jobs", json=_job_body("ouh-liver"))
+            (ids.append(r.json()["id"]) if r.status_code == 201 else errors.append(r.text))
+
+    ts = [threading.Thread(target=submit, args=(10,)) for _ in range(3)]
+    [t.start() for t in ts]
+    for i in range(5):
+        _do_pool_update(root, f"conc{i}")
+        admin_audit.seal_pending(engine)
+    [t.join() for t in ts]
+    assert not errors and len(ids) == 30
+    admin_audit.seal_pending(engine)
+    with Session(engine) as s:
+        from sqlmodel import select as _select
+
+        from broker.models_tenancy import AuditEntry
+
+        sealed = s.exec(_select(AuditEntry.target_id).where(AuditEntry.action == "job.submit",
+                                                            AuditEntry.target_id.in_(ids))).all()
+        assert sorted(sealed) == sorted(ids)  # each once
+        assert admin_audit.verify(s) is None
+
+
+def _job_body(project: str) -> dict:
+    from tests.broker.conftest import job_body
+
+    return job_body(project=project)
