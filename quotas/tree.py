@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Callable, Hashable, Mapping, Protocol
 
-from quotas.amount import UNLIMITED, ZERO, Amount, amax, amin, round9
+from quotas.amount import UNLIMITED, ZERO, Amount, _make, amax, amin, round9
 
 Key = tuple[Hashable, str]  # (flavor, resource)
 
@@ -155,6 +155,11 @@ def _clamp0(x: float) -> float:
     return x if x >= 0 else 0.0
 
 
+def _amount(x: float) -> Amount:
+    """The Amount of a value already rounded by _fadd/_fsub/round9 (unlimited: UNLIMITED)."""
+    return UNLIMITED if x == _INF else _make(x)
+
+
 class QuotaTree:
     """Usage and headroom for one cycle. Mutated only through `add_usage` (which returns undo)."""
 
@@ -242,22 +247,33 @@ class QuotaTree:
 
     # -- usage -----------------------------------------------------------------------------
     def add_usage(self, pid: str, amounts: Mapping[Key, Amount]) -> Callable[[], None]:
-        """Invariant: a department's usage is the sum of its projects', the region's of all."""
+        """Invariant: a department's usage is the sum of its projects', the region's of all.
+
+        Computed in floats step for step with Amount's rules (_fadd/_fsub round to 1e-9 and
+        let unlimited absorb; clamp0; amax rounds the larger value), each stored result
+        wrapped back into an Amount: the cycle calls this on every admission, and the Amount
+        objects of every intermediate step showed in its profile."""
         dept = self.dept_of.get(pid, "")
+        usage, region, prot = self.usage, self.region_usage, self._prot
         for key, a in amounts.items():
-            pu, du = self.used(pid, key), self.used(dept, key)
-            self.usage[(pid, key)] = pu + a
-            self.usage[(dept, key)] = du + a
-            self.region_usage[key] = self.region_usage.get(key, ZERO) + a
-            if (dept, key) in self._prot:
-                g = self.project_spec(pid, key).guaranteed
-                delta = (g - (pu + a)).clamp0() - (g - pu).clamp0()
-                s = self._ug_sum[(dept, key)] + delta
-                self._ug_sum[(dept, key)] = s
-                own = (self.department_spec(dept, key).guaranteed - (du + a)).clamp0()
-                p = amax(own, s)
-                self._total_prot[key] = self._total_prot[key] + p - self._prot[(dept, key)]
-                self._prot[(dept, key)] = p
+            av = Amount.of(a).value
+            pk, dk = (pid, key), (dept, key)
+            pu = usage.get(pk, ZERO).value
+            du = usage.get(dk, ZERO).value
+            pa, da = _fadd(pu, av), _fadd(du, av)
+            usage[pk] = _amount(pa)
+            usage[dk] = _amount(da)
+            region[key] = _amount(_fadd(region.get(key, ZERO).value, av))
+            old = prot.get(dk)
+            if old is not None:
+                g = self.project_spec(pid, key).guaranteed.value
+                delta = _fsub(_clamp0(_fsub(g, pa)), _clamp0(_fsub(g, pu)))
+                ug = _fadd(self._ug_sum[dk].value, delta)
+                self._ug_sum[dk] = _amount(ug)
+                own = _clamp0(_fsub(self.department_spec(dept, key).guaranteed.value, da))
+                p = _amount(round9(max(own, ug)))  # amax(own, ug)
+                self._total_prot[key] = _amount(_fsub(_fadd(self._total_prot[key].value, p.value), old.value))
+                prot[dk] = p
         self.version += 1
 
         def undo() -> None:
