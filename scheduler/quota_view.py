@@ -49,6 +49,7 @@ class QuotaView:
         self._full: dict[tuple[str, int], _Rec] = {}  # record() answers, per (project, flavor)
         self._full_holders: dict[tuple[str, int], list[str]] = {}  # who holds one, per (department, flavor)
         self._limc: dict[tuple[str, int], dict] = {}  # limits() answers per (project, flavor), by request
+        self._lfc: dict[tuple[str, int], dict] = {}  # lend_fail answers per (project, flavor), by request
         self._members: dict[str, list[str]] = {}
         for pid in sorted(tree.dept_of):
             self._members.setdefault(tree.dept_of[pid], []).append(pid)
@@ -154,7 +155,22 @@ class QuotaView:
 
     def lend_fail(self, pid: str, fid: int, req: tuple[float, float, float]) -> int:
         """-1 when the request fits what pid may take beyond its own guarantee (idle capacity
-        not protected by others' guarantees); else the failing resource index."""
+        not protected by others' guarantees); else the failing resource index.
+
+        Memoised per (project, flavor, request) until usage in the flavor changes (any
+        department's usage moves the lendable capacity, so the flavor's version is the key)."""
+        memo = self._lfc.get((pid, fid))
+        if memo is None:
+            memo = self._lfc[(pid, fid)] = {}
+        got = memo.get(req)
+        fv = self._fver[fid]
+        if got is not None and got[0] == fv:
+            return got[1]
+        ri = self._lend_fail(pid, fid, req)
+        memo[req] = (fv, ri)
+        return ri
+
+    def _lend_fail(self, pid: str, fid: int, req: tuple[float, float, float]) -> int:
         managed = self.managed[fid]
         for fresh in (False, True):
             lend = self.lendable(pid, fid, fresh)
