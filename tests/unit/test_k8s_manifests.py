@@ -84,3 +84,30 @@ def test_agent_container_args_parse_with_broker_agent():
     ns = agent_args(c["args"][1:])
     assert ns.broker_url == "http://broker:8000" and ns.metrics_port == 9400
     assert any(e["name"] == "BROKER_NODE_ID" for e in c["env"])
+
+
+def _env(container: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_ray_pods_and_the_broker_share_one_token_and_ray_admits_only_them():
+    (rc,) = by_kind("RayCluster")
+    groups = [rc["spec"]["headGroupSpec"], *rc["spec"]["workerGroupSpecs"]]
+    (broker,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "broker"]
+    containers = [c for g in groups for c in g["template"]["spec"]["containers"]]
+    containers += broker["spec"]["template"]["spec"]["containers"]
+    secrets = set()
+    for c in containers:
+        env = _env(c)
+        assert env.get("RAY_AUTH_MODE") == "token", c["name"]
+        ref = env["RAY_AUTH_TOKEN"]["secretKeyRef"]
+        secrets.add((ref["name"], ref["key"]))
+    assert len(secrets) == 1  # one cluster token for every Ray process and the broker's driver
+    (policy,) = by_kind("NetworkPolicy")
+    ray_selector = {"ray.io/cluster": rc["metadata"]["name"]}
+    assert policy["spec"]["podSelector"]["matchLabels"] == ray_selector
+    allowed = [p["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for p in rule["from"]]
+    broker_labels = broker["spec"]["template"]["metadata"]["labels"]
+    assert ray_selector in allowed
+    assert any(sel.items() <= broker_labels.items() for sel in allowed)
+    assert len(allowed) == 2  # nobody else
