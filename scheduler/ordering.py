@@ -78,13 +78,14 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
         heap.append(entry(next(rest), pid, rest))
     heapq.heapify(heap)
     dirty = cyc._dirty
-    pop, push = heapq.heappop, heapq.heappush
+    pop, replace = heapq.heappop, heapq.heapreplace
     while heap:
-        e = pop(heap)
+        e = heap[0]  # popped below: replaced by the project's next entry in one sift
         it = e[5]
         yield it[4], it[5]
         pid = e[4]
         if dirty:  # admissions moved shares (and tiers): re-key those projects' heads
+            pop(heap)
             for d in sorted(dirty):
                 shares[d] = cyc.share(d)
             moved = [i for i, x in enumerate(heap) if x[4] in dirty]
@@ -94,16 +95,23 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
             if moved:
                 heapq.heapify(heap)
             dirty.clear()
+            rest = e[6]
+            it = next(rest, None)
+            if it is not None:
+                heapq.heappush(heap, entry(it, pid, rest))
+            continue
         rest = e[6]
         it = next(rest, None)
-        if it is not None:  # entry(it, pid, rest), inlined: once per pending job
-            f0 = it[6]
-            if f0 >= 0:
-                m = limc.get((pid, f0))
-                got = m.get(it[5].req) if m is not None else None
-                if got is None:
-                    got = limits(pid, f0, it[5].req)
-                t = 0 if got[2] else 1 if got[3] else 2
-            else:
-                t = 1 if f0 == -1 else 2
-            push(heap, (it[0] + t, shares[pid], it[1], it[2], pid, it, rest))
+        if it is None:
+            pop(heap)
+            continue
+        f0 = it[6]  # entry(it, pid, rest), inlined: once per pending job
+        if f0 >= 0:
+            m = limc.get((pid, f0))
+            got = m.get(it[5].req) if m is not None else None
+            if got is None:
+                got = limits(pid, f0, it[5].req)
+            t = 0 if got[2] else 1 if got[3] else 2
+        else:
+            t = 1 if f0 == -1 else 2
+        replace(heap, (it[0] + t, shares[pid], it[1], it[2], pid, it, rest))
