@@ -117,10 +117,23 @@ class Amount:
 
 
 def round9(x: float) -> float:
-    """round(x, 9), exactly, with a fast path: an integral float (GPU, CPU and GiB counts
+    """round(x, 9), exactly, with two fast paths: an integral float (GPU, CPU and GiB counts
     nearly always are) is its own rounding, and round() with digits goes through a decimal
-    conversion that costs ten times the check."""
-    return x if x.is_integer() else round(x, _ROUND)
+    conversion that costs ten times the check, so other values (fractional quota shares and
+    the rooms left under them, which recur all through a scheduling cycle) are remembered
+    in a bounded table: round is a pure function of x."""
+    if x.is_integer():
+        return x
+    r = _ROUNDED.get(x)
+    if r is None:
+        if len(_ROUNDED) >= _ROUNDED_MAX:
+            _ROUNDED.clear()
+        r = _ROUNDED[x] = round(x, _ROUND)
+    return r
+
+
+_ROUNDED: dict[float, float] = {}
+_ROUNDED_MAX = 1 << 16
 
 
 _new = object.__new__
