@@ -110,6 +110,10 @@ class BrokerClient:
     def nodes(self) -> list[dict]:
         return self._json(self._http.get("/api/v1/nodes"))["items"]
 
+    def update_node(self, node_id: str, **changes: Any) -> dict:
+        """Platform-admins: pool=<name> | None, state='cordoned' | 'draining' | 'ready', reason=..."""
+        return self._json(self._http.patch(f"/api/v1/nodes/{node_id}", json=changes))
+
     def pools(self) -> list[dict]:
         return self._json(self._http.get("/api/v1/pools"))["items"]
 

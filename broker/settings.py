@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     grace_period_s: float = 30.0
     heartbeat_timeout_s: float = 60.0
     starting_timeout_s: float = 120.0  # a job stuck in STARTING longer than this is repaired
+    lost_node_hold_s: float = 60.0  # a node that lost a running worker gets no new work this long
 
     allow_process_runtime: bool = False
     scheduling_policy: str = "fair-backfill-preempt"  # a name from scheduler.model.POLICIES

@@ -36,6 +36,7 @@ Ray stays behind the broker (ARCHITECTURE; docs/SECURITY.md):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -63,6 +64,10 @@ class LocalCluster:
     node_names: tuple[str, ...]
     dashboard_url: str | None
     stop: Callable[[], None] = field(repr=False)
+    # several-node clusters only (tests, demos): start one more node with these labels and
+    # return a handle for remove_node, which kills that node's processes (a node lost)
+    add_node: Callable[..., object] | None = field(default=None, repr=False)
+    remove_node: Callable[[object], None] | None = field(default=None, repr=False)
 
 
 def node_specs(nodes: int, pools: Sequence[str], gpu_model: str = "") -> list[dict[str, str]]:
@@ -248,13 +253,26 @@ def _start_head(gpus: int, labels: Mapping[str, str], cpus: float | None, dashbo
     raise TimeoutError(f"the Ray head did not come up within {timeout_s:.0f} s")
 
 
+@contextlib.contextmanager
+def _env_added(env: Mapping[str, str]):
+    """`env` in os.environ for the block: the raylets we start are our children and inherit it."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _start_multi(gpus: int, specs: list[dict[str, str]], cpus: float, dashboard: bool,
                  env: Mapping[str, str]) -> LocalCluster:
     from ray.cluster_utils import Cluster
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the raylets are our children: they inherit it
-    try:
+    with _env_added(env):
         dash_port = free_port()
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "num_gpus": 0,
@@ -262,12 +280,6 @@ def _start_multi(gpus: int, specs: list[dict[str, str]], cpus: float, dashboard:
         for labels in specs:
             cluster.add_node(num_cpus=cpus, num_gpus=gpus or None, labels=dict(labels))
         cluster.wait_for_nodes()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     url = f"http://{HOST}:{dash_port}" if dashboard else None
 
     def stop() -> None:
@@ -277,7 +289,16 @@ def _start_multi(gpus: int, specs: list[dict[str, str]], cpus: float, dashboard:
             ray.shutdown()
         cluster.shutdown()
 
-    return LocalCluster(cluster.address, tuple(s[NODE_LABEL] for s in specs), url, stop)
+    def add_node(labels: Mapping[str, str], gpus: int = gpus, cpus: float = cpus):
+        with _env_added(env):
+            node = cluster.add_node(num_cpus=cpus, num_gpus=gpus or None, labels=dict(labels))
+            cluster.wait_for_nodes()
+        return node
+
+    def remove_node(node) -> None:
+        cluster.remove_node(node, allow_graceful=False)
+
+    return LocalCluster(cluster.address, tuple(s[NODE_LABEL] for s in specs), url, stop, add_node, remove_node)
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:

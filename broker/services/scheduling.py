@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -44,6 +45,11 @@ log = logging.getLogger("broker.scheduling")
 S = JobStatus
 
 EXECUTOR_REASON = "executor: "  # prefix of node states this loop sets (and may clear)
+DEAD_REASON = EXECUTOR_REASON + "the executor reports the node dead"
+# A worker lost on a node is often the first sign of the node dying, seconds before the executor
+# declares it dead (Ray's health checks): hold the node out for `lost_node_hold_s` so the
+# requeued job does not land on it again and get lost twice.
+LOST_REASON = EXECUTOR_REASON + "a running worker was lost on this node"
 
 
 @dataclass
@@ -97,10 +103,11 @@ class SchedulingLoop:
                 changed = _assign(row, hostname=o.hostname, address=o.address, pool=pool, gpu_model=o.gpu_model,
                                   gpus=o.capacity.gpus, cpus=o.capacity.cpus, memory_gb=o.capacity.memory_gb,
                                   labels=dict(o.labels))
-                if not o.alive and row.state == NodeState.READY.value:
-                    changed |= _assign(row, state=NodeState.UNHEALTHY.value,
-                                       state_reason=EXECUTOR_REASON + "the executor reports the node dead")
-                elif o.alive and row.state == NodeState.UNHEALTHY.value and row.state_reason.startswith(EXECUTOR_REASON):
+                held = row.state_reason == LOST_REASON and now - row.updated_at < self.settings.lost_node_hold_s
+                if not o.alive and (row.state == NodeState.READY.value or row.state_reason == LOST_REASON):
+                    changed |= _assign(row, state=NodeState.UNHEALTHY.value, state_reason=DEAD_REASON)
+                elif o.alive and row.state == NodeState.UNHEALTHY.value and row.state_reason.startswith(EXECUTOR_REASON) \
+                        and not held:
                     changed |= _assign(row, state=NodeState.READY.value, state_reason="")
                 if changed or nid not in rows:
                     row.updated_at = now
@@ -173,7 +180,8 @@ class SchedulingLoop:
             if job.cancel_requested_at is not None:
                 self._finish(job, S.CANCELLED, now, rep, message="cancelled", exit_code=_first_bad(workers))
             elif lost and not failed:
-                self._finish(job, S.LOST, now, rep, message=f"worker {lost[0].rank} was lost: {lost[0].message}".rstrip(": "))
+                self._finish(job, S.LOST, now, rep, message=f"worker {lost[0].rank} was lost: {lost[0].message}".rstrip(": "),
+                             lost_ranks=[w.rank for w in lost])
             elif failed:
                 w = first
                 why = f"worker {w.rank} exited with code {w.exit_code}" + (f" ({w.message})" if w.message else "")
@@ -190,6 +198,22 @@ class SchedulingLoop:
                     self._record_devices(s, job, st)
                     s.commit()
 
+    def _hold_out(self, s: Session, job_id: str, attempt: int, ranks: Sequence[int], now: float) -> None:
+        """Nodes where these workers were lost get no new work for a while (LOST_REASON)."""
+        if not ranks:
+            return
+        nodes = {p.node_id for p in s.execute(select(Placement).where(
+            Placement.job_id == job_id, Placement.attempt == attempt, Placement.rank.in_(list(ranks)))).scalars()}
+        for nid in sorted(nodes):
+            node = s.get(Node, nid)
+            if node is not None and node.state == NodeState.READY.value:
+                _assign(node, state=NodeState.UNHEALTHY.value, state_reason=LOST_REASON, updated_at=now)
+                s.add(node)
+                log.warning("node %s held out for %.0f s: a worker of %s/%s was lost there", nid,
+                            self.settings.lost_node_hold_s, job_id, attempt)
+        if nodes and self.on_nodes_changed is not None:
+            self.on_nodes_changed()
+
     def _stop(self, key: tuple[str, int], why: str) -> None:
         if key in self._stopping:
             return
@@ -201,7 +225,7 @@ class SchedulingLoop:
             log.warning("stop of %s/%s failed: %s", key[0], key[1], e)
 
     def _finish(self, job: Job, to: JobStatus | None, now: float, rep: TickReport, *, message: str = "",
-                exit_code: int | None = None, release: bool = True) -> None:
+                exit_code: int | None = None, release: bool = True, lost_ranks: Sequence[int] = ()) -> None:
         """End the current attempt: close its ledger row, move the job on, release the executor.
 
         `to=None` means the job was PREEMPTED/LOST and its workers are now gone: requeue it."""
@@ -222,6 +246,7 @@ class SchedulingLoop:
             elif to is S.LOST:
                 if jobstate.transition(s, row, S.LOST, expected_version=row.version, now=now, message=message):
                     jobstate.requeue_or_fail(s, row, expected_version=row.version, now=now)
+                    self._hold_out(s, job.id, job.attempt, lost_ranks, now)
             else:
                 fields = {"exit_code": exit_code} if exit_code is not None else {}
                 if row.started_at is None and key in self._started:

@@ -144,20 +144,30 @@ def test_waiting_job_gets_pending_reason_with_numbers(client, loop):
     assert get(client, big)["status"] in ("STARTING", "RUNNING")
 
 
-def test_lost_worker_requeues_while_retries_allow(client, loop, fake_executor):
+def test_lost_worker_requeues_while_retries_allow(client, loop, fake_executor, settings):
     jid = submit(client, gpus=1, max_retries=1)
     loop.tick()
     loop.tick()
+    first = get(client, jid)["placements"][0]["node"]
     fake_executor.lose(jid, 1)
     loop.tick()  # LOST: the rest is stopped (nothing left), requeued as attempt 2
     loop.tick()
     j = get(client, jid)
     assert j["attempt"] == 2 and j["status"] in ("STARTING", "RUNNING", "ADMITTED")
+    # the node that lost a worker is held out (the executor still calls it alive), so the
+    # retry runs elsewhere instead of being lost on it again
+    held = next(n for n in client.get("/api/v1/nodes").json()["items"] if n["id"] == first)
+    assert held["state"] == "unhealthy" and "lost" in held["state_reason"], held
+    assert [p["node"] for p in j["placements"] if p["attempt"] == 2] != [first]
     fake_executor.lose(jid, 2)
     loop.tick()
     loop.tick()
     j = get(client, jid)
     assert j["status"] == "FAILED" and "no retries left" in j["message"]
+    CLOCK.advance(settings.lost_node_hold_s + 1)  # the executor kept calling them alive: back in
+    loop.tick()
+    states = {n["id"]: n["state"] for n in client.get("/api/v1/nodes").json()["items"]}
+    assert set(states.values()) == {"ready"}, states
 
 
 def test_operation_reclaims_capacity_lent_to_innovation(client, loop, fake_executor):

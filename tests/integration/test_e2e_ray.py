@@ -38,7 +38,7 @@ def broker_settings(tmp_path):
 
 
 @contextmanager
-def running_broker(settings, address):
+def running_broker(settings, address, expect_nodes: int = len(NODE_POOLS)):
     """One broker process's worth: engine, RayExecutor, app with its scheduling loop."""
     from broker.adapters.ray_executor import RayExecutor
     from broker.app import create_app
@@ -54,7 +54,7 @@ def running_broker(settings, address):
     try:
         with TestClient(create_app(settings, executor=executor, engine=engine)) as http:
             client = BrokerClient("http://testserver", token, http=http)
-            wait_for(lambda: len(client.nodes()) == len(NODE_POOLS), 30)  # the loop synced Ray's nodes
+            wait_for(lambda: len(client.nodes()) == expect_nodes, 30)  # the loop synced Ray's nodes
             yield client
     finally:
         executor.shutdown()
