@@ -16,7 +16,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Callable
 
-from scheduler.reasons import explained, make_reason
+from scheduler.model import PendingReason
+from scheduler.reasons import _SET, _new, explained
 from scheduler.state import EPS, World, pack
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -182,10 +183,18 @@ def add_estimates(cyc: "_Cycle") -> None:
     heads = cyc.reservations.head_start
     by_details: dict[int, tuple[float | None, str]] = {}  # memo replays share one details dict
     pending = cyc.pending
+    new = _new
+    s_code, s_text, s_details, s_pos, s_est = _SET
     for job, s, fids, code, details, position in cyc.to_estimate:
         hit = by_details.get(id(details))
         if hit is not None and job.id not in heads:
-            pending[job.id] = make_reason(code, hit[1], details, position, hit[0])
+            r = new(PendingReason)  # make_reason(code, hit[1], details, position, hit[0]), inlined
+            s_code(r, code)
+            s_text(r, hit[1])
+            s_details(r, details)
+            s_pos(r, position)
+            s_est(r, hit[0])
+            pending[job.id] = r
             continue
         est = heads.get(job.id)
         if est is None:
