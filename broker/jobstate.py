@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -133,15 +133,22 @@ def requeue_or_fail(
 ) -> JobStatus | None:
     """PREEMPTED/LOST -> PENDING as a new attempt while retries remain, else FAILED.
 
-    Retries used = attempt - 1; a job may be retried while that is below `max_retries`.
+    Retries are for infrastructure failures: a preempted job always goes back to the queue (the
+    scheduler took its resources; that is not the job's failure), and only LOST attempts count
+    against `max_retries` - a job preempted three times and then lost once has used one retry.
     Returns the new status, or None on a lost race.
     """
-    if job.attempt - 1 < job.max_retries:
+    losses = 0
+    if job.status == S.LOST.value:
+        losses = session.execute(select(func.count()).select_from(Attempt).where(
+            Attempt.job_id == job.id, Attempt.status == S.LOST.value)).scalar_one()
+        losses = max(losses, 1)  # this attempt, even where its row is missing
+    if losses - 1 < job.max_retries or job.status == S.PREEMPTED.value:
         to = S.PENDING
         msg = message or f"requeued as attempt {job.attempt + 1} after {job.status}"
     else:
         to = S.FAILED
-        msg = message or f"{job.status} and no retries left (max_retries={job.max_retries})"
+        msg = message or (f"{job.status} {losses} time(s) and no retries left (max_retries={job.max_retries})")
     ok = transition(session, job, to, expected_version=expected_version, now=now, message=msg)
     return to if ok else None
 

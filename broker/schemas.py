@@ -70,7 +70,8 @@ class JobCreate(_In):
     max_runtime_s: float = Field(3600.0, gt=0, le=30 * 24 * 3600)
     priority: int = Field(0, ge=-1000, le=1000)
     runtime: Literal["container", "process"] = "container"
-    max_retries: int = Field(3, ge=0, le=100, description="requeues after preemption or node loss")
+    max_retries: int = Field(3, ge=0, le=100, description="reruns after a lost attempt (node or runner gone); "
+                             "preemptions always requeue and never count")
     pool: Optional[str] = Field(None, pattern=SLUG, description="pin to one pool; omit to let the class decide")
 
     @field_validator("command")

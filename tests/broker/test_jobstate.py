@@ -136,25 +136,47 @@ def test_admission_opens_an_attempt_and_the_end_closes_it(engine):
         assert (job.admitted_at, job.started_at, job.finished_at, job.exit_code) == (10.0, 12.0, 20.0, 3)
 
 
-@pytest.mark.parametrize("via", [S.PREEMPTED, S.LOST])
 @pytest.mark.parametrize("max_retries,want", [(0, S.FAILED), (1, S.PENDING)], ids=["no-retries", "one-retry"])
-def test_preempted_or_lost_requeue_as_new_attempt_while_retries_allow(engine, via, max_retries, want):
+def test_lost_requeues_as_new_attempt_while_retries_allow(engine, max_retries, want):
     with Session(engine, expire_on_commit=False) as s:
-        job = make_job(s, via, max_retries=max_retries)
+        job = make_job(s, S.LOST, max_retries=max_retries)
         assert jobstate.requeue_or_fail(s, job, expected_version=job.version, now=50.0) is want
         s.commit()
         att = s.get(Attempt, (job.id, 1))
-        assert (att.status, att.ended_at) == (via.value, 50.0)
+        assert (att.status, att.ended_at) == ("LOST", 50.0)
         if want is S.PENDING:
             assert (job.attempt, job.admitted_at, job.started_at, job.flavor_pool) == (2, None, None, None)
             # the second attempt may be admitted and will then fail: no retries left
             jobstate.transition(s, job, S.ADMITTED, expected_version=job.version)
-            jobstate.transition(s, job, via, expected_version=job.version)
+            jobstate.transition(s, job, S.LOST, expected_version=job.version)
             assert jobstate.requeue_or_fail(s, job, expected_version=job.version) is S.FAILED
             s.commit()
             assert sorted(a.number for a in s.exec(select(Attempt).where(Attempt.job_id == job.id)).all()) == [1, 2]
+            assert "LOST 2 time(s)" in job.message
         else:
             assert job.status == "FAILED" and "no retries left" in job.message
+
+
+def test_preemptions_never_use_up_retries(engine):
+    """Innovation work is preempted routinely: a job preempted twice and then lost once has
+    used one retry, not three; preemption alone always requeues, even with max_retries=0."""
+    with Session(engine, expire_on_commit=False) as s:
+        job = make_job(s, S.PREEMPTED, max_retries=0)
+        assert jobstate.requeue_or_fail(s, job, expected_version=job.version) is S.PENDING
+        job.max_retries = 1
+        for _ in range(2):  # attempt 2 preempted as well
+            jobstate.transition(s, job, S.ADMITTED, expected_version=job.version)
+            jobstate.transition(s, job, S.RUNNING, expected_version=job.version)
+            jobstate.transition(s, job, S.PREEMPTED, expected_version=job.version)
+            assert jobstate.requeue_or_fail(s, job, expected_version=job.version) is S.PENDING
+        jobstate.transition(s, job, S.ADMITTED, expected_version=job.version)
+        jobstate.transition(s, job, S.LOST, expected_version=job.version)
+        assert jobstate.requeue_or_fail(s, job, expected_version=job.version) is S.PENDING  # first loss
+        assert job.attempt == 5
+        jobstate.transition(s, job, S.ADMITTED, expected_version=job.version)
+        jobstate.transition(s, job, S.LOST, expected_version=job.version)
+        assert jobstate.requeue_or_fail(s, job, expected_version=job.version) is S.FAILED  # second loss
+        s.commit()
 
 
 def test_transition_refuses_user_owned_columns(engine):
