@@ -353,7 +353,8 @@ class _Cycle:
                     continue
             cap_fids.append(fid)
             reclaim.append((fid, wg, wn))
-        if len(reclaim) > 1:
+        if len(reclaim) > 1 and len(fids) < len(s.ready_fids):
+            # (no_room passes every flavor, in order, and then reclaim already follows it)
             order = s.ready_fids
             reclaim.sort(key=lambda t: order.index(t[0]))
         # -- step 4: preemption ----------------------------------------------------------

@@ -41,7 +41,8 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
     shapes = cyc.shapes
     tier_fid: dict[Shape, int] = {}  # -2: no ready flavor (tier 2), -1: unmanaged (tier 1)
     queues: dict[str, list[tuple]] = {}
-    top = max((abs(j.priority) for j in pend), default=0)
+    prios = [j.priority for j in pend]
+    top = max(max(prios), -min(prios)) if prios else 0  # the largest |priority|
     span = 2 * top + 1  # (top - priority) lies in [0, span)
     for i, j in enumerate(pend):
         pw = j.per_worker
