@@ -14,6 +14,7 @@ pattern, no copies.
 from __future__ import annotations
 
 from bisect import bisect_left
+from operator import itemgetter
 from typing import TYPE_CHECKING, Callable
 
 from scheduler.model import PendingReason
@@ -100,6 +101,9 @@ class Reservations:
         self._unreserved = None
 
 
+_by_time_id = itemgetter(0, 1)  # sort key (time, job id), in C
+
+
 def _k(f: list[float], g: int, c: float, m: float) -> int:
     k = int(f[0]) // g if g else 1 << 30
     if c > 0:
@@ -119,7 +123,7 @@ def _events(cyc: "_Cycle", fid: int) -> list[tuple[float, str, list[tuple[int, i
     for end, jid, f, placed, s in cyc.started:
         if f == fid:
             out.append((end, jid, [(i, k * s.g, k * s.c, k * s.m) for i, k in placed]))
-    out.sort(key=lambda e: (e[0], e[1]))
+    out.sort(key=_by_time_id)
     return out
 
 
@@ -134,7 +138,7 @@ def _gpu_releases(cyc: "_Cycle", fid: int) -> list[tuple[float, str, int]]:
     for end, jid, f, placed, s in cyc.started:
         if f == fid:
             out.append((end, jid, sum(k * s.g for _i, k in placed)))
-    out.sort(key=lambda e: (e[0], e[1]))
+    out.sort(key=_by_time_id)
     return out
 
 
@@ -143,7 +147,9 @@ def earliest_start(cyc: "_Cycle", s: "Shape", fid: int):
     w = cyc.world
     free = {i: [float(w.nodes[i].free_g), w.nodes[i].free_c, w.nodes[i].free_m]
             for i in w.flavors[fid].nodes if w.nodes[i].ready}
-    total = sum(_k(f, s.g, s.c, s.m) for f in free.values())
+    sg, sc, sm = s.g, s.c, s.m
+    ks = {i: _k(f, sg, sc, sm) for i, f in free.items()}  # workers that fit per node, kept current
+    total = sum(ks.values())
     when = cyc.now
     if total < s.w:
         for end, _jid, parts in _events(cyc, fid):
@@ -151,11 +157,17 @@ def earliest_start(cyc: "_Cycle", s: "Shape", fid: int):
                 f = free.get(i)
                 if f is None:
                     continue
-                old = _k(f, s.g, s.c, s.m)
-                f[0] += g
-                f[1] += c
-                f[2] += m
-                total += _k(f, s.g, s.c, s.m) - old
+                f0, f1, f2 = f[0] + g, f[1] + c, f[2] + m
+                f[0], f[1], f[2] = f0, f1, f2
+                k = int(f0) // sg if sg else 1 << 30  # _k(f, sg, sc, sm), inlined
+                if sc > 0:
+                    k = min(k, int((f1 + EPS) // sc))
+                if sm > 0:
+                    k = min(k, int((f2 + EPS) // sm))
+                if k < 0:
+                    k = 0
+                total += k - ks[i]
+                ks[i] = k
             if total >= s.w:
                 when = end
                 break
