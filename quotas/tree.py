@@ -139,15 +139,21 @@ _INF = float("inf")
 
 
 def _fadd(a: float, b: float) -> float:
-    """(Amount(a) + Amount(b)).value without the objects."""
-    return _INF if a == _INF or b == _INF else round9(a + b)
+    """(Amount(a) + Amount(b)).value without the objects (round9's integral fast path inlined)."""
+    if a == _INF or b == _INF:
+        return _INF
+    x = a + b
+    return x if x.is_integer() else round9(x)
 
 
 def _fsub(a: float, b: float) -> float:
-    """(Amount(a) - Amount(b)).value without the objects."""
+    """(Amount(a) - Amount(b)).value without the objects (round9's integral fast path inlined)."""
     if a == _INF:
         return _INF
-    return 0.0 if b == _INF else round9(a - b)
+    if b == _INF:
+        return 0.0
+    x = a - b
+    return x if x.is_integer() else round9(x)
 
 
 def _clamp0(x: float) -> float:

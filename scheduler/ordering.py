@@ -39,26 +39,26 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
         return
     managed = cyc.qv.managed
     shapes = cyc.shapes
-    tier_fid: dict[Shape, int] = {}  # -2: no ready flavor (tier 2), -1: unmanaged (tier 1)
+    # per shape key: (shape, tier flavor); tier flavor -2: no ready flavor (tier 2), -1: unmanaged (tier 1)
+    info: dict[tuple, tuple[Shape, int]] = {}
     queues: dict[str, list[tuple]] = {}
     prios = [j.priority for j in pend]
     top = max(max(prios), -min(prios)) if prios else 0  # the largest |priority|
     span = 2 * top + 1  # (top - priority) lies in [0, span)
     for i, j in enumerate(pend):
         pw = j.per_worker
-        s = shapes.get((j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb))
-        if s is None:
-            s = shape(j)
-        f0 = tier_fid.get(s)
-        if f0 is None:
+        key = (j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb)
+        got = info.get(key)
+        if got is None:
+            s = shapes.get(key) or shape(j)
             fids = s.ready_fids
-            f0 = tier_fid[s] = -2 if not fids else fids[0] if managed[fids[0]] else -1
+            got = info[key] = (s, -2 if not fids else fids[0] if managed[fids[0]] else -1)
+        s, f0 = got
         item = ((s.rank * span + top - j.priority) * 3, j.submit_time, j.id, i, j, s, f0)
-        q = queues.get(j.project)
-        if q is None:
+        try:
+            queues[j.project].append(item)
+        except KeyError:
             queues[j.project] = [item]
-        else:
-            q.append(item)
     shares = {pid: cyc.share(pid) for pid in queues}
     limits = cyc.qv.limits
     limc = cyc.qv._limc  # limits' own memo, read directly on the per-job path
