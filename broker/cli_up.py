@@ -49,12 +49,16 @@ def up(
     agent_mode: str = typer.Option("auto", help="process (local subprocesses) | ray (one pinned Ray actor per "
                                                   "Ray node) | auto (ray when joining a cluster)"),
     fake_telemetry: int = typer.Option(0, help="agents report N scripted fake GPUs (demos without GPUs)"),
-    allow_process: bool = typer.Option(True, "--allow-process/--no-allow-process",
-                                       help="allow runtime 'process' jobs (unconfined; development only)"),
+    allow_process: Optional[bool] = typer.Option(
+        None, "--allow-process/--no-allow-process",
+        help="allow runtime 'process' jobs: unconfined, they run as this user and can read the data dir and "
+             "its tokens (default: only when the API listens on loopback, i.e. a one-user machine)"),
 ) -> None:
     """Start the broker with embedded defaults: SQLite, local Ray, agent, API."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per tick is noise
+    if allow_process is None:
+        allow_process = host in ("127.0.0.1", "localhost", "::1")
     overrides = dict(data_dir=data_dir, port=port, host=host, allow_process_runtime=allow_process)
     if ray_address:
         overrides["ray_address"] = ray_address
@@ -94,7 +98,7 @@ def up(
             ray_token = settings.data_dir / "ray-auth-token"
             cluster = start_local_cluster(gpus=gpus, nodes=nodes, pools=pools, gpu_model=gpu_model, env=env,
                                           log_file=settings.data_dir / "ray.log", auth_token_file=ray_token,
-                                          loopback_only=nodes <= 1)
+                                          loopback_only=nodes <= 1, shim_dir=settings.data_dir / "lib")
             address = cluster.address
             typer.echo(f"local Ray at {address} with nodes {', '.join(cluster.node_names)}; token authentication "
                        f"on ({ray_token}){', ports on 127.0.0.1 only' if nodes <= 1 else ''}")

@@ -18,7 +18,7 @@ import secrets
 import time
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, UniqueConstraint, false, text
 from sqlmodel import Field, SQLModel
 
 
@@ -109,15 +109,28 @@ class Node(SQLModel, table=True):
     address: str = Field(default="", max_length=255)
     pool: str = Field(index=True, max_length=64)  # effective: pool_override or the executor's label
     pool_override: Optional[str] = Field(default=None, max_length=64)  # set by a platform-admin
+    observed_pool: Optional[str] = Field(default=None, max_length=64)  # the executor's label, last sync
     gpu_model: str = Field(default="", max_length=128)
     gpus: int = 0
     cpus: float = 0.0
     memory_gb: float = 0.0
-    state: str = Field(default="ready", max_length=32)  # scheduler.model.NodeState values
+    state: str = Field(default="ready", max_length=32)  # health: scheduler.model.NodeState values
     state_reason: str = ""
+    # An admin's cordon/drain lives beside the health state, never in it: lifting it cannot
+    # make a node the health checks or the executor took out schedulable.
+    admin_state: Optional[str] = Field(default=None, max_length=32)  # None | "cordoned" | "draining"
+    admin_reason: str = ""
+    held_until: Optional[float] = None  # lost a running worker: no new work before this time
     last_heartbeat: Optional[float] = None
     labels: dict = _json()
     updated_at: float = Field(default_factory=now)
+
+    def effective_state(self) -> tuple[str, str]:
+        """(state, reason) for scheduling and display: an admin's cordon/drain wins over a
+        ready node; a node out for health reasons shows that reason (it is out either way)."""
+        if self.admin_state and self.state == "ready":
+            return self.admin_state, self.admin_reason
+        return self.state, self.state_reason
 
 
 class QuotaRow(SQLModel, table=True):
@@ -229,7 +242,12 @@ class Placement(SQLModel, table=True):
 
 class JobEvent(SQLModel, table=True):
     __tablename__ = "job_events"
-    __table_args__ = (Index("ix_job_events_job_ts", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_job_events_job_ts", "job_id", "id"),
+        # the audit outbox: job submits not yet sealed into the audit chain (a small index)
+        Index("ix_job_events_unsealed", "id", postgresql_where=text("kind = 'submitted' AND NOT sealed"),
+              sqlite_where=text("kind = 'submitted' AND NOT sealed")),
+    )
 
     id: Optional[int] = Field(default=None, primary_key=True)
     job_id: str = Field(foreign_key="jobs.id", max_length=32)
@@ -240,6 +258,7 @@ class JobEvent(SQLModel, table=True):
     attempt: Optional[int] = None
     message: str = ""
     details: dict = _json()
+    sealed: bool = Field(default=False, sa_column_kwargs={"server_default": false()})  # in the audit chain
 
 
 class Ledger(SQLModel, table=True):

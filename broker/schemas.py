@@ -241,6 +241,8 @@ class NodePublic(BaseModel):
     last_heartbeat: Optional[float] = None
     labels: dict[str, str] = {}
     pool_source: Literal["admin", "executor"] = "executor"  # who set the pool: an admin's move or the label
+    health_state: str = "ready"  # from the executor and the node agent's telemetry
+    admin_state: Optional[Literal["cordoned", "draining"]] = None  # a platform-admin's cordon or drain
 
 
 class PoolPublic(BaseModel):

@@ -68,6 +68,7 @@ class LocalCluster:
     # return a handle for remove_node, which kills that node's processes (a node lost)
     add_node: Callable[..., object] | None = field(default=None, repr=False)
     remove_node: Callable[[object], None] | None = field(default=None, repr=False)
+    pid: int | None = None  # the one-node head's `ray start` process (its tree is the head)
 
 
 def node_specs(nodes: int, pools: Sequence[str], gpu_model: str = "") -> list[dict[str, str]]:
@@ -90,7 +91,7 @@ def start_local_cluster(gpus: int = 0, nodes: int = 1, pools: Sequence[str] = ("
                         dashboard: bool = False, env: Mapping[str, str] | None = None,
                         log_file: str | os.PathLike | None = None,
                         auth_token_file: str | os.PathLike | None = None,
-                        loopback_only: bool = False,
+                        loopback_only: bool = False, shim_dir: str | os.PathLike | None = None,
                         timeout_s: float = 90.0) -> LocalCluster:
     """Start a local cluster with `gpus` logical GPUs per node (0: what Ray detects); return
     its address and stop().
@@ -99,19 +100,28 @@ def start_local_cluster(gpus: int = 0, nodes: int = 1, pools: Sequence[str] = ("
     `env` is added to the environment of the Ray processes (e.g. CONTAINERS_CONF for podman).
     `auth_token_file`: run with Ray token authentication (see the module docstring); this
     process is switched to token mode too, so its drivers present the token.
-    `loopback_only` (one node only): every Ray port of the head listens on 127.0.0.1 only.
+    `loopback_only` (one node only): every Ray port of the head listens on 127.0.0.1 only,
+    checked once the head is up (RuntimeError, the head stopped, if a port is exposed anyway);
+    `shim_dir`: where the compiled shim is kept (a private directory; default the user cache).
     """
     specs = node_specs(nodes, pools, gpu_model)
     env = dict(env or {})
     if auth_token_file is not None:
         env.update(enable_token_auth(auth_token_file))
     if nodes <= 1:
+        shim = None
         if loopback_only:
-            shim = loopback_shim()
+            shim = loopback_shim(shim_dir)
             if shim is not None:
                 env["LD_PRELOAD"] = " ".join(p for p in (str(shim), os.environ.get("LD_PRELOAD", "")) if p)
             env.update(enable_local_only())
-        return _start_head(gpus, specs[0], cpus, dashboard, env, log_file, timeout_s)
+        cluster = _start_head(gpus, specs[0], cpus, dashboard, env, log_file, timeout_s)
+        if shim is not None:  # fail closed: the shim must have worked for every server up to now
+            exposed = exposed_listeners(cluster.pid) if cluster.pid else []
+            if exposed:
+                cluster.stop()
+                raise RuntimeError(f"the Ray head listens beyond loopback despite {shim.name}: {exposed}")
+        return cluster
     return _start_multi(gpus, specs, 2.0 if cpus is None else cpus, dashboard, env)
 
 
@@ -182,16 +192,21 @@ def loopback_shim(cache_dir: str | os.PathLike | None = None) -> Path | None:
         log.warning("loopback-only Ray needs Linux; the Ray head listens on all interfaces")
         return None
     src = SHIM_SOURCE.read_bytes()
-    cache = Path(cache_dir or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compute-broker"
+    # A private directory: the library runs inside every Ray process, which holds the token.
+    cache = Path(cache_dir) if cache_dir else \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compute-broker"
     out = cache / f"bind_loopback-{hashlib.sha256(src).hexdigest()[:12]}.so"
-    if out.exists():
+    if out.exists() and _ours_and_private(cache) and _ours_and_private(out):
         return out
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         log.warning("no C compiler to build %s: the Ray head listens on all interfaces "
                     "(token authentication still applies)", SHIM_SOURCE.name)
         return None
-    cache.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not _ours_and_private(cache):
+        log.warning("%s is not a private directory of ours: not building the shim there", cache)
+        return None
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     r = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(SHIM_SOURCE), "-ldl"],
                        capture_output=True, text=True)
@@ -200,8 +215,34 @@ def loopback_shim(cache_dir: str | os.PathLike | None = None) -> Path | None:
                     SHIM_SOURCE.name, r.stderr.strip()[-300:])
         tmp.unlink(missing_ok=True)
         return None
+    os.chmod(tmp, 0o500)
     os.replace(tmp, out)
     return out
+
+
+def _ours_and_private(path: Path) -> bool:
+    """Owned by this user and writable by nobody else."""
+    st = path.stat()
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def exposed_listeners(root_pid: int) -> list[tuple[str, str, int]]:
+    """(process, address, port) of every listening TCP socket of `root_pid`'s process tree
+    that is not on loopback."""
+    import psutil
+
+    try:
+        root = psutil.Process(root_pid)
+        pids = {p.pid: p.name() for p in (root, *root.children(recursive=True))}
+    except psutil.Error:
+        return []
+    out = []
+    for c in psutil.net_connections(kind="tcp"):
+        if c.status == psutil.CONN_LISTEN and c.pid in pids:
+            ip = c.laddr.ip
+            if not (ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1")):
+                out.append((pids[c.pid], ip, c.laddr.port))
+    return sorted(out)
 
 
 def free_port() -> int:
@@ -247,7 +288,7 @@ def _start_head(gpus: int, labels: Mapping[str, str], cpus: float | None, dashbo
             url = f"http://{HOST}:{dash_port}" if dashboard else None
             if url:
                 _wait_http(url, deadline)
-            return LocalCluster(address, (labels[NODE_LABEL],), url, stop)
+            return LocalCluster(address, (labels[NODE_LABEL],), url, stop, pid=proc.pid)
         time.sleep(0.25)
     stop()
     raise TimeoutError(f"the Ray head did not come up within {timeout_s:.0f} s")

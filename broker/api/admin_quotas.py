@@ -147,6 +147,8 @@ class NodeAdminPublic(BaseModel):
     pool_source: Literal["admin", "executor"]
     state: str
     state_reason: str
+    health_state: str
+    admin_state: Optional[Literal["cordoned", "draining"]] = None
 
 
 @router.patch("/api/v1/nodes/{node_id}", response_model=NodeAdminPublic, responses=ERRORS, tags=["nodes"],

@@ -106,32 +106,27 @@ def _chained(rec, at: float, prev: str | None, department: str | None, project: 
 # writer at a time reading its head, which would serialize the hot path and cost round trips.
 # The "submitted" job event commits with the job (same statement) and carries who, from where
 # and the request id, so nothing can be lost; `seal_job_submits` (a broker task every couple of
-# seconds, and before every audit query) appends one chained `job.submit` entry per such event.
-# Exactly once: audit_log.source_event_id is unique, and sealers take the chain lock.
-# Events of transactions that commit out of id order (PostgreSQL sequences) are still found:
-# the scan looks back SEAL_LOOKBACK ids before the newest sealed event, far more than the events
-# that can be in flight while one submit statement commits.
-SEAL_LOOKBACK = 20_000
+# seconds, and before every audit query) appends one chained `job.submit` entry per event not
+# yet sealed and marks it sealed in the same transaction (`job_events.sealed`, found through a
+# partial index), so every event is sealed exactly once whatever order transactions commit in;
+# `audit_log.source_event_id` is unique besides, and sealers take the chain lock.
 SEAL_BATCH = 2_000
 
 
 def seal_job_submits(session: Session, *, limit: int = SEAL_BATCH) -> int:
     """Append a `job.submit` entry for each submitted job event not yet in the chain (oldest
-    first, at most `limit`); the caller commits. Returns how many were sealed."""
-    from sqlalchemy import func
+    first, at most `limit`) and mark those events sealed; the caller commits. Returns how many."""
+    from sqlalchemy import update
 
     from broker.models import Job, JobEvent, Project
 
     _lock_chain(session)
-    newest = session.execute(select(func.max(AuditEntry.source_event_id))).scalar() or 0
-    sealed = AuditEntry.__table__.alias("sealed")
     q = (select(JobEvent.id, JobEvent.ts, JobEvent.job_id, JobEvent.details, Job.project_id, Project.department_id,
                 Job.name, Job.workload_class, Job.gpus, Job.cpus, Job.memory_gb, Job.workers, Job.image, Job.runtime,
-                Job.pool, Job.priority, Job.max_runtime_s)
+                Job.pool, Job.priority, Job.max_runtime_s, Job.owner_token_id)
          .join(Job, Job.id == JobEvent.job_id)
          .outerjoin(Project, Project.id == Job.project_id)
-         .where(JobEvent.kind == "submitted", JobEvent.id > max(0, newest - SEAL_LOOKBACK),
-                ~select(sealed.c.id).where(sealed.c.source_event_id == JobEvent.id).exists())
+         .where(JobEvent.kind == "submitted", JobEvent.sealed.is_(False))
          .order_by(JobEvent.id).limit(limit))
     rows = session.execute(q).all()
     if not rows:
@@ -140,7 +135,7 @@ def seal_job_submits(session: Session, *, limit: int = SEAL_BATCH) -> int:
     prefixes: dict[str, str | None] = {}
     for r in rows:
         d = (r.details or {}).get("audit") or {}
-        tid = d.get("token_id") or ""
+        tid = d.get("token_id") or r.owner_token_id or ""  # events from before the audit fields
         if tid not in prefixes:
             prefixes[tid] = token_prefix(session, tid) if tid else None
         after = {"name": r.name, "project": r.project_id, "class": r.workload_class, "pool": r.pool,
@@ -156,6 +151,9 @@ def seal_job_submits(session: Session, *, limit: int = SEAL_BATCH) -> int:
         prev = entry.hash
         session.add(entry)
     session.flush()
+    ids = [r.id for r in rows]
+    for i in range(0, len(ids), 500):
+        session.execute(update(JobEvent).where(JobEvent.id.in_(ids[i:i + 500])).values(sealed=True))
     return len(rows)
 
 

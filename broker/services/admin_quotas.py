@@ -322,6 +322,8 @@ class QuotaAdmin:
             raise Invalid(f"unknown or read-only field(s): {', '.join(sorted(unknown))}", code="UNKNOWN_FIELD")
         if "reason" in changes and "state" not in changes:
             raise Invalid("a reason goes with a state change", code="REASON_WITHOUT_STATE")
+        if not changes:
+            raise Invalid("nothing to change: give pool and/or state", code="EMPTY_PATCH")
         with Session(self.engine, expire_on_commit=False) as s:
             node = s.get(Node, node_id)
             if node is None:
@@ -341,10 +343,12 @@ class QuotaAdmin:
         self._changed()
         return after
 
-    def _move(self, s: Session, node: Node, target: str | None) -> None:
-        if target is not None and s.get(Pool, target) is None:
+    def _move(self, s: Session, node: Node, override: str | None) -> None:
+        # None: back to the executor's label, checked like any move
+        target = override if override is not None else (node.observed_pool or node.pool)
+        if s.get(Pool, target) is None:
             raise Invalid(f"pool {target!r} does not exist", code="UNKNOWN_POOL")
-        if target is not None and target != node.pool:
+        if target != node.pool:
             busy = s.execute(select(Placement.job_id).join(Job, and_(Job.id == Placement.job_id,
                                                                      Job.attempt == Placement.attempt))
                              .where(Placement.node_id == node.id, Job.status.in_(_HOLDING)).distinct()).scalars().all()
@@ -354,8 +358,7 @@ class QuotaAdmin:
             moved = [Node(**{**n.model_dump(), "pool": target}) if n.id == node.id else n for n in srepo.nodes(s)]
             self._validate(s, moved_nodes=moved)
             node.pool = target
-        # None: back to the executor's label, which the next inventory sync (within a tick) applies
-        node.pool_override = target
+        node.pool_override = override
 
     # ------------------------------------------------------------------ usage
     def usage(self, p: AuthPrincipal, project_id: str) -> dict:
@@ -381,23 +384,24 @@ _ADMIN_STATES = ("cordoned", "draining")
 
 
 def node_admin_public(n: Node) -> dict:
+    state, reason = n.effective_state()
     return {"id": n.id, "pool": n.pool, "pool_source": "admin" if n.pool_override else "executor",
-            "state": n.state, "state_reason": n.state_reason}
+            "state": state, "state_reason": reason, "health_state": n.state, "admin_state": n.admin_state}
 
 
 def _set_admin_state(node: Node, state: str, reason: str) -> None:
-    """cordoned (no new work) and draining (no new work; running work ends) come from an admin
-    with their reason; `ready` lifts only an admin's own cordon or drain: a node the health
-    checks or the executor took out stays out until they bring it back."""
+    """cordoned (no new work) and draining (no new work; running work ends) are an admin's,
+    kept beside the health state (never overwriting it); `ready` lifts only that: a node the
+    health checks or the executor took out stays out until they bring it back."""
     if state in _ADMIN_STATES:
-        node.state, node.state_reason = state, ADMIN_REASON + (reason or f"{state} by a platform-admin")
+        node.admin_state, node.admin_reason = state, ADMIN_REASON + (reason or f"{state} by a platform-admin")
         return
     if state != "ready":
         raise Invalid("state must be 'ready', 'cordoned' or 'draining'", code="BAD_NODE_STATE")
-    if node.state == "ready":
+    if node.admin_state is not None:
+        node.admin_state, node.admin_reason = None, ""
         return
-    if node.state in _ADMIN_STATES and node.state_reason.startswith(ADMIN_REASON):
-        node.state, node.state_reason = "ready", ""
+    if node.state == "ready":
         return
     raise Conflict(f"node {node.id!r} is {node.state} ({node.state_reason or 'no reason given'}); only an "
                    "admin's cordon or drain can be lifted here", code="NODE_STATE_NOT_ADMIN",

@@ -25,13 +25,7 @@ class CatalogService:
 
     def nodes(self, *, principal: Principal) -> dict:
         with Session(self.engine) as s:
-            return {"items": [
-                {"id": n.id, "hostname": n.hostname, "pool": n.pool, "gpu_model": n.gpu_model, "gpus": n.gpus,
-                 "cpus": n.cpus, "memory_gb": n.memory_gb, "state": n.state, "state_reason": n.state_reason,
-                 "last_heartbeat": n.last_heartbeat, "labels": dict(n.labels or {}),
-                 "pool_source": "admin" if n.pool_override else "executor"}
-                for n in catalog.nodes(s)
-            ]}
+            return {"items": [node_public(n) for n in catalog.nodes(s)]}
 
     def pools(self, *, principal: Principal) -> dict:
         with Session(self.engine) as s:
@@ -59,3 +53,13 @@ class CatalogService:
         with self.engine.connect() as c:
             c.execute(text("SELECT 1"))
         return True
+
+
+def node_public(n) -> dict:
+    """A node as users see it: `state` is what scheduling sees (health, or an admin's cordon or
+    drain on a healthy node); `health_state` and `admin_state` say which of the two it is."""
+    state, reason = n.effective_state()
+    return {"id": n.id, "hostname": n.hostname, "pool": n.pool, "gpu_model": n.gpu_model, "gpus": n.gpus,
+            "cpus": n.cpus, "memory_gb": n.memory_gb, "state": state, "state_reason": reason,
+            "health_state": n.state, "admin_state": n.admin_state, "last_heartbeat": n.last_heartbeat,
+            "labels": dict(n.labels or {}), "pool_source": "admin" if n.pool_override else "executor"}

@@ -61,8 +61,9 @@ def overview(engine: Engine, now: float, *, window_s: float = 300.0, busy_util_p
         used = sum(1 for u in use if (u["util"] or 0) >= busy_util_pct)
         util = _mean([u["util"] for u in use])
         power = sum(u["power"] or 0 for u in use)
+        state, reason = n.effective_state()
         node_out.append({
-            "id": n.id, "pool": n.pool, "gpu_model": n.gpu_model, "state": n.state, "state_reason": n.state_reason,
+            "id": n.id, "pool": n.pool, "gpu_model": n.gpu_model, "state": state, "state_reason": reason,
             "gpus": n.gpus, "gpus_allocated": alloc_node.get(n.id, 0), "gpus_used": used,
             "util_gpu_avg": util, "power_w": round(power, 1) if use else None, "last_heartbeat": n.last_heartbeat,
             "reporting": bool(use),
@@ -70,7 +71,7 @@ def overview(engine: Engine, now: float, *, window_s: float = 300.0, busy_util_p
         acc = pool_acc[n.pool]
         acc["nodes"] += 1
         acc["gpus"] += n.gpus
-        acc["gpus_schedulable"] += n.gpus if n.state == "ready" else 0
+        acc["gpus_schedulable"] += n.gpus if state == "ready" else 0
         acc["gpus_allocated"] += alloc_node.get(n.id, 0)
         acc["gpus_used"] += used
         acc["power_w"] += power

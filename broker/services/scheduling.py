@@ -100,15 +100,16 @@ class SchedulingLoop:
                 if row is None:
                     row = Node(id=nid, pool=o.pool, state=NodeState.READY.value)
                 pool = row.pool_override or o.pool  # an admin's move wins over the executor's label
-                changed = _assign(row, hostname=o.hostname, address=o.address, pool=pool, gpu_model=o.gpu_model,
+                changed = _assign(row, hostname=o.hostname, address=o.address, pool=pool, observed_pool=o.pool,
+                                  gpu_model=o.gpu_model,
                                   gpus=o.capacity.gpus, cpus=o.capacity.cpus, memory_gb=o.capacity.memory_gb,
                                   labels=dict(o.labels))
-                held = row.state_reason == LOST_REASON and now - row.updated_at < self.settings.lost_node_hold_s
+                held = row.held_until is not None and now < row.held_until
                 if not o.alive and (row.state == NodeState.READY.value or row.state_reason == LOST_REASON):
-                    changed |= _assign(row, state=NodeState.UNHEALTHY.value, state_reason=DEAD_REASON)
+                    changed |= _assign(row, state=NodeState.UNHEALTHY.value, state_reason=DEAD_REASON, held_until=None)
                 elif o.alive and row.state == NodeState.UNHEALTHY.value and row.state_reason.startswith(EXECUTOR_REASON) \
                         and not held:
-                    changed |= _assign(row, state=NodeState.READY.value, state_reason="")
+                    changed |= _assign(row, state=NodeState.READY.value, state_reason="", held_until=None)
                 if changed or nid not in rows:
                     row.updated_at = now
                     s.add(row)
@@ -207,7 +208,8 @@ class SchedulingLoop:
         for nid in sorted(nodes):
             node = s.get(Node, nid)
             if node is not None and node.state == NodeState.READY.value:
-                _assign(node, state=NodeState.UNHEALTHY.value, state_reason=LOST_REASON, updated_at=now)
+                _assign(node, state=NodeState.UNHEALTHY.value, state_reason=LOST_REASON, updated_at=now,
+                        held_until=now + self.settings.lost_node_hold_s)
                 s.add(node)
                 log.warning("node %s held out for %.0f s: a worker of %s/%s was lost there", nid,
                             self.settings.lost_node_hold_s, job_id, attempt)

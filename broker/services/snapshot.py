@@ -58,12 +58,13 @@ def to_job(row: JobRow) -> Job:
 
 
 def to_node(row: NodeRow) -> Node:
+    raw, reason = row.effective_state()
     try:
-        state = NodeState(row.state)
+        state = NodeState(raw)
     except ValueError:
         state = NodeState.UNHEALTHY
     return Node(id=row.id, pool=row.pool, gpu_model=row.gpu_model,
-                capacity=Resources(row.gpus, row.cpus, row.memory_gb), state=state, state_reason=row.state_reason)
+                capacity=Resources(row.gpus, row.cpus, row.memory_gb), state=state, state_reason=reason)
 
 
 def _quotas(rows: Sequence[QuotaRow], models_by_pool: Mapping[str, Sequence[str]]

@@ -144,7 +144,7 @@ def test_waiting_job_gets_pending_reason_with_numbers(client, loop):
     assert get(client, big)["status"] in ("STARTING", "RUNNING")
 
 
-def test_lost_worker_requeues_while_retries_allow(client, loop, fake_executor, settings):
+def test_lost_worker_requeues_while_retries_allow(client, loop, fake_executor, settings, engine):
     jid = submit(client, gpus=1, max_retries=1)
     loop.tick()
     loop.tick()
@@ -165,6 +165,11 @@ def test_lost_worker_requeues_while_retries_allow(client, loop, fake_executor, s
     j = get(client, jid)
     assert j["status"] == "FAILED" and "no retries left" in j["message"]
     CLOCK.advance(settings.lost_node_hold_s + 1)  # the executor kept calling them alive: back in
+    with Session(engine) as s:  # agents' heartbeats touch the rows meanwhile: no effect on the hold
+        for n in s.exec(select(Node)).all():
+            n.updated_at = CLOCK()
+            s.add(n)
+        s.commit()
     loop.tick()
     states = {n["id"]: n["state"] for n in client.get("/api/v1/nodes").json()["items"]}
     assert set(states.values()) == {"ready"}, states
@@ -276,7 +281,7 @@ def test_admin_moves_a_node_and_the_executor_sync_keeps_the_move(client, loop, e
     r = patch_node(client, "inno-2", pool="operation")
     assert r.status_code == 200, r.text
     assert r.json() == {"id": "inno-2", "pool": "operation", "pool_source": "admin", "state": "ready",
-                        "state_reason": ""}
+                        "state_reason": "", "health_state": "ready", "admin_state": None}
     loop.tick()  # the executor still labels it innovation: the admin's move wins
     assert (node_row(client, "inno-2")["pool"], node_row(client, "inno-2")["pool_source"]) == ("operation", "admin")
     # an operation job on A100s can only run on the moved node now
@@ -286,11 +291,13 @@ def test_admin_moves_a_node_and_the_executor_sync_keeps_the_move(client, loop, e
     j = get(client, jid)
     assert j["status"] in ("STARTING", "RUNNING"), j.get("pending_reason")
     assert {w["node"] for w in j["placements"]} == {"inno-2"}
+    r = patch_node(client, "inno-2", pool=None)  # going back is a move too: refused while busy
+    assert r.status_code == 409 and r.json()["error"]["code"] == "NODE_BUSY", r.text
     client.post(f"/api/v1/jobs/{jid}/cancel")
     loop.tick()
     loop.tick()
-    r = patch_node(client, "inno-2", pool=None)  # back to the executor's label
-    assert r.status_code == 200 and r.json()["pool_source"] == "executor"
+    r = patch_node(client, "inno-2", pool=None)  # back to the executor's label, at once
+    assert r.status_code == 200 and (r.json()["pool"], r.json()["pool_source"]) == ("innovation", "executor")
     loop.tick()
     assert (node_row(client, "inno-2")["pool"], node_row(client, "inno-2")["pool_source"]) == ("innovation", "executor")
     actions = [e for e in client.get("/api/v1/audit", params={"action": "node.update"}).json()["items"]]
@@ -332,8 +339,17 @@ def test_cordon_keeps_new_work_off_and_uncordon_lifts_only_the_admins_own(client
     loop.tick()
     r = patch_node(client, "inno-2", state="ready")
     assert r.status_code == 409 and r.json()["error"]["code"] == "NODE_STATE_NOT_ADMIN", r.text
+    # cordoning it keeps the health state; lifting the cordon does not make it schedulable
+    assert patch_node(client, "inno-2", state="cordoned", reason="maintenance").json()["health_state"] == "unhealthy"
+    r = patch_node(client, "inno-2", state="ready").json()
+    assert (r["state"], r["admin_state"], r["health_state"]) == ("unhealthy", None, "unhealthy"), r
+    # and a cordon set while it was out holds when it comes back
+    patch_node(client, "inno-2", state="cordoned", reason="maintenance")
     fake_executor.set_nodes(inventory())
     loop.tick()
+    row = node_row(client, "inno-2")
+    assert (row["state"], row["health_state"], row["admin_state"]) == ("cordoned", "ready", "cordoned"), row
+    assert patch_node(client, "inno-2", state="ready").status_code == 200
     assert node_row(client, "inno-2")["state"] == "ready"
 
 
@@ -343,6 +359,7 @@ def test_cordon_keeps_new_work_off_and_uncordon_lifts_only_the_admins_own(client
     ({"state": "gone"}, 422, "VALIDATION_ERROR"),
     ({"reason": "no state"}, 422, "REASON_WITHOUT_STATE"),
     ({"gpus": 64}, 422, "VALIDATION_ERROR"),
+    ({}, 422, "EMPTY_PATCH"),
 ])
 def test_node_patch_refuses_bad_input(client, body, status, code):
     r = patch_node(client, "inno-1", **body)

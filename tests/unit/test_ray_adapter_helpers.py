@@ -158,31 +158,76 @@ def test_cluster_token_file_is_private_and_kept(tmp_path):
 
 def test_loopback_shim_rewrites_wildcard_and_routable_binds(tmp_path):
     """The LD_PRELOAD shim the embedded Ray head runs under: a process that asks for 0.0.0.0,
-    [::] (dual stack) or the machine's own address ends up listening on loopback only, on the
-    port it asked for; a loopback bind is left alone."""
+    [::] (dual stack or IPv6-only), the machine's own address, or listens without binding at
+    all ends up listening on loopback only (the port it asked for kept); a loopback bind is
+    left alone."""
+    import json
     import shutil
     import subprocess
     import sys
 
+    import psutil
+
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler")
-    shim = loopback_shim(tmp_path)
+    shim = loopback_shim(tmp_path / "lib")
     assert shim is not None and shim.exists()
-    assert loopback_shim(tmp_path) == shim  # built once per source version
+    assert loopback_shim(tmp_path / "lib") == shim  # built once per source version
+    own = next((a.address for addrs in psutil.net_if_addrs().values() for a in addrs
+                if a.family == 2 and not a.address.startswith("127.")), "0.0.0.0")
     probe = """
-import json, socket
+import json, socket, sys
 out = []
-for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::"), (socket.AF_INET, "127.0.0.1")):
+for family, addr, v6only in ((socket.AF_INET, "0.0.0.0", 0), (socket.AF_INET6, "::", 0),
+                             (socket.AF_INET6, "::", 1), (socket.AF_INET, sys.argv[1], 0),
+                             (socket.AF_INET, "127.0.0.1", 0), (socket.AF_INET, None, 0)):
     s = socket.socket(family, socket.SOCK_STREAM)
     if family == socket.AF_INET6:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.bind((addr, 0)); s.listen()
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+    if addr is not None:
+        s.bind((addr, 0))
+    s.listen()  # the last one listens without bind(): the kernel would pick 0.0.0.0
     out.append(s.getsockname()[0])
 print(json.dumps(out))
 """
-    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30,
+    run = subprocess.run([sys.executable, "-c", probe, own], capture_output=True, text=True, timeout=30,
                          env={"LD_PRELOAD": str(shim), "PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr
-    import json
+    assert json.loads(run.stdout) == ["127.0.0.1", "::ffff:127.0.0.1", "::1", "127.0.0.1", "127.0.0.1", "127.0.0.1"]
 
-    assert json.loads(run.stdout) == ["127.0.0.1", "::ffff:127.0.0.1", "127.0.0.1"]
+
+def test_loopback_shim_is_not_taken_from_a_directory_others_can_write(tmp_path):
+    import shutil
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    assert loopback_shim(shared) is None  # neither built there nor loaded from there
+
+
+def test_exposed_listeners_names_a_process_listening_beyond_loopback():
+    """The fail-closed check `start_local_cluster` runs on the head's process tree."""
+    import subprocess
+    import sys
+    import time
+
+    from broker.adapters.ray_local import exposed_listeners
+
+    code = ("import socket, sys, time\n"
+            "a = socket.socket(); a.bind(('0.0.0.0', 0)); a.listen()\n"
+            "b = socket.socket(); b.bind(('127.0.0.1', 0)); b.listen()\n"
+            "print(a.getsockname()[1], flush=True); time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        deadline = time.time() + 10
+        found = exposed_listeners(proc.pid)
+        while not found and time.time() < deadline:
+            time.sleep(0.1)
+            found = exposed_listeners(proc.pid)
+        assert [(ip, p) for _, ip, p in found] == [("0.0.0.0", port)]  # the loopback one is fine
+    finally:
+        proc.kill()
+        proc.wait()
