@@ -13,6 +13,7 @@ import broker.cli_bench_submit  # noqa: F401,E402  bench submit
 import broker.cli_up  # noqa: F401,E402  up
 import broker.cli_bench_dispatch  # noqa: F401,E402  bench dispatch
 import broker.cli_bench_ingest  # noqa: F401,E402  bench ingest (telemetry)
+import broker.cli_nodes  # noqa: F401,E402  nodes list|cordon|drain|uncordon|move
 
 # ---- registered by other modules (one import line each) ----
 

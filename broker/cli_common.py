@@ -17,7 +17,9 @@ app = typer.Typer(name="broker", help="Compute Broker: GPU job queue, quotas and
                   no_args_is_help=True, pretty_exceptions_enable=False)
 jobs_app = typer.Typer(help="Submit, list, inspect and cancel jobs.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks (JSON with --json).", no_args_is_help=True)
+nodes_app = typer.Typer(help="Nodes: list; platform-admins cordon, drain, uncordon or move them.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(nodes_app, name="nodes")
 app.add_typer(bench_app, name="bench")
 
 DEFAULT_URL = "http://127.0.0.1:8000"

@@ -111,3 +111,33 @@ def test_submit_survives_a_db_error_for_one_row_only(client, engine, new_project
     r = client.post("/api/v1/jobs", json=job_body(project=p))
     assert r.status_code == 422 and r.json()["error"]["code"] == "UNKNOWN_PROJECT"
     assert client.post("/api/v1/jobs", json=job_body()).status_code == 201
+
+
+def test_cli_nodes_commands(monkeypatch, client, admin_token):
+    """`broker nodes`: list, cordon with a reason, uncordon, move and back, bad usage."""
+    import broker.cli_jobs as cj
+    import broker.cli_nodes  # noqa: F401 - registers the commands
+    from broker.cli import app
+
+    monkeypatch.setattr(cj, "_client", lambda url, token: BrokerClient("http://testserver", admin_token, http=client))
+    import broker.cli_nodes as cn
+
+    monkeypatch.setattr(cn, "_client", lambda url, token: BrokerClient("http://testserver", admin_token, http=client))
+    monkeypatch.setattr(BrokerClient, "close", lambda self: None)
+    run = CliRunner().invoke
+    r = run(app, ["nodes", "list"])
+    assert r.exit_code == 0 and "inno-1" in r.output and "NODE" in r.output, r.output
+    r = run(app, ["nodes", "cordon", "inno-1", "-r", "firmware"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["state"] == "cordoned" and json.loads(r.output)["state_reason"] == "admin: firmware"
+    assert "admin: firmware" in run(app, ["nodes", "list"]).output
+    assert json.loads(run(app, ["nodes", "uncordon", "inno-1"]).output)["state"] == "ready"
+    moved = json.loads(run(app, ["nodes", "move", "inno-1", "operation"]).output)
+    assert (moved["pool"], moved["pool_source"]) == ("operation", "admin")
+    assert "operation*" in run(app, ["nodes", "list"]).output
+    back = json.loads(run(app, ["nodes", "move", "inno-1", "--to-label"]).output)
+    assert back["pool_source"] == "executor"
+    bad = run(app, ["nodes", "move", "inno-1"])
+    assert bad.exit_code == 2 and "POOL or --to-label" in bad.output
+    unknown = run(app, ["nodes", "cordon", "nope"])
+    assert unknown.exit_code == 2 and "NODE_NOT_FOUND" in unknown.output
