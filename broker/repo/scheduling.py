@@ -34,6 +34,16 @@ def nodes(session: Session) -> Sequence[Node]:
     return session.execute(select(Node).order_by(Node.id)).scalars().all()
 
 
+def node_pools_locked(session: Session, ids: Iterable[str]) -> dict[str, str]:
+    """Current pool of these nodes, share-locked until the transaction ends (PostgreSQL; SQLite
+    serializes writers anyway): an admin's move of one of them waits for our commit."""
+    ids = sorted(set(ids))
+    if not ids:
+        return {}
+    q = select(Node.id, Node.pool).where(Node.id.in_(ids)).with_for_update(read=True)
+    return {nid: pool for nid, pool in session.execute(q).all()}
+
+
 def quota_rows(session: Session) -> Sequence[QuotaRow]:
     return session.execute(select(QuotaRow).order_by(QuotaRow.id)).scalars().all()
 

@@ -299,8 +299,17 @@ class SchedulingLoop:
             rep.cycle_ms = (time.perf_counter() - t0) * 1000.0
             by_id = {j.id: j for j in pending}
             held = {j.id: j for j in holding}
+            # A node an admin moved to another pool since the snapshot takes no admission this
+            # tick (the next one decides with the new pool); the share lock makes a move that
+            # comes after this point wait for our commit, and then see our placements (NODE_BUSY).
+            seen_pool = {n.id: n.pool for n in snap.nodes}
+            now_pool = repo.node_pools_locked(s, (p.node for adm in result.admissions for p in adm.placements))
+            moved = {nid for nid, pool in now_pool.items() if pool != seen_pool.get(nid)}
             for adm in result.admissions:
                 job = by_id[adm.job_id]
+                if moved and any(p.node in moved for p in adm.placements):
+                    log.info("admission of %s skipped: a node of its placement changed pool", job.id)
+                    continue
                 if not jobstate.transition(
                         s, job, S.ADMITTED, expected_version=job.version, now=now, borrowing=adm.borrowing,
                         flavor_pool=adm.flavor.pool, flavor_gpu_model=adm.flavor.gpu_model,

@@ -369,3 +369,34 @@ def test_node_patch_refuses_bad_input(client, body, status, code):
 def test_unknown_node_is_404(client):
     r = patch_node(client, "no-such-node", state="cordoned")
     assert r.status_code == 404 and r.json()["error"]["code"] == "NODE_NOT_FOUND"
+
+
+def test_a_node_moved_during_the_cycle_takes_no_admission(client, loop, engine, monkeypatch):
+    """An admin's move that commits while the loop computes its cycle: the admission onto that
+    node is skipped (not applied with the old pool); the next tick decides with the new pool."""
+    import broker.services.scheduling as sched
+
+    assert patch_node(client, "inno-2", state="cordoned").status_code == 200  # only inno-1 can take it
+    jid = submit(client, gpus=4, project="ouh-liver", pool="innovation")
+    real = sched.run_cycle
+
+    def cycle_then_concurrent_move(snap, now, policy):
+        result = real(snap, now, policy)
+        with Session(engine) as s:  # another request's transaction, committed meanwhile
+            n = s.get(Node, "inno-1")
+            n.pool, n.pool_override = "operation", "operation"
+            s.add(n)
+            s.commit()
+        return result
+
+    monkeypatch.setattr(sched, "run_cycle", cycle_then_concurrent_move)
+    loop.tick()
+    monkeypatch.setattr(sched, "run_cycle", real)
+    assert get(client, jid)["status"] == "PENDING"
+    loop.tick()  # inno-1 is in the operation pool now: the innovation-pinned job waits
+    j = get(client, jid)
+    assert j["status"] == "PENDING" and not j["placements"], j
+    assert patch_node(client, "inno-1", pool=None).status_code == 200
+    assert patch_node(client, "inno-2", state="ready").status_code == 200
+    loop.tick()
+    assert get(client, jid)["status"] in ("STARTING", "RUNNING")
