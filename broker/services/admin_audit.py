@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from sqlalchemy import select, text
 from sqlmodel import Session
@@ -218,9 +218,29 @@ def query(session: Session, scope: Scope, *, action: str | None = None, target_k
 
 def verify(session: Session) -> int | None:
     """Id of the first entry whose chain link is broken, or None if the log is intact."""
-    rows: Sequence[AuditEntry] = session.execute(select(AuditEntry).order_by(AuditEntry.id)).scalars().all()
-    idx = verify_chain((_chain_view(_as_record_json(e)), e.hash) for e in rows)
-    return None if idx is None else rows[idx].id
+    return verify_report(session)["first_broken_id"]
+
+
+def verify_report(session: Session, *, batch: int = 2_000) -> dict:
+    """Walk the whole chain in id order, `batch` rows at a time (the log grows with every job
+    submit, so it is never loaded at once): entries checked and the first broken link."""
+    ids: list[int] = []
+
+    def entries():
+        after = 0
+        while True:
+            rows = session.execute(select(AuditEntry).where(AuditEntry.id > after)
+                                   .order_by(AuditEntry.id).limit(batch)).scalars().all()
+            if not rows:
+                return
+            for e in rows:
+                ids.append(e.id)
+                yield _chain_view(_as_record_json(e)), e.hash
+            after = rows[-1].id
+            session.expunge_all()
+
+    idx = verify_chain(entries())
+    return {"intact": idx is None, "entries": len(ids), "first_broken_id": None if idx is None else ids[idx]}
 
 
 def _as_record_json(e: AuditEntry) -> dict:

@@ -573,3 +573,34 @@ def _job_body(project: str) -> dict:
     from tests.broker.conftest import job_body
 
     return job_body(project=project)
+
+
+def test_audit_verify_route_walks_the_whole_chain_and_finds_an_edit(people, root, engine):
+    from sqlmodel import select as _select
+
+    from broker.models_tenancy import AuditEntry
+
+    _do_pool_update(root, "verify")
+    r = root.get("/api/v1/audit/verify")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["intact"] is True and body["first_broken_id"] is None and body["entries"] > 1
+    with Session(engine) as s:
+        assert admin_audit.verify_report(s, batch=3) == body  # batching changes nothing
+    assert people.clients["dora"].get("/api/v1/audit/verify").status_code == 403  # spans every department
+    with Session(engine) as s:
+        middle = s.exec(_select(AuditEntry).order_by(AuditEntry.id).offset(body["entries"] // 2)).first()
+        mid_id, original = middle.id, middle.after
+        middle.after = {"forged": True}
+        s.add(middle)
+        s.commit()
+    try:
+        broken = root.get("/api/v1/audit/verify").json()
+        assert broken == {"intact": False, "entries": broken["entries"], "first_broken_id": mid_id}
+    finally:
+        with Session(engine) as s:
+            e = s.get(AuditEntry, mid_id)
+            e.after = original
+            s.add(e)
+            s.commit()
+    assert root.get("/api/v1/audit/verify").json()["intact"] is True

@@ -279,6 +279,7 @@ ROUTES = [
     Route("PATCH", "/api/v1/nodes/{node_id}", Action.POOL_ADMIN, (200,),
           lambda root, scope, actor: Call("/api/v1/nodes/inno-1", json={"pool": "innovation"})),
     Route("GET", "/api/v1/audit", None, (200,), simple("/api/v1/audit")),
+    Route("GET", "/api/v1/audit/verify", None, (200,), simple("/api/v1/audit/verify")),
     Route("GET", "/api/v1/admin/settings", Action.NODE_READ, (200,), simple("/api/v1/admin/settings")),
     # operations view (aggregates; per-project rows narrowed to the caller's scope)
     Route("GET", "/api/v1/overview", Action.AGGREGATES_READ, (200,), simple("/api/v1/overview")),
@@ -308,6 +309,8 @@ def expected(route: Route, actor: Actor, call: Call) -> int | tuple[int, ...]:
         d = can_grant(p, call.grant)
     elif route.path == "/api/v1/audit":
         d = Decision.DENY if list_scope(p, Resource.AUDIT).empty else Decision.ALLOW
+    elif route.path == "/api/v1/audit/verify":  # the whole chain: platform-admins only
+        d = Decision.ALLOW if list_scope(p, Resource.AUDIT).all else Decision.DENY
     else:
         d = authorize(p, route.action, call.ref)
     return {Decision.ALLOW: route.ok, Decision.HIDE: (route.hide_status,), Decision.DENY: (403,)}[d]
