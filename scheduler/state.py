@@ -14,11 +14,14 @@ nodes of the flavor with f free GPUs, each list sorted by node index.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from operator import attrgetter
 from typing import Iterable
 
-from scheduler.model import Flavor, Node, Pool, WorkloadClass
+from scheduler.model import Flavor, Node, NodeState, Pool, WorkloadClass
 
 EPS = 1e-9
+_READY = NodeState.READY
+_node_id = attrgetter("id")
 
 
 class WNode:
@@ -32,14 +35,12 @@ class WNode:
         self.node = node
         self.id = node.id
         self.fid = fid
-        self.ready = node.state.schedulable
-        self.cap_g = int(node.capacity.gpus)
-        self.cap_c = float(node.capacity.cpus)
-        self.cap_m = float(node.capacity.memory_gb)
-        self.free_g = self.cap_g
-        self.free_c = self.cap_c
-        self.free_m = self.cap_m
-        self.free_ids = list(range(self.cap_g))
+        self.ready = node.state is _READY  # node.state.schedulable, without the property call
+        cap = node.capacity
+        self.cap_g = self.free_g = g = int(cap.gpus)
+        self.cap_c = self.free_c = float(cap.cpus)
+        self.cap_m = self.free_m = float(cap.memory_gb)
+        self.free_ids = list(range(g))
 
     def fits(self, g: int, c: float, m: float) -> int:
         """How many workers of (g, c, m) fit here now (capped at 1<<30)."""
@@ -93,23 +94,27 @@ class World:
         self.by_id: dict[str, int] = {}
         self.flavors: list[FlavorIndex] = []
         self.fid: dict[tuple[str, str], int] = {}  # (pool, model) -> flavor index (tuples hash in C)
-        for node in sorted(nodes, key=lambda n: n.id):
+        fids, flavors, wnodes, by_id = self.fid, self.flavors, self.nodes, self.by_id
+        for i, node in enumerate(sorted(nodes, key=_node_id)):
             fk = (node.pool, node.gpu_model)
-            fid = self.fid.get(fk)
+            fid = fids.get(fk)
             if fid is None:
-                fid = len(self.flavors)
-                self.fid[fk] = fid
+                fid = len(flavors)
+                fids[fk] = fid
                 pool = self.pools.get(node.pool) or Pool(node.pool, WorkloadClass.INNOVATION)
-                self.flavors.append(FlavorIndex(fid, Flavor(node.pool, node.gpu_model), pool))
-            w = WNode(len(self.nodes), node, fid)
-            self.by_id[node.id] = w.i
-            self.nodes.append(w)
-            fx = self.flavors[fid]
-            fx.nodes.append(w.i)
+                flavors.append(FlavorIndex(fid, Flavor(node.pool, node.gpu_model), pool))
+            w = WNode(i, node, fid)
+            by_id[node.id] = i
+            wnodes.append(w)
+            fx = flavors[fid]
+            fx.nodes.append(i)
             fx.any_node = True
-            fx.max_cap_g = max(fx.max_cap_g, w.cap_g)
-            fx.max_cap_c = max(fx.max_cap_c, w.cap_c)
-            fx.max_cap_m = max(fx.max_cap_m, w.cap_m)
+            if w.cap_g > fx.max_cap_g:  # max(), without the calls
+                fx.max_cap_g = w.cap_g
+            if w.cap_c > fx.max_cap_c:
+                fx.max_cap_c = w.cap_c
+            if w.cap_m > fx.max_cap_m:
+                fx.max_cap_m = w.cap_m
             if w.ready:
                 fx.any_ready = True
                 fx.ready_cap_g += w.cap_g
@@ -129,7 +134,11 @@ class World:
         if ids is None:
             self._unassigned.append((i, g, slot if slot is not None else [()]))
         elif ids:
-            self._used_ids.setdefault(i, set()).update(ids)
+            used = self._used_ids.get(i)
+            if used is None:
+                self._used_ids[i] = set(ids)
+            else:
+                used.update(ids)
 
     def finalize(self) -> None:
         for i, used in self._used_ids.items():
