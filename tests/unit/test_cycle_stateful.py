@@ -231,6 +231,11 @@ class CycleMachine(RuleBasedStateMachine):
         nodes = [n for n in snap.nodes if n.state is NodeState.READY]
         pend = {j.id: j for j in snap.pending}
         admitted = [(pend[a.job_id], a) for a in r.admissions]
+        # what this very cycle admitted counts toward the project's use of its guarantee: a job
+        # of the same project ordered earlier may have taken it (then j is no longer within it)
+        admitted_use: dict[tuple[str, Flavor], int] = {}
+        for x, a in admitted:
+            admitted_use[(x.project, a.flavor)] = admitted_use.get((x.project, a.flavor), 0) + x.total.gpus
         for j in snap.pending:
             if j.id in {a.job_id for a in r.admissions} or j.id in preempting:
                 continue
@@ -243,7 +248,8 @@ class CycleMachine(RuleBasedStateMachine):
                 spec = self.quota[j.project].get((fl, "gpus"))
                 if spec is None or not self._may_use(j, fl):
                     continue
-                within = [x for x in mine if self.usage(j.project, fl) + x.total.gpus <= spec.guaranteed.value]
+                used = self.usage(j.project, fl) + admitted_use.get((j.project, fl), 0)
+                within = [x for x in mine if used + x.total.gpus <= spec.guaranteed.value]
                 if within != [j]:
                     continue  # only when j is its project's one job within guarantee
                 if self._could_hold(j, fl, nodes, snap, admitted):
