@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import User
 from broker.api.json import JSON
+from broker.services.admin_audit import unsealed_submits
 from broker.services.overview import overview
 
 router = APIRouter(tags=["operations"])
@@ -49,6 +50,7 @@ async def metrics(request: Request, principal: User):
     authz = getattr(request.app.state, "authz", None)
     if authz is not None:
         data = authz.narrow_overview(principal, data)
+    data = {**data, "audit_unsealed": await run_in_threadpool(unsealed_submits, request.app.state.engine)}
     reg = CollectorRegistry()
     reg.register(_Collector(data))
     return Response(generate_latest(reg), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -117,6 +119,8 @@ class _Collector:
                 value=d["totals"]["idle_allocated_gpus"])
         yield g("broker_oldest_pending_wait_seconds", "wait of the oldest pending job",
                 value=float(d["queue"]["oldest_pending_wait_s"] or 0))
+        yield g("broker_audit_unsealed_submits", "job submits not yet sealed into the audit chain (outbox lag; "
+                "sealed every 2 s)", value=float(d.get("audit_unsealed") or 0))
         if d.get("scheduler"):
             yield g("broker_scheduler_cycle_milliseconds", "duration of the last scheduling cycle",
                     value=float(d["scheduler"].get("cycle_ms", 0)))

@@ -157,6 +157,17 @@ def seal_job_submits(session: Session, *, limit: int = SEAL_BATCH) -> int:
     return len(rows)
 
 
+def unsealed_submits(engine) -> int:
+    """How many job submits wait to be sealed (the outbox's lag; the partial index answers)."""
+    from sqlalchemy import func
+
+    from broker.models import JobEvent
+
+    with Session(engine) as s:
+        return s.execute(select(func.count()).select_from(JobEvent).where(
+            JobEvent.kind == "submitted", JobEvent.sealed.is_(False))).scalar_one()
+
+
 def seal_pending(engine, *, rounds: int = 50) -> int:
     """Seal every job submit not yet in the chain, in batches, each its own transaction."""
     total = 0

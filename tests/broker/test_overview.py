@@ -103,3 +103,17 @@ def test_job_shows_measured_usage_and_ledger_gets_used_gpu_seconds(client, runni
         # 2 GPUs at 85 % over 5 readings a minute apart: 0.85 x 300 s x 2
         assert led.used_gpu_s == pytest.approx(0.85 * 300 * 2, rel=0.01)
         assert led.allocated_gpu_s > led.used_gpu_s
+
+
+def test_metrics_show_the_audit_outbox_lag(client, engine):
+    """Job submits wait (briefly) to be sealed into the audit chain: /metrics says how many."""
+    from broker.services.admin_audit import seal_pending
+    from tests.broker.conftest import job_body
+
+    seal_pending(engine)
+    assert "broker_audit_unsealed_submits 0.0" in client.get("/metrics").text
+    for _ in range(3):
+        assert client.post("/api/v1/jobs", json=job_body(project="ouh-liver")).status_code == 201
+    assert "broker_audit_unsealed_submits 3.0" in client.get("/metrics").text
+    seal_pending(engine)
+    assert "broker_audit_unsealed_submits 0.0" in client.get("/metrics").text
