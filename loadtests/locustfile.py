@@ -61,8 +61,11 @@ class ProjectTeam(HttpUser):
 
 
 class OpsViewer(HttpUser):
-    weight = 1
+    fixed_count = 1  # one dashboard/Prometheus reader in every run, however few users
     wait_time = between(0.5, 1.5)
+
+    def on_start(self) -> None:
+        self.overview()  # a dashboard opens on the overview
 
     @task(2)
     def overview(self) -> None:
