@@ -154,13 +154,11 @@ def enable_token_auth(token_file: str | os.PathLike) -> dict[str, str]:
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path.resolve())}
     os.environ.pop("RAY_AUTH_TOKEN", None)  # a stray inline token would win over the file
     os.environ.update(env)
-    try:  # Ray caches its config and the token: make an already imported ray see the change
-        from ray._raylet import AuthenticationTokenLoader, Config
+    # Ray caches its config and the token: make an already imported ray see the change
+    from ray._raylet import AuthenticationTokenLoader, Config
 
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-    except ImportError:  # pragma: no cover - ray is a dependency
-        pass
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
     return env
 
 
@@ -171,13 +169,10 @@ def enable_local_only() -> dict[str, str]:
     into the machine's routable address, which the loopback-bound head does not answer on.
     Ray reads the switch (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: "no multi-machine cluster") once
     at import, so an already imported ray is switched too."""
-    os.environ[LOCAL_ONLY_ENV] = "0"
-    try:
-        from ray._private import ray_constants
+    from ray._private import ray_constants
 
-        ray_constants.ENABLE_RAY_CLUSTER = False
-    except ImportError:  # pragma: no cover - ray is a dependency
-        pass
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     return {LOCAL_ONLY_ENV: "0"}
 
 
