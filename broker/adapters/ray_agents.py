@@ -66,7 +66,7 @@ def start_node_agents(nodes: Sequence[NodeObservation], *, broker_url: str, toke
             started.append(n.id)
             continue
         except ValueError:
-            pass
+            pass  # no such actor yet: start it below
         argv = ["--broker-url", broker_url, "--token", token_for(n.id), "--node-id", n.id, *extra_args]
         cls.options(
             name=name, namespace=namespace, lifetime="detached", num_cpus=0, num_gpus=0,

@@ -199,10 +199,11 @@ class SchedulingLoop:
                     self._record_devices(s, job, st)
                     s.commit()
 
-    def _hold_out(self, s: Session, job_id: str, attempt: int, ranks: Sequence[int], now: float) -> None:
-        """Nodes where these workers were lost get no new work for a while (LOST_REASON)."""
+    def _hold_out(self, s: Session, job_id: str, attempt: int, ranks: Sequence[int], now: float) -> bool:
+        """Nodes where these workers were lost get no new work for a while (LOST_REASON), in
+        the caller's transaction; True when a node changed (the caller tells after commit)."""
         if not ranks:
-            return
+            return False
         nodes = {p.node_id for p in s.execute(select(Placement).where(
             Placement.job_id == job_id, Placement.attempt == attempt, Placement.rank.in_(list(ranks)))).scalars()}
         for nid in sorted(nodes):
@@ -213,8 +214,7 @@ class SchedulingLoop:
                 s.add(node)
                 log.warning("node %s held out for %.0f s: a worker of %s/%s was lost there", nid,
                             self.settings.lost_node_hold_s, job_id, attempt)
-        if nodes and self.on_nodes_changed is not None:
-            self.on_nodes_changed()
+        return bool(nodes)
 
     def _stop(self, key: tuple[str, int], why: str) -> None:
         if key in self._stopping:
@@ -232,6 +232,7 @@ class SchedulingLoop:
 
         `to=None` means the job was PREEMPTED/LOST and its workers are now gone: requeue it."""
         key = (job.id, job.attempt)
+        held = False
         with Session(self.engine) as s:
             row = s.get(Job, job.id)
             if row is None or row.attempt != job.attempt or S(row.status) not in (S.STARTING, S.RUNNING, S.PREEMPTED, S.LOST):
@@ -248,7 +249,7 @@ class SchedulingLoop:
             elif to is S.LOST:
                 if jobstate.transition(s, row, S.LOST, expected_version=row.version, now=now, message=message):
                     jobstate.requeue_or_fail(s, row, expected_version=row.version, now=now)
-                    self._hold_out(s, job.id, job.attempt, lost_ranks, now)
+                    held = self._hold_out(s, job.id, job.attempt, lost_ranks, now)
             else:
                 fields = {"exit_code": exit_code} if exit_code is not None else {}
                 if row.started_at is None and key in self._started:
@@ -260,6 +261,8 @@ class SchedulingLoop:
                         att.started_at = fields["started_at"]
                         s.add(att)
             s.commit()
+        if held and self.on_nodes_changed is not None:  # after commit: a reload sees the hold
+            self.on_nodes_changed()
         rep.finished.append(job.id)
         if release:
             try:

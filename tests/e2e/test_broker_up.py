@@ -69,7 +69,7 @@ def broker_up(tmp_path_factory):
             if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
-            pass
+            pass  # not listening yet
         time.sleep(0.5)
     else:
         os.killpg(proc.pid, signal.SIGKILL)
