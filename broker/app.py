@@ -22,11 +22,11 @@ from broker.api import jobs as job_routes
 from broker.api import observability as observability_routes
 from broker.api.fastpath import SubmitFastPath
 from broker.api.admin_wiring import install_admin
-from broker.security.limits import BodySizeLimit
-from broker.security.ratelimit import RateLimitMiddleware, TokenBucketLimiter
+from broker.auth.limits import BodySizeLimit
+from broker.auth.ratelimit import RateLimitMiddleware, TokenBucketLimiter
 from broker.db import make_engine
 from broker.errors import install_handlers
-from broker.services.auth import TokenAuth
+from broker.auth.authn import TokenAuth
 from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.logs import LogService

@@ -5,14 +5,14 @@ editing one file; both register on the same `SQLModel.metadata`. Same convention
 times, string ids.
 
 - `User`: a person (or a service identity). `oidc_subject` links an OIDC `sub` to the user.
-- `Membership`: one grant (`broker.security.policy.Grant`): role + department + project. The
+- `Membership`: one grant (`broker.auth.policy.Grant`): role + department + project. The
   unique constraint makes granting idempotent.
 - `TokenOwner`: which user an API token belongs to. A token with an owner acts with the
   owner's memberships (live: revoking a membership takes effect on the owner's tokens within
   the authorization cache TTL); tokens without one (the bootstrap admin token, agent tokens,
   scoped service tokens) act only with the grant written on the token row itself.
 - `AuditEntry`: append-only (no route updates or deletes it); `hash` chains each entry to the
-  previous one (`broker.security.audit.chain_hash`) so an edit in the table is detectable.
+  previous one (`broker.auth.audit.chain_hash`) so an edit in the table is detectable.
 """
 
 from __future__ import annotations

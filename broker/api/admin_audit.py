@@ -12,7 +12,7 @@ from broker.api.deps import User
 from broker.api.json import JSON
 from broker.errors import Forbidden, Invalid
 from broker.schemas import ErrorResponse
-from broker.security.policy import Resource
+from broker.auth.policy import Resource
 from broker.services import admin_audit
 
 log = logging.getLogger("broker.audit")

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from broker.api.deps import User
-from broker.security.audit import client_address
+from broker.auth.audit import client_address
 from broker.services.admin_audit import Caller
 
 

@@ -15,13 +15,13 @@ from sqlmodel import Session
 
 from broker.api import admin_audit, admin_quotas, admin_settings, admin_tenancy, admin_tokens
 from broker.services import admin_audit as audit_service
-from broker.services import oidc_auth
+from broker.auth import oidc_authn
 from broker.services.admin_quotas import QuotaAdmin
 from broker.services.admin_settings import SettingsAdmin
 from broker.services.admin_tenancy import TenancyAdmin
 from broker.services.admin_tokens import TokenAdmin
-from broker.services.authz import Authz
-from broker.services.submit_guard import SubmitGuard
+from broker.auth.authz import Authz
+from broker.auth.guard import SubmitGuard
 
 
 def install_admin(app: FastAPI) -> None:
@@ -50,7 +50,7 @@ def install_admin(app: FastAPI) -> None:
     state.token_admin = TokenAdmin(engine, authz, getattr(state, "auth", None))
     state.tenancy_admin = TenancyAdmin(engine, authz, on_change=guard.invalidate)
     state.quota_admin = QuotaAdmin(engine, authz, on_change=on_quota_change)
-    state.oidc = oidc_auth.from_settings(state.settings, authz, engine)
+    state.oidc = oidc_authn.from_settings(state.settings, authz, engine)
     state.audit_job = _audit_job
     for r in (admin_tokens.router, admin_tenancy.router, admin_quotas.router, admin_audit.router,
               admin_settings.router):

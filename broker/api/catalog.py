@@ -31,7 +31,7 @@ def projects(request: Request, principal: User):
     body = request.app.state.catalog.projects(principal=principal)
     authz = getattr(request.app.state, "authz", None)
     if authz is not None:  # lists never include foreign rows
-        from broker.security.policy import Ref, Resource
+        from broker.auth.policy import Ref, Resource
 
         scope = authz.scope(principal, Resource.PROJECT)
         body["items"] = [i for i in body["items"]

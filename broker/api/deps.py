@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from broker.errors import Forbidden
-from broker.services.auth import Principal
+from broker.auth.authn import Principal
 
 
 async def principal(request: Request) -> Principal:

@@ -2,7 +2,7 @@
 
 Why inside the caller's transaction: an admin change and its audit entry commit together or
 not at all (no change without a trace, no trace of a change that rolled back). Entries are
-built by the pure `broker.security.audit.build_record` (secrets redacted, diff computed) and
+built by the pure `broker.auth.audit.build_record` (secrets redacted, diff computed) and
 chained: each stores the previous entry's hash. Writers are serialized for the chain: SQLite
 takes its write lock before reading the chain head; PostgreSQL a transaction-scoped advisory lock.
 
@@ -23,8 +23,8 @@ from sqlmodel import Session
 from broker.errors import Invalid
 from broker.models import ApiToken
 from broker.models_tenancy import AuditEntry
-from broker.security.audit import build_record, chain_hash, verify_chain
-from broker.security.policy import Principal as PolicyPrincipal, Scope
+from broker.auth.audit import build_record, chain_hash, verify_chain
+from broker.auth.policy import Principal as PolicyPrincipal, Scope
 
 _ADVISORY_KEY = 0x434241554449  # "CBAUDI"
 

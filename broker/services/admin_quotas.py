@@ -29,12 +29,12 @@ from sqlmodel import Session
 from broker.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from broker.models import HOLDING, Department, Job, Node, Placement, Pool, Project, QuotaRow
 from broker.repo import scheduling as srepo
-from broker.security.policy import Action, Ref, Resource
+from broker.auth.policy import Action, Ref, Resource
 from broker.services import admin_audit as audit
 from broker.services.admin_audit import Caller
 from broker.services.admin_tenancy import department_not_found, matches
-from broker.services.auth import Principal as AuthPrincipal
-from broker.services.authz import Authz, project_not_found
+from broker.auth.authn import Principal as AuthPrincipal
+from broker.auth.authz import Authz, project_not_found
 from broker.services.snapshot import _quotas, month_start, usage_from_ledger
 from quotas.amount import Amount
 from quotas.budget import remaining_reservation
@@ -137,7 +137,7 @@ class QuotaAdmin:
                 q = q.where(QuotaRow.owner_id == owner_id)
             rows = s.execute(q.order_by(QuotaRow.owner_kind, QuotaRow.owner_id, QuotaRow.id)).scalars().all()
         pp = self.authz.principal(p)
-        from broker.security.policy import visible
+        from broker.auth.policy import visible
 
         out = []
         for r in rows:

@@ -20,13 +20,13 @@ from sqlmodel import Session, select
 
 from broker.errors import Invalid, NotFound, PreconditionFailed
 from broker.models_tenancy import AdminSetting
-from broker.security.limits import normalize_prefixes
-from broker.security.policy import Action
+from broker.auth.limits import normalize_prefixes
+from broker.auth.policy import Action
 from broker.services import admin_audit as audit
 from broker.services.admin_audit import Caller
 from broker.services.admin_tenancy import matches
-from broker.services.auth import Principal as AuthPrincipal
-from broker.services.authz import Authz
+from broker.auth.authn import Principal as AuthPrincipal
+from broker.auth.authz import Authz
 
 MAX_RUNTIME_CAP_S = 30 * 24 * 3600.0
 KEYS = ("image_allow_prefixes", "max_runtime_s.operation", "max_runtime_s.innovation")

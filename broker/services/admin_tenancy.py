@@ -1,6 +1,6 @@
 """Tenancy administration: users, memberships, departments and projects.
 
-Who may do what is `broker.security.policy` (escalation through `can_grant`: nobody hands out
+Who may do what is `broker.auth.policy` (escalation through `can_grant`: nobody hands out
 a role above their own scope). Every change writes an audit entry in its own transaction and
 invalidates the authorization cache, so new grants apply at once in this process.
 
@@ -23,11 +23,11 @@ from sqlmodel import Session
 from broker.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from broker.models import Department, Project
 from broker.models_tenancy import Membership, User
-from broker.security.policy import Action, Decision, Grant, PROJECT_ROLES, Ref, Resource, can_grant
+from broker.auth.policy import Action, Decision, Grant, PROJECT_ROLES, Ref, Resource, can_grant
 from broker.services import admin_audit as audit
 from broker.services.admin_audit import Caller
-from broker.services.auth import Principal as AuthPrincipal
-from broker.services.authz import Authz, grant_of, project_not_found
+from broker.auth.authn import Principal as AuthPrincipal
+from broker.auth.authz import Authz, grant_of, project_not_found
 
 PROJECT_FIELDS = ("name", "weight", "budget_gpu_hours", "max_running", "max_pending")
 DEPARTMENT_FIELDS = ("name", "weight", "budget_gpu_hours")

@@ -1,7 +1,7 @@
 """Token administration: create (shown once), list, revoke; users' own tokens and, for
 platform-admins, tokens for others and node-agent tokens.
 
-Rules (issue 4 + `broker.security.policy`):
+Rules (issue 4 + `broker.auth.policy`):
 - Any user creates tokens for itself (TOKEN_CREATE_OWN). Such tokens carry role "user" and act
   with the owner's memberships; they need an owner, so a caller that is not a user (the
   bootstrap admin token) cannot create own tokens, only platform tokens (TOKEN_ADMIN).
@@ -24,11 +24,11 @@ from sqlmodel import Session
 from broker.errors import Invalid, NotFound
 from broker.models import ApiToken
 from broker.models_tenancy import TokenOwner, User
-from broker.security.policy import Action, Ref, Resource
+from broker.auth.policy import Action, Ref, Resource
 from broker.services import admin_audit as audit
 from broker.services.admin_audit import Caller
-from broker.services.auth import Principal as AuthPrincipal
-from broker.services.authz import USER_TOKEN_ROLE, Authz, grant_of
+from broker.auth.authn import Principal as AuthPrincipal
+from broker.auth.authz import USER_TOKEN_ROLE, Authz, grant_of
 from broker.services.bootstrap import create_token
 
 DEFAULT_TTL_DAYS = 90

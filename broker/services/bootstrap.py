@@ -19,7 +19,7 @@ from sqlmodel import Session
 from broker.db import make_engine
 from broker.models import ApiToken, Department, Pool, Project, QuotaRow
 from broker.repo import catalog
-from broker.security.tokens import TokenKind, issue_token, parse_token, verify_token_hash
+from broker.auth.tokens import TokenKind, issue_token, parse_token, verify_token_hash
 from broker.settings import Settings
 
 ADMIN_TOKEN_FILE = "admin-token"

@@ -8,7 +8,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from broker.repo import catalog
-from broker.services.auth import Principal
+from broker.auth.authn import Principal
 
 
 class CatalogService:

@@ -27,7 +27,7 @@ from broker.models import Job, JobStatus, TERMINAL, IdempotencyKey, new_id
 from broker.repo import jobs as repo
 from broker.schemas import JobCreate
 from broker.services import submit_checks as checks
-from broker.services.auth import Principal
+from broker.auth.authn import Principal
 from broker.services.group_commit import GroupCommitWriter
 from broker.services.views import event_public, job_public
 from broker.settings import Settings
@@ -235,7 +235,7 @@ class JobService:
         """Raise unless `principal` may do `action` ("job.read", "job.cancel", "job.logs") to
         `job`: a foreign job answers like a missing one (404 JOB_NOT_FOUND)."""
         if self.authz is not None:
-            from broker.security.policy import Action
+            from broker.auth.policy import Action
 
             self.authz.check_job(principal, job, Action(action))
 

@@ -15,7 +15,7 @@ from anyio import to_thread
 from broker.errors import Invalid, Unavailable
 from broker.models import HOLDING, JobStatus
 from broker.services.jobs import JobService, logs_attempt
-from broker.services.auth import Principal
+from broker.auth.authn import Principal
 
 CHUNK = 256 * 1024
 

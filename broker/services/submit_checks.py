@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from broker.auth.authz import unknown_project  # noqa: F401  (re-exported: submit's checks raise it)
 from broker.errors import Invalid
 from broker.models import Node, Pool
 from broker.repo import catalog
@@ -159,8 +160,3 @@ def load_inventory(engine: Engine) -> Inventory:
         for obj in (*pools.values(), *nodes):
             s.expunge(obj)
         return Inventory(pools=pools, nodes=nodes)
-
-
-def unknown_project(project_id: str) -> Invalid:
-    return Invalid(f"project {project_id!r} does not exist (or you may not submit to it)",
-                   code="UNKNOWN_PROJECT", details={"project": project_id})

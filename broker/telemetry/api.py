@@ -28,7 +28,7 @@ from broker.api.json import JSON
 from broker.errors import Forbidden, NotFound
 from broker.repo import catalog
 from broker.schemas import ErrorResponse
-from broker.services.auth import Principal
+from broker.auth.authn import Principal
 from broker.telemetry import queries
 from broker.telemetry.service import TelemetryConfig, TelemetryService
 
@@ -130,7 +130,7 @@ def project(request: Request, project_id: str, p: User, start: Start = None, end
         authz = getattr(request.app.state, "authz", None)  # issue 4: memberships count too
         if row is None or authz is None:
             raise NotFound(f"project {project_id!r} not found", code="PROJECT_NOT_FOUND")
-        from broker.security.policy import Action
+        from broker.auth.policy import Action
 
         authz.require_project(p, project_id, Action.PROJECT_USAGE_READ)
     a, b = _range(start, end)

@@ -13,7 +13,7 @@ from broker.models import Job
 from broker.repo import jobs as repo
 from broker.services.group_commit import GroupCommitWriter
 from broker.services.jobs import JobService
-from broker.services.auth import Principal
+from broker.auth.authn import Principal
 from broker.schemas import JobCreate
 from tests.broker.conftest import job_body
 

@@ -81,7 +81,7 @@ def people(sec_app, root):
 
 
 def audit_actions(engine, **filters) -> list[str]:
-    from broker.security.policy import EVERYTHING
+    from broker.auth.policy import EVERYTHING
 
     with Session(engine) as s:
         return [e["action"] for e in admin_audit.query(s, EVERYTHING, **filters)["items"]]
@@ -357,7 +357,7 @@ def test_usage_visibility(people, who, status):
 
 
 def _latest(engine, action):
-    from broker.security.policy import EVERYTHING
+    from broker.auth.policy import EVERYTHING
 
     with Session(engine) as s:
         items = admin_audit.query(s, EVERYTHING, action=action, limit=1)["items"]
@@ -445,7 +445,7 @@ def test_admin_action_writes_an_audit_entry(root, engine, action, do):
 def test_audit_entries_carry_who_where_and_diff_without_secrets(people, root, engine):
     created = people.clients["alice"].post("/api/v1/tokens", json={"name": "audited"}).json()
     with Session(engine) as s:
-        e = admin_audit.query(s, __import__("broker.security.policy", fromlist=["EVERYTHING"]).EVERYTHING,
+        e = admin_audit.query(s, __import__("broker.auth.policy", fromlist=["EVERYTHING"]).EVERYTHING,
                               action="token.create", target_id=created["id"])["items"][0]
     assert e["actor"] == "alice" and e["source"] and e["token_prefix"] == people.tokens["alice"]["prefix"]
     assert created["token"] not in str(e)

@@ -4,7 +4,7 @@ Every operation of `app.openapi()` must have an entry in ROUTES (a new route wit
 `test_every_route_has_an_authorization_entry`: authorization is decided for each route, never
 forgotten). Each entry names the policy action and how to build an own and a foreign object;
 the expected status of every (route, role, own/foreign) cell is computed from the *pure*
-policy (`broker.security.policy.authorize`) with principals built here, so the test checks
+policy (`broker.auth.policy.authorize`) with principals built here, so the test checks
 that the HTTP layer implements the policy: ALLOW -> the route's success status, HIDE -> 404
 (422 for a project named in a submit body, like a missing one), DENY -> 403. Without a token
 every non-public route answers 401; agent tokens get 403 on every user route. List routes
@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from broker.models import ApiToken
-from broker.security.policy import (
+from broker.auth.policy import (
     Action, Decision, Grant, Principal, Ref, Resource, Role, authorize, can_grant, list_scope,
 )
 from tests.broker.conftest import job_body

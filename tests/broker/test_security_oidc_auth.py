@@ -15,11 +15,11 @@ from sqlmodel import Session
 
 from broker.errors import Unauthorized
 from broker.models_tenancy import Membership, TokenOwner, User
-from broker.security.oidc import GroupMapping, JWKSCache, OIDCConfig, OIDCVerifier
-from broker.security.policy import Action, Decision, Grant, Ref, Resource, Role
-from broker.security.tokens import issue_token
-from broker.services.authz import Authz
-from broker.services.oidc_auth import OIDCAuth
+from broker.auth.oidc import GroupMapping, JWKSCache, OIDCConfig, OIDCVerifier
+from broker.auth.policy import Action, Decision, Grant, Ref, Resource, Role
+from broker.auth.tokens import issue_token
+from broker.auth.authz import Authz
+from broker.auth.oidc_authn import OIDCAuth
 
 ISS, AUD = "https://idp.region.dk", "compute-broker"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -105,7 +105,7 @@ def test_api_token_is_left_to_token_auth(oidc):
     ],
 )
 def test_overview_is_narrowed_to_visible_projects(engine, name, principal_kw, projects):
-    from broker.services.auth import Principal as AuthPrincipal
+    from broker.auth.authn import Principal as AuthPrincipal
 
     authz = Authz(engine)
     data = {"totals": {"gpus": 8}, "projects": [{"project": p} for p in ("ouh-liver", "ouh-radiology", "slb-cardio")],

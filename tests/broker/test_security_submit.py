@@ -13,7 +13,7 @@ from broker.app import create_app
 from broker.errors import Invalid, RateLimited
 from broker.models import Job, Project
 from broker.schemas import JobCreate
-from broker.services.auth import Principal as AuthPrincipal
+from broker.auth.authn import Principal as AuthPrincipal
 from tests.broker.conftest import job_body
 
 

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from broker.security.audit import (
+from broker.auth.audit import (
     REDACTED,
     Change,
     build_record,
@@ -17,7 +17,7 @@ from broker.security.audit import (
     redact,
     verify_chain,
 )
-from broker.security.tokens import issue_token
+from broker.auth.tokens import issue_token
 
 AT = datetime(2026, 11, 25, 18, 0, tzinfo=timezone.utc)
 TOKEN = issue_token().plaintext

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from broker.security.limits import (
+from broker.auth.limits import (
     BodySizeLimit,
     Problem,
     command_problems,

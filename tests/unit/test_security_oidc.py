@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from broker.security.oidc import (
+from broker.auth.oidc import (
     GroupMapping,
     JWKSCache,
     OIDCConfig,
@@ -20,7 +20,7 @@ from broker.security.oidc import (
     grants_from_groups,
     parse_grant_spec,
 )
-from broker.security.policy import Grant, Role
+from broker.auth.policy import Grant, Role
 
 ISS = "https://idp.region.dk/realms/ai"
 AUD = "compute-broker"

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from broker.security.policy import (
+from broker.auth.policy import (
     Action,
     Decision,
     Grant,
@@ -354,7 +354,7 @@ _OBJ_ACTIONS = [a for a in Action if a not in (Action.TELEMETRY_PUSH,)]
 @settings(max_examples=500, deadline=None)
 @given(principals, refs(), st.sampled_from(_OBJ_ACTIONS))
 def test_property_invisible_objects_are_always_hidden(p, ref, action):
-    from broker.security.policy import _SPECS
+    from broker.auth.policy import _SPECS
 
     spec = _SPECS[action]
     if spec.resource is not ref.resource:
@@ -370,7 +370,7 @@ def test_property_invisible_objects_are_always_hidden(p, ref, action):
 @given(principals, refs(), st.sampled_from(_OBJ_ACTIONS))
 def test_property_more_grants_never_lose_power(p, ref, action):
     """Monotonic: adding a grant never turns ALLOW into HIDE/DENY."""
-    from broker.security.policy import _SPECS
+    from broker.auth.policy import _SPECS
 
     if _SPECS[action].resource is not ref.resource or p.is_agent:
         return

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from broker.security.ratelimit import RateDecision, TokenBucketLimiter
+from broker.auth.ratelimit import RateDecision, TokenBucketLimiter
 
 
 def limiter(rate=2.0, burst=5, **kw):
@@ -90,7 +90,7 @@ def test_retry_after_header_minimum_one():
 def _app_with_limit(rate=1.0, burst=2, clock=lambda: 0.0):
     from fastapi import FastAPI
 
-    from broker.security.ratelimit import RateLimitMiddleware
+    from broker.auth.ratelimit import RateLimitMiddleware
 
     app = FastAPI()
 

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from broker.security.tokens import (
+from broker.auth.tokens import (
     MAX_TOKEN_CHARS,
     TokenKind,
     TokenState,

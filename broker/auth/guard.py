@@ -24,10 +24,9 @@ from sqlmodel import Session
 
 from broker.errors import Invalid, RateLimited
 from broker.models import Job, JobStatus, Project
-from broker.security.limits import Problem, env_problems, image_problems, normalize_prefixes
-from broker.security.policy import Action
-from broker.services.authz import Authz
-from broker.services.submit_checks import unknown_project
+from broker.auth.limits import Problem, env_problems, image_problems, normalize_prefixes
+from broker.auth.policy import Action
+from broker.auth.authz import Authz, unknown_project
 
 DEFAULT_IMAGE_PREFIXES = ("localhost/",)
 

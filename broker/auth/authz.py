@@ -1,7 +1,7 @@
 """Authorization service: who the caller is in policy terms, and one `require` per route.
 
-Authentication (`broker.services.auth.TokenAuth`) answers "which token is this"; this service
-turns that into a `broker.security.policy.Principal` (subject + grants) and asks the pure
+Authentication (`broker.auth.authn.TokenAuth`) answers "which token is this"; this service
+turns that into a `broker.auth.policy.Principal` (subject + grants) and asks the pure
 policy. Grants of a token are:
 - the grant written on the token row (role + project/department scope), if it is a valid one
   (the bootstrap platform-admin token, agent tokens, scoped service tokens);
@@ -28,10 +28,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from broker.errors import BrokerError, Forbidden, NotFound
+from broker.errors import BrokerError, Forbidden, Invalid, NotFound
 from broker.models import Job, Project
 from broker.models_tenancy import Membership, TokenOwner, User
-from broker.security.policy import (
+from broker.auth.policy import (
     Action,
     Decision,
     Grant,
@@ -43,7 +43,7 @@ from broker.security.policy import (
     authorize,
     list_scope,
 )
-from broker.services.auth import Principal as AuthPrincipal
+from broker.auth.authn import Principal as AuthPrincipal
 
 USER_TOKEN_ROLE = "user"  # a token that acts only with its owner's memberships
 
@@ -55,6 +55,13 @@ def job_not_found(job_id: str) -> NotFound:
 
 def project_not_found(project_id: str) -> NotFound:
     return NotFound(f"project {project_id!r} not found", code="PROJECT_NOT_FOUND")
+
+
+def unknown_project(project_id: str) -> Invalid:
+    """What submit answers for a missing project and for one the caller may not submit to alike,
+    so submit cannot probe which projects exist."""
+    return Invalid(f"project {project_id!r} does not exist (or you may not submit to it)",
+                   code="UNKNOWN_PROJECT", details={"project": project_id})
 
 
 def grant_of(role: str | None, department: str | None, project: str | None) -> Grant | None:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Mapping
 import jwt
 from jwt import PyJWK
 
-from broker.security.policy import Grant, Role
+from broker.auth.policy import Grant, Role
 
 __all__ = [
     "OIDCConfig",

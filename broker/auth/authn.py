@@ -1,6 +1,6 @@
 """Bearer-token authentication with a small in-process TTL cache.
 
-Tokens are stored as sha256 of the full token (see `broker.security.tokens`); a request's
+Tokens are stored as sha256 of the full token (see `broker.auth.tokens`); a request's
 token is parsed (syntax only), looked up by its visible prefix, compared in constant time,
 and checked for expiry and revocation. A positive result is cached for `ttl_s` keyed by the
 token's hash so the hot path costs one sha256 and one dict lookup; expiry is re-checked on
@@ -21,7 +21,7 @@ from sqlmodel import Session
 from broker.errors import Unauthorized
 from broker.models import ApiToken
 from broker.repo import catalog
-from broker.security.tokens import bearer_token, hash_token, parse_token, verify_token_hash
+from broker.auth.tokens import bearer_token, hash_token, parse_token, verify_token_hash
 
 _MAX_CACHED = 10_000
 

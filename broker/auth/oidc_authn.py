@@ -4,7 +4,7 @@
 uses `TokenAuth`), a principal for a valid one, and raises Unauthorized (401, with the
 verifier's reason code in `details.reason`) for an invalid one. The principal's token id is
 ``oidc:<24 hex of sha256(issuer|sub)>`` (fits `jobs.owner_token_id`), its grants come from the
-groups claim (`broker.security.oidc`) and, when a user row has this `oidc_subject`, from that
+groups claim (`broker.auth.oidc`) and, when a user row has this `oidc_subject`, from that
 user's memberships; the link is stored in `token_owners` so job ownership survives restarts.
 
 Built only when `oidc_issuer` is configured (`from_settings` returns None otherwise).
@@ -21,10 +21,10 @@ from sqlmodel import Session
 
 from broker.errors import Unauthorized
 from broker.models_tenancy import TokenOwner, User
-from broker.security.oidc import GroupMapping, JWKSCache, OIDCConfig, OIDCError, OIDCVerifier, http_jwks_fetcher
-from broker.security.tokens import bearer_token, parse_token
-from broker.services.auth import Principal as AuthPrincipal
-from broker.services.authz import Authz
+from broker.auth.oidc import GroupMapping, JWKSCache, OIDCConfig, OIDCError, OIDCVerifier, http_jwks_fetcher
+from broker.auth.tokens import bearer_token, parse_token
+from broker.auth.authn import Principal as AuthPrincipal
+from broker.auth.authz import Authz
 
 
 class OIDCAuth:
