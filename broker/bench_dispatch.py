@@ -57,9 +57,9 @@ def bench(n: int = 20, *, gpus_per_node: int = 2, project: str = "ouh-liver",
     import uvicorn
     from sqlmodel import Session
 
-    from broker.adapters.ray_executor import RayExecutor
-    from broker.adapters.ray_jobs import RayJobsBaseline
-    from broker.adapters.ray_local import free_port, start_local_cluster
+    from broker.adapters.ray.executor import RayExecutor
+    from broker.adapters.ray.jobs_baseline import RayJobsBaseline
+    from broker.adapters.ray.local import free_port, start_local_cluster
     from broker.app import create_app
     from broker.client import BrokerClient
     from broker.db import make_engine, migrate

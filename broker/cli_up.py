@@ -86,8 +86,8 @@ def up(
     ray_agents: list[str] = []
     executor = None
     try:
-        from broker.adapters.ray_executor import RayExecutor
-        from broker.adapters.ray_local import start_local_cluster
+        from broker.adapters.ray.executor import RayExecutor
+        from broker.adapters.ray.local import start_local_cluster
 
         address = settings.ray_address
         if address is None:
@@ -105,7 +105,7 @@ def up(
         executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs")
         if agent:
             if agent_mode == "ray" or (agent_mode == "auto" and cluster is None):
-                from broker.adapters.ray_agents import start_node_agents
+                from broker.adapters.ray.node_agents import start_node_agents
 
                 extra = ["--fake-gpus", str(fake_telemetry)] if fake_telemetry else []
                 ray_agents = start_node_agents(executor.nodes(), broker_url=f"http://{settings.host}:{settings.port}",
@@ -129,7 +129,7 @@ def up(
         for p in agents:
             _terminate(p)
         if ray_agents and cluster is not None:  # agents on an external cluster outlive us by design
-            from broker.adapters.ray_agents import stop_node_agents
+            from broker.adapters.ray.node_agents import stop_node_agents
 
             stop_node_agents(ray_agents)
         if executor is not None:

@@ -4,7 +4,7 @@
   this process and the Ray nodes (podman here needs runc and no default ulimits).
 - `busybox_image` (session): `localhost/busybox:test`, built once from busybox-static by
   tests/images/build_busybox_image.sh (idempotent); skips where podman or busybox is missing.
-- `ray_cluster` (session): a `LocalCluster` (broker.adapters.ray_local) with an empty head and
+- `ray_cluster` (session): a `LocalCluster` (broker.adapters.ray.local) with an empty head and
   three nodes of 2 logical GPUs and 2 CPUs each: innovation-0, innovation-1, operation-0
   (labels broker.io/node and broker.io/pool), with Ray token authentication. Started ONCE per test session: it takes
   10-40 s on two cores, so no test starts its own.
@@ -55,7 +55,7 @@ def busybox_image(containers_conf) -> str:
 @pytest.fixture(scope="session")
 def ray_cluster(containers_conf, tmp_path_factory):
     pytest.importorskip("ray")
-    from broker.adapters.ray_local import start_local_cluster
+    from broker.adapters.ray.local import start_local_cluster
 
     # With Ray token authentication, as `broker up` runs it: every integration test also proves
     # that the driver, the runner actors and the agents present the token.
@@ -70,7 +70,7 @@ def ray_cluster(containers_conf, tmp_path_factory):
 
 @pytest.fixture
 def ray_executor(ray_cluster, tmp_path):
-    from broker.adapters.ray_executor import RayExecutor
+    from broker.adapters.ray.executor import RayExecutor
 
     ex = RayExecutor(ray_cluster.address, log_dir=tmp_path / "logs", namespace=NAMESPACE)
     yield ex

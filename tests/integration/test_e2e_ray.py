@@ -40,7 +40,7 @@ def broker_settings(tmp_path):
 @contextmanager
 def running_broker(settings, address, expect_nodes: int = len(NODE_POOLS)):
     """One broker process's worth: engine, RayExecutor, app with its scheduling loop."""
-    from broker.adapters.ray_executor import RayExecutor
+    from broker.adapters.ray.executor import RayExecutor
     from broker.app import create_app
     from broker.db import make_engine
     from broker.services.bootstrap import ensure_admin_token, seed_demo
@@ -69,7 +69,7 @@ def broker(ray_cluster, broker_settings, busybox_image):
 
 
 def _release_all(ray_cluster):
-    from broker.adapters.ray_executor import RayExecutor
+    from broker.adapters.ray.executor import RayExecutor
 
     ex = RayExecutor(ray_cluster.address, namespace=NAMESPACE)
     try:

@@ -142,7 +142,7 @@ def spare_on(node: str):
 @pytest.mark.parametrize("path", ["cold", "warm"])
 def test_new_executor_readopts_running_attempt(ray_cluster, ray_executor, busybox_image, job_id,
                                                tmp_path, path):
-    from broker.adapters.ray_executor import RayExecutor
+    from broker.adapters.ray.executor import RayExecutor
 
     gpu_indices = None
     if path == "warm":
@@ -187,7 +187,7 @@ def test_release_leaves_nothing_behind(ray_executor, busybox_image, job_id):
 
 
 def test_warm_spares_take_a_gang_with_the_schedulers_gpu_ids(ray_executor, job_id):
-    from broker.adapters.ray_warm import get_names
+    from broker.adapters.ray.warm import get_names
 
     wait_for(lambda: spare_on("operation-0"), 60)
     spares_before = set(spare_on("operation-0"))
@@ -228,7 +228,7 @@ def test_process_stop_sigterm_then_sigkill(ray_executor, job_id):
 
 
 def test_launch_on_unknown_node_is_refused(ray_executor, job_id):
-    from broker.adapters.ray_executor import ExecutorError
+    from broker.adapters.ray.executor import ExecutorError
 
     with pytest.raises(ExecutorError, match="no-such-node"):
         ray_executor.launch(spec(job_id, "true", runtime="process", nodes=("no-such-node",)))

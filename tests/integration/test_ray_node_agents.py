@@ -45,7 +45,7 @@ def broker_api(tmp_path):
 def test_one_pinned_agent_per_ray_node_reports_for_its_node(ray_executor, broker_api):
     import ray
 
-    from broker.adapters.ray_agents import actor_name, start_node_agents, stop_node_agents
+    from broker.adapters.ray.node_agents import actor_name, start_node_agents, stop_node_agents
 
     url, engine = broker_api
     nodes = [n for n in ray_executor.nodes() if n.alive]

@@ -19,7 +19,7 @@ LOST_NODE = "innovation-9"
 
 
 def test_a_lost_node_requeues_its_job_which_runs_again_elsewhere(ray_cluster, broker_settings):
-    from broker.adapters.ray_local import NODE_LABEL, POOL_LABEL
+    from broker.adapters.ray.local import NODE_LABEL, POOL_LABEL
 
     assert ray_cluster.add_node is not None
     handle = ray_cluster.add_node({NODE_LABEL: LOST_NODE, POOL_LABEL: "innovation"}, gpus=GPUS_PER_NODE)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from agents.main import parse_args as agent_args
-from broker.adapters.ray_local import GPU_MODEL_LABEL, POOL_LABEL
+from broker.adapters.ray.local import GPU_MODEL_LABEL, POOL_LABEL
 
 K8S = Path(__file__).resolve().parents[2] / "k8s"
 

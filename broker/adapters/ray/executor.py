@@ -15,9 +15,9 @@ Node labels read by `nodes()` (set with `ray start --labels k=v,...`, or `raySta
 `broker.io/pool` (default "innovation"), `broker.io/gpu-model` (default "generic" on nodes with
 GPUs, "" without). No custom resources are needed.
 
-Each worker runs in a detached runner actor (see ray_runner): either a fresh one named
+Each worker runs in a detached runner actor (see runner): either a fresh one named
 `job-<job>-a<attempt>-r<rank>`, scheduled into its bundle with `num_gpus=g` so Ray assigns the
-GPU ids, or - the fast path - an idle spare from the per-node warm pool (see ray_warm) that
+GPU ids, or - the fast path - an idle spare from the per-node warm pool (see warm) that
 adopts the worker; then the rank -> runner map is kept in Ray's GCS key-value store. Detached
 actors, placement groups and that map outlive the broker's driver: a new RayExecutor (a
 restarted broker) re-adopts running attempts through `attempts()` and `status()`. This object
@@ -41,10 +41,10 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from broker.adapters import ray_runner
-from broker.adapters.ray_runner import (NAME_RE, PG_NAME_RE, WorkerRunner, actor_name,
+from broker.adapters.ray import runner as ray_runner
+from broker.adapters.ray.runner import (NAME_RE, PG_NAME_RE, WorkerRunner, actor_name,
                                         log_path, pg_name)
-from broker.adapters.ray_warm import WarmPool, del_names, get_names, put_names
+from broker.adapters.ray.warm import WarmPool, del_names, get_names, put_names
 from broker.ports import AttemptStatus, LaunchSpec, NodeObservation, WorkerState, WorkerStatus
 from scheduler.model import Resources
 
@@ -77,7 +77,7 @@ class RayExecutor:
         node; runners write `<log_dir>/<job>/<attempt>/worker-<rank>.log` on their node.
         `gpu_devices`: "auto" passes `--device nvidia.com/gpu=N` only where a CDI spec exists,
         "on"/"off" force it. `warm_runners`: idle spare runners kept per node for the fast
-        dispatch path (see ray_warm; 0 turns the pool off: every worker gets a fresh runner
+        dispatch path (see warm; 0 turns the pool off: every worker gets a fresh runner
         inside its bundle and Ray's GPU ids).
         """
         self.namespace = namespace
@@ -147,7 +147,7 @@ class RayExecutor:
                        grace_s=spec.grace_s, master=master, log_dir=self.log_dir)
             has_ids = len(w.gpu_indices) == w.gpus
             if self._pool is not None and has_ids:
-                job["gpu_ids"] = list(w.gpu_indices)  # one source of GPU ids per node (ray_warm)
+                job["gpu_ids"] = list(w.gpu_indices)  # one source of GPU ids per node (warm)
             spare = self._pool.take(w.node) if self._pool is not None and has_ids else None
             if spare is not None:
                 name, handle = spare

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from broker.adapters.ray_executor import RAY_NODE_ID_LABEL
+from broker.adapters.ray.executor import RAY_NODE_ID_LABEL
 from broker.ports import NodeObservation
 
 
