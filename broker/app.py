@@ -35,7 +35,7 @@ from broker.services.scheduling import SchedulingLoop
 from broker.settings import Settings
 from broker.tasks import Tasks
 from broker.telemetry.tasks import install as install_telemetry
-from broker.services.admin_audit import seal_pending
+from broker.services.admin.audit import seal_pending
 from broker.telemetry.tasks import register as register_telemetry
 
 

@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 
 from broker.api.deps import User
 from broker.auth.audit import client_address
-from broker.services.admin_audit import Caller
+from broker.services.admin.audit import Caller
 
 
 def origin(settings, peer: str | None, forwarded_for: str | None, request_id: str | None) -> tuple[str | None, str]:

@@ -13,13 +13,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlmodel import Session
 
-from broker.api import admin_audit, admin_quotas, admin_settings, admin_tenancy, admin_tokens
-from broker.services import admin_audit as audit_service
+from broker.api.admin import audit as admin_audit, quotas as admin_quotas, settings as admin_settings
+from broker.api.admin import tenancy as admin_tenancy, tokens as admin_tokens
+from broker.services.admin import audit as audit_service
 from broker.auth import oidc_authn
-from broker.services.admin_quotas import QuotaAdmin
-from broker.services.admin_settings import SettingsAdmin
-from broker.services.admin_tenancy import TenancyAdmin
-from broker.services.admin_tokens import TokenAdmin
+from broker.services.admin.quotas import QuotaAdmin
+from broker.services.admin.settings import SettingsAdmin
+from broker.services.admin.tenancy import TenancyAdmin
+from broker.services.admin.tokens import TokenAdmin
 from broker.auth.authz import Authz
 from broker.auth.guard import SubmitGuard
 

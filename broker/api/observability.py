@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import User
 from broker.api.json import JSON
-from broker.services.admin_audit import unsealed_submits
+from broker.services.admin.audit import unsealed_submits
 from broker.services.overview import overview
 
 router = APIRouter(tags=["operations"])

@@ -91,7 +91,7 @@ class JobService:
         }
         audit = {"actor": self.authz.principal(principal).subject if self.authz is not None else principal.name,
                  "actor_kind": principal.kind, "token_id": principal.token_id, "source": source,
-                 "request_id": request_id}  # sealed into the audit log (admin_audit.seal_job_submits)
+                 "request_id": request_id}  # sealed into the audit log (services.admin.audit.seal_job_submits)
         event = {"job_id": row["id"], "ts": now, "kind": "submitted", "from_status": None,
                  "to_status": JobStatus.PENDING.value, "attempt": 1, "message": f"submitted by {principal.name or principal.token_id}",
                  "details": {"audit": audit}}

@@ -107,7 +107,7 @@ def test_job_shows_measured_usage_and_ledger_gets_used_gpu_seconds(client, runni
 
 def test_metrics_show_the_audit_outbox_lag(client, engine):
     """Job submits wait (briefly) to be sealed into the audit chain: /metrics says how many."""
-    from broker.services.admin_audit import seal_pending
+    from broker.services.admin.audit import seal_pending
     from tests.broker.conftest import job_body
 
     seal_pending(engine)

@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from broker.app import create_app
 from broker.models import ApiToken, Job
-from broker.services import admin_audit
+from broker.services.admin import audit as admin_audit
 
 
 @pytest.fixture(scope="module")
@@ -467,7 +467,7 @@ def test_audit_query_is_scoped(people, root):
 def test_audit_chain_is_intact_and_detects_edits(root, engine):
     from broker.models_tenancy import AuditEntry
 
-    from broker.services.admin_audit import Caller
+    from broker.services.admin.audit import Caller
 
     with Session(engine) as s:
         for i in range(2):
@@ -492,7 +492,7 @@ def test_audit_chain_survives_concurrent_writers(engine):
     """Writers serialize on the chain (advisory lock on PostgreSQL, one writer on SQLite)."""
     import threading
 
-    from broker.services.admin_audit import Caller
+    from broker.services.admin.audit import Caller
 
     caller = Caller(token_id="t-conc", subject="token:t-conc")
     errors = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from broker.models import Department, Job, Ledger, Node, Project, QuotaRow
-from broker.services.admin_quotas import usage_view
+from broker.services.admin.quotas import usage_view
 
 NOW = 1_800_000_000.0
 NODES = [Node(id="n1", pool="innovation", gpu_model="A100", gpus=8, cpus=64, memory_gb=512)]

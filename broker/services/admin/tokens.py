@@ -25,8 +25,8 @@ from broker.errors import Invalid, NotFound
 from broker.models import ApiToken
 from broker.models_tenancy import TokenOwner, User
 from broker.auth.policy import Action, Ref, Resource
-from broker.services import admin_audit as audit
-from broker.services.admin_audit import Caller
+from broker.services.admin import audit
+from broker.services.admin.audit import Caller
 from broker.auth.authn import Principal as AuthPrincipal
 from broker.auth.authz import USER_TOKEN_ROLE, Authz, grant_of
 from broker.services.bootstrap import create_token

@@ -30,9 +30,9 @@ from broker.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from broker.models import HOLDING, Department, Job, Node, Placement, Pool, Project, QuotaRow
 from broker.repo import scheduling as srepo
 from broker.auth.policy import Action, Ref, Resource
-from broker.services import admin_audit as audit
-from broker.services.admin_audit import Caller
-from broker.services.admin_tenancy import department_not_found, matches
+from broker.services.admin import audit
+from broker.services.admin.audit import Caller
+from broker.services.admin.tenancy import department_not_found, matches
 from broker.auth.authn import Principal as AuthPrincipal
 from broker.auth.authz import Authz, project_not_found
 from broker.services.snapshot import _quotas, month_start, usage_from_ledger

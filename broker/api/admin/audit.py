@@ -13,7 +13,7 @@ from broker.api.json import JSON
 from broker.errors import Forbidden, Invalid
 from broker.schemas import ErrorResponse
 from broker.auth.policy import Resource
-from broker.services import admin_audit
+from broker.services.admin import audit as admin_audit
 
 log = logging.getLogger("broker.audit")
 router = APIRouter(tags=["audit"])

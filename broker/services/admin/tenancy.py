@@ -24,8 +24,8 @@ from broker.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from broker.models import Department, Project
 from broker.models_tenancy import Membership, User
 from broker.auth.policy import Action, Decision, Grant, PROJECT_ROLES, Ref, Resource, can_grant
-from broker.services import admin_audit as audit
-from broker.services.admin_audit import Caller
+from broker.services.admin import audit
+from broker.services.admin.audit import Caller
 from broker.auth.authn import Principal as AuthPrincipal
 from broker.auth.authz import Authz, grant_of, project_not_found
 

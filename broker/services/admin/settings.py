@@ -22,9 +22,9 @@ from broker.errors import Invalid, NotFound, PreconditionFailed
 from broker.models_tenancy import AdminSetting
 from broker.auth.limits import normalize_prefixes
 from broker.auth.policy import Action
-from broker.services import admin_audit as audit
-from broker.services.admin_audit import Caller
-from broker.services.admin_tenancy import matches
+from broker.services.admin import audit
+from broker.services.admin.audit import Caller
+from broker.services.admin.tenancy import matches
 from broker.auth.authn import Principal as AuthPrincipal
 from broker.auth.authz import Authz
 

@@ -1,0 +1,1 @@
+"""Admin routes (tenancy, tokens, quotas, settings, audit): thin, one service call each."""
