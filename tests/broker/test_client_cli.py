@@ -42,10 +42,9 @@ def test_client_wait_times_out_on_a_pending_job(api):
 
 
 def test_cli_jobs_commands(monkeypatch, client, admin_token, new_project, engine):
-    import broker.cli_jobs as cj
-    from broker.cli import app
+    from broker.cli import app, common
 
-    monkeypatch.setattr(cj, "_client", lambda url, token: BrokerClient("http://testserver", admin_token, http=client))
+    monkeypatch.setattr(common, "client", lambda url, token: BrokerClient("http://testserver", admin_token, http=client))
     monkeypatch.setattr(BrokerClient, "close", lambda self: None)  # the shared TestClient stays open
     run = CliRunner().invoke
     p = new_project()
@@ -115,14 +114,9 @@ def test_submit_survives_a_db_error_for_one_row_only(client, engine, new_project
 
 def test_cli_nodes_commands(monkeypatch, client, admin_token):
     """`broker nodes`: list, cordon with a reason, uncordon, move and back, bad usage."""
-    import broker.cli_jobs as cj
-    import broker.cli_nodes  # noqa: F401 - registers the commands
-    from broker.cli import app
+    from broker.cli import app, common
 
-    monkeypatch.setattr(cj, "_client", lambda url, token: BrokerClient("http://testserver", admin_token, http=client))
-    import broker.cli_nodes as cn
-
-    monkeypatch.setattr(cn, "_client", lambda url, token: BrokerClient("http://testserver", admin_token, http=client))
+    monkeypatch.setattr(common, "client", lambda url, token: BrokerClient("http://testserver", admin_token, http=client))
     monkeypatch.setattr(BrokerClient, "close", lambda self: None)
     run = CliRunner().invoke
     r = run(app, ["nodes", "list"])

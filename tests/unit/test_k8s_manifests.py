@@ -63,9 +63,9 @@ def test_ray_worker_groups_carry_pool_and_model_labels():
 
 
 def test_broker_container_args_parse_with_broker_up():
-    from broker.cli_common import app
-    import broker.cli  # noqa: F401  registers the commands
     import typer.main
+
+    from broker.cli import app
 
     (dep,) = [d for d in by_kind("Deployment") if d["metadata"]["name"] == "broker"]
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]

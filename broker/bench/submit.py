@@ -9,7 +9,7 @@ What it does, in one run:
    over raw asyncio streams so the generator costs little CPU on the shared machine;
 4. stops the server and checks that every 201's job id is a row in the DB (a missing row
    counts as an error: a 201 must mean durably stored);
-5. does the same against the baseline app (`broker.bench_baseline`) and reports the ratio.
+5. does the same against the baseline app (`broker.bench.baseline`) and reports the ratio.
 
 JSON keys: jobs_per_s, p95_ms, p50_ms, p99_ms, errors, requests, verified, concurrency,
 duration_s, database, server_workers, repeat, baseline {...}, ratio (jobs_per_s / baseline's),
@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import orjson
 
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from broker.bench.common import percentile, prepare_database, read_response, redact, run_async, start_server, stop_server
+
+# One token drives the whole load: the per-token rate limiter stays on the path (its cost is
+# measured) with a limit no run reaches, unless the caller set one.
+_NO_RATE_LIMIT = {"BROKER_RATE_LIMIT_PER_S": "1e9", "BROKER_RATE_LIMIT_BURST": "1000000000"}
 
 
 @dataclass
@@ -59,80 +56,6 @@ class RunReport:
     duration_s: float
     server_workers: int
     error_samples: list[str]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(xs: list[float], q: float) -> float:
-    if not xs:
-        return 0.0
-    ys = sorted(xs)
-    return ys[min(len(ys) - 1, max(0, int(round(q * (len(ys) - 1)))))]
-
-
-# ----------------------------------------------------------------------------- database
-
-
-def prepare_database(url: str | None) -> tuple[str, callable]:
-    """Return (url, cleanup) for a fresh, migrated, seeded database."""
-    from broker.db import normalize_url
-
-    if url is None:
-        url = PG_DEFAULT if _pg_up(PG_DEFAULT) else ""
-    if not url or url.startswith("sqlite"):
-        if not url:
-            d = tempfile.mkdtemp(prefix="bench-submit-")
-            return _seed(f"sqlite:///{d}/broker.db"), lambda: shutil.rmtree(d, ignore_errors=True)
-        return _seed(url), lambda: None
-    url = normalize_url(url)
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    import psycopg
-
-    base = url.replace("+psycopg", "").split("?")[0]
-    with psycopg.connect(base, autocommit=True) as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-
-    def cleanup():
-        with psycopg.connect(base, autocommit=True) as c:
-            c.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-    sep = "&" if "?" in url else "?"
-    return _seed(f"{url}{sep}options=-csearch_path%3D{schema}"), cleanup
-
-
-def _pg_up(url: str) -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(url.replace("+psycopg", ""), connect_timeout=2).close()
-        return True
-    except Exception:
-        return False
-
-
-def _seed(url: str) -> str:
-    from sqlmodel import Session
-
-    from broker.db import make_engine, migrate
-    from broker.models import Node
-    from broker.services.bootstrap import seed_demo
-    from broker.settings import Settings
-
-    st = Settings(database_url=url, data_dir=Path(tempfile.gettempdir()))  # data_dir is unused here
-    migrate(st)
-    eng = make_engine(st)
-    with Session(eng) as s:
-        seed_demo(s, gpu_model="A100")
-        for i in range(4):
-            s.add(Node(id=f"bench-{i}", hostname=f"bench-{i}", pool="innovation" if i else "operation",
-                       gpu_model="A100", gpus=8, cpus=64, memory_gb=512))
-        s.commit()
-    eng.dispose()
-    return url
 
 
 def make_token(url: str) -> str:
@@ -168,75 +91,6 @@ def count_rows(url: str, ids: list[str]) -> int:
     return n
 
 
-# ----------------------------------------------------------------------------- server
-
-
-def serve(mode: str, url: str, port: int, workers: int) -> None:
-    """Run the API in this process (the subprocess entry point)."""
-    import uvicorn
-
-    os.environ["BROKER_DATABASE_URL"] = url
-    # One token drives the whole load: the per-token rate limiter stays on the path (its cost
-    # is measured) with a limit no run reaches, unless the caller set one.
-    os.environ.setdefault("BROKER_RATE_LIMIT_PER_S", "1e9")
-    os.environ.setdefault("BROKER_RATE_LIMIT_BURST", "1000000000")
-    target = "broker.bench_submit:_broker_app" if mode == "broker" else "broker.bench_submit:_baseline_app"
-    uvicorn.run(target, factory=True, host="127.0.0.1", port=port, workers=workers, loop="uvloop",
-                http="httptools", log_level="warning", access_log=False, proxy_headers=False,
-                server_header=False, date_header=False)
-
-
-def _broker_app():
-    from broker.app import create_app
-    from broker.settings import Settings
-
-    return create_app(Settings(), start_background=False)
-
-
-def _baseline_app():
-    from broker.bench_baseline import create_baseline_app
-    from broker.settings import Settings
-
-    return create_baseline_app(Settings())
-
-
-def start_server(mode: str, url: str, workers: int) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "broker.bench_submit", "serve", mode, url, str(port), str(workers)],
-                            start_new_session=True)
-    return wait_healthy(proc, port, f"the {mode} server"), port
-
-
-def wait_healthy(proc: subprocess.Popen, port: int, what: str, timeout_s: float = 60.0) -> subprocess.Popen:
-    """Wait until the server subprocess answers GET /healthz with 200; stop it and raise if not."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 200"):
-                    return proc
-        except OSError:
-            pass  # not listening yet
-        time.sleep(0.1)
-    stop_server(proc)
-    raise RuntimeError(f"{what} did not answer within {timeout_s:.0f} s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    import signal
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 # ----------------------------------------------------------------------------- load
 
 
@@ -261,16 +115,7 @@ async def _connection(port: int, token: str, stop_at: float, record_from: float,
             seq[0] += 1
             body = job_body(seq[0])
             writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            status_line = await reader.readline()
-            length, status = 0, int(status_line.split(b" ", 2)[1])
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                k, _, v = line.partition(b":")
-                if k.lower() == b"content-length":
-                    length = int(v)
-            data = await reader.readexactly(length)
+            status, data = await read_response(reader)
             t1 = time.perf_counter()
             if t0 < record_from:
                 if status == 201:
@@ -304,14 +149,10 @@ async def run_load(port: int, token: str, concurrency: int, duration_s: float, w
 
 def run_one(mode: str, url: str, token: str, *, concurrency: int, duration_s: float, warmup_s: float,
             workers: int) -> RunReport:
-    proc, port = start_server(mode, url, workers)
+    env = {k: v for k, v in _NO_RATE_LIMIT.items() if k not in os.environ}
+    proc, port = start_server(mode, url, workers, what=f"the {mode} server", lean=True, env=env)
     try:
-        try:
-            import uvloop
-
-            res = uvloop.run(run_load(port, token, concurrency, duration_s, warmup_s))
-        except ImportError:
-            res = asyncio.run(run_load(port, token, concurrency, duration_s, warmup_s))
+        res = run_async(lambda: run_load(port, token, concurrency, duration_s, warmup_s))
     finally:
         stop_server(proc)
     verified = count_rows(url, res.ok_ids)
@@ -344,7 +185,7 @@ def bench(*, database: str | None, concurrency: int, duration_s: float, warmup_s
                                          duration_s=duration_s, warmup_s=warmup_s,
                                          workers=baseline_workers or workers))
         ours = _median_run(ours_runs)
-        out = {**asdict(ours), "errors": sum(r.errors for r in ours_runs), "database": _redact(url),
+        out = {**asdict(ours), "errors": sum(r.errors for r in ours_runs), "database": redact(url),
                "repeat": len(ours_runs)}
         if baseline:
             base = _median_run(base_runs)
@@ -360,11 +201,3 @@ def bench(*, database: str | None, concurrency: int, duration_s: float, warmup_s
 
 def _median_run(runs: list[RunReport]) -> RunReport:
     return sorted(runs, key=lambda r: r.jobs_per_s)[len(runs) // 2]
-
-
-def _redact(url: str) -> str:
-    return url.split("?")[0].split("@")[-1] if "@" in url else url.split("?")[0]
-
-
-if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] == "serve":
-    serve(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))

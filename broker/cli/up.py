@@ -26,7 +26,6 @@ import typer
 import uvicorn
 from sqlmodel import Session
 
-from broker.cli_common import app
 from broker.db import make_engine, migrate
 from broker.services.bootstrap import ensure_admin_token, seed_demo
 from broker.settings import Settings
@@ -35,7 +34,6 @@ from broker.telemetry.tasks import issue_agent_token
 log = logging.getLogger("broker.up")
 
 
-@app.command("up")
 def up(
     port: int = typer.Option(8000, help="API port"),
     host: str = typer.Option("127.0.0.1", help="API bind address"),

@@ -2,7 +2,7 @@
 
 One run:
 1. a fresh database (PostgreSQL private schema if 127.0.0.1:5432 answers, else SQLite; see
-   `broker.bench_submit.prepare_database`), migrated, with `nodes` inventory rows and one agent
+   `broker.bench.common.prepare_database`), migrated, with `nodes` inventory rows and one agent
    token per node;
 2. the real app (create_app + the telemetry router) under uvicorn in a subprocess;
 3. `nodes` keep-alive connections, one per simulated agent, each pushing reports of
@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
+
+from broker.bench.common import percentile, prepare_database, read_response, redact, run_async, start_server, stop_server
 
 PLACEHOLDER = b"9999999999999"  # 13 digits, replaced by each report's seq (same width)
 
@@ -95,29 +95,6 @@ def stored_samples(url: str) -> int:
     return int(n)
 
 
-def serve(url: str, port: int, workers: int) -> None:
-    import uvicorn
-
-    os.environ["BROKER_DATABASE_URL"] = url
-    uvicorn.run("broker.bench_ingest:_app", factory=True, host="127.0.0.1", port=port, workers=workers,
-                loop="uvloop", http="httptools", log_level="warning", access_log=False)
-
-
-def _app():
-    from broker.app import create_app
-    from broker.settings import Settings
-    return create_app(Settings(), start_background=False)  # create_app wires the telemetry routes
-
-
-def start(url: str, workers: int) -> tuple[subprocess.Popen, int]:
-    from broker.bench_submit import free_port, wait_healthy
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "broker.bench_ingest", "serve", url, str(port), str(workers)],
-                            start_new_session=True)
-    return wait_healthy(proc, port, "the ingest server"), port
-
-
 async def _agent(port: int, token: str, body: bytes, per_report: int, seq0: int, stop_at: float, record_from: float,
                  res: Load) -> None:
     import orjson
@@ -134,16 +111,7 @@ async def _agent(port: int, token: str, body: bytes, per_report: int, seq0: int,
                 return
             seq += 1
             writer.write(head + before + str(seq).encode() + after)
-            status = int((await reader.readline()).split(b" ", 2)[1])
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                k, _, v = line.partition(b":")
-                if k.lower() == b"content-length":
-                    length = int(v)
-            data = await reader.readexactly(length)
+            status, data = await read_response(reader)
             t1 = time.perf_counter()
             ok = status == 200 and not orjson.loads(data).get("duplicate")
             n = orjson.loads(data).get("samples", 0) if ok else 0
@@ -216,23 +184,16 @@ def bench_repeat(repeat: int = 1, **kw) -> dict:
 
 def bench(*, database: str | None = None, nodes: int = 48, gpus: int = 8, readings: int = 25,
           duration_s: float = 10.0, warmup_s: float = 2.0, workers: int = 3) -> dict:
-    from broker.bench_submit import _redact, percentile, prepare_database, stop_server
-
     url, cleanup = prepare_database(database)
     try:
         now = time.time()
         agents = [(nid, tok, make_body(nid, gpus, readings, now)) for nid, tok in prepare(url, nodes)]
         per_report = gpus * readings
-        proc, port = start(url, workers)
+        proc, port = start_server("broker", url, workers, what="the ingest server")
         try:
             snap: dict[str, dict[str, float]] = {}
-            load = _load(port, agents, per_report, duration_s, warmup_s, lambda: snap.setdefault("0", _cpu(proc.pid)))
-            try:
-                import uvloop
-
-                res = uvloop.run(load)
-            except ImportError:
-                res = asyncio.run(load)
+            res = run_async(lambda: _load(port, agents, per_report, duration_s, warmup_s,
+                                          lambda: snap.setdefault("0", _cpu(proc.pid))))
             cpu0, cpu1 = snap.get("0") or _cpu(proc.pid), _cpu(proc.pid)
         finally:
             stop_server(proc)
@@ -255,7 +216,7 @@ def bench(*, database: str | None = None, nodes: int = 48, gpus: int = 8, readin
             "concurrency": nodes,
             "duration_s": duration_s,
             "server_workers": workers,
-            "database": _redact(url),
+            "database": redact(url),
             # CPU seconds used during the measured run by the API server processes, by every
             # PostgreSQL process on the machine, and by this load generator; and what that
             # means per CPU second: a figure the other tenants of a shared machine disturb less.
@@ -266,7 +227,3 @@ def bench(*, database: str | None = None, nodes: int = 48, gpus: int = 8, readin
         }
     finally:
         cleanup()
-
-
-if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] == "serve":
-    serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))

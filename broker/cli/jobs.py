@@ -8,32 +8,13 @@ from typing import Optional
 
 import typer
 
-from broker.cli_common import DEFAULT_URL, jobs_app, resolve_token
-from broker.client import BrokerAPIError, BrokerClient
+from broker.cli import common
+from broker.cli.common import TOKEN, URL, out, run
 
-URL = typer.Option(DEFAULT_URL, "--url", envvar="BROKER_URL", help="broker API base URL")
-TOKEN = typer.Option(None, "--token", help="bearer token (default: $BROKER_TOKEN or <data dir>/admin-token)")
-
-
-def _client(url: str, token: str | None) -> BrokerClient:
-    return BrokerClient(url, resolve_token(token))
+app = typer.Typer(help="Submit, list, inspect and cancel jobs.", no_args_is_help=True)
 
 
-def _out(obj) -> None:
-    typer.echo(json.dumps(obj, indent=2, sort_keys=False))
-
-
-def _run(fn):
-    try:
-        return fn()
-    except BrokerAPIError as e:
-        typer.echo(f"error: {e.code}: {e.message}", err=True)
-        if e.details:
-            typer.echo(json.dumps(e.details, indent=2), err=True)
-        raise typer.Exit(2)
-
-
-@jobs_app.command("submit", context_settings={"allow_interspersed_args": False})
+@app.command("submit", context_settings={"allow_interspersed_args": False})
 def submit(
     command: list[str] = typer.Argument(None, help="the command, after --"),
     project: Optional[str] = typer.Option(None, "--project", "-p"),
@@ -73,25 +54,25 @@ def submit(
         spec.setdefault(k, v)
     if env:
         spec["env"] = {**spec.get("env", {}), **dict(e.split("=", 1) for e in env)}
-    with _client(url, token) as c:
-        job = _run(lambda: c.submit(spec, idempotency_key=idempotency_key))
+    with common.client(url, token) as c:
+        job = run(lambda: c.submit(spec, idempotency_key=idempotency_key))
         if wait:
-            job = _run(lambda: c.wait(job["id"]))
-    _out(job)
+            job = run(lambda: c.wait(job["id"]))
+    out(job)
     if wait and job["status"] != "SUCCEEDED":
         raise typer.Exit(1)
 
 
-@jobs_app.command("list")
+@app.command("list")
 def list_jobs(project: Optional[str] = typer.Option(None, "--project", "-p"),
               status: Optional[str] = typer.Option(None, "--status", "-s"),
               limit: int = typer.Option(50, "--limit"), as_json: bool = typer.Option(False, "--json"),
               url: str = URL, token: Optional[str] = TOKEN):
     """List jobs, newest first."""
-    with _client(url, token) as c:
-        page = _run(lambda: c.list(project=project, status=status, limit=limit))
+    with common.client(url, token) as c:
+        page = run(lambda: c.list(project=project, status=status, limit=limit))
     if as_json:
-        _out(page)
+        out(page)
         return
     typer.echo(f"{'ID':14} {'PROJECT':18} {'STATUS':10} {'GPUS':>4} {'WORKERS':>7}  NAME / PENDING REASON")
     for j in page["items"]:
@@ -100,39 +81,39 @@ def list_jobs(project: Optional[str] = typer.Option(None, "--project", "-p"),
                    f"{j['workers']:>7}  {j['name']} {why}")
 
 
-@jobs_app.command("get")
+@app.command("get")
 def get(job_id: str, url: str = URL, token: Optional[str] = TOKEN):
     """Show one job with its pending reason, attempts and placements."""
-    with _client(url, token) as c:
-        _out(_run(lambda: c.get(job_id)))
+    with common.client(url, token) as c:
+        out(run(lambda: c.get(job_id)))
 
 
-@jobs_app.command("cancel")
+@app.command("cancel")
 def cancel(job_id: str, url: str = URL, token: Optional[str] = TOKEN):
     """Cancel a job (a running one stops within the grace period)."""
-    with _client(url, token) as c:
-        _out(_run(lambda: c.cancel(job_id)))
+    with common.client(url, token) as c:
+        out(run(lambda: c.cancel(job_id)))
 
 
-@jobs_app.command("logs")
+@app.command("logs")
 def logs(job_id: str, worker: int = typer.Option(0, "--worker", "-w"),
          follow: bool = typer.Option(False, "--follow", "-f"), url: str = URL, token: Optional[str] = TOKEN):
     """Print a worker's log; --follow streams until the attempt ends."""
-    with _client(url, token) as c:
+    with common.client(url, token) as c:
         if follow:
             def stream():
                 for chunk in c.follow_logs(job_id, worker=worker):
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
-            _run(stream)
+            run(stream)
         else:
-            typer.echo(_run(lambda: c.logs(job_id, worker=worker)), nl=False)
+            typer.echo(run(lambda: c.logs(job_id, worker=worker)), nl=False)
 
 
-@jobs_app.command("events")
+@app.command("events")
 def events(job_id: str, url: str = URL, token: Optional[str] = TOKEN):
     """The job's event log (submitted, transitions, cancel requests)."""
-    with _client(url, token) as c:
-        for e in _run(lambda: c.events(job_id)):
+    with common.client(url, token) as c:
+        for e in run(lambda: c.events(job_id)):
             arrow = f"{e['from_status'] or '-'} -> {e['to_status']}" if e["to_status"] else ""
             typer.echo(f"{e['ts']:.3f} {e['kind']:18} {arrow:24} {e['message']}")

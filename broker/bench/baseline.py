@@ -59,3 +59,8 @@ def create_baseline_app(settings: Settings) -> FastAPI:
         return job
 
     return app
+
+
+def baseline_app() -> FastAPI:
+    """The uvicorn factory of the benchmark's server subprocess (settings from the environment)."""
+    return create_baseline_app(Settings())

@@ -11,8 +11,10 @@ from typing import Optional
 
 import typer
 
-from broker.cli_common import nodes_app
-from broker.cli_jobs import TOKEN, URL, _client, _out, _run
+from broker.cli import common
+from broker.cli.common import TOKEN, URL, out, run
+
+app = typer.Typer(help="Nodes: list; platform-admins cordon, drain, uncordon or move them.", no_args_is_help=True)
 
 
 def _table(items: list[dict]) -> str:
@@ -24,43 +26,43 @@ def _table(items: list[dict]) -> str:
     return "\n".join("  ".join(c.ljust(widths[i]) for i, c in enumerate(r[:5])) + "  " + r[5] for r in rows)
 
 
-@nodes_app.command("list")
+@app.command("list")
 def list_nodes(json_out: bool = typer.Option(False, "--json"), url: str = URL, token: Optional[str] = TOKEN):
     """Nodes with pool (* = moved by an admin), GPUs and state."""
-    with _client(url, token) as c:
-        items = _run(c.nodes)
+    with common.client(url, token) as c:
+        items = run(c.nodes)
     if json_out:
-        _out(items)
+        out(items)
     else:
         typer.echo(_table(items))
 
 
 def _change(node: str, url: str, token: Optional[str], **changes) -> None:
-    with _client(url, token) as c:
-        _out(_run(lambda: c.update_node(node, **changes)))
+    with common.client(url, token) as c:
+        out(run(lambda: c.update_node(node, **changes)))
 
 
-@nodes_app.command("cordon")
+@app.command("cordon")
 def cordon(node: str, reason: str = typer.Option("", "--reason", "-r"), url: str = URL,
            token: Optional[str] = TOKEN):
     """No new work on NODE; what runs there goes on."""
     _change(node, url, token, state="cordoned", **({"reason": reason} if reason else {}))
 
 
-@nodes_app.command("drain")
+@app.command("drain")
 def drain(node: str, reason: str = typer.Option("", "--reason", "-r"), url: str = URL,
           token: Optional[str] = TOKEN):
     """No new work on NODE; running work ends on its own (then move or maintain it)."""
     _change(node, url, token, state="draining", **({"reason": reason} if reason else {}))
 
 
-@nodes_app.command("uncordon")
+@app.command("uncordon")
 def uncordon(node: str, url: str = URL, token: Optional[str] = TOKEN):
     """Lift an admin's cordon or drain (a node out for health reasons stays out)."""
     _change(node, url, token, state="ready")
 
 
-@nodes_app.command("move")
+@app.command("move")
 def move(node: str, pool: Optional[str] = typer.Argument(None, help="target pool"),
          to_label: bool = typer.Option(False, "--to-label", help="back to the executor's pool label"),
          url: str = URL, token: Optional[str] = TOKEN):

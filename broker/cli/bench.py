@@ -1,0 +1,118 @@
+"""`broker bench submit|ingest|dispatch`: the broker's benchmarks from a shell (JSON with --json).
+
+Each command runs one function of `broker.bench` and prints its result, as one JSON object with
+`--json` or as a few readable lines; the options the benchmarks share are declared once here.
+Goals on PostgreSQL here: submit jobs_per_s >= 500, p95_ms <= 50; ingest samples_per_s >= 20,000;
+dispatch ratio <= 0.5; errors 0 everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Optional
+
+import typer
+
+app = typer.Typer(help="Benchmarks (JSON with --json).", no_args_is_help=True)
+
+AS_JSON = typer.Option(False, "--json", help="print one JSON object")
+DATABASE = typer.Option(None, "--database",
+                        help="DB URL (default: PostgreSQL at 127.0.0.1:5432/test if up, else SQLite)")
+
+
+def _emit(out: dict, as_json: bool, lines: Callable[[dict], list[str]]) -> None:
+    """The result as one JSON line, or the benchmark's readable lines and its error samples."""
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    for line in lines(out):
+        typer.echo(line)
+    for s in out.get("error_samples", []):
+        typer.echo(f"  error: {s}")
+
+
+@app.command("submit")
+def bench_submit(
+    as_json: bool = AS_JSON,
+    database: Optional[str] = DATABASE,
+    concurrency: int = typer.Option(16, "--concurrency", "-c", help="keep-alive connections"),
+    duration: float = typer.Option(10.0, "--duration", "-d", help="measured seconds (after a 1 s warm-up)"),
+    workers: int = typer.Option(1, "--workers", help="uvicorn worker processes"),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline",
+                                  help="also measure the plain FastAPI+SQLModel endpoint and print the ratio"),
+    baseline_workers: Optional[int] = typer.Option(None, "--baseline-workers"),
+    repeat: int = typer.Option(1, "--repeat", "-r", help="runs of each (alternating); report the median run"),
+):
+    """Concurrent POST /api/v1/jobs; every 201 is checked to be a row in the DB afterwards."""
+    from broker.bench.submit import bench
+
+    out = bench(database=database, concurrency=concurrency, duration_s=duration, workers=workers,
+                baseline=baseline, baseline_workers=baseline_workers, repeat=repeat)
+    _emit(out, as_json, _submit_lines)
+
+
+def _submit_lines(out: dict) -> list[str]:
+    def line(r):
+        return (f"{r['mode']:9} {r['jobs_per_s']:8.1f} jobs/s  p50 {r['p50_ms']:6.1f} ms  p95 {r['p95_ms']:6.1f} ms  "
+                f"p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  ({r['requests']} requests, {r['verified']} rows "
+                f"verified, c={r['concurrency']}, workers={r['server_workers']})")
+    lines = [f"database: {out['database']}", line(out)]
+    if "baseline" in out:
+        lines += [line(out["baseline"]), f"ratio: {out['ratio']}x the baseline's throughput"]
+    lines += [f"  run: {r['mode']:9} {r['jobs_per_s']:8.1f} jobs/s  p50 {r['p50_ms']:6.1f} ms  "
+              f"p95 {r['p95_ms']:6.1f} ms  errors {r['errors']}" for r in out.get("runs", [])]
+    return lines
+
+
+@app.command("ingest")
+def bench_ingest(
+    as_json: bool = AS_JSON,
+    database: Optional[str] = DATABASE,
+    nodes: int = typer.Option(48, "--nodes", "-n", help="simulated agents (one keep-alive connection each)"),
+    gpus: int = typer.Option(8, "--gpus", help="GPUs per node"),
+    readings: int = typer.Option(25, "--readings", help="readings per GPU in one report (25 x 8 GPUs = 200 samples, the agent's largest report)"),
+    duration: float = typer.Option(10.0, "--duration", "-d", help="measured seconds (after a 2 s warm-up)"),
+    repeat: int = typer.Option(1, "--repeat", help="runs; the median-throughput run is reported"),
+    workers: int = typer.Option(3, "--workers", help="uvicorn worker processes (3 on 2 cores: requests wait on PostgreSQL part of the time)"),
+):
+    """Agents push reports back to back; every acknowledged sample is checked to be stored."""
+    from broker.bench.ingest import bench_repeat
+
+    out = bench_repeat(repeat, database=database, nodes=nodes, gpus=gpus, readings=readings, duration_s=duration,
+                       workers=workers)
+    _emit(out, as_json, _ingest_lines)
+
+
+def _ingest_lines(out: dict) -> list[str]:
+    lines = [f"database: {out['database']}",
+             f"{out['samples_per_s']:10.1f} samples/s  ({out['reports_per_s']} reports/s of {out['samples_per_report']} "
+             f"samples, {out['report_bytes']} bytes)  p50 {out['p50_ms']} ms  p95 {out['p95_ms']} ms  "
+             f"p99 {out['p99_ms']} ms  errors {out['errors']}  stored {out['samples_stored']}  "
+             f"c={out['concurrency']} workers={out['server_workers']}",
+             f"CPU s: {out['cpu_s']}  -> {out['samples_per_cpu_s']} samples per CPU second "
+             f"(load average {out['load_avg_1m']})"]
+    if len(out.get("runs", [])) > 1:
+        lines += [f"  run: {r}" for r in out["runs"]]
+    return lines
+
+
+@app.command("dispatch")
+def bench_dispatch(
+    as_json: bool = AS_JSON,
+    n: int = typer.Option(20, "--jobs", "-n", min=1, help="measured jobs per path"),
+    gpus: int = typer.Option(2, "--gpus", min=1, help="logical GPUs of the local Ray node"),
+    warm: int = typer.Option(2, "--warm-runners", min=0,
+                             help="spare runner actors per node (0: the cold path)"),
+):
+    """Start an idle local Ray node and a broker on it, then time both dispatch paths."""
+    from broker.bench.dispatch import bench
+
+    _emit(bench(n, gpus_per_node=gpus, warm_runners=warm), as_json, _dispatch_lines)
+
+
+def _dispatch_lines(out: dict) -> list[str]:
+    verdict = "meets" if out["ratio"] <= out["goal_ratio"] else "misses"
+    return [f"broker (REST -> scheduling loop -> Ray runner): median {out['broker_ms_median']:.1f} ms",
+            f"Ray Jobs API (submit_job):                      median {out['ray_jobs_ms_median']:.1f} ms",
+            f"ratio {out['ratio']:.3f} ({verdict} the goal <= {out['goal_ratio']}), n={out['n']}, "
+            f"warm runners per node: {out['warm_runners']}"]
