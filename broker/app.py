@@ -34,9 +34,9 @@ from broker.services.accounting import fill_ledger_usage
 from broker.services.scheduling import SchedulingLoop
 from broker.settings import Settings
 from broker.tasks import Tasks
-from broker.telemetry.tasks import install as install_telemetry
+from broker.services.telemetry.tasks import install as install_telemetry
 from broker.services.admin.audit import seal_pending
-from broker.telemetry.tasks import register as register_telemetry
+from broker.services.telemetry.tasks import register as register_telemetry
 
 
 def make_tasks(settings: Settings, engine, executor, on_nodes_changed=None):

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sqlalchemy.engine import Engine
+from sqlalchemy import select
 from sqlmodel import Session
 
 from broker.errors import Unauthorized
 from broker.models import ApiToken
-from broker.repo import catalog
 from broker.auth.tokens import bearer_token, hash_token, parse_token, verify_token_hash
 
 _MAX_CACHED = 10_000
@@ -74,7 +74,7 @@ class TokenAuth:
         if parsed is None:
             raise _unauthorized()
         with Session(self._engine) as s:
-            row = catalog.token_by_prefix(s, parsed.prefix)
+            row = token_by_prefix(s, parsed.prefix)
         now = self._clock()
         if row is None or not verify_token_hash(parsed.plaintext, row.hash):
             raise _unauthorized()
@@ -96,6 +96,11 @@ class TokenAuth:
                 self._cache.clear()
             else:
                 self._cache.pop(token_hash, None)
+
+
+def token_by_prefix(session: Session, prefix: str) -> ApiToken | None:
+    """The token row with this visible prefix (the hash is compared by the caller)."""
+    return session.execute(select(ApiToken).where(ApiToken.prefix == prefix)).scalars().first()
 
 
 def principal_of(row: ApiToken) -> Principal:

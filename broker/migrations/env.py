@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
 import broker.models  # noqa: F401  (registers the tables)
-import broker.telemetry.models  # noqa: F401  (telemetry tables, issue 5)
+import broker.models_telemetry  # noqa: F401  (telemetry tables, issue 5)
 import broker.models_tenancy  # noqa: F401  (users, memberships, token owners, audit log; issue 4)
 
 target_metadata = SQLModel.metadata

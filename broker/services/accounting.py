@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from broker.models import Ledger
-from broker.telemetry.queries import job_usage
+from broker.services.telemetry.queries import job_usage
 
 SETTLE_S = 120.0
 RAW_RETENTION_S = 7 * 24 * 3600.0

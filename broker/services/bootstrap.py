@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from broker.db import make_engine
 from broker.models import ApiToken, Department, Pool, Project, QuotaRow
-from broker.repo import catalog
+from broker.auth.authn import token_by_prefix
 from broker.auth.tokens import TokenKind, issue_token, parse_token, verify_token_hash
 from broker.settings import Settings
 
@@ -64,7 +64,7 @@ def _valid(s: Session, raw: str) -> bool:
     parsed = parse_token(raw)
     if parsed is None:
         return False
-    row = catalog.token_by_prefix(s, parsed.prefix)
+    row = token_by_prefix(s, parsed.prefix)
     now = time.time()
     return (row is not None and verify_token_hash(raw, row.hash) and row.revoked_at is None
             and (row.expires_at is None or row.expires_at > now))

@@ -7,7 +7,7 @@ from collections import defaultdict
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from broker.repo import catalog
+from broker.services import catalog_queries as catalog
 from broker.auth.authn import Principal
 
 

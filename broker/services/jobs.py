@@ -24,14 +24,14 @@ from sqlmodel import Session
 from broker import jobstate
 from broker.errors import Conflict, Invalid, NotFound
 from broker.models import Job, JobStatus, TERMINAL, IdempotencyKey, new_id
-from broker.repo import jobs as repo
+from broker.services import job_queries as repo
 from broker.schemas import JobCreate
 from broker.services import submit_checks as checks
 from broker.auth.authn import Principal
 from broker.services.group_commit import GroupCommitWriter
 from broker.services.views import event_public, job_public
 from broker.settings import Settings
-from broker.telemetry.queries import job_usage
+from broker.services.telemetry.queries import job_usage
 
 log = logging.getLogger("broker.jobs")
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from broker.ports import Executor
-from broker.repo import scheduling as repo
+from broker.services import scheduling_queries as repo
 
 log = logging.getLogger("broker.reconcile")
 

@@ -35,7 +35,7 @@ from sqlmodel import Session
 from broker import jobstate
 from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
 from broker.ports import AttemptStatus, Executor, LaunchSpec, WorkerLaunch, WorkerState
-from broker.repo import scheduling as repo
+from broker.services import scheduling_queries as repo
 from broker.services.snapshot import build_snapshot, lookback_start
 from broker.settings import Settings
 from scheduler import run_cycle

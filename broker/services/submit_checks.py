@@ -19,7 +19,7 @@ from sqlmodel import Session
 from broker.auth.authz import unknown_project  # noqa: F401  (re-exported: submit's checks raise it)
 from broker.errors import Invalid
 from broker.models import Node, Pool
-from broker.repo import catalog
+from broker.services import catalog_queries as catalog
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from broker.models import Job
-from broker.repo import jobs as repo
+from broker.services import job_queries as repo
 from broker.services.group_commit import GroupCommitWriter
 from broker.services.jobs import JobService
 from broker.auth.authn import Principal

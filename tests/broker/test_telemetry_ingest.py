@@ -8,8 +8,8 @@ from sqlmodel import Session
 
 from agents.agent import encode
 from agents.fake import FakeReader
-from broker.telemetry.api import service
-from broker.telemetry.tasks import install
+from broker.api.telemetry import service
+from broker.services.telemetry.tasks import install
 from tests.broker.telemetry_builders import agent_token, gpu, new_node, node_state, report
 
 URL = "/api/v1/telemetry"

@@ -4,7 +4,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlmodel import Session
 
-from broker.telemetry.service import TelemetryConfig, TelemetryService
+from broker.services.telemetry.service import TelemetryConfig, TelemetryService
 from tests.broker.telemetry_builders import gpu, new_node, node_state, report
 
 T0 = 1_800_000_000.0

@@ -12,8 +12,8 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from broker.errors import Invalid
-from broker.telemetry import queries, rollup
-from broker.telemetry.service import TelemetryConfig, TelemetryService
+from broker.services.telemetry import queries, rollup
+from broker.services.telemetry.service import TelemetryConfig, TelemetryService
 from tests.broker.telemetry_builders import agent_token, gpu, new_node, report
 
 H = 3600.0
@@ -195,7 +195,7 @@ def test_bad_ranges(name, resolution, start, end, code):
 
 
 def test_read_routes(app, client, engine):
-    from broker.telemetry.tasks import install
+    from broker.services.telemetry.tasks import install
 
     install(app)
     node = new_node(engine)

@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from broker.telemetry.tasks import install, periodic_tasks, register
+from broker.services.telemetry.tasks import install, periodic_tasks, register
 
 
 class FakeTasks:
@@ -27,7 +27,7 @@ def test_install_is_idempotent(app):
 def test_register_passes_now_to_every_task(engine):
     calls = []
     svc = SimpleNamespace(config=None, engine=engine)
-    from broker.telemetry.service import TelemetryConfig
+    from broker.services.telemetry.service import TelemetryConfig
 
     svc.config = TelemetryConfig()
     svc.check_heartbeats = lambda now: calls.append(("hb", now))
@@ -45,7 +45,7 @@ def test_issued_agent_token_pushes_for_its_node_only(app, engine):
     from fastapi.testclient import TestClient
 
     from agents.agent import encode
-    from broker.telemetry.tasks import issue_agent_token
+    from broker.services.telemetry.tasks import issue_agent_token
     from tests.broker.telemetry_builders import gpu, new_node, report
 
     install(app)

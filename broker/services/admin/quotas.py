@@ -28,7 +28,7 @@ from sqlmodel import Session
 
 from broker.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from broker.models import HOLDING, Department, Job, Node, Placement, Pool, Project, QuotaRow
-from broker.repo import scheduling as srepo
+from broker.services import scheduling_queries as srepo
 from broker.auth.policy import Action, Ref, Resource
 from broker.services.admin import audit
 from broker.services.admin.audit import Caller

@@ -30,8 +30,8 @@ from sqlmodel import Session
 
 from agents.schema import DeviceSample, TelemetryAck, TelemetryReport
 from broker.errors import Forbidden, Invalid
-from broker.telemetry import health
-from broker.telemetry.health import HealthConfig
+from broker.services.telemetry import health
+from broker.services.telemetry.health import HealthConfig
 
 log = logging.getLogger("broker.telemetry")
 
@@ -197,7 +197,7 @@ class TelemetryService:
         rows = self._with_projects([sample_row(report.node_id, s) for s in report.gpus if s.ts >= oldest_kept])
         faults = health.gpu_faults(report.gpus, self.config.health.fatal_xids)
         if self.dialect == "postgresql":
-            from broker.telemetry import pg_ingest
+            from broker.services.telemetry import pg_ingest
 
             ack = pg_ingest.ingest(self, report, rows, faults, now)
             if ack is not None:
@@ -294,7 +294,7 @@ class TelemetryService:
         The watermark is cached for `mark_cache_s`: a stale (lower) watermark can only miss
         samples younger than it, and the rollup redoes the last minutes before its watermark
         on every run (rollup._REWIND_S > mark_cache_s + the rollup interval)."""
-        from broker.telemetry import rollup
+        from broker.services.telemetry import rollup
 
         wm, at = self._wm_cache
         if now - at > self.config.mark_cache_s or now < at:

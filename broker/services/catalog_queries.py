@@ -1,4 +1,4 @@
-"""Catalog queries: departments, projects, pools, nodes, tokens."""
+"""Catalog queries shared by several use cases: departments, projects, pools, nodes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Sequence
 from sqlalchemy import select
 from sqlmodel import Session
 
-from broker.models import ApiToken, Department, Node, Pool, Project
+from broker.models import Department, Node, Pool, Project
 
 
 def projects(session: Session) -> Sequence[tuple[Project, Department]]:
@@ -25,7 +25,3 @@ def pools(session: Session) -> Sequence[Pool]:
 
 def nodes(session: Session) -> Sequence[Node]:
     return session.execute(select(Node).order_by(Node.pool, Node.id)).scalars().all()
-
-
-def token_by_prefix(session: Session, prefix: str) -> ApiToken | None:
-    return session.execute(select(ApiToken).where(ApiToken.prefix == prefix)).scalars().first()

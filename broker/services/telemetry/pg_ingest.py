@@ -20,7 +20,7 @@ rolls back and returns None, and the generic path decides.
 from __future__ import annotations
 
 from agents.schema import TelemetryAck, TelemetryReport
-from broker.telemetry.service import (HOST_COLUMNS, SAMPLE_COLUMNS, SAMPLE_PG_TYPES, TelemetryService,
+from broker.services.telemetry.service import (HOST_COLUMNS, SAMPLE_COLUMNS, SAMPLE_PG_TYPES, TelemetryService,
                                       claim_params, host_row)
 
 _SETS = ("last_seq=%(seq)s, last_report_at=%(now)s, agent_version=%(ver)s, agent_started_at=%(started)s, "

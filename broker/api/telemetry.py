@@ -26,11 +26,11 @@ from sqlmodel import Session
 from broker.api.deps import User, principal
 from broker.api.json import JSON
 from broker.errors import Forbidden, NotFound
-from broker.repo import catalog
+from broker.services import catalog_queries as catalog
 from broker.schemas import ErrorResponse
 from broker.auth.authn import Principal
-from broker.telemetry import queries
-from broker.telemetry.service import TelemetryConfig, TelemetryService
+from broker.services.telemetry import queries
+from broker.services.telemetry.service import TelemetryConfig, TelemetryService
 
 # Documented for every route so the OpenAPI lists what clients really get: no token (401), a
 # user token on push or a denied project (403), an unreadable job/project (404), an oversized

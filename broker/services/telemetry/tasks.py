@@ -2,7 +2,7 @@
 
 What create_app needs (two calls, see `install` and `register`):
 
-    from broker.telemetry.tasks import install as install_telemetry, register as register_telemetry
+    from broker.services.telemetry.tasks import install as install_telemetry, register as register_telemetry
     install_telemetry(app)                       # in create_app, after app.state.engine is set
     register_telemetry(tasks, app.state.telemetry)  # in lifespan, where `tasks` is built
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from broker.telemetry import rollup
-from broker.telemetry.service import TelemetryConfig, TelemetryService
+from broker.services.telemetry import rollup
+from broker.services.telemetry.service import TelemetryConfig, TelemetryService
 
 
 def periodic_tasks(svc: TelemetryService) -> list[tuple[str, float, Callable[[float], object]]]:
@@ -32,7 +32,7 @@ def periodic_tasks(svc: TelemetryService) -> list[tuple[str, float, Callable[[fl
 
 def install(app: Any) -> TelemetryService:
     """Mount the telemetry routes and put the service on app.state (idempotent)."""
-    from broker.telemetry.api import router
+    from broker.api.telemetry import router
 
     svc = getattr(app.state, "telemetry", None)
     if svc is None:

@@ -1,1 +1,0 @@
-"""Queries only: no transactions are opened or committed here (services own them)."""

@@ -1,1 +1,0 @@
-"""Telemetry: ingest of agent reports, raw samples with retention, rollups, node health."""
