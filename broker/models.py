@@ -84,6 +84,9 @@ class Project(SQLModel, table=True):
     budget_gpu_hours: Optional[float] = None  # per month; None = unlimited
     max_running: Optional[int] = None  # concurrency limits (issue 4); None = no limit
     max_pending: Optional[int] = None
+    # runtime 'process' jobs run on the host as the broker's user: only where a platform-admin
+    # enabled it for this project (and the deployment allows it at all)
+    allow_process_runtime: bool = False
     created_at: float = Field(default_factory=now)
 
 

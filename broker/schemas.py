@@ -226,6 +226,8 @@ class ProjectPublic(BaseModel):
     department_name: str = ""
     weight: float
     budget_gpu_hours: Optional[float] = None
+    allow_process_runtime: bool = Field(False, description="may run runtime 'process' jobs (host processes, "
+                                        "enabled by a platform-admin)")
 
 
 class NodePublic(BaseModel):

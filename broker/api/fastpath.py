@@ -74,7 +74,7 @@ class SubmitFastPath:
         svc = st.jobs
         client = scope.get("client")
         source, rid = origin(st.settings, client[0] if client else None, forwarded, rid)
-        if svc.cache_ready():
+        if svc.cache_ready(spec):
             row, event = svc.prepare(principal=principal, spec=spec, source=source, request_id=rid)
         else:
             row, event = await run_in_threadpool(svc.prepare, principal=principal, spec=spec, source=source,

@@ -30,7 +30,7 @@ async def submit(request: Request, spec: JobCreate, principal: User,
                  idempotency_key: Annotated[Optional[str], Header(description="1..255 printable characters")] = None):
     svc = request.app.state.jobs
     source, rid = request_origin(request)
-    if svc.cache_ready():
+    if svc.cache_ready(spec):
         row, event = svc.prepare(principal=principal, spec=spec, source=source, request_id=rid)
     else:
         row, event = await run_in_threadpool(svc.prepare, principal=principal, spec=spec, source=source,

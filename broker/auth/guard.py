@@ -66,7 +66,8 @@ class SubmitGuard:
 
     def check(self, principal, spec) -> None:
         self.authz.require_project(principal, spec.project, Action.JOB_SUBMIT, hidden=unknown_project(spec.project))
-        problems = env_problems(spec.env, max_vars=self._max_env_vars, max_value_chars=self._max_env_value)
+        problems = env_problems(spec.env, max_vars=self._max_env_vars, max_value_chars=self._max_env_value,
+                                runtime=spec.runtime)
         prefixes, max_runtime = self._runtime_settings()
         if spec.runtime == "container":
             problems += image_problems(spec.image, prefixes, normalized=True)

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
+from broker import jobenv
+
 __all__ = [
     "BodySizeLimit",
     "Problem",
@@ -283,11 +285,14 @@ def env_problems(
     max_value_chars: int = 8 * 1024,
     reserved_names: frozenset[str] = RESERVED_ENV_NAMES,
     reserved_prefixes: Sequence[str] = RESERVED_ENV_PREFIXES,
+    runtime: str = "container",
 ) -> list[Problem]:
     """Problems of a job's env: POSIX names, no server-owned names, bounded sizes, no NUL.
 
     Server-owned names are compared case-insensitively (refusing ``rank`` costs nothing and
-    saves reasoning about runtimes that fold case).
+    saves reasoning about runtimes that fold case). By runtime (`broker.jobenv` says why):
+    container values may not hold line breaks; process jobs may not set names that steer the
+    host's loader, shells or interpreters (PATH, LD_*, BASH_ENV, PYTHONPATH...).
     """
     out: list[Problem] = []
     prefixes = tuple(reserved_prefixes)
@@ -310,6 +315,13 @@ def env_problems(
             out.append(Problem(f"env.{name}", "ENV_VALUE_TOO_LONG", f"values are limited to {max_value_chars} characters"))
         elif "\x00" in value:
             out.append(Problem(f"env.{name}", "ENV_VALUE_INVALID", "values cannot contain NUL characters"))
+        elif runtime == "container" and jobenv.has_line_break(value):
+            out.append(Problem(f"env.{name}", "ENV_VALUE_INVALID",
+                               "values cannot contain line breaks; pass multi-line data in a file"))
+        if runtime == "process" and jobenv.host_unsafe(name):
+            out.append(Problem(f"env.{name}", "ENV_NAME_UNSAFE",
+                               "runtime 'process' runs on the host: variables that steer its loader, shells or "
+                               "interpreters (PATH, HOME, LD_*, BASH_ENV, PYTHONPATH...) cannot be set"))
     return out
 
 

@@ -168,6 +168,7 @@ class Action(str, enum.Enum):
     PROJECT_UPDATE = "project.update"
     PROJECT_DELETE = "project.delete"
     PROJECT_QUOTA_UPDATE = "project.quota.update"
+    PROJECT_RUNTIME_ADMIN = "project.runtime.admin"  # allow runtime 'process' (host code execution)
     # departments (Ref: department)
     DEPARTMENT_READ = "department.read"
     DEPARTMENT_USAGE_READ = "department.usage.read"
@@ -309,6 +310,7 @@ _SPECS: dict[Action, _Spec] = {
     Action.PROJECT_UPDATE: _Spec(Resource.PROJECT, _any_of(_P, _D)),
     Action.PROJECT_DELETE: _Spec(Resource.PROJECT, _any_of(_P, _D)),
     Action.PROJECT_QUOTA_UPDATE: _Spec(Resource.PROJECT, _any_of(_P, _D)),
+    Action.PROJECT_RUNTIME_ADMIN: _Spec(Resource.PROJECT, _any_of(_P)),
     Action.DEPARTMENT_READ: _Spec(Resource.DEPARTMENT, lambda p, r, h: True),  # = visible
     Action.DEPARTMENT_USAGE_READ: _Spec(Resource.DEPARTMENT, _any_of(_P, _D, _O)),
     Action.DEPARTMENT_MEMBERS_MANAGE: _Spec(Resource.DEPARTMENT, _any_of(_P)),

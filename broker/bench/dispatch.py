@@ -75,7 +75,7 @@ def bench(n: int = 20, *, gpus_per_node: int = 2, project: str = "ouh-liver",
     migrate(settings)
     engine = make_engine(settings)
     with Session(engine) as s:
-        seed_demo(s)
+        seed_demo(s, process_runtime=True)
         s.commit()
     token = ensure_admin_token(settings, engine).read_text().strip()
 

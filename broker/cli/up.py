@@ -8,8 +8,10 @@ scheduling loop, and one node agent per local Ray node. Ctrl-C (or SIGTERM) stop
 reverse order: the API and the loop, every running attempt (containers stopped, runner actors
 and placement groups released), the agents, then Ray. Nothing is left behind.
 
-`runtime: process` jobs are allowed here (development and demos on one machine); a production
-deployment leaves BROKER_ALLOW_PROCESS_RUNTIME off.
+`runtime: process` jobs are host code execution as this user. With the API on loopback (the
+default) `broker up` allows them for the demo projects it seeds (development and demos on one
+machine); any other project needs a platform-admin to enable it, and a production deployment
+leaves BROKER_ALLOW_PROCESS_RUNTIME off so that no project can.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def up(
     engine = make_engine(settings)
     if demo and settings.seed_demo:
         with Session(engine) as s:
-            if seed_demo(s, gpu_model=gpu_model):
+            if seed_demo(s, gpu_model=gpu_model, process_runtime=settings.allow_process_runtime):
                 typer.echo("seeded the demo region (OUH, SLB, SVS, SHS, Regional IT)")
             s.commit()
     token_path = ensure_admin_token(settings, engine)

@@ -82,16 +82,18 @@ INNOVATION_NOMINAL = {"ouh": 4, "slb": 2, "svs": 2, "shs": 1, "rit": 1,
 OPERATION_GUARANTEED = {"shs": 2, "ouh": 2, "shs-ops-triage": 2, "ouh-radiology": 2}
 
 
-def seed_demo(session: Session, *, gpu_model: str = "") -> bool:
+def seed_demo(session: Session, *, gpu_model: str = "", process_runtime: bool = False) -> bool:
     """Seed an empty DB with the demo region. Returns False (and changes nothing) if any
-    department exists. `gpu_model` is the flavor's model used for the demo quotas."""
+    department exists. `gpu_model` is the flavor's model used for the demo quotas;
+    `process_runtime` lets the demo projects run `runtime: process` jobs (host processes: for a
+    one-machine demo only, where the deployment allows them too)."""
     if session.execute(select(func.count()).select_from(Department)).scalar_one() > 0:
         return False
     for did, name, w in DEPARTMENTS:
         session.add(Department(id=did, name=name, weight=w))
     session.flush()
     for pid, did, name in PROJECTS:
-        session.add(Project(id=pid, department_id=did, name=name))
+        session.add(Project(id=pid, department_id=did, name=name, allow_process_runtime=process_runtime))
     session.add(Pool(name="operation", workload_class="operation", lend_to_innovation=True,
                      description="reserved for clinical production; idle capacity lent to innovation"))
     session.add(Pool(name="innovation", workload_class="innovation", description="shared by innovation teams"))

@@ -19,7 +19,8 @@ class CatalogService:
         with Session(self.engine) as s:
             return {"items": [
                 {"id": p.id, "name": p.name or p.id, "department": d.id, "department_name": d.name,
-                 "weight": p.weight, "budget_gpu_hours": p.budget_gpu_hours}
+                 "weight": p.weight, "budget_gpu_hours": p.budget_gpu_hours,
+                 "allow_process_runtime": p.allow_process_runtime}
                 for p, d in catalog.projects(s)
             ]}
 

@@ -63,13 +63,13 @@ class JobService:
         """
         if self.guard is not None:
             self.guard.check(principal, spec)  # may submit here? env / image / runtime / pending cap
-        if spec.runtime == "process" and not self.settings.allow_process_runtime:
-            raise Invalid("runtime 'process' runs commands unconfined on the node and is disabled here; "
-                          "use runtime 'container'", code="PROCESS_RUNTIME_DISABLED")
         if spec.project not in self.projects.get():
             # a project created a moment ago? look once more (at most once a second)
             if spec.project not in self.projects.get(max_age=RECHECK_S):
                 raise checks.unknown_project(spec.project)
+        if spec.runtime == "process":
+            checks.require_process_runtime(self.engine, spec.project,
+                                           deployment_allows=self.settings.allow_process_runtime)
         shape = checks.WorkerShape(spec.resources.gpus, spec.resources.cpus, spec.resources.memory_gb,
                                    tuple(spec.resources.models()))
         why = checks.never_fits_cached(self.inventory.get(), workload_class=spec.workload_class,
@@ -103,7 +103,11 @@ class JobService:
         self.projects.invalidate()
         self.inventory.invalidate()
 
-    def cache_ready(self) -> bool:
+    def cache_ready(self, spec: JobCreate | None = None) -> bool:
+        """True when `prepare(spec)` reads no database (async callers may then run it inline).
+        A process job always reads its project's permission fresh."""
+        if spec is not None and spec.runtime == "process":
+            return False
         return self.projects.fresh() is not None and self.inventory.fresh() is not None
 
     async def submit_rows(self, row: dict, event: dict) -> dict:

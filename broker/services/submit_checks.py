@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from broker.auth.authz import unknown_project  # noqa: F401  (re-exported: submit's checks raise it)
-from broker.errors import Invalid
-from broker.models import Node, Pool
+from broker.errors import Forbidden, Invalid
+from broker.models import Node, Pool, Project
 from broker.services import catalog_queries as catalog
 
 
@@ -112,6 +112,26 @@ def never_fits(inv: Inventory, *, workload_class: str, pool: str | None, shape: 
                 f"{total} on nodes that fit one worker",
                 {"pools": pools, "requested": requested, "total_gpus": total})
     return None
+
+
+def require_process_runtime(engine: Engine, project: str, *, deployment_allows: bool) -> None:
+    """Refuse a `runtime: process` job unless this deployment allows host processes at all
+    (`allow_process_runtime`) and a platform-admin enabled them for the project.
+
+    Read fresh from the database, not from a cache: revoking the permission takes effect on
+    the next submit. Process jobs are rare, so this costs the hot path nothing."""
+    if not deployment_allows:
+        raise Forbidden("runtime 'process' runs commands on the host as the broker's user and is disabled "
+                        "on this broker; use runtime 'container'", code="PROCESS_RUNTIME_DISABLED")
+    with Session(engine) as s:
+        allowed = s.get(Project, project)
+        if allowed is None:
+            raise unknown_project(project)
+        if not allowed.allow_process_runtime:
+            raise Forbidden(f"runtime 'process' runs commands on the host as the broker's user; project "
+                            f"{project} is not allowed to use it (a platform-admin can enable it in the "
+                            "project's settings); use runtime 'container'", code="PROCESS_RUNTIME_NOT_ALLOWED",
+                            details={"project": project})
 
 
 class TTLCache:

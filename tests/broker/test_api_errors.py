@@ -103,12 +103,15 @@ def test_largest_job_that_fits_is_accepted(client):
 
 
 def test_process_runtime_refused_unless_enabled(client, settings):
+    """Host processes need the deployment's switch and the project's permission: 403 with a
+    code saying which is missing (the full flow is in test_security_admin)."""
     r = client.post("/api/v1/jobs", json=job_body(runtime="process", image=""))
-    assert r.status_code == 422 and r.json()["error"]["code"] == "PROCESS_RUNTIME_DISABLED"
+    assert r.status_code == 403 and r.json()["error"]["code"] == "PROCESS_RUNTIME_DISABLED"
     settings.allow_process_runtime = True
     try:
         r = client.post("/api/v1/jobs", json=job_body(runtime="process", image=""))
-        assert r.status_code == 201 and r.json()["runtime"] == "process"
+        assert r.status_code == 403 and r.json()["error"]["code"] == "PROCESS_RUNTIME_NOT_ALLOWED"
+        assert "platform-admin" in r.json()["error"]["message"]
     finally:
         settings.allow_process_runtime = False
 

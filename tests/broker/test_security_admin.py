@@ -221,6 +221,69 @@ def test_project_fields_are_validated(people):
         assert r.status_code == 422, (bad, r.text)
 
 
+def _process_job(**over):
+    body = {"name": "host-1", "project": "ouh-liver", "image": "", "runtime": "process",
+            "command": ["sh", "-c", "echo hi"], "resources": {"gpus": 0, "cpus": 1, "memory_gb": 1}}
+    body.update(over)
+    return body
+
+
+def _set_process_runtime(client, project: str, allowed: bool):
+    etag = client.get(f"/api/v1/projects/{project}").headers["etag"]
+    return client.patch(f"/api/v1/projects/{project}", json={"allow_process_runtime": allowed},
+                        headers={"If-Match": etag})
+
+
+def test_process_runtime_is_a_platform_admins_decision_per_project(people, root, settings, engine):
+    """runtime 'process' is host code execution: only for projects a platform-admin enabled,
+    on a deployment that allows it at all; refusals are 403 with a code, foreign projects stay
+    hidden, and a revocation takes effect on the next submit."""
+    alice, dora, sam = people.clients["alice"], people.clients["dora"], people.clients["sam"]
+    settings.allow_process_runtime = True
+    try:
+        r = alice.post("/api/v1/jobs", json=_process_job())
+        assert r.status_code == 403 and r.json()["error"]["code"] == "PROCESS_RUNTIME_NOT_ALLOWED", r.text
+        assert alice.get("/api/v1/projects/ouh-liver").json()["allow_process_runtime"] is False
+        # a department-admin manages the project, but not this
+        r = _set_process_runtime(dora, "ouh-liver", True)
+        assert r.status_code == 403, r.text
+        r = dora.post("/api/v1/departments/ouh/projects", json={"id": "ouh-hostly", "allow_process_runtime": True})
+        assert r.status_code == 403, r.text
+        r = _set_process_runtime(root, "ouh-liver", True)
+        assert r.status_code == 200 and r.json()["allow_process_runtime"] is True, r.text
+        assert "project.update" in audit_actions(engine, target_id="ouh-liver")
+        listed = {p["id"]: p for p in alice.get("/api/v1/projects").json()["items"]}
+        assert listed["ouh-liver"]["allow_process_runtime"] is True  # shown to the project's members
+        assert alice.post("/api/v1/jobs", json=_process_job()).status_code == 201
+        # still never a host-steering variable, and a foreign project is still "unknown"
+        r = alice.post("/api/v1/jobs", json=_process_job(env={"LD_PRELOAD": "/tmp/x.so", "PATH": "/tmp"}))
+        assert r.status_code == 422 and r.json()["error"]["code"] == "ENV_NAME_UNSAFE", r.text
+        assert {p["field"] for p in r.json()["error"]["details"]["problems"]} == {"env.LD_PRELOAD", "env.PATH"}
+        r = sam.post("/api/v1/jobs", json=_process_job())
+        assert r.status_code == 422 and r.json()["error"]["code"] == "UNKNOWN_PROJECT"
+        # the switch of the whole deployment wins over the project's permission
+        settings.allow_process_runtime = False
+        r = alice.post("/api/v1/jobs", json=_process_job())
+        assert r.status_code == 403 and r.json()["error"]["code"] == "PROCESS_RUNTIME_DISABLED"
+        settings.allow_process_runtime = True
+        assert _set_process_runtime(root, "ouh-liver", False).status_code == 200
+        r = alice.post("/api/v1/jobs", json=_process_job())
+        assert r.status_code == 403 and r.json()["error"]["code"] == "PROCESS_RUNTIME_NOT_ALLOWED"
+    finally:
+        settings.allow_process_runtime = False
+        _set_process_runtime(root, "ouh-liver", False)
+
+
+def test_container_env_may_set_any_name_but_no_line_breaks(people):
+    alice = people.clients["alice"]
+    body = {"name": "c-1", "project": "ouh-liver", "image": "localhost/busybox:test",
+            "command": ["/bin/busybox", "true"], "env": {"PATH": "/opt/x/bin", "LD_LIBRARY_PATH": "/opt/x/lib"}}
+    assert alice.post("/api/v1/jobs", json=body).status_code == 201  # inside the container: ordinary
+    body["env"] = {"A": "x\nCUDA_VISIBLE_DEVICES=0"}
+    r = alice.post("/api/v1/jobs", json=body)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "ENV_VALUE_INVALID", r.text
+
+
 def test_dept_admin_creates_projects_only_in_its_department(people):
     dora = people.clients["dora"]
     assert dora.post("/api/v1/departments/ouh/projects", json={"id": "ouh-new-1"}).status_code == 201

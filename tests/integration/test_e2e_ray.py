@@ -47,7 +47,7 @@ def running_broker(settings, address, expect_nodes: int = len(NODE_POOLS)):
 
     engine = make_engine(settings)
     with Session(engine) as s:
-        seed_demo(s)
+        seed_demo(s, process_runtime=True)
         s.commit()
     token = ensure_admin_token(settings, engine).read_text().strip()
     executor = RayExecutor(address, log_dir=settings.data_dir / "logs", namespace=NAMESPACE)

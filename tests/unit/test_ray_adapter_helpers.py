@@ -46,12 +46,13 @@ def test_podman_argv_and_env(case, real_gpus, gpu_ids, devices, cvd):
         ("1", "2", "10.0.0.1", "29500")  # the broker's values win over the user's
     assert env["FOO"] == "bar"
     argv = podman_argv(name="cb-j-a1-r1", job_id="j", attempt=1, image="img:1",
-                       command=["sh", "-c", "echo hi"], env_keys=sorted(env), gpu_ids=gpu_ids,
+                       command=["sh", "-c", "echo hi"], env_file="/dev/fd/7", gpu_ids=gpu_ids,
                        real_gpus=real_gpus)
     assert argv[:4] == ["podman", "run", "--rm", "--name"] and argv[-4:] == ["img:1", "sh", "-c", "echo hi"]
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--device"] == devices
     assert "broker.job=j" in argv and "broker.attempt=1" in argv
-    assert not any("=bar" in a for a in argv)  # values travel in podman's env, not its argv
+    assert argv[argv.index("--env-file") + 1] == "/dev/fd/7" and "-e" not in argv
+    assert not any("bar" in a or "FOO" in a for a in argv)  # values travel in the env file only
 
 
 def test_cdi_detection(tmp_path):

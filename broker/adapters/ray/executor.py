@@ -41,6 +41,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from broker import jobenv
 from broker.adapters.ray import runner as ray_runner
 from broker.adapters.ray.runner import (NAME_RE, PG_NAME_RE, WorkerRunner, actor_name,
                                         log_path, pg_name)
@@ -58,6 +59,7 @@ _MIN_CPU = 0.01  # Ray refuses empty bundles: a 0-CPU 0-GPU worker reserves a sl
 
 # Runner code travels by value, so Ray nodes need Ray but not the broker package.
 cloudpickle.register_pickle_by_value(ray_runner)
+cloudpickle.register_pickle_by_value(jobenv)
 
 
 class ExecutorError(RuntimeError):

@@ -7,16 +7,18 @@ CPUs before it starts. The runner
 - learns its GPUs from Ray (`ray.get_gpu_ids()`), and for rank 0 picks MASTER_ADDR (its node
   IP) and MASTER_PORT (a free port on its node); the other ranks ask rank 0's runner;
 - starts the job as a podman container (`runtime="container"`) or a plain process in its own
-  process group (`runtime="process"`), stdout+stderr to
+  process group (`runtime="process"`), with the job's env kept out of every host process
+  (`broker.jobenv`: an env file over a pipe for podman, a fixed base for processes), stdout+stderr to
   `<log_dir>/<job_id>/<attempt>/worker-<rank>.log` on its node;
 - records started_at / exit code / ended_at and keeps them after the process ends, so a
   restarted broker that re-adopts the attempt still reads how it ended;
 - stops the work itself: SIGTERM, then SIGKILL after the grace period (podman stop -t), on
   request and when max_runtime is exceeded.
 
-Why this module imports only the standard library and `ray`: the executor ships this class to
-the Ray workers *by value* (cloudpickle), so Ray nodes (a KubeRay pod, a GPU server) need Ray
-but not the broker package. Keep it that way; status comes back as plain dicts.
+Why this module imports only the standard library, `ray` and `broker.jobenv` (itself stdlib
+only): the executor ships this class and jobenv's functions to the Ray workers *by value*
+(cloudpickle), so Ray nodes (a KubeRay pod, a GPU server) need Ray but not the broker package.
+Keep it that way; status comes back as plain dicts.
 
 Invariants: the process is started at most once per runner; after `ended_at` is set the
 runner's status never changes again; exit codes of processes killed by a signal are reported
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import ray
+
+from broker.jobenv import env_file, process_env
 
 NAME_RE = re.compile(r"^job-(?P<job>.+)-a(?P<attempt>\d+)-r(?P<rank>\d+)$")
 PG_NAME_RE = re.compile(r"^cb-(?P<job>.+)-a(?P<attempt>\d+)$")
@@ -113,8 +117,8 @@ _NOT_INHERITED = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 
 
 def launch_env(node_env: Mapping[str, str]) -> dict[str, str]:
-    """The environment a worker's process (podman, or the command itself) starts from: the
-    node's (CONTAINERS_CONF, PATH, ...) minus Ray's secrets and our LD_PRELOAD shim."""
+    """The environment the host-side podman process starts from: the node's (CONTAINERS_CONF,
+    PATH, ...) minus Ray's secrets and our LD_PRELOAD shim. Never anything of the job's."""
     env = {k: v for k, v in node_env.items() if k not in _NOT_INHERITED}
     preload = " ".join(p for p in env.get("LD_PRELOAD", "").split() if "bind_loopback" not in p)
     if preload:
@@ -131,19 +135,18 @@ def podman_argv(
     attempt: int,
     image: str,
     command: Sequence[str],
-    env_keys: Sequence[str],
+    env_file: str,
     gpu_ids: Sequence[int],
     real_gpus: bool,
     network: str = "host",
 ) -> list[str]:
-    """`podman run` for one worker. Env values travel in podman's own environment (`-e KEY`),
-    so they never show in a process list."""
+    """`podman run` for one worker. The job's variables come from `env_file` (the runner passes
+    a pipe, `/dev/fd/N`): never from podman's own environment, never in argv."""
     argv = ["podman", "run", "--rm", "--name", name, "--label", f"broker.job={job_id}",
             "--label", f"broker.attempt={attempt}"]
     if network:
         argv += ["--network", network]
-    for key in env_keys:
-        argv += ["-e", key]
+    argv += ["--env-file", env_file]
     if real_gpus:
         for i in gpu_ids:
             argv += ["--device", f"nvidia.com/gpu={i}"]
@@ -267,16 +270,12 @@ class WorkerRunner:
                              world_size=self.world_size, master_addr=addr, master_port=port,
                              gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
                              user_env=self.user_env)
-            argv, proc_env = self._argv(env)
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
             with self._lock:
                 if self._stop_requested:  # cancelled before it ever ran
                     self._finish_locked(128 + signal.SIGTERM)
                     return
-                with open(self.log_file, "ab") as log:
-                    self._proc = subprocess.Popen(
-                        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                        env=proc_env, start_new_session=True, close_fds=True)
+                self._proc = self._spawn(env)
                 self.started_at, self.state = time.time(), RUNNING
         except Exception as exc:  # noqa: BLE001 - anything that stops the start is the job's end
             with self._lock:
@@ -316,20 +315,38 @@ class WorkerRunner:
                 time.sleep(0.02)  # rank 0's runner is up but has not adopted its worker yet
         return "", 0
 
-    def _argv(self, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-        base = launch_env(os.environ)
-        if self.runtime == "container":
+    def _spawn(self, env: dict[str, str]) -> subprocess.Popen:
+        """Start the worker's process. Container: podman starts from the node's environment
+        (CONTAINERS_CONF...) and reads the job's variables from a pipe. Process: the fixed
+        base of `process_env`, never the node's nor Ray's environment."""
+        if self.runtime == "process":
+            with open(self.log_file, "ab") as log:
+                return subprocess.Popen(
+                    list(self.command), stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=process_env(os.environ, env),
+                    start_new_session=True, close_fds=True)
+        if self.runtime != "container":
+            raise ValueError(f"unknown runtime {self.runtime!r}")
+        payload = env_file(env)  # refuses a value that would break the file's lines
+        rfd, wfd = os.pipe()
+        try:
             argv = podman_argv(name=container_name(self.job_id, self.attempt, self.rank),
                                job_id=self.job_id, attempt=self.attempt, image=self.image,
-                               command=self.command, env_keys=sorted(env),
+                               command=self.command, env_file=f"/dev/fd/{rfd}",
                                gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
                                network=self.network)
-            base.update(env)  # CONTAINERS_CONF etc. stay from the node's environment
-            return argv, base
-        if self.runtime == "process":
-            base.update(env)
-            return list(self.command), base
-        raise ValueError(f"unknown runtime {self.runtime!r}")
+            with open(self.log_file, "ab") as log:
+                proc = subprocess.Popen(
+                    argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=launch_env(os.environ), start_new_session=True, close_fds=True,
+                    pass_fds=(rfd,))
+        except BaseException:
+            os.close(wfd)
+            raise
+        finally:
+            os.close(rfd)
+        threading.Thread(target=_feed, args=(wfd, payload), name="env-file", daemon=True).start()
+        return proc
 
     def _terminate(self, proc: subprocess.Popen, grace_s: float) -> None:
         if self.runtime == "container":
@@ -350,6 +367,19 @@ class WorkerRunner:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             _killpg(proc.pid, signal.SIGKILL)
+
+
+def _feed(fd: int, payload: bytes) -> None:
+    """Write the env file into the pipe podman reads (it may be larger than a pipe buffer)
+    and close it; a podman that exited before reading it is not an error here."""
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _killpg(pid: int, sig: int) -> None:

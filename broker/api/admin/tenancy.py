@@ -21,6 +21,8 @@ router = APIRouter(tags=["tenancy"])
 ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 412, 422, 428)}
 SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
 USER_ID = r"^[a-z0-9][a-z0-9._@-]{0,63}$"
+PROCESS_RUNTIME_DOC = ("allow runtime 'process' jobs: they run on the host as the broker's user, unconfined "
+                       "(host code execution); platform-admins only")
 IfMatch = Annotated[Optional[str], Header(alias="If-Match", max_length=200)]
 
 
@@ -108,6 +110,7 @@ class ProjectCreate(_In):
     budget_gpu_hours: Optional[float] = Field(None, ge=0)
     max_running: Optional[int] = Field(None, ge=0, le=100000)
     max_pending: Optional[int] = Field(None, ge=0, le=100000)
+    allow_process_runtime: bool = Field(False, description=PROCESS_RUNTIME_DOC)
 
 
 class ProjectPatch(_In):
@@ -116,6 +119,7 @@ class ProjectPatch(_In):
     budget_gpu_hours: Optional[float] = Field(None, ge=0)
     max_running: Optional[int] = Field(None, ge=0, le=100000)
     max_pending: Optional[int] = Field(None, ge=0, le=100000)
+    allow_process_runtime: Optional[bool] = Field(None, description=PROCESS_RUNTIME_DOC)
 
 
 class ProjectAdminPublic(BaseModel):
@@ -126,6 +130,7 @@ class ProjectAdminPublic(BaseModel):
     budget_gpu_hours: Optional[float] = None
     max_running: Optional[int] = None
     max_pending: Optional[int] = None
+    allow_process_runtime: bool = False
     etag: str
 
 

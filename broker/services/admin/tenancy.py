@@ -29,7 +29,9 @@ from broker.services.admin.audit import Caller
 from broker.auth.authn import Principal as AuthPrincipal
 from broker.auth.authz import Authz, grant_of, project_not_found
 
-PROJECT_FIELDS = ("name", "weight", "budget_gpu_hours", "max_running", "max_pending")
+PROJECT_FIELDS = ("name", "weight", "budget_gpu_hours", "max_running", "max_pending", "allow_process_runtime")
+# Fields only a platform-admin may set (a department-admin manages the rest of a project).
+PLATFORM_PROJECT_FIELDS = frozenset({"allow_process_runtime"})
 DEPARTMENT_FIELDS = ("name", "weight", "budget_gpu_hours")
 
 
@@ -250,9 +252,11 @@ class TenancyAdmin:
     # ------------------------------------------------------------------ projects
     def create_project(self, p: AuthPrincipal, caller: Caller, *, department: str, id: str, name: str = "",
                        weight: float = 1.0, budget_gpu_hours: float | None = None, max_running: int | None = None,
-                       max_pending: int | None = None) -> dict:
+                       max_pending: int | None = None, allow_process_runtime: bool = False) -> dict:
         self.authz.require(p, Action.PROJECT_CREATE, Ref(Resource.DEPARTMENT, department=department),
                            hidden=department_not_found(department))
+        if allow_process_runtime:
+            self.authz.require(p, Action.PROJECT_RUNTIME_ADMIN, Ref(Resource.PROJECT, department=department))
         with Session(self.engine, expire_on_commit=False) as s:
             if s.get(Department, department) is None:
                 raise department_not_found(department)
@@ -260,6 +264,7 @@ class TenancyAdmin:
                 raise Conflict(f"project {id!r} exists", code="PROJECT_EXISTS")
             pr = Project(id=id, department_id=department, name=name or id, weight=weight,
                          budget_gpu_hours=budget_gpu_hours, max_running=max_running, max_pending=max_pending,
+                         allow_process_runtime=allow_process_runtime,
                          created_at=self.clock())
             s.add(pr)
             s.flush()
@@ -280,6 +285,8 @@ class TenancyAdmin:
     def update_project(self, p: AuthPrincipal, caller: Caller, project: str, changes: Mapping[str, Any],
                        if_match: str | None) -> dict:
         self.authz.require_project(p, project, Action.PROJECT_UPDATE)
+        if PLATFORM_PROJECT_FIELDS & set(changes):
+            self.authz.require_project(p, project, Action.PROJECT_RUNTIME_ADMIN)
         dept = self.authz.project_department(project)
         return self._cas_update(caller, Project, project, PROJECT_FIELDS, changes, if_match, "project",
                                 project_public, department=dept, project=project)
