@@ -1,9 +1,18 @@
 """Every periodic task of the broker, registered in one place (APScheduler, max_instances=1).
 
-- schedule   every `cycle_interval_s`, plus a wake-up after each submit or cancel: the
-             scheduling loop's tick (observe, run the core, apply, launch).
-- reconcile  every `reconcile_interval_s`: release orphaned executor attempts.
-- extra      other modules (telemetry rollups, node health) register through `add_interval`.
+`build_tasks(services)` lists them all:
+
+- schedule                every `cycle_interval_s`, plus a wake-up after each submit or cancel:
+                          the scheduling loop's tick (observe, run the core, apply, launch);
+- reconcile               every `reconcile_interval_s`: release orphaned executor attempts;
+  (both only with an executor: without one there is nothing to schedule onto)
+- accounting.ledger       every 60 s: used GPU-seconds and energy into the ledger;
+- audit.seal_job_submits  every 2 s: job submits into the audit hash chain (the outbox);
+- telemetry.heartbeats    every heartbeat timeout / 6: nodes whose agent went quiet;
+- telemetry.rollup        every 60 s: 1-minute and 1-hour rollups;
+- telemetry.retention     every hour: raw samples and rollups past their retention.
+
+None of them makes a network call inside a DB transaction; each opens its own short ones.
 
 Why a wake-up flag besides the interval: a submit should start a job in milliseconds, not at the
 next interval. A wake-up that arrives while a tick runs is not lost: the tick runs once more.
@@ -14,23 +23,46 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from broker.ports import Executor
+from broker.services.accounting import fill_ledger_usage
+from broker.services.admin.audit import seal_pending
 from broker.services.reconcile import release_orphans
 from broker.services.scheduling import SchedulingLoop
+from broker.services.telemetry import rollup
+from broker.services.wakeup import Wakeup
+from broker.services.wiring import Services
 
 log = logging.getLogger("broker.tasks")
 
 
+def build_tasks(services: Services, clock: Callable[[], float] = time.time) -> "Tasks":
+    """Every periodic task of one app, not yet started (`Tasks.start` connects the wake-ups)."""
+    engine, settings, tel = services.engine, services.settings, services.telemetry
+    cfg = tel.config
+    tasks = Tasks(services.loop, services.executor, cycle_interval_s=settings.cycle_interval_s,
+                  reconcile_interval_s=settings.reconcile_interval_s, wakeup=services.wakeup)
+    tasks.add_interval(lambda: fill_ledger_usage(engine, clock()), 60.0, "accounting.ledger")
+    tasks.add_interval(lambda: seal_pending(engine), 2.0, "audit.seal_job_submits")
+    tasks.add_interval(lambda: tel.check_heartbeats(clock()), max(1.0, cfg.health.heartbeat_timeout_s / 6),
+                       "telemetry.heartbeats")
+    tasks.add_interval(lambda: rollup.run_rollups(engine, clock(), cfg.rollup_lateness_s), 60.0, "telemetry.rollup")
+    tasks.add_interval(lambda: rollup.apply_retention(engine, clock(), cfg.raw_retention_s, cfg.minute_retention_s,
+                                                      cfg.hour_retention_s), 3600.0, "telemetry.retention")
+    return tasks
+
+
 class Tasks:
     def __init__(self, loop: SchedulingLoop | None, executor: Executor | None, *, cycle_interval_s: float,
-                 reconcile_interval_s: float) -> None:
+                 reconcile_interval_s: float, wakeup: Wakeup | None = None) -> None:
         """Without an executor (loop None) only the tasks added with `add_interval` run."""
         self.loop = loop
         self.executor = executor
+        self.wakeup = wakeup
         self._aps = BackgroundScheduler(timezone=dt.timezone.utc,
                                         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None})
         self._dirty = threading.Event()
@@ -43,10 +75,15 @@ class Tasks:
         self._aps.add_job(_guarded(fn, id), "interval", seconds=seconds, id=id)
 
     def start(self) -> None:
+        """Start every task; submits, cancels and quota changes now wake the scheduling tick."""
         self._aps.start()
+        if self.wakeup is not None and self.loop is not None:
+            self.wakeup.connect(self.wake, self.wake)
         self.wake()
 
     def stop(self) -> None:
+        if self.wakeup is not None:
+            self.wakeup.connect(None)
         self._aps.shutdown(wait=True)
 
     def wake(self) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from broker.api.json import JSON
+from fastapi import APIRouter
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.deps import User
+from broker.api.deps import Catalog, User
+from broker.api.json import JSON
 from broker.schemas import ErrorResponse, Health, NodePublic, PoolPublic, ProjectPublic
 
 router = APIRouter(tags=["catalog"])
@@ -27,26 +27,18 @@ class PoolList(BaseModel):
 
 
 @router.get("/api/v1/projects", response_model=ProjectList, responses=ERRORS)
-def projects(request: Request, principal: User):
-    body = request.app.state.catalog.projects(principal=principal)
-    authz = getattr(request.app.state, "authz", None)
-    if authz is not None:  # lists never include foreign rows
-        from broker.auth.policy import Ref, Resource
-
-        scope = authz.scope(principal, Resource.PROJECT)
-        body["items"] = [i for i in body["items"]
-                         if scope.contains(Ref(Resource.PROJECT, department=i["department"], project=i["id"]))]
-    return JSON(body)
+def projects(principal: User, svc: Catalog):
+    return JSON(svc.projects(principal=principal))
 
 
 @router.get("/api/v1/nodes", response_model=NodeList, responses=ERRORS)
-def nodes(request: Request, principal: User):
-    return JSON(request.app.state.catalog.nodes(principal=principal))
+def nodes(principal: User, svc: Catalog):
+    return JSON(svc.nodes(principal=principal))
 
 
 @router.get("/api/v1/pools", response_model=PoolList, responses=ERRORS)
-def pools(request: Request, principal: User):
-    return JSON(request.app.state.catalog.pools(principal=principal))
+def pools(principal: User, svc: Catalog):
+    return JSON(svc.pools(principal=principal))
 
 
 @router.get("/healthz", response_model=Health, tags=["health"])
@@ -56,10 +48,10 @@ async def healthz():
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
-async def readyz(request: Request):
+async def readyz(svc: Catalog):
     """The database answers; 503 otherwise."""
     try:
-        await run_in_threadpool(request.app.state.catalog.ready)
+        await run_in_threadpool(svc.ready)
     except Exception:
         return JSON({"status": "unavailable", "checks": {"database": "unreachable"}}, status_code=503)
     return JSON({"status": "ok", "checks": {"database": "ok"}})

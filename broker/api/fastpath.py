@@ -6,11 +6,11 @@ CPU than the work itself. This layer answers exactly `POST /api/v1/jobs` with th
 service calls as the FastAPI route in `broker.api.jobs` (which stays: it documents the
 endpoint in OpenAPI and serves when the fast path is off, `BROKER_SUBMIT_FAST_PATH=false`):
 
-  cached bearer token -> `JobCreate.model_validate_json` (pydantic-core parses and validates
-  in one pass) -> `JobService.prepare` (cached catalog) -> group commit -> orjson 201.
+  `Authenticator.user` (token cache first) -> `JobCreate.model_validate_json` (pydantic-core
+  parses and validates in one pass) -> `JobService.submit` -> orjson 201.
 
-Behaviour is identical by construction (same schema, same service, same error bodies, same
-`on_submit` hook); tests run the API suite through this path and compare both paths.
+Behaviour is identical by construction (same authenticator, same schema, same `submit()`
+service, same error bodies); tests run the API suite through this path and compare both paths.
 Everything else passes through to FastAPI untouched.
 """
 
@@ -20,17 +20,17 @@ import orjson
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.admin_deps import origin
-from broker.errors import BrokerError, Forbidden, PayloadTooLarge, validation_message
+from broker.api.deps import origin
+from broker.errors import BrokerError, PayloadTooLarge, validation_message
 from broker.schemas import JobCreate
-from broker.services.jobs import body_hash
+from broker.services.wiring import Services
 
 _JSON = [(b"content-type", b"application/json")]
 
 
 class SubmitFastPath:
-    def __init__(self, app, *, state, max_body_bytes: int) -> None:
-        self.app, self.state, self.max_body = app, state, max_body_bytes
+    def __init__(self, app, *, services: Services, max_body_bytes: int) -> None:
+        self.app, self.services, self.max_body = app, services, max_body_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in ("/api/v1/jobs", "/api/v1/jobs/"):
@@ -46,7 +46,7 @@ class SubmitFastPath:
         await send({"type": "http.response.body", "body": payload})
 
     async def _submit(self, scope, receive):
-        st = self.state
+        svc = self.services
         auth_header = key = forwarded = rid = None
         for k, v in scope["headers"]:
             if k == b"authorization":
@@ -57,43 +57,18 @@ class SubmitFastPath:
                 forwarded = v.decode("latin-1")
             elif k == b"x-request-id":
                 rid = v.decode("latin-1")
-        oidc = getattr(st, "oidc", None)
-        principal = st.auth.cached(auth_header)
-        if principal is None and oidc is not None and oidc.looks_like_jwt(auth_header):
-            principal = await run_in_threadpool(oidc.authenticate, auth_header)
-        if principal is None:
-            principal = await run_in_threadpool(st.auth.authenticate, auth_header)
-        if principal.kind != "user":
-            raise Forbidden("agent tokens may only push telemetry", code="AGENT_TOKEN")
+        principal = await svc.authn.user(auth_header)
         raw = await self._body(receive)
         try:
             spec = JobCreate.model_validate_json(raw)
         except ValidationError as e:
             message, fields = validation_message(e.errors(include_url=False, include_input=False))
             return 422, {"error": {"code": "VALIDATION_ERROR", "message": message, "details": {"fields": fields}}}, []
-        svc = st.jobs
         client = scope.get("client")
-        source, rid = origin(st.settings, client[0] if client else None, forwarded, rid)
-        if svc.cache_ready(spec):
-            row, event = svc.prepare(principal=principal, spec=spec, source=source, request_id=rid)
-        else:
-            row, event = await run_in_threadpool(svc.prepare, principal=principal, spec=spec, source=source,
-                                                 request_id=rid)
-        extra = []
-        if key is not None:
-            if len(key) > 255 or not key.strip() or not key.isprintable():
-                return 422, {"error": {"code": "BAD_IDEMPOTENCY_KEY", "message":
-                                       "Idempotency-Key must be 1..255 printable characters", "details": {}}}, []
-            body, replayed = await run_in_threadpool(svc.submit_idempotent, principal=principal, row=row,
-                                                     event=event, key=key, body_hash=body_hash(spec))
-            if replayed:
-                return 201, body, [("Idempotent-Replayed", "true")]
-        else:
-            body = await svc.submit_rows(row, event)
-        hook = st.on_submit
-        if hook is not None:
-            hook()
-        return 201, body, extra
+        source, rid = origin(svc.settings, client[0] if client else None, forwarded, rid)
+        body, replayed = await svc.jobs.submit(principal=principal, spec=spec, source=source, request_id=rid,
+                                               idempotency_key=key)
+        return 201, body, [("Idempotent-Replayed", "true")] if replayed else []
 
     async def _body(self, receive) -> bytes:
         chunks, size = [], 0

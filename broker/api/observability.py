@@ -1,56 +1,37 @@
 """Operations' view: the utilization overview (JSON), Prometheus /metrics, and the dashboard page.
 
-All three read the same `broker.services.overview.overview()` so the page, Grafana and the API
-never disagree. Any authenticated user may read them: they hold aggregates only (no job
-commands, env or logs), which is what the ops-viewer role is for.
+All three read the same `OverviewService` so the page, Grafana and the API never disagree. Any
+authenticated user may read them: they hold aggregates only (no job commands, env or logs),
+which is what the ops-viewer role is for; per-project rows are the caller's projects only.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.deps import User
+from broker.api.deps import Overview, User
 from broker.api.json import JSON
-from broker.services.admin.audit import unsealed_submits
-from broker.services.overview import overview
 
 router = APIRouter(tags=["operations"])
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
-def _overview(request: Request) -> dict:
-    tasks = getattr(request.app.state, "tasks", None)
-    last = {}
-    if tasks is not None and tasks.loop is not None and tasks.loop.last_report is not None:
-        r = tasks.loop.last_report
-        last = {"cycle_ms": round(r.cycle_ms, 2), "admitted": len(r.admitted), "preempted": len(r.preempted),
-                "pending": r.pending, "at": tasks.loop.last_tick_at}
-    return overview(request.app.state.engine, time.time(), last_cycle=last)
-
-
 @router.get("/api/v1/overview")
-async def get_overview(request: Request, principal: User):
+async def get_overview(principal: User, svc: Overview):
     """Allocated vs used GPUs per pool, node and project; idle allocations; queue health."""
-    data = await run_in_threadpool(_overview, request)
-    authz = getattr(request.app.state, "authz", None)  # per-project rows: the caller's projects only
-    return JSON(authz.narrow_overview(principal, data) if authz is not None else data)
+    return JSON(await run_in_threadpool(svc.overview, principal))
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(request: Request, principal: User):
+async def metrics(principal: User, svc: Overview):
     """Prometheus text format (scrape with a bearer token)."""
-    data = await run_in_threadpool(_overview, request)
-    authz = getattr(request.app.state, "authz", None)
-    if authz is not None:
-        data = authz.narrow_overview(principal, data)
-    data = {**data, "audit_unsealed": await run_in_threadpool(unsealed_submits, request.app.state.engine)}
+    data = await run_in_threadpool(svc.metrics, principal)
     reg = CollectorRegistry()
     reg.register(_Collector(data))
     return Response(generate_latest(reg), media_type="text/plain; version=0.0.4; charset=utf-8")

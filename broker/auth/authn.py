@@ -1,4 +1,11 @@
-"""Bearer-token authentication with a small in-process TTL cache.
+"""Authentication: a bearer header to a `Principal`, in one order for every entry point.
+
+`Authenticator` is what the FastAPI dependency and the submit fast path both call: the token
+cache first (no I/O), then an OIDC identity token when OIDC is configured and the header holds
+a JWT, then the API token in the DB. A JWT is never in the token cache (it does not parse as
+an API token), so the order changes cost, never the answer.
+
+Bearer-token authentication (`TokenAuth`) keeps a small in-process TTL cache.
 
 Tokens are stored as sha256 of the full token (see `broker.auth.tokens`); a request's
 token is parsed (syntax only), looked up by its visible prefix, compared in constant time,
@@ -13,22 +20,26 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from sqlalchemy.engine import Engine
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
-from broker.errors import Unauthorized
+from broker.errors import Forbidden, Unauthorized
 from broker.models import ApiToken
 from broker.auth.tokens import bearer_token, hash_token, parse_token, verify_token_hash
+
+if TYPE_CHECKING:
+    from broker.auth.oidc_authn import OIDCAuth
 
 _MAX_CACHED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling. Roles and scopes are enforced by the authorization layer (issue 4)."""
+    """Who is calling. Roles and scopes are enforced by the authorization layer (`authz`)."""
 
     token_id: str
     kind: str  # "user" | "agent"
@@ -106,3 +117,32 @@ def token_by_prefix(session: Session, prefix: str) -> ApiToken | None:
 def principal_of(row: ApiToken) -> Principal:
     return Principal(token_id=row.id, kind=row.kind, role=row.role, name=row.name, project_id=row.project_id,
                      department_id=row.department_id, node_id=row.node_id, expires_at=row.expires_at)
+
+
+class Authenticator:
+    """Bearer header -> Principal for every way in (FastAPI routes, the submit fast path).
+
+    A miss of the token cache reads the DB (or verifies a JWT) in a worker thread, so the
+    event loop never waits on I/O."""
+
+    def __init__(self, tokens: TokenAuth, oidc: OIDCAuth | None = None) -> None:
+        self.tokens, self.oidc = tokens, oidc
+
+    async def principal(self, authorization: str | None) -> Principal:
+        """Any valid caller (user or agent). Raises Unauthorized (401)."""
+        p = self.tokens.cached(authorization)
+        if p is not None:
+            return p
+        if self.oidc is not None and self.oidc.looks_like_jwt(authorization):
+            return await run_in_threadpool(self.oidc.authenticate, authorization)
+        return await run_in_threadpool(self.tokens.authenticate, authorization)
+
+    async def user(self, authorization: str | None) -> Principal:
+        """A user: agent tokens may only push telemetry for their node (403 AGENT_TOKEN)."""
+        return require_user(await self.principal(authorization))
+
+
+def require_user(p: Principal) -> Principal:
+    if p.kind != "user":
+        raise Forbidden("agent tokens may only push telemetry", code="AGENT_TOKEN")
+    return p

@@ -31,7 +31,7 @@ from sqlmodel import Session
 from broker.db import make_engine, migrate
 from broker.services.bootstrap import ensure_admin_token, seed_demo
 from broker.settings import Settings
-from broker.services.telemetry.tasks import issue_agent_token
+from broker.services.bootstrap import issue_agent_token
 
 log = logging.getLogger("broker.up")
 

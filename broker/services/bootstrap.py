@@ -107,3 +107,14 @@ def seed_demo(session: Session, *, gpu_model: str = "", process_runtime: bool = 
                              guaranteed=g, nominal=g, limit=None))
     session.flush()
     return True
+
+
+def issue_agent_token(engine, node_id: str, name: str = "") -> str:
+    """A new agent token bound to `node_id` (for `broker up` and the Ray per-node agents).
+
+    The plaintext is returned once; only its hash is stored. The token may push telemetry for
+    this node and do nothing else."""
+    with Session(engine) as s:
+        plain, _ = create_token(s, name=name or f"agent-{node_id}", role="agent", kind="agent", node_id=node_id)
+        s.commit()
+    return plain

@@ -1,4 +1,7 @@
-"""Catalog use cases: projects, nodes, pools (read-only here; admin writes come with issue 4)."""
+"""Catalog use cases: projects, nodes, pools (read-only here; admin writes are in `admin/`).
+
+Lists never include foreign rows: projects are cut to the caller's project scope here, so a
+route cannot forget to. Nodes and pools name no tenant and are visible to every user."""
 
 from __future__ import annotations
 
@@ -9,19 +12,23 @@ from sqlmodel import Session
 
 from broker.services import catalog_queries as catalog
 from broker.auth.authn import Principal
+from broker.auth.authz import Authz
+from broker.auth.policy import Ref, Resource
 
 
 class CatalogService:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engine: Engine, authz: Authz) -> None:
+        self.engine, self.authz = engine, authz
 
     def projects(self, *, principal: Principal) -> dict:
+        scope = self.authz.scope(principal, Resource.PROJECT)
         with Session(self.engine) as s:
             return {"items": [
                 {"id": p.id, "name": p.name or p.id, "department": d.id, "department_name": d.name,
                  "weight": p.weight, "budget_gpu_hours": p.budget_gpu_hours,
                  "allow_process_runtime": p.allow_process_runtime}
                 for p, d in catalog.projects(s)
+                if scope.contains(Ref(Resource.PROJECT, department=d.id, project=p.id))
             ]}
 
     def nodes(self, *, principal: Principal) -> dict:

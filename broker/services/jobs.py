@@ -1,11 +1,16 @@
-"""Job use cases: submit, get, list, cancel, events, logs. Services own the transactions.
+"""Job use cases: submit, get, list, cancel, events. Services own the transactions.
 
-Submit is the hot path (issue 3 benchmark): it validates against cached catalog data (projects,
-pools, nodes), builds the row as a plain dict and hands it to the group-commit writer, which
-acknowledges after COMMIT. Nothing slow runs inside the request: the scheduler is woken through
-the optional `on_submit` hook after the commit. Requests carrying an `Idempotency-Key` take a
-separate transactional path (key row and job row in one transaction; the unique (token, key)
-constraint makes concurrent duplicates collapse to one job).
+`submit()` is the one submit path: the FastAPI route and the ASGI fast path both call it with
+an authenticated principal and a validated spec. It is the hot path (see `broker bench submit`):
+it validates against cached catalog data (projects, pools, nodes), builds the row as a plain
+dict and hands it to the group-commit writer, which acknowledges after COMMIT. Nothing slow
+runs inside the request: the scheduler is woken through `Wakeup` after the commit. Requests
+carrying an `Idempotency-Key` take a separate transactional path (key row and job row in one
+transaction; the unique (token, key) constraint makes concurrent duplicates collapse to one job).
+
+Invariant: every read, list, cancel and submit is authorized by the `Authz` and `SubmitGuard`
+given at construction (required arguments: there is no unauthorized mode); a foreign job
+answers exactly like a missing one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Callable, Sequence
 
 import orjson
 from anyio import to_thread
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -28,6 +34,12 @@ from broker.services import job_queries as repo
 from broker.schemas import JobCreate
 from broker.services import submit_checks as checks
 from broker.auth.authn import Principal
+from broker.auth.authz import Authz
+from broker.auth.guard import SubmitGuard
+from broker.auth.policy import Action
+from broker.ports import Executor
+from broker.services.admin import audit
+from broker.services.wakeup import Wakeup
 from broker.services.group_commit import GroupCommitWriter
 from broker.services.views import event_public, job_public
 from broker.settings import Settings
@@ -42,27 +54,50 @@ RECHECK_S = 1.0  # an unknown project re-reads the project list at most this oft
 
 
 class JobService:
-    def __init__(self, settings: Settings, engine: Engine, *, executor=None,
+    def __init__(self, settings: Settings, engine: Engine, *, authz: Authz, guard: SubmitGuard,
+                 executor: Executor | None = None, wakeup: Wakeup | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        """`executor` None: jobs are stored and scheduled nowhere (API-only apps, tests)."""
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
+        self.authz, self.guard = authz, guard
+        self.wakeup = wakeup or Wakeup()
         self.projects = checks.TTLCache(lambda: checks.load_projects(engine), ttl_s=5.0)
         self.inventory = checks.TTLCache(lambda: checks.load_inventory(engine), ttl_s=2.0)
-        # Security layer (issue 4), installed by create_app: authorization and submit guards.
-        self.authz = None
-        self.guard = None
         self.writer = GroupCommitWriter(engine, repo.insert_jobs, batch_max=settings.submit_batch_max,
                                         wait_s=settings.submit_batch_wait_s, writers=settings.submit_writers,
                                         write_async=repo.insert_jobs_async)
 
     # ------------------------------------------------------------------ submit
+    async def submit(self, *, principal: Principal, spec: JobCreate, source: str | None,
+                     request_id: str | None, idempotency_key: str | None = None) -> tuple[dict, bool]:
+        """Authorize, check and store one job; returns (job, replayed).
+
+        Without an Idempotency-Key the row goes through the group-commit writer; with one, the
+        key and the job are stored in one transaction, and a repeat of the same body returns
+        the job stored first (replayed=True, the scheduler is not woken again)."""
+        if self.cache_ready(spec):
+            row, event = self.prepare(principal=principal, spec=spec, source=source, request_id=request_id)
+        else:
+            row, event = await run_in_threadpool(self.prepare, principal=principal, spec=spec, source=source,
+                                                 request_id=request_id)
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+            body, replayed = await run_in_threadpool(self.submit_idempotent, principal=principal, row=row,
+                                                     event=event, key=idempotency_key, body_hash=body_hash(spec))
+            if replayed:
+                return body, True
+        else:
+            body = await self.submit_rows(row, event)
+        self.wakeup.submitted()
+        return body, False
+
     def prepare(self, *, principal: Principal, spec: JobCreate, source: str | None = None,
                 request_id: str | None = None) -> tuple[dict, dict]:
         """Check the spec against the catalog and build the job and event rows (no writes).
 
         May read the DB on a cache miss: async callers run it in a thread unless `cache_ready()`.
         """
-        if self.guard is not None:
-            self.guard.check(principal, spec)  # may submit here? env / image / runtime / pending cap
+        self.guard.check(principal, spec)  # may submit here? env / image / runtime / pending cap
         if spec.project not in self.projects.get():
             # a project created a moment ago? look once more (at most once a second)
             if spec.project not in self.projects.get(max_age=RECHECK_S):
@@ -89,8 +124,7 @@ class JobService:
             "queue_position": None, "estimated_start": None, "borrowing": False, "flavor_pool": None,
             "flavor_gpu_model": None, "owner_token_id": principal.token_id,
         }
-        audit = {"actor": self.authz.principal(principal).subject if self.authz is not None else principal.name,
-                 "actor_kind": principal.kind, "token_id": principal.token_id, "source": source,
+        audit = {"actor": self.authz.principal(principal).subject, "actor_kind": principal.kind, "token_id": principal.token_id, "source": source,
                  "request_id": request_id}  # sealed into the audit log (services.admin.audit.seal_job_submits)
         event = {"job_id": row["id"], "ts": now, "kind": "submitted", "from_status": None,
                  "to_status": JobStatus.PENDING.value, "attempt": 1, "message": f"submitted by {principal.name or principal.token_id}",
@@ -181,11 +215,10 @@ class JobService:
         bad = [st for st in statuses if st not in _STATUSES]
         if bad:
             raise Invalid(f"unknown status {bad[0]!r}; one of {', '.join(sorted(_STATUSES))}", code="BAD_STATUS")
-        if self.authz is not None:
-            visible = self.authz.visible_projects(principal, projects)
-            if visible is not None and not visible:
-                return {"items": [], "next_cursor": None}  # nothing visible: never an unfiltered list
-            projects = visible or ()
+        visible = self.authz.visible_projects(principal, projects)
+        if visible is not None and not visible:
+            return {"items": [], "next_cursor": None}  # nothing visible: never an unfiltered list
+        projects = visible or ()
         with Session(self.engine) as s:
             rows, nxt = repo.page(s, projects=projects, statuses=statuses, cursor=cursor, limit=limit)
             return {"items": [job_public(j) for j in rows], "next_cursor": nxt}
@@ -202,11 +235,30 @@ class JobService:
             return job
 
     # ------------------------------------------------------------------ cancel
-    def cancel(self, *, principal: Principal, job_id: str, reason: str = "") -> tuple[dict, tuple[str, int] | None]:
-        """PENDING -> CANCELLED at once; a job holding resources gets `cancel_requested_at` and
-        its workers are stopped by the caller (returned (job_id, attempt) to stop, outside the
-        transaction); the scheduling loop moves it to CANCELLED once they have exited.
-        Terminal jobs -> 409 JOB_TERMINAL. Cancelling twice is harmless."""
+    def cancel(self, *, principal: Principal, caller: audit.Caller, job_id: str) -> dict:
+        """Cancel a job: PENDING -> CANCELLED at once; a job holding resources gets
+        `cancel_requested_at`, its workers are told to stop (after the transaction) and the
+        scheduling loop moves it to CANCELLED once they have exited. Every accepted cancel is
+        in the audit log. Terminal jobs -> 409 JOB_TERMINAL. Cancelling twice is harmless."""
+        body, stop = self._cancel(principal=principal, job_id=job_id)
+        self._audit_cancel(caller, body)
+        if stop is not None:
+            if self.executor is not None:
+                self.executor.stop(stop[0], stop[1], self.settings.grace_period_s, "stopped by cancel")
+            self.wakeup.cancelled()
+        return body
+
+    def _audit_cancel(self, caller: audit.Caller, job: dict) -> None:
+        """The cancel in the audit log, in its own short transaction."""
+        project = job.get("project")
+        with Session(self.engine) as s:
+            audit.record(s, caller, action="job.cancel", target_kind="job", target_id=job.get("id", ""),
+                         after={"status": job.get("status"), "cancel_requested_at": job.get("cancel_requested_at")},
+                         department=self.authz.project_department(project) if project else None, project=project)
+            s.commit()
+
+    def _cancel(self, *, principal: Principal, job_id: str, reason: str = "") -> tuple[dict, tuple[str, int] | None]:
+        """The state change; returns the job and, when its workers must stop, (job_id, attempt)."""
         who = principal.name or principal.token_id
         msg = f"cancelled by {who}" + (f": {reason}" if reason else "")
         for _ in range(5):
@@ -238,10 +290,7 @@ class JobService:
     def authorize(self, principal: Principal, job: Job, action: str) -> None:
         """Raise unless `principal` may do `action` ("job.read", "job.cancel", "job.logs") to
         `job`: a foreign job answers like a missing one (404 JOB_NOT_FOUND)."""
-        if self.authz is not None:
-            from broker.auth.policy import Action
-
-            self.authz.check_job(principal, job, Action(action))
+        self.authz.check_job(principal, job, Action(action))
 
     @staticmethod
     def _job(s: Session, job_id: str) -> Job:
@@ -255,6 +304,11 @@ def body_hash(spec: JobCreate) -> str:
     """Canonical hash of a submit body: same fields and values -> same hash, key order ignored."""
     data = spec.model_dump(by_alias=True, mode="json")
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def check_idempotency_key(key: str) -> None:
+    if len(key) > 255 or not key.strip() or not key.isprintable():
+        raise Invalid("Idempotency-Key must be 1..255 printable characters", code="BAD_IDEMPOTENCY_KEY")
 
 
 def logs_attempt(job: Job, attempt: int | None) -> int:

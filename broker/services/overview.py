@@ -7,20 +7,53 @@ GPUs stayed below that threshold for the whole window (with at least one sample)
 number operations most want to see.
 
 One read, a handful of aggregate queries, no per-row Python over the samples table.
+`OverviewService` is what the routes call: the same data for the JSON overview, Prometheus
+and the dashboard, narrowed to the rows of projects the caller may see.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from broker.auth.authn import Principal
+from broker.auth.authz import Authz
 from broker.models import HOLDING, Job, JobStatus, Node, Placement, Pool
+from broker.services.admin.audit import unsealed_submits
+
+if TYPE_CHECKING:
+    from broker.services.scheduling import SchedulingLoop
 
 BUSY_UTIL_PCT = 5.0
+
+
+class OverviewService:
+    """Operations' view for one caller: region-, pool- and node-level aggregates for everyone
+    (they name no tenant), per-project rows and idle allocations only for visible projects."""
+
+    def __init__(self, engine: Engine, authz: Authz, *, loop: "SchedulingLoop | None" = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`loop`: the scheduling loop whose last tick the overview reports (None: no executor)."""
+        self.engine, self.authz, self.loop, self.clock = engine, authz, loop, clock
+
+    def overview(self, principal: Principal) -> dict[str, Any]:
+        last = {}
+        loop = self.loop
+        if loop is not None and loop.last_report is not None:
+            r = loop.last_report
+            last = {"cycle_ms": round(r.cycle_ms, 2), "admitted": len(r.admitted), "preempted": len(r.preempted),
+                    "pending": r.pending, "at": loop.last_tick_at}
+        data = overview(self.engine, self.clock(), last_cycle=last)
+        return self.authz.narrow_overview(principal, data)
+
+    def metrics(self, principal: Principal) -> dict[str, Any]:
+        """The overview plus the audit outbox's lag (what /metrics exports)."""
+        return {**self.overview(principal), "audit_unsealed": unsealed_submits(self.engine)}
 
 
 def overview(engine: Engine, now: float, *, window_s: float = 300.0, busy_util_pct: float = BUSY_UTIL_PCT,

@@ -122,7 +122,7 @@ def new_project(engine, app):
         with Session(engine) as s:
             s.add(Project(id=pid, department_id=department, name=pid))
             s.commit()
-        app.state.jobs.catalog_changed()  # as an in-process admin write does
+        app.state.services.jobs.catalog_changed()  # as an in-process admin write does
         return pid
 
     return make

@@ -218,7 +218,7 @@ def test_unexpected_error_on_the_submit_fast_path_is_a_bare_500(settings, engine
     async def broken(row, event):
         raise RuntimeError("connection to /var/run/secret failed")
 
-    monkeypatch.setattr(app.state.jobs, "submit_rows", broken)
+    monkeypatch.setattr(app.state.services.jobs, "submit_rows", broken)
     with TestClient(app, raise_server_exceptions=False, headers={"Authorization": f"Bearer {admin_token}"}) as c:
         r = c.post("/api/v1/jobs", json=job_body())
     assert r.status_code == 500 and r.json()["error"]["code"] == "INTERNAL"

@@ -40,11 +40,11 @@ def test_submit_calls_the_wakeup_hook_after_commit(client, app, engine):
         with Session(engine) as s:  # the row is committed when the hook runs
             seen.append(s.exec(__import__("sqlmodel").select(Job).where(Job.name == "hooked")).first() is not None)
 
-    app.state.on_submit = hook
+    app.state.services.wakeup.connect(hook)
     try:
         submit(client, name="hooked")
     finally:
-        app.state.on_submit = None
+        app.state.services.wakeup.connect(None)
     assert seen == [True]
 
 
@@ -197,7 +197,7 @@ def test_logs_follow_streams_until_the_attempt_ends(client, app, engine, fake_ex
         jobstate.transition(s, row, JobStatus.ADMITTED, expected_version=1)
         jobstate.transition(s, row, JobStatus.RUNNING, expected_version=2)
         s.commit()
-    app.state.logs.poll_s = 0.02
+    app.state.services.logs.poll_s = 0.02
 
     def worker_runs_then_ends():
         fake_executor.write_log(j["id"], 1, 0, b"a\n")

@@ -13,6 +13,7 @@ from broker.models import Job
 from broker.services import job_queries as repo
 from broker.services.group_commit import GroupCommitWriter
 from broker.services.jobs import JobService
+from broker.services.wiring import build_services
 from broker.auth.authn import Principal
 from broker.schemas import JobCreate
 from tests.broker.conftest import job_body
@@ -37,7 +38,7 @@ WRITE_ASYNC = pytest.mark.parametrize("write_async", [None, repo.insert_jobs_asy
 
 @WRITE_ASYNC
 def test_concurrent_submits_share_transactions_and_all_land(settings, engine, write_async):
-    svc = JobService(settings, engine)
+    svc = build_services(settings, engine).jobs
     name = f"gc-many-{write_async is not None}"
     items = rows(svc, 60, name=name)
 
@@ -55,7 +56,7 @@ def test_concurrent_submits_share_transactions_and_all_land(settings, engine, wr
 
 @WRITE_ASYNC
 def test_a_bad_row_fails_alone(settings, engine, write_async):
-    svc = JobService(settings, engine)
+    svc = build_services(settings, engine).jobs
     tag = "a" if write_async else "t"
     good = rows(svc, 5, name=f"gc-good{tag}")
     bad_job, bad_event = rows(svc, 1, name=f"gc-bad{tag}")[0]
@@ -76,14 +77,14 @@ def test_a_bad_row_fails_alone(settings, engine, write_async):
 
 
 def test_writer_without_start_commits_directly(settings, engine):
-    svc = JobService(settings, engine)
+    svc = build_services(settings, engine).jobs
     (j, e), = rows(svc, 1, name="gc-direct")
     asyncio.run(GroupCommitWriter(engine, repo.insert_jobs).submit(j, e))
     assert count(engine, "gc-direct") == 1
 
 
 def test_an_id_collision_is_retried_under_a_fresh_id(settings, engine):
-    svc = JobService(settings, engine)
+    svc = build_services(settings, engine).jobs
     (j1, e1), (j2, e2) = rows(svc, 2, name="gc-collide")
     j2["id"] = e2["job_id"] = j1["id"]
 
@@ -100,7 +101,7 @@ def test_an_id_collision_is_retried_under_a_fresh_id(settings, engine):
 
 def test_a_dropped_connection_is_replaced(settings, engine):
     """PostgreSQL: the async writer's connection; SQLite: the writer thread's connection."""
-    svc = JobService(settings, engine)
+    svc = build_services(settings, engine).jobs
     (j1, e1), (j2, e2) = rows(svc, 2, name="gc-reconnect")
 
     async def main():

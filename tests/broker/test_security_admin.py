@@ -18,10 +18,6 @@ from broker.services.admin import audit as admin_audit
 @pytest.fixture(scope="module")
 def sec_app(settings, engine, fake_executor):
     app = create_app(settings, executor=fake_executor, start_background=False, engine=engine)
-    if not hasattr(app.state, "authz"):
-        from broker.api.admin_wiring import install_admin
-
-        install_admin(app)
     return app
 
 

@@ -83,7 +83,7 @@ def _client(app, token):
 
 
 def _token_id(app, plaintext):
-    with Session(app.state.engine) as s:
+    with Session(app.state.services.engine) as s:
         prefix = "_".join(plaintext.split("_")[:2])
         return s.exec(select(ApiToken).where(ApiToken.prefix == prefix)).one().id
 
@@ -321,13 +321,13 @@ def _row_ref(app, route, item) -> Ref:
     if "owner_kind" in item:  # a quota row
         if item["owner_kind"] == "department":
             return Ref(Resource.DEPARTMENT, department=item["owner_id"])
-        return Ref(Resource.PROJECT, department=app.state.authz.project_department(item["owner_id"]),
+        return Ref(Resource.PROJECT, department=app.state.services.authz.project_department(item["owner_id"]),
                    project=item["owner_id"])
     if route.list_of is Resource.DEPARTMENT:
         return Ref(Resource.DEPARTMENT, department=item["id"])
     if route.list_of is Resource.PROJECT:
         return Ref(Resource.PROJECT, department=item["department"], project=item["id"])
-    return Ref(Resource.JOB, department=app.state.authz.project_department(item["project"]), project=item["project"])
+    return Ref(Resource.JOB, department=app.state.services.authz.project_department(item["project"]), project=item["project"])
 
 
 def _served(app, route) -> bool:
@@ -371,7 +371,7 @@ def test_matrix(app, client, cast, route, role, side):
     if route.path == "/api/v1/overview" and r.status_code == 200:
         body = r.json()
         for row in body.get("projects", []) + body.get("idle_allocations", []):
-            ref = Ref(Resource.PROJECT, department=app.state.authz.project_department(row["project"]),
+            ref = Ref(Resource.PROJECT, department=app.state.services.authz.project_department(row["project"]),
                       project=row["project"])
             assert list_scope(actor.principal, Resource.PROJECT).contains(ref), f"{role} sees {row}"
     if role not in ("platform-admin",):

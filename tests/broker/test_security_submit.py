@@ -20,10 +20,6 @@ from tests.broker.conftest import job_body
 @pytest.fixture(scope="module")
 def sapp(settings, engine, fake_executor):
     app = create_app(settings, executor=fake_executor, start_background=False, engine=engine)
-    if not hasattr(app.state, "authz"):
-        from broker.api.admin_wiring import install_admin
-
-        install_admin(app)
     return app
 
 
@@ -44,7 +40,7 @@ def spec(**over):
 
 @pytest.fixture
 def guard(sapp):
-    g = sapp.state.submit_guard
+    g = sapp.state.services.guard
     g.invalidate()
     return g
 

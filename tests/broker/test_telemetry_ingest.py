@@ -8,8 +8,6 @@ from sqlmodel import Session
 
 from agents.agent import encode
 from agents.fake import FakeReader
-from broker.api.telemetry import service
-from broker.services.telemetry.tasks import install
 from tests.broker.telemetry_builders import agent_token, gpu, new_node, node_state, report
 
 URL = "/api/v1/telemetry"
@@ -17,7 +15,6 @@ URL = "/api/v1/telemetry"
 
 @pytest.fixture(scope="module")
 def tclient(app, client):
-    install(app)
     return client
 
 
@@ -148,12 +145,7 @@ def test_samples_older_than_retention_are_dropped(tclient, app, engine):
 
 
 def service_config(app):
-    class R:
-        pass
-
-    req = R()
-    req.app = app
-    return service(req).config
+    return app.state.services.telemetry.config
 
 
 class Switch:

@@ -195,9 +195,6 @@ def test_bad_ranges(name, resolution, start, end, code):
 
 
 def test_read_routes(app, client, engine):
-    from broker.services.telemetry.tasks import install
-
-    install(app)
     node = new_node(engine)
     now = time.time()
     tok = agent_token(engine, node)

@@ -1,54 +1,41 @@
-"""The telemetry wiring helpers: routes mounted once, tasks registered with the clock."""
+"""The periodic tasks, all registered in one place (`broker.tasks.build_tasks`), and the agent
+tokens `broker up` issues."""
 
-from types import SimpleNamespace
+import time
 
-from broker.services.telemetry.tasks import install, periodic_tasks, register
+from fastapi.testclient import TestClient
 
+from broker.services.bootstrap import issue_agent_token
+from broker.tasks import build_tasks
 
-class FakeTasks:
-    def __init__(self):
-        self.added = []
-
-    def add_interval(self, fn, seconds, id):
-        self.added.append((id, seconds, fn))
-
-
-def test_install_is_idempotent(app):
-    svc = install(app)
-    assert install(app) is svc and app.state.telemetry is svc
-    from fastapi.testclient import TestClient
-
-    with TestClient(app) as c:
-        assert c.post("/api/v1/telemetry", content=b"{}").status_code == 401  # mounted (no token)
-    paths = [p for p in app.openapi()["paths"] if p.startswith("/api/v1/telemetry")]
-    assert len(paths) == len(set(paths)) == 6
+EVERY_TASK = ["accounting.ledger", "audit.seal_job_submits", "reconcile", "schedule", "telemetry.heartbeats",
+              "telemetry.retention", "telemetry.rollup"]
 
 
-def test_register_passes_now_to_every_task(engine):
+def test_every_periodic_task_is_registered_once_with_one_instance_at_most(app):
+    tasks = build_tasks(app.state.services)
+    tasks._aps.start(paused=True)  # the job defaults apply once jobs are really added; nothing runs
+    try:
+        jobs = tasks._aps.get_jobs()
+        assert sorted(j.id for j in jobs) == EVERY_TASK
+        assert all(j.max_instances == 1 for j in jobs)
+    finally:
+        tasks._aps.shutdown(wait=False)
+
+
+def test_tasks_pass_now_from_their_clock(app, monkeypatch):
     calls = []
-    svc = SimpleNamespace(config=None, engine=engine)
-    from broker.services.telemetry.service import TelemetryConfig
-
-    svc.config = TelemetryConfig()
-    svc.check_heartbeats = lambda now: calls.append(("hb", now))
-    tasks = FakeTasks()
-    register(tasks, svc, clock=lambda: 1234.0)
-    assert [(i, s) for i, s, _ in tasks.added] == [(n, s) for n, s, _ in periodic_tasks(svc)]
-    assert [i for i, _, _ in tasks.added] == ["telemetry.heartbeats", "telemetry.rollup", "telemetry.retention"]
-    tasks.added[0][2]()
-    assert calls == [("hb", 1234.0)]
+    monkeypatch.setattr(app.state.services.telemetry, "check_heartbeats", lambda now: calls.append(now))
+    tasks = build_tasks(app.state.services, clock=lambda: 1234.0)
+    (hb,) = [j for j in tasks._aps.get_jobs() if j.id == "telemetry.heartbeats"]
+    hb.func()
+    assert calls == [1234.0]
 
 
 def test_issued_agent_token_pushes_for_its_node_only(app, engine):
-    import time
-
-    from fastapi.testclient import TestClient
-
     from agents.agent import encode
-    from broker.services.telemetry.tasks import issue_agent_token
     from tests.broker.telemetry_builders import gpu, new_node, report
 
-    install(app)
     node = new_node(engine)
     tok = issue_agent_token(engine, node)
     assert tok.startswith("cba_")

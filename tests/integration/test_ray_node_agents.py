@@ -19,7 +19,7 @@ from broker.app import create_app
 from broker.db import make_engine, migrate
 from broker.settings import Settings
 from broker.models_telemetry import AgentState
-from broker.services.telemetry.tasks import issue_agent_token
+from broker.services.bootstrap import issue_agent_token
 from tests.integration.conftest import NAMESPACE, wait_for
 
 

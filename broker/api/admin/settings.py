@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict
 
-from broker.api.admin_deps import CallerDep
-from broker.api.deps import User
+from broker.api.deps import CallerDep, AdminSettings, User
 from broker.api.json import JSON
 from broker.schemas import ErrorResponse
 
@@ -36,13 +35,13 @@ class SettingList(BaseModel):
 
 @router.get("/api/v1/admin/settings", response_model=SettingList, responses=ERRORS,
             summary="Image registry allow-list and max runtime per class")
-def list_settings(request: Request, principal: User):
-    return JSON(request.app.state.settings_admin.list(principal))
+def list_settings(svc: AdminSettings, principal: User):
+    return JSON(svc.list(principal))
 
 
 @router.put("/api/v1/admin/settings/{key}", response_model=SettingPublic, responses=ERRORS,
             summary="Platform-admins: change a setting (If-Match required)")
-def put_setting(request: Request, key: str, body: SettingPut, principal: User, caller: CallerDep,
+def put_setting(svc: AdminSettings, key: str, body: SettingPut, principal: User, caller: CallerDep,
                 if_match: Annotated[Optional[str], Header(alias="If-Match", max_length=200)] = None):
-    out = request.app.state.settings_admin.put(principal, caller, key, body.value, if_match)
+    out = svc.put(principal, caller, key, body.value, if_match)
     return JSON(out, headers={"ETag": out["etag"]})

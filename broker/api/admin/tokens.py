@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.admin_deps import CallerDep
-from broker.api.deps import User
+from broker.api.deps import CallerDep, Tokens, User
 from broker.api.json import JSON
 from broker.schemas import ErrorResponse
 
@@ -65,29 +64,27 @@ class TokenList(BaseModel):
 
 @router.post("/api/v1/tokens", status_code=201, response_model=TokenCreated, responses=ERRORS,
              summary="Create a token for yourself (acts with your memberships)")
-async def create_own(request: Request, body: OwnTokenCreate, principal: User, caller: CallerDep):
-    svc = request.app.state.token_admin
+async def create_own(body: OwnTokenCreate, principal: User, caller: CallerDep, svc: Tokens):
     out = await run_in_threadpool(svc.create_own, principal, caller, name=body.name, ttl_days=body.ttl_days)
     return JSON(out, status_code=201, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/api/v1/tokens", response_model=TokenList, responses=ERRORS,
             summary="Your tokens (platform-admins: ?all=true or ?user=)")
-def list_tokens(request: Request, principal: User, all: bool = False,
+def list_tokens(principal: User, svc: Tokens, all: bool = False,
                 user: Annotated[Optional[str], Query(max_length=64)] = None):
-    return JSON(request.app.state.token_admin.list(principal, all_users=all, user=user))
+    return JSON(svc.list(principal, all_users=all, user=user))
 
 
 @router.delete("/api/v1/tokens/{token_id}", response_model=TokenPublic, responses=ERRORS,
                summary="Revoke a token (yours; platform-admins: any)")
-def revoke(request: Request, token_id: str, principal: User, caller: CallerDep):
-    return JSON(request.app.state.token_admin.revoke(principal, caller, token_id))
+def revoke(token_id: str, principal: User, caller: CallerDep, svc: Tokens):
+    return JSON(svc.revoke(principal, caller, token_id))
 
 
 @router.post("/api/v1/admin/tokens", status_code=201, response_model=TokenCreated, responses=ERRORS,
              summary="Platform-admins: a token for a user, a scoped service token, or a node-agent token")
-async def create_for(request: Request, body: TokenCreate, principal: User, caller: CallerDep):
-    svc = request.app.state.token_admin
+async def create_for(body: TokenCreate, principal: User, caller: CallerDep, svc: Tokens):
     out = await run_in_threadpool(svc.create_for, principal, caller, name=body.name, kind=body.kind, role=body.role,
                                   user=body.user, project=body.project, department=body.department,
                                   node=body.node, ttl_days=body.ttl_days)

@@ -12,20 +12,25 @@ Reads: platform-admins see everything; department-admins see entries of their de
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import select, text
 from sqlmodel import Session
 
-from broker.errors import Invalid
+from broker.errors import Forbidden, Invalid
 from broker.models import ApiToken
 from broker.models_tenancy import AuditEntry
 from broker.auth.audit import build_record, chain_hash, verify_chain
-from broker.auth.policy import Principal as PolicyPrincipal, Scope
+from broker.auth.policy import Principal as PolicyPrincipal, Resource, Scope
 
+if TYPE_CHECKING:
+    from broker.auth.authz import Authz
+
+log = logging.getLogger("broker.audit")
 _ADVISORY_KEY = 0x434241554449  # "CBAUDI"
 
 
@@ -259,3 +264,41 @@ def _as_record_json(e: AuditEntry) -> dict:
             "target_id": e.target_id, "department": e.department_id, "project": e.project_id, "source": e.source,
             "token_prefix": e.token_prefix, "outcome": e.outcome, "request_id": e.request_id,
             "before": e.before, "after": e.after, "changes": e.changes or []}
+
+
+class AuditLog:
+    """The audit log's read use cases: entries by the caller's scope, and the chain check.
+
+    Platform-admins see every entry and may verify the whole chain; department-admins see
+    their departments' entries; everyone else gets 403."""
+
+    def __init__(self, engine, authz: "Authz") -> None:
+        self.engine, self.authz = engine, authz
+
+    def verify(self, principal) -> dict:
+        """Recompute the chain (platform-admins only: it spans every department)."""
+        if not self.authz.scope(principal, Resource.AUDIT).all:
+            raise Forbidden("verifying the whole audit chain is for platform-admins", code="FORBIDDEN")
+        with Session(self.engine) as s:
+            return verify_report(s)
+
+    def entries(self, principal, *, cursor: str | None = None, **filters: Any) -> dict:
+        """Entries newest first within the caller's scope; job submits of the last seconds are
+        sealed first (best effort: the periodic task catches up)."""
+        scope = self.authz.scope(principal, Resource.AUDIT)
+        if scope.empty:
+            raise Forbidden("the audit log is for platform- and department-admins", code="FORBIDDEN")
+        after_id = None
+        if cursor is not None:
+            if not cursor.isdigit():
+                raise Invalid("cursor is malformed; pass next_cursor unchanged", code="BAD_CURSOR")
+            after_id = int(cursor)
+        try:
+            seal_pending(self.engine, rounds=5)
+        except Exception as e:  # noqa: BLE001 - a read must not fail because sealing did
+            log.warning("sealing job submits before an audit query failed: %s", e)
+        with Session(self.engine) as s:
+            return query(s, scope, after_id=after_id, **filters)
+
+    def unsealed(self) -> int:
+        return unsealed_submits(self.engine)

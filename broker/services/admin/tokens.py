@@ -27,7 +27,7 @@ from broker.models_tenancy import TokenOwner, User
 from broker.auth.policy import Action, Ref, Resource
 from broker.services.admin import audit
 from broker.services.admin.audit import Caller
-from broker.auth.authn import Principal as AuthPrincipal
+from broker.auth.authn import Principal as AuthPrincipal, TokenAuth
 from broker.auth.authz import USER_TOKEN_ROLE, Authz, grant_of
 from broker.services.bootstrap import create_token
 
@@ -47,7 +47,7 @@ def token_public(row: ApiToken, owner: str | None) -> dict:
 
 
 class TokenAdmin:
-    def __init__(self, engine, authz: Authz, auth=None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine, authz: Authz, auth: TokenAuth, *, clock: Callable[[], float] = time.time) -> None:
         self.engine, self.authz, self.auth, self.clock = engine, authz, auth, clock
 
     def _expiry(self, ttl_days: float | None) -> float:
@@ -147,6 +147,5 @@ class TokenAdmin:
                 s.commit()
             body = token_public(row, owner)
             token_hash = row.hash
-        if self.auth is not None:
-            self.auth.forget(token_hash)
+        self.auth.forget(token_hash)
         return body

@@ -21,7 +21,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
+
+import anyio
 
 from pydantic import ValidationError
 from sqlalchemy import bindparam, text
@@ -65,6 +68,10 @@ class TelemetryConfig:
     async_commit: bool = True
     heartbeat_write_s: float = 5.0  # nodes.last_heartbeat is rewritten at most this often
     mark_cache_s: float = 10.0
+    # At most this many ingest threads per process. Why: ingest is mostly Python (validation,
+    # COPY rows) and holds the GIL; forty threads fighting over it cost more CPU than they
+    # overlap waiting on the database. Requests beyond the limit wait in the event loop.
+    ingest_threads: int = 4
     health: HealthConfig = HealthConfig()
 
     @classmethod
@@ -75,6 +82,7 @@ class TelemetryConfig:
             raw_retention_s=g("telemetry_raw_retention_s", cls.raw_retention_s),
             minute_retention_s=g("telemetry_minute_retention_s", cls.minute_retention_s),
             hour_retention_s=g("telemetry_hour_retention_s", cls.hour_retention_s),
+            ingest_threads=g("telemetry_ingest_threads", cls.ingest_threads),
             health=HealthConfig(
                 heartbeat_timeout_s=g("heartbeat_timeout_s", 60.0),
                 fatal_hold_s=g("telemetry_fatal_hold_s", 3600.0),
@@ -153,6 +161,7 @@ class TelemetryService:
         self._ingest_engine = ingest_engine
         self._own_ingest_engine = False
         self._wm_cache: tuple[float | None, float] = (None, -1e18)
+        self._limiter: anyio.CapacityLimiter | None = None
         self._projects: dict[str, str] = {}
 
     @property
@@ -182,6 +191,13 @@ class TelemetryService:
         self._ingest_engine, self._own_ingest_engine = None, False
 
     # ------------------------------------------------------------------ ingest
+    async def ingest_async(self, *, agent_node_id: str | None, body: bytes) -> TelemetryAck:
+        """`ingest_bytes` in a worker thread, at most `config.ingest_threads` at once."""
+        if self._limiter is None:  # created on first use: it belongs to the running event loop
+            self._limiter = anyio.CapacityLimiter(self.config.ingest_threads)
+        return await anyio.to_thread.run_sync(partial(self.ingest_bytes, agent_node_id=agent_node_id, body=body),
+                                              limiter=self._limiter)
+
     def ingest_bytes(self, *, agent_node_id: str | None, body: bytes, now: float | None = None) -> TelemetryAck:
         return self.ingest(agent_node_id=agent_node_id, report=parse_report(body), now=now)
 

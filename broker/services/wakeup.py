@@ -1,0 +1,34 @@
+"""`Wakeup`: how a use case tells the scheduling loop "look again now" without knowing it.
+
+A submit, a cancel or a quota change should start work in milliseconds, not at the next
+interval. The services get one `Wakeup` at construction and call it after their transaction
+commits; the periodic tasks connect their tick to it when they start and disconnect when they
+stop. Unconnected (an app without background tasks, a test) a call does nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+class Wakeup:
+    def __init__(self) -> None:
+        self._on_submit: Callable[[], None] | None = None
+        self._on_cancel: Callable[[], None] | None = None
+
+    def connect(self, on_submit: Callable[[], None] | None, on_cancel: Callable[[], None] | None = None) -> None:
+        """Route wake-ups to these callables (`on_cancel` defaults to `on_submit`); None, None
+        disconnects."""
+        self._on_submit, self._on_cancel = on_submit, on_cancel or on_submit
+
+    def submitted(self) -> None:
+        """After a committed submit (or another change that may let work start)."""
+        hook = self._on_submit
+        if hook is not None:
+            hook()
+
+    def cancelled(self) -> None:
+        """After a cancel request on a job holding resources."""
+        hook = self._on_cancel
+        if hook is not None:
+            hook()

@@ -1,0 +1,85 @@
+"""`build_services()`: every use case of one app, constructed once, authorization first.
+
+Why one builder: each way of assembling the broker (`broker up`, the benchmark servers, the
+test fixtures, a bare `create_app()`) goes through `create_app()`, which calls this, so there
+is exactly one place that decides what a service is given. `Authz` and the `SubmitGuard` are
+built before any service and passed to each constructor that needs them as a required
+argument: no service exists without its authorization, and nothing is attached afterwards.
+
+Invariant: `Services` is immutable; the routes reach it through typed dependencies
+(`broker.api.deps`), the periodic tasks through `broker.tasks.build_tasks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+
+from broker.auth import oidc_authn
+from broker.auth.authn import Authenticator, TokenAuth
+from broker.auth.authz import Authz
+from broker.auth.guard import SubmitGuard
+from broker.ports import Executor
+from broker.services.admin.audit import AuditLog
+from broker.services.admin.quotas import QuotaAdmin
+from broker.services.admin.settings import SettingsAdmin
+from broker.services.admin.tenancy import TenancyAdmin
+from broker.services.admin.tokens import TokenAdmin
+from broker.services.catalog import CatalogService
+from broker.services.jobs import JobService
+from broker.services.logs import LogService
+from broker.services.overview import OverviewService
+from broker.services.scheduling import SchedulingLoop
+from broker.services.telemetry.reads import TelemetryReads
+from broker.services.telemetry.service import TelemetryConfig, TelemetryService
+from broker.services.wakeup import Wakeup
+from broker.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    engine: Engine
+    executor: Executor | None
+    authz: Authz
+    authn: Authenticator
+    guard: SubmitGuard
+    wakeup: Wakeup
+    loop: SchedulingLoop | None  # None without an executor: nothing to schedule onto
+    jobs: JobService
+    logs: LogService
+    catalog: CatalogService
+    overview: OverviewService
+    telemetry: TelemetryService
+    telemetry_reads: TelemetryReads
+    audit: AuditLog
+    tokens: TokenAdmin
+    tenancy: TenancyAdmin
+    quotas: QuotaAdmin
+    admin_settings: SettingsAdmin
+
+
+def build_services(settings: Settings, engine: Engine, executor: Executor | None = None) -> Services:
+    authz = Authz(engine)
+    tokens = TokenAuth(engine, ttl_s=settings.token_cache_ttl_s)
+    authn = Authenticator(tokens, oidc_authn.from_settings(settings, authz, engine))
+    wakeup = Wakeup()
+    admin_settings = SettingsAdmin(engine, authz, settings, on_change=lambda: guard.invalidate())
+    guard = SubmitGuard(settings, engine, authz, admin_settings=admin_settings.effective)
+    jobs = JobService(settings, engine, authz=authz, guard=guard, executor=executor, wakeup=wakeup)
+
+    def quotas_changed() -> None:
+        jobs.catalog_changed()  # pools and nodes changed: the submit checks' caches too
+        wakeup.submitted()  # entitlements changed: let the scheduler look again
+
+    loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed) if executor else None
+    return Services(
+        settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
+        wakeup=wakeup, loop=loop, jobs=jobs, logs=LogService(jobs), catalog=CatalogService(engine, authz),
+        overview=OverviewService(engine, authz, loop=loop),
+        telemetry=TelemetryService(engine, TelemetryConfig.from_settings(settings)),
+        telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
+        tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
+        quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
+    )
