@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import orjson
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import origin
 from broker.errors import BrokerError, PayloadTooLarge, validation_message

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
+from anyio import to_thread
 
 from broker.errors import Forbidden, Unauthorized
 from broker.models import ApiToken
@@ -134,8 +134,8 @@ class Authenticator:
         if p is not None:
             return p
         if self.oidc is not None and self.oidc.looks_like_jwt(authorization):
-            return await run_in_threadpool(self.oidc.authenticate, authorization)
-        return await run_in_threadpool(self.tokens.authenticate, authorization)
+            return await to_thread.run_sync(self.oidc.authenticate, authorization)
+        return await to_thread.run_sync(self.tokens.authenticate, authorization)
 
     async def user(self, authorization: str | None) -> Principal:
         """A user: agent tokens may only push telemetry for their node (403 AGENT_TOKEN)."""

@@ -30,7 +30,7 @@ from sqlmodel import Session
 
 from broker.errors import BrokerError, Forbidden, Invalid, NotFound
 from broker.models import Job, Project
-from broker.models_tenancy import Membership, TokenOwner, User
+from broker.models import Membership, TokenOwner, User
 from broker.auth.policy import (
     Action,
     Decision,

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from broker.errors import Unauthorized
-from broker.models_tenancy import TokenOwner, User
+from broker.models import TokenOwner, User
 from broker.auth.oidc import GroupMapping, JWKSCache, OIDCConfig, OIDCError, OIDCVerifier, http_jwks_fetcher
 from broker.auth.tokens import bearer_token, parse_token
 from broker.auth.authn import Principal as AuthPrincipal

@@ -8,9 +8,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlmodel import SQLModel
 
-import broker.models  # noqa: F401  (registers the tables)
-import broker.models_telemetry  # noqa: F401  (telemetry tables, issue 5)
-import broker.models_tenancy  # noqa: F401  (users, memberships, token owners, audit log; issue 4)
+import broker.models  # noqa: F401  (registers every table: catalog, jobs, tenancy, telemetry)
 
 target_metadata = SQLModel.metadata
 config = context.config

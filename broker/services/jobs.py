@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from functools import partial
 from typing import Callable, Sequence
 
 import orjson
 from anyio import to_thread
-from starlette.concurrency import run_in_threadpool
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -78,12 +78,13 @@ class JobService:
         if self.cache_ready(spec):
             row, event = self.prepare(principal=principal, spec=spec, source=source, request_id=request_id)
         else:
-            row, event = await run_in_threadpool(self.prepare, principal=principal, spec=spec, source=source,
-                                                 request_id=request_id)
+            row, event = await to_thread.run_sync(partial(self.prepare, principal=principal, spec=spec,
+                                                          source=source, request_id=request_id))
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
-            body, replayed = await run_in_threadpool(self.submit_idempotent, principal=principal, row=row,
-                                                     event=event, key=idempotency_key, body_hash=body_hash(spec))
+            body, replayed = await to_thread.run_sync(partial(self.submit_idempotent, principal=principal, row=row,
+                                                              event=event, key=idempotency_key,
+                                                              body_hash=body_hash(spec)))
             if replayed:
                 return body, True
         else:

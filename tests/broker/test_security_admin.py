@@ -524,7 +524,7 @@ def test_audit_query_is_scoped(people, root):
 
 
 def test_audit_chain_is_intact_and_detects_edits(root, engine):
-    from broker.models_tenancy import AuditEntry
+    from broker.models import AuditEntry
 
     from broker.services.admin.audit import Caller
 
@@ -620,7 +620,7 @@ def test_concurrent_submits_and_admin_changes_keep_one_intact_chain(people, root
     with Session(engine) as s:
         from sqlmodel import select as _select
 
-        from broker.models_tenancy import AuditEntry
+        from broker.models import AuditEntry
 
         sealed = s.exec(_select(AuditEntry.target_id).where(AuditEntry.action == "job.submit",
                                                             AuditEntry.target_id.in_(ids))).all()
@@ -637,7 +637,7 @@ def _job_body(project: str) -> dict:
 def test_audit_verify_route_walks_the_whole_chain_and_finds_an_edit(people, root, engine):
     from sqlmodel import select as _select
 
-    from broker.models_tenancy import AuditEntry
+    from broker.models import AuditEntry
 
     _do_pool_update(root, "verify")
     r = root.get("/api/v1/audit/verify")

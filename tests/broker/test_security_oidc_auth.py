@@ -14,7 +14,7 @@ from jwt.algorithms import RSAAlgorithm
 from sqlmodel import Session
 
 from broker.errors import Unauthorized
-from broker.models_tenancy import Membership, TokenOwner, User
+from broker.models import Membership, TokenOwner, User
 from broker.auth.oidc import GroupMapping, JWKSCache, OIDCConfig, OIDCVerifier
 from broker.auth.policy import Action, Decision, Grant, Ref, Resource, Role
 from broker.auth.tokens import issue_token

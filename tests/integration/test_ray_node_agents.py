@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from broker.app import create_app
 from broker.db import make_engine, migrate
 from broker.settings import Settings
-from broker.models_telemetry import AgentState
+from broker.models import AgentState
 from broker.services.bootstrap import issue_agent_token
 from tests.integration.conftest import NAMESPACE, wait_for
 

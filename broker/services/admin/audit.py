@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from broker.errors import Forbidden, Invalid
 from broker.models import ApiToken
-from broker.models_tenancy import AuditEntry
+from broker.models import AuditEntry
 from broker.auth.audit import build_record, chain_hash, verify_chain
 from broker.auth.policy import Principal as PolicyPrincipal, Resource, Scope
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from broker.errors import Invalid, NotFound, PreconditionFailed
-from broker.models_tenancy import AdminSetting
+from broker.models import AdminSetting
 from broker.auth.limits import normalize_prefixes
 from broker.auth.policy import Action
 from broker.services.admin import audit

@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from broker.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from broker.models import Department, Project
-from broker.models_tenancy import Membership, User
+from broker.models import Membership, User
 from broker.auth.policy import Action, Decision, Grant, PROJECT_ROLES, Ref, Resource, can_grant
 from broker.services.admin import audit
 from broker.services.admin.audit import Caller

@@ -23,7 +23,7 @@ from sqlmodel import Session
 
 from broker.errors import Invalid, NotFound
 from broker.models import ApiToken
-from broker.models_tenancy import TokenOwner, User
+from broker.models import TokenOwner, User
 from broker.auth.policy import Action, Ref, Resource
 from broker.services.admin import audit
 from broker.services.admin.audit import Caller

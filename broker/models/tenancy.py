@@ -1,8 +1,7 @@
-"""Tenancy and audit tables (issue 4): users, memberships, token owners, audit entries.
+"""Tenancy, access and audit tables: API tokens, users, memberships, token owners, audit
+entries, runtime admin settings.
 
-Kept apart from `broker.models` so the service core and the security layer evolve without
-editing one file; both register on the same `SQLModel.metadata`. Same conventions: float epoch
-times, string ids.
+- `ApiToken`: a bearer token, stored as the sha256 of the whole secret (shown once).
 
 - `User`: a person (or a service identity). `oidc_subject` links an OIDC `sub` to the user.
 - `Membership`: one grant (`broker.auth.policy.Grant`): role + department + project. The
@@ -22,7 +21,26 @@ from typing import Optional
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from broker.models import new_id, now
+from broker.models.base import new_id, now
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token, stored as sha256 of the full secret (the secret is shown once)."""
+
+    __tablename__ = "api_tokens"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    prefix: str = Field(max_length=32, index=True)  # visible part, e.g. "cb_3f9a1c2e"
+    hash: str = Field(max_length=64, unique=True)
+    kind: str = Field(default="user", max_length=16)  # "user" | "agent"
+    name: str = Field(default="", max_length=200)
+    role: str = Field(default="member", max_length=32)  # platform-admin, project-admin, ...
+    project_id: Optional[str] = Field(default=None, max_length=64)  # scope for project roles
+    department_id: Optional[str] = Field(default=None, max_length=64)
+    node_id: Optional[str] = Field(default=None, max_length=200)  # agent tokens: own node only
+    expires_at: Optional[float] = None
+    revoked_at: Optional[float] = None
+    created_at: float = Field(default_factory=now)
 
 
 class User(SQLModel, table=True):
@@ -88,7 +106,6 @@ class AuditEntry(SQLModel, table=True):
     source_event_id: Optional[int] = None  # job_events.id this entry seals (job submits)
 
 
-TENANCY_TABLES = [User, Membership, TokenOwner, AuditEntry]
 
 
 class AdminSetting(SQLModel, table=True):
@@ -101,6 +118,3 @@ class AdminSetting(SQLModel, table=True):
     value: Optional[dict] = Field(default=None, sa_column=Column(JSON, nullable=True))
     version: int = 1
     updated_at: float = Field(default_factory=now)
-
-
-TENANCY_TABLES.append(AdminSetting)
