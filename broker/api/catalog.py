@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import Catalog, User
 from broker.api.json import JSON
-from broker.schemas import ErrorResponse, Health, NodePublic, PoolPublic, ProjectPublic
+from broker.schemas import ErrorResponse, Health, NodeList, PoolList, ProjectList
 
 router = APIRouter(tags=["catalog"])
 ERRORS = {401: {"model": ErrorResponse}}
-
-
-class ProjectList(BaseModel):
-    items: list[ProjectPublic]
-
-
-class NodeList(BaseModel):
-    items: list[NodePublic]
-
-
-class PoolList(BaseModel):
-    items: list[PoolPublic]
 
 
 @router.get("/api/v1/projects", response_model=ProjectList, responses=ERRORS)

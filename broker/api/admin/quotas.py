@@ -6,74 +6,20 @@ from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import CallerDep, Quotas, User
 from broker.api.json import JSON
 from broker.errors import Invalid
-from broker.schemas import ErrorResponse
+from broker.schemas import SLUG, ErrorResponse
+from broker.schemas.quotas import (
+    NodeAdminPublic, NodePatch, PoolAdminPublic, PoolPut, QuotaCreate, QuotaList, QuotaPatch, QuotaPublic,
+)
 
 router = APIRouter(tags=["quotas"])
 ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 409, 412, 422, 428)}
-SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
 IfMatch = Annotated[Optional[str], Header(alias="If-Match", max_length=200)]
 QuotaId = Annotated[int, Path(ge=1, le=2**31 - 1)]
-MAX_FIGURE = 1e9
-
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class QuotaCreate(_In):
-    owner_kind: Literal["department", "project"]
-    owner_id: str = Field(pattern=SLUG)
-    pool: str = Field(pattern=SLUG)
-    gpu_model: str = Field("", max_length=128, description="'' applies to every GPU model of the pool")
-    resource: Literal["gpus", "cpus", "memory_gb"] = "gpus"
-    guaranteed: float = Field(0.0, ge=0, le=MAX_FIGURE)
-    nominal: float = Field(0.0, ge=0, le=MAX_FIGURE)
-    limit: Optional[float] = Field(None, ge=0, le=MAX_FIGURE, description="null: unlimited")
-
-
-class QuotaPatch(_In):
-    guaranteed: Optional[float] = Field(None, ge=0, le=MAX_FIGURE)
-    nominal: Optional[float] = Field(None, ge=0, le=MAX_FIGURE)
-    limit: Optional[float] = Field(None, ge=0, le=MAX_FIGURE, description="null: unlimited")
-
-
-class QuotaPublic(BaseModel):
-    id: int
-    owner_kind: str
-    owner_id: str
-    pool: str
-    gpu_model: str
-    resource: str
-    guaranteed: float
-    nominal: float
-    limit: Optional[float] = None
-    version: int
-    etag: str
-    updated_at: float
-
-
-class QuotaList(BaseModel):
-    items: list[QuotaPublic]
-
-
-class PoolPut(_In):
-    workload_class: Optional[Literal["operation", "innovation"]] = None
-    lend_to_innovation: Optional[bool] = None
-    description: Optional[str] = Field(None, max_length=1000)
-
-
-class PoolAdminPublic(BaseModel):
-    name: str
-    workload_class: str = Field(alias="class")
-    lend_to_innovation: bool
-    description: str
-
 
 
 def _etagged(body: dict, status: int = 200) -> JSON:
@@ -127,24 +73,6 @@ def put_pool(svc: Quotas, name: str, body: PoolPut, principal: User, caller: Cal
     if not re.fullmatch(SLUG, name):
         raise Invalid("pool names are lower-case slugs", code="BAD_POOL_NAME")
     return JSON(svc.update_pool(principal, caller, name, body.model_dump(exclude_none=True)))
-
-
-class NodePatch(_In):
-    pool: Optional[str] = Field(None, pattern=SLUG, description="move the node to this pool; null: back to the "
-                                                                "executor's label")
-    state: Optional[Literal["ready", "cordoned", "draining"]] = Field(
-        None, description="cordoned / draining: no new work; ready lifts an admin's cordon or drain")
-    reason: Optional[str] = Field(None, max_length=500, description="why (kept with the state, audited)")
-
-
-class NodeAdminPublic(BaseModel):
-    id: str
-    pool: str
-    pool_source: Literal["admin", "executor"]
-    state: str
-    state_reason: str
-    health_state: str
-    admin_state: Optional[Literal["cordoned", "draining"]] = None
 
 
 @router.patch("/api/v1/nodes/{node_id}", response_model=NodeAdminPublic, responses=ERRORS, tags=["nodes"],

@@ -3,34 +3,17 @@ change them with If-Match."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 from fastapi import APIRouter, Header
-from pydantic import BaseModel, ConfigDict
 
 from broker.api.deps import CallerDep, AdminSettings, User
 from broker.api.json import JSON
 from broker.schemas import ErrorResponse
+from broker.schemas.settings import SettingList, SettingPublic, SettingPut
 
 router = APIRouter(tags=["settings"])
 ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 412, 422, 428)}
-
-
-class SettingPut(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    value: dict[str, Any]
-
-
-class SettingPublic(BaseModel):
-    key: str
-    value: dict[str, Any]
-    version: int
-    etag: str
-    default: bool
-
-
-class SettingList(BaseModel):
-    items: list[SettingPublic]
 
 
 @router.get("/api/v1/admin/settings", response_model=SettingList, responses=ERRORS,

@@ -3,63 +3,18 @@ platform-admins. The plaintext appears only in the 201 response of a create."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Optional
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import CallerDep, Tokens, User
 from broker.api.json import JSON
 from broker.schemas import ErrorResponse
+from broker.schemas.tokens import OwnTokenCreate, TokenCreate, TokenCreated, TokenList, TokenPublic
 
 router = APIRouter(tags=["tokens"])
 ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 422)}
-NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$"
-SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
-
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OwnTokenCreate(_In):
-    name: str = Field(pattern=NAME)
-    ttl_days: Optional[float] = Field(None, gt=0, le=365, description="default 90 days")
-
-
-class TokenCreate(_In):
-    name: str = Field(pattern=NAME)
-    kind: Literal["user", "agent"] = "user"
-    role: str = Field("user", max_length=32, description="'user' (act with the owner's memberships) or a role")
-    user: Optional[str] = Field(None, max_length=64)
-    project: Optional[str] = Field(None, pattern=SLUG)
-    department: Optional[str] = Field(None, pattern=SLUG)
-    node: Optional[str] = Field(None, max_length=200)
-    ttl_days: Optional[float] = Field(None, gt=0, le=365)
-
-
-class TokenPublic(BaseModel):
-    id: str
-    prefix: str
-    name: str
-    kind: str
-    role: str
-    project: Optional[str] = None
-    department: Optional[str] = None
-    node: Optional[str] = None
-    owner: Optional[str] = None
-    created_at: float
-    expires_at: Optional[float] = None
-    revoked_at: Optional[float] = None
-
-
-class TokenCreated(TokenPublic):
-    token: str = Field(description="the secret; shown once, store it now")
-
-
-class TokenList(BaseModel):
-    items: list[TokenPublic]
 
 
 @router.post("/api/v1/tokens", status_code=201, response_model=TokenCreated, responses=ERRORS,

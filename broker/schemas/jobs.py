@@ -1,4 +1,4 @@
-"""API shapes: one family per resource (Create for input, Public for output).
+"""Job shapes: the submit body (`JobCreate`), a job, its attempts, placements and events.
 
 Input models forbid unknown fields (`extra="forbid"`): a body that names a server-owned field
 (status, node, gpu ids, attempt...) or a typo is refused with 422 instead of being silently
@@ -15,6 +15,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from broker.schemas.base import IMAGE, NAME, SLUG, Input
+
 MAX_COMMAND_ARGS = 256
 MAX_ARG_CHARS = 4096
 MAX_COMMAND_CHARS = 16 * 1024
@@ -24,16 +26,9 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Set by the runner for every worker: a job may not override them.
 RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK",
                           "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "BROKER_JOB_ID", "BROKER_ATTEMPT"})
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-SLUG = r"^[a-z0-9][a-z0-9-]{0,63}$"
-IMAGE = r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,511}$"
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False)
-
-
-class ResourcesIn(_In):
+class ResourcesIn(Input):
     gpus: int = Field(0, ge=0, le=64, description="whole GPUs per worker")
     cpus: float = Field(1.0, gt=0, le=1024, description="CPU cores per worker")
     memory_gb: float = Field(1.0, gt=0, le=16384, description="memory per worker, GiB")
@@ -56,7 +51,7 @@ class ResourcesIn(_In):
         return [self.gpu_model] if isinstance(self.gpu_model, str) else list(self.gpu_model)
 
 
-class JobCreate(_In):
+class JobCreate(Input):
     """POST /api/v1/jobs."""
 
     name: str = Field(pattern=NAME, description="a short name; letters, digits, . _ -")
@@ -217,66 +212,3 @@ class JobEventPublic(BaseModel):
 
 class JobEventList(BaseModel):
     items: list[JobEventPublic]
-
-
-class ProjectPublic(BaseModel):
-    id: str
-    name: str
-    department: str
-    department_name: str = ""
-    weight: float
-    budget_gpu_hours: Optional[float] = None
-    allow_process_runtime: bool = Field(False, description="may run runtime 'process' jobs (host processes, "
-                                        "enabled by a platform-admin)")
-
-
-class NodePublic(BaseModel):
-    id: str
-    hostname: str
-    pool: str
-    gpu_model: str
-    gpus: int
-    cpus: float
-    memory_gb: float
-    state: str
-    state_reason: str = ""
-    last_heartbeat: Optional[float] = None
-    labels: dict[str, str] = {}
-    pool_source: Literal["admin", "executor"] = "executor"  # who set the pool: an admin's move or the label
-    health_state: str = "ready"  # from the executor and the node agent's telemetry
-    admin_state: Optional[Literal["cordoned", "draining"]] = None  # a platform-admin's cordon or drain
-
-
-class PoolPublic(BaseModel):
-    name: str
-    workload_class: str = Field(alias="class")
-    lend_to_innovation: bool
-    description: str = ""
-    nodes: int = 0
-    gpus: int = 0
-    cpus: float = 0.0
-    memory_gb: float = 0.0
-    gpu_models: list[str] = []
-
-    model_config = ConfigDict(populate_by_name=True)
-
-
-class Items(BaseModel):
-    """Generic list envelope for the catalog endpoints."""
-
-    items: list[Any]
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: Any = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
-    checks: dict[str, str] = {}
