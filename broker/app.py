@@ -31,6 +31,7 @@ from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.logs import LogService
 from broker.services.accounting import fill_ledger_usage
+from broker.services.checkpoints import remove_finished_checkpoints
 from broker.services.scheduling import SchedulingLoop
 from broker.settings import Settings
 from broker.tasks import Tasks
@@ -47,6 +48,8 @@ def make_tasks(settings: Settings, engine, executor, on_nodes_changed=None):
                   reconcile_interval_s=settings.reconcile_interval_s)
     tasks.add_interval(lambda: fill_ledger_usage(engine, time.time()), 60.0, "accounting.ledger")
     tasks.add_interval(lambda: seal_pending(engine), 2.0, "audit.seal_job_submits")
+    tasks.add_interval(lambda: remove_finished_checkpoints(engine, settings.checkpoint_root_dir), 30.0,
+                       "checkpoints.cleanup")
     return tasks
 
 

@@ -76,7 +76,7 @@ def cancel(request: Request, job_id: str, principal: User):
         state.audit_job(request, principal, "job.cancel", body)
     if stop is not None:
         if state.jobs.executor is not None:
-            state.jobs.executor.stop(stop[0], stop[1], state.settings.grace_period_s, "stopped by cancel")
+            state.jobs.executor.stop(stop[0], stop[1], state.settings.grace_period_s, "stopped by cancel", "cancelled")
         hook = getattr(state, "on_cancel", None) or getattr(state, "on_submit", None)
         if hook is not None:
             hook()
