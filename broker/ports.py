@@ -58,6 +58,8 @@ class LaunchSpec:
     max_runtime_s: float
     grace_s: float = 30.0
     project: str = ""
+    # checkpointable jobs: the directory (as the node sees it) that survives attempts; "" = none
+    checkpoint_dir: str = ""
 
 
 class WorkerState(str, enum.Enum):
@@ -96,8 +98,10 @@ class Executor(Protocol):
 
     def status(self, job_id: str, attempt: int) -> AttemptStatus: ...
 
-    def stop(self, job_id: str, attempt: int, grace_s: float, message: str = "") -> None:
-        """Ask every worker to stop: SIGTERM, then SIGKILL after grace_s. Returns at once."""
+    def stop(self, job_id: str, attempt: int, grace_s: float, message: str = "",
+             reason: str = "stopped") -> None:
+        """Ask every worker to stop: the notice (reason, message, deadline) first, then SIGTERM,
+        then SIGKILL after grace_s. Returns at once. The first call's notice is the one kept."""
         ...
 
     def release(self, job_id: str, attempt: int) -> None:

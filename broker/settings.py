@@ -29,6 +29,15 @@ class Settings(BaseSettings):
     cycle_interval_s: float = 1.0
     reconcile_interval_s: float = 5.0
     grace_period_s: float = 30.0
+    # The grace a stopped job gets between its notice + SIGTERM and SIGKILL, by where it runs:
+    # keys "pool/class", "pool" or "class" (e.g. {"operation/innovation": 10, "innovation": 120}),
+    # the most specific wins, else grace_period_s. See `grace_for`.
+    grace_by: dict[str, float] = {}
+    # Checkpointable jobs keep state in <checkpoint_root>/<project>/<job id> across attempts
+    # (default <data_dir>/checkpoints). Set it to a path every node mounts (NFS, CephFS...) and
+    # checkpoint_root_shared=true so that a job resumes wherever it is placed next.
+    checkpoint_root: Path | None = None
+    checkpoint_root_shared: bool = False
     heartbeat_timeout_s: float = 60.0
     starting_timeout_s: float = 120.0  # a job stuck in STARTING longer than this is repaired
     lost_node_hold_s: float = 60.0  # a node that lost a running worker gets no new work this long
@@ -70,9 +79,28 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _default_db(self) -> "Settings":
+        bad = {k: v for k, v in self.grace_by.items() if not (0 <= float(v) <= 24 * 3600)}
+        if bad:
+            raise ValueError(f"grace_by: seconds must be within 0..86400: {bad}")
         if not self.database_url:
             self.database_url = f"sqlite:///{Path(self.data_dir) / 'broker.db'}"
         return self
+
+    def grace_for(self, pool: str | None, workload_class: str) -> float:
+        """Seconds between notice + SIGTERM and SIGKILL for a job of `workload_class` in `pool`."""
+        for key in (f"{pool}/{workload_class}" if pool else None, pool, workload_class):
+            if key and key in self.grace_by:
+                return float(self.grace_by[key])
+        return self.grace_period_s
+
+    @property
+    def checkpoint_root_dir(self) -> Path:
+        root = self.checkpoint_root if self.checkpoint_root is not None else Path(self.data_dir) / "checkpoints"
+        return Path(root).resolve()
+
+    def checkpoint_dir(self, project: str, job_id: str) -> Path:
+        """A checkpointable job's directory (ids are the broker's own: no user path)."""
+        return self.checkpoint_root_dir / project / job_id
 
     @property
     def is_sqlite(self) -> bool:

@@ -65,7 +65,7 @@ class FakeExecutor:
         self._attempts: dict[tuple[str, int], list[_Worker]] = {}
         self.specs: dict[tuple[str, int], LaunchSpec] = {}
         self.launches: list[tuple[str, int]] = []  # every launch call, duplicates included
-        self.stops: list[tuple[str, int, float, str]] = []
+        self.stops: list[tuple[str, int, float, str, str]] = []  # (job, attempt, grace, message, reason)
         self.releases: list[tuple[str, int]] = []
         self._lock = threading.Lock()
 
@@ -104,9 +104,10 @@ class FakeExecutor:
             now = self.clock()
             return AttemptStatus(job_id, attempt, tuple(self._worker_status(w, now) for w in ws))
 
-    def stop(self, job_id: str, attempt: int, grace_s: float, message: str = "") -> None:
+    def stop(self, job_id: str, attempt: int, grace_s: float, message: str = "",
+             reason: str = "stopped") -> None:
         with self._lock:
-            self.stops.append((job_id, attempt, grace_s, message))
+            self.stops.append((job_id, attempt, grace_s, message, reason))
             now = self.clock()
             for w in self._attempts.get((job_id, attempt), []):
                 if self._worker_status(w, now).state is not WorkerState.EXITED:

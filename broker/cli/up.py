@@ -174,7 +174,7 @@ def _stop_attempts(executor, grace_s: float) -> None:
         return
     for job_id, attempt in held:
         try:
-            executor.stop(job_id, attempt, min(grace_s, 10.0), "broker shutting down")
+            executor.stop(job_id, attempt, min(grace_s, 10.0), "broker shutting down", "shutdown")
         except Exception:
             pass
     for job_id, attempt in held:

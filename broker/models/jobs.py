@@ -68,6 +68,7 @@ class Job(SQLModel, table=True):
     max_runtime_s: float = 3600.0
     priority: int = 0
     max_retries: int = 0
+    checkpointable: bool = False  # saves state to BROKER_CHECKPOINT_DIR and resumes from it
 
     status: str = Field(default=JobStatus.PENDING.value, max_length=16)
     version: int = 1

@@ -68,6 +68,10 @@ class JobCreate(Input):
     max_retries: int = Field(3, ge=0, le=100, description="reruns after a lost attempt (node or runner gone); "
                              "preemptions always requeue and never count")
     pool: Optional[str] = Field(None, pattern=SLUG, description="pin to one pool; omit to let the class decide")
+    checkpointable: bool = Field(False, description="the job saves its state in BROKER_CHECKPOINT_DIR (kept "
+                                 "across attempts) and resumes from it, so a preemption loses only the work "
+                                 "since its last checkpoint; every job gets BROKER_NOTICE_FILE, written "
+                                 "before SIGTERM with the reason and deadline")
 
     @field_validator("command")
     @classmethod
@@ -173,6 +177,7 @@ class JobPublic(BaseModel):
     runtime: str
     max_retries: int
     pool: Optional[str] = None
+    checkpointable: bool = False
     status: str
     attempt: int
     version: int

@@ -119,6 +119,7 @@ class JobService:
             "gpus": spec.resources.gpus, "cpus": spec.resources.cpus, "memory_gb": spec.resources.memory_gb,
             "gpu_models": list(shape.gpu_models), "pool": spec.pool, "workers": spec.workers,
             "max_runtime_s": spec.max_runtime_s, "priority": spec.priority, "max_retries": spec.max_retries,
+            "checkpointable": spec.checkpointable,
             "status": JobStatus.PENDING.value, "version": 1, "attempt": 1, "submit_time": now, "created_at": now,
             "admitted_at": None, "started_at": None, "finished_at": None, "cancel_requested_at": None,
             "exit_code": None, "message": "", "pending_code": None, "pending_message": "", "pending_details": {},
@@ -245,7 +246,7 @@ class JobService:
         self._audit_cancel(caller, body)
         if stop is not None:
             if self.executor is not None:
-                self.executor.stop(stop[0], stop[1], self.settings.grace_period_s, "stopped by cancel")
+                self.executor.stop(stop[0], stop[1], self.settings.grace_period_s, "stopped by cancel", "cancelled")
             self.wakeup.cancelled()
         return body
 

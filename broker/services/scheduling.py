@@ -148,13 +148,16 @@ class SchedulingLoop:
 
         if status in (S.PREEMPTED, S.LOST):
             if not gone:
-                self._stop(key, "preempted" if status is S.PREEMPTED else "lost")
+                if status is S.PREEMPTED:
+                    self._stop(job, job.message or "preempted", reason="preempted")
+                else:
+                    self._stop(job, "lost", reason="lost")
                 return
             self._finish(job, None, now, rep, release=True)
             return
 
         if job.cancel_requested_at is not None and not gone:
-            self._stop(key, "cancelled")
+            self._stop(job, "cancelled", reason="cancelled")
             return
 
         if not st.exists:
@@ -163,14 +166,14 @@ class SchedulingLoop:
             self._finish(job, S.LOST, now, rep, message="the executor no longer knows this attempt")
             return
         if lost and not gone:
-            self._stop(key, "a gang member was lost")
+            self._stop(job, "a gang member was lost", reason="lost")
             return
         failed = [w for w in exited if w.exit_code not in (0, None)]
         first = self._cause.get(key)
         if failed and first is None:
             first = self._cause[key] = min(failed, key=lambda w: (w.ended_at or now, w.rank))
         if failed and not gone:
-            self._stop(key, f"worker {first.rank} exited with code {first.exit_code}")
+            self._stop(job, f"worker {first.rank} exited with code {first.exit_code}", reason="failed")
             return
         if gone:
             # A worker that started and exited between two ticks never showed RUNNING: keep
@@ -199,6 +202,13 @@ class SchedulingLoop:
                     self._record_devices(s, job, st)
                     s.commit()
 
+    def grace_s(self, job: Job) -> float:
+        """The grace of the pool the attempt was admitted to (its flavor) and the job's class."""
+        return self.settings.grace_for(job.flavor_pool or job.pool, job.workload_class)
+
+    def checkpoint_dir(self, job: Job) -> str:
+        return str(self.settings.checkpoint_dir(job.project_id, job.id)) if job.checkpointable else ""
+
     def _hold_out(self, s: Session, job_id: str, attempt: int, ranks: Sequence[int], now: float) -> bool:
         """Nodes where these workers were lost get no new work for a while (LOST_REASON), in
         the caller's transaction; True when a node changed (the caller tells after commit)."""
@@ -216,12 +226,17 @@ class SchedulingLoop:
                             self.settings.lost_node_hold_s, job_id, attempt)
         return bool(nodes)
 
-    def _stop(self, key: tuple[str, int], why: str) -> None:
+    def _stop(self, job: Job, why: str, *, reason: str) -> None:
+        """Stop the job's current attempt once: notice (why, reason), SIGTERM, SIGKILL after the
+        grace of the pool and class it runs in."""
+        self._stop_attempt((job.id, job.attempt), why, reason=reason, grace_s=self.grace_s(job))
+
+    def _stop_attempt(self, key: tuple[str, int], why: str, *, reason: str, grace_s: float) -> None:
         if key in self._stopping:
             return
         self._stopping.add(key)
         try:
-            self.executor.stop(key[0], key[1], self.settings.grace_period_s, why)
+            self.executor.stop(key[0], key[1], grace_s, why, reason)
         except Exception as e:
             self._stopping.discard(key)
             log.warning("stop of %s/%s failed: %s", key[0], key[1], e)
@@ -334,7 +349,7 @@ class SchedulingLoop:
                 if jobstate.transition(s, job, S.PREEMPTED, expected_version=job.version, now=now,
                                        message=pre.message,
                                        event_details={"code": pre.code, "for_job": pre.for_job_id}):
-                    victims.append((job.id, job.attempt, pre.message))
+                    victims.append(((job.id, job.attempt), pre.message, self.grace_s(job)))
                     rep.preempted.append(job.id)
             for jid, why in result.pending.items():
                 job = by_id.get(jid)
@@ -350,8 +365,8 @@ class SchedulingLoop:
                     jobstate.set_pending_reason(s, job.id, code=code, message=message, details=details)
             rep.pending = len(result.pending) + len(capped)
             s.commit()
-        for jid, att, why in victims:
-            self._stop((jid, att), why or "preempted")
+        for key, why, grace_s in victims:
+            self._stop_attempt(key, why or "preempted", reason="preempted", grace_s=grace_s)
         self.last_cycle = result
         return result
 
@@ -362,7 +377,8 @@ class SchedulingLoop:
             places = repo.placements_of(s, [(j.id, j.attempt) for j in admitted])
             s.expunge_all()
         for job in admitted:
-            spec = launch_spec(job, places.get((job.id, job.attempt), []), self.settings.grace_period_s)
+            spec = launch_spec(job, places.get((job.id, job.attempt), []), self.grace_s(job),
+                               checkpoint_dir=self.checkpoint_dir(job))
             try:
                 self.executor.launch(spec)
             except Exception as e:
@@ -419,10 +435,11 @@ def concurrency_cap(projects, holding, pending):
     return keep, capped
 
 
-def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float) -> LaunchSpec:
+def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float, checkpoint_dir: str = "") -> LaunchSpec:
     return LaunchSpec(
         job_id=job.id, attempt=job.attempt, image=job.image, command=tuple(job.command), env=dict(job.env or {}),
         runtime=job.runtime, max_runtime_s=job.max_runtime_s, grace_s=grace_s, project=job.project_id,
+        checkpoint_dir=checkpoint_dir,
         workers=tuple(WorkerLaunch(rank=p.rank, node=p.node_id, gpus=job.gpus, cpus=job.cpus, memory_gb=job.memory_gb,
                                    gpu_indices=tuple(p.gpu_indices or ())) for p in placements),
     )

@@ -33,6 +33,7 @@ def job_public(j: Any, *, attempts: Iterable[Attempt] = (), placements: Iterable
         "priority": g("priority"),
         "runtime": g("runtime"),
         "max_retries": g("max_retries"),
+        "checkpointable": bool(g("checkpointable")),
         "pool": g("pool"),
         "status": g("status"),
         "attempt": g("attempt"),

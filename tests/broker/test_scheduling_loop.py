@@ -196,6 +196,51 @@ def test_operation_reclaims_capacity_lent_to_innovation(client, loop, fake_execu
     assert j["status"] == "PENDING" and j["attempt"] == 2 and j["submit_time"] == submit_time
 
 
+def test_preempted_job_gets_a_notice_with_its_pools_grace_and_keeps_its_checkpoint_dir(
+        client, loop, fake_executor, settings):
+    """The victim is stopped with reason "preempted", the preemption message and the grace of
+    the pool and class it ran in (operation pool, innovation class here: not the default);
+    a checkpointable job's attempts all get the same checkpoint directory."""
+    settings.grace_by = {"operation/innovation": 7.0, "innovation": 99.0}
+    try:
+        inno = submit(client, gpus=4, project="ouh-liver", pool="operation", checkpointable=True)
+        loop.tick()
+        first = fake_executor.specs[(inno, 1)]
+        assert first.grace_s == 7.0
+        assert first.checkpoint_dir == str(settings.checkpoint_dir("ouh-liver", inno))
+        loop.tick()
+        submit(client, gpus=6, project="shs-ops-triage", **{"class": "operation"})
+        loop.tick()
+        (stop,) = [st for st in fake_executor.stops if st[0] == inno]
+        _, attempt, grace_s, message, reason = stop
+        assert (attempt, grace_s, reason) == (1, 7.0, "preempted")
+        assert message == get(client, inno)["message"] and message  # the cycle's explanation
+        for _ in range(6):
+            loop.tick()
+            if get(client, inno)["status"] == "PENDING":
+                break
+        plain = submit(client, gpus=1, project="ouh-liver")
+        loop.tick()
+        spec = fake_executor.specs[(plain, 1)]
+        assert spec.grace_s == 99.0 and spec.checkpoint_dir == ""  # innovation pool; not checkpointable
+    finally:
+        settings.grace_by = {}
+
+
+@pytest.mark.parametrize("case, grace_by, pool, cls, expected", [
+    ("default", {}, "innovation", "innovation", 30.0),
+    ("by_class", {"innovation": 120}, "operation", "innovation", 120.0),
+    ("by_pool", {"operation": 10, "innovation": 120}, "operation", "innovation", 10.0),
+    ("pool_and_class_wins", {"operation/innovation": 5, "operation": 10}, "operation", "innovation", 5.0),
+    ("other_class_untouched", {"operation/innovation": 5}, "operation", "operation", 30.0),
+    ("no_pool_yet", {"innovation": 60}, None, "innovation", 60.0),
+])
+def test_grace_is_chosen_by_pool_and_class(case, grace_by, pool, cls, expected):
+    from broker.settings import Settings
+
+    assert Settings(grace_period_s=30.0, grace_by=grace_by).grace_for(pool, cls) == expected, case
+
+
 def test_restarted_loop_adopts_running_job(client, settings, engine, fake_executor):
     first = SchedulingLoop(settings, engine, fake_executor, clock=CLOCK)
     jid = submit(client, gpus=1)

@@ -91,7 +91,12 @@ def job(command, *, gpus=1, workers=1, max_runtime_s=120.0, runtime="container",
 
 
 def wait_status(client, job_id, until, timeout_s=60.0) -> dict:
-    return client.wait(job_id, until=tuple(until), timeout=timeout_s, poll_s=0.2)
+    try:
+        return client.wait(job_id, until=tuple(until), timeout=timeout_s, poll_s=0.2)
+    except TimeoutError:
+        j = client.get(job_id)
+        raise TimeoutError(f"job {job_id} still {j['status']} after {timeout_s} s: {j.get('pending_reason')} "
+                           f"{j.get('message')}") from None
 
 
 def fields(text: str) -> dict[str, str]:
@@ -181,3 +186,49 @@ def test_bad_body_is_refused_with_422_and_a_clear_message(broker, case, change, 
         broker.submit({**job("true"), **change})
     assert e.value.status == 422 and e.value.code, case
     assert field in (e.value.message + str(e.value.details)), e.value.message
+
+
+# A checkpointable job: counts steps; on SIGTERM it prints its notice and saves the step it
+# reached; on a later attempt it resumes from the saved step and finishes 5 steps later.
+CHECKPOINTING = (
+    "d=$BROKER_CHECKPOINT_DIR; n=0; end=100000; "
+    "if [ -f $d/step ]; then n=$(cat $d/step); end=$((n+5)); echo resumed_from=$n; fi; "
+    "trap 'echo notice=$(cat $BROKER_NOTICE_FILE | tr -d \" \"); echo $n > $d/step; echo saved=$n; exit 143' TERM; "
+    "while [ $n -lt $end ]; do n=$((n+1)); sleep 0.1; done; echo finished_at=$n"
+)
+
+
+def test_checkpointable_job_preempted_by_operation_resumes_from_its_checkpoint(broker, broker_settings):
+    """Operation work reclaims the operation pool from a borrowing innovation job: the job gets
+    its notice (reason, deadline) and SIGTERM, saves a checkpoint within the grace, is requeued,
+    and its next attempt resumes from the checkpoint instead of from zero."""
+    from broker.db import make_engine
+    from broker.models import QuotaRow
+
+    # The demo guarantees the operation pool's 2 GPUs entirely (nothing to lend): keep the
+    # nominal shares, drop the guarantees, so its idle GPUs are lent and then reclaimed.
+    engine = make_engine(broker_settings)
+    with Session(engine) as s:
+        for q in s.query(QuotaRow).filter(QuotaRow.pool == "operation").all():
+            q.guaranteed = 0
+        s.commit()
+    engine.dispose()
+    inno = broker.submit(job(CHECKPOINTING, gpus=2, pool="operation", checkpointable=True, max_runtime_s=300))
+    assert inno["checkpointable"] is True
+    wait_status(broker, inno["id"], ["RUNNING"])
+    time.sleep(2.0)  # some steps done
+    op = broker.submit(dict(job("echo serving; sleep 1", gpus=2), project="shs-ops-triage",
+                            workload_class="operation"))
+    done_op = wait_status(broker, op["id"], TERMINAL, timeout_s=90)
+    assert done_op["status"] == "SUCCEEDED", done_op["message"]
+    done = wait_status(broker, inno["id"], TERMINAL, timeout_s=90)
+    assert done["status"] == "SUCCEEDED" and done["attempt"] == 2, done["message"]
+    first = broker.logs(inno["id"], attempt=1)
+    notice = fields(first)["notice"]
+    assert '"reason":"preempted"' in notice and '"deadline":' in notice, first
+    saved = int(fields(first)["saved"])
+    assert saved > 0
+    second = fields(broker.logs(inno["id"], attempt=2))
+    assert int(second["resumed_from"]) == saved and int(second["finished_at"]) == saved + 5
+    ckpt = broker_settings.checkpoint_dir("ouh-liver", inno["id"])
+    assert (ckpt / "step").read_text().strip() == str(saved)  # on the broker's checkpoint root

@@ -232,3 +232,36 @@ def test_exposed_listeners_names_a_process_listening_beyond_loopback():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_notice_is_written_whole_and_readable(tmp_path):
+    import json
+
+    from broker.adapters.ray.runner import NOTICE_NAME, notice_dir, write_notice
+
+    d = notice_dir(tmp_path, "j", 2, 1)
+    assert d == tmp_path / "j" / "2" / "notice-1"
+    d.mkdir(parents=True)
+    write_notice(d, {"reason": "preempted", "deadline": 12.5})
+    write_notice(d, {"reason": "cancelled", "deadline": 13.0})  # replaced, never appended
+    assert json.loads((d / NOTICE_NAME).read_text()) == {"reason": "cancelled", "deadline": 13.0}
+    assert (d / NOTICE_NAME).stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in d.iterdir()] == [NOTICE_NAME]  # no temporary file left behind
+
+
+def test_worker_env_and_mounts_for_notice_and_checkpoint():
+    env = worker_env(job_id="j", attempt=1, rank=0, world_size=1, master_addr="a", master_port=1,
+                     gpu_ids=[], real_gpus=False, user_env={},
+                     notice_file="/broker/notice/notice.json", checkpoint_dir="/broker/checkpoint")
+    assert env["BROKER_NOTICE_FILE"] == "/broker/notice/notice.json"
+    assert env["BROKER_CHECKPOINT_DIR"] == "/broker/checkpoint"
+    assert "BROKER_CHECKPOINT_DIR" not in worker_env(job_id="j", attempt=1, rank=0, world_size=1,
+                                                     master_addr="a", master_port=1, gpu_ids=[],
+                                                     real_gpus=False, user_env={})
+    argv = podman_argv(name="n", job_id="j", attempt=1, image="img", command=["true"],
+                       env_file="/dev/fd/3", gpu_ids=[], real_gpus=False,
+                       mounts=[("/logs/j/1/notice-0", "/broker/notice", "ro"),
+                               ("/ckpt/p/j", "/broker/checkpoint", "rw")])
+    vols = [argv[i + 1] for i, a in enumerate(argv) if a == "-v"]
+    assert vols == ["/logs/j/1/notice-0:/broker/notice:ro", "/ckpt/p/j:/broker/checkpoint:rw"]
+    assert argv.index("-v") < argv.index("img")  # options before the image

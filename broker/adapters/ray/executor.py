@@ -146,7 +146,8 @@ class RayExecutor:
             job = dict(job_id=spec.job_id, attempt=spec.attempt, rank=w.rank,
                        world_size=len(spec.workers), image=spec.image, command=list(spec.command),
                        env=dict(spec.env), runtime=spec.runtime, max_runtime_s=spec.max_runtime_s,
-                       grace_s=spec.grace_s, master=master, log_dir=self.log_dir)
+                       grace_s=spec.grace_s, master=master, log_dir=self.log_dir,
+                       checkpoint_dir=spec.checkpoint_dir)
             has_ids = len(w.gpu_indices) == w.gpus
             if self._pool is not None and has_ids:
                 job["gpu_ids"] = list(w.gpu_indices)  # one source of GPU ids per node (warm)
@@ -210,11 +211,12 @@ class RayExecutor:
             self._last[name] = ws
         return AttemptStatus(job_id, attempt, tuple(workers[r] for r in sorted(workers)))
 
-    def stop(self, job_id: str, attempt: int, grace_s: float, message: str = "") -> None:
+    def stop(self, job_id: str, attempt: int, grace_s: float, message: str = "",
+             reason: str = "stopped") -> None:
         for name in self._names(job_id, attempt).values():
             handle = self._handle(name)
             if handle is not None:
-                handle.stop.remote(grace_s, message)
+                handle.stop.remote(grace_s, message, reason)
 
     def release(self, job_id: str, attempt: int) -> None:
         """Kill what still runs, then the runners, then the placement group."""

@@ -12,8 +12,11 @@ CPUs before it starts. The runner
   `<log_dir>/<job_id>/<attempt>/worker-<rank>.log` on its node;
 - records started_at / exit code / ended_at and keeps them after the process ends, so a
   restarted broker that re-adopts the attempt still reads how it ended;
-- stops the work itself: SIGTERM, then SIGKILL after the grace period (podman stop -t), on
-  request and when max_runtime is exceeded.
+- stops the work itself: first the notice (a JSON file at `BROKER_NOTICE_FILE` saying why and
+  until when: preempted, cancelled, max_runtime...), then SIGTERM, then SIGKILL after the grace
+  period (podman stop -t), on request and when max_runtime is exceeded;
+- gives a checkpointable job its checkpoint directory (`BROKER_CHECKPOINT_DIR`), which
+  survives attempts: the broker names it per job, the runner creates and mounts it.
 
 Why this module imports only the standard library, `ray` and `broker.jobenv` (itself stdlib
 only): the executor ships this class and jobenv's functions to the Ray workers *by value*
@@ -27,6 +30,7 @@ as 128 + signal (what podman reports for containers), never negative.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -47,6 +51,10 @@ CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 EXIT_START_FAILED = 125  # the runner could not start the process (podman's own convention)
 
 STARTING, RUNNING, EXITED = "starting", "running", "exited"
+# Where a container sees its notice and checkpoint directories (bind mounts of the host's).
+NOTICE_DIR_IN_CONTAINER = "/broker/notice"
+CHECKPOINT_DIR_IN_CONTAINER = "/broker/checkpoint"
+NOTICE_NAME = "notice.json"
 
 
 def actor_name(job_id: str, attempt: int, rank: int) -> str:
@@ -63,6 +71,18 @@ def container_name(job_id: str, attempt: int, rank: int) -> str:
 
 def log_path(log_dir: str | os.PathLike, job_id: str, attempt: int, rank: int) -> Path:
     return Path(log_dir) / job_id / str(attempt) / f"worker-{rank}.log"
+
+
+def notice_dir(log_dir: str | os.PathLike, job_id: str, attempt: int, rank: int) -> Path:
+    return Path(log_dir) / job_id / str(attempt) / f"notice-{rank}"
+
+
+def write_notice(directory: Path, notice: Mapping[str, Any]) -> None:
+    """Atomically (write, then rename) so a job polling the file never reads half of it."""
+    tmp = directory / f".{NOTICE_NAME}.tmp"
+    tmp.write_text(json.dumps(dict(notice), sort_keys=True))
+    tmp.chmod(0o644)
+    os.replace(tmp, directory / NOTICE_NAME)
 
 
 def cdi_gpus_available(dirs: Sequence[str] = CDI_DIRS) -> bool:
@@ -88,11 +108,14 @@ def worker_env(
     gpu_ids: Sequence[int],
     real_gpus: bool,
     user_env: Mapping[str, str],
+    notice_file: str = "",
+    checkpoint_dir: str = "",
 ) -> dict[str, str]:
     """The variables every worker sees (they override the user's env of the same name).
 
     On real GPU nodes the container sees only its CDI devices, renumbered from 0, so
     CUDA_VISIBLE_DEVICES inside is 0..n-1; BROKER_GPU_IDS always holds the node's indices.
+    `notice_file` / `checkpoint_dir` are paths as the worker sees them (inside its container).
     """
     cvd = ",".join(str(i) for i in (range(len(gpu_ids)) if real_gpus else gpu_ids))
     env = dict(user_env)
@@ -107,6 +130,10 @@ def worker_env(
         BROKER_ATTEMPT=str(attempt),
         BROKER_GPU_IDS=",".join(str(i) for i in gpu_ids),
     )
+    if notice_file:
+        env["BROKER_NOTICE_FILE"] = notice_file
+    if checkpoint_dir:
+        env["BROKER_CHECKPOINT_DIR"] = checkpoint_dir
     return env
 
 
@@ -139,6 +166,7 @@ def podman_argv(
     gpu_ids: Sequence[int],
     real_gpus: bool,
     network: str = "host",
+    mounts: Sequence[tuple[str, str, str]] = (),
 ) -> list[str]:
     """`podman run` for one worker. The job's variables come from `env_file` (the runner passes
     a pipe, `/dev/fd/N`): never from podman's own environment, never in argv."""
@@ -147,6 +175,8 @@ def podman_argv(
     if network:
         argv += ["--network", network]
     argv += ["--env-file", env_file]
+    for host, inside, mode in mounts:  # (host dir, path in the container, "ro" | "rw")
+        argv += ["-v", f"{host}:{inside}:{mode}"]
     if real_gpus:
         for i in gpu_ids:
             argv += ["--device", f"nvidia.com/gpu={i}"]
@@ -206,6 +236,9 @@ class WorkerRunner:
         self._master_handle, self._pg = job.get("master"), job.get("pg")
         self.log_file = log_path(job.get("log_dir") or self.log_dir, self.job_id, self.attempt,
                                  self.rank)
+        self.notice_dir = notice_dir(job.get("log_dir") or self.log_dir, self.job_id, self.attempt,
+                                     self.rank)
+        self.checkpoint_dir = job.get("checkpoint_dir") or ""
         self.port = _free_port() if self.rank == 0 else 0
         threading.Thread(target=self._run, name="runner", daemon=True).start()
         return True
@@ -230,16 +263,20 @@ class WorkerRunner:
                     "runner_created_at": self.created_at, "pid": os.getpid(),
                     "cuda_visible_devices": ",".join(str(i) for i in self.gpu_ids)}
 
-    def stop(self, grace_s: float, message: str = "") -> None:
-        """SIGTERM now, SIGKILL after grace_s. Returns at once; repeated calls keep the first
-        message."""
+    def stop(self, grace_s: float, message: str = "", reason: str = "stopped") -> None:
+        """Notice, then SIGTERM now and SIGKILL after grace_s. Returns at once; repeated calls
+        keep the first message and notice. `reason`: preempted | cancelled | max_runtime |
+        failed | lost | shutdown | stopped (the job reads it in BROKER_NOTICE_FILE)."""
         with self._lock:
             if self.ended_at is not None:
                 return
-            if not self._stop_requested:
+            first = not self._stop_requested
+            if first:
                 self._stop_requested = True
                 self.message = message or "stopped"
             proc = self._proc
+        if proc is not None and first:
+            self._notify(reason, message or "stopped", grace_s)
         if proc is not None:
             threading.Thread(target=self._terminate, args=(proc, grace_s), daemon=True).start()
 
@@ -266,11 +303,17 @@ class WorkerRunner:
         try:
             self._wait_placed()
             addr, port = self._master()
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self.notice_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if self.checkpoint_dir:
+                Path(self.checkpoint_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             env = worker_env(job_id=self.job_id, attempt=self.attempt, rank=self.rank,
                              world_size=self.world_size, master_addr=addr, master_port=port,
                              gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
-                             user_env=self.user_env)
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+                             user_env=self.user_env,
+                             notice_file=str(Path(self._inside(str(self.notice_dir), NOTICE_DIR_IN_CONTAINER))
+                                             / NOTICE_NAME),
+                             checkpoint_dir=self._inside(self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER))
             with self._lock:
                 if self._stop_requested:  # cancelled before it ever ran
                     self._finish_locked(128 + signal.SIGTERM)
@@ -284,12 +327,31 @@ class WorkerRunner:
             return
         if self.max_runtime_s and self.max_runtime_s > 0 and self.max_runtime_s != float("inf"):
             timer = threading.Timer(self.max_runtime_s, self.stop,
-                                    (self.grace_s, "max_runtime exceeded"))
+                                    (self.grace_s, "max_runtime exceeded", "max_runtime"))
             timer.daemon = True
             timer.start()
         rc = self._proc.wait()
         with self._lock:
             self._finish_locked(_exit_code(rc))
+
+    def _notify(self, reason: str, message: str, grace_s: float) -> None:
+        """Write the notice before the signal: a job that traps SIGTERM reads why and until
+        when it may save its state. Best effort: a full disk must not stop the stop."""
+        notice = {"reason": reason, "message": message, "grace_s": grace_s,
+                  "deadline": time.time() + grace_s, "job_id": self.job_id,
+                  "attempt": self.attempt, "rank": self.rank,
+                  "checkpoint_dir": self._inside(self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER) or None}
+        try:
+            write_notice(self.notice_dir, notice)
+        except OSError as e:
+            with self._lock:
+                self.message = f"{self.message} (notice not written: {e})"[:500]
+
+    def _inside(self, host_path: str, container_path: str) -> str:
+        """A host directory as the worker sees it ("" when there is none)."""
+        if not host_path:
+            return ""
+        return container_path if self.runtime == "container" else host_path
 
     def _finish_locked(self, code: int) -> None:
         self.exit_code, self.ended_at, self.state = code, time.time(), EXITED
@@ -334,7 +396,7 @@ class WorkerRunner:
                                job_id=self.job_id, attempt=self.attempt, image=self.image,
                                command=self.command, env_file=f"/dev/fd/{rfd}",
                                gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
-                               network=self.network)
+                               network=self.network, mounts=self._mounts())
             with open(self.log_file, "ab") as log:
                 proc = subprocess.Popen(
                     argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -347,6 +409,14 @@ class WorkerRunner:
             os.close(rfd)
         threading.Thread(target=_feed, args=(wfd, payload), name="env-file", daemon=True).start()
         return proc
+
+    def _mounts(self) -> list[tuple[str, str, str]]:
+        """The notice directory (read-only: the runner writes it) and, for a checkpointable
+        job, its checkpoint directory (read-write, kept across attempts)."""
+        mounts = [(str(self.notice_dir), NOTICE_DIR_IN_CONTAINER, "ro")]
+        if self.checkpoint_dir:
+            mounts.append((self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER, "rw"))
+        return mounts
 
     def _terminate(self, proc: subprocess.Popen, grace_s: float) -> None:
         if self.runtime == "container":
