@@ -118,4 +118,8 @@ class Executor(Protocol):
 
 
 class Clock(Protocol):
-    def now(self) -> float: ...
+    """Seconds as a float, read by calling it: `time.time` where the value is stored or compared
+    with stored times (epoch), `time.monotonic` for intervals and cache expiry. Tests pass a
+    lambda that returns the `now` they need, so no test sleeps to move time."""
+
+    def __call__(self) -> float: ...

@@ -29,7 +29,7 @@ from typing import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from broker.ports import Executor
+from broker.ports import Clock, Executor
 from broker.services.accounting import fill_ledger_usage
 from broker.services.admin.audit import seal_pending
 from broker.services.checkpoints import remove_finished_checkpoints
@@ -42,7 +42,7 @@ from broker.services.wiring import Services
 log = logging.getLogger("broker.tasks")
 
 
-def build_tasks(services: Services, clock: Callable[[], float] = time.time) -> "Tasks":
+def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
     """Every periodic task of one app, not yet started (`Tasks.start` connects the wake-ups)."""
     engine, settings, tel = services.engine, services.settings, services.telemetry
     cfg = tel.config

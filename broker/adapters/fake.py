@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from broker.ports import AttemptStatus, LaunchSpec, NodeObservation, WorkerState, WorkerStatus
+from broker.ports import AttemptStatus, Clock, LaunchSpec, NodeObservation, WorkerState, WorkerStatus
 from scheduler.model import Resources
 
 
@@ -57,7 +57,7 @@ def node(id: str, *, pool: str = "innovation", gpus: int = 4, cpus: float = 32, 
 
 
 class FakeExecutor:
-    def __init__(self, nodes: Sequence[NodeObservation] = (), *, clock: Callable[[], float] = time.time,
+    def __init__(self, nodes: Sequence[NodeObservation] = (), *, clock: Clock = time.time,
                  outcome_for: Callable[[LaunchSpec], Outcome] | None = None) -> None:
         self._nodes = list(nodes)
         self.clock = clock

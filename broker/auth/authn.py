@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -30,6 +30,7 @@ from anyio import to_thread
 from broker.errors import Forbidden, Unauthorized
 from broker.models import ApiToken
 from broker.auth.tokens import bearer_token, hash_token, parse_token, verify_token_hash
+from broker.ports import Clock
 
 if TYPE_CHECKING:
     from broker.auth.oidc_authn import OIDCAuth
@@ -56,7 +57,7 @@ def _unauthorized(msg: str = "a valid bearer token is required") -> Unauthorized
 
 
 class TokenAuth:
-    def __init__(self, engine: Engine, *, ttl_s: float = 30.0, clock: Callable[[], float] = time.time):
+    def __init__(self, engine: Engine, *, ttl_s: float = 30.0, clock: Clock = time.time):
         self._engine, self._ttl, self._clock = engine, ttl_s, clock
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -44,6 +44,7 @@ from broker.auth.policy import (
     list_scope,
 )
 from broker.auth.authn import Principal as AuthPrincipal
+from broker.ports import Clock
 
 USER_TOKEN_ROLE = "user"  # a token that acts only with its owner's memberships
 
@@ -73,7 +74,7 @@ def grant_of(role: str | None, department: str | None, project: str | None) -> G
 
 
 class Authz:
-    def __init__(self, engine: Engine, *, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, engine: Engine, *, ttl_s: float = 5.0, clock: Clock = time.monotonic):
         self._engine, self._ttl, self._clock = engine, ttl_s, clock
         self._lock = threading.Lock()
         self._principals: dict[str, tuple[PolicyPrincipal, float]] = {}

@@ -27,13 +27,14 @@ from broker.models import Job, JobStatus, Project
 from broker.auth.limits import Problem, env_problems, image_problems, normalize_prefixes
 from broker.auth.policy import Action
 from broker.auth.authz import Authz, unknown_project
+from broker.ports import Clock
 
 DEFAULT_IMAGE_PREFIXES = ("localhost/",)
 
 
 class SubmitGuard:
     def __init__(self, settings: Any, engine, authz: Authz, *, ttl_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Clock = time.monotonic,
                  admin_settings: Callable[[], dict] | None = None) -> None:
         self.settings, self.engine, self.authz, self._ttl, self._clock = settings, engine, authz, ttl_s, clock
         prefixes = getattr(settings, "image_allow_prefixes", None)

@@ -34,6 +34,7 @@ import jwt
 from jwt import PyJWK
 
 from broker.auth.policy import Grant, Role
+from broker.ports import Clock
 
 __all__ = [
     "OIDCConfig",
@@ -141,7 +142,7 @@ class JWKSCache:
         self,
         fetch: Callable[[], Mapping[str, Any]],
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
         ttl_s: float = 3600.0,
         min_refresh_s: float = 60.0,
     ) -> None:
@@ -212,7 +213,7 @@ class OIDCVerifier:
         config: OIDCConfig,
         jwks: JWKSCache,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
     ) -> None:
         self.config = config
         self._jwks = jwks

@@ -17,7 +17,9 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Hashable
+from typing import Hashable
+
+from broker.ports import Clock
 
 __all__ = ["RateDecision", "TokenBucketLimiter"]
 
@@ -40,7 +42,7 @@ class TokenBucketLimiter:
         rate_per_s: float,
         burst: float,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
         max_keys: int = 100_000,
     ) -> None:
         if rate_per_s <= 0 or burst < 1:

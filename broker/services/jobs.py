@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 from functools import partial
-from typing import Callable, Sequence
+from typing import Sequence
 
 import orjson
 from anyio import to_thread
@@ -37,7 +37,7 @@ from broker.auth.authn import Principal
 from broker.auth.authz import Authz
 from broker.auth.guard import SubmitGuard
 from broker.auth.policy import Action
-from broker.ports import Executor
+from broker.ports import Clock, Executor
 from broker.services.admin import audit
 from broker.services.wakeup import Wakeup
 from broker.services.group_commit import GroupCommitWriter
@@ -56,7 +56,7 @@ RECHECK_S = 1.0  # an unknown project re-reads the project list at most this oft
 class JobService:
     def __init__(self, settings: Settings, engine: Engine, *, authz: Authz, guard: SubmitGuard,
                  executor: Executor | None = None, wakeup: Wakeup | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock = time.time) -> None:
         """`executor` None: jobs are stored and scheduled nowhere (API-only apps, tests)."""
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
         self.authz, self.guard = authz, guard

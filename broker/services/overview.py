@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
@@ -24,6 +24,7 @@ from sqlmodel import Session
 from broker.auth.authn import Principal
 from broker.auth.authz import Authz
 from broker.models import HOLDING, Job, JobStatus, Node, Placement, Pool
+from broker.ports import Clock
 from broker.services.admin.audit import unsealed_submits
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class OverviewService:
     (they name no tenant), per-project rows and idle allocations only for visible projects."""
 
     def __init__(self, engine: Engine, authz: Authz, *, loop: "SchedulingLoop | None" = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock = time.time) -> None:
         """`loop`: the scheduling loop whose last tick the overview reports (None: no executor)."""
         self.engine, self.authz, self.loop, self.clock = engine, authz, loop, clock
 

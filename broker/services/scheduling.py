@@ -34,7 +34,7 @@ from sqlmodel import Session
 
 from broker import jobstate
 from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
-from broker.ports import AttemptStatus, Executor, LaunchSpec, WorkerLaunch, WorkerState
+from broker.ports import AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
 from broker.services import scheduling_queries as repo
 from broker.services.snapshot import build_snapshot, lookback_start
 from broker.settings import Settings
@@ -64,7 +64,7 @@ class TickReport:
 
 class SchedulingLoop:
     def __init__(self, settings: Settings, engine: Engine, executor: Executor, *,
-                 clock: Callable[[], float] = time.time, policy: Policy | None = None,
+                 clock: Clock = time.time, policy: Policy | None = None,
                  on_nodes_changed: Callable[[], None] | None = None) -> None:
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
         self.on_nodes_changed = on_nodes_changed  # e.g. drop the submit path's inventory cache

@@ -19,6 +19,7 @@ from sqlmodel import Session
 from broker.auth.authz import unknown_project  # noqa: F401  (re-exported: submit's checks raise it)
 from broker.errors import Forbidden, Invalid
 from broker.models import Node, Pool, Project
+from broker.ports import Clock
 from broker.services import catalog_queries as catalog
 
 
@@ -142,7 +143,7 @@ class TTLCache:
     of bad requests cannot turn into a flood of queries.
     """
 
-    def __init__(self, loader: Callable[[], object], ttl_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, loader: Callable[[], object], ttl_s: float, clock: Clock = time.monotonic):
         self._loader, self._ttl, self._clock = loader, ttl_s, clock
         self._value: object = None
         self._at = -1e18

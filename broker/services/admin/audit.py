@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, text
 from sqlmodel import Session
@@ -26,6 +26,7 @@ from broker.models import ApiToken
 from broker.models import AuditEntry
 from broker.auth.audit import build_record, chain_hash, verify_chain
 from broker.auth.policy import Principal as PolicyPrincipal, Resource, Scope
+from broker.ports import Clock
 
 if TYPE_CHECKING:
     from broker.auth.authz import Authz
@@ -60,7 +61,7 @@ def token_prefix(session: Session, token_id: str) -> str | None:
 
 def record(session: Session, caller: Caller, *, action: str, target_kind: str, target_id: str,
            before: Any = None, after: Any = None, department: str | None = None, project: str | None = None,
-           outcome: str = "ok", clock: Callable[[], float] = time.time) -> AuditEntry:
+           outcome: str = "ok", clock: Clock = time.time) -> AuditEntry:
     """Append one entry in `session`'s transaction (the caller commits)."""
     _lock_chain(session)
     at = clock()

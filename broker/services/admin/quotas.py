@@ -28,6 +28,7 @@ from sqlmodel import Session
 
 from broker.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from broker.models import HOLDING, Department, Job, Node, Placement, Pool, Project, QuotaRow
+from broker.ports import Clock
 from broker.services import scheduling_queries as srepo
 from broker.auth.policy import Action, Ref, Resource
 from broker.services.admin import audit
@@ -102,7 +103,7 @@ def problem_public(p) -> dict:
 
 
 class QuotaAdmin:
-    def __init__(self, engine, authz: Authz, *, clock: Callable[[], float] = time.time,
+    def __init__(self, engine, authz: Authz, *, clock: Clock = time.time,
                  on_change: Callable[[], None] | None = None) -> None:
         self.engine, self.authz, self.clock, self.on_change = engine, authz, clock, on_change
 

@@ -22,6 +22,7 @@ from broker.errors import Invalid, NotFound, PreconditionFailed
 from broker.models import AdminSetting
 from broker.auth.limits import normalize_prefixes
 from broker.auth.policy import Action
+from broker.ports import Clock
 from broker.services.admin import audit
 from broker.services.admin.audit import Caller
 from broker.services.admin.tenancy import matches
@@ -53,7 +54,7 @@ def _validate(key: str, value: Any) -> dict:
 
 
 class SettingsAdmin:
-    def __init__(self, engine, authz: Authz, settings: Any, *, clock: Callable[[], float] = time.time,
+    def __init__(self, engine, authz: Authz, settings: Any, *, clock: Clock = time.time,
                  on_change: Callable[[], None] | None = None) -> None:
         self.engine, self.authz, self.settings, self.clock, self.on_change = engine, authz, settings, clock, on_change
 

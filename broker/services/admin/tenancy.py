@@ -24,6 +24,7 @@ from broker.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from broker.models import Department, Project
 from broker.models import Membership, User
 from broker.auth.policy import Action, Decision, Grant, PROJECT_ROLES, Ref, Resource, can_grant
+from broker.ports import Clock
 from broker.services.admin import audit
 from broker.services.admin.audit import Caller
 from broker.auth.authn import Principal as AuthPrincipal
@@ -89,7 +90,7 @@ def department_public(d: Department) -> dict:
 
 
 class TenancyAdmin:
-    def __init__(self, engine, authz: Authz, *, clock: Callable[[], float] = time.time,
+    def __init__(self, engine, authz: Authz, *, clock: Clock = time.time,
                  on_change: Callable[[], None] | None = None) -> None:
         self.engine, self.authz, self.clock, self.on_change = engine, authz, clock, on_change
 

@@ -16,7 +16,6 @@ Every create and revoke writes an audit entry in the same transaction.
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 from sqlalchemy import select
 from sqlmodel import Session
@@ -25,6 +24,7 @@ from broker.errors import Invalid, NotFound
 from broker.models import ApiToken
 from broker.models import TokenOwner, User
 from broker.auth.policy import Action, Ref, Resource
+from broker.ports import Clock
 from broker.services.admin import audit
 from broker.services.admin.audit import Caller
 from broker.auth.authn import Principal as AuthPrincipal, TokenAuth
@@ -47,7 +47,7 @@ def token_public(row: ApiToken, owner: str | None) -> dict:
 
 
 class TokenAdmin:
-    def __init__(self, engine, authz: Authz, auth: TokenAuth, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine, authz: Authz, auth: TokenAuth, *, clock: Clock = time.time) -> None:
         self.engine, self.authz, self.auth, self.clock = engine, authz, auth, clock
 
     def _expiry(self, ttl_days: float | None) -> float:

@@ -9,18 +9,18 @@ department-admins, platform-admins, ops-viewers).
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 from sqlalchemy.engine import Engine
 
 from broker.auth.authn import Principal
 from broker.auth.authz import Authz
 from broker.auth.policy import Action
+from broker.ports import Clock
 from broker.services.telemetry import queries
 
 
 class TelemetryReads:
-    def __init__(self, engine: Engine, authz: Authz, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: Engine, authz: Authz, *, clock: Clock = time.time) -> None:
         self.engine, self.authz, self.clock = engine, authz, clock
 
     def _range(self, start: float | None, end: float | None) -> tuple[float, float]:

@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 
@@ -33,6 +33,7 @@ from sqlmodel import Session
 
 from agents.schema import DeviceSample, TelemetryAck, TelemetryReport
 from broker.errors import Forbidden, Invalid
+from broker.ports import Clock
 from broker.services.telemetry import health
 from broker.services.telemetry.health import HealthConfig
 
@@ -155,7 +156,7 @@ def parse_report(body: bytes) -> TelemetryReport:
 
 class TelemetryService:
     def __init__(self, engine: Engine, config: TelemetryConfig = TelemetryConfig(),
-                 clock: Callable[[], float] = time.time, ingest_engine: Engine | None = None) -> None:
+                 clock: Clock = time.time, ingest_engine: Engine | None = None) -> None:
         self.engine, self.config, self.clock = engine, config, clock
         self.dialect = engine.dialect.name
         self._ingest_engine = ingest_engine
