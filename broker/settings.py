@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     token_cache_ttl_s: float = 30.0
 
-    # Security (issue 4): image registries jobs may use (path-boundary prefixes; admins can
+    # Security: image registries jobs may use (path-boundary prefixes; admins can
     # override at runtime), per-token rate limit (0 disables), proxies whose X-Forwarded-For the
     # audit log believes, optional OIDC (issuer + audience + JWKS; groups claim -> roles).
     image_allow_prefixes: list[str] = ["localhost/"]

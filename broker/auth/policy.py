@@ -5,7 +5,7 @@ that object?") and the answer must be identical everywhere, testable as a table 
 DB access. Routes load the object (or the project a body refers to), build a `Ref`, call
 `authorize`, and map the `Decision`; list routes call `list_scope` and filter in the query.
 
-Roles (issue 4):
+Roles:
 - member           reads the jobs of its projects and submits into them; cancels its own jobs.
 - project-admin    member powers for the whole project (cancel any job) and manages the
                    project's members (member / project-admin grants of that project).

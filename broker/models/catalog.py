@@ -30,7 +30,7 @@ class Project(SQLModel, table=True):
     name: str = Field(default="", max_length=200)
     weight: float = 1.0
     budget_gpu_hours: Optional[float] = None  # per month; None = unlimited
-    max_running: Optional[int] = None  # concurrency limits (issue 4); None = no limit
+    max_running: Optional[int] = None  # concurrency limit per project; None = no limit
     max_pending: Optional[int] = None
     # runtime 'process' jobs run on the host as the broker's user: only where a platform-admin
     # enabled it for this project (and the deployment allows it at all)
@@ -87,7 +87,7 @@ class Node(SQLModel, table=True):
 class QuotaRow(SQLModel, table=True):
     """One quota figure: owner (department or project) x flavor (pool, gpu model) x resource.
 
-    Invariant (validated by the admin service, issue 4): guaranteed <= nominal <= limit;
+    Invariant (validated by the admin quota service): guaranteed <= nominal <= limit;
     `limit` None means unlimited.
     """
 

@@ -1,5 +1,5 @@
 """`broker bench submit` end to end on a small scale: real uvicorn servers in subprocesses,
-every 201 verified as a DB row, JSON keys as issue 3 names them."""
+every 201 verified as a DB row, with the JSON keys BENCHMARKS.md documents."""
 
 from __future__ import annotations
 

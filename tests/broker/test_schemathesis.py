@@ -2,8 +2,8 @@
 
 Why: the route table, the Pydantic schemas and the error handlers are written by hand in many
 modules; generated requests sent to every operation catch a 500, or a response that
-contradicts the published document, before a user or a generated SDK does (issue 4: 0 server
-errors, 0 responses that violate the schema).
+contradicts the published document, before a user or a generated SDK does (the bar: 0 server errors, 0
+responses that violate the schema).
 
 Invariants, for every generated request:
 - schema-valid requests (positive): no 5xx (`not_a_server_error`), the body matches the schema

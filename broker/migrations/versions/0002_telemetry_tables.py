@@ -1,4 +1,4 @@
-"""telemetry tables (issue 5): raw GPU and host samples, rollups, agent state, watermarks
+"""telemetry tables: raw GPU and host samples, rollups, agent state, watermarks
 
 Revision ID: 0002
 Revises: 0001

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-25 18:20 (security layer, issue 4)
+Create Date: 2026-11-25 18:20 (tenancy, tokens and the audit log)
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-11-25 18:35 (security layer, issue 4)
+Create Date: 2026-11-25 18:35 (runtime settings admins change)
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-11-25 21:05 (admin moves nodes between pools, issue 4)
+Create Date: 2026-11-25 21:05 (admin moves nodes between pools)
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0006
 Revises: 0005
-Create Date: 2026-11-25 21:30 (job submits in the hash-chained audit log, issue 4)
+Create Date: 2026-11-25 21:30 (job submits in the hash-chained audit log)
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Token administration: create (shown once), list, revoke; users' own tokens and, for
 platform-admins, tokens for others and node-agent tokens.
 
-Rules (issue 4 + `broker.auth.policy`):
+Rules (with `broker.auth.policy`):
 - Any user creates tokens for itself (TOKEN_CREATE_OWN). Such tokens carry role "user" and act
   with the owner's memberships; they need an owner, so a caller that is not a user (the
   bootstrap admin token) cannot create own tokens, only platform tokens (TOKEN_ADMIN).

@@ -1,6 +1,6 @@
 """Node health from telemetry: pure functions, no I/O.
 
-Rules (issue 5):
+Rules:
 - no accepted report for `heartbeat_timeout_s` -> UNHEALTHY (no new placements);
 - a fatal Xid (48, 63, 64, 74, 79, 92, 94, 95 by default), uncorrectable ECC errors, a
   failed or pending row remap -> DRAINING with the reason (running work may finish);
