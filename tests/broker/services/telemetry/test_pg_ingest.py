@@ -5,7 +5,7 @@ from sqlalchemy import create_engine, text
 from sqlmodel import Session
 
 from broker.services.telemetry.service import TelemetryConfig, TelemetryService
-from tests.broker.telemetry_builders import gpu, new_node, node_state, report
+from tests.broker.services.telemetry.builders import gpu, new_node, node_state, report
 
 T0 = 1_800_000_000.0
 

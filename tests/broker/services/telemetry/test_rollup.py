@@ -14,7 +14,7 @@ from sqlmodel import Session
 from broker.errors import Invalid
 from broker.services.telemetry import queries, rollup
 from broker.services.telemetry.service import TelemetryConfig, TelemetryService
-from tests.broker.telemetry_builders import agent_token, gpu, new_node, report
+from tests.broker.services.telemetry.builders import agent_token, gpu, new_node, report
 
 H = 3600.0
 

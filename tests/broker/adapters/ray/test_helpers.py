@@ -118,7 +118,7 @@ def test_only_the_ray_adapter_modules_import_ray():
     import ast
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[4]
     offenders = []
     for pkg in ("broker", "scheduler", "quotas", "agents"):
         for path in (root / pkg).rglob("*.py"):

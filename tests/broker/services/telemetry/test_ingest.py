@@ -8,7 +8,7 @@ from sqlmodel import Session
 
 from agents.agent import encode
 from agents.fake import FakeReader
-from tests.broker.telemetry_builders import agent_token, gpu, new_node, node_state, report
+from tests.broker.services.telemetry.builders import agent_token, gpu, new_node, node_state, report
 
 URL = "/api/v1/telemetry"
 

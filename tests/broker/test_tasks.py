@@ -34,7 +34,7 @@ def test_tasks_pass_now_from_their_clock(app, monkeypatch):
 
 def test_issued_agent_token_pushes_for_its_node_only(app, engine):
     from agents.agent import encode
-    from tests.broker.telemetry_builders import gpu, new_node, report
+    from tests.broker.services.telemetry.builders import gpu, new_node, report
 
     node = new_node(engine)
     tok = issue_agent_token(engine, node)

@@ -5,7 +5,7 @@ import pytest
 from broker.services.telemetry import health
 from broker.services.telemetry.health import DRAINING, PREFIX, READY, UNHEALTHY, HealthConfig
 from broker.services.telemetry.service import TelemetryConfig, TelemetryService
-from tests.broker.telemetry_builders import gpu, new_node, node_state, report
+from tests.broker.services.telemetry.builders import gpu, new_node, node_state, report
 
 CFG = HealthConfig(heartbeat_timeout_s=60.0, fatal_hold_s=3600.0)
 T0 = 1_800_000_000.0

@@ -104,7 +104,7 @@ def test_largest_job_that_fits_is_accepted(client):
 
 def test_process_runtime_refused_unless_enabled(client, settings):
     """Host processes need the deployment's switch and the project's permission: 403 with a
-    code saying which is missing (the full flow is in test_security_admin)."""
+    code saying which is missing (the full flow is in tests/broker/api/admin/test_admin_api.py)."""
     r = client.post("/api/v1/jobs", json=job_body(runtime="process", image=""))
     assert r.status_code == 403 and r.json()["error"]["code"] == "PROCESS_RUNTIME_DISABLED"
     settings.allow_process_runtime = True
