@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -31,9 +31,6 @@ from broker.errors import Forbidden, Unauthorized
 from broker.models import ApiToken
 from broker.auth.tokens import bearer_token, hash_token, parse_token, verify_token_hash
 from broker.ports import Clock
-
-if TYPE_CHECKING:
-    from broker.auth.oidc_authn import OIDCAuth
 
 _MAX_CACHED = 10_000
 
@@ -120,13 +117,21 @@ def principal_of(row: ApiToken) -> Principal:
                      department_id=row.department_id, node_id=row.node_id, expires_at=row.expires_at)
 
 
+class IdentityTokens(Protocol):
+    """A second way in besides API tokens (`broker.auth.oidc_authn.OIDCAuth`)."""
+
+    def looks_like_jwt(self, authorization: str | None) -> bool: ...
+
+    def authenticate(self, authorization: str | None) -> Principal | None: ...
+
+
 class Authenticator:
     """Bearer header -> Principal for every way in (FastAPI routes, the submit fast path).
 
     A miss of the token cache reads the DB (or verifies a JWT) in a worker thread, so the
     event loop never waits on I/O."""
 
-    def __init__(self, tokens: TokenAuth, oidc: OIDCAuth | None = None) -> None:
+    def __init__(self, tokens: TokenAuth, oidc: IdentityTokens | None = None) -> None:
         self.tokens, self.oidc = tokens, oidc
 
     async def principal(self, authorization: str | None) -> Principal:

@@ -28,22 +28,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from broker import jobstate
-from broker.errors import Conflict, Invalid, NotFound
-from broker.models import Job, JobStatus, TERMINAL, IdempotencyKey, new_id
-from broker.services import job_queries as repo
-from broker.schemas import JobCreate
-from broker.services import submit_checks as checks
 from broker.auth.authn import Principal
 from broker.auth.authz import Authz
 from broker.auth.guard import SubmitGuard
 from broker.auth.policy import Action
+from broker.errors import Conflict, Invalid, NotFound
+from broker.models import TERMINAL, IdempotencyKey, Job, JobStatus, new_id
 from broker.ports import Clock, Executor
+from broker.schemas import JobCreate
+from broker.services import job_queries as repo
+from broker.services import submit_checks as checks
 from broker.services.admin import audit
-from broker.services.wakeup import Wakeup
 from broker.services.group_commit import GroupCommitWriter
-from broker.services.views import event_public, job_public
-from broker.settings import Settings
 from broker.services.telemetry.queries import job_usage
+from broker.services.views import event_public, job_public
+from broker.services.wakeup import Wakeup
+from broker.settings import Settings
 
 log = logging.getLogger("broker.jobs")
 
