@@ -19,9 +19,13 @@ rolls back and returns None, and the generic path decides.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from agents.schema import TelemetryAck, TelemetryReport
-from broker.services.telemetry.service import (HOST_COLUMNS, SAMPLE_COLUMNS, SAMPLE_PG_TYPES, TelemetryService,
-                                      claim_params, host_row)
+from broker.services.telemetry.rows import HOST_COLUMNS, SAMPLE_COLUMNS, SAMPLE_PG_TYPES, claim_params, host_row
+
+if TYPE_CHECKING:  # the service calls in here lazily; only its type is needed
+    from broker.services.telemetry.service import TelemetryService
 
 _SETS = ("last_seq=%(seq)s, last_report_at=%(now)s, agent_version=%(ver)s, agent_started_at=%(started)s, "
          "gpu_backend=%(backend)s, cpu_only=%(cpu_only)s, cpu_only_reason=%(reason)s, driver_version=%(driver)s, "
