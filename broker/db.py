@@ -65,16 +65,6 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def session_factory(engine: Engine):
-    """Return a zero-argument callable that opens a Session (expire_on_commit off: rows are
-    read after commit to build responses)."""
-
-    def _open() -> Session:
-        return Session(engine, expire_on_commit=False)
-
-    return _open
-
-
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
     """One session, one transaction: commit on success, roll back on any exception."""
