@@ -1,4 +1,4 @@
-"""Engine and session factories: SQLite (default, WAL) and PostgreSQL (psycopg 3).
+"""The engine factory and migrations: SQLite (default, WAL) and PostgreSQL (psycopg 3).
 
 Why a factory and no module-level engine: nothing opens a database at import time; the app,
 the CLI and each test build their own engine from a `Settings`.
@@ -12,15 +12,13 @@ private schema).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
-from sqlmodel import Session, create_engine
+from sqlmodel import create_engine
 
 from broker.settings import Settings
 
@@ -63,18 +61,6 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=FULL")  # a 201 means on disk, even across power loss
     cur.close()
-
-
-@contextmanager
-def transaction(engine: Engine) -> Iterator[Session]:
-    """One session, one transaction: commit on success, roll back on any exception."""
-    with Session(engine, expire_on_commit=False) as s:
-        try:
-            yield s
-            s.commit()
-        except BaseException:
-            s.rollback()
-            raise
 
 
 def alembic_config(settings: Settings, connection=None):
