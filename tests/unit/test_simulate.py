@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from scheduler.model import POLICIES, Admission, CycleResult, Flavor, Placement, Preemption
-from scheduler.simmetrics import JobOutcome, jain, metrics, percentile
-from scheduler.simulate import SimConfig, SimulationError, parse_window, project_shares, simulate
-from scheduler.traces import TraceJob, load_trace, parse_lines
+from scheduler.sim.metrics import JobOutcome, jain, metrics, percentile
+from scheduler.sim.simulate import SimConfig, SimulationError, parse_window, project_shares, simulate
+from scheduler.sim.traces import TraceJob, load_trace, parse_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "data" / "sim_sample.csv"
@@ -235,7 +235,7 @@ def run_module(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_simulate_cli_json(policy):
-    p = run_module("scheduler.simulate", "--trace", str(SAMPLE), "--nodes", "2", "--gpus-per-node", "8",
+    p = run_module("scheduler.sim.simulate", "--trace", str(SAMPLE), "--nodes", "2", "--gpus-per-node", "8",
                    "--policy", policy, "--json")
     assert p.returncode == 0, p.stderr
     m = json.loads(p.stdout)
@@ -244,7 +244,7 @@ def test_simulate_cli_json(policy):
 
 
 def test_simulate_cli_table_and_window():
-    p = run_module("scheduler.simulate", "--trace", str(SAMPLE), "--nodes", "1", "--gpus-per-node", "8",
+    p = run_module("scheduler.sim.simulate", "--trace", str(SAMPLE), "--nodes", "1", "--gpus-per-node", "8",
                    "--policy", "fifo", "--window", "0:600")
     assert p.returncode == 0, p.stderr
     assert "average JCT (s)" in p.stdout and "jobs completed" in p.stdout
@@ -253,14 +253,14 @@ def test_simulate_cli_table_and_window():
 def test_simulate_cli_bad_trace_exits_2_naming_the_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("job_id,submit_time,duration,gpus,project\na,0,10,1,p\nb,0,ten,1,p\n")
-    p = run_module("scheduler.simulate", "--trace", str(bad), "--nodes", "1", "--gpus-per-node", "8")
+    p = run_module("scheduler.sim.simulate", "--trace", str(bad), "--nodes", "1", "--gpus-per-node", "8")
     assert p.returncode == 2
     assert "line 3" in p.stderr and "duration must be a number" in p.stderr
     assert "Traceback" not in p.stderr
 
 
 def test_bench_cli_json_small():
-    p = run_module("scheduler.bench", "--json", "--small", "--repeat", "2")
+    p = run_module("scheduler.sim.bench", "--json", "--small", "--repeat", "2")
     assert p.returncode == 0, p.stderr
     m = json.loads(p.stdout)
     assert BENCH_KEYS <= m.keys()

@@ -5,7 +5,7 @@
 
 The simulator owns the clock, the cluster state and the jobs' true durations; `run_cycle`
 sees only a `Snapshot` (jobs with their max_runtime, never their duration), exactly as in the
-broker. Metrics and their definitions live in `scheduler.simmetrics`.
+broker. Metrics and their definitions live in `scheduler.sim.metrics`.
 
 Events and the tick rule
 ------------------------
@@ -73,8 +73,8 @@ from scheduler.model import (
     POLICIES, CycleResult, Department, Flavor, Job, Node, Policy, Pool, Project, QuotaSpec,
     Resources, Running, Snapshot, WorkloadClass,
 )
-from scheduler.simmetrics import JobOutcome, metrics, render_table
-from scheduler.traces import FORMATS, TraceError, TraceJob, load_trace, to_job
+from scheduler.sim.metrics import JobOutcome, metrics, render_table
+from scheduler.sim.traces import FORMATS, TraceError, TraceJob, load_trace, to_job
 
 CycleFn = Callable[[Snapshot, float, Policy], CycleResult]
 MAX_CYCLES_PER_INSTANT = 16
