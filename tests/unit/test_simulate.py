@@ -300,3 +300,20 @@ def test_queue_depth_bounds_the_pending_view(policy, depth, seen):
         return scripted()(snap, now, pol)
     simulate(trace, exact(nodes=1, gpus_per_node=1, policy=POLICIES[policy], queue_depth=depth), spy)
     assert views[100] == seen
+
+
+@pytest.mark.parametrize("alias,module,args", [
+    pytest.param("scheduler.simulate", "scheduler.sim.simulate",
+                 ("--trace", str(SAMPLE), "--nodes", "2", "--gpus-per-node", "8", "--json"), id="simulate"),
+    pytest.param("scheduler.bench", "scheduler.sim.bench", ("--json", "--small", "--repeat", "1", "--no-explain"),
+                 id="bench"),
+])
+def test_documented_entry_points_are_aliases(alias, module, args):
+    """`python -m scheduler.simulate` / `scheduler.bench` stay the documented commands: same flags,
+    same figures as the package modules they alias."""
+    a, b = run_module(alias, *args), run_module(module, *args)
+    assert a.returncode == 0 == b.returncode, a.stderr + b.stderr
+    timing = {"wall_s", "cpu_s", "cycle_ms_median", "cycle_cpu_ms_median", "cycle_ms_p95", "cycle_ms_min"}
+    strip = lambda out: {k: v for k, v in json.loads(out).items() if k not in timing}  # noqa: E731
+    assert strip(a.stdout) == strip(b.stdout)
+    assert run_module(alias, "--help").stdout == run_module(module, "--help").stdout
