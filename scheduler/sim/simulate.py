@@ -1,11 +1,14 @@
 """Trace-driven simulator: replay a job trace through `run_cycle` on a simulated clock.
 
-    python -m scheduler.simulate --trace FILE [--format canonical|philly-pollux] --nodes N
-        --gpus-per-node G --policy POLICY [--json] [--window START:END] [--cycle-interval S]
+    python -m scheduler.simulate --trace FILE [--format canonical|philly-pollux]
+        (--nodes N --gpus-per-node G | --cluster FILE) --policy POLICY [--json] [--explain]
+        [--window START:END] [--cycle-interval S] [--checkpoint-interval S] [--jobs-out FILE]
 
 The simulator owns the clock, the cluster state and the jobs' true durations; `run_cycle`
 sees only a `Snapshot` (jobs with their max_runtime, never their duration), exactly as in the
-broker. Metrics and their definitions live in `scheduler.sim.metrics`.
+broker. Metrics and their definitions live in `scheduler.sim.metrics`, the cluster (nodes,
+pools, quota tree, the feasibility check) in `scheduler.sim.cluster`, the command line in
+`scheduler.sim.cli`.
 
 Events and the tick rule
 ------------------------
@@ -36,7 +39,8 @@ Snapshot: quotas, fair share, queue depth
 One pool (``sim``, class innovation) of N identical nodes, plus an ``operation`` pool (the
 first ``--operation-nodes``; by default a quarter of the nodes when the trace has operation jobs,
 else none) that lends idle capacity to innovation work; GPU models are those named in the
-trace (nodes round-robin over them) or one model ``gpu``. One department ``sim`` holds every
+trace (nodes round-robin over them) or one model ``gpu``. ``--cluster FILE`` replays on an
+inventory instead (see `scheduler.sim.cluster`). One department ``sim`` holds every
 project; its nominal is the whole cluster. Each project gets ``guaranteed`` 0, a ``nominal``
 share of every flavor and resource, and an unlimited ``limit`` (anyone may borrow idle
 capacity; reclaim-preemption gives a project its nominal back). ``--shares equal`` (default)
@@ -51,38 +55,54 @@ Slurm's ``bf_max_job_test``. For ``fifo`` the first ``free GPUs + 1`` jobs of th
 are passed, which is exact (at most one job per free GPU can start, and fifo stops at the
 first that does not).
 
-A preempted job goes back to pending with its original submit time; it loses the work done
-since its last start unless the trace marks it checkpointable.
+Preemption and lost work
+------------------------
+A preempted job goes back to pending with its original submit time. A job the trace does not
+mark checkpointable loses the work done since its last start. A checkpointable job writes a
+checkpoint every ``--checkpoint-interval S`` seconds of run time after each start and loses
+only the work since its last checkpoint (``ran mod S``); S = 0 (the default) means it loses
+nothing. The work done during ``--preempt-grace`` counts neither way (the model does not assume
+the job checkpoints on the notice).
+
+Explain and ETAs
+----------------
+With ``explain`` the cycles compute pending reasons and estimated starts as the broker's do
+(``Policy.explain``), and each job's *first* estimate (from the first cycle after its submit) is
+recorded, for the ETA figures of `scheduler.sim.metrics`. The broker shows every pending job to
+the cycle, so in this mode the jobs submitted since the last cycle are shown to the next one even
+past the queue depth, and a cycle runs at every tick with new submits even when nothing could
+start (such a cycle admits nothing, so the schedule is not changed by the extra cycles; the
+extra visible jobs can let backfill start one of them a little earlier than without explain).
+
+A replay that cannot finish
+---------------------------
+Before replaying, `scheduler.sim.cluster.check_feasible` rejects a trace with jobs that no node
+of their pools could ever hold; if jobs still never complete (the events run out with jobs
+pending), `ReplayError` names how many and the reasons one last explained cycle gives for them.
 """
 
 from __future__ import annotations
 
-import argparse
 import heapq
-import json
 import math
 import sys
 import time
 from bisect import insort
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-from quotas.amount import UNLIMITED, ZERO, Amount
-from scheduler.model import (
-    POLICIES, CycleResult, Department, Flavor, Job, Node, Policy, Pool, Project, QuotaSpec,
-    Resources, Running, Snapshot, WorkloadClass,
+from scheduler.model import POLICIES, CycleResult, Job, Policy, Project, Running, Snapshot, WorkloadClass
+from scheduler.sim.cluster import (
+    NodeGroup, ReplayError, check_feasible, homogeneous_nodes, nodes_of, pools_of, project_shares, quota_tree,
 )
-from scheduler.sim.metrics import JobOutcome, metrics, render_table
-from scheduler.sim.traces import FORMATS, TraceError, TraceJob, load_trace, to_job
+from scheduler.sim.metrics import JobOutcome, metrics
+from scheduler.sim.traces import TraceJob, to_job
 
 CycleFn = Callable[[Snapshot, float, Policy], CycleResult]
 MAX_CYCLES_PER_INSTANT = 16
 DEFAULT_CYCLE_INTERVAL_S = 300.0
 DEFAULT_QUEUE_DEPTH = 32
-SIM_POOL = "sim"
-OPERATION_POOL = "operation"
-SIM_DEPARTMENT = "sim"
 _FINISH, _STOP, _SUBMIT = 0, 1, 2  # event order at one instant
 
 
@@ -103,6 +123,9 @@ class SimConfig:
     progress: bool = False  # a line on stderr every 1,000 cycles
     cpus_per_node: float | None = None  # default 8 per GPU
     memory_gb_per_node: float | None = None  # default 64 per GPU
+    checkpoint_interval: float = 0.0  # checkpointable jobs lose ran mod S; 0: nothing
+    explain: bool = False  # reasons and estimates as the broker computes them; ETA figures
+    cluster: tuple[NodeGroup, ...] | None = None  # an inventory instead of nodes x gpus_per_node
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,54 +149,8 @@ class _Live:
     stopping: bool = False
     preemptions: int = 0
     lost_gpu_s: float = 0.0
-
-
-def cluster(cfg: SimConfig, gpu_models: Sequence[str], operation_nodes: int = 0) -> tuple[tuple[Node, ...], tuple[Pool, ...]]:
-    """N identical nodes, GPU models round-robin: the first `operation_nodes` in an operation
-    pool that lends idle capacity to innovation, the rest in the innovation pool `sim`."""
-    g = cfg.gpus_per_node
-    cap = Resources(gpus=g, cpus=cfg.cpus_per_node if cfg.cpus_per_node is not None else 8.0 * g,
-                    memory_gb=cfg.memory_gb_per_node if cfg.memory_gb_per_node is not None else 64.0 * g)
-    models = tuple(gpu_models) or ("gpu",)
-    nodes = tuple(Node(id=f"n{i:05d}", pool=OPERATION_POOL if i < operation_nodes else SIM_POOL,
-                       gpu_model=models[i % len(models)], capacity=cap)
-                  for i in range(cfg.nodes))
-    pools = (Pool(SIM_POOL, WorkloadClass.INNOVATION),)
-    if operation_nodes:
-        pools = (Pool(OPERATION_POOL, WorkloadClass.OPERATION, lend_to_innovation=True), *pools)
-    return nodes, pools
-
-
-def project_shares(jobs: Sequence[TraceJob], mode: str) -> dict[str, float]:
-    """Each project's fraction of the cluster (sums to 1): equal, or by GPU-seconds demanded."""
-    if mode == "equal":
-        names = sorted({j.project for j in jobs})
-        return {p: 1.0 / len(names) for p in names}
-    if mode == "demand":
-        demand: Counter[str] = Counter()
-        for j in jobs:
-            demand[j.project] += j.gpu_seconds
-        total = sum(demand.values())
-        return {p: demand[p] / total for p in sorted(demand)}
-    raise ValueError(f"unknown shares mode {mode!r} (equal or demand)")
-
-
-def quota_tree(nodes: Sequence[Node], shares: dict[str, float]) -> tuple[tuple[Department, ...], dict[str, Project], dict[str, float]]:
-    """Department with the whole cluster as nominal; projects with nominal = share; guaranteed 0."""
-    cap: dict[tuple[Flavor, str], float] = {}
-    for n in nodes:
-        for r in ("gpus", "cpus", "memory_gb"):
-            cap[(n.flavor, r)] = cap.get((n.flavor, r), 0.0) + n.capacity.get(r)
-    dept = Department(id=SIM_DEPARTMENT, name="simulated department",
-                      quotas={k: QuotaSpec(ZERO, Amount.of(v), UNLIMITED) for k, v in cap.items()})
-    projects = {
-        p: Project(id=p, department=SIM_DEPARTMENT, weight=s,
-                   quotas={k: QuotaSpec(ZERO, Amount.of(v * s), UNLIMITED) for k, v in cap.items()})
-        for p, s in shares.items()
-    }
-    total_gpus = sum(n.capacity.gpus for n in nodes)
-    nominal_gpus = {p: s * total_gpus for p, s in shares.items()}
-    return (dept,), projects, nominal_gpus
+    held_gpu_s: float = 0.0
+    first_estimate: float | None = None
 
 
 def default_cycle() -> CycleFn:
@@ -190,23 +167,39 @@ def simulate(trace: Sequence[TraceJob], cfg: SimConfig, cycle: CycleFn | None = 
 class _Sim:
     def __init__(self, trace: Sequence[TraceJob], cfg: SimConfig, cycle: CycleFn) -> None:
         self.cfg, self.cycle_fn = cfg, cycle
-        self.policy = replace(cfg.policy, explain=False)
-        capacity = cfg.nodes * cfg.gpus_per_node
+        self.explain = cfg.explain
+        self.policy = replace(cfg.policy, explain=cfg.explain)
+        if cfg.cluster:
+            nodes = nodes_of(cfg.cluster)
+            gpn = max(n.capacity.gpus for n in nodes)
+        else:
+            nodes, gpn = [], cfg.gpus_per_node
+        capacity = sum(n.capacity.gpus for n in nodes) if cfg.cluster else cfg.nodes * cfg.gpus_per_node
         self.skipped = [t for t in trace if t.gpus > capacity or
-                        (t.workers is not None and t.gpus // t.workers > cfg.gpus_per_node)]
+                        (t.workers is not None and t.gpus // t.workers > gpn)]
         skipped_ids = {t.id for t in self.skipped}
         trace = sorted((t for t in trace if t.id not in skipped_ids), key=lambda t: (t.submit_time, t.line, t.id))
-        models = sorted({t.gpu_model for t in trace if t.gpu_model})
-        op_nodes = cfg.operation_nodes
-        if op_nodes is None:
-            has_op = any(t.workload_class is WorkloadClass.OPERATION for t in trace)
-            op_nodes = max(1, cfg.nodes // 4) if has_op else 0
-        self.nodes, self.pools = cluster(cfg, models, min(op_nodes, cfg.nodes))
+        if cfg.cluster:
+            self.pools = pools_of(nodes, {g.pool: g.workload_class for g in cfg.cluster})
+        else:
+            models = sorted({t.gpu_model for t in trace if t.gpu_model})
+            op_nodes = cfg.operation_nodes
+            if op_nodes is None:
+                has_op = any(t.workload_class is WorkloadClass.OPERATION for t in trace)
+                op_nodes = max(1, cfg.nodes // 4) if has_op else 0
+            op_nodes = min(op_nodes, cfg.nodes)
+            nodes = homogeneous_nodes(cfg.nodes, cfg.gpus_per_node, models, op_nodes, cfg.cpus_per_node,
+                                      cfg.memory_gb_per_node)
+            self.pools = pools_of(nodes)
+        check_feasible(trace, nodes, self.pools, gpn)
+        self.nodes = tuple(nodes)
         self.departments, self.projects, self.nominal = quota_tree(self.nodes, project_shares(trace or self.skipped, cfg.shares))
         self.free = {n.id: n.capacity.gpus for n in self.nodes}
         self.free_total = capacity
         self.capacity = capacity
-        self.live = {t.id: _Live(t, to_job(t, cfg.gpus_per_node), t.duration) for t in trace}
+        self.gpus_per_node = gpn
+        self.live = {t.id: _Live(t, to_job(t, gpn), t.duration) for t in trace}
+        self.unseen: list[str] = []  # submitted since the last cycle (explain: shown to the next one)
         self.events: list[tuple[float, int, int, str, int]] = []
         self.seq = 0
         for t in trace:
@@ -239,7 +232,7 @@ class _Sim:
             if not changed:
                 continue
             for _ in range(MAX_CYCLES_PER_INSTANT):
-                if not self._worth_a_cycle():
+                if not self._worth_a_cycle() and not (self.explain and self.unseen):
                     break
                 again = self._cycle(now)
                 if self.cfg.progress and self.cycles % 1000 == 0:
@@ -249,19 +242,42 @@ class _Sim:
                 if not again:
                     break
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        self._check_finished()
         outcomes = tuple(
             JobOutcome(id=lv.tj.id, project=lv.tj.project, submit=lv.tj.submit_time, duration=lv.tj.duration,
                        gpus=lv.tj.gpus, first_start=lv.first_start, end=lv.end,
-                       preemptions=lv.preemptions, lost_gpu_s=lv.lost_gpu_s)
+                       preemptions=lv.preemptions, lost_gpu_s=lv.lost_gpu_s,
+                       workload_class=lv.tj.workload_class.value, held_gpu_s=lv.held_gpu_s,
+                       first_estimate=lv.first_estimate)
             for lv in self.live.values()
         )
-        m = metrics(outcomes, self.capacity)
+        m = metrics(outcomes, self.capacity, explain=self.explain)
         m.update(preemptions=self.preemptions, cycles=self.cycles, idle_cycles=self.idle_cycles, admissions=self.admissions,
                  lost_gpu_s=round(self.lost_gpu_s, 1), skipped_jobs=len(self.skipped),
-                 wall_s=round(wall, 3), cpu_s=round(cpu, 3), policy=self.cfg.policy.name, nodes=self.cfg.nodes,
-                 gpus_per_node=self.cfg.gpus_per_node, gpus=self.capacity,
-                 cycle_interval_s=interval, shares=self.cfg.shares, queue_depth=self.cfg.queue_depth)
+                 wall_s=round(wall, 3), cpu_s=round(cpu, 3), policy=self.cfg.policy.name, nodes=len(self.nodes),
+                 gpus_per_node=self.gpus_per_node, gpus=self.capacity,
+                 cycle_interval_s=interval, shares=self.cfg.shares, queue_depth=self.cfg.queue_depth,
+                 checkpoint_interval_s=self.cfg.checkpoint_interval, explain=self.explain)
         return SimResult(m, outcomes)
+
+    def _check_finished(self) -> None:
+        """Raise ReplayError when the events ran out with jobs never completed, with the reasons
+        one explained cycle over all of them gives (grouped by code, one example each)."""
+        stuck = [lv for lv in self.live.values() if lv.end is None]
+        if not stuck:
+            return
+        snap = Snapshot(nodes=self.nodes, pools=self.pools, departments=self.departments, projects=self.project_tuple,
+                        running=tuple(self.running_r.values()), pending=tuple(lv.job for lv in stuck if lv.running is None))
+        reasons = self.cycle_fn(snap, self.usage_t, replace(self.policy, explain=True)).pending
+        codes: Counter[str] = Counter()
+        example: dict[str, str] = {}
+        for lv in stuck:
+            why = reasons.get(lv.tj.id)
+            code = why.code.value if why else "NO_REASON"
+            codes[code] += 1
+            example.setdefault(code, f"job {lv.tj.id}: {why.message if why else 'the cycle gave no reason'}")
+        parts = "; ".join(f"{n:,} {code} (e.g. {example[code]})" for code, n in codes.most_common())
+        raise ReplayError(f"the replay cannot finish: {len(stuck):,} of {len(self.live):,} jobs never completed: {parts}")
 
     def _push(self, t: float, kind: int, jid: str, attempt: int) -> None:
         self.seq += 1
@@ -271,6 +287,8 @@ class _Sim:
         lv = self.live[jid]
         if kind == _SUBMIT:
             self._enqueue(lv)
+            if self.explain:
+                self.unseen.append(jid)
             return True
         if lv.running is None or lv.attempt != attempt:
             return False  # a finish made stale by a preemption
@@ -304,7 +322,8 @@ class _Sim:
             del sizes[lv.tj.gpus]
 
     def _release(self, lv: _Live, t: float) -> None:
-        assert lv.running is not None
+        assert lv.running is not None and lv.start is not None
+        lv.held_gpu_s += (t - lv.start) * lv.tj.gpus
         self._decay_to(t)
         for p in lv.running.placements:
             self.free[p.node] += lv.job.per_worker.gpus
@@ -347,12 +366,19 @@ class _Sim:
     def _pending_view(self) -> tuple[Job, ...]:
         live = self.live
         if self.policy.strict_fifo:
-            return tuple(live[jid].job for _, jid in self.fifo[: self.free_total + 1])
+            head = [live[jid].job for _, jid in self.fifo[: self.free_total + 1]]
+            if self.unseen:  # explain: every new job gets its reason at its first cycle
+                shown = {j.id for j in head}
+                head.extend(live[jid].job for jid in self.unseen if jid not in shown and live[jid].running is None)
+            return tuple(head)
         depth = self.cfg.queue_depth
         out: list[Job] = []
         for q in self.queue.values():
             sel = q if depth <= 0 else q[: max(depth, self.free_total + 1)]
             out.extend(live[k[3]].job for k in sel)
+        if self.unseen:  # explain: every new job gets its reason at its first cycle
+            shown = {j.id for j in out}
+            out.extend(live[jid].job for jid in self.unseen if jid not in shown and live[jid].running is None)
         return tuple(out)
 
     def _cycle(self, now: float) -> bool:
@@ -368,6 +394,11 @@ class _Sim:
                         running=tuple(self.running_r.values()), pending=self._pending_view())
         result = self.cycle_fn(snap, now, self.policy)
         self.cycles += 1
+        if self.unseen:
+            for jid in self.unseen:
+                why = result.pending.get(jid)
+                self.live[jid].first_estimate = why.estimated_start if why is not None else None
+            self.unseen.clear()
         self.idle_cycles += not (result.admissions or result.preemptions)
         stopped_now = False
         for pre in result.preemptions:
@@ -384,12 +415,16 @@ class _Sim:
         self.preemptions += 1
         lv.preemptions += 1
         ran = now - lv.start if lv.start is not None else 0.0
-        if lv.tj.checkpointable:
-            lv.remaining = max(0.0, lv.remaining - ran)
-        else:  # the work since the last start is lost
-            lv.lost_gpu_s += ran * lv.tj.gpus
-            self.lost_gpu_s += ran * lv.tj.gpus
+        if lv.tj.checkpointable:  # resumes from its last checkpoint
+            every = self.cfg.checkpoint_interval
+            saved = ran if every <= 0 else math.floor(ran / every) * every
+            lv.remaining = max(0.0, lv.remaining - saved)
+        else:  # restarts: the work since the last start is lost
+            saved = 0.0
             lv.remaining = lv.tj.duration
+        lost = (ran - saved) * lv.tj.gpus
+        lv.lost_gpu_s += lost
+        self.lost_gpu_s += lost
         lv.attempt += 1  # the pending finish event is now stale
         if self.cfg.preempt_grace <= 0:
             self._release(lv, now)
@@ -428,72 +463,11 @@ class _Sim:
 # -- CLI ---------------------------------------------------------------------------------------
 
 
-def parse_window(text: str) -> tuple[float | None, float | None]:
-    """'START:END' in seconds, each optional, with an optional s/m/h/d suffix ('7d:14d')."""
-    if ":" not in text:
-        raise ValueError(f"window must be START:END, got {text!r}")
-    a, b = text.split(":", 1)
-    return _duration(a), _duration(b)
-
-
-def _duration(s: str) -> float | None:
-    s = s.strip()
-    if not s:
-        return None
-    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(s[-1].lower())
-    num = s[:-1] if unit else s
-    try:
-        return float(num) * (unit or 1)
-    except ValueError:
-        raise ValueError(f"bad time {s!r} (seconds, or a number with s/m/h/d)") from None
-
-
-def window(jobs: Sequence[TraceJob], start: float | None, end: float | None) -> list[TraceJob]:
-    """Jobs submitted in [start, end) (trace seconds)."""
-    return [j for j in jobs if (start is None or j.submit_time >= start) and (end is None or j.submit_time < end)]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scheduler.simulate", description=__doc__.split("\n")[0])
-    ap.add_argument("--trace", required=True)
-    ap.add_argument("--format", choices=FORMATS, default="canonical")
-    ap.add_argument("--nodes", type=int, required=True)
-    ap.add_argument("--gpus-per-node", type=int, required=True)
-    ap.add_argument("--policy", choices=sorted(POLICIES), default="fair-backfill-preempt")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--window", help="START:END submit-time window, e.g. 0:7d")
-    ap.add_argument("--cycle-interval", type=float, default=DEFAULT_CYCLE_INTERVAL_S,
-                    help="seconds between ticks (default 300; 0: a tick at every event)")
-    ap.add_argument("--preempt-grace", type=float, default=0.0, help="seconds a preempted job takes to stop")
-    ap.add_argument("--shares", choices=("equal", "demand"), default="equal")
-    ap.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH,
-                    help="pending jobs passed per project and cycle, at least free GPUs + 1 (default 32; 0: all)")
-    ap.add_argument("--progress", action="store_true", help="progress lines on stderr")
-    ap.add_argument("--operation-nodes", type=int, default=None,
-                    help="nodes in an operation pool (default: a quarter if the trace has operation jobs, else 0)")
-    args = ap.parse_args(argv)
-    if args.nodes < 1 or args.gpus_per_node < 1:
-        print("error: --nodes and --gpus-per-node must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        jobs = load_trace(args.trace, args.format)
-        if args.window:
-            jobs = window(jobs, *parse_window(args.window))
-            if not jobs:
-                raise ValueError(f"no job submitted in window {args.window}")
-    except (TraceError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    cfg = SimConfig(nodes=args.nodes, gpus_per_node=args.gpus_per_node, policy=POLICIES[args.policy],
-                    cycle_interval=args.cycle_interval, preempt_grace=args.preempt_grace,
-                    shares=args.shares, queue_depth=args.queue_depth, operation_nodes=args.operation_nodes,
-                    progress=args.progress)
-    result = simulate(jobs, cfg)
-    if args.json:
-        print(json.dumps(result.metrics, sort_keys=True))
-    else:
-        print(render_table(result.metrics))
-    return 0
+    """`python -m scheduler.simulate`; the command line lives in `scheduler.sim.cli`."""
+    from scheduler.sim.cli import simulate_main
+
+    return simulate_main(argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ import pytest
 
 from scheduler.model import POLICIES, Admission, CycleResult, Flavor, Placement, Preemption
 from scheduler.sim.metrics import JobOutcome, jain, metrics, percentile
-from scheduler.sim.simulate import SimConfig, SimulationError, parse_window, project_shares, simulate
+from scheduler.sim.cli import parse_window
+from scheduler.sim.cluster import project_shares
+from scheduler.sim.simulate import SimConfig, SimulationError, simulate
 from scheduler.sim.traces import TraceJob, load_trace, parse_lines
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,21 +124,28 @@ def test_cycle_interval_coalesces_events_into_ticks():
     assert (got["a"].end, got["b"].end, got["c"].end) == (100, 170, 210)
 
 
-@pytest.mark.parametrize("checkpointable,x_end,lost,util", [
-    pytest.param(False, 150, 80, 210 / (2 * 150), id="restart loses the work since its start"),
-    pytest.param(True, 110, 0, 210 / (2 * 110), id="checkpointable resumes"),
+@pytest.mark.parametrize("checkpointable,interval,x_end,lost,util", [
+    pytest.param(False, 0, 150, 80, 210 / (2 * 150), id="restart loses the work since its start"),
+    pytest.param(False, 30, 150, 80, 210 / (2 * 150), id="checkpoint interval does not help a restart"),
+    pytest.param(True, 0, 110, 0, 210 / (2 * 110), id="checkpointable, continuous checkpoints: resumes"),
+    pytest.param(True, 30, 120, 20, 210 / (2 * 120), id="checkpoint every 30 s: loses the last 10 s"),
+    pytest.param(True, 40, 110, 0, 210 / (2 * 110), id="checkpoint exactly at the preemption: loses nothing"),
+    pytest.param(True, 60, 150, 80, 210 / (2 * 150), id="no checkpoint yet: loses all 40 s"),
 ])
-def test_preemption_loses_work_unless_checkpointable(checkpointable, x_end, lost, util):
+def test_preemption_loses_work_since_the_last_checkpoint(checkpointable, interval, x_end, lost, util):
     """2 GPUs, projects p and q with one GPU of nominal each. x (q, 2 GPUs, 100 s) borrows from
-    0; y (p, 1 GPU, 10 s) arrives at 40 and reclaims; x runs again once y ends at 50."""
+    0; y (p, 1 GPU, 10 s) arrives at 40 and reclaims; x runs again once y ends at 50, resuming
+    from its last checkpoint (every `interval` s of run time) or from scratch."""
     trace = [tj("x", 0, 100, 2, "q", checkpointable=checkpointable), tj("y", 40, 10, 1, "p")]
-    result = simulate(trace, exact(nodes=1, gpus_per_node=2), scripted({"y": "x"}, frozenset({"x"})))
+    cfg = exact(nodes=1, gpus_per_node=2, checkpoint_interval=interval)
+    result = simulate(trace, cfg, scripted({"y": "x"}, frozenset({"x"})))
     got = by_id(result)
     assert got["y"].first_start == 40 and got["y"].end == 50, "the preemptor starts at once (grace 0)"
     assert got["x"].first_start == 0, "wait counts to the first start"
     assert got["x"].end == x_end and got["x"].jct == x_end, "preempted job keeps its submit time"
     assert got["x"].preemptions == 1 and got["x"].lost_gpu_s == lost
     assert result.metrics["preemptions"] == 1 and result.metrics["lost_gpu_s"] == lost
+    assert result.metrics["lost_fraction"] == pytest.approx(lost / 210, abs=1e-4)
     assert result.metrics["utilization"] == pytest.approx(util, abs=1e-4)
 
 
