@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Sequence
 
+from scheduler.cycle import DEFAULT_POLICY
 from scheduler.model import POLICIES
 from scheduler.sim.cluster import ClusterError, ReplayError, load_cluster
 from scheduler.sim.metrics import JobOutcome, render_table
@@ -70,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--nodes", type=int, help="identical nodes (required unless --cluster)")
     ap.add_argument("--gpus-per-node", type=int, help="GPUs per node (required unless --cluster)")
     ap.add_argument("--cluster", help="inventory CSV (pool,gpu_model,gpus_per_node,nodes) instead of --nodes")
-    ap.add_argument("--policy", choices=sorted(POLICIES), default="fair-backfill-preempt")
+    ap.add_argument("--policy", choices=sorted(POLICIES), default=DEFAULT_POLICY.name,
+                    help=f"default: the broker's default ({DEFAULT_POLICY.name})")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--explain", action="store_true",
                     help="compute pending reasons and estimated starts as the broker does; adds the ETA figures")
