@@ -14,7 +14,7 @@ from scheduler.model import POLICIES, CycleResult, PendingReason, ReasonCode, Wo
 from scheduler.sim.cluster import ReplayError
 from scheduler.sim.simulate import SimConfig, simulate
 from scheduler.sim.traces import TraceJob
-from tests.unit.test_simulate import by_id, scripted
+from tests.unit.simkit import by_id, scripted
 
 ROOT = Path(__file__).resolve().parents[2]
 OP, INNO = WorkloadClass.OPERATION, WorkloadClass.INNOVATION
