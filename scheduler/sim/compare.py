@@ -26,6 +26,15 @@ says n/a. The settings default to the simulator's (300 s ticks, grace 0, equal s
 depth 32) except ``--checkpoint-interval`` (1800 s: checkpointable jobs lose the work since their
 last half-hourly checkpoint; it changes nothing for a trace without checkpointable jobs).
 
+While tuning one policy, ``--reuse FILE`` takes ``fifo`` and ``fair`` from an earlier
+``--json-out FILE`` run with the same trace and settings instead of replaying them again (the
+baselines' decisions do not change while another policy is tuned; rerun them without
+``--reuse`` after changing code they use):
+
+    python -m scheduler.sim.compare --trace philly.csv --nodes 64 --gpus-per-node 8 --json-out base.json
+    python -m scheduler.sim.compare --trace philly.csv --nodes 64 --gpus-per-node 8 --reuse base.json \
+        --policies fair-backfill-preempt
+
 Exit status: 0 when every replay finished (whatever the targets say; ``--strict`` makes a
 failed target exit 1), 2 for bad input, 3 when a replay cannot finish (its reason is printed).
 """
@@ -50,6 +59,7 @@ from scheduler.sim.simulate import DEFAULT_CYCLE_INTERVAL_S, DEFAULT_QUEUE_DEPTH
 from scheduler.sim.traces import TraceError, TraceJob, load_trace, parse_lines
 
 BASELINES = ("fifo", "fair", "fair-backfill")
+REUSABLE = ("fifo", "fair")  # the fixed baselines, which --reuse may take from an earlier run
 INNOVATION_SLACK = 1.05
 LOST_LIMIT = 0.02
 UTILIZATION_SLACK = 0.005
@@ -104,15 +114,43 @@ def run_one(task: tuple[int, TraceSource, str, SimConfig, str | None]) -> tuple[
         return index, policy, str(e)
 
 
+def settings(source: TraceSource, cfg: SimConfig, window_text: str | None) -> dict:
+    """What a replay's figures depend on besides the policy and the code (kept with --json-out)."""
+    return {"trace": source.gen or os.path.abspath(source.path), "format": source.fmt, "window": window_text,
+            "nodes": cfg.nodes, "gpus_per_node": cfg.gpus_per_node, "operation_nodes": cfg.operation_nodes,
+            "cluster": [list(map(str, (g.pool, g.gpu_model, g.gpus_per_node, g.nodes, g.workload_class.value,
+                                       g.cpus_per_node, g.memory_gb_per_node))) for g in cfg.cluster or ()],
+            "cycle_interval": cfg.cycle_interval, "preempt_grace": cfg.preempt_grace, "shares": cfg.shares,
+            "queue_depth": cfg.queue_depth, "checkpoint_interval": cfg.checkpoint_interval, "explain": cfg.explain}
+
+
+def reusable(path: str, sources: Sequence[TraceSource], cfg: SimConfig, window_text: str | None) -> list[dict]:
+    """Per source, the baseline results (REUSABLE policies) of an earlier --json-out run with the
+    same settings; empty where it has none."""
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    out = []
+    for s in sources:
+        entry = next((e for e in old.values() if e.get("settings") == settings(s, cfg, window_text)), None)
+        res = entry["results"] if entry else {}
+        out.append({p: res[p] for p in REUSABLE if isinstance(res.get(p), dict)})
+    return out
+
+
 def run_all(sources: Sequence[TraceSource], policies: Sequence[str], cfg: SimConfig, window_text: str | None,
-            jobs: int) -> list[dict[str, dict | str]]:
-    """Every (trace, policy) replay, `jobs` at a time; the slowest policies start first."""
+            jobs: int, reused: Sequence[dict] = ()) -> list[dict[str, dict | str]]:
+    """Every (trace, policy) replay not in `reused`, `jobs` at a time; the slowest policies start first."""
     cost = {"fifo": 0, "fair": 1, "fair-backfill": 2}
-    tasks = sorted(((i, s, p, cfg, window_text) for i, s in enumerate(sources) for p in policies),
-                   key=lambda t: (-cost.get(t[2], 3), t[0]))
-    results: list[dict[str, dict | str]] = [{} for _ in sources]
+    results: list[dict[str, dict | str]] = [dict(reused[i]) if i < len(reused) else {} for i in range(len(sources))]
+    for i, r in enumerate(results):
+        if r:
+            print(f"{sources[i].label}: reusing {', '.join(sorted(r))}", file=sys.stderr)
+    tasks = sorted(((i, s, p, cfg, window_text) for i, s in enumerate(sources) for p in policies
+                    if p not in results[i]), key=lambda t: (-cost.get(t[2], 3), t[0]))
     t0 = time.perf_counter()
     jobs = max(1, min(jobs, len(tasks)))
+    if not tasks:
+        return results
     if jobs == 1:
         done = map(run_one, tasks)
     else:
@@ -288,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH)
     ap.add_argument("--json-out", metavar="FILE", help="also write every replay's metrics and the verdicts as JSON")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    ap.add_argument("--reuse", metavar="FILE", help="take fifo and fair from an earlier --json-out run with the same "
+                                                    "settings instead of replaying them (while tuning another policy)")
     args = ap.parse_args(argv)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     try:
@@ -311,12 +351,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TraceError, ClusterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results = run_all(sources, policies, cfg, args.window, args.jobs)
+    try:
+        reused = reusable(args.reuse, sources, cfg, args.window) if args.reuse else []
+    except (OSError, ValueError) as e:
+        print(f"error: --reuse: {e}", file=sys.stderr)
+        return 2
+    results = run_all(sources, policies, cfg, args.window, args.jobs, reused)
+    policies = list(dict.fromkeys([p for p in REUSABLE if any(p in r for r in reused)] + policies))
     text, ok = report(sources, results, policies, args.default, cfg, args.explain)
     print(text)
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as f:
-            json.dump({s.label: {"results": r, "targets": [
+            json.dump({s.label: {"settings": settings(s, cfg, args.window), "results": r, "targets": [
                 {"passed": ok_, "target": line} for ok_, line in
                 targets(r, args.default, cfg.cycle_interval, cfg.preempt_grace, args.explain)]}  # type: ignore[arg-type]
                 for s, r in zip(sources, results)}, f, indent=1, sort_keys=True)

@@ -125,3 +125,18 @@ def test_compare_cli_bad_input_exits_2():
     assert p.returncode == 2 and "bad generator parameter" in p.stderr
     p = run("--trace-gen", "3", "--nodes", "4", "--gpus-per-node", "8", "--policies", "fifo,best")
     assert p.returncode == 2 and "unknown policy 'best'" in p.stderr
+
+
+def test_reuse_takes_the_baselines_from_an_earlier_run_with_the_same_settings(tmp_path):
+    base = tmp_path / "base.json"
+    gen = ("--trace-gen", "3:projects=6,days=1,operation-share=0.2", "--gpus-per-node", "8", "--jobs", "1")
+    first = run(*gen, "--nodes", "8", "--policies", "fifo,fair,fair-backfill-preempt", "--json-out", str(base))
+    assert first.returncode == 0, first.stderr
+    again = run(*gen, "--nodes", "8", "--policies", "fair-backfill-preempt", "--reuse", str(base))
+    assert again.returncode == 0, again.stderr
+    assert "reusing fair, fifo" in again.stderr and "fifo done" not in again.stderr
+    table = lambda out: [line for line in out.splitlines()  # noqa: E731
+                         if line.startswith(("|", "- ")) and "replay" not in line]  # times differ
+    assert table(again.stdout) == table(first.stdout), "same table and verdicts, from one replay instead of three"
+    other = run(*gen, "--nodes", "9", "--policies", "fair-backfill-preempt", "--reuse", str(base))
+    assert "reusing" not in other.stderr and "max wait: n/a (fifo did not run)" in other.stdout
