@@ -47,6 +47,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -282,6 +283,7 @@ def report(sources: Sequence[TraceSource], results: list[dict], policies: Sequen
     """The markdown report and whether every target passed."""
     out: list[str] = []
     all_ok = True
+    tally: Counter[bool | None] = Counter()
     where = (f"{cfg.nodes} nodes, {sum(g.nodes * g.gpus_per_node for g in cfg.cluster)} GPUs (inventory)" if cfg.cluster
              else f"{cfg.nodes} x {cfg.gpus_per_node} GPUs")
     for source, res in zip(sources, results):
@@ -296,8 +298,11 @@ def report(sources: Sequence[TraceSource], results: list[dict], policies: Sequen
         out.append(f"\nTargets for {default} (the default policy):\n")
         for ok, line in targets(res, default, cfg.cycle_interval, cfg.preempt_grace, explain):  # type: ignore[arg-type]
             all_ok &= ok is not False
+            tally[ok] += 1
             out.append(f"- {'PASS' if ok else 'n/a ' if ok is None else 'FAIL'} {line}")
         out.append("")
+    out.append(f"{default}: {tally[True]} of {tally[True] + tally[False]} targets met over {len(sources)} "
+               f"trace(s){f' ({tally[None]} n/a)' if tally[None] else ''}.")
     return "\n".join(out), all_ok
 
 

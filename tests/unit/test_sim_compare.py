@@ -107,6 +107,9 @@ def test_compare_cli_end_to_end(tmp_path):
     verdicts = [line for line in p.stdout.splitlines() if line.startswith(("- PASS", "- FAIL", "- n/a"))]
     assert len(verdicts) == 11, "operation p99, 3 innovation waits, max wait, utilization, lost, Jain, 3 ETA"
     assert "| ETA error median |" in p.stdout
+    passed = sum(line.startswith("- PASS") for line in verdicts)
+    assert f"fair-backfill-preempt: {passed} of {passed + sum(v.startswith('- FAIL') for v in verdicts)} targets met" \
+        in p.stdout
     data = json.loads(out.read_text())
     (label, entry), = data.items()
     assert set(entry["results"]) == {"fifo", "fair", "fair-backfill-preempt"}
