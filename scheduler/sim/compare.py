@@ -1,12 +1,13 @@
 """Replay traces under several policies side by side and judge the default policy's targets.
 
-    python -m scheduler.sim.compare --trace ../shared/traces/philly_pollux.csv --nodes 64 \\
+    python -m scheduler.sim.compare --trace ../shared/traces/philly_pollux.csv --nodes 64,80,96 \\
         --gpus-per-node 8 [--trace-gen 7:operation-share=0.08,load=0.9] [--explain] [--jobs 4]
     python -m scheduler.sim.compare --trace-gen 7 --trace-gen 8:load=1.2 --nodes 40 --gpus-per-node 8
 
 For each trace (``--trace FILE``, format detected from the header unless ``--format``; or
 ``--trace-gen SEED[:key=value,...]``, generated in memory by `scheduler.sim.generate`, whose
-``cluster-gpus`` defaults to the replayed cluster's GPUs) it runs every policy of
+``cluster-gpus`` defaults to the replayed cluster's GPUs) and each cluster (``--nodes`` may
+list several sizes; or ``--cluster FILE``) it runs every policy of
 ``--policies`` (default: fifo, fair, fair-backfill and the broker's default policy) with the
 same settings, in ``--jobs`` parallel processes (default: one per CPU, at most one per run), and
 prints a markdown table of the figures that matter for policy quality, then one PASS/FAIL line
@@ -87,6 +88,25 @@ class TraceSource:
         return jobs
 
 
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One trace on one cluster: a table of its own, with every policy."""
+
+    source: TraceSource
+    cfg: SimConfig
+
+    @property
+    def where(self) -> str:
+        c = self.cfg
+        if c.cluster:
+            return f"{sum(g.nodes for g in c.cluster)} nodes, {sum(g.nodes * g.gpus_per_node for g in c.cluster)} GPUs (inventory)"
+        return f"{c.nodes} x {c.gpus_per_node} GPUs"
+
+    @property
+    def label(self) -> str:
+        return f"{self.source.label} @ {self.where}"
+
+
 def detect_format(path: str) -> str:
     """philly-pollux when the header names its columns, else canonical."""
     try:
@@ -115,8 +135,9 @@ def run_one(task: tuple[int, TraceSource, str, SimConfig, str | None]) -> tuple[
         return index, policy, str(e)
 
 
-def settings(source: TraceSource, cfg: SimConfig, window_text: str | None) -> dict:
+def settings(case: Case, window_text: str | None) -> dict:
     """What a replay's figures depend on besides the policy and the code (kept with --json-out)."""
+    source, cfg = case.source, case.cfg
     return {"trace": source.gen or os.path.abspath(source.path), "format": source.fmt, "window": window_text,
             "nodes": cfg.nodes, "gpus_per_node": cfg.gpus_per_node, "operation_nodes": cfg.operation_nodes,
             "cluster": [list(map(str, (g.pool, g.gpu_model, g.gpus_per_node, g.nodes, g.workload_class.value,
@@ -125,28 +146,28 @@ def settings(source: TraceSource, cfg: SimConfig, window_text: str | None) -> di
             "queue_depth": cfg.queue_depth, "checkpoint_interval": cfg.checkpoint_interval, "explain": cfg.explain}
 
 
-def reusable(path: str, sources: Sequence[TraceSource], cfg: SimConfig, window_text: str | None) -> list[dict]:
-    """Per source, the baseline results (REUSABLE policies) of an earlier --json-out run with the
+def reusable(path: str, cases: Sequence[Case], window_text: str | None) -> list[dict]:
+    """Per case, the baseline results (REUSABLE policies) of an earlier --json-out run with the
     same settings; empty where it has none."""
     with open(path, encoding="utf-8") as f:
         old = json.load(f)
     out = []
-    for s in sources:
-        entry = next((e for e in old.values() if e.get("settings") == settings(s, cfg, window_text)), None)
+    for c in cases:
+        entry = next((e for e in old.values() if e.get("settings") == settings(c, window_text)), None)
         res = entry["results"] if entry else {}
         out.append({p: res[p] for p in REUSABLE if isinstance(res.get(p), dict)})
     return out
 
 
-def run_all(sources: Sequence[TraceSource], policies: Sequence[str], cfg: SimConfig, window_text: str | None,
+def run_all(cases: Sequence[Case], policies: Sequence[str], window_text: str | None,
             jobs: int, reused: Sequence[dict] = ()) -> list[dict[str, dict | str]]:
-    """Every (trace, policy) replay not in `reused`, `jobs` at a time; the slowest policies start first."""
+    """Every (case, policy) replay not in `reused`, `jobs` at a time; the slowest policies start first."""
     cost = {"fifo": 0, "fair": 1, "fair-backfill": 2}
-    results: list[dict[str, dict | str]] = [dict(reused[i]) if i < len(reused) else {} for i in range(len(sources))]
+    results: list[dict[str, dict | str]] = [dict(reused[i]) if i < len(reused) else {} for i in range(len(cases))]
     for i, r in enumerate(results):
         if r:
-            print(f"{sources[i].label}: reusing {', '.join(sorted(r))}", file=sys.stderr)
-    tasks = sorted(((i, s, p, cfg, window_text) for i, s in enumerate(sources) for p in policies
+            print(f"{cases[i].label}: reusing {', '.join(sorted(r))}", file=sys.stderr)
+    tasks = sorted(((i, c.source, p, c.cfg, window_text) for i, c in enumerate(cases) for p in policies
                     if p not in results[i]), key=lambda t: (-cost.get(t[2], 3), t[0]))
     t0 = time.perf_counter()
     jobs = max(1, min(jobs, len(tasks)))
@@ -162,7 +183,7 @@ def run_all(sources: Sequence[TraceSource], policies: Sequence[str], cfg: SimCon
         for i, policy, m in done:
             results[i][policy] = m
             what = f"wall {m['wall_s']:.0f} s" if isinstance(m, dict) else "cannot finish"
-            print(f"[{time.perf_counter() - t0:6.0f} s] {sources[i].label}: {policy} done ({what})",
+            print(f"[{time.perf_counter() - t0:6.0f} s] {cases[i].label}: {policy} done ({what})",
                   file=sys.stderr, flush=True)
     finally:
         if jobs > 1:
@@ -263,8 +284,7 @@ def _fmt(label: str, x: object) -> str:
     return f"{x:.4f}"
 
 
-def table(source: TraceSource, res: dict[str, dict | str], policies: Sequence[str], default: str,
-          explain: bool) -> str:
+def table(res: dict[str, dict | str], policies: Sequence[str], default: str, explain: bool) -> str:
     """One markdown table: a row per figure, a column per policy."""
     heads = [f"{p} (default)" if p == default else p for p in policies]
     lines = ["| figure | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(policies)]
@@ -278,20 +298,20 @@ def table(source: TraceSource, res: dict[str, dict | str], policies: Sequence[st
     return "\n".join(lines)
 
 
-def report(sources: Sequence[TraceSource], results: list[dict], policies: Sequence[str], default: str,
-           cfg: SimConfig, explain: bool) -> tuple[str, bool]:
+def report(cases: Sequence[Case], results: list[dict], policies: Sequence[str], default: str,
+           explain: bool) -> tuple[str, bool]:
     """The markdown report and whether every target passed."""
     out: list[str] = []
     all_ok = True
     tally: Counter[bool | None] = Counter()
-    where = (f"{cfg.nodes} nodes, {sum(g.nodes * g.gpus_per_node for g in cfg.cluster)} GPUs (inventory)" if cfg.cluster
-             else f"{cfg.nodes} x {cfg.gpus_per_node} GPUs")
-    for source, res in zip(sources, results):
+    for case, res in zip(cases, results):
+        cfg = case.cfg
         any_m = next((m for m in res.values() if isinstance(m, dict)), None)
         jobs = f"{any_m['jobs'] + any_m['unfinished']:,} jobs, " if any_m else ""
-        out.append(f"### {source.label}: {jobs}{where}, {cfg.cycle_interval:g} s ticks, grace {cfg.preempt_grace:g} s, "
-                   f"checkpoint every {cfg.checkpoint_interval:g} s{', explain' if explain else ''}\n")
-        out.append(table(source, res, policies, default, explain))
+        out.append(f"### {case.source.label}: {jobs}{case.where}, {cfg.cycle_interval:g} s ticks, "
+                   f"grace {cfg.preempt_grace:g} s, checkpoint every {cfg.checkpoint_interval:g} s"
+                   f"{', explain' if explain else ''}\n")
+        out.append(table(res, policies, default, explain))
         for p in policies:
             if isinstance(res.get(p), str):
                 out.append(f"\n{p}: error: {res[p]}")
@@ -301,12 +321,22 @@ def report(sources: Sequence[TraceSource], results: list[dict], policies: Sequen
             tally[ok] += 1
             out.append(f"- {'PASS' if ok else 'n/a ' if ok is None else 'FAIL'} {line}")
         out.append("")
-    out.append(f"{default}: {tally[True]} of {tally[True] + tally[False]} targets met over {len(sources)} "
-               f"trace(s){f' ({tally[None]} n/a)' if tally[None] else ''}.")
+    out.append(f"{default}: {tally[True]} of {tally[True] + tally[False]} targets met over {len(cases)} "
+               f"trace(s) and cluster(s){f' ({tally[None]} n/a)' if tally[None] else ''}.")
     return "\n".join(out), all_ok
 
 
 # -- command line ----------------------------------------------------------------------------
+
+
+def _sizes(text: str | None) -> list[int | None]:
+    """'64' or '64,80,96' -> node counts; None (no --nodes: an inventory) -> [None]."""
+    if text is None:
+        return [None]
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--nodes must be a number or a comma-separated list of numbers, got {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -315,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--format", choices=("auto", "canonical", "philly-pollux"), default="auto")
     ap.add_argument("--trace-gen", action="append", default=[], metavar="SEED[:key=value,...]",
                     help="a generated trace (repeatable), e.g. 7:operation-share=0.08,load=0.9")
-    ap.add_argument("--nodes", type=int)
+    ap.add_argument("--nodes", help="nodes, or a comma-separated list (each size gets its own tables)")
     ap.add_argument("--gpus-per-node", type=int)
     ap.add_argument("--cluster", help="inventory CSV instead of --nodes/--gpus-per-node")
     ap.add_argument("--operation-nodes", type=int)
@@ -341,36 +371,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"unknown policy {bad[0]!r} (known: {', '.join(sorted(POLICIES))})")
         if not args.trace and not args.trace_gen:
             raise ValueError("give at least one --trace or --trace-gen")
-        sim_args = argparse.Namespace(**{**vars(args), "policy": args.default, "progress": False})
-        cfg = config(sim_args)
-        gpus = sum(g.nodes * g.gpus_per_node for g in cfg.cluster) if cfg.cluster else cfg.nodes * cfg.gpus_per_node
-        sources = [TraceSource(os.path.basename(p), path=p,
-                               fmt=detect_format(p) if args.format == "auto" else args.format) for p in args.trace]
-        for g in args.trace_gen:
-            text = g if "cluster" in g else f"{g}{',' if ':' in g else ':'}cluster-gpus={gpus}"
-            parse_spec(text)
-            sources.append(TraceSource(f"generated {text}", gen=text))
-        for s in sources:  # fail fast on a bad file before starting the replays
-            if s.path:
-                s.load(args.window)
+        files = [TraceSource(os.path.basename(p), path=p,
+                             fmt=detect_format(p) if args.format == "auto" else args.format) for p in args.trace]
+        for s in files:  # fail fast on a bad file before starting the replays
+            s.load(args.window)
+        cases = []
+        for nodes in _sizes(args.nodes):
+            sim_args = argparse.Namespace(**{**vars(args), "nodes": nodes, "policy": args.default, "progress": False})
+            cfg = config(sim_args)
+            gpus = sum(g.nodes * g.gpus_per_node for g in cfg.cluster) if cfg.cluster else cfg.nodes * cfg.gpus_per_node
+            cases += [Case(s, cfg) for s in files]
+            for g in args.trace_gen:
+                text = g if "cluster" in g else f"{g}{',' if ':' in g else ':'}cluster-gpus={gpus}"
+                parse_spec(text)
+                cases.append(Case(TraceSource(f"generated {text}", gen=text), cfg))
     except (TraceError, ClusterError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        reused = reusable(args.reuse, sources, cfg, args.window) if args.reuse else []
+        reused = reusable(args.reuse, cases, args.window) if args.reuse else []
     except (OSError, ValueError) as e:
         print(f"error: --reuse: {e}", file=sys.stderr)
         return 2
-    results = run_all(sources, policies, cfg, args.window, args.jobs, reused)
+    results = run_all(cases, policies, args.window, args.jobs, reused)
     policies = list(dict.fromkeys([p for p in REUSABLE if any(p in r for r in reused)] + policies))
-    text, ok = report(sources, results, policies, args.default, cfg, args.explain)
+    text, ok = report(cases, results, policies, args.default, args.explain)
     print(text)
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as f:
-            json.dump({s.label: {"settings": settings(s, cfg, args.window), "results": r, "targets": [
+            json.dump({c.label: {"settings": settings(c, args.window), "results": r, "targets": [
                 {"passed": ok_, "target": line} for ok_, line in
-                targets(r, args.default, cfg.cycle_interval, cfg.preempt_grace, args.explain)]}  # type: ignore[arg-type]
-                for s, r in zip(sources, results)}, f, indent=1, sort_keys=True)
+                targets(r, args.default, c.cfg.cycle_interval, c.cfg.preempt_grace, args.explain)]}  # type: ignore[arg-type]
+                for c, r in zip(cases, results)}, f, indent=1, sort_keys=True)
     if any(isinstance(m, str) for r in results for m in r.values()):
         return 3
     return 1 if args.strict and not ok else 0

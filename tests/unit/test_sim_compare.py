@@ -143,3 +143,16 @@ def test_reuse_takes_the_baselines_from_an_earlier_run_with_the_same_settings(tm
     assert table(again.stdout) == table(first.stdout), "same table and verdicts, from one replay instead of three"
     other = run(*gen, "--nodes", "9", "--policies", "fair-backfill-preempt", "--reuse", str(base))
     assert "reusing" not in other.stderr and "max wait: n/a (fifo did not run)" in other.stdout
+
+
+def test_several_cluster_sizes_in_one_command():
+    p = run("--trace-gen", "3:projects=6,days=1", "--nodes", "6,8", "--gpus-per-node", "8", "--policies", "fair",
+            "--default", "fair", "--jobs", "2")
+    assert p.returncode == 0, p.stderr
+    heads = [line for line in p.stdout.splitlines() if line.startswith("### ")]
+    assert len(heads) == 2
+    assert "cluster-gpus=48" in heads[0] and "6 x 8 GPUs" in heads[0]
+    assert "cluster-gpus=64" in heads[1] and "8 x 8 GPUs" in heads[1]
+    assert "over 2 trace(s) and cluster(s)" in p.stdout
+    bad = run("--trace-gen", "3", "--nodes", "6,eight", "--gpus-per-node", "8")
+    assert bad.returncode == 2 and "--nodes must be a number or a comma-separated list" in bad.stderr
