@@ -122,17 +122,27 @@ def detect_format(path: str) -> str:
 _LOADED: dict[tuple[TraceSource, str | None], list[TraceJob]] = {}  # per worker process
 
 
-def run_one(task: tuple[int, TraceSource, str, SimConfig, str | None]) -> tuple[int, str, dict | str]:
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One replay for a worker process: case `index` of the report under `policy`."""
+
+    index: int
+    source: TraceSource
+    policy: str
+    cfg: SimConfig
+    window: str | None
+
+
+def run_one(task: Task) -> tuple[Task, dict | str]:
     """Replay one (trace, policy); returns the metrics, or the reason it cannot finish."""
-    index, source, policy, cfg, window_text = task
-    key = (source, window_text)
-    if key not in _LOADED:
+    key = (task.source, task.window)
+    if key not in _LOADED:  # a worker keeps the last trace it loaded (sizes of one trace share it)
         _LOADED.clear()
-        _LOADED[key] = source.load(window_text)
+        _LOADED[key] = task.source.load(task.window)
     try:
-        return index, policy, simulate(_LOADED[key], replace(cfg, policy=POLICIES[policy])).metrics
+        return task, simulate(_LOADED[key], replace(task.cfg, policy=POLICIES[task.policy])).metrics
     except ReplayError as e:
-        return index, policy, str(e)
+        return task, str(e)
 
 
 def settings(case: Case, window_text: str | None) -> dict:
@@ -167,8 +177,8 @@ def run_all(cases: Sequence[Case], policies: Sequence[str], window_text: str | N
     for i, r in enumerate(results):
         if r:
             print(f"{cases[i].label}: reusing {', '.join(sorted(r))}", file=sys.stderr)
-    tasks = sorted(((i, c.source, p, c.cfg, window_text) for i, c in enumerate(cases) for p in policies
-                    if p not in results[i]), key=lambda t: (-cost.get(t[2], 3), t[0]))
+    tasks = sorted((Task(i, c.source, p, c.cfg, window_text) for i, c in enumerate(cases) for p in policies
+                    if p not in results[i]), key=lambda t: (-cost.get(t.policy, 3), t.index))
     t0 = time.perf_counter()
     jobs = max(1, min(jobs, len(tasks)))
     if not tasks:
@@ -180,7 +190,8 @@ def run_all(cases: Sequence[Case], policies: Sequence[str], window_text: str | N
         pool = ctx.Pool(jobs)
         done = pool.imap_unordered(run_one, tasks)
     try:
-        for i, policy, m in done:
+        for task, m in done:
+            i, policy = task.index, task.policy
             results[i][policy] = m
             what = f"wall {m['wall_s']:.0f} s" if isinstance(m, dict) else "cannot finish"
             print(f"[{time.perf_counter() - t0:6.0f} s] {cases[i].label}: {policy} done ({what})",
