@@ -47,6 +47,7 @@ from scheduler.model import (
 )
 from scheduler.index import Run, Shape, index_snapshot
 from scheduler.reasons import bare, explained
+from scheduler.steps import Blocked, Deferred, QuotaFail, Reclaim, Started, failed_at
 
 DEFAULT_POLICY = POLICIES["fair-backfill-preempt"]
 _OP = WorkloadClass.OPERATION
@@ -81,20 +82,20 @@ class _Cycle:
         self.preemptions: list[Preemption] = []
         self.pending: dict[str, PendingReason] = {}
         self.victims: set[str] = set()
-        self.started: list[tuple[float, str, int, list[tuple[int, int]], Shape]] = []
+        self.started: list[Started] = []
         self.reservations = bf.Reservations()
         self.preempt_failed: dict[tuple, tuple] = {}
         self.ranked: dict[int, list[Run]] = {}
         self.bounds: dict[int, list[float]] = {}
         self.run_flags: dict[str, tuple[bool, bool, bool]] = {}
         self.preemptors: set[str] = set()  # projects that got a PREEMPTING job this cycle
-        self.to_estimate: list[tuple] = []  # capacity-blocked jobs, explained at the end
+        self.to_estimate: list[Deferred] = []  # capacity-blocked jobs, explained at the end
         self.labels = [f"{fx.flavor.pool}/{fx.flavor.gpu_model}" for fx in self.world.flavors]
         self._dirty: set[str] = set()
         self.budget_owners: dict[str, tuple[str, ...]] = {}
-        self.memo: dict[tuple, tuple[int, tuple]] = {}
+        self.memo: dict[tuple, tuple[int, Blocked]] = {}  # (epoch, outcome) per (project, shape)
         self.epoch = 0  # bumped by every change of the working state that decisions read
-        self.outcome: tuple | None = None
+        self.outcome: Blocked | None = None
         self.runtime_dependent = False
         self._left: dict[str, float] = {}
         self._cap_details: dict[tuple, tuple[int, dict]] = {}
@@ -125,10 +126,10 @@ class _Cycle:
         """0 within guarantee, 1 within nominal (or unmanaged), 2 borrowing, on its first flavor."""
         if not s.ready_fids:
             return 2
-        level, _ri, wg, wn, _b = self.qv.limits(job.project, s.ready_fids[0], s.req)
         if not self.qv.managed[s.ready_fids[0]]:
             return 1
-        return 0 if wg else 1 if wn else 2
+        lim = self.qv.limits(job.project, s.ready_fids[0], s.req)
+        return 0 if lim.within_guarantee else 1 if lim.within_nominal else 2
 
     # -- step 2: order -------------------------------------------------------------------
     def order(self) -> Iterator[tuple[Job, Shape]]:
@@ -164,7 +165,7 @@ class _Cycle:
             self.pending[job.id] = explained(code, details, position)
         else:
             self.pending[job.id] = bare(code)
-        self.outcome = ("wait", code, details)
+        self.outcome = Blocked(code, details)
         return False
 
     def schedule(self, job: Job, s: Shape, position: int) -> bool:
@@ -185,8 +186,8 @@ class _Cycle:
             out = hit[1]
             if self.explain:
                 return self.replay(job, s, position, out)
-            self.pending[job.id] = bare(out[1])
-            if out[0] == "capacity":
+            self.pending[job.id] = bare(out.code)
+            if out.fids is not None:
                 self.capacity_blocked = True
             return False
         epoch = self.epoch
@@ -195,7 +196,7 @@ class _Cycle:
         if self._schedule(job, s, position):
             return True
         if self.epoch == epoch and self.outcome is not None and not self.runtime_dependent \
-                and self.outcome[1] is not ReasonCode.BUDGET_EXHAUSTED:
+                and self.outcome.code is not ReasonCode.BUDGET_EXHAUSTED:
             self.memo[key] = (epoch, self.outcome)
         return False
 
@@ -206,12 +207,12 @@ class _Cycle:
         gpu_h = s.req[0] * job.max_runtime_s / 3600.0
         return all(gpu_h <= self.budget_left(o) + EPS for o in owners)
 
-    def replay(self, job: Job, s: Shape, position: int, outcome: tuple) -> bool:
-        kind, code, details = outcome[0], outcome[1], outcome[2]
-        if kind == "capacity":
+    def replay(self, job: Job, s: Shape, position: int, outcome: Blocked) -> bool:
+        code, details = outcome.code, outcome.details
+        if outcome.fids is not None:
             self.capacity_blocked = True
             if self.explain:
-                self.to_estimate.append((job, s, outcome[3], code, details, position))
+                self.to_estimate.append((job, s, outcome.fids, code, details, position))
                 return False
         elif self.explain:
             self.pending[job.id] = explained(code, details, position)
@@ -256,7 +257,7 @@ class _Cycle:
         innovation = job.workload_class is not _OP
         quota_fail = lend_fail = None
         cap_fids = []
-        reclaim: list[tuple[int, bool, bool]] = []  # (fid, within guarantee, within nominal)
+        reclaim: list[Reclaim] = []
         backfill_blocked = False
         chosen = None
         # flavors without room now: only their limits matter, later
@@ -268,13 +269,13 @@ class _Cycle:
             if not fifo and qv.managed[fid]:
                 level, ri, wg, wn, b = qv.limits(pid, fid, req)
                 if level:
-                    quota_fail = quota_fail or (fid, level, ri)
+                    quota_fail = quota_fail or failed_at(fid, level, ri)
                     continue
                 borrowing = borrowing or b
                 if not wg:
                     ri = qv.lend_fail(pid, fid, req)
                     if ri >= 0:
-                        lend_fail = lend_fail or (fid, "borrow" if not wn else "reserved", ri)
+                        lend_fail = lend_fail or failed_at(fid, "borrow" if not wn else "reserved", ri)
                         reclaim.append((fid, wg, wn))
                         continue
             placed, redo, blocked_by_res = self.try_place(job, s, fid, wg)
@@ -318,7 +319,7 @@ class _Cycle:
         else:
             d = None
             self.pending[job.id] = bare(code)
-        self.outcome = ("capacity", code, d, fids)
+        self.outcome = Blocked(code, d, fids)
         return False
 
     def no_room(self, job: Job, s: Shape, position: int) -> bool:
@@ -326,7 +327,7 @@ class _Cycle:
         return self.blocked(job, s, position, list(s.ready_fids), [], [], None, False)
 
     def blocked(self, job: Job, s: Shape, position: int, fids: list[int], cap_fids: list[int],
-                reclaim: list[tuple[int, bool, bool]], quota_fail, backfill_blocked: bool) -> bool:
+                reclaim: list[Reclaim], quota_fail: QuotaFail | None, backfill_blocked: bool) -> bool:
         """Steps 4-6 for a job that was not admitted; `fids` are flavors without room now.
 
         For those only the hard limits matter (a limit beats capacity as the reason), and only
@@ -349,7 +350,7 @@ class _Cycle:
             if not fifo and qv.managed[fid]:
                 level, ri, wg, wn, _b = qv.limits(pid, fid, req)
                 if level:
-                    quota_fail = quota_fail or (fid, level, ri)
+                    quota_fail = quota_fail or failed_at(fid, level, ri)
                     continue
             cap_fids.append(fid)
             reclaim.append((fid, wg, wn))
@@ -366,7 +367,7 @@ class _Cycle:
             if skipped:  # FRAGMENTED looks at every flavor within limits: few have the GPUs
                 flavors = self.world.flavors
                 every = cap_fids + [f for f in fids if f not in cap_fids and flavors[f].total_free_g >= s.req[0]
-                                    and (fifo or not qv.managed[f] or not qv.limits(pid, f, s.req)[0])]
+                                    and (fifo or not qv.managed[f] or not qv.limits(pid, f, s.req).level)]
             self.capacity_reason(job, s, every, position, backfill_blocked)
             # -- step 5: backfill reservation for the first capacity-blocked job of a pool -----
             res = self.reservations
@@ -435,7 +436,7 @@ class _Cycle:
             a[k] += s.req[k]
         self._dirty.add(job.project)
         self.epoch += 1
-        self.started.append((self.now + job.max_runtime_s, job.id, fid, list(placed), s))
+        self.started.append(Started(self.now + job.max_runtime_s, job.id, fid, list(placed), s))
 
     # -- details for reasons ----------------------------------------------------------------
     def capacity_details(self, s: Shape, fids: list[int]) -> dict:

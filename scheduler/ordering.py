@@ -67,7 +67,7 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
         f0 = it[6]
         if f0 >= 0:  # cyc.tier, inlined
             got = limits(pid, f0, it[5].req)
-            t = 0 if got[2] else 1 if got[3] else 2
+            t = 0 if got.within_guarantee else 1 if got.within_nominal else 2
         else:
             t = 1 if f0 == -1 else 2
         return (it[0] + t, shares[pid], it[1], it[2], pid, it, rest)
@@ -112,7 +112,7 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
             got = m.get(it[5].req) if m is not None else None
             if got is None:
                 got = limits(pid, f0, it[5].req)
-            t = 0 if got[2] else 1 if got[3] else 2
+            t = 0 if got.within_guarantee else 1 if got.within_nominal else 2
         else:
             t = 1 if f0 == -1 else 2
         replace(heap, (it[0] + t, shares[pid], it[1], it[2], pid, it, rest))

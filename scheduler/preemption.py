@@ -31,19 +31,30 @@ request at least as big fails at once, because the state only gets tighter withi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from quotas.amount import round9
 from quotas.tree import Verdict
 from scheduler.model import RESOURCES, Outcome, Preemption, ReasonCode, WorkloadClass
+from scheduler.quota_view import GUARANTEE, NOMINAL
 from scheduler.reasons import bare, explained
 
 if TYPE_CHECKING:  # pragma: no cover
     from scheduler.cycle import Run, Shape, _Cycle
     from scheduler.model import Job
+    from scheduler.steps import Reclaim
 
 MAX_CANDIDATES = 512
 EPS = 1e-9
+
+
+
+class Found(NamedTuple):
+    """A successful victim search: (run, kind) per victim, sorted by id, and the placement."""
+
+    victims: list[tuple["Run", str]]
+    placed: list[tuple[int, int]]  # (node index, workers)
+
 
 _WORDS = {
     "RECLAIM_OPERATION": "operation work takes back operation-pool capacity that was lent to innovation jobs",
@@ -52,7 +63,7 @@ _WORDS = {
 }
 
 
-def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, bool, bool]],
+def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list["Reclaim"],
                 position: int) -> Outcome:
     """Issue preemptions for `job` if some flavor can be freed: Outcome.PREEMPT when it did,
     Outcome.NO_FIT otherwise (flavors in `reclaim` order, the first that frees wins)."""
@@ -81,7 +92,7 @@ def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, 
         redo = res.lift(cyc.world) if res is not None else None  # a guarantee outranks a reservation
         found = _search(cyc, job, s, fid, op_reclaim, wg, wn, prio)
         if found is not None:
-            _issue(cyc, job, s, fid, found[0], found[1], position)
+            _issue(cyc, job, s, fid, found.victims, found.placed, position)
         if redo is not None:
             redo()
         if found is not None:
@@ -112,7 +123,7 @@ def _bounds(cyc: "_Cycle", fid: int) -> list[float]:
         op_pool = cyc.world.flavors[fid].pool.workload_class is WorkloadClass.OPERATION
         for r in cyc.runs_by_fid.get(fid, ()):
             rec = qv.record(r.job.project, fid) if gi else None
-            g_room, n_room = (rec[2][j], rec[3][j]) if rec else (-1.0, -1.0)
+            g_room, n_room = (rec[GUARANTEE][j], rec[NOMINAL][j]) if rec else (-1.0, -1.0)
             flags = (op_pool and r.job.workload_class is WorkloadClass.INNOVATION and g_room < -EPS,
                      g_room < -EPS and (n_room < -EPS or r.borrowing), g_room < -EPS)
             cyc.run_flags[r.job.id] = flags
@@ -160,7 +171,7 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
             if gi:
                 rec = qv.record(q, fid)
                 j = qv.managed[fid].index(0)
-                room = rooms[q] = (rec[2][j], rec[3][j])  # guarantee - used, nominal - used
+                room = rooms[q] = (rec[GUARANTEE][j], rec[NOMINAL][j])  # guarantee - used, nominal - used
             else:
                 room = rooms[q] = (-1.0, -1.0)
         t = taken.get(q, 0.0)
@@ -180,7 +191,7 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
 
 
 def _search(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, wg: bool, wn: bool, prio: bool):
-    """Minimal victim set [(run, kind)] and the placement it allows, or None."""
+    """Minimal victim set and the placement it allows, or None."""
     w = cyc.world
     nodes = w.nodes
     cands = _eligible(cyc, job, s, fid, op_reclaim, wg, wn, prio)
@@ -253,7 +264,7 @@ def _search(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, w
         u()
     if not ok:
         return None
-    return sorted(chosen, key=lambda t: t[0].job.id), placed
+    return Found(sorted(chosen, key=lambda t: t[0].job.id), placed)
 
 
 def _node_fits(n, g: float, c: float, m: float, s: "Shape") -> bool:
@@ -304,7 +315,7 @@ def _quota_ok(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims: list["Ru
     qv = cyc.qv
     if not qv.managed[fid] or qv.check(job.project, fid, s.req)[0] is Verdict.OK:
         return True  # quota was never the problem
-    if qv.limits(job.project, fid, s.req)[0]:
+    if qv.limits(job.project, fid, s.req).level:
         return False
     tree = cyc.tree
     fl = qv.flavors[fid]
