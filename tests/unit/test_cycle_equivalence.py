@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 
 from quotas.amount import Amount, round9
-from scheduler.bench import NOW, SMALL, Scenario, build_snapshot
+from scheduler.sim.bench import NOW, SMALL, Scenario, build_snapshot
 from scheduler.cycle import _Cycle, run_cycle
 from scheduler.model import POLICIES, CycleResult, PendingReason, ReasonCode
 from scheduler.reasons import make_reason

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from scheduler.model import POLICIES, Admission, CycleResult, Flavor, Placement, Preemption
-from scheduler.simmetrics import JobOutcome, jain, metrics, percentile
-from scheduler.simulate import SimConfig, SimulationError, parse_window, project_shares, simulate
-from scheduler.traces import TraceJob, load_trace, parse_lines
+from scheduler.sim.metrics import JobOutcome, jain, metrics, percentile
+from scheduler.sim.cli import parse_window
+from scheduler.sim.cluster import project_shares
+from scheduler.sim.simulate import SimConfig, SimulationError, simulate
+from scheduler.sim.traces import TraceJob, load_trace, parse_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "data" / "sim_sample.csv"
@@ -122,21 +124,28 @@ def test_cycle_interval_coalesces_events_into_ticks():
     assert (got["a"].end, got["b"].end, got["c"].end) == (100, 170, 210)
 
 
-@pytest.mark.parametrize("checkpointable,x_end,lost,util", [
-    pytest.param(False, 150, 80, 210 / (2 * 150), id="restart loses the work since its start"),
-    pytest.param(True, 110, 0, 210 / (2 * 110), id="checkpointable resumes"),
+@pytest.mark.parametrize("checkpointable,interval,x_end,lost,util", [
+    pytest.param(False, 0, 150, 80, 210 / (2 * 150), id="restart loses the work since its start"),
+    pytest.param(False, 30, 150, 80, 210 / (2 * 150), id="checkpoint interval does not help a restart"),
+    pytest.param(True, 0, 110, 0, 210 / (2 * 110), id="checkpointable, continuous checkpoints: resumes"),
+    pytest.param(True, 30, 120, 20, 210 / (2 * 120), id="checkpoint every 30 s: loses the last 10 s"),
+    pytest.param(True, 40, 110, 0, 210 / (2 * 110), id="checkpoint exactly at the preemption: loses nothing"),
+    pytest.param(True, 60, 150, 80, 210 / (2 * 150), id="no checkpoint yet: loses all 40 s"),
 ])
-def test_preemption_loses_work_unless_checkpointable(checkpointable, x_end, lost, util):
+def test_preemption_loses_work_since_the_last_checkpoint(checkpointable, interval, x_end, lost, util):
     """2 GPUs, projects p and q with one GPU of nominal each. x (q, 2 GPUs, 100 s) borrows from
-    0; y (p, 1 GPU, 10 s) arrives at 40 and reclaims; x runs again once y ends at 50."""
+    0; y (p, 1 GPU, 10 s) arrives at 40 and reclaims; x runs again once y ends at 50, resuming
+    from its last checkpoint (every `interval` s of run time) or from scratch."""
     trace = [tj("x", 0, 100, 2, "q", checkpointable=checkpointable), tj("y", 40, 10, 1, "p")]
-    result = simulate(trace, exact(nodes=1, gpus_per_node=2), scripted({"y": "x"}, frozenset({"x"})))
+    cfg = exact(nodes=1, gpus_per_node=2, checkpoint_interval=interval)
+    result = simulate(trace, cfg, scripted({"y": "x"}, frozenset({"x"})))
     got = by_id(result)
     assert got["y"].first_start == 40 and got["y"].end == 50, "the preemptor starts at once (grace 0)"
     assert got["x"].first_start == 0, "wait counts to the first start"
     assert got["x"].end == x_end and got["x"].jct == x_end, "preempted job keeps its submit time"
     assert got["x"].preemptions == 1 and got["x"].lost_gpu_s == lost
     assert result.metrics["preemptions"] == 1 and result.metrics["lost_gpu_s"] == lost
+    assert result.metrics["lost_fraction"] == pytest.approx(lost / 210, abs=1e-4)
     assert result.metrics["utilization"] == pytest.approx(util, abs=1e-4)
 
 
@@ -235,7 +244,7 @@ def run_module(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 def test_simulate_cli_json(policy):
-    p = run_module("scheduler.simulate", "--trace", str(SAMPLE), "--nodes", "2", "--gpus-per-node", "8",
+    p = run_module("scheduler.sim.simulate", "--trace", str(SAMPLE), "--nodes", "2", "--gpus-per-node", "8",
                    "--policy", policy, "--json")
     assert p.returncode == 0, p.stderr
     m = json.loads(p.stdout)
@@ -244,7 +253,7 @@ def test_simulate_cli_json(policy):
 
 
 def test_simulate_cli_table_and_window():
-    p = run_module("scheduler.simulate", "--trace", str(SAMPLE), "--nodes", "1", "--gpus-per-node", "8",
+    p = run_module("scheduler.sim.simulate", "--trace", str(SAMPLE), "--nodes", "1", "--gpus-per-node", "8",
                    "--policy", "fifo", "--window", "0:600")
     assert p.returncode == 0, p.stderr
     assert "average JCT (s)" in p.stdout and "jobs completed" in p.stdout
@@ -253,14 +262,14 @@ def test_simulate_cli_table_and_window():
 def test_simulate_cli_bad_trace_exits_2_naming_the_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("job_id,submit_time,duration,gpus,project\na,0,10,1,p\nb,0,ten,1,p\n")
-    p = run_module("scheduler.simulate", "--trace", str(bad), "--nodes", "1", "--gpus-per-node", "8")
+    p = run_module("scheduler.sim.simulate", "--trace", str(bad), "--nodes", "1", "--gpus-per-node", "8")
     assert p.returncode == 2
     assert "line 3" in p.stderr and "duration must be a number" in p.stderr
     assert "Traceback" not in p.stderr
 
 
 def test_bench_cli_json_small():
-    p = run_module("scheduler.bench", "--json", "--small", "--repeat", "2")
+    p = run_module("scheduler.sim.bench", "--json", "--small", "--repeat", "2")
     assert p.returncode == 0, p.stderr
     m = json.loads(p.stdout)
     assert BENCH_KEYS <= m.keys()
@@ -300,3 +309,20 @@ def test_queue_depth_bounds_the_pending_view(policy, depth, seen):
         return scripted()(snap, now, pol)
     simulate(trace, exact(nodes=1, gpus_per_node=1, policy=POLICIES[policy], queue_depth=depth), spy)
     assert views[100] == seen
+
+
+@pytest.mark.parametrize("alias,module,args", [
+    pytest.param("scheduler.simulate", "scheduler.sim.simulate",
+                 ("--trace", str(SAMPLE), "--nodes", "2", "--gpus-per-node", "8", "--json"), id="simulate"),
+    pytest.param("scheduler.bench", "scheduler.sim.bench", ("--json", "--small", "--repeat", "1", "--no-explain"),
+                 id="bench"),
+])
+def test_documented_entry_points_are_aliases(alias, module, args):
+    """`python -m scheduler.simulate` / `scheduler.bench` stay the documented commands: same flags,
+    same figures as the package modules they alias."""
+    a, b = run_module(alias, *args), run_module(module, *args)
+    assert a.returncode == 0 == b.returncode, a.stderr + b.stderr
+    timing = {"wall_s", "cpu_s", "cycle_ms_median", "cycle_cpu_ms_median", "cycle_ms_p95", "cycle_ms_min"}
+    strip = lambda out: {k: v for k, v in json.loads(out).items() if k not in timing}  # noqa: E731
+    assert strip(a.stdout) == strip(b.stdout)
+    assert run_module(alias, "--help").stdout == run_module(module, "--help").stdout

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.model import WorkloadClass
-from scheduler.traces import (
+from scheduler.sim.traces import (
     RUNTIME_STEP_S, TraceError, estimate_max_runtime, load_trace, parse_lines, split_workers, to_job,
 )
 
