@@ -1,8 +1,9 @@
 """Backfill: reserve the earliest start of the first capacity-blocked job of each pool.
 
 Why: without a reservation, a stream of small jobs can keep a large gang waiting forever.
-EASY-style backfill computes when the blocked job could start at the latest (running jobs end
-by start_time + max_runtime_s; this cycle's victims stop now) and holds, on the nodes it will
+EASY-style backfill computes when the blocked job could start (running jobs end by start_time +
+max_runtime_s x their project's real/requested runtime ratio, learned by the broker, or by their
+hard limit once past that; this cycle's victims stop now) and holds, on the nodes it will
 use, the part of its need that must come out of resources free now. Later jobs run on what is
 left, or anywhere if they finish (by their max_runtime) before the reservation starts.
 
@@ -104,6 +105,15 @@ class Reservations:
 _by_time_id = itemgetter(0, 1)  # sort key (time, job id), in C
 
 
+def _end(r, now: float) -> float:
+    """When a running job is planned to release its resources: its expected end (max_runtime
+    x its project's runtime ratio) while that lies ahead, else its hard limit."""
+    e = r.expected_end
+    if e <= now:
+        e = r.end
+    return e if e > now else now
+
+
 def _k(f: list[float], g: int, c: float, m: float) -> int:
     k = int(f[0]) // g if g else 1 << 30
     if c > 0:
@@ -118,7 +128,7 @@ def _events(cyc: "_Cycle", fid: int) -> list[tuple[float, str, list[tuple[int, i
     now = cyc.now
     out = []
     for r in cyc.runs_by_fid.get(fid, ()):
-        end = now if r.job.id in cyc.victims else max(r.end, now)
+        end = now if r.job.id in cyc.victims else _end(r, now)
         out.append((end, r.job.id, [(i, r.g, r.c, r.m) for i, _ids in r.taken]))
     for end, jid, f, placed, s in cyc.started:
         if f == fid:
@@ -134,7 +144,7 @@ def _gpu_releases(cyc: "_Cycle", fid: int) -> list[tuple[float, str, int]]:
     out = []
     for r in cyc.runs_by_fid.get(fid, ()):
         jid = r.job.id
-        out.append((now if jid in victims else max(r.end, now), jid, r.g * len(r.taken)))
+        out.append((now if jid in victims else _end(r, now), jid, r.g * len(r.taken)))
     for end, jid, f, placed, s in cyc.started:
         if f == fid:
             out.append((end, jid, sum(k * s.g for _i, k in placed)))
@@ -229,7 +239,9 @@ def add_estimates(cyc: "_Cycle") -> None:
                     if j < len(ends) and (est is None or ends[j] < est):
                         est = ends[j]
                 estimates[ek] = est
-        tk = (code, details.get("requested"), details.get("free"), details.get("in_use"), details.get("per_worker"))
+        tk = (code, details.get("requested"), details.get("free"), details.get("in_use"), details.get("per_worker"),
+              details.get("binding_free"), details.get("binding_requested"), details.get("binding_per_worker"),
+              details.get("binding_largest_free"), details.get("resource"))
         text = texts.get(tk)
         reason = pending[job.id] = explained(code, details, position, est, text)
         if text is None:

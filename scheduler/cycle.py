@@ -45,6 +45,7 @@ from scheduler.model import (
     POLICIES, RESOURCES, Admission, CycleResult, CycleStats, Job, Outcome, PendingReason, Placement,
     Policy, Preemption, ReasonCode, Snapshot, WorkloadClass,
 )
+from scheduler.binding import UNITS, Binding, binding
 from scheduler.index import Run, Shape, index_snapshot
 from scheduler.reasons import bare, explained
 from scheduler.steps import Blocked, Deferred, QuotaFail, Reclaim, Started, failed_at
@@ -77,6 +78,7 @@ class _Cycle:
         self.snap, self.now, self.policy = snap, now, policy
         self.explain = policy.explain
         index_snapshot(self)  # step 1
+        self.lend_all = policy.lend_max_runtime_s == float("inf")
         self.shapes: dict[tuple, Shape] = {}
         self.admissions: list[Admission] = []
         self.preemptions: list[Preemption] = []
@@ -99,17 +101,37 @@ class _Cycle:
         self.runtime_dependent = False
         self._left: dict[str, float] = {}
         self._cap_details: dict[tuple, tuple[int, dict]] = {}
+        self.bindings: dict[tuple, tuple[int, Binding]] = {}  # (epoch, binding) per (shape, flavor)
         self.capacity_blocked = False
 
     # -- helpers --------------------------------------------------------------------------
     def shape(self, job: Job) -> Shape:
         pw = job.per_worker
         # the class as a bool: a str-Enum hashes through Python code, a bool in C
-        key = (job.workload_class is _OP, job.pool, job.gpu_models, job.workers, pw.gpus, pw.cpus, pw.memory_gb)
+        key = (job.workload_class is _OP, job.pool, job.gpu_models, job.workers, pw.gpus, pw.cpus, pw.memory_gb,
+               self.lend_all or self.may_borrow_lent(job))
         s = self.shapes.get(key)
         if s is None:
-            s = self.shapes[key] = Shape(self.world, job)
+            s = self.shapes[key] = Shape(self.world, job, key[7])
         return s
+
+    def expected_runtime(self, job: Job) -> float:
+        """max_runtime_s x the project's real/requested ratio (at most 1): what backfill and
+        estimated starts plan with. Budgets never use it."""
+        p = self.projects.get(job.project)
+        if p is not None and p.runtime_ratio < 1.0:
+            return job.max_runtime_s * max(p.runtime_ratio, 0.0)
+        return job.max_runtime_s
+
+    def may_borrow_lent(self, job: Job) -> bool:
+        """May this job run on operation-pool capacity lent to innovation? Lent capacity is
+        reclaimed at any moment, so only work that loses little goes there: checkpointable
+        jobs and jobs expected to end within `Policy.lend_max_runtime_s`."""
+        if job.checkpointable or job.workload_class is _OP:
+            return True
+        p = self.projects.get(job.project)
+        ratio = p.runtime_ratio if p is not None and p.runtime_ratio < 1.0 else 1.0
+        return job.max_runtime_s * ratio <= self.policy.lend_max_runtime_s
 
     def share(self, pid: str) -> float:
         """Weighted dominant share: (allocation + decayed past GPU use) / capacity / weight."""
@@ -300,21 +322,13 @@ class _Cycle:
         return self.blocked(job, s, position, deferred, cap_fids, reclaim, quota_fail or lend_fail, backfill_blocked)
 
     def capacity_reason(self, job: Job, s: Shape, fids: list[int], position: int, backfill_blocked: bool) -> bool:
-        """BACKFILL_RESERVATION, FRAGMENTED (a flavor has the GPUs in total, no node fits) or NO_CAPACITY."""
-        flavors = self.world.flavors
+        """BACKFILL_RESERVATION, or NO_CAPACITY / FRAGMENTED on the resource that binds
+        (scheduler.binding: GPUs, CPUs or memory)."""
         self.capacity_blocked = True
-        if backfill_blocked:
-            code = ReasonCode.BACKFILL_RESERVATION
-        else:
-            code = ReasonCode.NO_CAPACITY
-            need = s.req[0]
-            if need > 0:
-                for f in fids:
-                    if flavors[f].total_free_g >= need:
-                        code = ReasonCode.FRAGMENTED
-                        break
+        bd = binding(self, s, fids)
+        code = ReasonCode.BACKFILL_RESERVATION if backfill_blocked else bd.code
         if self.explain:  # the reason is built at the end, with its estimated start
-            d = self.capacity_details(s, fids)
+            d = self.capacity_details(s, fids, bd)
             self.to_estimate.append((job, s, fids, code, d, position))
         else:
             d = None
@@ -373,7 +387,8 @@ class _Cycle:
             res = self.reservations
             # (once every pool with nodes holds a reservation, reserve() could only skip)
             if self.policy.backfill and not fifo and not backfill_blocked and \
-                    len(res.by_pool) < len(self.world.pools_with_nodes):
+                    len(res.by_pool) < len(self.world.pools_with_nodes) and \
+                    self.now - job.submit_time >= self.policy.reserve_after_s:
                 res.reserve(self, job, s, cap_fids)
             return False
         if quota_fail is not None:
@@ -413,7 +428,7 @@ class _Cycle:
         self.runtime_dependent = True
         redo = res.lift(w)
         placed = w.place(fid, s.w, s.g, s.c, s.m) if fx.max_free >= s.g else None
-        if placed is not None and (within_guarantee or self.now + job.max_runtime_s <= res.start + EPS):
+        if placed is not None and (within_guarantee or self.now + self.expected_runtime(job) <= res.start + EPS):
             return placed, redo, False
         redo()
         return None, None, placed is not None
@@ -436,12 +451,13 @@ class _Cycle:
             a[k] += s.req[k]
         self._dirty.add(job.project)
         self.epoch += 1
-        self.started.append(Started(self.now + job.max_runtime_s, job.id, fid, list(placed), s))
+        self.started.append(Started(self.now + self.expected_runtime(job), job.id, fid, list(placed), s))
 
     # -- details for reasons ----------------------------------------------------------------
-    def capacity_details(self, s: Shape, fids: list[int]) -> dict:
+    def capacity_details(self, s: Shape, fids: list[int], bd: Binding | None = None) -> dict:
         """Numbers for a capacity reason; one shared (read-only) dict per (shape, flavors)
-        while the state epoch is unchanged, so identical jobs share details, estimate and text."""
+        while the state epoch is unchanged, so identical jobs share details, estimate and text.
+        GPU numbers always; with `resource` and `binding_*` numbers when CPUs or memory bind."""
         key = (s, tuple(fids))
         hit = self._cap_details.get(key)
         if hit is not None and hit[0] == self.epoch:
@@ -453,6 +469,10 @@ class _Cycle:
         ready = sum(fx.ready_cap_g for fx in fl)
         d = {"requested": int(s.req[0]), "per_worker": s.g, "workers": s.w, "free": free,
              "in_use": max(0, ready - free), "flavors": [self.labels[f] for f in fids]}
+        if bd is not None and bd.resource:
+            d.update(resource=UNITS[bd.resource], binding_requested=bd.requested,
+                     binding_per_worker=bd.per_worker, binding_free=round(bd.free, 3),
+                     binding_largest_free=round(bd.largest_free, 3))
         self._cap_details[key] = (self.epoch, d)
         return d
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple
 from quotas.amount import round9
 from quotas.tree import Verdict
 from scheduler.model import RESOURCES, Outcome, Preemption, ReasonCode, WorkloadClass
-from scheduler.quota_view import GUARANTEE, NOMINAL
+from scheduler.quota_view import DEPT_NOMINAL, GUARANTEE, NOMINAL
 from scheduler.reasons import bare, explained
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,6 +61,33 @@ _WORDS = {
     "RECLAIM_NOMINAL": "project {p} takes back capacity within its quota that was lent to projects above theirs",
     "PRIORITY": "a higher-priority job of the same project needs the capacity",
 }
+_UNITS = ("GPUs", "CPUs", "GB of memory")
+
+
+def _victim_message(cyc: "_Cycle", job: "Job", s: "Shape", r: "Run", kind: str) -> str:
+    """One sentence: why the victim stops, and on which resource and flavor it was borrowing
+    (its project's usage against its nominal there), and the work it loses."""
+    ri = need_index(s)
+    unit = _UNITS[ri]
+    flavor = cyc.labels[r.fid]
+    text = f"Job {r.job.id} is stopped because " + _WORDS[kind].format(p=job.project)
+    if kind == "RECLAIM_OPERATION":
+        text += f": it was borrowing {_num(r.req[ri])} {unit} of the operation pool ({flavor})"
+    elif kind == "RECLAIM_NOMINAL":
+        key = (cyc.qv.flavors[r.fid], RESOURCES[ri])
+        q = r.job.project
+        used = cyc.tree.used(q, key).value
+        nominal = cyc.tree.project_spec(q, key).nominal.value
+        text += (f": project {q} was borrowing {unit} on {flavor} ({_num(used)} in use, nominal "
+                 f"{_num(nominal)}) and job {job.id} needs {_num(s.req[ri])} {unit} there")
+    lost = cyc.now - r.at_risk
+    text += (f"; it resumes from its checkpoint and loses {_num(lost / 60.0)} min of work." if r.job.checkpointable
+             else f"; it loses {_num(lost / 60.0)} min of work.")
+    return text
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
 
 
 def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list["Reclaim"],
@@ -71,13 +98,21 @@ def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list["Reclaim"],
     if pid in cyc.preemptors:
         return Outcome.NO_FIT
     op = job.workload_class is WorkloadClass.OPERATION
-    prio = cyc.policy.priority_preemption
+    policy = cyc.policy
+    prio = policy.priority_preemption
+    # hysteresis: an innovation job reclaims its nominal only once its demand has persisted
+    patient = not op and cyc.now - job.submit_time < policy.reclaim_after_s
+    gpu_need = s.req[0] > 0
     for fid, wg, wn in reclaim:
         fx = cyc.world.flavors[fid]
         op_reclaim = op and fx.pool.workload_class is WorkloadClass.OPERATION
+        if wn and not wg and not op and (patient or fx.pool.name in cyc.reservations.by_pool):
+            # not yet (hysteresis), or futile: a job ahead in the order holds this pool's
+            # reservation and would take the capacity freed, and the victims would be lost work
+            wn = False
         if not (op_reclaim or wn or wg or prio):
             continue
-        if not prio:
+        if not prio and gpu_need:
             b = _bounds(cyc, fid)
             room = (b[0] if op_reclaim else 0.0) + (b[2] if wg else b[1] if wn else 0.0)
             if wg and fid in cyc.reservations.by_fid:
@@ -104,7 +139,7 @@ def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list["Reclaim"],
 
 def may_help(cyc: "_Cycle", job: "Job", s: "Shape", fid: int) -> bool:
     """Cheap necessary condition for a preemption on flavor fid (before any quota lookup)."""
-    if cyc.policy.priority_preemption:
+    if cyc.policy.priority_preemption or not s.req[0]:
         return True
     b = _bounds(cyc, fid)
     room = max(b[2], b[0] if job.workload_class is WorkloadClass.OPERATION else 0.0)
@@ -133,19 +168,41 @@ def _bounds(cyc: "_Cycle", fid: int) -> list[float]:
     return got
 
 
-def _ranked(cyc: "_Cycle", fid: int) -> list["Run"]:
-    """Running jobs of a flavor in victim preference order (computed once per cycle)."""
-    got = cyc.ranked.get(fid)
+def need_index(s: "Shape") -> int:
+    """The resource a preemptor needs, as an index into RESOURCES: GPUs when it asks for any,
+    else CPUs, else memory. Borrowing is judged on that resource."""
+    return 0 if s.req[0] > 0 else 1 if s.req[1] > 0 else 2
+
+
+def _ranked(cyc: "_Cycle", fid: int, ri: int = 0, op_reclaim: bool = False) -> list["Run"]:
+    """Running jobs of a flavor in victim preference order (computed once per cycle and
+    resource): project most over its nominal of that resource, lowest priority, least work at
+    risk (seconds since its start, or its last checkpoint for a checkpointable job), id.
+
+    Operation reclaim ranks by work lost alone (lowest priority, then GPU-seconds at risk):
+    every lent job borrows alike, so the cheapest to stop goes first (a 1-GPU clinical job
+    should not stop a 32-GPU gang that has run for hours when a young 1-GPU job would do)."""
+    if op_reclaim:
+        got = cyc.ranked.get((fid, -1))
+        if got is None:
+            now = cyc.now
+            got = cyc.ranked[(fid, -1)] = sorted(
+                cyc.runs_by_fid.get(fid, ()),
+                key=lambda r: (r.job.workload_class is WorkloadClass.OPERATION, r.job.priority,
+                               (now - r.at_risk) * max(r.req[0], 1.0), r.job.id))
+        return got
+    got = cyc.ranked.get((fid, ri))
     if got is None:
-        key = (cyc.qv.flavors[fid], "gpus")
+        key = (cyc.qv.flavors[fid], RESOURCES[ri])
         over: dict[str, float] = {}
         for r in cyc.runs_by_fid.get(fid, ()):
             q = r.job.project
             if q not in over:
                 over[q] = (cyc.tree.used(q, key) - cyc.tree.project_spec(q, key).nominal).value
+        now = cyc.now
         got = sorted(cyc.runs_by_fid.get(fid, ()),
-                     key=lambda r: (-over[r.job.project], r.job.priority, cyc.now - r.start, r.job.id))
-        cyc.ranked[fid] = got
+                     key=lambda r: (-over[r.job.project], r.job.priority, now - r.at_risk, r.job.id))
+        cyc.ranked[(fid, ri)] = got
     return got
 
 
@@ -154,14 +211,36 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
     """Candidates in preference order with their kind; lazily, so a search stops early.
 
     A victim's project must stay above its guarantee (and, for nominal reclaim, above its
-    nominal) counting the victims already taken from it in this search.
+    nominal) counting the victims already taken from it in this search; both are judged on the
+    resource the preemptor needs (`need_index`), so a job that borrows only CPUs is no victim
+    for a GPU job.
+
+    Work-aware (an innovation job reclaiming nominal, not within its guarantee): a victim
+    that has run less than `min_runtime_s` is protected (checkpointable or not: a job stopped
+    right after its start makes no progress and its restart costs again, and without it two
+    projects can hand the same capacity back and forth within one instant), and with
+    `lost_work_bounded_by_wait` no victim loses more work than the preemptor has waited; a job
+    that started aged (waited past `aging_after_s`) is no victim either, else the aged job and
+    its preemptor take turns on the same capacity and neither finishes.
+    Operation reclaim and guarantees are never held back by these.
     """
     qv = cyc.qv
-    gi = 0 in qv.managed[fid]  # is "gpus" a managed resource of this flavor?
+    ri = need_index(s)
+    managed = qv.managed[fid]
+    gi = ri in managed  # is the needed resource managed in this flavor?
+    j = managed.index(ri) if gi else -1
     innovation = job.workload_class is WorkloadClass.INNOVATION
+    policy = cyc.policy
+    guarded = innovation and not wg
+    now = cyc.now
+    min_run = policy.min_runtime_s if guarded else 0.0
+    max_loss = now - job.submit_time if guarded and policy.lost_work_bounded_by_wait else float("inf")
+    aging = policy.aging_after_s
     taken: dict[str, float] = {}
-    rooms: dict[str, tuple[float, float]] = {}
-    for r in _ranked(cyc, fid):
+    dtaken: dict[str, float] = {}
+    rooms: dict[str, tuple[float, float, float]] = {}
+    dept_of = cyc.dept_of
+    for r in _ranked(cyc, fid, ri, op_reclaim):
         v = r.job
         if v.id in cyc.victims or (innovation and v.workload_class is WorkloadClass.OPERATION):
             continue
@@ -170,23 +249,35 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
         if room is None:
             if gi:
                 rec = qv.record(q, fid)
-                j = qv.managed[fid].index(0)
-                room = rooms[q] = (rec[GUARANTEE][j], rec[NOMINAL][j])  # guarantee - used, nominal - used
+                room = rooms[q] = (rec[GUARANTEE][j], rec[NOMINAL][j], rec[DEPT_NOMINAL][j])
             else:
-                room = rooms[q] = (-1.0, -1.0)
+                room = rooms[q] = (-1.0, -1.0, -1.0)
         t = taken.get(q, 0.0)
-        g_room, n_room = room[0] + t, room[1] + t  # room left after the victims taken so far
+        d = dept_of.get(q, "")
+        # rooms left (guarantee, nominal, department nominal - usage) after the victims so far
+        g_room, n_room, d_room = room[0] + t, room[1] + t, room[2] + dtaken.get(d, 0.0)
+        need = r.req[ri]
         kind = None
         if q == job.project:
             if prio and v.priority < job.priority:
                 kind = "PRIORITY"
-        elif g_room + r.req[0] <= EPS:  # the project stays at or above its guarantee without it
+        elif need <= 0 and not op_reclaim:
+            continue  # it holds none of what the preemptor needs
+        elif g_room + need <= EPS:  # the project stays at or above its guarantee without it
             if op_reclaim and v.workload_class is WorkloadClass.INNOVATION:
                 kind = "RECLAIM_OPERATION"
-            elif wg or (wn and (n_room < -EPS or r.borrowing)):
+            elif wg or (wn and (n_room < -EPS or d_room < -EPS if gi else r.borrowing)):
+                # borrowing now, on this resource (its project or department above nominal):
+                # the admission-time `borrowing` flag goes stale as usage moves, and a victim
+                # chosen by it could take back the capacity at once (reclaim ping-pong)
                 kind = "RECLAIM_NOMINAL"
+                if guarded and (now - r.start < min_run or now - r.at_risk > max_loss
+                                or r.start - v.submit_time >= aging):
+                    continue  # too young to stop, it would lose more than the preemptor waited, or
+                    # it started as an aged job (stopping it would undo the starvation bound)
         if kind is not None:
-            taken[q] = t + r.req[0]
+            taken[q] = t + need
+            dtaken[d] = dtaken.get(d, 0.0) + need
             yield r, kind
 
 
@@ -342,8 +433,7 @@ def _issue(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims, placed, pos
             for k in range(3):
                 if flags[k]:
                     cyc.bounds[r.fid][k] -= r.req[0]
-        msg = (f"Job {r.job.id} is stopped because " + _WORDS[kind].format(p=job.project) + ".") \
-            if cyc.explain else ""
+        msg = _victim_message(cyc, job, s, r, kind) if cyc.explain else ""
         cyc.preemptions.append(Preemption(r.job.id, job.id, kind, msg))
     # hold, for the preemptor, the part of its future placement that is free right now
     for i, k in placed:
@@ -358,7 +448,8 @@ def _issue(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims, placed, pos
     if cyc.explain:
         d = {"victims": len(victims), "victim_ids": [r.job.id for r, _ in victims],
              "kinds": sorted({k for _, k in victims}), "requested": int(s.req[0]),
-             "flavor": cyc.labels[fid]}
+             "flavor": cyc.labels[fid], "resource": _UNITS[need_index(s)],
+             "lost_work_s": round(sum(cyc.now - r.at_risk for r, _ in victims), 1)}
         cyc.pending[job.id] = explained(ReasonCode.PREEMPTING, d, position)
     else:
         cyc.pending[job.id] = bare(ReasonCode.PREEMPTING)

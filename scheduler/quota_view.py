@@ -42,7 +42,7 @@ Rooms = tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], tuple[flo
 (project limit, department limit, guarantee, nominal, department nominal) - usage.
 A plain tuple: `_limits` unpacks it on every cache miss, and unpacking a NamedTuple goes
 through the iterator protocol (measured). Indexes `GUARANTEE` and `NOMINAL` name its fields."""
-GUARANTEE, NOMINAL = 2, 3
+GUARANTEE, NOMINAL, DEPT_NOMINAL = 2, 3, 4
 
 
 class QuotaView:
