@@ -14,12 +14,9 @@ pattern, no copies.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from operator import itemgetter
 from typing import TYPE_CHECKING, Callable
 
-from scheduler.model import PendingReason
-from scheduler.reasons import _SET, _new, explained
 from scheduler.state import EPS, World, pack
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -188,63 +185,3 @@ def earliest_start(cyc: "_Cycle", s: "Shape", fid: int):
     if placed is None:
         return None
     return when, placed, {i: tuple(free[i]) for i, _k2 in placed}
-
-
-def add_estimates(cyc: "_Cycle") -> None:
-    """Build the deferred capacity reasons (explain only), with an estimated start.
-
-    The reserved head gets its reservation time; others a lower bound: the first time enough
-    GPUs in total are released in one of their flavors (ignores fragmentation and the queue).
-    Estimates depend only on (flavors, GPUs requested) and messages only on the numbers they
-    quote, so both are computed once per distinct value.
-    """
-    timelines: dict[int, tuple[list[float], list[float]]] = {}
-    free = {f: fx.total_free_g for f, fx in enumerate(cyc.world.flavors)}
-    estimates: dict[tuple, float | None] = {}
-    texts: dict[tuple, str] = {}
-    heads = cyc.reservations.head_start
-    by_details: dict[int, tuple[float | None, str]] = {}  # memo replays share one details dict
-    pending = cyc.pending
-    new = _new
-    s_code, s_text, s_details, s_pos, s_est = _SET
-    for job, s, fids, code, details, position in cyc.to_estimate:
-        hit = by_details.get(id(details))
-        if hit is not None and job.id not in heads:
-            r = new(PendingReason)  # make_reason(code, hit[1], details, position, hit[0]), inlined
-            s_code(r, code)
-            s_text(r, hit[1])
-            s_details(r, details)
-            s_pos(r, position)
-            s_est(r, hit[0])
-            pending[job.id] = r
-            continue
-        est = heads.get(job.id)
-        if est is None:
-            ek = (tuple(fids), s.req[0])
-            if ek in estimates:
-                est = estimates[ek]
-            else:
-                for fid in fids:
-                    tl = timelines.get(fid)
-                    if tl is None:
-                        ends, cum, acc = [], [], 0.0
-                        for end, _jid, gpus in _gpu_releases(cyc, fid):
-                            acc += gpus
-                            ends.append(end)
-                            cum.append(acc)
-                        tl = timelines[fid] = (ends, cum)
-                    need = s.req[0] - free[fid]
-                    ends, cum = tl
-                    j = bisect_left(cum, need - EPS) if need > 0 else 0
-                    if j < len(ends) and (est is None or ends[j] < est):
-                        est = ends[j]
-                estimates[ek] = est
-        tk = (code, details.get("requested"), details.get("free"), details.get("in_use"), details.get("per_worker"),
-              details.get("binding_free"), details.get("binding_requested"), details.get("binding_per_worker"),
-              details.get("binding_largest_free"), details.get("resource"))
-        text = texts.get(tk)
-        reason = pending[job.id] = explained(code, details, position, est, text)
-        if text is None:
-            texts[tk] = reason.message
-        if job.id not in heads:
-            by_details[id(details)] = (est, reason.message)

@@ -39,6 +39,7 @@ from typing import Iterator
 from quotas.amount import Amount
 from quotas.fairshare import dominant_share, past_equivalent
 from scheduler import backfill as bf
+from scheduler import eta
 from scheduler import ordering
 from scheduler import preemption as pre
 from scheduler.model import (
@@ -78,7 +79,7 @@ class _Cycle:
         self.snap, self.now, self.policy = snap, now, policy
         self.explain = policy.explain
         index_snapshot(self)  # step 1
-        self.lend_all = policy.lend_max_runtime_s == float("inf")
+        self.lend_all = policy.lend_max_gpu_hours == float("inf")
         self.shapes: dict[tuple, Shape] = {}
         self.admissions: list[Admission] = []
         self.preemptions: list[Preemption] = []
@@ -126,12 +127,12 @@ class _Cycle:
     def may_borrow_lent(self, job: Job) -> bool:
         """May this job run on operation-pool capacity lent to innovation? Lent capacity is
         reclaimed at any moment, so only work that loses little goes there: checkpointable
-        jobs and jobs expected to end within `Policy.lend_max_runtime_s`."""
+        jobs and jobs expected to use at most `Policy.lend_max_gpu_hours` (what a preemption
+        near their end would throw away)."""
         if job.checkpointable or job.workload_class is _OP:
             return True
-        p = self.projects.get(job.project)
-        ratio = p.runtime_ratio if p is not None and p.runtime_ratio < 1.0 else 1.0
-        return job.max_runtime_s * ratio <= self.policy.lend_max_runtime_s
+        gpus = job.workers * job.per_worker.gpus
+        return gpus * self.expected_runtime(job) <= self.policy.lend_max_gpu_hours * 3600.0
 
     def share(self, pid: str) -> float:
         """Weighted dominant share: (allocation + decayed past GPU use) / capacity / weight."""
@@ -177,7 +178,7 @@ class _Cycle:
             elif fifo and self.capacity_blocked:
                 blocked = True
         if self.explain and self.to_estimate:
-            bf.add_estimates(self)
+            eta.add_estimates(self)
         stats = CycleStats(len(self.snap.pending), len(self.admissions), len(self.preemptions), len(self.pending))
         return CycleResult(tuple(self.admissions), tuple(self.preemptions), self.pending, stats)
 

@@ -239,19 +239,20 @@ class Policy:
     # checkpoint) than the preemptor has waited: a preemption must not cost more than it saves.
     lost_work_bounded_by_wait: bool = False
     # Lent operation-pool capacity goes only to innovation work that loses little when
-    # operation reclaims it: checkpointable jobs, or jobs expected to end within this many
-    # seconds (max_runtime_s x the project's runtime ratio). inf: lend to any job.
-    lend_max_runtime_s: float = float("inf")
+    # operation reclaims it: checkpointable jobs, or jobs expected to use at most this many
+    # GPU-hours (GPUs x max_runtime_s x the project's runtime ratio). inf: lend to any job.
+    lend_max_gpu_hours: float = float("inf")
     # -- no starvation --
     # Backfill reserves capacity only for a job that has waited at least this long (0: the
     # first capacity-blocked job of each pool, classic EASY). A reservation holds GPUs idle
     # on padded runtime requests, so reserving for every head costs the many small jobs more
     # than it gives; reserving for jobs that have waited long bounds the tail.
     reserve_after_s: float = 0.0
-    # A job that has waited longer than this is ordered by its submit time ahead of the fair
-    # share order (within its class and priority), so it becomes its pool's backfill head and
-    # holds a reservation: its wait is bounded whatever the share of its project.
+    # The longest-waiting job(s), once past this wait, are ordered by submit time ahead of the
+    # fair-share order (within class and priority), so each becomes its pool's backfill head
+    # and holds a reservation in turn: waits are bounded whatever the project's share.
     aging_after_s: float = float("inf")
+    aged_jobs: int = 1  # at most this many (the longest-waiting) are aged at once
 
 
 POLICIES: Mapping[str, Policy] = {
@@ -259,8 +260,8 @@ POLICIES: Mapping[str, Policy] = {
     "fair": Policy(name="fair", backfill=False, preemption=False),
     "fair-backfill": Policy(name="fair-backfill", preemption=False),
     "fair-backfill-preempt": Policy(name="fair-backfill-preempt", reclaim_after_s=3600.0, min_runtime_s=900.0,
-                                    lost_work_bounded_by_wait=True, lend_max_runtime_s=3600.0,
-                                    aging_after_s=24 * 3600.0, reserve_after_s=24 * 3600.0),
+                                    lost_work_bounded_by_wait=True, aging_after_s=6 * 3600.0,
+                                    reserve_after_s=6 * 3600.0),
 }
 
 

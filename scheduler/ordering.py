@@ -68,7 +68,7 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
     shares = {pid: cyc.share(pid) for pid in queues}
     limits = cyc.qv.limits
     limc = cyc.qv._limc  # limits' own memo, read directly on the per-job path
-    aged_before = cyc.now - cyc.policy.aging_after_s  # submitted before this: aged (inf: never)
+    aged_before = _aged_before(cyc, pend)  # submitted at or before this: aged (-inf: none)
 
     def entry(it: tuple, pid: str, rest: Iterator[tuple]) -> tuple:
         f0 = it[6]
@@ -128,3 +128,23 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
             replace(heap, (it[0] + t, it[1], it[1], it[2], pid, it, rest))
         else:
             replace(heap, (it[0] + 3 + t, shares[pid], it[1], it[2], pid, it, rest))
+
+
+def _aged_before(cyc: "_Cycle", pend) -> float:
+    """The submit time at or before which a job counts as aged: the `Policy.aged_jobs`
+    longest-waiting pending jobs, if they have waited past `aging_after_s` (-inf: none).
+
+    Why only a few: aging every job past a threshold turns a congested queue into FIFO (the
+    average wait becomes fifo's); putting the few oldest first gives each of them the pool's
+    backfill reservation in turn, which bounds the longest wait while the rest keeps the
+    fair-share order."""
+    policy = cyc.policy
+    limit = cyc.now - policy.aging_after_s
+    if policy.aged_jobs <= 0 or limit == float("-inf") or not pend:
+        return float("-inf")
+    old = [j.submit_time for j in pend if j.submit_time <= limit]
+    if not old:
+        return float("-inf")
+    if len(old) > policy.aged_jobs:
+        return heapq.nsmallest(policy.aged_jobs, old)[-1]
+    return limit
