@@ -17,6 +17,7 @@ from scheduler.model import POLICIES, Flavor, ReasonCode as RC, Resources
 from tests.unit.schedkit import OP, job, node, project, q, running, snapshot
 
 DEFAULT = POLICIES["fair-backfill-preempt"]
+AGING = replace(DEFAULT, aging_after_s=6 * 3600.0, reserve_after_s=6 * 3600.0)  # aging on (off in the default)
 A100 = Flavor("innovation", "A100")
 OPF = Flavor("operation", "A100")
 WAITED = DEFAULT.reclaim_after_s + 600.0  # a preemptor that has waited past the hysteresis
@@ -127,10 +128,10 @@ def test_the_longest_waiting_job_goes_first_and_holds_the_reservation():
     on the GPUs it needs (it would delay the gang), although fair share prefers it."""
     now = 200_000.0
     run = running(job("r", gpus=4, project="other", runtime=7200.0), ("n1", (0, 1, 2, 3)), start=now - 3600.0)
-    snap = snapshot([node("n1")], [job("gang", gpus=8, project="heavy", submit=now - DEFAULT.aging_after_s - 1.0),
+    snap = snapshot([node("n1")], [job("gang", gpus=8, project="heavy", submit=now - AGING.aging_after_s - 1.0),
                                    job("fresh", gpus=4, project="light", submit=now - 60.0, runtime=36_000.0)],
                     [run], projects=[project("heavy", decayed=1e9), project("light"), project("other")])
-    r = run_cycle(snap, now)
+    r = run_cycle(snap, now, AGING)
     assert r.pending["gang"].queue_position == 1
     assert r.pending["fresh"].code is RC.BACKFILL_RESERVATION
     fair = run_cycle(snap, now, POLICIES["fair"])  # the baseline keeps fair-share order
@@ -197,7 +198,8 @@ def test_a_job_that_started_aged_is_no_reclaim_victim():
     """It waited past the aging threshold before it started: stopping it for a reclaim would
     undo the starvation bound (the two would take turns on the same capacity)."""
     now = 100_000.0
-    aged = running(job("aged", gpus=8, project="b", submit=now - 2_000.0 - DEFAULT.aging_after_s - 1.0),
+    aged = running(job("aged", gpus=8, project="b", submit=now - 2_000.0 - AGING.aging_after_s - 1.0),
                    ("n1", tuple(range(8))), start=now - 2_000.0, borrowing=True)
-    r = run_cycle(owner_snap([aged], submit=now - 10_000.0), now)
+    r = run_cycle(owner_snap([aged], submit=now - 10_000.0), now, AGING)
     assert not r.preemptions
+    assert run_cycle(owner_snap([aged], submit=now - 10_000.0), now).preemptions  # without aging: a victim
