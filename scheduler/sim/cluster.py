@@ -210,7 +210,8 @@ def check_feasible(trace: Sequence[TraceJob], nodes: Sequence[Node], pools: Sequ
 
     A job may use the pools of its class (operation: operation pools; innovation: innovation
     pools and operation pools that lend); it needs nodes of its GPU model (if it names one)
-    that can each hold one worker, and enough of them for the whole gang."""
+    that can each hold one worker, and enough of them in one flavor (pool and GPU model: the
+    cycle places a gang in one flavor) for the whole gang."""
     klass = {p.name: p.workload_class for p in pools}
     lends = {p.name for p in pools if p.lend_to_innovation}
     op_pools = sorted(p.name for p in pools if p.workload_class is WorkloadClass.OPERATION)
@@ -245,7 +246,10 @@ def _cause(t: TraceJob, usable: Sequence[Node], workers: int, per: int, op_pools
         return f"{klass} jobs need GPU model {t.gpu_model}, which no node of their pools has"
     fit = [n for n in usable if (not t.gpu_model or n.gpu_model == t.gpu_model) and n.capacity.gpus >= per
            and n.capacity.cpus >= t.cpus / workers - 1e-9 and n.capacity.memory_gb >= t.memory_gb / workers - 1e-9]
-    if sum(n.capacity.gpus // per for n in fit) >= workers:
+    slots: Counter[tuple[str, str]] = Counter()  # a gang runs in one flavor (pool, GPU model)
+    for n in fit:
+        slots[(n.pool, n.gpu_model)] += n.capacity.gpus // per
+    if any(k >= workers for k in slots.values()):
         return ""
     model = f" of model {t.gpu_model}" if t.gpu_model else ""
-    return f"{klass} jobs need {workers} worker(s) of {per} GPUs{model}, more than the nodes of their pools can hold"
+    return f"{klass} jobs need {workers} worker(s) of {per} GPUs{model}, more than the nodes of any one pool and GPU model can hold"

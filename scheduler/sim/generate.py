@@ -51,7 +51,7 @@ import math
 import random
 import sys
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 DAY = 86400.0
 OPERATION_PROJECT_FRACTION = 0.2
@@ -128,7 +128,7 @@ def generate(spec: GenSpec) -> str:
     inno_weights = [1.0 / (k + 1) ** PROJECT_SKEW for k in range(len(order))]
     horizon = spec.days * DAY
     target = spec.load * spec.cluster_gpus * horizon
-    jobs: list[tuple] = []  # (submit, duration, gpus, project, class, max_runtime, checkpointable)
+    jobs: list[_Row] = []
     work = 0.0
     n_inno = 0
     while work < target:
@@ -136,11 +136,11 @@ def generate(spec: GenSpec) -> str:
         duration = _lognormal(rng, INNOVATION_MEDIAN_S * (1 + math.log2(gpus) / 2), INNOVATION_SIGMA,
                               INNOVATION_CLIP_S)
         project = rng.choices(order, weights=inno_weights)[0]
-        jobs.append((_submit(rng, horizon), duration, gpus, project, "innovation", _request(rng, duration), False))
+        jobs.append(_Row(_submit(rng, horizon), duration, gpus, project, "innovation", _request(rng, duration)))
         work += duration * gpus
         n_inno += 1
     for i in rng.sample(range(n_inno), round(n_inno * spec.checkpointable_share)):
-        jobs[i] = (*jobs[i][:6], True)
+        jobs[i] = jobs[i]._replace(checkpointable=True)
     n_op = round(n_inno * spec.operation_share / (1 - spec.operation_share))
     while n_op > 0:
         start = _submit(rng, horizon)
@@ -150,16 +150,28 @@ def generate(spec: GenSpec) -> str:
             gpus = _pick(rng, OPERATION_GPUS)
             duration = _lognormal(rng, OPERATION_MEDIAN_S, OPERATION_SIGMA, OPERATION_CLIP_S)
             submit = min(horizon - 1, start + rng.uniform(0, BURST_SPREAD_S))
-            jobs.append((submit, duration, gpus, project, "operation", _request(rng, duration), False))
+            jobs.append(_Row(submit, duration, gpus, project, "operation", _request(rng, duration)))
         n_op -= size
-    jobs.sort(key=lambda j: (j[0], j[3], j[1]))
+    jobs.sort(key=lambda j: (j.submit, j.project, j.duration))
     out = io.StringIO()
     out.write(",".join(COLUMNS) + "\n")
-    for i, (submit, duration, gpus, project, klass, max_rt, ckpt) in enumerate(jobs):
-        workers = gpus // GANG_WORKER_GPUS if gpus > GANG_WORKER_GPUS else ""
-        out.write(f"g{i:06d},{submit:.0f},{duration:.0f},{gpus},{project},{workers},{klass},0,{max_rt:.0f},"
-                  f"{'true' if ckpt else 'false'}\n")
+    for i, j in enumerate(jobs):
+        workers = j.gpus // GANG_WORKER_GPUS if j.gpus > GANG_WORKER_GPUS else ""
+        out.write(f"g{i:06d},{j.submit:.0f},{j.duration:.0f},{j.gpus},{j.project},{workers},{j.klass},0,"
+                  f"{j.max_runtime:.0f},{'true' if j.checkpointable else 'false'}\n")
     return out.getvalue()
+
+
+class _Row(NamedTuple):
+    """One generated job before it is written."""
+
+    submit: float
+    duration: float
+    gpus: int
+    project: str
+    klass: str
+    max_runtime: float
+    checkpointable: bool = False
 
 
 def _pick(rng: random.Random, table: Sequence[tuple[int, int]]) -> int:

@@ -124,15 +124,19 @@ def metrics(outcomes: Sequence[JobOutcome], cluster_gpus: int, explain: bool = F
     out: dict = {"jobs": len(done), "unfinished": len(outcomes) - len(done)}
     work_all = sum(o.duration * o.gpus for o in outcomes)
     out["lost_fraction"] = round(sum(o.lost_gpu_s for o in outcomes) / work_all, 4) if work_all else 0.0
-    out["per_class"] = {c: group_figures([o for o in done if o.workload_class == c]) for c in CLASSES}
+    by_class: dict[str, list[JobOutcome]] = {c: [] for c in CLASSES}
+    done_by_project: dict[str, list[JobOutcome]] = defaultdict(list)
+    for o in done:
+        by_class[o.workload_class].append(o)
+        done_by_project[o.project].append(o)
+    out["per_class"] = {c: group_figures(by_class[c]) for c in CLASSES}
     held: dict[str, float] = defaultdict(float)
     for o in outcomes:
         held[o.project] += o.held_gpu_s
     total_held = sum(held.values())
     out["per_project"] = {
-        p: {**group_figures([o for o in done if o.project == p]),
-            "gpu_share": round(held[p] / total_held, 4) if total_held else 0.0}
-        for p in sorted({o.project for o in outcomes})
+        p: {**group_figures(done_by_project[p]), "gpu_share": round(held[p] / total_held, 4) if total_held else 0.0}
+        for p in sorted(held)
     }
     if explain:
         out.update(eta_figures(done))

@@ -112,6 +112,9 @@ class SimulationError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class SimConfig:
+    """One replay's settings (the CLI flags). With `cluster`, the nodes come from the inventory
+    and `nodes`, `gpus_per_node`, `operation_nodes` and the per-node CPU/memory are not used."""
+
     nodes: int
     gpus_per_node: int
     policy: Policy = POLICIES["fair-backfill-preempt"]
@@ -160,7 +163,9 @@ def default_cycle() -> CycleFn:
 
 
 def simulate(trace: Sequence[TraceJob], cfg: SimConfig, cycle: CycleFn | None = None) -> SimResult:
-    """Replay `trace` (any order) and return metrics plus one outcome per job. Deterministic."""
+    """Replay `trace` (any order) and return metrics plus one outcome per job. Deterministic.
+
+    Raises ReplayError when some job can never start on the cluster, or never completed."""
     return _Sim(trace, cfg, cycle or default_cycle()).run()
 
 

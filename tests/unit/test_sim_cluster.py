@@ -86,10 +86,13 @@ def test_replay_on_an_inventory_with_the_real_core():
 
 @pytest.mark.parametrize("job,message", [
     pytest.param(tj("o", 0, 10, 8, WorkloadClass.OPERATION),
-                 "1 operation jobs need 1 worker(s) of 8 GPUs, more than the nodes of their pools can hold",
+                 "1 operation jobs need 1 worker(s) of 8 GPUs, more than the nodes of any one pool and GPU model can hold",
                  id="operation gang larger than the operation pool"),
     pytest.param(tj("m", 0, 10, 1, model="L40S"), "1 innovation jobs need GPU model L40S, which no node of their pools has",
                  id="GPU model nobody has"),
+    pytest.param(TraceJob(id="g", submit_time=0, duration=10, gpus=20, project="p", workers=5, max_runtime=20),
+                 "1 innovation jobs need 5 worker(s) of 4 GPUs, more than the nodes of any one pool and GPU model can hold",
+                 id="gang that fits only across two flavors"),
     pytest.param(tj("om", 0, 10, 1, WorkloadClass.OPERATION, model="H100"),
                  "1 operation jobs need GPU model H100, which no node of their pools has",
                  id="model only in a pool the class may not use"),

@@ -14,7 +14,7 @@ from scheduler.model import POLICIES, CycleResult, PendingReason, ReasonCode, Wo
 from scheduler.sim.cluster import ReplayError
 from scheduler.sim.simulate import SimConfig, simulate
 from scheduler.sim.traces import TraceJob
-from tests.unit.test_simulate import by_id, scripted
+from tests.unit.simkit import by_id, scripted
 
 ROOT = Path(__file__).resolve().parents[2]
 OP, INNO = WorkloadClass.OPERATION, WorkloadClass.INNOVATION
@@ -171,3 +171,20 @@ def test_cli_jobs_out_one_row_per_job(tmp_path):
     assert rows[1] == {"job_id": "b", "project": "lab", "class": "innovation", "gpus": "8", "submit": "10.0",
                        "first_start": "100.0", "end": "150.0", "wait": "90.0", "preemptions": "0",
                        "lost_gpu_s": "0.0", "first_estimate": ""}
+
+
+def test_explain_shows_each_new_job_to_its_first_cycle_past_the_queue_depth():
+    """Queue depth 1, one GPU busy until 100: at 20 nothing can start. Without explain no job
+    beyond the project's head is shown (and no cycle need run); with explain a cycle runs at
+    c's submit and shows c, beyond the depth, so c gets its reason at its first cycle."""
+    trace = [job("a", 0, 100), job("b", 10, 10), job("c", 20, 10)]
+    views: dict[bool, dict[float, set[str]]] = {}
+    for explain in (False, True):
+        seen = views[explain] = {}
+
+        def spy(snap, now, policy, seen=seen):
+            seen.setdefault(now, {j.id for j in snap.pending})
+            return scripted()(snap, now, policy)
+        simulate(trace, exact(nodes=1, gpus_per_node=1, queue_depth=1, explain=explain), spy)
+    assert "c" not in views[False].get(20, set())
+    assert views[True][20] == {"b", "c"}

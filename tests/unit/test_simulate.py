@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.model import POLICIES, Admission, CycleResult, Flavor, Placement, Preemption
-from scheduler.sim.metrics import JobOutcome, jain, metrics, percentile
+from scheduler.model import POLICIES, Admission, CycleResult, Flavor, Placement
 from scheduler.sim.cli import parse_window
 from scheduler.sim.cluster import project_shares
+from scheduler.sim.metrics import JobOutcome, jain, metrics, percentile
 from scheduler.sim.simulate import SimConfig, SimulationError, simulate
 from scheduler.sim.traces import TraceJob, load_trace, parse_lines
+from tests.unit.simkit import by_id, scripted
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "tests" / "data" / "sim_sample.csv"
@@ -43,46 +44,7 @@ def outcome(jid: str, submit: float, start: float, end: float, duration: float, 
                       first_start=start, end=end)
 
 
-def scripted(victims_for: dict[str, str] | None = None, borrowers: frozenset[str] = frozenset()):
-    """A stand-in cycle: fifo with head-of-line blocking over free GPUs (first fit), and
-    `victims_for[pending_id] = running_id`: preempt that victim when the pending job is blocked;
-    jobs in `borrowers` are admitted as borrowing. It lets the simulator's own bookkeeping be
-    checked independently of the real core."""
-    victims_for = victims_for or {}
-
-    def cycle(snap, now, policy):
-        free = {n.id: n.capacity.gpus for n in snap.nodes}
-        for r in snap.running:
-            for p in r.placements:
-                free[p.node] -= r.job.per_worker.gpus
-        running = {r.job.id for r in snap.running}
-        adms, pres = [], []
-        # preemptors first (as reclaim would order them), then arrival order
-        for j in sorted(snap.pending, key=lambda j: (j.id not in victims_for, j.submit_time, j.id)):
-            pl = []
-            for w in range(j.workers):
-                node = next((n for n, g in sorted(free.items()) if g >= j.per_worker.gpus), None)
-                if node is None:
-                    break
-                free[node] -= j.per_worker.gpus
-                pl.append(Placement(w, node))
-            if len(pl) < j.workers:
-                for p in pl:
-                    free[p.node] += j.per_worker.gpus
-                if victims_for.get(j.id) in running:
-                    pres.append(Preemption(victims_for[j.id], j.id, "RECLAIM_NOMINAL", "test"))
-                break
-            adms.append(Admission(j.id, Flavor("sim", "gpu"), tuple(pl), borrowing=j.id in borrowers))
-        return CycleResult(admissions=tuple(adms), preemptions=tuple(pres))
-
-    return cycle
-
-
 HAND = [tj("a", 0, 100, 1), tj("b", 10, 50, 2), tj("c", 20, 30, 1)]
-
-
-def by_id(result) -> dict[str, JobOutcome]:
-    return {o.id: o for o in result.outcomes}
 
 
 def check_hand_fifo(result, starts: dict[str, float]) -> None:
