@@ -91,6 +91,7 @@ def add_estimates(cyc: "_Cycle") -> None:
     flavors = cyc.world.flavors
     lanes: dict[int, _Lane] = {}
     bounds: dict[int, tuple[list[float], list[float], float]] = {}
+    lower: dict[tuple, float | None] = {}  # lower bounds depend only on (flavors, GPUs)
     texts: dict[tuple, str] = {}
     heads = cyc.reservations.head_start
     pending = cyc.pending
@@ -106,7 +107,11 @@ def add_estimates(cyc: "_Cycle") -> None:
                     est = lane.take(need, cyc.expected_runtime(job))
                     break
         elif need > 0:
-            est = _lower_bound(cyc, bounds, fids, need)
+            lk = (tuple(fids), need)
+            if lk in lower:
+                est = lower[lk]
+            else:
+                est = lower[lk] = _lower_bound(cyc, bounds, fids, need)
         head = heads.get(job.id)
         if head is not None:
             est = head

@@ -31,6 +31,7 @@ request at least as big fails at once, because the state only gets tighter withi
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from quotas.amount import round9
@@ -114,7 +115,10 @@ def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list["Reclaim"],
             continue
         if not prio and gpu_need:
             b = _bounds(cyc, fid)
-            room = (b[0] if op_reclaim else 0.0) + (b[2] if wg else b[1] if wn else 0.0)
+            if wn and not wg and not op:  # guarded: only victims the work-aware rules allow
+                room = _guarded_room(cyc, fid, cyc.now - job.submit_time)
+            else:
+                room = (b[0] if op_reclaim else 0.0) + (b[2] if wg else b[1] if wn else 0.0)
             if wg and fid in cyc.reservations.by_fid:
                 room += cyc.reservations.by_fid[fid].blocked_g
             if room <= 0 or fx.total_free_g + room < s.req[0]:
@@ -172,6 +176,56 @@ def need_index(s: "Shape") -> int:
     """The resource a preemptor needs, as an index into RESOURCES: GPUs when it asks for any,
     else CPUs, else memory. Borrowing is judged on that resource."""
     return 0 if s.req[0] > 0 else 1 if s.req[1] > 0 else 2
+
+
+def _guarded_room(cyc: "_Cycle", fid: int, waited: float) -> float:
+    """Upper bound of the GPUs an innovation nominal reclaim may free in flavor fid for a
+    preemptor that has waited `waited` s: borrowing innovation runs past the minimum runtime,
+    not started aged, whose work at risk is within the wait. Lets a hopeless search be skipped
+    before it walks every running job (computed once per flavor, then a bisect)."""
+    got = cyc.guard_rooms.get(fid)
+    if got is None:
+        pol, now = cyc.policy, cyc.now
+        flags = cyc.run_flags
+        risks = sorted((now - r.at_risk, r.req[0]) for r in cyc.runs_by_fid.get(fid, ())
+                       if r.job.workload_class is WorkloadClass.INNOVATION and flags.get(r.job.id, _NO)[1]
+                       and now - r.start >= pol.min_runtime_s and r.start - r.job.submit_time < pol.aging_after_s)
+        times, cum, acc = [], [], 0.0
+        for t, g in risks:
+            acc += g
+            times.append(t)
+            cum.append(acc)
+        got = cyc.guard_rooms[fid] = (times, cum)
+    times, cum = got
+    if not cum:
+        return 0.0
+    if not cyc.policy.lost_work_bounded_by_wait:
+        return cum[-1]
+    k = bisect_right(times, waited)
+    return cum[k - 1] if k else 0.0
+
+
+_NO = (False, False, False)
+
+
+def _guarded(cyc: "_Cycle", fid: int, ri: int, max_loss: float) -> list["Run"]:
+    """The candidates a guarded (innovation nominal) reclaim may stop, in `_ranked` order:
+    innovation runs past the minimum runtime, not started aged, at most `max_loss` s of work
+    at risk. Why: walking every running job of the flavor for each such search cost more than
+    the rest of the cycle (most are protected). The fixed filters run once per (flavor,
+    resource); per search only a bisect on work at risk and a sort of what is left."""
+    got = cyc.guarded.get((fid, ri))
+    if got is None:
+        pol, now = cyc.policy, cyc.now
+        ranked = _ranked(cyc, fid, ri)
+        pos = {id(r): k for k, r in enumerate(ranked)}
+        ok = sorted(((now - r.at_risk, pos[id(r)], r) for r in ranked
+                     if r.job.workload_class is WorkloadClass.INNOVATION and now - r.start >= pol.min_runtime_s
+                     and r.start - r.job.submit_time < pol.aging_after_s), key=lambda t: (t[0], t[1]))
+        got = cyc.guarded[(fid, ri)] = ([t[0] for t in ok], [(t[1], t[2]) for t in ok])
+    risks, items = got
+    k = bisect_right(risks, max_loss) if max_loss != float("inf") else len(items)
+    return [r for _pos, r in sorted(items[:k], key=lambda t: t[0])]
 
 
 def _ranked(cyc: "_Cycle", fid: int, ri: int = 0, op_reclaim: bool = False) -> list["Run"]:
@@ -240,7 +294,8 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
     dtaken: dict[str, float] = {}
     rooms: dict[str, tuple[float, float, float]] = {}
     dept_of = cyc.dept_of
-    for r in _ranked(cyc, fid, ri, op_reclaim):
+    ranked = _guarded(cyc, fid, ri, max_loss) if guarded and not prio else _ranked(cyc, fid, ri, op_reclaim)
+    for r in ranked:
         v = r.job
         if v.id in cyc.victims or (innovation and v.workload_class is WorkloadClass.OPERATION):
             continue
@@ -266,10 +321,10 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
         elif g_room + need <= EPS:  # the project stays at or above its guarantee without it
             if op_reclaim and v.workload_class is WorkloadClass.INNOVATION:
                 kind = "RECLAIM_OPERATION"
-            elif wg or (wn and (n_room < -EPS or d_room < -EPS if gi else r.borrowing)):
-                # borrowing now, on this resource (its project or department above nominal):
-                # the admission-time `borrowing` flag goes stale as usage moves, and a victim
-                # chosen by it could take back the capacity at once (reclaim ping-pong)
+            elif wg or (wn and (n_room < -EPS or d_room < -EPS or (r.borrowing and ri == 0))):
+                # borrowing on the resource the preemptor needs: its project or department is
+                # above nominal there; the admission-time `borrowing` flag is not per resource,
+                # so it counts for GPUs only (it also covers lent operation-pool capacity)
                 kind = "RECLAIM_NOMINAL"
                 if guarded and (now - r.start < min_run or now - r.at_risk > max_loss
                                 or r.start - v.submit_time >= aging):
