@@ -321,10 +321,10 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
         elif g_room + need <= EPS:  # the project stays at or above its guarantee without it
             if op_reclaim and v.workload_class is WorkloadClass.INNOVATION:
                 kind = "RECLAIM_OPERATION"
-            elif wg or (wn and (n_room < -EPS or d_room < -EPS or (r.borrowing and ri == 0))):
-                # borrowing on the resource the preemptor needs: its project or department is
-                # above nominal there; the admission-time `borrowing` flag is not per resource,
-                # so it counts for GPUs only (it also covers lent operation-pool capacity)
+            elif wg or (wn and (n_room < -EPS or d_room < -EPS if gi else r.borrowing)):
+                # borrowing now, on the resource the preemptor needs (its project or department
+                # above nominal there); the admission-time `borrowing` flag is neither per
+                # resource nor current (a victim chosen by it could take the capacity back)
                 kind = "RECLAIM_NOMINAL"
                 if guarded and (now - r.start < min_run or now - r.at_risk > max_loss
                                 or r.start - v.submit_time >= aging):

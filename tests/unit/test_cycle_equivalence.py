@@ -50,10 +50,10 @@ PINNED = {
     ("mid7", "fair", False): "b1a46e0767489e24",
     ("mid7", "fair-backfill", True): "7692fb7ac88ae4a3",
     ("mid7", "fair-backfill", False): "f55e04f4aedcd070",
-    ("mid7", "fair-backfill-preempt", True): "e1df68eaaa90feb8",
-    ("mid7", "fair-backfill-preempt", False): "606781c554373d57",
-    ("full", "fair-backfill-preempt", True): "210a9dbfc553596e",
-    ("full", "fair-backfill-preempt", False): "1fd4242b05d422c3",
+    ("mid7", "fair-backfill-preempt", True): "59b1d5c2638163a1",
+    ("mid7", "fair-backfill-preempt", False): "cca836c393350211",
+    ("full", "fair-backfill-preempt", True): "82173267d24e9ac1",
+    ("full", "fair-backfill-preempt", False): "8556a24e4dc41713",
 }
 SCENARIOS = {"small": SMALL, "mid7": MID7, "full": FULL}
 _SNAPS: dict[str, object] = {}

@@ -102,15 +102,21 @@ def test_operation_reclaim_stops_the_job_with_least_gpu_seconds_at_risk():
 
 
 def test_borrowing_is_judged_on_the_resource_the_preemptor_needs():
-    """b is within its GPU nominal but over its CPU nominal: no victim for a GPU job."""
+    """b is within its GPU nominal but over its CPU nominal (admitted as borrowing): no victim
+    for a GPU job; the same job over its GPU nominal is one."""
     now = 100_000.0
-    quotas = {(A100, "gpus"): q(8), (A100, "cpus"): q(0)}
-    cpu_heavy = running(job("cpu-heavy", gpus=8, project="b", cpus=32.0), ("n1", tuple(range(8))), start=now - 7200.0,
-                        borrowing=True)
-    snap = snapshot([node("n1")], [job("mine", gpus=8, project="owner", submit=now - 20_000.0)], [cpu_heavy],
-                    projects=[project("owner", nominal=8), project("b", quotas=quotas)])
-    r = run_cycle(snap, now)
-    assert not r.preemptions
+    owner = project("owner", quotas={(A100, "gpus"): q(8), (A100, "cpus"): q(64)})
+
+    def case(b_gpu_nominal):
+        quotas = {(A100, "gpus"): q(b_gpu_nominal), (A100, "cpus"): q(0)}
+        cpu_heavy = running(job("cpu-heavy", gpus=8, project="b", cpus=32.0, submit=now - 7200.0),
+                            ("n1", tuple(range(8))), start=now - 7200.0, borrowing=True)
+        snap = snapshot([node("n1")], [job("mine", gpus=8, project="owner", submit=now - 20_000.0)], [cpu_heavy],
+                        projects=[owner, project("b", quotas=quotas)])
+        return run_cycle(snap, now)
+
+    assert not case(8).preemptions
+    assert [p.job_id for p in case(0).preemptions] == ["cpu-heavy"]
 
 
 def test_victim_message_names_resource_flavor_and_numbers():
