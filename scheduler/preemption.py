@@ -179,10 +179,12 @@ def need_index(s: "Shape") -> int:
 
 
 def _guarded_room(cyc: "_Cycle", fid: int, waited: float) -> float:
-    """Upper bound of the GPUs an innovation nominal reclaim may free in flavor fid for a
-    preemptor that has waited `waited` s: borrowing innovation runs past the minimum runtime,
-    not started aged, whose work at risk is within the wait. Lets a hopeless search be skipped
-    before it walks every running job (computed once per flavor, then a bisect)."""
+    """The GPUs an innovation nominal reclaim may free in flavor fid for a preemptor that has
+    waited `waited` s: borrowing innovation runs past the minimum runtime, not started aged,
+    whose work at risk is within the wait. Lets a hopeless search be skipped before it walks
+    every running job (computed once per flavor, then a bisect). Like `_bounds` it reads the
+    borrowing flags of the cycle's start: a project pushed over its nominal by this cycle's
+    admissions is not counted (a bound for the snapshot, not for the working state)."""
     got = cyc.guard_rooms.get(fid)
     if got is None:
         pol, now = cyc.policy, cyc.now
