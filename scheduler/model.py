@@ -214,7 +214,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """What a cycle may do. Presets in `POLICIES`."""
+    """What a cycle may do. Presets in `POLICIES`; the field defaults are the default
+    preset's (`Policy()` behaves as `POLICIES["fair-backfill-preempt"]`)."""
 
     name: str = "fair-backfill-preempt"
     strict_fifo: bool = False  # arrival order, head-of-line blocking, no quota/backfill/preemption
@@ -231,23 +232,23 @@ class Policy:
     # Hysteresis: an innovation job takes back its project's nominal from other innovation
     # projects only once it has waited this long (a brief demand peak waits for capacity to
     # free instead of throwing running work away).
-    reclaim_after_s: float = 0.0
+    reclaim_after_s: float = 3600.0
     # Minimum runtime: an innovation job is no victim of an innovation reclaim before it has
     # run this long (each attempt makes progress; no thrashing).
-    min_runtime_s: float = 0.0
+    min_runtime_s: float = 900.0
     # A victim of an innovation reclaim never loses more work (seconds since its start or last
     # checkpoint) than the preemptor has waited: a preemption must not cost more than it saves.
-    lost_work_bounded_by_wait: bool = False
+    lost_work_bounded_by_wait: bool = True
     # Lent operation-pool capacity goes only to innovation work that loses little when
     # operation reclaims it: checkpointable jobs, or jobs expected to use at most this many
     # GPU-hours (GPUs x max_runtime_s x the project's runtime ratio). inf: lend to any job.
     lend_max_gpu_hours: float = float("inf")
     # -- no starvation --
     # Backfill reserves capacity only for a job that has waited at least this long (0: the
-    # first capacity-blocked job of each pool, classic EASY). A reservation holds GPUs idle
-    # on padded runtime requests, so reserving for every head costs the many small jobs more
-    # than it gives; reserving for jobs that have waited long bounds the tail.
-    reserve_after_s: float = 0.0
+    # first capacity-blocked job of each pool, classic EASY; inf: never). A reservation holds
+    # GPUs idle on padded runtime requests, so reserving for every head costs the many small
+    # jobs more than it gives; reserving for jobs that have waited long bounds the tail.
+    reserve_after_s: float = float("inf")
     # The longest-waiting job(s), once past this wait, are ordered by submit time ahead of the
     # fair-share order (within class and priority), so each becomes its pool's backfill head
     # and holds a reservation in turn: waits are bounded whatever the project's share.
@@ -258,11 +259,10 @@ class Policy:
 POLICIES: Mapping[str, Policy] = {
     "fifo": Policy(name="fifo", strict_fifo=True, fair_share=False, backfill=False, preemption=False),
     "fair": Policy(name="fair", backfill=False, preemption=False),
-    "fair-backfill": Policy(name="fair-backfill", preemption=False),
+    "fair-backfill": Policy(name="fair-backfill", preemption=False, reserve_after_s=0.0),
     # Reservations and aging are off in the default: both were measured to cost the average
     # wait far more than they gain on the maximum (docs/scheduling-policy.md).
-    "fair-backfill-preempt": Policy(name="fair-backfill-preempt", reclaim_after_s=3600.0, min_runtime_s=900.0,
-                                    lost_work_bounded_by_wait=True, reserve_after_s=float("inf")),
+    "fair-backfill-preempt": Policy(name="fair-backfill-preempt"),
 }
 
 
