@@ -217,6 +217,29 @@ def test_estimate_counts_the_queue_ahead():
     assert r.pending["b"].estimated_start == 3600.0 + 1800.0
 
 
+def greedy_snap(now: float):
+    """n1 (8 GPUs) fully used: r1 (4 GPUs) ends at now + 1,000, r2 (4 GPUs) at now + 5,000.
+    Waiting, in cycle order: gang (8 GPUs, 1 h), then small (4 GPUs, 10,000 s)."""
+    runs = [running(job("r1", gpus=4, project="other", runtime=2000.0), ("n1", (0, 1, 2, 3)), start=now - 1000.0),
+            running(job("r2", gpus=4, project="other", runtime=6000.0), ("n1", (4, 5, 6, 7)), start=now - 1000.0)]
+    return snapshot([node("n1")], [job("gang", gpus=8, project="p", submit=now - 20.0),
+                                   job("small", gpus=4, project="p", submit=now - 10.0, runtime=10_000.0)], runs)
+
+
+@pytest.mark.parametrize("policy,gang,small", [
+    pytest.param("fair-backfill-preempt", 11_000.0, 1_000.0,
+                 id="holds nothing: small takes the first 4 GPUs freed, the gang waits for it (greedy play)"),
+    pytest.param("fair", 11_000.0, 1_000.0, id="fair holds nothing either"),
+    pytest.param("fair-backfill", 5_000.0, 5_000.0 + 3_600.0,
+                 id="EASY reservation: the gang keeps its place, small follows it (conservative lanes)"),
+])
+def test_estimates_play_the_queue_as_the_policy_admits(policy, gang, small):
+    now = 100_000.0
+    r = run_cycle(greedy_snap(now), now, POLICIES[policy])
+    assert r.pending["gang"].estimated_start == now + gang
+    assert r.pending["small"].estimated_start == now + small
+
+
 def test_runtime_ratio_shortens_plans_not_budgets():
     """A project whose jobs use half their request: the estimate counts half the runtime."""
     run = running(job("r", gpus=8, project="other", runtime=3600.0), ("n1", tuple(range(8))), start=0.0)
