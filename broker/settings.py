@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     submit_batch_wait_s: float = 0.0
     submit_writers: int = 2  # transactions in flight at once (PostgreSQL; SQLite uses 1)
     db_pool_size: int = 10
+    # PostgreSQL: how long a new connection may take, and a request may wait for a pooled one,
+    # before the request gives up with 503 DATABASE_UNAVAILABLE (a dead server fails requests
+    # quickly instead of holding them open).
+    db_connect_timeout_s: int = 5
+    db_pool_timeout_s: float = 10.0
     submit_fast_path: bool = True  # POST /api/v1/jobs as a pure ASGI handler (broker.api.fastpath)
 
     default_max_runtime_s: float = 24 * 3600.0

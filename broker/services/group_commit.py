@@ -33,8 +33,9 @@ Item = tuple[dict, dict]  # (job row, event row)
 
 class GroupCommitWriter:
     def __init__(self, engine: Engine, write: Callable, *, batch_max: int = 256, wait_s: float = 0.0,
-                 writers: int = 2, write_async: Callable | None = None) -> None:
+                 writers: int = 2, write_async: Callable | None = None, connect_timeout_s: int = 5) -> None:
         self._engine = engine
+        self._connect_timeout_s = connect_timeout_s
         self._write = write  # write(conn, job_rows, event_rows): the repo's multi-row insert
         # PostgreSQL: await write_async(psycopg AsyncConnection, jobs, events) on the event loop
         self._write_async = write_async if engine.dialect.name == "postgresql" else None
@@ -174,7 +175,7 @@ class GroupCommitWriter:
         import psycopg
 
         url = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=self._connect_timeout_s)
         self._aconns_all.append(conn)
         return conn
 

@@ -65,7 +65,8 @@ class JobService:
         self.inventory = checks.TTLCache(lambda: checks.load_inventory(engine), ttl_s=2.0)
         self.writer = GroupCommitWriter(engine, repo.insert_jobs, batch_max=settings.submit_batch_max,
                                         wait_s=settings.submit_batch_wait_s, writers=settings.submit_writers,
-                                        write_async=repo.insert_jobs_async)
+                                        write_async=repo.insert_jobs_async,
+                                        connect_timeout_s=settings.db_connect_timeout_s)
 
     # ------------------------------------------------------------------ submit
     async def submit(self, *, principal: Principal, spec: JobCreate, source: str | None,
