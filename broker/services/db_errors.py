@@ -3,8 +3,10 @@
 Why: when the database cannot be reached (connections refused or dropped, a pool that cannot
 hand out a connection, a server shutting down) the request failed for a reason the client can
 simply retry later. It must get `503 DATABASE_UNAVAILABLE` with `Retry-After`, never a 500 or a
-reset connection; the work it asked for was not stored (every write path commits before it
-acknowledges). A value the database refuses to store (`DataError`) is the client's: 422.
+reset connection. Nothing is acknowledged that was not committed (every write path commits
+before it answers); in the rare case that the connection died just after COMMIT, the job is
+stored although the answer was 503, which is why the message points to the Idempotency-Key.
+A value the database refuses to store (`DataError`) is the client's: 422.
 
 The API's error handlers (`broker.api.errors`) and the submit fast path call `translate`; what
 it does not recognise stays an internal error (logged, a bare 500).
@@ -29,7 +31,8 @@ _SQLITE_UNAVAILABLE = ("locked", "unable to open", "disk i/o", "busy")
 
 
 def database_unavailable() -> Unavailable:
-    return Unavailable("the database is unavailable; the request was not carried out, retry later",
+    return Unavailable("the database is unavailable; retry later (a submit retried with the same "
+                       "Idempotency-Key is stored at most once)",
                        code="DATABASE_UNAVAILABLE", details={"retry_after_s": RETRY_AFTER_S},
                        headers={"Retry-After": str(RETRY_AFTER_S)})
 

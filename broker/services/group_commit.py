@@ -4,7 +4,8 @@ Why: a transaction per request pays a round trip and a WAL flush per job; at hun
 submits per second the database spends its time flushing. Each request hands its rows to an
 asyncio queue and awaits a future; the dispatcher takes whatever has queued up (up to
 `batch_max`) as soon as one of `writers` writer threads is free, and that thread writes the
-batch (one statement on PostgreSQL, see `broker.services.job_queries.insert_jobs`) and commits. While all
+batch (one pipelined transaction on PostgreSQL, see `broker.services.job_queries.store_jobs`) and
+commits. While all
 writers are busy the queue grows, so batches grow with load and the cost per job falls. On
 PostgreSQL the writers are psycopg async connections driven by the event loop itself (no
 thread hand-off and no GIL ping-pong per batch); elsewhere they are threads.

@@ -101,7 +101,7 @@ class JobService:
 
         May read the DB on a cache miss: async callers run it in a thread unless `cache_ready()`.
         """
-        self.guard.check(principal, spec)  # may submit here? env / image / runtime / pending cap
+        self.guard.check(principal, spec)  # may submit here? env / image / runtime (the pending cap: at store)
         if spec.project not in self.projects.get():
             # a project created a moment ago? look once more (at most once a second)
             if spec.project not in self.projects.get(max_age=RECHECK_S):
