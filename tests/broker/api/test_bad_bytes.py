@@ -173,3 +173,29 @@ def test_telemetry_report_strings_refuse_nul(client, engine, over):
     r = client.post("/api/v1/telemetry", content=encode(rep),
                     headers={"Authorization": f"Bearer {agent_token(engine, node)}", "Content-Type": "application/json"})
     _assert_coded(r, 422)
+
+
+def test_every_json_body_is_an_input_model(app):
+    """Every body in the OpenAPI document is an `Input` model of `broker.schemas` (so its strings
+    are checked for NUL and lone surrogates); the telemetry push reads raw bytes and checks them
+    in `services.telemetry.rows` (tested above)."""
+    import importlib
+    import pkgutil
+
+    import broker.schemas as schemas
+    from broker.schemas.base import Input
+
+    classes = {}
+    for mod in pkgutil.iter_modules(schemas.__path__):
+        m = importlib.import_module(f"broker.schemas.{mod.name}")
+        classes.update({k: v for k, v in vars(m).items() if isinstance(v, type)})
+
+    names = {}
+    for path, methods in app.openapi()["paths"].items():
+        for method, op in methods.items():
+            if "requestBody" in op:
+                ref = op["requestBody"]["content"]["application/json"]["schema"].get("$ref", "")
+                names[f"{method.upper()} {path}"] = ref.rsplit("/", 1)[-1]
+    assert len(names) >= 15
+    not_input = {route: name for route, name in names.items() if not issubclass(classes.get(name, object), Input)}
+    assert not_input == {}
