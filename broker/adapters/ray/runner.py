@@ -482,6 +482,8 @@ class WorkerRunner:
                 self._proc = self._spawn(env)
                 self.started_at, self.state = time.time(), RUNNING
         except Exception as exc:  # noqa: BLE001 - anything that stops the start is the job's end
+            if self._pump is not None and self._proc is None:
+                self._pump.close()  # no process will feed it: release the file
             with self._lock:
                 self.message = f"could not start: {exc}"[:500]
                 self._finish_locked(EXIT_START_FAILED)
