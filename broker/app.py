@@ -12,9 +12,7 @@ path). `app.state.services` is the only thing on the app's state.
 
 from __future__ import annotations
 
-import logging
-from contextlib import ExitStack, asynccontextmanager
-from pathlib import Path
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -34,7 +32,6 @@ from broker.auth.limits import BodySizeLimit
 from broker.auth.ratelimit import RateLimitMiddleware, TokenBucketLimiter
 from broker.db import make_engine
 from broker.ports import Executor
-from broker.services.backup import data_dir_lock
 from broker.services.wiring import build_services
 from broker.settings import Settings
 from broker.tasks import build_tasks
@@ -53,10 +50,6 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        held = ExitStack()
-        if start_background and settings.is_sqlite:  # `broker restore` refuses while this is held
-            if not held.enter_context(data_dir_lock(Path(settings.data_dir))):
-                logging.getLogger("broker.app").warning("another broker holds the lock of %s", settings.data_dir)
         await services.jobs.writer.start()
         tasks = build_tasks(services) if start_background else None
         if tasks is not None:
@@ -70,7 +63,6 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
             services.telemetry.close()
             if own_engine:
                 engine.dispose()
-            held.close()
 
     app = FastAPI(title="Compute Broker", version="0.1.0", lifespan=lifespan,
                   default_response_class=JSON,

@@ -7,7 +7,8 @@ beside the destination, checked (`PRAGMA integrity_check`, schema revision prese
 then renamed into place: a crash never leaves a half backup under the final name.
 
 Restore replaces the database of a data dir that no broker is using. It refuses when one is
-(the data dir lock a running broker holds, or any process with the database file open), when
+(`<data dir>/broker.lock`, the flock `broker up` holds for its whole life, see
+`broker.cli.embedded.DataDirLock`; or any process with the database file open), when
 the backup fails its integrity check, or when its schema revision is unknown to this code (a
 backup from a newer release). A backup from an older release is restored as is; the next
 `broker up` migrates it. The database it replaces is kept beside it (`broker.db.pre-restore-*`),
@@ -169,9 +170,11 @@ def restore(settings: Settings, src: Path) -> BackupInfo:
 
 @contextmanager
 def data_dir_lock(data_dir: Path, *, wait: bool = False) -> Iterator[bool]:
-    """An exclusive lock on `<data_dir>/broker.lock`: a running broker holds it for its whole
-    life, restore takes it to know none runs. Yields False when another process holds it and
-    `wait` is False. The lock goes with the process, so a crashed broker never leaves it held."""
+    """An exclusive flock on `<data_dir>/broker.lock`, the lock `broker up` holds for its whole
+    life (the same file and kind of lock as `broker.cli.embedded.DataDirLock`, which the CLI
+    layer owns): restore takes it so that no broker starts while it replaces the database.
+    Yields False when another process holds it and `wait` is False. The kernel drops the lock
+    with the process, so a crashed broker never leaves it held."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:

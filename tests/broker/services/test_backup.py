@@ -187,13 +187,23 @@ def test_refusals_leave_the_database_untouched(tmp_path, case, code):
     _app_serves(Settings(data_dir=tmp_path / "live", seed_demo=False))
 
 
-def test_running_broker_app_holds_the_lock_that_restore_checks(tmp_path):
+def test_restore_refuses_while_broker_up_holds_its_data_dir_lock(tmp_path):
+    from broker.cli.embedded import DataDirBusy, DataDirLock
+
     settings = _filled(tmp_path / "live")
     good = svc.backup(settings, tmp_path / "good.db").path
-    with TestClient(create_app(settings, executor=None, start_background=True)):
+    lock = DataDirLock(Path(settings.data_dir))  # what `broker up` holds while it runs
+    lock.acquire()
+    try:
         with pytest.raises(BrokerError) as e:
             svc.restore(settings, good)
         assert e.value.code == "BROKER_RUNNING"
+    finally:
+        lock.release()
+    with svc.data_dir_lock(Path(settings.data_dir)) as held:  # and no broker starts mid-restore
+        assert held
+        with pytest.raises(DataDirBusy):
+            DataDirLock(Path(settings.data_dir)).acquire()
     svc.restore(settings, good)  # stopped: allowed
 
 
