@@ -36,7 +36,8 @@ from broker import jobstate
 from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
 from broker.ports import AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
 from broker.services import scheduling_queries as repo
-from broker.services.snapshot import build_snapshot, lookback_start
+from broker.services.checkpoints import last_checkpoint
+from broker.services.snapshot import RATIO_WINDOW, build_snapshot, lookback_start, runtime_ratio
 from broker.settings import Settings
 from scheduler import run_cycle
 from scheduler.model import POLICIES, CycleResult, NodeState, Policy
@@ -49,6 +50,8 @@ DEAD_REASON = EXECUTOR_REASON + "the executor reports the node dead"
 # A worker lost on a node is often the first sign of the node dying, seconds before the executor
 # declares it dead (Ray's health checks): hold the node out for `lost_node_hold_s` so the
 # requeued job does not land on it again and get lost twice.
+RATIO_REFRESH_S = 60.0  # projects' runtime ratios are re-learned this often
+RATIO_LOOKBACK_S = 30 * 86400.0  # ... from attempts that ended within this window
 LAST_SEEN_EVERY_S = 15.0  # how often a running attempt's last_seen_at is written (at most)
 LOST_REASON = EXECUTOR_REASON + "a running worker was lost on this node"
 
@@ -75,6 +78,7 @@ class SchedulingLoop:
         self._started: dict[tuple[str, int], float] = {}  # start seen only once the gang was gone
         self._seen: dict[tuple[str, int], float] = {}  # last observation of a running worker
         self._seen_written: dict[tuple[str, int], float] = {}  # ... and when it was last stored
+        self._ratios: tuple[float, dict[str, float]] | None = None  # (learned at, per project)
         self._lock = threading.Lock()  # one tick at a time, whoever calls it
         self.last_cycle: CycleResult | None = None
         self.last_report: TickReport | None = None
@@ -317,6 +321,21 @@ class SchedulingLoop:
                             repo.last_sample_of(s, job.id, since)) if t is not None]
         return min(now, max(seen)) if seen else min(now, since)
 
+    def _runtime_ratios(self, s: Session, now: float) -> dict[str, float]:
+        """Each project's real / requested runtime, re-learned every RATIO_REFRESH_S."""
+        if self._ratios is None or now - self._ratios[0] >= RATIO_REFRESH_S:
+            samples = repo.recent_runtimes(s, now - RATIO_LOOKBACK_S, RATIO_WINDOW)
+            self._ratios = (now, {p: runtime_ratio(v) for p, v in samples.items()})
+        return self._ratios[1]
+
+    def _checkpoints(self, holding: Sequence[Job]) -> dict[str, float]:
+        """Newest checkpoint of each running checkpointable job this broker can see."""
+        out = {}
+        for j in holding:
+            if j.checkpointable and (t := last_checkpoint(self.settings.checkpoint_dir(j.project_id, j.id))):
+                out[j.id] = t
+        return out
+
     @staticmethod
     def _record_devices(s: Session, job: Job, st: AttemptStatus) -> None:
         for w in st.workers:
@@ -340,6 +359,7 @@ class SchedulingLoop:
                 projects=projects, pools=repo.pools(s), nodes=repo.nodes(s), quotas=repo.quota_rows(s),
                 holding=holding, placements=repo.placements_of(s, [(j.id, j.attempt) for j in holding]),
                 pending=pending, ledger=repo.ledger_since(s, lookback_start(now, self.policy.fair_share_half_life_s)),
+                runtime_ratios=self._runtime_ratios(s, now), checkpoints=self._checkpoints(holding),
             )
             t0 = time.perf_counter()
             result = run_cycle(snap, now, self.policy)
@@ -407,7 +427,8 @@ class SchedulingLoop:
             s.expunge_all()
         for job in admitted:
             spec = launch_spec(job, places.get((job.id, job.attempt), []), self.grace_s(job),
-                               checkpoint_dir=self.checkpoint_dir(job))
+                               checkpoint_dir=self.checkpoint_dir(job),
+                               log_max_bytes=self.settings.log_max_bytes_per_worker)
             try:
                 self.executor.launch(spec)
             except Exception as e:
@@ -464,11 +485,12 @@ def concurrency_cap(projects, holding, pending):
     return keep, capped
 
 
-def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float, checkpoint_dir: str = "") -> LaunchSpec:
+def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float, checkpoint_dir: str = "",
+                log_max_bytes: int = 0) -> LaunchSpec:
     return LaunchSpec(
         job_id=job.id, attempt=job.attempt, image=job.image, command=tuple(job.command), env=dict(job.env or {}),
         runtime=job.runtime, max_runtime_s=job.max_runtime_s, grace_s=grace_s, project=job.project_id,
-        checkpoint_dir=checkpoint_dir,
+        checkpoint_dir=checkpoint_dir, log_max_bytes=log_max_bytes,
         workers=tuple(WorkerLaunch(rank=p.rank, node=p.node_id, gpus=job.gpus, cpus=job.cpus, memory_gb=job.memory_gb,
                                    gpu_indices=tuple(p.gpu_indices or ())) for p in placements),
     )

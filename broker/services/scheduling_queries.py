@@ -96,3 +96,19 @@ def last_sample_of(session: Session, job_id: str, since: float) -> float | None:
     """The newest GPU sample an agent attributed to the job since `since` (index job_id, ts)."""
     return session.execute(select(func.max(GpuSample.ts)).where(GpuSample.job_id == job_id,
                                                                  GpuSample.ts >= since)).scalar_one_or_none()
+
+
+def recent_runtimes(session: Session, since: float, per_project: int) -> dict[str, list[tuple[float, float]]]:
+    """(runtime_s, max_runtime_s) of finished, successful attempts since `since`, newest first,
+    at most `per_project` per project: what a project's runtime ratio is learned from."""
+    rows = session.execute(
+        select(Ledger.project_id, Ledger.started_at, Ledger.ended_at, Job.max_runtime_s)
+        .join(Job, (Job.id == Ledger.job_id) & (Job.attempt == Ledger.attempt))
+        .where(Ledger.ended_at.is_not(None), Ledger.ended_at >= since, Job.status == JobStatus.SUCCEEDED.value)
+        .order_by(Ledger.ended_at.desc())
+    ).all()
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for project, started, ended, requested in rows:
+        if len(out[project]) < per_project:
+            out[project].append((ended - started, requested))
+    return dict(out)
