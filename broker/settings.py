@@ -77,6 +77,15 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    # Two or more brokers on one PostgreSQL database elect a leader (broker.services.leadership):
+    # followers try the advisory lock every leader_poll_s; a leader whose heartbeat on its lock's
+    # connection has not succeeded for leader_lease_s stops acting as leader.
+    leader_poll_s: float = 0.5
+    leader_lease_s: float = 5.0
+    # Test-only: arm one named failpoint (broker.failpoints), e.g. "after_admit_commit" or
+    # "after_launch@2"; the process then dies there as if killed. Empty in production.
+    failpoint: str = ""
+
     @model_validator(mode="after")
     def _default_db(self) -> "Settings":
         bad = {k: v for k, v in self.grace_by.items() if not (0 <= float(v) <= 24 * 3600)}

@@ -26,6 +26,8 @@ from typing import Callable
 
 from sqlalchemy.engine import Engine
 
+from broker import failpoints
+
 log = logging.getLogger("broker.group_commit")
 
 Item = tuple[dict, dict]  # (job row, event row)
@@ -195,6 +197,7 @@ class GroupCommitWriter:
             else:
                 with conn.begin():
                     self._write(conn, jobs, events)
+            failpoints.hit("submit_after_commit")
         except Exception:
             self._local.conn = None
             with self._conns_lock:

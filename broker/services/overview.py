@@ -28,6 +28,7 @@ from broker.ports import Clock
 from broker.services.admin.audit import unsealed_submits
 
 if TYPE_CHECKING:
+    from broker.services.leadership import Leadership
     from broker.services.scheduling import SchedulingLoop
 
 BUSY_UTIL_PCT = 5.0
@@ -38,9 +39,11 @@ class OverviewService:
     (they name no tenant), per-project rows and idle allocations only for visible projects."""
 
     def __init__(self, engine: Engine, authz: Authz, *, loop: "SchedulingLoop | None" = None,
-                 clock: Clock = time.time) -> None:
-        """`loop`: the scheduling loop whose last tick the overview reports (None: no executor)."""
+                 clock: Clock = time.time, leader: "Leadership | None" = None) -> None:
+        """`loop`: the scheduling loop whose last tick the overview reports (None: no executor);
+        `leader`: this broker's leadership (exported as `broker_leader`)."""
         self.engine, self.authz, self.loop, self.clock = engine, authz, loop, clock
+        self.leader = leader
 
     def overview(self, principal: Principal) -> dict[str, Any]:
         last = {}
@@ -54,7 +57,15 @@ class OverviewService:
 
     def metrics(self, principal: Principal) -> dict[str, Any]:
         """The overview plus the audit outbox's lag (what /metrics exports)."""
-        return {**self.overview(principal), "audit_unsealed": unsealed_submits(self.engine)}
+        return {**self.overview(principal), "audit_unsealed": unsealed_submits(self.engine),
+                "leader": self.leadership()}
+
+    def leadership(self) -> dict[str, Any]:
+        """This broker's part: leader or follower (what /readyz and `broker_leader` report).
+        A broker without periodic tasks (an API-only app) is never the leader."""
+        if self.leader is None:
+            return {"mode": "none", "leader": False}
+        return self.leader.describe()
 
 
 def overview(engine: Engine, now: float, *, window_s: float = 300.0, busy_util_pct: float = BUSY_UTIL_PCT,
