@@ -14,7 +14,8 @@ list means the history is clean). The rules:
    GPUs x its duration; an open ledger row belongs to the job's current, resource-holding
    attempt;
 5. usage and budgets equal the sum of the ledger: the spent GPU-hours a project's usage view
-   reports (given as `reported_spent`) equal this month's part of its ledger rows.
+   reports (given as `reported_spent`) equal this month's part of its ledger rows. Compare once
+   every attempt has ended: a running attempt's share grows between the two readings.
 
 Why a checker and not assertions in each test: the same rules hold whatever was injected, so
 one function states them once and every fault case ends by calling it.

@@ -134,6 +134,7 @@ class GroupCommitWriter:
                 log.warning("group commit of %d jobs failed; retrying one by one", len(batch), exc_info=True)
                 await self._one_by_one(loop, batch)
                 return
+            failpoints.hit("submit_after_commit")  # committed, no client answered yet
             self.batches += 1
             self.items += len(batch)
             for _, fut in batch:
@@ -197,7 +198,6 @@ class GroupCommitWriter:
             else:
                 with conn.begin():
                     self._write(conn, jobs, events)
-            failpoints.hit("submit_after_commit")
         except Exception:
             self._local.conn = None
             with self._conns_lock:

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from broker import jobstate
+from broker import failpoints, jobstate
 from broker.auth.authn import Principal
 from broker.auth.authz import Authz
 from broker.auth.guard import SubmitGuard
@@ -184,6 +184,7 @@ class JobService:
                     s.flush()
                     repo.insert_jobs(s.connection(), [row], [event])
                     s.commit()
+                    failpoints.hit("submit_after_commit")  # stored, the client not answered yet
                     return job_public(row), False
                 except IntegrityError:
                     s.rollback()  # a concurrent request with this key won: read its job
