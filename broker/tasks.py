@@ -107,6 +107,7 @@ class Tasks:
 
     def _leadership_changed(self, leading: bool) -> None:
         if leading:
+            self._dirty.clear()  # a wake-up left from follower days must not swallow this one
             self.wake()
 
     def wake(self) -> None:
@@ -124,6 +125,7 @@ class Tasks:
 
     def _schedule(self) -> None:
         if not self.leader.is_leader:
+            self._dirty.clear()  # a follower's submits wake nothing here; the leader polls
             return
         for _ in range(10):  # bounded: a storm of wake-ups cannot starve the other tasks
             self._dirty.clear()
