@@ -44,6 +44,9 @@ class Settings(BaseSettings):
 
     allow_process_runtime: bool = False
     scheduling_policy: str = "fair-backfill-preempt"  # a name from scheduler.model.POLICIES
+    # Fields of that preset to change, e.g. {"reclaim_after_s": 600} (scheduler.model.Policy);
+    # an unknown field is refused at start.
+    scheduling_policy_overrides: dict[str, float | bool | int | None] = {}
     max_body_bytes: int = 256 * 1024
     page_size_max: int = 500  # command/env limits live in broker.schemas (they are in the OpenAPI doc)
 
@@ -94,6 +97,18 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{Path(self.data_dir) / 'broker.db'}"
         return self
+
+    def policy(self):
+        """The scheduling policy: the preset named by `scheduling_policy` with the overrides."""
+        from dataclasses import fields, replace
+
+        from scheduler.model import POLICIES
+
+        base = POLICIES[self.scheduling_policy]
+        unknown = set(self.scheduling_policy_overrides) - {f.name for f in fields(base)}
+        if unknown:
+            raise ValueError(f"scheduling_policy_overrides: no such policy fields {sorted(unknown)}")
+        return replace(base, **self.scheduling_policy_overrides) if self.scheduling_policy_overrides else base
 
     def grace_for(self, pool: str | None, workload_class: str) -> float:
         """Seconds between notice + SIGTERM and SIGKILL for a job of `workload_class` in `pool`."""

@@ -42,10 +42,18 @@ PROJECT = "ouh-liver"
 EXECUTOR_DB_ENV = "BROKER_FAKE_EXECUTOR_DB"
 
 
+NODES_ENV = "BROKER_FAKE_NODES"  # "id:pool:gpus,..." (default: two innovation nodes, one operation, 4 GPUs each)
+
+
 def fake_nodes():
     from broker.adapters.fake import node
 
-    return [node("inno-1", gpus=4), node("inno-2", gpus=4), node("op-1", pool="operation", gpus=4)]
+    spec = os.environ.get(NODES_ENV) or "inno-1:innovation:4,inno-2:innovation:4,op-1:operation:4"
+    out = []
+    for item in spec.split(","):
+        nid, pool, gpus = item.split(":")
+        out.append(node(nid, pool=pool, gpus=int(gpus)))
+    return out
 
 
 # ----------------------------------------------------------------------------- one broker

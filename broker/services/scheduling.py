@@ -41,7 +41,7 @@ from broker.services.leadership import Leadership
 from broker.services.snapshot import RATIO_WINDOW, build_snapshot, lookback_start, runtime_ratio
 from broker.settings import Settings
 from scheduler import run_cycle
-from scheduler.model import POLICIES, CycleResult, NodeState, Policy
+from scheduler.model import CycleResult, NodeState, Policy
 
 log = logging.getLogger("broker.scheduling")
 S = JobStatus
@@ -76,7 +76,7 @@ class SchedulingLoop:
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
         self.leader = leader
         self.on_nodes_changed = on_nodes_changed  # e.g. drop the submit path's inventory cache
-        self.policy = policy or POLICIES[settings.scheduling_policy]
+        self.policy = policy or settings.policy()
         self._stopping: set[tuple[str, int]] = set()  # stop() already sent for these attempts
         self._cause: dict[tuple[str, int], object] = {}  # the worker whose failure stopped its gang
         self._started: dict[tuple[str, int], float] = {}  # start seen only once the gang was gone

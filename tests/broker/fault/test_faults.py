@@ -12,10 +12,12 @@ print it (`-s`, or in the failure report) so that a failure replays.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
 
+import httpx
 import pytest
 
 from broker.bench import failover as fo
@@ -46,7 +48,7 @@ def seed() -> int:
     return s
 
 
-def _died_at_failpoint(b: fo.Broker, timeout_s: float = 30.0) -> None:
+def _died_at_failpoint(b: fo.Broker, timeout_s: float = 60.0) -> None:
     code = fo.wait_exit(b, timeout_s)
     assert code == EXIT_CODE, f"the broker did not die at its failpoint (exit {code}):\n{fo._tail(b.log)}"
 
@@ -109,42 +111,62 @@ def test_kill_during_submits_loses_no_acknowledged_job_and_duplicates_none(env):
     assert hist.jobs == len(keys), "the committed-but-unanswered submit was not made twice by its retry"
 
 
+# The default policy lets a project reclaim its nominal share from innovation borrowers only
+# after an hour's wait and from jobs that ran 15 min: the test reclaims at once.
+RECLAIM_AT_ONCE = {"reclaim_after_s": 0, "min_runtime_s": 0, "lost_work_bounded_by_wait": False}
+
+
 def test_kill_between_preemption_and_stop_stops_the_victims_and_requeues_them(env):
-    """One project borrows the whole innovation pool; another reclaims its nominal share. The
-    broker dies after the victims are PREEMPTED in the database, before any stop is sent: the
-    restarted broker stops them, closes their ledger rows and requeues them."""
-    b = env.start("a", failpoint="after_preempt_commit")
+    """One project borrows the whole innovation pool with long jobs; another reclaims its
+    nominal share. The broker dies after the victims are PREEMPTED in the database, before any
+    stop is sent: the restarted broker stops them (the reclaiming job can only run then),
+    closes their ledger rows and requeues them; the borrowers are then cancelled."""
+    eager = {"BROKER_SCHEDULING_POLICY_OVERRIDES": json.dumps(RECLAIM_AT_ONCE)}
+    b = env.start("a", failpoint="after_preempt_commit", extra=eager)
     sub = fo.Submitter(env.token)
     borrowers = [f"borrow-{i}" for i in range(8)]
     for k in borrowers:
-        assert sub.submit(b, k, fo.job_body(k, run_s=4.0))
+        assert sub.submit(b, k, fo.job_body(k, run_s=600.0))
     eng = env.engine()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _running(eng) < len(borrowers):
-            time.sleep(0.1)
-        assert _running(eng) == len(borrowers), "the borrowers fill the innovation pool"
+        assert _wait(lambda: _count(eng, status="RUNNING") == len(borrowers), 60), "the borrowers fill the pool"
+        claim = "reclaim"
+        body = fo.job_body(claim, run_s=0.5, project="slb-cardio", gpus=2)
+        sub.submit(b, claim, body)
+        _died_at_failpoint(b, 60)
+        b2 = env.start("a", extra=eager)
+        if claim not in sub.acked:
+            sub.submit_until_acked([b2], claim, body)
+        assert _wait(lambda: _count(eng, name=claim, status="SUCCEEDED") == 1, 60), fo._tail(b2.log)
+        for k in borrowers:
+            r = httpx.post(f"{b2.url}/api/v1/jobs/{sub.acked[k]}/cancel", headers=sub.headers, timeout=10)
+            assert r.status_code == 200, r.text
     finally:
         eng.dispose()
-    claim = "reclaim"
-    body = fo.job_body(claim, run_s=0.5, project="slb-cardio", gpus=2)
-    sub.submit(b, claim, body)
-    _died_at_failpoint(b)
-    b2 = env.start("a")
-    if claim not in sub.acked:
-        sub.submit_until_acked([b2], claim, body)
     hist = _settle_and_check(env, sub, b2, projects=(fo.PROJECT, "slb-cardio"))
     assert hist.attempts > len(borrowers) + 1, "the victims ran a second attempt after their preemption"
 
 
-def _running(eng) -> int:
+def _wait(pred, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _count(eng, *, status: str, name: str | None = None) -> int:
     from sqlalchemy import func, select
     from sqlmodel import Session
 
     from broker.models import Job
 
+    q = select(func.count()).select_from(Job).where(Job.status == status)
+    if name is not None:
+        q = q.where(Job.name == name)
     with Session(eng) as s:
-        return s.execute(select(func.count()).select_from(Job).where(Job.status == "RUNNING")).scalar_one()
+        return s.execute(q).scalar_one()
 
 
 # ------------------------------------------------------------------------------- two brokers

@@ -153,3 +153,25 @@ def test_sqlite_leadership_is_shared_within_one_process(tmp_path):
     a.stop()
     b.stop()
     assert AnotherBroker.code == "ANOTHER_BROKER"
+
+
+@pytest.mark.parametrize("background,role,metric", [(True, "leader", 1.0), (False, "follower", 0.0)],
+                         ids=["with periodic tasks: leader", "API only: follower"])
+def test_readyz_and_metrics_report_leadership(tmp_path, background, role, metric):
+    from fastapi.testclient import TestClient
+
+    from broker.adapters.fake import FakeExecutor
+    from broker.app import create_app
+    from broker.db import migrate
+    from broker.services.bootstrap import ensure_admin_token
+
+    st = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'broker.db'}")
+    migrate(st)
+    token = ensure_admin_token(st).read_text().strip()
+    app = create_app(st, executor=FakeExecutor(), start_background=background)
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as c:
+        r = c.get("/readyz").json()
+        assert r["checks"]["leadership"] == role
+        assert r["details"]["leadership"]["leader"] is (role == "leader")
+        lines = [ln for ln in c.get("/metrics").text.splitlines() if ln.startswith("broker_leader ")]
+        assert lines == [f"broker_leader {metric}"]
