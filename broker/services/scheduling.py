@@ -443,7 +443,8 @@ class SchedulingLoop:
             s.expunge_all()
         for job in admitted:
             spec = launch_spec(job, places.get((job.id, job.attempt), []), self.grace_s(job),
-                               checkpoint_dir=self.checkpoint_dir(job))
+                               checkpoint_dir=self.checkpoint_dir(job),
+                               log_max_bytes=self.settings.log_max_bytes_per_worker)
             if not self._still_admitted(job):
                 continue  # another tick or broker moved it on; or this broker is no longer leader
             try:
@@ -511,11 +512,12 @@ def concurrency_cap(projects, holding, pending):
     return keep, capped
 
 
-def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float, checkpoint_dir: str = "") -> LaunchSpec:
+def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float, checkpoint_dir: str = "",
+                log_max_bytes: int = 0) -> LaunchSpec:
     return LaunchSpec(
         job_id=job.id, attempt=job.attempt, image=job.image, command=tuple(job.command), env=dict(job.env or {}),
         runtime=job.runtime, max_runtime_s=job.max_runtime_s, grace_s=grace_s, project=job.project_id,
-        checkpoint_dir=checkpoint_dir,
+        checkpoint_dir=checkpoint_dir, log_max_bytes=log_max_bytes,
         workers=tuple(WorkerLaunch(rank=p.rank, node=p.node_id, gpus=job.gpus, cpus=job.cpus, memory_gb=job.memory_gb,
                                    gpu_indices=tuple(p.gpu_indices or ())) for p in placements),
     )

@@ -80,7 +80,8 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
                           leader=leader) if executor else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
-        wakeup=wakeup, leader=leader, loop=loop, jobs=jobs, logs=LogService(jobs), catalog=CatalogService(engine, authz),
+        wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
+        logs=LogService(jobs, retention_days=settings.log_retention_days), catalog=CatalogService(engine, authz),
         overview=OverviewService(engine, authz, loop=loop, leader=leader),
         telemetry=TelemetryService(engine, TelemetryConfig.from_settings(settings)),
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
