@@ -31,6 +31,7 @@ from broker.api.json import JSON
 from broker.api.request_shape import RequestShape
 from broker.auth.limits import BodySizeLimit
 from broker.auth.ratelimit import RateLimitMiddleware, TokenBucketLimiter
+from broker import failpoints
 from broker.db import make_engine
 from broker.ports import Executor
 from broker.services.wiring import build_services
@@ -45,16 +46,17 @@ ROUTERS = (job_routes.router, catalog_routes.router, observability_routes.router
 def create_app(settings: Settings | None = None, executor: Executor | None = None, start_background: bool = True,
                engine=None) -> FastAPI:
     settings = settings or Settings()
+    failpoints.arm(settings.failpoint)
     own_engine = engine is None
     engine = engine or make_engine(settings)
     services = build_services(settings, engine, executor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await services.jobs.writer.start()
         tasks = build_tasks(services) if start_background else None
         if tasks is not None:
-            tasks.start()
+            tasks.start()  # first: a second broker on one SQLite file stops here
+        await services.jobs.writer.start()
         try:
             yield
         finally:

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
 
     allow_process_runtime: bool = False
     scheduling_policy: str = "fair-backfill-preempt"  # a name from scheduler.model.POLICIES
+    # Fields of that preset to change, e.g. {"reclaim_after_s": 600} (scheduler.model.Policy);
+    # an unknown field is refused at start.
+    scheduling_policy_overrides: dict[str, float | bool | int | None] = {}
     max_body_bytes: int = 256 * 1024
     page_size_max: int = 500  # command/env limits live in broker.schemas (they are in the OpenAPI doc)
 
@@ -95,6 +98,15 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    # Two or more brokers on one PostgreSQL database elect a leader (broker.services.leadership):
+    # followers try the advisory lock every leader_poll_s; a leader whose heartbeat on its lock's
+    # connection has not succeeded for leader_lease_s stops acting as leader.
+    leader_poll_s: float = 0.5
+    leader_lease_s: float = 5.0
+    # Test-only: arm one named failpoint (broker.failpoints), e.g. "after_admit_commit" or
+    # "after_launch@2"; the process then dies there as if killed. Empty in production.
+    failpoint: str = ""
+
     @model_validator(mode="after")
     def _default_db(self) -> "Settings":
         bad = {k: v for k, v in self.grace_by.items() if not (0 <= float(v) <= 24 * 3600)}
@@ -103,6 +115,18 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite:///{Path(self.data_dir) / 'broker.db'}"
         return self
+
+    def policy(self):
+        """The scheduling policy: the preset named by `scheduling_policy` with the overrides."""
+        from dataclasses import fields, replace
+
+        from scheduler.model import POLICIES
+
+        base = POLICIES[self.scheduling_policy]
+        unknown = set(self.scheduling_policy_overrides) - {f.name for f in fields(base)}
+        if unknown:
+            raise ValueError(f"scheduling_policy_overrides: no such policy fields {sorted(unknown)}")
+        return replace(base, **self.scheduling_policy_overrides) if self.scheduling_policy_overrides else base
 
     def grace_for(self, pool: str | None, workload_class: str) -> float:
         """Seconds between notice + SIGTERM and SIGKILL for a job of `workload_class` in `pool`."""

@@ -16,6 +16,12 @@
 
 None of them makes a network call inside a DB transaction; each opens its own short ones.
 
+Where several brokers share one PostgreSQL database, every task above runs on the leader only
+(`broker.services.leadership`): each checks `leader.is_leader` when it fires, and the
+scheduling loop's transactions are fenced besides. What runs on every broker is the API itself:
+submits (the group-commit writer), reads, agent reports and the health checks. A broker that
+becomes leader runs a scheduling tick at once.
+
 Why a wake-up flag besides the interval: a submit should start a job in milliseconds, not at the
 next interval. A wake-up that arrives while a tick runs is not lost: the tick runs once more.
 """
@@ -36,6 +42,7 @@ from broker.services.admin.audit import seal_pending
 from broker.services.checkpoints import remove_finished_checkpoints
 from broker.services.logs import remove_expired_logs
 from broker.services.reconcile import release_orphans
+from broker.services.leadership import Leadership, NotLeader, StaticLeadership
 from broker.services.scheduling import SchedulingLoop
 from broker.services.telemetry import rollup
 from broker.services.wakeup import Wakeup
@@ -49,7 +56,8 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
     engine, settings, tel = services.engine, services.settings, services.telemetry
     cfg = tel.config
     tasks = Tasks(services.loop, services.executor, cycle_interval_s=settings.cycle_interval_s,
-                  reconcile_interval_s=settings.reconcile_interval_s, wakeup=services.wakeup)
+                  reconcile_interval_s=settings.reconcile_interval_s, wakeup=services.wakeup,
+                  leader=services.leader)
     tasks.add_interval(lambda: fill_ledger_usage(engine, clock()), 60.0, "accounting.ledger")
     tasks.add_interval(lambda: seal_pending(engine), 2.0, "audit.seal_job_submits")
     tasks.add_interval(lambda: remove_finished_checkpoints(engine, settings.checkpoint_root_dir), 30.0,
@@ -66,11 +74,14 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
 
 class Tasks:
     def __init__(self, loop: SchedulingLoop | None, executor: Executor | None, *, cycle_interval_s: float,
-                 reconcile_interval_s: float, wakeup: Wakeup | None = None) -> None:
-        """Without an executor (loop None) only the tasks added with `add_interval` run."""
+                 reconcile_interval_s: float, wakeup: Wakeup | None = None,
+                 leader: Leadership | None = None) -> None:
+        """Without an executor (loop None) only the tasks added with `add_interval` run; every
+        task runs only while `leader` says this broker leads (default: always)."""
         self.loop = loop
         self.executor = executor
         self.wakeup = wakeup
+        self.leader = leader or StaticLeadership()
         self._aps = BackgroundScheduler(timezone=dt.timezone.utc,
                                         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None})
         self._dirty = threading.Event()
@@ -80,10 +91,13 @@ class Tasks:
             self._aps.add_job(self._reconcile, "interval", seconds=reconcile_interval_s, id="reconcile")
 
     def add_interval(self, fn: Callable[[], object], seconds: float, id: str) -> None:
-        self._aps.add_job(_guarded(fn, id), "interval", seconds=seconds, id=id)
+        self._aps.add_job(_guarded(fn, id, self.leader), "interval", seconds=seconds, id=id)
 
     def start(self) -> None:
-        """Start every task; submits, cancels and quota changes now wake the scheduling tick."""
+        """Join the leader election, then start every task; submits, cancels and quota changes
+        now wake the scheduling tick. Raises `AnotherBroker` on a SQLite file another broker
+        holds (nothing is started then)."""
+        self.leader.start(on_change=self._leadership_changed)
         self._aps.start()
         if self.wakeup is not None and self.loop is not None:
             self.wakeup.connect(self.wake, self.wake)
@@ -93,6 +107,12 @@ class Tasks:
         if self.wakeup is not None:
             self.wakeup.connect(None)
         self._aps.shutdown(wait=True)
+        self.leader.stop()
+
+    def _leadership_changed(self, leading: bool) -> None:
+        if leading:
+            self._dirty.clear()  # a wake-up left from follower days must not swallow this one
+            self.wake()
 
     def wake(self) -> None:
         """Run a scheduling tick now (or right after the one running).
@@ -108,24 +128,34 @@ class Tasks:
             pass
 
     def _schedule(self) -> None:
+        if not self.leader.is_leader:
+            self._dirty.clear()  # a follower's submits wake nothing here; the leader polls
+            return
         for _ in range(10):  # bounded: a storm of wake-ups cannot starve the other tasks
             self._dirty.clear()
             try:
                 self.loop.tick()
+            except NotLeader:
+                log.info("scheduling tick stopped: this broker is no longer the leader")
+                return
             except Exception:
                 log.exception("scheduling tick failed")
             if not self._dirty.is_set():
                 return
 
     def _reconcile(self) -> None:
+        if not self.leader.is_leader:
+            return
         try:
             release_orphans(self.loop.engine, self.executor)
         except Exception:
             log.exception("reconcile failed")
 
 
-def _guarded(fn: Callable[[], object], name: str) -> Callable[[], None]:
+def _guarded(fn: Callable[[], object], name: str, leader: Leadership) -> Callable[[], None]:
     def run() -> None:
+        if not leader.is_leader:
+            return
         try:
             fn()
         except Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from broker.api.deps import Catalog, User
+from broker.api.deps import Catalog, Overview, User
 from broker.api.json import JSON
 from broker.schemas import ErrorResponse, Health, NodeList, PoolList, ProjectList
 
@@ -35,10 +35,14 @@ async def healthz():
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
-async def readyz(svc: Catalog):
-    """The database answers; 503 otherwise."""
+async def readyz(svc: Catalog, ops: Overview):
+    """The database answers; 503 otherwise. `checks.leadership` says whether this broker runs
+    the scheduling loop (leader) or serves the API only (follower); both are ready."""
+    lead = ops.leadership()
+    role = {"leadership": "leader" if lead.get("leader") else "follower"}
     try:
         await run_in_threadpool(svc.ready)
     except Exception:
-        return JSON({"status": "unavailable", "checks": {"database": "unreachable"}}, status_code=503)
-    return JSON({"status": "ok", "checks": {"database": "ok"}})
+        return JSON({"status": "unavailable", "checks": {"database": "unreachable", **role},
+                     "details": {"leadership": lead}}, status_code=503)
+    return JSON({"status": "ok", "checks": {"database": "ok", **role}, "details": {"leadership": lead}})

@@ -102,6 +102,9 @@ class _Collector:
                 value=float(d["queue"]["oldest_pending_wait_s"] or 0))
         yield g("broker_audit_unsealed_submits", "job submits not yet sealed into the audit chain (outbox lag; "
                 "sealed every 2 s)", value=float(d.get("audit_unsealed") or 0))
+        lead = d.get("leader") or {}
+        yield g("broker_leader", "1 when this broker is the leader (runs the scheduling loop and the periodic tasks)",
+                value=1.0 if lead.get("leader") else 0.0)
         if d.get("scheduler"):
             yield g("broker_scheduler_cycle_milliseconds", "duration of the last scheduling cycle",
                     value=float(d["scheduler"].get("cycle_ms", 0)))

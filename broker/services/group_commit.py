@@ -32,6 +32,8 @@ from typing import Callable
 
 from sqlalchemy.engine import Engine
 
+from broker import failpoints
+
 log = logging.getLogger("broker.group_commit")
 
 Item = tuple[dict, dict]  # (job row, event row)
@@ -142,6 +144,7 @@ class GroupCommitWriter:
                 log.warning("group commit of %d jobs failed; retrying one by one", len(batch), exc_info=True)
                 await self._one_by_one(loop, batch)
                 return
+            failpoints.hit("submit_after_commit")  # committed, no client answered yet
             self.batches += 1
             self.items += len(batch) - len(refused)
             for i, (_, fut) in enumerate(batch):

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from broker import jobstate
+from broker import failpoints, jobstate
 from broker.auth.authn import Principal
 from broker.auth.authz import Authz
 from broker.auth.guard import SubmitGuard
@@ -193,6 +193,7 @@ class JobService:
                         s.rollback()  # the key too: a retry after the queue drained may succeed
                         raise refused[0]
                     s.commit()
+                    failpoints.hit("submit_after_commit")  # stored, the client not answered yet
                     return job_public(row), False
                 except IntegrityError:
                     s.rollback()  # a concurrent request with this key won: read its job

@@ -38,6 +38,7 @@ from broker.ports import Clock
 from broker.services.admin.audit import unsealed_submits
 
 if TYPE_CHECKING:
+    from broker.services.leadership import Leadership
     from broker.services.scheduling import SchedulingLoop
 
 BUSY_UTIL_PCT = 5.0
@@ -48,11 +49,14 @@ class OverviewService:
     (they name no tenant), per-project rows and idle allocations only for visible projects."""
 
     def __init__(self, engine: Engine, authz: Authz, *, loop: "SchedulingLoop | None" = None,
-                 clock: Clock = time.time, max_age_s: float = 2.0, monotonic: Clock = time.monotonic) -> None:
+                 clock: Clock = time.time, max_age_s: float = 2.0, monotonic: Clock = time.monotonic,
+                 leader: "Leadership | None" = None) -> None:
         """`loop`: the scheduling loop whose last tick the overview reports (None: no executor);
-        `max_age_s`: how old the shared snapshot may be (0: computed on every request)."""
+        `max_age_s`: how old the shared snapshot may be (0: computed on every request);
+        `leader`: this broker's leadership (exported as `broker_leader`)."""
         self.engine, self.authz, self.loop, self.clock = engine, authz, loop, clock
         self.max_age_s, self._mono = max_age_s, monotonic
+        self.leader = leader
         self._snap: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
 
@@ -84,7 +88,15 @@ class OverviewService:
 
     def metrics(self, principal: Principal) -> dict[str, Any]:
         """The overview plus the audit outbox's lag (what /metrics exports)."""
-        return {**self.overview(principal), "audit_unsealed": self.snapshot()["audit_unsealed"]}
+        return {**self.overview(principal), "audit_unsealed": self.snapshot()["audit_unsealed"],
+                "leader": self.leadership()}
+
+    def leadership(self) -> dict[str, Any]:
+        """This broker's part: leader or follower (what /readyz and `broker_leader` report).
+        A broker without periodic tasks (an API-only app) is never the leader."""
+        if self.leader is None:
+            return {"mode": "none", "leader": False}
+        return self.leader.describe()
 
 
 def overview(engine: Engine, now: float, *, window_s: float = 300.0, busy_util_pct: float = BUSY_UTIL_PCT,

@@ -32,15 +32,16 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from broker import jobstate
+from broker import failpoints, jobstate
 from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
 from broker.ports import AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
 from broker.services import scheduling_queries as repo
 from broker.services.checkpoints import last_checkpoint
+from broker.services.leadership import Leadership
 from broker.services.snapshot import RATIO_WINDOW, build_snapshot, lookback_start, runtime_ratio
 from broker.settings import Settings
 from scheduler import run_cycle
-from scheduler.model import POLICIES, CycleResult, NodeState, Policy
+from scheduler.model import CycleResult, NodeState, Policy
 
 log = logging.getLogger("broker.scheduling")
 S = JobStatus
@@ -69,10 +70,13 @@ class TickReport:
 class SchedulingLoop:
     def __init__(self, settings: Settings, engine: Engine, executor: Executor, *,
                  clock: Clock = time.time, policy: Policy | None = None,
-                 on_nodes_changed: Callable[[], None] | None = None) -> None:
+                 on_nodes_changed: Callable[[], None] | None = None, leader: Leadership | None = None) -> None:
+        """`leader`: every transaction of the loop is fenced by it (`Leadership.guard`), so a
+        broker that lost the leadership mid-tick commits nothing more; None: unfenced."""
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
+        self.leader = leader
         self.on_nodes_changed = on_nodes_changed  # e.g. drop the submit path's inventory cache
-        self.policy = policy or POLICIES[settings.scheduling_policy]
+        self.policy = policy or settings.policy()
         self._stopping: set[tuple[str, int]] = set()  # stop() already sent for these attempts
         self._cause: dict[tuple[str, int], object] = {}  # the worker whose failure stopped its gang
         self._started: dict[tuple[str, int], float] = {}  # start seen only once the gang was gone
@@ -95,12 +99,18 @@ class SchedulingLoop:
             self.last_report, self.last_tick_at = rep, self.clock()
             return rep
 
+    def _session(self) -> Session:
+        s = Session(self.engine)
+        if self.leader is not None:
+            self.leader.guard(s)
+        return s
+
     # ------------------------------------------------------------------ 1. nodes
     def sync_nodes(self) -> None:
         observed = {o.id: o for o in self.executor.nodes()}
         now = self.clock()
         dirty = False
-        with Session(self.engine) as s:
+        with self._session() as s:
             rows = {n.id: n for n in repo.nodes(s)}
             for nid, o in observed.items():
                 row = rows.get(nid)
@@ -133,7 +143,7 @@ class SchedulingLoop:
 
     # ------------------------------------------------------------------ 2. observe
     def observe(self, rep: TickReport) -> None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             jobs = [j for j in repo.holding_jobs(s) if j.status != S.ADMITTED.value]
             s.expunge_all()
         for job in jobs:
@@ -204,7 +214,7 @@ class SchedulingLoop:
             return
         if status is S.STARTING and workers and all(w.state in (WorkerState.RUNNING, WorkerState.EXITED) for w in workers):
             started = min((w.started_at for w in workers if w.started_at), default=now)
-            with Session(self.engine) as s:
+            with self._session() as s:
                 row = s.get(Job, job.id)
                 if row is not None and row.status == S.STARTING.value and row.attempt == job.attempt:
                     jobstate.transition(s, row, S.RUNNING, expected_version=row.version, now=now, started_at=started)
@@ -257,7 +267,7 @@ class SchedulingLoop:
         `to=None` means the job was PREEMPTED/LOST and its workers are now gone: requeue it."""
         key = (job.id, job.attempt)
         held = False
-        with Session(self.engine) as s:
+        with self._session() as s:
             row = s.get(Job, job.id)
             if row is None or row.attempt != job.attempt or S(row.status) not in (S.STARTING, S.RUNNING, S.PREEMPTED, S.LOST):
                 return
@@ -306,7 +316,7 @@ class SchedulingLoop:
         self._seen[key] = now
         if now - self._seen_written.get(key, float("-inf")) < LAST_SEEN_EVERY_S:
             return
-        with Session(self.engine) as s:
+        with self._session() as s:
             repo.mark_attempt_seen(s, key[0], key[1], now)
             s.commit()
         self._seen_written[key] = now
@@ -347,7 +357,7 @@ class SchedulingLoop:
     # ------------------------------------------------------------------ 3. schedule
     def schedule(self, rep: TickReport) -> CycleResult | None:
         now = self.clock()
-        with Session(self.engine) as s:
+        with self._session() as s:
             holding = repo.holding_jobs(s)
             pending = repo.pending_jobs(s)
             if not pending:
@@ -413,7 +423,13 @@ class SchedulingLoop:
                 if (job.pending_code, job.pending_message) != (code, message):
                     jobstate.set_pending_reason(s, job.id, code=code, message=message, details=details)
             rep.pending = len(result.pending) + len(capped)
+            if rep.admitted:
+                failpoints.hit("before_admit_commit")
             s.commit()
+        if rep.admitted:
+            failpoints.hit("after_admit_commit")
+        if victims:
+            failpoints.hit("after_preempt_commit")
         for key, why, grace_s in victims:
             self._stop_attempt(key, why or "preempted", reason="preempted", grace_s=grace_s)
         self.last_cycle = result
@@ -421,7 +437,7 @@ class SchedulingLoop:
 
     # ------------------------------------------------------------------ 4. launch
     def launch_admitted(self, rep: TickReport) -> None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             admitted = [j for j in repo.holding_jobs(s) if j.status == S.ADMITTED.value]
             places = repo.placements_of(s, [(j.id, j.attempt) for j in admitted])
             s.expunge_all()
@@ -429,11 +445,13 @@ class SchedulingLoop:
             spec = launch_spec(job, places.get((job.id, job.attempt), []), self.grace_s(job),
                                checkpoint_dir=self.checkpoint_dir(job),
                                log_max_bytes=self.settings.log_max_bytes_per_worker)
+            if not self._still_admitted(job):
+                continue  # another tick or broker moved it on; or this broker is no longer leader
             try:
                 self.executor.launch(spec)
             except Exception as e:
                 log.warning("launch of %s/%s failed: %s", job.id, job.attempt, e)
-                with Session(self.engine) as s:
+                with self._session() as s:
                     row = s.get(Job, job.id)
                     if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
                         _close_ledger(s, row, self.clock())
@@ -446,12 +464,21 @@ class SchedulingLoop:
                 except Exception:
                     pass
                 continue
-            with Session(self.engine) as s:
+            failpoints.hit("after_launch")
+            with self._session() as s:
                 row = s.get(Job, job.id)
                 if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
                     jobstate.transition(s, row, S.STARTING, expected_version=row.version, now=self.clock())
                     s.commit()
             rep.launched.append(job.id)
+
+    def _still_admitted(self, job: Job) -> bool:
+        """Right before a launch: the attempt is still ADMITTED, checked in a fenced transaction
+        (a broker that lost the leadership since the admission raises `NotLeader` here and
+        launches nothing; the new leader launches it)."""
+        with self._session() as s:
+            row = s.get(Job, job.id)
+            return row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt
 
 
 def concurrency_cap(projects, holding, pending):

@@ -28,6 +28,7 @@ from broker.services.admin.tenancy import TenancyAdmin
 from broker.services.admin.tokens import TokenAdmin
 from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
+from broker.services.leadership import Leadership, leadership_for
 from broker.services.logs import LogService
 from broker.services.overview import OverviewService
 from broker.services.scheduling import SchedulingLoop
@@ -46,6 +47,7 @@ class Services:
     authn: Authenticator
     guard: SubmitGuard
     wakeup: Wakeup
+    leader: Leadership  # started by the periodic tasks; the API of every broker serves regardless
     loop: SchedulingLoop | None  # None without an executor: nothing to schedule onto
     jobs: JobService
     logs: LogService
@@ -73,11 +75,14 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         jobs.catalog_changed()  # pools and nodes changed: the submit checks' caches too
         wakeup.submitted()  # entitlements changed: let the scheduler look again
 
-    loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed) if executor else None
+    leader = leadership_for(settings, engine)
+    loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed,
+                          leader=leader) if executor else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
-        wakeup=wakeup, loop=loop, jobs=jobs, logs=LogService(jobs, retention_days=settings.log_retention_days), catalog=CatalogService(engine, authz),
-        overview=OverviewService(engine, authz, loop=loop, max_age_s=settings.overview_max_age_s),
+        wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
+        logs=LogService(jobs, retention_days=settings.log_retention_days), catalog=CatalogService(engine, authz),
+        overview=OverviewService(engine, authz, loop=loop, max_age_s=settings.overview_max_age_s, leader=leader),
         telemetry=TelemetryService(engine, TelemetryConfig.from_settings(settings)),
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),

@@ -29,6 +29,13 @@ def test_tasks_pass_now_from_their_clock(app, monkeypatch):
     tasks = build_tasks(app.state.services, clock=lambda: 1234.0)
     (hb,) = [j for j in tasks._aps.get_jobs() if j.id == "telemetry.heartbeats"]
     hb.func()
+    assert calls == [], "a broker that has not joined the election (so leads nothing) runs no task"
+    leader = app.state.services.leader
+    leader.start()
+    try:
+        hb.func()
+    finally:
+        leader.stop()
     assert calls == [1234.0]
 
 
