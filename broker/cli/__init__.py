@@ -12,7 +12,7 @@ import typer
 from broker.cli import bench, jobs, nodes, up
 
 app = typer.Typer(name="broker", help="Compute Broker: GPU job queue, quotas and fair share on Ray.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 app.command("up")(up.up)
 app.add_typer(jobs.app, name="jobs")  # submit|list|get|cancel|logs|events
 app.add_typer(nodes.app, name="nodes")  # list|cordon|drain|uncordon|move

@@ -48,14 +48,14 @@ def test_cli_jobs_commands(monkeypatch, client, admin_token, new_project, engine
     monkeypatch.setattr(BrokerClient, "close", lambda self: None)  # the shared TestClient stays open
     run = CliRunner().invoke
     p = new_project()
-    r = run(app, ["jobs", "submit", "-p", p, "--image", "localhost/img:1", "--gpus", "1", "-e", "A=1", "--", "python", "t.py"])
+    r = run(app, ["jobs", "submit", "-o", "json", "-p", p, "--image", "localhost/img:1", "--gpus", "1", "-e", "A=1", "--", "python", "t.py"])
     assert r.exit_code == 0, r.output
     job = json.loads(r.output)
     assert (job["command"], job["env"], job["name"], job["resources"]["gpus"]) == (["python", "t.py"], {"A": "1"}, "python", 1)
     r = run(app, ["jobs", "list", "-p", p])
     assert r.exit_code == 0 and job["id"] in r.output and "PENDING" in r.output
-    assert json.loads(run(app, ["jobs", "get", job["id"]]).output)["id"] == job["id"]
-    assert json.loads(run(app, ["jobs", "cancel", job["id"]]).output)["status"] == "CANCELLED"
+    assert json.loads(run(app, ["jobs", "get", job["id"], "--json"]).output)["id"] == job["id"]
+    assert json.loads(run(app, ["jobs", "cancel", job["id"], "-o", "json"]).output)["status"] == "CANCELLED"
     r = run(app, ["jobs", "events", job["id"]])
     assert "PENDING -> CANCELLED" in r.output
     bad = run(app, ["jobs", "submit", "-p", p, "--gpus", "9", "--image", "localhost/img", "--", "x"])
