@@ -121,15 +121,15 @@ def test_cli_nodes_commands(monkeypatch, client, admin_token):
     run = CliRunner().invoke
     r = run(app, ["nodes", "list"])
     assert r.exit_code == 0 and "inno-1" in r.output and "NODE" in r.output, r.output
-    r = run(app, ["nodes", "cordon", "inno-1", "-r", "firmware"])
+    r = run(app, ["nodes", "cordon", "inno-1", "-r", "firmware", "-o", "json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["state"] == "cordoned" and json.loads(r.output)["state_reason"] == "admin: firmware"
     assert "admin: firmware" in run(app, ["nodes", "list"]).output
-    assert json.loads(run(app, ["nodes", "uncordon", "inno-1"]).output)["state"] == "ready"
-    moved = json.loads(run(app, ["nodes", "move", "inno-1", "operation"]).output)
+    assert json.loads(run(app, ["nodes", "uncordon", "inno-1", "-o", "json"]).output)["state"] == "ready"
+    moved = json.loads(run(app, ["nodes", "move", "inno-1", "operation", "-o", "json"]).output)
     assert (moved["pool"], moved["pool_source"]) == ("operation", "admin")
     assert "operation*" in run(app, ["nodes", "list"]).output
-    back = json.loads(run(app, ["nodes", "move", "inno-1", "--to-label"]).output)
+    back = json.loads(run(app, ["nodes", "move", "inno-1", "--to-label", "-o", "json"]).output)
     assert back["pool_source"] == "executor"
     bad = run(app, ["nodes", "move", "inno-1"])
     assert bad.exit_code == 2 and "POOL or --to-label" in bad.output
