@@ -135,3 +135,12 @@ def test_cli_nodes_commands(monkeypatch, client, admin_token):
     assert bad.exit_code == 2 and "POOL or --to-label" in bad.output
     unknown = run(app, ["nodes", "cordon", "nope"])
     assert unknown.exit_code == 2 and "NODE_NOT_FOUND" in unknown.output
+
+
+def test_up_says_where_everything_is_without_printing_the_token(tmp_path):
+    from broker.cli.up import _ready_lines
+
+    token_path = tmp_path / "admin-token"
+    text = _ready_lines("0.0.0.0", 8000, token_path)
+    assert "http://127.0.0.1:8000/dashboard" in text and "http://127.0.0.1:8000/docs" in text
+    assert f"paste the token from {token_path}" in text and f"#token=$(cat {token_path})" in text
