@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -310,3 +311,13 @@ def test_the_rest_status_filter_is_case_insensitive_too(client, new_project):
     j = client.post("/api/v1/jobs", json=job_body(project=p)).json()
     r = client.get("/api/v1/jobs", params={"project": p, "status": "pending"})
     assert r.status_code == 200 and [x["id"] for x in r.json()["items"]] == [j["id"]]
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples").glob("*.*"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
+def test_every_example_is_accepted_as_it_is(cli, example):
+    job = _submit_json(cli, "-f", str(example))
+    spec = yaml.safe_load(example.read_text())
+    assert (job["name"], job["project"], job["status"]) == (spec["name"], spec["project"], "PENDING")
