@@ -7,13 +7,39 @@ nothing registers itself on import, so what the script offers is exactly what is
 
 from __future__ import annotations
 
+import importlib
+
 import typer
+import typer.main
+from typer.core import TyperGroup
 
-from broker.cli import bench, jobs, nodes, overview, projects, up
+from broker.cli import bench, jobs, nodes, overview, projects
 
-app = typer.Typer(name="broker", help="Compute Broker: GPU job queue, quotas and fair share on Ray.",
+
+class _Root(TyperGroup):
+    """The root group; `up` is imported only when it is the command being run (or listed).
+
+    `up` brings the server (uvicorn, SQLAlchemy, the services): over a second of imports that a
+    client command such as `broker jobs list` must not pay, since the CLI talks to the API over
+    HTTP and needs none of it.
+    """
+
+    LAZY = {"up": ("broker.cli.up", "up")}
+
+    def list_commands(self, ctx):
+        return [*super().list_commands(ctx), *(n for n in self.LAZY if n not in self.commands)]
+
+    def get_command(self, ctx, name):
+        if name in self.LAZY and name not in self.commands:
+            module, attr = self.LAZY[name]
+            one = typer.Typer(rich_markup_mode=None)
+            one.command(name)(getattr(importlib.import_module(module), attr))
+            self.add_command(typer.main.get_command(one), name)
+        return super().get_command(ctx, name)
+
+
+app = typer.Typer(name="broker", help="Compute Broker: GPU job queue, quotas and fair share on Ray.", cls=_Root,
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
-app.command("up")(up.up)
 app.add_typer(jobs.app, name="jobs")  # submit|list|get|cancel|logs|events
 app.add_typer(nodes.app, name="nodes")  # list|cordon|drain|uncordon|move
 app.add_typer(projects.app, name="projects")  # list|show

@@ -144,3 +144,15 @@ def test_up_says_where_everything_is_without_printing_the_token(tmp_path):
     text = _ready_lines("0.0.0.0", 8000, token_path)
     assert "http://127.0.0.1:8000/dashboard" in text and "http://127.0.0.1:8000/docs" in text
     assert f"paste the token from {token_path}" in text and f"#token=$(cat {token_path})" in text
+
+
+def test_client_commands_do_not_import_the_server():
+    """`broker jobs list` talks HTTP: importing the CLI must not pull in uvicorn or SQLAlchemy."""
+    import subprocess
+    import sys
+
+    code = ("import sys, broker.cli; from typer.main import get_command; "
+            "get_command(broker.cli.app).get_command(None, 'jobs'); "
+            "print(sorted(m for m in ('uvicorn', 'sqlalchemy', 'sqlmodel', 'broker.app', 'ray') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
