@@ -1,8 +1,9 @@
 """Backfill: reserve the earliest start of the first capacity-blocked job of each pool.
 
 Why: without a reservation, a stream of small jobs can keep a large gang waiting forever.
-EASY-style backfill computes when the blocked job could start at the latest (running jobs end
-by start_time + max_runtime_s; this cycle's victims stop now) and holds, on the nodes it will
+EASY-style backfill computes when the blocked job could start (running jobs end by start_time +
+max_runtime_s x their project's real/requested runtime ratio, learned by the broker, or by their
+hard limit once past that; this cycle's victims stop now) and holds, on the nodes it will
 use, the part of its need that must come out of resources free now. Later jobs run on what is
 left, or anywhere if they finish (by their max_runtime) before the reservation starts.
 
@@ -13,12 +14,9 @@ pattern, no copies.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from operator import itemgetter
 from typing import TYPE_CHECKING, Callable
 
-from scheduler.model import PendingReason
-from scheduler.reasons import _SET, _new, explained
 from scheduler.state import EPS, World, pack
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,6 +102,15 @@ class Reservations:
 _by_time_id = itemgetter(0, 1)  # sort key (time, job id), in C
 
 
+def _end(r, now: float) -> float:
+    """When a running job is planned to release its resources: its expected end (max_runtime
+    x its project's runtime ratio) while that lies ahead, else its hard limit."""
+    e = r.expected_end
+    if e <= now:
+        e = r.end
+    return e if e > now else now
+
+
 def _k(f: list[float], g: int, c: float, m: float) -> int:
     k = int(f[0]) // g if g else 1 << 30
     if c > 0:
@@ -118,7 +125,7 @@ def _events(cyc: "_Cycle", fid: int) -> list[tuple[float, str, list[tuple[int, i
     now = cyc.now
     out = []
     for r in cyc.runs_by_fid.get(fid, ()):
-        end = now if r.job.id in cyc.victims else max(r.end, now)
+        end = now if r.job.id in cyc.victims else _end(r, now)
         out.append((end, r.job.id, [(i, r.g, r.c, r.m) for i, _ids in r.taken]))
     for end, jid, f, placed, s in cyc.started:
         if f == fid:
@@ -134,7 +141,7 @@ def _gpu_releases(cyc: "_Cycle", fid: int) -> list[tuple[float, str, int]]:
     out = []
     for r in cyc.runs_by_fid.get(fid, ()):
         jid = r.job.id
-        out.append((now if jid in victims else max(r.end, now), jid, r.g * len(r.taken)))
+        out.append((now if jid in victims else _end(r, now), jid, r.g * len(r.taken)))
     for end, jid, f, placed, s in cyc.started:
         if f == fid:
             out.append((end, jid, sum(k * s.g for _i, k in placed)))
@@ -178,61 +185,3 @@ def earliest_start(cyc: "_Cycle", s: "Shape", fid: int):
     if placed is None:
         return None
     return when, placed, {i: tuple(free[i]) for i, _k2 in placed}
-
-
-def add_estimates(cyc: "_Cycle") -> None:
-    """Build the deferred capacity reasons (explain only), with an estimated start.
-
-    The reserved head gets its reservation time; others a lower bound: the first time enough
-    GPUs in total are released in one of their flavors (ignores fragmentation and the queue).
-    Estimates depend only on (flavors, GPUs requested) and messages only on the numbers they
-    quote, so both are computed once per distinct value.
-    """
-    timelines: dict[int, tuple[list[float], list[float]]] = {}
-    free = {f: fx.total_free_g for f, fx in enumerate(cyc.world.flavors)}
-    estimates: dict[tuple, float | None] = {}
-    texts: dict[tuple, str] = {}
-    heads = cyc.reservations.head_start
-    by_details: dict[int, tuple[float | None, str]] = {}  # memo replays share one details dict
-    pending = cyc.pending
-    new = _new
-    s_code, s_text, s_details, s_pos, s_est = _SET
-    for job, s, fids, code, details, position in cyc.to_estimate:
-        hit = by_details.get(id(details))
-        if hit is not None and job.id not in heads:
-            r = new(PendingReason)  # make_reason(code, hit[1], details, position, hit[0]), inlined
-            s_code(r, code)
-            s_text(r, hit[1])
-            s_details(r, details)
-            s_pos(r, position)
-            s_est(r, hit[0])
-            pending[job.id] = r
-            continue
-        est = heads.get(job.id)
-        if est is None:
-            ek = (tuple(fids), s.req[0])
-            if ek in estimates:
-                est = estimates[ek]
-            else:
-                for fid in fids:
-                    tl = timelines.get(fid)
-                    if tl is None:
-                        ends, cum, acc = [], [], 0.0
-                        for end, _jid, gpus in _gpu_releases(cyc, fid):
-                            acc += gpus
-                            ends.append(end)
-                            cum.append(acc)
-                        tl = timelines[fid] = (ends, cum)
-                    need = s.req[0] - free[fid]
-                    ends, cum = tl
-                    j = bisect_left(cum, need - EPS) if need > 0 else 0
-                    if j < len(ends) and (est is None or ends[j] < est):
-                        est = ends[j]
-                estimates[ek] = est
-        tk = (code, details.get("requested"), details.get("free"), details.get("in_use"), details.get("per_worker"))
-        text = texts.get(tk)
-        reason = pending[job.id] = explained(code, details, position, est, text)
-        if text is None:
-            texts[tk] = reason.message
-        if job.id not in heads:
-            by_details[id(details)] = (est, reason.message)

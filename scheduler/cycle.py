@@ -39,14 +39,17 @@ from typing import Iterator
 from quotas.amount import Amount
 from quotas.fairshare import dominant_share, past_equivalent
 from scheduler import backfill as bf
+from scheduler import eta
 from scheduler import ordering
 from scheduler import preemption as pre
 from scheduler.model import (
     POLICIES, RESOURCES, Admission, CycleResult, CycleStats, Job, Outcome, PendingReason, Placement,
     Policy, Preemption, ReasonCode, Snapshot, WorkloadClass,
 )
+from scheduler.binding import UNITS, Binding, binding
 from scheduler.index import Run, Shape, index_snapshot
 from scheduler.reasons import bare, explained
+from scheduler.steps import Blocked, Deferred, QuotaFail, Reclaim, Started, failed_at
 
 DEFAULT_POLICY = POLICIES["fair-backfill-preempt"]
 _OP = WorkloadClass.OPERATION
@@ -76,39 +79,62 @@ class _Cycle:
         self.snap, self.now, self.policy = snap, now, policy
         self.explain = policy.explain
         index_snapshot(self)  # step 1
+        self.lend_all = policy.lend_max_gpu_hours == float("inf")
         self.shapes: dict[tuple, Shape] = {}
         self.admissions: list[Admission] = []
         self.preemptions: list[Preemption] = []
         self.pending: dict[str, PendingReason] = {}
         self.victims: set[str] = set()
-        self.started: list[tuple[float, str, int, list[tuple[int, int]], Shape]] = []
+        self.started: list[Started] = []
         self.reservations = bf.Reservations()
         self.preempt_failed: dict[tuple, tuple] = {}
         self.ranked: dict[int, list[Run]] = {}
         self.bounds: dict[int, list[float]] = {}
         self.run_flags: dict[str, tuple[bool, bool, bool]] = {}
+        self.guard_rooms: dict[int, tuple[list[float], list[float]]] = {}  # preemption._guarded_room
+        self.guarded: dict[tuple[int, int], tuple] = {}  # preemption._guarded
         self.preemptors: set[str] = set()  # projects that got a PREEMPTING job this cycle
-        self.to_estimate: list[tuple] = []  # capacity-blocked jobs, explained at the end
+        self.to_estimate: list[Deferred] = []  # capacity-blocked jobs, explained at the end
         self.labels = [f"{fx.flavor.pool}/{fx.flavor.gpu_model}" for fx in self.world.flavors]
         self._dirty: set[str] = set()
         self.budget_owners: dict[str, tuple[str, ...]] = {}
-        self.memo: dict[tuple, tuple[int, tuple]] = {}
+        self.memo: dict[tuple, tuple[int, Blocked]] = {}  # (epoch, outcome) per (project, shape)
         self.epoch = 0  # bumped by every change of the working state that decisions read
-        self.outcome: tuple | None = None
+        self.outcome: Blocked | None = None
         self.runtime_dependent = False
         self._left: dict[str, float] = {}
         self._cap_details: dict[tuple, tuple[int, dict]] = {}
+        self.bindings: dict[tuple, tuple[int, Binding]] = {}  # (epoch, binding) per (shape, flavor)
         self.capacity_blocked = False
 
     # -- helpers --------------------------------------------------------------------------
     def shape(self, job: Job) -> Shape:
         pw = job.per_worker
         # the class as a bool: a str-Enum hashes through Python code, a bool in C
-        key = (job.workload_class is _OP, job.pool, job.gpu_models, job.workers, pw.gpus, pw.cpus, pw.memory_gb)
+        key = (job.workload_class is _OP, job.pool, job.gpu_models, job.workers, pw.gpus, pw.cpus, pw.memory_gb,
+               self.lend_all or self.may_borrow_lent(job))
         s = self.shapes.get(key)
         if s is None:
-            s = self.shapes[key] = Shape(self.world, job)
+            s = self.shapes[key] = Shape(self.world, job, key[7])
         return s
+
+    def expected_runtime(self, job: Job) -> float:
+        """max_runtime_s x the project's real/requested ratio (at most 1): what backfill and
+        estimated starts plan with. Budgets never use it."""
+        p = self.projects.get(job.project)
+        if p is not None and p.runtime_ratio < 1.0:
+            return job.max_runtime_s * max(p.runtime_ratio, 0.0)
+        return job.max_runtime_s
+
+    def may_borrow_lent(self, job: Job) -> bool:
+        """May this job run on operation-pool capacity lent to innovation? Lent capacity is
+        reclaimed at any moment, so only work that loses little goes there: checkpointable
+        jobs and jobs expected to use at most `Policy.lend_max_gpu_hours` (what a preemption
+        near their end would throw away)."""
+        if job.checkpointable or job.workload_class is _OP:
+            return True
+        gpus = job.workers * job.per_worker.gpus
+        return gpus * self.expected_runtime(job) <= self.policy.lend_max_gpu_hours * 3600.0
 
     def share(self, pid: str) -> float:
         """Weighted dominant share: (allocation + decayed past GPU use) / capacity / weight."""
@@ -125,10 +151,10 @@ class _Cycle:
         """0 within guarantee, 1 within nominal (or unmanaged), 2 borrowing, on its first flavor."""
         if not s.ready_fids:
             return 2
-        level, _ri, wg, wn, _b = self.qv.limits(job.project, s.ready_fids[0], s.req)
         if not self.qv.managed[s.ready_fids[0]]:
             return 1
-        return 0 if wg else 1 if wn else 2
+        lim = self.qv.limits(job.project, s.ready_fids[0], s.req)
+        return 0 if lim.within_guarantee else 1 if lim.within_nominal else 2
 
     # -- step 2: order -------------------------------------------------------------------
     def order(self) -> Iterator[tuple[Job, Shape]]:
@@ -154,7 +180,7 @@ class _Cycle:
             elif fifo and self.capacity_blocked:
                 blocked = True
         if self.explain and self.to_estimate:
-            bf.add_estimates(self)
+            eta.add_estimates(self)
         stats = CycleStats(len(self.snap.pending), len(self.admissions), len(self.preemptions), len(self.pending))
         return CycleResult(tuple(self.admissions), tuple(self.preemptions), self.pending, stats)
 
@@ -164,7 +190,7 @@ class _Cycle:
             self.pending[job.id] = explained(code, details, position)
         else:
             self.pending[job.id] = bare(code)
-        self.outcome = ("wait", code, details)
+        self.outcome = Blocked(code, details)
         return False
 
     def schedule(self, job: Job, s: Shape, position: int) -> bool:
@@ -185,8 +211,8 @@ class _Cycle:
             out = hit[1]
             if self.explain:
                 return self.replay(job, s, position, out)
-            self.pending[job.id] = bare(out[1])
-            if out[0] == "capacity":
+            self.pending[job.id] = bare(out.code)
+            if out.fids is not None:
                 self.capacity_blocked = True
             return False
         epoch = self.epoch
@@ -195,7 +221,7 @@ class _Cycle:
         if self._schedule(job, s, position):
             return True
         if self.epoch == epoch and self.outcome is not None and not self.runtime_dependent \
-                and self.outcome[1] is not ReasonCode.BUDGET_EXHAUSTED:
+                and self.outcome.code is not ReasonCode.BUDGET_EXHAUSTED:
             self.memo[key] = (epoch, self.outcome)
         return False
 
@@ -206,12 +232,12 @@ class _Cycle:
         gpu_h = s.req[0] * job.max_runtime_s / 3600.0
         return all(gpu_h <= self.budget_left(o) + EPS for o in owners)
 
-    def replay(self, job: Job, s: Shape, position: int, outcome: tuple) -> bool:
-        kind, code, details = outcome[0], outcome[1], outcome[2]
-        if kind == "capacity":
+    def replay(self, job: Job, s: Shape, position: int, outcome: Blocked) -> bool:
+        code, details = outcome.code, outcome.details
+        if outcome.fids is not None:
             self.capacity_blocked = True
             if self.explain:
-                self.to_estimate.append((job, s, outcome[3], code, details, position))
+                self.to_estimate.append((job, s, outcome.fids, code, details, position))
                 return False
         elif self.explain:
             self.pending[job.id] = explained(code, details, position)
@@ -256,7 +282,7 @@ class _Cycle:
         innovation = job.workload_class is not _OP
         quota_fail = lend_fail = None
         cap_fids = []
-        reclaim: list[tuple[int, bool, bool]] = []  # (fid, within guarantee, within nominal)
+        reclaim: list[Reclaim] = []
         backfill_blocked = False
         chosen = None
         # flavors without room now: only their limits matter, later
@@ -268,13 +294,13 @@ class _Cycle:
             if not fifo and qv.managed[fid]:
                 level, ri, wg, wn, b = qv.limits(pid, fid, req)
                 if level:
-                    quota_fail = quota_fail or (fid, level, ri)
+                    quota_fail = quota_fail or failed_at(fid, level, ri)
                     continue
                 borrowing = borrowing or b
                 if not wg:
                     ri = qv.lend_fail(pid, fid, req)
                     if ri >= 0:
-                        lend_fail = lend_fail or (fid, "borrow" if not wn else "reserved", ri)
+                        lend_fail = lend_fail or failed_at(fid, "borrow" if not wn else "reserved", ri)
                         reclaim.append((fid, wg, wn))
                         continue
             placed, redo, blocked_by_res = self.try_place(job, s, fid, wg)
@@ -299,26 +325,18 @@ class _Cycle:
         return self.blocked(job, s, position, deferred, cap_fids, reclaim, quota_fail or lend_fail, backfill_blocked)
 
     def capacity_reason(self, job: Job, s: Shape, fids: list[int], position: int, backfill_blocked: bool) -> bool:
-        """BACKFILL_RESERVATION, FRAGMENTED (a flavor has the GPUs in total, no node fits) or NO_CAPACITY."""
-        flavors = self.world.flavors
+        """BACKFILL_RESERVATION, or NO_CAPACITY / FRAGMENTED on the resource that binds
+        (scheduler.binding: GPUs, CPUs or memory)."""
         self.capacity_blocked = True
-        if backfill_blocked:
-            code = ReasonCode.BACKFILL_RESERVATION
-        else:
-            code = ReasonCode.NO_CAPACITY
-            need = s.req[0]
-            if need > 0:
-                for f in fids:
-                    if flavors[f].total_free_g >= need:
-                        code = ReasonCode.FRAGMENTED
-                        break
+        bd = binding(self, s, fids)
+        code = ReasonCode.BACKFILL_RESERVATION if backfill_blocked else bd.code
         if self.explain:  # the reason is built at the end, with its estimated start
-            d = self.capacity_details(s, fids)
+            d = self.capacity_details(s, fids, bd)
             self.to_estimate.append((job, s, fids, code, d, position))
         else:
             d = None
             self.pending[job.id] = bare(code)
-        self.outcome = ("capacity", code, d, fids)
+        self.outcome = Blocked(code, d, fids)
         return False
 
     def no_room(self, job: Job, s: Shape, position: int) -> bool:
@@ -326,7 +344,7 @@ class _Cycle:
         return self.blocked(job, s, position, list(s.ready_fids), [], [], None, False)
 
     def blocked(self, job: Job, s: Shape, position: int, fids: list[int], cap_fids: list[int],
-                reclaim: list[tuple[int, bool, bool]], quota_fail, backfill_blocked: bool) -> bool:
+                reclaim: list[Reclaim], quota_fail: QuotaFail | None, backfill_blocked: bool) -> bool:
         """Steps 4-6 for a job that was not admitted; `fids` are flavors without room now.
 
         For those only the hard limits matter (a limit beats capacity as the reason), and only
@@ -349,7 +367,7 @@ class _Cycle:
             if not fifo and qv.managed[fid]:
                 level, ri, wg, wn, _b = qv.limits(pid, fid, req)
                 if level:
-                    quota_fail = quota_fail or (fid, level, ri)
+                    quota_fail = quota_fail or failed_at(fid, level, ri)
                     continue
             cap_fids.append(fid)
             reclaim.append((fid, wg, wn))
@@ -366,13 +384,14 @@ class _Cycle:
             if skipped:  # FRAGMENTED looks at every flavor within limits: few have the GPUs
                 flavors = self.world.flavors
                 every = cap_fids + [f for f in fids if f not in cap_fids and flavors[f].total_free_g >= s.req[0]
-                                    and (fifo or not qv.managed[f] or not qv.limits(pid, f, s.req)[0])]
+                                    and (fifo or not qv.managed[f] or not qv.limits(pid, f, s.req).level)]
             self.capacity_reason(job, s, every, position, backfill_blocked)
             # -- step 5: backfill reservation for the first capacity-blocked job of a pool -----
             res = self.reservations
             # (once every pool with nodes holds a reservation, reserve() could only skip)
             if self.policy.backfill and not fifo and not backfill_blocked and \
-                    len(res.by_pool) < len(self.world.pools_with_nodes):
+                    len(res.by_pool) < len(self.world.pools_with_nodes) and \
+                    self.now - job.submit_time >= self.policy.reserve_after_s:
                 res.reserve(self, job, s, cap_fids)
             return False
         if quota_fail is not None:
@@ -412,7 +431,7 @@ class _Cycle:
         self.runtime_dependent = True
         redo = res.lift(w)
         placed = w.place(fid, s.w, s.g, s.c, s.m) if fx.max_free >= s.g else None
-        if placed is not None and (within_guarantee or self.now + job.max_runtime_s <= res.start + EPS):
+        if placed is not None and (within_guarantee or self.now + self.expected_runtime(job) <= res.start + EPS):
             return placed, redo, False
         redo()
         return None, None, placed is not None
@@ -435,12 +454,13 @@ class _Cycle:
             a[k] += s.req[k]
         self._dirty.add(job.project)
         self.epoch += 1
-        self.started.append((self.now + job.max_runtime_s, job.id, fid, list(placed), s))
+        self.started.append(Started(self.now + self.expected_runtime(job), job.id, fid, list(placed), s))
 
     # -- details for reasons ----------------------------------------------------------------
-    def capacity_details(self, s: Shape, fids: list[int]) -> dict:
+    def capacity_details(self, s: Shape, fids: list[int], bd: Binding | None = None) -> dict:
         """Numbers for a capacity reason; one shared (read-only) dict per (shape, flavors)
-        while the state epoch is unchanged, so identical jobs share details, estimate and text."""
+        while the state epoch is unchanged, so identical jobs share details, estimate and text.
+        GPU numbers always; with `resource` and `binding_*` numbers when CPUs or memory bind."""
         key = (s, tuple(fids))
         hit = self._cap_details.get(key)
         if hit is not None and hit[0] == self.epoch:
@@ -452,6 +472,10 @@ class _Cycle:
         ready = sum(fx.ready_cap_g for fx in fl)
         d = {"requested": int(s.req[0]), "per_worker": s.g, "workers": s.w, "free": free,
              "in_use": max(0, ready - free), "flavors": [self.labels[f] for f in fids]}
+        if bd is not None and bd.resource:
+            d.update(resource=UNITS[bd.resource], binding_requested=bd.requested,
+                     binding_per_worker=bd.per_worker, binding_free=round(bd.free, 3),
+                     binding_largest_free=round(bd.largest_free, 3))
         self._cap_details[key] = (self.epoch, d)
         return d
 

@@ -33,13 +33,14 @@ class Shape:
     """What a job needs, resolved once per distinct (class, pool, models, gang) shape.
 
     Candidate flavors: operation jobs use operation pools; innovation jobs use innovation pools
-    and, as borrowed preemptible work, operation pools that lend. Order: own-class pools first,
+    and, as borrowed preemptible work, operation pools that lend (when the policy lends to this
+    job: `may_borrow_lent`, part of the shape's key). Order: own-class pools first,
     then the job's model preference, then names.
     """
 
     __slots__ = ("fids", "ready_fids", "code", "largest", "w", "g", "c", "m", "req", "rank")
 
-    def __init__(self, world: World, job: Job) -> None:
+    def __init__(self, world: World, job: Job, may_borrow_lent: bool = True) -> None:
         pw = job.per_worker
         self.w, self.g, self.c, self.m = job.workers, int(pw.gpus), float(pw.cpus), float(pw.memory_gb)
         self.req = (float(self.w * self.g), self.w * self.c, self.w * self.m)
@@ -52,7 +53,7 @@ class Shape:
                 continue
             if op and p.workload_class is not WorkloadClass.OPERATION:
                 continue
-            if not op and p.workload_class is WorkloadClass.OPERATION and not p.lend_to_innovation:
+            if not op and p.workload_class is WorkloadClass.OPERATION and not (p.lend_to_innovation and may_borrow_lent):
                 continue
             pool_ok.append(fx)
         models = job.gpu_models
@@ -82,11 +83,16 @@ class Shape:
 class Run:
     """A running job as the cycle indexes it (for preemption and backfill timelines)."""
 
-    __slots__ = ("job", "fid", "start", "end", "taken", "req", "borrowing", "g", "c", "m", "per_node")
+    __slots__ = ("job", "fid", "start", "end", "taken", "req", "borrowing", "g", "c", "m", "per_node", "at_risk",
+                 "expected_end")
 
-    def __init__(self, job: Job, fid: int, start: float, borrowing: bool) -> None:
+    def __init__(self, job: Job, fid: int, start: float, borrowing: bool, at_risk_since: float,
+                 ratio: float = 1.0) -> None:
         self.job, self.fid, self.start, self.borrowing = job, fid, start, borrowing
-        self.end = start + job.max_runtime_s
+        self.end = start + job.max_runtime_s  # at the latest (the broker enforces max_runtime)
+        # the project's real/requested runtime ratio applied, never past `end`
+        self.expected_end = start + job.max_runtime_s * ratio if ratio < 1.0 else self.end
+        self.at_risk = at_risk_since  # a preemption throws away the work since then
         pw = job.per_worker
         self.g, self.c, self.m = int(pw.gpus), float(pw.cpus), float(pw.memory_gb)
         self.req = (float(job.workers * self.g), job.workers * self.c, job.workers * self.m)
@@ -111,12 +117,17 @@ def index_snapshot(cyc: "_Cycle") -> None:
     budgets.update({d.id: d.budget_gpu_hours for d in snap.departments if not d.budget_gpu_hours.unlimited})
     fid_of = {(fx.flavor.pool, fx.flavor.gpu_model): fx.fid for fx in w.flavors}  # no dataclass hashing
     by_id, dept_of, runs, runs_by_fid, alloc = w.by_id, cyc.dept_of, cyc.runs, cyc.runs_by_fid, cyc.alloc
+    projects = cyc.projects
     standins: list[Run] = []  # runs with a GPU-index slot filled at finalize
     for r in sorted(snap.running, key=lambda r: r.job.id):
         j = r.job
         fl = r.flavor
         fid = fid_of.get((fl.pool, fl.gpu_model), -1)
-        run = Run(j, fid, r.start_time, r.borrowing)
+        since = r.start_time
+        if j.checkpointable and r.checkpoint_time is not None and r.checkpoint_time > since:
+            since = r.checkpoint_time
+        p = projects.get(j.project)
+        run = Run(j, fid, r.start_time, r.borrowing, since, p.runtime_ratio if p is not None else 1.0)
         g, c, m = run.g, run.c, run.m
         for pl in r.placements:
             i = by_id.get(pl.node)

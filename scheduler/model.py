@@ -141,6 +141,10 @@ class Project:
     # caller with quotas.fairshare.decay); feeds fair-share ordering.
     decayed_usage_gpu_s: float = 0.0
     quotas: Mapping[tuple[Flavor, str], QuotaSpec] = field(default_factory=dict)
+    # Real / requested runtime of the project's finished attempts (the broker learns it from the
+    # ledger; 1.0 when unknown). Backfill reservations and estimated starts use
+    # max_runtime_s x this ratio; budget reservations never do (budgets must not be overrun).
+    runtime_ratio: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +161,9 @@ class Job:
     gpu_models: tuple[str, ...] = ()  # empty: any model
     pool: str | None = None  # pin to one pool; None: any pool its class may use
     max_runtime_s: float = 3600.0
+    # Saves its state and resumes from it: a preemption costs it only the work since its last
+    # checkpoint (`Running.checkpoint_time`), so it is the cheaper victim.
+    checkpointable: bool = False
 
     @property
     def total(self) -> Resources:
@@ -183,6 +190,16 @@ class Running:
     # True when admitted on borrowed / lent capacity (above the project's nominal, or
     # innovation work on an operation pool): such work may be preempted to reclaim it.
     borrowing: bool = False
+    # The last checkpoint the broker knows of for this attempt (None: none since start_time).
+    # Only read for checkpointable jobs: what a preemption would throw away starts there.
+    checkpoint_time: float | None = None
+
+    def work_at_risk_s(self, now: float) -> float:
+        """Seconds of this attempt's work that a preemption at `now` would throw away."""
+        since = self.start_time
+        if self.job.checkpointable and self.checkpoint_time is not None and self.checkpoint_time > since:
+            since = self.checkpoint_time
+        return max(0.0, now - since)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +214,8 @@ class Snapshot:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """What a cycle may do. Presets in `POLICIES`."""
+    """What a cycle may do. Presets in `POLICIES`; the field defaults are the default
+    preset's (`Policy()` behaves as `POLICIES["fair-backfill-preempt"]`)."""
 
     name: str = "fair-backfill-preempt"
     strict_fifo: bool = False  # arrival order, head-of-line blocking, no quota/backfill/preemption
@@ -210,12 +228,40 @@ class Policy:
     # explain=False skips messages, details and estimated starts for jobs that stay pending
     # (their code is still set): the simulator and benchmarks at scale use it.
     explain: bool = True
+    # -- work-aware preemption between innovation projects (operation reclaim ignores these) --
+    # Hysteresis: an innovation job takes back its project's nominal from other innovation
+    # projects only once it has waited this long (a brief demand peak waits for capacity to
+    # free instead of throwing running work away).
+    reclaim_after_s: float = 3600.0
+    # Minimum runtime: an innovation job is no victim of an innovation reclaim before it has
+    # run this long (each attempt makes progress; no thrashing).
+    min_runtime_s: float = 900.0
+    # A victim of an innovation reclaim never loses more work (seconds since its start or last
+    # checkpoint) than the preemptor has waited: a preemption must not cost more than it saves.
+    lost_work_bounded_by_wait: bool = True
+    # Lent operation-pool capacity goes only to innovation work that loses little when
+    # operation reclaims it: checkpointable jobs, or jobs expected to use at most this many
+    # GPU-hours (GPUs x max_runtime_s x the project's runtime ratio). inf: lend to any job.
+    lend_max_gpu_hours: float = float("inf")
+    # -- no starvation --
+    # Backfill reserves capacity only for a job that has waited at least this long (0: the
+    # first capacity-blocked job of each pool, classic EASY; inf: never). A reservation holds
+    # GPUs idle on padded runtime requests, so reserving for every head costs the many small
+    # jobs more than it gives; reserving for jobs that have waited long bounds the tail.
+    reserve_after_s: float = float("inf")
+    # The longest-waiting job(s), once past this wait, are ordered by submit time ahead of the
+    # fair-share order (within class and priority), so each becomes its pool's backfill head
+    # and holds a reservation in turn: waits are bounded whatever the project's share.
+    aging_after_s: float = float("inf")
+    aged_jobs: int = 1  # at most this many (the longest-waiting) are aged at once
 
 
 POLICIES: Mapping[str, Policy] = {
     "fifo": Policy(name="fifo", strict_fifo=True, fair_share=False, backfill=False, preemption=False),
     "fair": Policy(name="fair", backfill=False, preemption=False),
-    "fair-backfill": Policy(name="fair-backfill", preemption=False),
+    "fair-backfill": Policy(name="fair-backfill", preemption=False, reserve_after_s=0.0),
+    # Reservations and aging are off in the default: both were measured to cost the average
+    # wait far more than they gain on the maximum (docs/scheduling-policy.md).
     "fair-backfill-preempt": Policy(name="fair-backfill-preempt"),
 }
 

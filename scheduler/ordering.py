@@ -1,7 +1,9 @@
 """Step 2 of a cycle: the order in which pending jobs are considered.
 
-Class (operation first), priority, quota tier (within guarantee, within nominal, borrowing),
-fair share (updated as the cycle admits), submit time, id; `strict_fifo`: submit time, id.
+Class (operation first), priority, aged (waited past `Policy.aging_after_s`: then by submit
+time, ahead of the fair-share order), quota tier (within guarantee, within nominal,
+borrowing), fair share (updated as the cycle admits), submit time, id; `strict_fifo`: submit
+time, id. Aging bounds every wait: the oldest job becomes its pool's backfill head.
 Why its own module: it runs once per pending job and is written for speed (see `order`).
 """
 
@@ -25,8 +27,10 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
 
     Cost: this runs once per pending job, so each job's static part is resolved once into
     a queue item (base, submit, id, input index, job, shape, tier flavor) that sorts without
-    a key function; `base` folds (class rank, -priority) into one int so that, times 3 plus
-    the tier, one int compares like the (rank, -priority, tier) prefix in the heap. A heap
+    a key function; `base` folds (class rank, -priority) into one int so that, times 6 plus
+    3 for a job that is not aged plus the tier, one int compares like the (rank, -priority,
+    not aged, tier) prefix in the heap. An aged job (waited past `Policy.aging_after_s`) has
+    its submit time where others have their project's share: aged jobs first, oldest first. A heap
     entry is (that int, share, submit, id, project, item, the project's iterator). The
     input index is a tie-break that never changes the order (ids are unique; a duplicate id
     keeps input order, as the stable sort on (class, priority, submit, id) did).
@@ -39,6 +43,7 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
         return
     managed = cyc.qv.managed
     shapes = cyc.shapes
+    lend_all, lendable = cyc.lend_all, cyc.may_borrow_lent
     # per shape key: (shape, tier flavor); tier flavor -2: no ready flavor (tier 2), -1: unmanaged (tier 1)
     info: dict[tuple, tuple[Shape, int]] = {}
     queues: dict[str, list[tuple]] = {}
@@ -47,14 +52,15 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
     span = 2 * top + 1  # (top - priority) lies in [0, span)
     for i, j in enumerate(pend):
         pw = j.per_worker
-        key = (j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb)
+        key = (j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb,
+               lend_all or lendable(j))
         got = info.get(key)
         if got is None:
             s = shapes.get(key) or shape(j)
             fids = s.ready_fids
             got = info[key] = (s, -2 if not fids else fids[0] if managed[fids[0]] else -1)
         s, f0 = got
-        item = ((s.rank * span + top - j.priority) * 3, j.submit_time, j.id, i, j, s, f0)
+        item = ((s.rank * span + top - j.priority) * 6, j.submit_time, j.id, i, j, s, f0)
         try:
             queues[j.project].append(item)
         except KeyError:
@@ -62,15 +68,18 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
     shares = {pid: cyc.share(pid) for pid in queues}
     limits = cyc.qv.limits
     limc = cyc.qv._limc  # limits' own memo, read directly on the per-job path
+    aged_before = _aged_before(cyc, pend)  # submitted at or before this: aged (-inf: none)
 
     def entry(it: tuple, pid: str, rest: Iterator[tuple]) -> tuple:
         f0 = it[6]
         if f0 >= 0:  # cyc.tier, inlined
             got = limits(pid, f0, it[5].req)
-            t = 0 if got[2] else 1 if got[3] else 2
+            t = 0 if got.within_guarantee else 1 if got.within_nominal else 2
         else:
             t = 1 if f0 == -1 else 2
-        return (it[0] + t, shares[pid], it[1], it[2], pid, it, rest)
+        if it[1] <= aged_before:  # aged: ahead of the fair-share order, by submit time
+            return (it[0] + t, it[1], it[1], it[2], pid, it, rest)
+        return (it[0] + 3 + t, shares[pid], it[1], it[2], pid, it, rest)
 
     heap = []
     for pid, q in queues.items():
@@ -112,7 +121,30 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
             got = m.get(it[5].req) if m is not None else None
             if got is None:
                 got = limits(pid, f0, it[5].req)
-            t = 0 if got[2] else 1 if got[3] else 2
+            t = 0 if got.within_guarantee else 1 if got.within_nominal else 2
         else:
             t = 1 if f0 == -1 else 2
-        replace(heap, (it[0] + t, shares[pid], it[1], it[2], pid, it, rest))
+        if it[1] <= aged_before:
+            replace(heap, (it[0] + t, it[1], it[1], it[2], pid, it, rest))
+        else:
+            replace(heap, (it[0] + 3 + t, shares[pid], it[1], it[2], pid, it, rest))
+
+
+def _aged_before(cyc: "_Cycle", pend) -> float:
+    """The submit time at or before which a job counts as aged: the `Policy.aged_jobs`
+    longest-waiting pending jobs, if they have waited past `aging_after_s` (-inf: none).
+
+    Why only a few: aging every job past a threshold turns a congested queue into FIFO (the
+    average wait becomes fifo's); putting the few oldest first gives each of them the pool's
+    backfill reservation in turn, which bounds the longest wait while the rest keeps the
+    fair-share order."""
+    policy = cyc.policy
+    limit = cyc.now - policy.aging_after_s
+    if policy.aged_jobs <= 0 or limit == float("-inf") or not pend:
+        return float("-inf")
+    old = [j.submit_time for j in pend if j.submit_time <= limit]
+    if not old:
+        return float("-inf")
+    if len(old) > policy.aged_jobs:
+        return heapq.nsmallest(policy.aged_jobs, old)[-1]
+    return limit

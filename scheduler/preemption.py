@@ -31,28 +31,67 @@ request at least as big fails at once, because the state only gets tighter withi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from bisect import bisect_right
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from quotas.amount import round9
 from quotas.tree import Verdict
 from scheduler.model import RESOURCES, Outcome, Preemption, ReasonCode, WorkloadClass
+from scheduler.quota_view import DEPT_NOMINAL, GUARANTEE, NOMINAL
 from scheduler.reasons import bare, explained
 
 if TYPE_CHECKING:  # pragma: no cover
     from scheduler.cycle import Run, Shape, _Cycle
     from scheduler.model import Job
+    from scheduler.steps import Reclaim
 
 MAX_CANDIDATES = 512
 EPS = 1e-9
+
+
+
+class Found(NamedTuple):
+    """A successful victim search: (run, kind) per victim, sorted by id, and the placement."""
+
+    victims: list[tuple["Run", str]]
+    placed: list[tuple[int, int]]  # (node index, workers)
+
 
 _WORDS = {
     "RECLAIM_OPERATION": "operation work takes back operation-pool capacity that was lent to innovation jobs",
     "RECLAIM_NOMINAL": "project {p} takes back capacity within its quota that was lent to projects above theirs",
     "PRIORITY": "a higher-priority job of the same project needs the capacity",
 }
+_UNITS = ("GPUs", "CPUs", "GB of memory")
 
 
-def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, bool, bool]],
+def _victim_message(cyc: "_Cycle", job: "Job", s: "Shape", r: "Run", kind: str) -> str:
+    """One sentence: why the victim stops, and on which resource and flavor it was borrowing
+    (its project's usage against its nominal there), and the work it loses."""
+    ri = need_index(s)
+    unit = _UNITS[ri]
+    flavor = cyc.labels[r.fid]
+    text = f"Job {r.job.id} is stopped because " + _WORDS[kind].format(p=job.project)
+    if kind == "RECLAIM_OPERATION":
+        text += f": it was borrowing {_num(r.req[ri])} {unit} of the operation pool ({flavor})"
+    elif kind == "RECLAIM_NOMINAL":
+        key = (cyc.qv.flavors[r.fid], RESOURCES[ri])
+        q = r.job.project
+        used = cyc.tree.used(q, key).value
+        nominal = cyc.tree.project_spec(q, key).nominal.value
+        text += (f": project {q} was borrowing {unit} on {flavor} ({_num(used)} in use, nominal "
+                 f"{_num(nominal)}) and job {job.id} needs {_num(s.req[ri])} {unit} there")
+    lost = cyc.now - r.at_risk
+    text += (f"; it resumes from its checkpoint and loses {_num(lost / 60.0)} min of work." if r.job.checkpointable
+             else f"; it loses {_num(lost / 60.0)} min of work.")
+    return text
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
+
+
+def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list["Reclaim"],
                 position: int) -> Outcome:
     """Issue preemptions for `job` if some flavor can be freed: Outcome.PREEMPT when it did,
     Outcome.NO_FIT otherwise (flavors in `reclaim` order, the first that frees wins)."""
@@ -60,15 +99,26 @@ def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, 
     if pid in cyc.preemptors:
         return Outcome.NO_FIT
     op = job.workload_class is WorkloadClass.OPERATION
-    prio = cyc.policy.priority_preemption
+    policy = cyc.policy
+    prio = policy.priority_preemption
+    # hysteresis: an innovation job reclaims its nominal only once its demand has persisted
+    patient = not op and cyc.now - job.submit_time < policy.reclaim_after_s
+    gpu_need = s.req[0] > 0
     for fid, wg, wn in reclaim:
         fx = cyc.world.flavors[fid]
         op_reclaim = op and fx.pool.workload_class is WorkloadClass.OPERATION
+        if wn and not wg and not op and (patient or fx.pool.name in cyc.reservations.by_pool):
+            # not yet (hysteresis), or futile: a job ahead in the order holds this pool's
+            # reservation and would take the capacity freed, and the victims would be lost work
+            wn = False
         if not (op_reclaim or wn or wg or prio):
             continue
-        if not prio:
+        if not prio and gpu_need:
             b = _bounds(cyc, fid)
-            room = (b[0] if op_reclaim else 0.0) + (b[2] if wg else b[1] if wn else 0.0)
+            if wn and not wg and not op:  # guarded: only victims the work-aware rules allow
+                room = _guarded_room(cyc, fid, cyc.now - job.submit_time)
+            else:
+                room = (b[0] if op_reclaim else 0.0) + (b[2] if wg else b[1] if wn else 0.0)
             if wg and fid in cyc.reservations.by_fid:
                 room += cyc.reservations.by_fid[fid].blocked_g
             if room <= 0 or fx.total_free_g + room < s.req[0]:
@@ -81,7 +131,7 @@ def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, 
         redo = res.lift(cyc.world) if res is not None else None  # a guarantee outranks a reservation
         found = _search(cyc, job, s, fid, op_reclaim, wg, wn, prio)
         if found is not None:
-            _issue(cyc, job, s, fid, found[0], found[1], position)
+            _issue(cyc, job, s, fid, found.victims, found.placed, position)
         if redo is not None:
             redo()
         if found is not None:
@@ -93,7 +143,7 @@ def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list[tuple[int, 
 
 def may_help(cyc: "_Cycle", job: "Job", s: "Shape", fid: int) -> bool:
     """Cheap necessary condition for a preemption on flavor fid (before any quota lookup)."""
-    if cyc.policy.priority_preemption:
+    if cyc.policy.priority_preemption or not s.req[0]:
         return True
     b = _bounds(cyc, fid)
     room = max(b[2], b[0] if job.workload_class is WorkloadClass.OPERATION else 0.0)
@@ -112,7 +162,7 @@ def _bounds(cyc: "_Cycle", fid: int) -> list[float]:
         op_pool = cyc.world.flavors[fid].pool.workload_class is WorkloadClass.OPERATION
         for r in cyc.runs_by_fid.get(fid, ()):
             rec = qv.record(r.job.project, fid) if gi else None
-            g_room, n_room = (rec[2][j], rec[3][j]) if rec else (-1.0, -1.0)
+            g_room, n_room = (rec[GUARANTEE][j], rec[NOMINAL][j]) if rec else (-1.0, -1.0)
             flags = (op_pool and r.job.workload_class is WorkloadClass.INNOVATION and g_room < -EPS,
                      g_room < -EPS and (n_room < -EPS or r.borrowing), g_room < -EPS)
             cyc.run_flags[r.job.id] = flags
@@ -122,19 +172,93 @@ def _bounds(cyc: "_Cycle", fid: int) -> list[float]:
     return got
 
 
-def _ranked(cyc: "_Cycle", fid: int) -> list["Run"]:
-    """Running jobs of a flavor in victim preference order (computed once per cycle)."""
-    got = cyc.ranked.get(fid)
+def need_index(s: "Shape") -> int:
+    """The resource a preemptor needs, as an index into RESOURCES: GPUs when it asks for any,
+    else CPUs, else memory. Borrowing is judged on that resource."""
+    return 0 if s.req[0] > 0 else 1 if s.req[1] > 0 else 2
+
+
+def _guarded_room(cyc: "_Cycle", fid: int, waited: float) -> float:
+    """The GPUs an innovation nominal reclaim may free in flavor fid for a preemptor that has
+    waited `waited` s: borrowing innovation runs past the minimum runtime, not started aged,
+    whose work at risk is within the wait. Lets a hopeless search be skipped before it walks
+    every running job (computed once per flavor, then a bisect). Like `_bounds` it reads the
+    borrowing flags of the cycle's start: a project pushed over its nominal by this cycle's
+    admissions is not counted (a bound for the snapshot, not for the working state)."""
+    got = cyc.guard_rooms.get(fid)
     if got is None:
-        key = (cyc.qv.flavors[fid], "gpus")
+        pol, now = cyc.policy, cyc.now
+        flags = cyc.run_flags
+        risks = sorted((now - r.at_risk, r.req[0]) for r in cyc.runs_by_fid.get(fid, ())
+                       if r.job.workload_class is WorkloadClass.INNOVATION and flags.get(r.job.id, _NO)[1]
+                       and now - r.start >= pol.min_runtime_s and r.start - r.job.submit_time < pol.aging_after_s)
+        times, cum, acc = [], [], 0.0
+        for t, g in risks:
+            acc += g
+            times.append(t)
+            cum.append(acc)
+        got = cyc.guard_rooms[fid] = (times, cum)
+    times, cum = got
+    if not cum:
+        return 0.0
+    if not cyc.policy.lost_work_bounded_by_wait:
+        return cum[-1]
+    k = bisect_right(times, waited)
+    return cum[k - 1] if k else 0.0
+
+
+_NO = (False, False, False)
+
+
+def _guarded(cyc: "_Cycle", fid: int, ri: int, max_loss: float) -> list["Run"]:
+    """The candidates a guarded (innovation nominal) reclaim may stop, in `_ranked` order:
+    innovation runs past the minimum runtime, not started aged, at most `max_loss` s of work
+    at risk. Why: walking every running job of the flavor for each such search cost more than
+    the rest of the cycle (most are protected). The fixed filters run once per (flavor,
+    resource); per search only a bisect on work at risk and a sort of what is left."""
+    got = cyc.guarded.get((fid, ri))
+    if got is None:
+        pol, now = cyc.policy, cyc.now
+        ranked = _ranked(cyc, fid, ri)
+        pos = {id(r): k for k, r in enumerate(ranked)}
+        ok = sorted(((now - r.at_risk, pos[id(r)], r) for r in ranked
+                     if r.job.workload_class is WorkloadClass.INNOVATION and now - r.start >= pol.min_runtime_s
+                     and r.start - r.job.submit_time < pol.aging_after_s), key=lambda t: (t[0], t[1]))
+        got = cyc.guarded[(fid, ri)] = ([t[0] for t in ok], [(t[1], t[2]) for t in ok])
+    risks, items = got
+    k = bisect_right(risks, max_loss) if max_loss != float("inf") else len(items)
+    return [r for _pos, r in sorted(items[:k], key=lambda t: t[0])]
+
+
+def _ranked(cyc: "_Cycle", fid: int, ri: int = 0, op_reclaim: bool = False) -> list["Run"]:
+    """Running jobs of a flavor in victim preference order (computed once per cycle and
+    resource): project most over its nominal of that resource, lowest priority, least work at
+    risk (seconds since its start, or its last checkpoint for a checkpointable job), id.
+
+    Operation reclaim ranks by work lost alone (lowest priority, then GPU-seconds at risk):
+    every lent job borrows alike, so the cheapest to stop goes first (a 1-GPU clinical job
+    should not stop a 32-GPU gang that has run for hours when a young 1-GPU job would do)."""
+    if op_reclaim:
+        got = cyc.ranked.get((fid, -1))
+        if got is None:
+            now = cyc.now
+            got = cyc.ranked[(fid, -1)] = sorted(
+                cyc.runs_by_fid.get(fid, ()),
+                key=lambda r: (r.job.workload_class is WorkloadClass.OPERATION, r.job.priority,
+                               (now - r.at_risk) * max(r.req[0], 1.0), r.job.id))
+        return got
+    got = cyc.ranked.get((fid, ri))
+    if got is None:
+        key = (cyc.qv.flavors[fid], RESOURCES[ri])
         over: dict[str, float] = {}
         for r in cyc.runs_by_fid.get(fid, ()):
             q = r.job.project
             if q not in over:
                 over[q] = (cyc.tree.used(q, key) - cyc.tree.project_spec(q, key).nominal).value
+        now = cyc.now
         got = sorted(cyc.runs_by_fid.get(fid, ()),
-                     key=lambda r: (-over[r.job.project], r.job.priority, cyc.now - r.start, r.job.id))
-        cyc.ranked[fid] = got
+                     key=lambda r: (-over[r.job.project], r.job.priority, now - r.at_risk, r.job.id))
+        cyc.ranked[(fid, ri)] = got
     return got
 
 
@@ -143,14 +267,37 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
     """Candidates in preference order with their kind; lazily, so a search stops early.
 
     A victim's project must stay above its guarantee (and, for nominal reclaim, above its
-    nominal) counting the victims already taken from it in this search.
+    nominal) counting the victims already taken from it in this search; both are judged on the
+    resource the preemptor needs (`need_index`), so a job that borrows only CPUs is no victim
+    for a GPU job.
+
+    Work-aware (an innovation job reclaiming nominal, not within its guarantee): a victim
+    that has run less than `min_runtime_s` is protected (checkpointable or not: a job stopped
+    right after its start makes no progress and its restart costs again, and without it two
+    projects can hand the same capacity back and forth within one instant), and with
+    `lost_work_bounded_by_wait` no victim loses more work than the preemptor has waited; a job
+    that started aged (waited past `aging_after_s`) is no victim either, else the aged job and
+    its preemptor take turns on the same capacity and neither finishes.
+    Operation reclaim and guarantees are never held back by these.
     """
     qv = cyc.qv
-    gi = 0 in qv.managed[fid]  # is "gpus" a managed resource of this flavor?
+    ri = need_index(s)
+    managed = qv.managed[fid]
+    gi = ri in managed  # is the needed resource managed in this flavor?
+    j = managed.index(ri) if gi else -1
     innovation = job.workload_class is WorkloadClass.INNOVATION
+    policy = cyc.policy
+    guarded = innovation and not wg
+    now = cyc.now
+    min_run = policy.min_runtime_s if guarded else 0.0
+    max_loss = now - job.submit_time if guarded and policy.lost_work_bounded_by_wait else float("inf")
+    aging = policy.aging_after_s
     taken: dict[str, float] = {}
-    rooms: dict[str, tuple[float, float]] = {}
-    for r in _ranked(cyc, fid):
+    dtaken: dict[str, float] = {}
+    rooms: dict[str, tuple[float, float, float]] = {}
+    dept_of = cyc.dept_of
+    ranked = _guarded(cyc, fid, ri, max_loss) if guarded and not prio else _ranked(cyc, fid, ri, op_reclaim)
+    for r in ranked:
         v = r.job
         if v.id in cyc.victims or (innovation and v.workload_class is WorkloadClass.OPERATION):
             continue
@@ -159,28 +306,40 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
         if room is None:
             if gi:
                 rec = qv.record(q, fid)
-                j = qv.managed[fid].index(0)
-                room = rooms[q] = (rec[2][j], rec[3][j])  # guarantee - used, nominal - used
+                room = rooms[q] = (rec[GUARANTEE][j], rec[NOMINAL][j], rec[DEPT_NOMINAL][j])
             else:
-                room = rooms[q] = (-1.0, -1.0)
+                room = rooms[q] = (-1.0, -1.0, -1.0)
         t = taken.get(q, 0.0)
-        g_room, n_room = room[0] + t, room[1] + t  # room left after the victims taken so far
+        d = dept_of.get(q, "")
+        # rooms left (guarantee, nominal, department nominal - usage) after the victims so far
+        g_room, n_room, d_room = room[0] + t, room[1] + t, room[2] + dtaken.get(d, 0.0)
+        need = r.req[ri]
         kind = None
         if q == job.project:
             if prio and v.priority < job.priority:
                 kind = "PRIORITY"
-        elif g_room + r.req[0] <= EPS:  # the project stays at or above its guarantee without it
+        elif need <= 0 and not op_reclaim:
+            continue  # it holds none of what the preemptor needs
+        elif g_room + need <= EPS:  # the project stays at or above its guarantee without it
             if op_reclaim and v.workload_class is WorkloadClass.INNOVATION:
                 kind = "RECLAIM_OPERATION"
-            elif wg or (wn and (n_room < -EPS or r.borrowing)):
+            elif wg or (wn and (n_room < -EPS or d_room < -EPS if gi else r.borrowing)):
+                # borrowing now, on the resource the preemptor needs (its project or department
+                # above nominal there); the admission-time `borrowing` flag is neither per
+                # resource nor current (a victim chosen by it could take the capacity back)
                 kind = "RECLAIM_NOMINAL"
+                if guarded and (now - r.start < min_run or now - r.at_risk > max_loss
+                                or r.start - v.submit_time >= aging):
+                    continue  # too young to stop, it would lose more than the preemptor waited, or
+                    # it started as an aged job (stopping it would undo the starvation bound)
         if kind is not None:
-            taken[q] = t + r.req[0]
+            taken[q] = t + need
+            dtaken[d] = dtaken.get(d, 0.0) + need
             yield r, kind
 
 
 def _search(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, wg: bool, wn: bool, prio: bool):
-    """Minimal victim set [(run, kind)] and the placement it allows, or None."""
+    """Minimal victim set and the placement it allows, or None."""
     w = cyc.world
     nodes = w.nodes
     cands = _eligible(cyc, job, s, fid, op_reclaim, wg, wn, prio)
@@ -253,7 +412,7 @@ def _search(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, w
         u()
     if not ok:
         return None
-    return sorted(chosen, key=lambda t: t[0].job.id), placed
+    return Found(sorted(chosen, key=lambda t: t[0].job.id), placed)
 
 
 def _node_fits(n, g: float, c: float, m: float, s: "Shape") -> bool:
@@ -304,7 +463,7 @@ def _quota_ok(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims: list["Ru
     qv = cyc.qv
     if not qv.managed[fid] or qv.check(job.project, fid, s.req)[0] is Verdict.OK:
         return True  # quota was never the problem
-    if qv.limits(job.project, fid, s.req)[0]:
+    if qv.limits(job.project, fid, s.req).level:
         return False
     tree = cyc.tree
     fl = qv.flavors[fid]
@@ -331,8 +490,7 @@ def _issue(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims, placed, pos
             for k in range(3):
                 if flags[k]:
                     cyc.bounds[r.fid][k] -= r.req[0]
-        msg = (f"Job {r.job.id} is stopped because " + _WORDS[kind].format(p=job.project) + ".") \
-            if cyc.explain else ""
+        msg = _victim_message(cyc, job, s, r, kind) if cyc.explain else ""
         cyc.preemptions.append(Preemption(r.job.id, job.id, kind, msg))
     # hold, for the preemptor, the part of its future placement that is free right now
     for i, k in placed:
@@ -347,7 +505,8 @@ def _issue(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, victims, placed, pos
     if cyc.explain:
         d = {"victims": len(victims), "victim_ids": [r.job.id for r, _ in victims],
              "kinds": sorted({k for _, k in victims}), "requested": int(s.req[0]),
-             "flavor": cyc.labels[fid]}
+             "flavor": cyc.labels[fid], "resource": _UNITS[need_index(s)],
+             "lost_work_s": round(sum(cyc.now - r.at_risk for r, _ in victims), 1)}
         cyc.pending[job.id] = explained(ReasonCode.PREEMPTING, d, position)
     else:
         cyc.pending[job.id] = bare(ReasonCode.PREEMPTING)

@@ -26,12 +26,23 @@ from typing import Callable
 from quotas.amount import Amount
 from quotas.tree import QuotaTree, Verdict
 from scheduler.model import RESOURCES
+from scheduler.steps import Limits
 
 EPS = 1e-9
 INF = float("inf")
+# Every answer `_limits` can give, made once: a NamedTuple's constructor runs Python code and
+# the answers are few (8 flag combinations, 2 levels x 3 resources).
+_PASS = {(g, n, b): Limits("", -1, g, n, b) for g in (False, True) for n in (False, True) for b in (False, True)}
+_FAIL = {(lv, ri): Limits(lv, ri, False, False, False) for lv in ("project", "department") for ri in range(len(RESOURCES))}
+_UNMANAGED = _PASS[(False, False, False)]
 
-# project record: (lim_p, lim_d, g, n, dn) tuples of floats per managed resource
-_Rec = tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
+
+Rooms = tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...], tuple[float, ...]]
+"""A project's rooms on one flavor, one float per managed resource (negative: over it):
+(project limit, department limit, guarantee, nominal, department nominal) - usage.
+A plain tuple: `_limits` unpacks it on every cache miss, and unpacking a NamedTuple goes
+through the iterator protocol (measured). Indexes `GUARANTEE` and `NOMINAL` name its fields."""
+GUARANTEE, NOMINAL, DEPT_NOMINAL = 2, 3, 4
 
 
 class QuotaView:
@@ -46,7 +57,7 @@ class QuotaView:
         self._fver: list[int] = [0] * len(flavors)
         self._rec: dict[tuple[str, int], tuple] = {}  # project part, per (project, flavor)
         self._drec: dict[tuple[str, int], tuple] = {}  # department part, per (department, flavor)
-        self._full: dict[tuple[str, int], _Rec] = {}  # record() answers, per (project, flavor)
+        self._full: dict[tuple[str, int], Rooms] = {}  # record() answers, per (project, flavor)
         self._full_holders: dict[tuple[str, int], list[str]] = {}  # who holds one, per (department, flavor)
         self._limc: dict[tuple[str, int], dict] = {}  # limits() answers per (project, flavor), by request
         self._lfc: dict[tuple[str, int], dict] = {}  # lend_fail answers per (project, flavor), by request
@@ -59,7 +70,7 @@ class QuotaView:
         self._epoch = 0
 
     # -- cached reads --------------------------------------------------------------------
-    def record(self, pid: str, fid: int) -> _Rec:
+    def record(self, pid: str, fid: int) -> Rooms:
         """(project limit room, department limit room, guarantee room, nominal room,
         department nominal room) per managed resource of the flavor.
 
@@ -76,7 +87,7 @@ class QuotaView:
             holders.append(pid)
         return got
 
-    def _record(self, pid: str, fid: int) -> _Rec:
+    def _record(self, pid: str, fid: int) -> Rooms:
         hit = self._rec.get((pid, fid))
         if hit is None:
             fl = self.flavors[fid]
@@ -113,11 +124,11 @@ class QuotaView:
             dl = self.tree.department_lendable_value
             vals = tuple([dl(dept, (fl, RESOURCES[ri])) for ri in self.managed[fid]])
             hit = self._lend[(dept, fid)] = (fv, self._epoch, vals)
-        g = self.record(pid, fid)[2]
+        g = self.record(pid, fid)[GUARANTEE]
         return tuple([max(0.0, b + (x if x > 0 else 0.0)) for b, x in zip(hit[2], g)])
 
     # -- the checks -----------------------------------------------------------------------
-    def limits(self, pid: str, fid: int, req: tuple[float, float, float]) -> tuple[str, int, bool, bool, bool]:
+    def limits(self, pid: str, fid: int, req: tuple[float, float, float]) -> Limits:
         """Hard limits and flags: (failing level or "", resource index, within guarantee,
         within nominal, borrowing). Only the project's and department's own numbers: cheap,
         and memoised per request size until the project's or department's usage changes."""
@@ -129,10 +140,10 @@ class QuotaView:
             got = memo[req] = self._limits(pid, fid, req)
         return got
 
-    def _limits(self, pid: str, fid: int, req: tuple[float, float, float]) -> tuple[str, int, bool, bool, bool]:
+    def _limits(self, pid: str, fid: int, req: tuple[float, float, float]) -> Limits:
         managed = self.managed[fid]
         if not managed:
-            return "", -1, False, False, False
+            return _UNMANAGED
         lp, ld, g, n, dn = self.record(pid, fid)
         borrowing = False
         within_g = within_n = True
@@ -141,9 +152,9 @@ class QuotaView:
             if a <= 0:
                 continue
             if a > lp[j] + EPS:
-                return "project", ri, False, False, False
+                return _FAIL[("project", ri)]
             if a > ld[j] + EPS:
-                return "department", ri, False, False, False
+                return _FAIL[("department", ri)]
             if a > g[j] + EPS:
                 within_g = False
             if a > n[j] + EPS:
@@ -151,7 +162,7 @@ class QuotaView:
                 borrowing = True
             elif a > dn[j] + EPS:
                 borrowing = True
-        return "", -1, within_g, within_n, borrowing
+        return _PASS[(within_g, within_n, borrowing)]
 
     def lend_fail(self, pid: str, fid: int, req: tuple[float, float, float]) -> int:
         """-1 when the request fits what pid may take beyond its own guarantee (idle capacity

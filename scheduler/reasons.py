@@ -48,9 +48,17 @@ def message(code: ReasonCode, d: Mapping[str, object], position: int | None = No
                 f"GPU-hours left (running jobs reserve their maximum runtime), and this job needs "
                 f"{_n(d.get('requested'))}.")
     if code is ReasonCode.NO_CAPACITY:
+        if "binding_free" in d:  # CPUs or memory bind, not GPUs
+            return (f"The job needs {_n(d.get('binding_requested'))} {unit} but only {_n(d.get('binding_free'))} "
+                    f"are free on healthy nodes it may use (its {_n(d.get('requested'))} GPUs are not what "
+                    f"it waits for).")
         return (f"The job needs {_n(d.get('requested'))} GPUs but only {_n(d.get('free'))} are free on "
                 f"healthy nodes it may use ({_n(d.get('in_use'))} in use).")
     if code is ReasonCode.FRAGMENTED:
+        if "binding_free" in d:
+            return (f"{_n(d.get('binding_free'))} {unit} are free in total, but no node with the GPUs for one "
+                    f"worker has {_n(d.get('binding_per_worker'))} {unit} free with them (at most "
+                    f"{_n(d.get('binding_largest_free'))} on one such node).")
         return (f"{_n(d.get('free'))} GPUs are free in total, but no node has {_n(d.get('per_worker'))} "
                 f"free GPUs together for one worker of this job.")
     if code is ReasonCode.GPU_MODEL_UNAVAILABLE:

@@ -8,6 +8,11 @@ scheduling loop, and one node agent per local Ray node. Ctrl-C (or SIGTERM) stop
 reverse order: the API and the loop, every running attempt (containers stopped, runner actors
 and placement groups released), the agents, then Ray. Nothing is left behind.
 
+Crash-safe (`broker.cli.embedded`): one `broker up` per data dir (a lock), and after a crash
+(`kill -9`, power loss of the broker process only) the next `broker up` reconnects to the head
+and agents that kept running and re-adopts the running jobs; if the head died too, it ends every
+orphan of the previous run before starting anew.
+
 `runtime: process` jobs are host code execution as this user. With the API on loopback (the
 default) `broker up` allows them for the demo projects it seeds (development and demos on one
 machine); any other project needs a platform-admin to enable it, and a production deployment
@@ -28,6 +33,7 @@ import typer
 import uvicorn
 from sqlmodel import Session
 
+from broker.cli.embedded import DataDirBusy, DataDirLock, Embedded, Proc
 from broker.db import make_engine, migrate
 from broker.services.bootstrap import ensure_admin_token, seed_demo
 from broker.settings import Settings
@@ -65,6 +71,12 @@ def up(
         overrides["ray_address"] = ray_address
     settings = Settings(**overrides)
     settings.ensure_data_dir()
+    lock = DataDirLock(settings.data_dir)
+    try:
+        lock.acquire()
+    except DataDirBusy as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
     migrate(settings)
     engine = make_engine(settings)
     if demo and settings.seed_demo:
@@ -83,28 +95,28 @@ def up(
     signal.signal(signal.SIGTERM, on_sigterm)
 
     cluster = None
-    agents: list[subprocess.Popen] = []
+    agents: list[tuple[subprocess.Popen, str]] = []
+    adopted_agents: list[Proc] = []
     ray_agents: list[str] = []
     executor = None
+    state = Embedded()
     try:
         from broker.adapters.ray.executor import RayExecutor
-        from broker.adapters.ray.local import start_local_cluster
 
         address = settings.ray_address
         if address is None:
-            pools = ("innovation", "operation") if nodes > 1 else ("innovation",)
-            env = {"CONTAINERS_CONF": os.environ["CONTAINERS_CONF"]} if os.environ.get("CONTAINERS_CONF") else {}
-            # Ray stays behind the broker: token authentication always, and the one-node head
-            # listens on 127.0.0.1 only (docs/SECURITY.md).
-            ray_token = settings.data_dir / "ray-auth-token"
-            cluster = start_local_cluster(gpus=gpus, nodes=nodes, pools=pools, gpu_model=gpu_model, env=env,
-                                          log_file=settings.data_dir / "ray.log", auth_token_file=ray_token,
-                                          loopback_only=nodes <= 1, shim_dir=settings.data_dir / "lib")
+            cluster, adopted_agents = _local_head(settings, gpus=gpus, nodes=nodes, gpu_model=gpu_model)
             address = cluster.address
-            typer.echo(f"local Ray at {address} with nodes {', '.join(cluster.node_names)}; token authentication "
-                       f"on ({ray_token}){', ports on 127.0.0.1 only' if nodes <= 1 else ''}")
+            if cluster.pid:
+                from broker.adapters.ray.runner import process_start_ticks
+
+                state = Embedded(address, Proc(cluster.pid, process_start_ticks(cluster.pid), "ray-head"),
+                                 list(adopted_agents))
+                state.save(settings.data_dir)
         executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs")
-        if agent:
+        if adopted_agents:
+            typer.echo(f"kept the node agents of the previous run ({', '.join(a.name for a in adopted_agents)})")
+        elif agent:
             if agent_mode == "ray" or (agent_mode == "auto" and cluster is None):
                 from broker.adapters.ray.node_agents import start_node_agents
 
@@ -114,6 +126,11 @@ def up(
                 typer.echo(f"node agents as Ray actors on {', '.join(ray_agents)}")
             else:
                 agents = _start_agents(settings, engine, [o.id for o in executor.nodes()], fake_telemetry)
+                if state.head is not None:
+                    from broker.adapters.ray.runner import process_start_ticks
+
+                    state.agents = [Proc(p.pid, process_start_ticks(p.pid), name) for p, name in agents]
+                    state.save(settings.data_dir)
 
         from broker.app import create_app
 
@@ -127,8 +144,14 @@ def up(
         typer.echo("stopping ...")
         if executor is not None and cluster is not None:
             _stop_attempts(executor, settings.grace_period_s)
-        for p in agents:
+        for p, _ in agents:
             _terminate(p)
+        if adopted_agents:
+            from broker.adapters.ray.local import group_leader_alive, stop_group
+
+            for a in adopted_agents:
+                if group_leader_alive(a.pgid, a.start_ticks):
+                    stop_group(a.pgid)
         if ray_agents and cluster is not None:  # agents on an external cluster outlive us by design
             from broker.adapters.ray.node_agents import stop_node_agents
 
@@ -140,7 +163,9 @@ def up(
                 pass
         if cluster is not None:
             cluster.stop()
+            Embedded.forget(settings.data_dir)  # a clean stop leaves nothing to take over
         engine.dispose()
+        lock.release()
         typer.echo("stopped")
 
 
@@ -156,7 +181,45 @@ def _ready_lines(host: str, port: int, token_path) -> str:
             "Ctrl-C stops everything")
 
 
-def _start_agents(settings: Settings, engine, node_ids: list[str], fake_gpus: int) -> list[subprocess.Popen]:
+def _local_head(settings: Settings, *, gpus: int, nodes: int, gpu_model: str):
+    """The local Ray cluster: the previous run's one-node head when it survived a crash of
+    the broker (with its agents), else a new one after ending the previous run's orphans.
+    Returns (cluster, adopted agents)."""
+    from broker.adapters.ray.local import (adopt_head, enable_local_only, enable_token_auth, group_leader_alive,
+                                           kill_orphans, start_local_cluster, stop_group)
+
+    # Ray stays behind the broker: token authentication always, and the one-node head
+    # listens on 127.0.0.1 only (docs/SECURITY.md).
+    ray_token = settings.data_dir / "ray-auth-token"
+    prev = Embedded.load(settings.data_dir)
+    if prev is not None and prev.head is not None and nodes <= 1:
+        enable_token_auth(ray_token)
+        enable_local_only()
+        cluster = adopt_head(prev.head_address, prev.head.pgid, prev.head.start_ticks)
+        if cluster is not None:
+            agents = [a for a in prev.agents if group_leader_alive(a.pgid, a.start_ticks)]
+            typer.echo(f"reconnected to the running Ray head of the previous run at {cluster.address} "
+                       f"(pid {cluster.pid}); running jobs are re-adopted")
+            return cluster, agents
+    if prev is not None:
+        for p in ([prev.head] if prev.head else []) + prev.agents:
+            if group_leader_alive(p.pgid, p.start_ticks):
+                stop_group(p.pgid)
+        ended = kill_orphans(settings.data_dir / "logs")
+        typer.echo(f"the previous run's Ray head is gone: ended its remains"
+                   f"{' and ' + str(len(ended)) + ' orphaned worker(s)' if ended else ''}; starting anew")
+        Embedded.forget(settings.data_dir)
+    pools = ("innovation", "operation") if nodes > 1 else ("innovation",)
+    env = {"CONTAINERS_CONF": os.environ["CONTAINERS_CONF"]} if os.environ.get("CONTAINERS_CONF") else {}
+    cluster = start_local_cluster(gpus=gpus, nodes=nodes, pools=pools, gpu_model=gpu_model, env=env,
+                                  log_file=settings.data_dir / "ray.log", auth_token_file=ray_token,
+                                  loopback_only=nodes <= 1, shim_dir=settings.data_dir / "lib")
+    typer.echo(f"local Ray at {cluster.address} with nodes {', '.join(cluster.node_names)}; token authentication "
+               f"on ({ray_token}){', ports on 127.0.0.1 only' if nodes <= 1 else ''}")
+    return cluster, []
+
+
+def _start_agents(settings: Settings, engine, node_ids: list[str], fake_gpus: int) -> list[tuple[subprocess.Popen, str]]:
     """One agent process per local node, each with its own agent token (scoped to its node)."""
     procs = []
     agent_bin = Path(sys.executable).with_name("broker-agent")
@@ -172,8 +235,8 @@ def _start_agents(settings: Settings, engine, node_ids: list[str], fake_gpus: in
         if fake_gpus:
             argv += ["--fake-gpus", str(fake_gpus)]
         logf = open(settings.data_dir / f"agent-{nid}.log", "ab")
-        procs.append(subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      start_new_session=True))
+        procs.append((subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True), nid))
         logf.close()
     return procs
 

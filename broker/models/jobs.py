@@ -110,6 +110,9 @@ class Attempt(SQLModel, table=True):
     ended_at: Optional[float] = None
     exit_code: Optional[int] = None
     reason: str = ""
+    # the last time a worker was seen running (the loop's observation, written at most every
+    # LAST_SEEN_EVERY_S): a LOST attempt is charged up to here, not for a broker's downtime
+    last_seen_at: Optional[float] = None
 
 
 class Placement(SQLModel, table=True):

@@ -13,6 +13,7 @@ mounts. A node-local root on a remote node is swept by nobody (see docs/PREEMPTI
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -43,3 +44,21 @@ def remove_finished_checkpoints(engine: Engine, root: Path) -> list[str]:
         shutil.rmtree(dirs[jid], ignore_errors=True)
         log.info("removed the checkpoint directory of job %s", jid)
     return removed
+
+
+def last_checkpoint(directory: Path) -> float | None:
+    """When the job last wrote its checkpoint directory: the newest modification time of the
+    directory itself (a file created or renamed into it) and of its top-level entries (a file
+    rewritten in place); None when there is no directory. The scheduler counts a preemption's
+    lost work from there."""
+    try:
+        newest = directory.stat().st_mtime
+        with os.scandir(directory) as it:
+            for entry in it:
+                try:
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                except OSError:
+                    continue
+    except OSError:
+        return None
+    return newest

@@ -36,7 +36,8 @@ from broker import jobstate
 from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
 from broker.ports import AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
 from broker.services import scheduling_queries as repo
-from broker.services.snapshot import build_snapshot, lookback_start
+from broker.services.checkpoints import last_checkpoint
+from broker.services.snapshot import RATIO_WINDOW, build_snapshot, lookback_start, runtime_ratio
 from broker.settings import Settings
 from scheduler import run_cycle
 from scheduler.model import POLICIES, CycleResult, NodeState, Policy
@@ -49,6 +50,9 @@ DEAD_REASON = EXECUTOR_REASON + "the executor reports the node dead"
 # A worker lost on a node is often the first sign of the node dying, seconds before the executor
 # declares it dead (Ray's health checks): hold the node out for `lost_node_hold_s` so the
 # requeued job does not land on it again and get lost twice.
+RATIO_REFRESH_S = 60.0  # projects' runtime ratios are re-learned this often
+RATIO_LOOKBACK_S = 30 * 86400.0  # ... from attempts that ended within this window
+LAST_SEEN_EVERY_S = 15.0  # how often a running attempt's last_seen_at is written (at most)
 LOST_REASON = EXECUTOR_REASON + "a running worker was lost on this node"
 
 
@@ -72,6 +76,9 @@ class SchedulingLoop:
         self._stopping: set[tuple[str, int]] = set()  # stop() already sent for these attempts
         self._cause: dict[tuple[str, int], object] = {}  # the worker whose failure stopped its gang
         self._started: dict[tuple[str, int], float] = {}  # start seen only once the gang was gone
+        self._seen: dict[tuple[str, int], float] = {}  # last observation of a running worker
+        self._seen_written: dict[tuple[str, int], float] = {}  # ... and when it was last stored
+        self._ratios: tuple[float, dict[str, float]] | None = None  # (learned at, per project)
         self._lock = threading.Lock()  # one tick at a time, whoever calls it
         self.last_cycle: CycleResult | None = None
         self.last_report: TickReport | None = None
@@ -145,6 +152,8 @@ class SchedulingLoop:
         exited = [w for w in workers if w.state is WorkerState.EXITED]
         lost = [w for w in workers if w.state is WorkerState.LOST]
         gone = st.exists is False or (workers and len(exited) + len(lost) == len(workers))
+        if any(w.state is WorkerState.RUNNING for w in workers):
+            self._note_seen(key, now)
 
         if status in (S.PREEMPTED, S.LOST):
             if not gone:
@@ -252,7 +261,8 @@ class SchedulingLoop:
             row = s.get(Job, job.id)
             if row is None or row.attempt != job.attempt or S(row.status) not in (S.STARTING, S.RUNNING, S.PREEMPTED, S.LOST):
                 return
-            _close_ledger(s, row, now)
+            lost_now = to is S.LOST or (to is None and row.status == S.LOST.value)
+            _close_ledger(s, row, self._last_seen(s, row, now) if lost_now else now)
             if to is None:
                 if row.status == S.PREEMPTED.value and row.cancel_requested_at is None:
                     jobstate.transition(s, row, S.PENDING, expected_version=row.version, now=now,
@@ -287,6 +297,44 @@ class SchedulingLoop:
         self._stopping.discard(key)
         self._cause.pop(key, None)
         self._started.pop(key, None)
+        self._seen.pop(key, None)
+        self._seen_written.pop(key, None)
+
+    def _note_seen(self, key: tuple[str, int], now: float) -> None:
+        """Remember that the attempt's workers run; store it at most every LAST_SEEN_EVERY_S
+        (one small UPDATE), so a broker that restarts still knows when it was last alive."""
+        self._seen[key] = now
+        if now - self._seen_written.get(key, float("-inf")) < LAST_SEEN_EVERY_S:
+            return
+        with Session(self.engine) as s:
+            repo.mark_attempt_seen(s, key[0], key[1], now)
+            s.commit()
+        self._seen_written[key] = now
+
+    def _last_seen(self, s: Session, job: Job, now: float) -> float:
+        """Until when a LOST attempt is charged: the last time a worker was seen running (this
+        loop's observation, the stored one, or an agent's GPU sample attributed to the job),
+        never later than now; with no sign of life at all, its start (nothing is charged)."""
+        att = s.get(Attempt, (job.id, job.attempt))
+        since = (att.started_at if att is not None and att.started_at else None) or job.started_at or now
+        seen = [t for t in (self._seen.get((job.id, job.attempt)), att.last_seen_at if att is not None else None,
+                            repo.last_sample_of(s, job.id, since)) if t is not None]
+        return min(now, max(seen)) if seen else min(now, since)
+
+    def _runtime_ratios(self, s: Session, now: float) -> dict[str, float]:
+        """Each project's real / requested runtime, re-learned every RATIO_REFRESH_S."""
+        if self._ratios is None or now - self._ratios[0] >= RATIO_REFRESH_S:
+            samples = repo.recent_runtimes(s, now - RATIO_LOOKBACK_S, RATIO_WINDOW)
+            self._ratios = (now, {p: runtime_ratio(v) for p, v in samples.items()})
+        return self._ratios[1]
+
+    def _checkpoints(self, holding: Sequence[Job]) -> dict[str, float]:
+        """Newest checkpoint of each running checkpointable job this broker can see."""
+        out = {}
+        for j in holding:
+            if j.checkpointable and (t := last_checkpoint(self.settings.checkpoint_dir(j.project_id, j.id))):
+                out[j.id] = t
+        return out
 
     @staticmethod
     def _record_devices(s: Session, job: Job, st: AttemptStatus) -> None:
@@ -311,6 +359,7 @@ class SchedulingLoop:
                 projects=projects, pools=repo.pools(s), nodes=repo.nodes(s), quotas=repo.quota_rows(s),
                 holding=holding, placements=repo.placements_of(s, [(j.id, j.attempt) for j in holding]),
                 pending=pending, ledger=repo.ledger_since(s, lookback_start(now, self.policy.fair_share_half_life_s)),
+                runtime_ratios=self._runtime_ratios(s, now), checkpoints=self._checkpoints(holding),
             )
             t0 = time.perf_counter()
             result = run_cycle(snap, now, self.policy)

@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable, Sequence
 
-from sqlalchemy import or_, select, tuple_
+from sqlalchemy import func, or_, select, tuple_, update
 from sqlmodel import Session
 
 from broker.models import (
-    HOLDING, Department, Job, JobStatus, Ledger, Node, Placement, Pool, Project, QuotaRow,
+    HOLDING, Attempt, Department, GpuSample, Job, JobStatus, Ledger, Node, Placement, Pool, Project, QuotaRow,
 )
 
 _HOLDING = [s.value for s in HOLDING]
@@ -83,3 +83,32 @@ def ledger_since(session: Session, since: float) -> Sequence[Ledger]:
 
 def open_ledger(session: Session, job_id: str, attempt: int) -> Ledger | None:
     return session.get(Ledger, (job_id, attempt))
+
+
+def mark_attempt_seen(session: Session, job_id: str, attempt: int, at: float) -> None:
+    """Record that the attempt's workers were running at `at` (never moves backwards)."""
+    session.execute(update(Attempt).where(Attempt.job_id == job_id, Attempt.number == attempt,
+                                          or_(Attempt.last_seen_at.is_(None), Attempt.last_seen_at < at))
+                    .values(last_seen_at=at))
+
+
+def last_sample_of(session: Session, job_id: str, since: float) -> float | None:
+    """The newest GPU sample an agent attributed to the job since `since` (index job_id, ts)."""
+    return session.execute(select(func.max(GpuSample.ts)).where(GpuSample.job_id == job_id,
+                                                                 GpuSample.ts >= since)).scalar_one_or_none()
+
+
+def recent_runtimes(session: Session, since: float, per_project: int) -> dict[str, list[tuple[float, float]]]:
+    """(runtime_s, max_runtime_s) of finished, successful attempts since `since`, newest first,
+    at most `per_project` per project: what a project's runtime ratio is learned from."""
+    rows = session.execute(
+        select(Ledger.project_id, Ledger.started_at, Ledger.ended_at, Job.max_runtime_s)
+        .join(Job, (Job.id == Ledger.job_id) & (Job.attempt == Ledger.attempt))
+        .where(Ledger.ended_at.is_not(None), Ledger.ended_at >= since, Job.status == JobStatus.SUCCEEDED.value)
+        .order_by(Ledger.ended_at.desc())
+    ).all()
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for project, started, ended, requested in rows:
+        if len(out[project]) < per_project:
+            out[project].append((ended - started, requested))
+    return dict(out)

@@ -11,14 +11,18 @@ Choices where the issues are silent:
 - budget periods are calendar months (UTC); `spent` counts the part of each ledger row inside
   the current month, running attempts up to `now`;
 - decayed usage (fair share) integrates every ledger row with the policy's half-life, looking
-  back at most eight half-lives (older use weighs < 0.4 %).
+  back at most eight half-lives (older use weighs < 0.4 %);
+- a project's runtime ratio (real / requested runtime, for backfill reservations and estimated
+  starts, never budgets) is `runtime_ratio` of its recent finished attempts; the last checkpoint
+  of a running checkpointable job is what the caller found in its checkpoint directory.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 from collections import defaultdict
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from broker.models import Department as DepartmentRow
 from broker.models import Job as JobRow
@@ -36,6 +40,10 @@ from scheduler.model import (
 )
 
 LOOKBACK_HALF_LIVES = 8
+# Runtime ratio: the median over a project's last RATIO_WINDOW finished attempts, known once it
+# has RATIO_MIN_SAMPLES of them (1.0 before: plan with the full request), clamped so that a
+# project of quick exits is never planned as taking no time at all.
+RATIO_WINDOW, RATIO_MIN_SAMPLES, RATIO_FLOOR = 100, 5, 0.05
 
 
 def month_start(now: float) -> float:
@@ -53,8 +61,19 @@ def to_job(row: JobRow) -> Job:
         id=row.id, project=row.project_id, workload_class=WorkloadClass(row.workload_class),
         priority=row.priority, submit_time=row.submit_time, workers=row.workers,
         per_worker=Resources(row.gpus, row.cpus, row.memory_gb), gpu_models=tuple(row.gpu_models or ()),
-        pool=row.pool, max_runtime_s=row.max_runtime_s,
+        pool=row.pool, max_runtime_s=row.max_runtime_s, checkpointable=bool(row.checkpointable),
     )
+
+
+def runtime_ratio(samples: Iterable[tuple[float, float]]) -> float:
+    """Real / requested runtime of one project from (runtime_s, max_runtime_s) of its finished
+    attempts, newest first: the median of the newest RATIO_WINDOW, in [RATIO_FLOOR, 1]; 1.0 with
+    fewer than RATIO_MIN_SAMPLES. The median: one job killed at its limit or one that failed at
+    once must not move the plan of a project that usually runs a third of its request."""
+    ratios = [min(1.0, max(0.0, ran) / req) for ran, req in samples if req > 0][:RATIO_WINDOW]
+    if len(ratios) < RATIO_MIN_SAMPLES:
+        return 1.0
+    return max(RATIO_FLOOR, min(1.0, statistics.median(ratios)))
 
 
 def to_node(row: NodeRow) -> Node:
@@ -103,9 +122,13 @@ def build_snapshot(
     pools: Sequence[PoolRow], nodes: Sequence[NodeRow], quotas: Sequence[QuotaRow],
     holding: Sequence[JobRow], placements: Mapping[tuple[str, int], Sequence[PlacementRow]],
     pending: Sequence[JobRow], ledger: Sequence[Ledger],
+    runtime_ratios: Mapping[str, float] | None = None, checkpoints: Mapping[str, float] | None = None,
 ) -> Snapshot:
     """Rows in, Snapshot out. Jobs that hold resources become `Running` with their placements;
-    a holding job without placements (should not happen) is skipped rather than guessed."""
+    a holding job without placements (should not happen) is skipped rather than guessed.
+    `runtime_ratios`: per project (default 1.0); `checkpoints`: job id -> time of its newest
+    checkpoint (only read for checkpointable jobs)."""
+    runtime_ratios, checkpoints = runtime_ratios or {}, checkpoints or {}
     models_by_pool: dict[str, list[str]] = defaultdict(list)
     for n in nodes:
         if n.gpu_model and n.gpu_model not in models_by_pool[n.pool]:
@@ -122,7 +145,8 @@ def build_snapshot(
     projs = tuple(
         Project(id=p.id, department=p.department_id, weight=p.weight,
                 budget_gpu_hours=Amount.of(p.budget_gpu_hours), spent_gpu_hours=spent_p.get(p.id, 0.0),
-                decayed_usage_gpu_s=decayed.get(p.id, 0.0), quotas=quota.get(("project", p.id), {}))
+                decayed_usage_gpu_s=decayed.get(p.id, 0.0), quotas=quota.get(("project", p.id), {}),
+                runtime_ratio=runtime_ratios.get(p.id, 1.0))
         for p in projects
     )
     running = []
@@ -134,6 +158,7 @@ def build_snapshot(
         running.append(Running(
             job=to_job(j), placements=tuple(Placement(p.rank, p.node_id, tuple(p.gpu_indices or ())) for p in pls),
             start_time=start, flavor=Flavor(j.flavor_pool or "", j.flavor_gpu_model or ""), borrowing=j.borrowing,
+            checkpoint_time=checkpoints.get(j.id) if j.checkpointable else None,
         ))
     return Snapshot(
         nodes=tuple(to_node(n) for n in nodes),

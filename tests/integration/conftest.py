@@ -1,9 +1,6 @@
 """Integration fixtures: one real local multi-node Ray cluster and real podman containers.
 
-- `containers_conf` (session): path of tests/containers.conf, exported as CONTAINERS_CONF for
-  this process and the Ray nodes (podman here needs runc and no default ulimits).
-- `busybox_image` (session): `localhost/busybox:test`, built once from busybox-static by
-  tests/images/build_busybox_image.sh (idempotent); skips where podman or busybox is missing.
+- `containers_conf`, `busybox_image` (session): from tests/conftest.py.
 - `ray_cluster` (session): a `LocalCluster` (broker.adapters.ray.local) with an empty head and
   three nodes of 2 logical GPUs and 2 CPUs each: innovation-0, innovation-1, operation-0
   (labels broker.io/node and broker.io/pool), with Ray token authentication. Started ONCE per test session: it takes
@@ -17,39 +14,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-IMAGE = "localhost/busybox:test"
 NODE_POOLS = ("innovation", "innovation", "operation")
 GPUS_PER_NODE = 2
 NAMESPACE = "compute-broker-it"  # not the default: never touches a demo broker's runners
-
-
-@pytest.fixture(scope="session")
-def containers_conf() -> str:
-    path = str(TESTS / "containers.conf")
-    os.environ.setdefault("CONTAINERS_CONF", path)
-    return os.environ["CONTAINERS_CONF"]
-
-
-@pytest.fixture(scope="session")
-def busybox_image(containers_conf) -> str:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (apt-get install podman runc)")
-    if not Path(os.environ.get("BUSYBOX", "/bin/busybox")).exists():
-        pytest.skip("busybox-static is not installed (apt-get install busybox-static)")
-    r = subprocess.run([str(TESTS / "images" / "build_busybox_image.sh"), IMAGE],
-                       capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        pytest.fail(f"could not build {IMAGE}: {r.stdout}{r.stderr}")
-    return IMAGE
 
 
 @pytest.fixture(scope="session")

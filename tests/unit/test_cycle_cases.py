@@ -176,7 +176,11 @@ def c_borrowing_takes_what_guarantees_leave():
 
 
 # --------------------------------------------------------------------------------------------
-# preemption
+# preemption (the reclaim mechanics: the preemptor has waited past the default's hysteresis and
+# its victims have run past the minimum runtime, so only the rules under test decide)
+LATE = DEFAULT.reclaim_after_s + DEFAULT.min_runtime_s + 60.0
+
+
 def c_reclaim_nominal_from_borrower():
     snap = snapshot([node("n1")], [job("mine", gpus=8, project="owner")],
                     [full("n1", 8, "borrower", jid="lent", borrowing=True)],
@@ -184,7 +188,7 @@ def c_reclaim_nominal_from_borrower():
 
     def check(r):
         assert r.preemptions[0].code == "RECLAIM_NOMINAL" and r.preemptions[0].for_job_id == "mine"
-    return Case(snap, set(), {"mine": RC.PREEMPTING}, {"lent"}, check=check)
+    return Case(snap, set(), {"mine": RC.PREEMPTING}, {"lent"}, check=check, now=LATE)
 
 
 def c_guarantee_protects_victim():
@@ -214,7 +218,7 @@ def c_minimal_victims_on_the_right_node():
         assert len(victims) in (1, 2)
         nodes = {next(x for x in runs if x.job.id == v).placements[0].node for v in victims}
         assert len(nodes) == 1, "victims spread over two nodes do not help a single-node job"
-    return Case(snap, set(), {"mine": RC.PREEMPTING}, None, check=check)
+    return Case(snap, set(), {"mine": RC.PREEMPTING}, None, check=check, now=LATE)
 
 
 def c_victim_preference_least_work_lost():
@@ -222,7 +226,7 @@ def c_victim_preference_least_work_lost():
             full("n2", 8, "b", jid="young", start=9.0, borrowing=True)]
     snap = snapshot([node("n1"), node("n2")], [job("mine", gpus=8, project="owner")], runs,
                     projects=[project("owner", nominal=8), project("b")])
-    return Case(snap, set(), {"mine": RC.PREEMPTING}, {"young"})
+    return Case(snap, set(), {"mine": RC.PREEMPTING}, {"young"}, now=LATE)
 
 
 def c_victim_preference_lowest_priority():
@@ -230,7 +234,7 @@ def c_victim_preference_lowest_priority():
             full("n2", 8, "b", jid="lo", start=0.0, borrowing=True, priority=0)]
     snap = snapshot([node("n1"), node("n2")], [job("mine", gpus=8, project="owner")], runs,
                     projects=[project("owner", nominal=8), project("b")])
-    return Case(snap, set(), {"mine": RC.PREEMPTING}, {"lo"})
+    return Case(snap, set(), {"mine": RC.PREEMPTING}, {"lo"}, now=LATE)
 
 
 def c_victims_not_reused_in_same_cycle():
@@ -242,7 +246,7 @@ def c_victims_not_reused_in_same_cycle():
     def check(r):
         assert r.pending["first"].code is RC.PREEMPTING or r.pending["second"].code is RC.PREEMPTING
         assert len(r.preemptions) == 1
-    return Case(snap, set(), {"tiny": RC.NO_CAPACITY}, {"lent"}, check=check)
+    return Case(snap, set(), {"tiny": RC.NO_CAPACITY}, {"lent"}, check=check, now=LATE)
 
 
 def c_operation_reclaims_lent_capacity():

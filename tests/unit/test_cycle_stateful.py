@@ -10,7 +10,11 @@ current state and check it:
 - budgets never overrun (spent + remaining reservations of running work + admissions);
 - gangs atomic (all workers, each with its GPUs, on one ready node of the job's flavor);
 - a job within its project's guarantee, on healthy capacity that could hold it once
-  preemptible work is gone, is admitted or has preemptions issued for it in that cycle;
+  preemptible work is gone, is admitted or has preemptions issued for it in that cycle
+  (operation jobs within their guarantee on lent operation capacity included);
+- work-aware reclaim: an innovation job without a guarantee reclaims nominal only after
+  `reclaim_after_s`, from victims that ran at least `min_runtime_s` and lose no more than it
+  waited;
 - deterministic (two runs give equal results).
 """
 
@@ -169,6 +173,7 @@ class CycleMachine(RuleBasedStateMachine):
         self.check_reasons(snap, r1)
         if not self.policy.strict_fifo and self.policy.preemption:
             self.check_guarantees(snap, r1)
+            self.check_work_aware_reclaim(snap, r1)
 
     def check_nodes(self, snap: Snapshot, r: CycleResult) -> None:
         nodes = {n.id: n for n in snap.nodes}
@@ -254,6 +259,25 @@ class CycleMachine(RuleBasedStateMachine):
                     continue  # only when j is its project's one job within guarantee
                 if self._could_hold(j, fl, nodes, snap, admitted):
                     raise AssertionError(f"{j.id} fits its guarantee on {fl} but got {r.pending[j.id].code}")
+
+    def check_work_aware_reclaim(self, snap: Snapshot, r: CycleResult) -> None:
+        """An innovation job without a guarantee on the flavor reclaims nominal only after
+        waiting `reclaim_after_s`, never stops a job younger than `min_runtime_s`, and never
+        one that would lose more work than the preemptor has waited."""
+        pol = self.policy
+        pend = {j.id: j for j in snap.pending}
+        run = {x.job.id: x for x in snap.running}
+        for p in r.preemptions:
+            pre, victim = pend[p.for_job_id], run[p.job_id]
+            spec = self.quota[pre.project].get((victim.flavor, "gpus"))
+            if p.code != "RECLAIM_NOMINAL" or pre.workload_class is not WorkloadClass.INNOVATION or \
+                    (spec is not None and spec.guaranteed.value > 0):
+                continue
+            waited = self.now - pre.submit_time
+            assert waited >= pol.reclaim_after_s, f"{pre.id} reclaimed after {waited} s"
+            assert self.now - victim.start_time >= pol.min_runtime_s, f"{victim.job.id} stopped too young"
+            if pol.lost_work_bounded_by_wait:
+                assert self.now - victim.start_time <= waited + 1e-6, f"{victim.job.id} loses more than {pre.id} waited"
 
     @staticmethod
     def _may_use(j: Job, fl: Flavor) -> bool:

@@ -390,3 +390,68 @@ def _wait_http(url: str, deadline: float) -> None:
             return
         except OSError:
             time.sleep(0.25)
+
+
+# --- a head that outlived its broker -----------------------------------------------------------
+
+
+def group_leader_alive(pgid: int, start_ticks: int) -> bool:
+    """True when process `pgid` runs and is the process recorded (same start time), not a
+    later one that reuses its pid."""
+    from broker.adapters.ray.runner import process_start_ticks
+
+    return pgid > 0 and start_ticks > 0 and process_start_ticks(pgid) == start_ticks
+
+
+def stop_group(pgid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM a process group, SIGKILL what is left after `grace_s` (gcs_server and raylet
+    may outlive a SIGTERM)."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.time() + grace_s
+    while time.time() < deadline and _group_alive(pgid):
+        time.sleep(0.1)
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def adopt_head(address: str, pgid: int, start_ticks: int) -> LocalCluster | None:
+    """The one-node head a previous `broker up` of this data dir started, if it still runs and
+    answers (its leader process is the recorded one and its GCS knows an alive node); None
+    otherwise. Its detached runner actors and placement groups are then still there for the
+    new broker's executor to re-adopt; stop() ends the head's process group as before."""
+    if not group_leader_alive(pgid, start_ticks) or not _gcs_has_node(address):
+        return None
+    from ray._raylet import GcsClient
+
+    try:
+        infos = GcsClient(address=address).get_all_node_info(timeout=5)
+        names = tuple(sorted(dict(n.labels).get(NODE_LABEL, "") for n in infos.values() if n.state == 0))
+    except Exception:  # noqa: BLE001 - a head that cannot list its nodes is not one to trust
+        return None
+    return LocalCluster(address, names, None, lambda: stop_group(pgid), pid=pgid)
+
+
+def kill_orphans(log_dir: str | os.PathLike) -> list[str]:
+    """End every worker a previous run of this data dir left behind when its Ray head died:
+    the runners recorded each worker's process group (and container) in `worker-<rank>.pid`
+    beside its log. A record whose process is gone or is another process now (pid reused) is
+    only removed. Returns what was ended ("<job>/<attempt>/<rank>")."""
+    ended = []
+    for path in sorted(Path(log_dir).glob("*/*/worker-*.pid")):
+        try:
+            pid_s, ticks_s, runtime, container = path.read_text().split()[:4]
+            pid, ticks = int(pid_s), int(ticks_s)
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)
+            continue
+        ended_one = group_leader_alive(pid, ticks)
+        if ended_one:
+            _signal_group(pid, signal.SIGKILL)
+        if runtime == "container" and container != "-" and shutil.which("podman"):
+            # the container outlives its `podman run` process (conmon keeps it)
+            r = subprocess.run(["podman", "rm", "-f", "-t", "0", container], capture_output=True, text=True,
+                               timeout=120, check=False)
+            ended_one = ended_one or (r.returncode == 0 and container in r.stdout)
+        if ended_one:
+            ended.append(f"{path.parent.parent.name}/{path.parent.name}/{path.stem.split('-', 1)[1]}")
+        path.unlink(missing_ok=True)
+    return ended

@@ -85,6 +85,21 @@ def write_notice(directory: Path, notice: Mapping[str, Any]) -> None:
     os.replace(tmp, directory / NOTICE_NAME)
 
 
+def pid_path(log_file: Path) -> Path:
+    """`worker-<rank>.pid` beside `worker-<rank>.log`: "<pid> <start ticks> <runtime> <container|->"."""
+    return log_file.with_suffix(".pid")
+
+
+def process_start_ticks(pid: int) -> int:
+    """When the process started (clock ticks since boot, /proc/<pid>/stat field 22): with the
+    pid, a process identity that survives pid reuse. 0 where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def cdi_gpus_available(dirs: Sequence[str] = CDI_DIRS) -> bool:
     """True when an NVIDIA CDI spec exists on this node (the container toolkit writes it)."""
     for d in dirs:
@@ -319,6 +334,7 @@ class WorkerRunner:
                     self._finish_locked(128 + signal.SIGTERM)
                     return
                 self._proc = self._spawn(env)
+                self._record_pid(self._proc.pid)
                 self.started_at, self.state = time.time(), RUNNING
         except Exception as exc:  # noqa: BLE001 - anything that stops the start is the job's end
             with self._lock:
@@ -355,7 +371,19 @@ class WorkerRunner:
 
     def _finish_locked(self, code: int) -> None:
         self.exit_code, self.ended_at, self.state = code, time.time(), EXITED
+        if self.job_id is not None:
+            pid_path(self.log_file).unlink(missing_ok=True)
         self._done.set()
+
+    def _record_pid(self, pid: int) -> None:
+        """Leave a record of the worker's process group (and container) next to its log, so a
+        broker that restarts after its Ray head died can end what this runner started (the job
+        runs in its own session and would outlive the runner). Best effort."""
+        name = container_name(self.job_id, self.attempt, self.rank) if self.runtime == "container" else "-"
+        try:
+            pid_path(self.log_file).write_text(f"{pid} {process_start_ticks(pid)} {self.runtime} {name}\n")
+        except OSError:
+            pass
 
     def _wait_placed(self) -> None:
         """A warm runner is not inside the bundle: start only once Ray has reserved it."""

@@ -144,6 +144,38 @@ def test_waiting_job_gets_pending_reason_with_numbers(client, loop):
     assert get(client, big)["status"] in ("STARTING", "RUNNING")
 
 
+@pytest.mark.parametrize("case, restart", [("same_loop", False), ("after_a_broker_restart", True)])
+def test_lost_attempt_is_charged_until_last_seen_alive_not_for_the_downtime(
+        client, loop, fake_executor, settings, engine, case, restart):
+    """A worker lost while nobody watched (broker down, node gone) is charged up to the last
+    time the loop saw it running, not up to when the loss was noticed."""
+    from broker.models import Ledger
+    from broker.services.scheduling import SchedulingLoop
+
+    jid = submit(client, gpus=2, max_retries=1)
+    loop.tick()
+    loop.tick()
+    assert get(client, jid)["status"] == "RUNNING"
+    started = get(client, jid)["started_at"]
+    for _ in range(3):  # seen running for 40 s
+        CLOCK.advance(20.0)
+        loop.tick()
+    seen = CLOCK()
+    CLOCK.advance(1000.0)  # the broker was down / nobody looked for 1,000 s
+    fake_executor.lose(jid, 1)
+    watcher = SchedulingLoop(settings, engine, fake_executor, clock=CLOCK) if restart else loop
+    watcher.tick()
+    watcher.tick()
+    with Session(engine) as s:
+        led = s.get(Ledger, (jid, 1))
+    assert led.ended_at is not None, case
+    # stored at most every 15 s, so a restarted broker knows it to within that
+    slack = 0.0 if not restart else 15.0
+    assert seen - slack <= led.ended_at <= seen, (case, led.ended_at, seen)
+    assert led.allocated_gpu_s == pytest.approx(2 * (led.ended_at - led.started_at))
+    assert led.allocated_gpu_s <= 2 * (seen - started) + 1e-6
+
+
 def test_lost_worker_requeues_while_retries_allow(client, loop, fake_executor, settings, engine):
     jid = submit(client, gpus=1, max_retries=1)
     loop.tick()

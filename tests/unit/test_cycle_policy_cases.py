@@ -1,0 +1,211 @@
+"""Named cases for the default policy's work-aware rules (one rule per case).
+
+Minimum runtime, hysteresis, lost work bounded by the preemptor's wait, checkpointable victims
+preferred, operation reclaim by work at risk, per-resource borrowing, aging with a
+reservation, the binding resource in reasons and victim messages, estimated starts that count
+the queue ahead, the runtime ratio in backfill, lending only to cheap victims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from scheduler import run_cycle
+from scheduler.model import POLICIES, Flavor, ReasonCode as RC, Resources
+from tests.unit.schedkit import OP, job, node, project, q, running, snapshot
+
+DEFAULT = POLICIES["fair-backfill-preempt"]
+AGING = replace(DEFAULT, aging_after_s=6 * 3600.0, reserve_after_s=6 * 3600.0)  # aging on (off in the default)
+A100 = Flavor("innovation", "A100")
+OPF = Flavor("operation", "A100")
+WAITED = DEFAULT.reclaim_after_s + 600.0  # a preemptor that has waited past the hysteresis
+
+
+def borrower(n: str, jid: str, start: float, gpus: int = 8, project_id: str = "b", **kw):
+    """A borrowing job of project b that started as soon as it was submitted."""
+    return running(job(jid, gpus=gpus, project=project_id, submit=start, **kw), (n, tuple(range(gpus))), start=start,
+                   borrowing=True)
+
+
+def owner_snap(runs, nodes=("n1",), **kw):
+    """`mine` (8 GPUs, project owner within its nominal of 8) behind borrowers of project b."""
+    return snapshot([node(n) for n in nodes], [job("mine", gpus=8, project="owner", **kw)], runs,
+                    projects=[project("owner", nominal=8), project("b")])
+
+
+# -- hysteresis ---------------------------------------------------------------------------------
+def test_hysteresis_a_fresh_demand_waits_instead_of_preempting():
+    now = 10_000.0
+    snap = owner_snap([borrower("n1", "lent", start=now - 2_000.0)], submit=now - 60.0)
+    r = run_cycle(snap, now)
+    assert not r.preemptions and r.pending["mine"].code is RC.NO_CAPACITY
+
+
+def test_hysteresis_a_demand_that_persists_reclaims():
+    now = 10_000.0
+    snap = owner_snap([borrower("n1", "lent", start=now - 2_000.0)], submit=now - WAITED)
+    r = run_cycle(snap, now)
+    assert [p.job_id for p in r.preemptions] == ["lent"] and r.pending["mine"].code is RC.PREEMPTING
+
+
+# -- minimum runtime and lost work ----------------------------------------------------------------
+def test_min_runtime_protects_a_young_victim():
+    now = 10_000.0
+    young = borrower("n1", "young", start=now - DEFAULT.min_runtime_s / 2)
+    r = run_cycle(owner_snap([young], submit=now - WAITED), now)
+    assert not r.preemptions
+
+
+def test_min_runtime_never_holds_back_operation_reclaim():
+    now = 10_000.0
+    lent = running(job("lent", gpus=8, project="res"), ("o1", tuple(range(8))), start=now - 60.0, flavor=OPF,
+                   borrowing=True)
+    snap = snapshot([node("o1", pool="operation")], [job("clinical", gpus=4, cls=OP, project="ops", submit=now)],
+                    [lent], projects=[project("ops", nominal=8, flavor=("operation", "A100")), project("res")])
+    r = run_cycle(snap, now)
+    assert [(p.job_id, p.code) for p in r.preemptions] == [("lent", "RECLAIM_OPERATION")]
+
+
+def test_a_victim_never_loses_more_work_than_the_preemptor_waited():
+    now = 100_000.0
+    old = borrower("n1", "old", start=now - 50_000.0)  # would lose 50,000 s for a 5,000 s wait
+    r = run_cycle(owner_snap([old], submit=now - 5_000.0), now)
+    assert not r.preemptions
+    r = run_cycle(owner_snap([old], submit=now - 60_000.0), now)
+    assert [p.job_id for p in r.preemptions] == ["old"]
+
+
+# -- victim choice --------------------------------------------------------------------------------
+def test_checkpointable_victim_is_cheaper():
+    now = 100_000.0
+    plain = borrower("n1", "plain", start=now - 2_000.0)
+    ck = replace(borrower("n2", "ck", start=now - 9_000.0, ), checkpoint_time=now - 300.0)
+    ck = replace(ck, job=replace(ck.job, checkpointable=True))
+    r = run_cycle(owner_snap([plain, ck], nodes=("n1", "n2"), submit=now - 20_000.0), now)
+    assert [p.job_id for p in r.preemptions] == ["ck"]  # loses 5 min, not 33
+    assert "checkpoint" in r.preemptions[0].message
+
+
+def test_operation_reclaim_stops_the_job_with_least_gpu_seconds_at_risk():
+    now = 100_000.0
+    gang = running(job("gang", gpus=4, project="res"), ("o1", (0, 1, 2, 3)), start=now - 7200.0, flavor=OPF,
+                   borrowing=True)
+    small = running(job("small", gpus=4, project="res"), ("o1", (4, 5, 6, 7)), start=now - 3600.0, flavor=OPF,
+                    borrowing=True)
+    snap = snapshot([node("o1", pool="operation")], [job("clinical", gpus=2, cls=OP, project="ops", submit=now)],
+                    [gang, small], projects=[project("ops", nominal=8, flavor=("operation", "A100")), project("res")])
+    r = run_cycle(snap, now)
+    assert [p.job_id for p in r.preemptions] == ["small"]
+    assert "borrowing 4 GPUs of the operation pool (operation/A100)" in r.preemptions[0].message
+
+
+def test_borrowing_is_judged_on_the_resource_the_preemptor_needs():
+    """b is within its GPU nominal but over its CPU nominal (admitted as borrowing): no victim
+    for a GPU job; the same job over its GPU nominal is one."""
+    now = 100_000.0
+    owner = project("owner", quotas={(A100, "gpus"): q(8), (A100, "cpus"): q(64)})
+
+    def case(b_gpu_nominal):
+        quotas = {(A100, "gpus"): q(b_gpu_nominal), (A100, "cpus"): q(0)}
+        cpu_heavy = running(job("cpu-heavy", gpus=8, project="b", cpus=32.0, submit=now - 7200.0),
+                            ("n1", tuple(range(8))), start=now - 7200.0, borrowing=True)
+        snap = snapshot([node("n1")], [job("mine", gpus=8, project="owner", submit=now - 20_000.0)], [cpu_heavy],
+                        projects=[owner, project("b", quotas=quotas)])
+        return run_cycle(snap, now)
+
+    assert not case(8).preemptions
+    assert [p.job_id for p in case(0).preemptions] == ["cpu-heavy"]
+
+
+def test_victim_message_names_resource_flavor_and_numbers():
+    now = 100_000.0
+    r = run_cycle(owner_snap([borrower("n1", "lent", start=now - 7200.0)], submit=now - 20_000.0), now)
+    msg = r.preemptions[0].message
+    assert "project b was borrowing GPUs on innovation/A100 (8 in use, nominal 0)" in msg
+    assert "loses 120 min of work" in msg
+
+
+# -- no starvation --------------------------------------------------------------------------------
+def test_the_longest_waiting_job_goes_first_and_holds_the_reservation():
+    """A big gang of a heavy user (huge decayed usage) waited past the aging threshold: it is
+    ordered first and reserves the node, so a fresh 1-GPU job of a light user may not start
+    on the GPUs it needs (it would delay the gang), although fair share prefers it."""
+    now = 200_000.0
+    run = running(job("r", gpus=4, project="other", runtime=7200.0), ("n1", (0, 1, 2, 3)), start=now - 3600.0)
+    snap = snapshot([node("n1")], [job("gang", gpus=8, project="heavy", submit=now - AGING.aging_after_s - 1.0),
+                                   job("fresh", gpus=4, project="light", submit=now - 60.0, runtime=36_000.0)],
+                    [run], projects=[project("heavy", decayed=1e9), project("light"), project("other")])
+    r = run_cycle(snap, now, AGING)
+    assert r.pending["gang"].queue_position == 1
+    assert r.pending["fresh"].code is RC.BACKFILL_RESERVATION
+    fair = run_cycle(snap, now, POLICIES["fair"])  # the baseline keeps fair-share order
+    assert fair.pending["gang"].queue_position == 2
+
+
+# -- reasons --------------------------------------------------------------------------------------
+def test_cpu_binds_not_gpus():
+    """One 4-GPU node with 2 CPUs, two 1-GPU jobs of 1 CPU running: CPUs bind."""
+    n = replace(node("n1", gpus=4, cpus=2.0))
+    runs = [running(job(f"r{i}", gpus=1, project="p", cpus=1.0), ("n1", (i,))) for i in range(2)]
+    snap = snapshot([n], [job("a", gpus=1, project="p", cpus=1.0)], runs)
+    r = run_cycle(snap, 10.0)
+    reason = r.pending["a"]
+    assert reason.code is RC.NO_CAPACITY
+    assert reason.details["resource"] == "CPUs" and reason.details["binding_free"] == 0
+    assert "CPUs" in reason.message and "GPUs are not what it waits for" in reason.message
+
+
+def test_memory_fragmented_names_memory():
+    """Memory is free in total but split: no node with a free GPU has 40 GB free."""
+    nodes = [node("n1", gpus=2, mem=64.0), node("n2", gpus=2, mem=64.0)]
+    runs = [running(job("r1", gpus=1, project="p", mem=30.0), ("n1", (0,))),
+            running(job("r2", gpus=2, project="p", mem=4.0), ("n2", (0, 1)))]
+    snap = snapshot(nodes, [job("a", gpus=1, project="p", mem=40.0)], runs)
+    reason = run_cycle(snap, 10.0).pending["a"]
+    assert reason.code is RC.FRAGMENTED and reason.details["resource"] == "GB of memory"
+    assert "at most 34 on one such node" in reason.message
+
+
+# -- estimates ------------------------------------------------------------------------------------
+def test_estimate_counts_the_queue_ahead():
+    """Two identical 8-GPU jobs wait for one node busy until t=3600: the first is told 3600,
+    the second not before the first is expected to end (3600 + its runtime)."""
+    run = running(job("r", gpus=8, project="other", runtime=3600.0), ("n1", tuple(range(8))), start=0.0)
+    snap = snapshot([node("n1")], [job("a", gpus=8, project="p", submit=1.0, runtime=1800.0),
+                                   job("b", gpus=8, project="p", submit=2.0, runtime=1800.0)], [run])
+    r = run_cycle(snap, 10.0, POLICIES["fair"])
+    assert r.pending["a"].estimated_start == 3600.0
+    assert r.pending["b"].estimated_start == 3600.0 + 1800.0
+
+
+def test_runtime_ratio_shortens_plans_not_budgets():
+    """A project whose jobs use half their request: the estimate counts half the runtime."""
+    run = running(job("r", gpus=8, project="other", runtime=3600.0), ("n1", tuple(range(8))), start=0.0)
+    snap = snapshot([node("n1")], [job("a", gpus=8, project="p", submit=1.0)], [run],
+                    projects=[project("p"), replace(project("other"), runtime_ratio=0.5)])
+    r = run_cycle(snap, 10.0, POLICIES["fair"])
+    assert r.pending["a"].estimated_start == 1800.0
+
+
+# -- lending --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("checkpointable,runtime,lent", [(False, 3600.0, True), (False, 7 * 24 * 3600.0, False),
+                                                          (True, 7 * 24 * 3600.0, True)])
+def test_lending_only_to_cheap_victims(checkpointable, runtime, lent):
+    policy = replace(DEFAULT, lend_max_gpu_hours=8.0)
+    j = replace(job("a", gpus=2, project="res", runtime=runtime), checkpointable=checkpointable)
+    snap = snapshot([node("o1", pool="operation")], [j], projects=[project("res")])
+    r = run_cycle(snap, 10.0, policy)
+    assert bool(r.admissions) is lent
+
+
+def test_a_job_that_started_aged_is_no_reclaim_victim():
+    """It waited past the aging threshold before it started: stopping it for a reclaim would
+    undo the starvation bound (the two would take turns on the same capacity)."""
+    now = 100_000.0
+    aged = running(job("aged", gpus=8, project="b", submit=now - 2_000.0 - AGING.aging_after_s - 1.0),
+                   ("n1", tuple(range(8))), start=now - 2_000.0, borrowing=True)
+    r = run_cycle(owner_snap([aged], submit=now - 10_000.0), now, AGING)
+    assert not r.preemptions
+    assert run_cycle(owner_snap([aged], submit=now - 10_000.0), now).preemptions  # without aging: a victim
