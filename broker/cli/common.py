@@ -95,8 +95,8 @@ def run(fn: Callable[[], Any]) -> Any:
         return fn()
     except BrokerAPIError as e:
         typer.echo(f"error: {e.code}: {e.message}", err=True)
-        if e.details:
-            typer.echo(json.dumps(e.details, indent=2), err=True)
+        for line in detail_lines(e.details, e.message):
+            typer.echo(line, err=True)
         raise typer.Exit(2)
     except httpx.TransportError as e:
         base = getattr(getattr(e, "request", None), "url", None)
@@ -105,6 +105,20 @@ def run(fn: Callable[[], Any]) -> Any:
              "Set --url or $BROKER_URL to another address.")
     except TimeoutError as e:
         fail(str(e), code=1)
+
+
+def detail_lines(details: Any, message: str = "") -> list[str]:
+    """An error's details as indented `key: value` lines, leaving out what the message says."""
+    if not isinstance(details, dict):
+        return [f"  {details}"] if details else []
+    lines = []
+    for key, value in details.items():
+        if isinstance(value, list) and value and all(isinstance(x, dict) and "message" in x for x in value):
+            items = [(x.get("field") or key, x["message"]) for x in value]
+        else:
+            items = [(key, json.dumps(value) if isinstance(value, (dict, list)) else value)]
+        lines += [f"  {k}: {v}" for k, v in items if f"{k}: {v}" not in message]
+    return lines
 
 
 def watch(render: Callable[[], str], interval: float, *, until: Callable[[], bool] = lambda: False) -> None:

@@ -321,3 +321,27 @@ def test_every_example_is_accepted_as_it_is(cli, example):
     job = _submit_json(cli, "-f", str(example))
     spec = yaml.safe_load(example.read_text())
     assert (job["name"], job["project"], job["status"]) == (spec["name"], spec["project"], "PENDING")
+
+
+DETAILS = [
+    ("field-list-said-in-message", {"fields": [{"field": "a", "message": "bad"}]}, "invalid: a: bad", []),
+    ("field-list-new", {"problems": [{"field": "image", "message": "not qualified"}]}, "invalid",
+     ["  image: not qualified"]),
+    ("numbers", {"limit": 2, "flavor": {"pool": "innovation"}}, "over", ["  limit: 2", '  flavor: {"pool": "innovation"}']),
+    ("none", None, "x", []),
+]
+
+
+@pytest.mark.parametrize("details,message,lines", [d[1:] for d in DETAILS], ids=[d[0] for d in DETAILS])
+def test_error_details_are_lines_not_json(details, message, lines):
+    from broker.cli.common import detail_lines
+
+    assert detail_lines(details, message) == lines
+
+
+def test_an_api_refusal_reads_as_sentences(cli, tmp_path):
+    f = tmp_path / "t.yaml"
+    f.write_text("project: ouh-liver\ncommand: [x]\nresources: {gpus: two}\nworkerz: 2\n")
+    r = cli("jobs", "submit", "-f", str(f))
+    assert r.exit_code == 2 and "VALIDATION_ERROR" in r.output and "resources.gpus" in r.output, r.output
+    assert "{" not in r.output
