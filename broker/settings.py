@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # checkpoint_root_shared=true so that a job resumes wherever it is placed next.
     checkpoint_root: Path | None = None
     checkpoint_root_shared: bool = False
+    # Job logs (<data_dir>/logs/<job>/<attempt>/worker-<rank>.log): each worker's file is capped
+    # (head and tail kept, a marker line between; 0 = no cap) and a job's logs are deleted this
+    # many days after it ended (0 = kept forever). See docs/OPERATIONS.md.
+    log_max_bytes_per_worker: int = Field(default=100 * 1024 * 1024, ge=0)
+    log_retention_days: float = Field(default=30.0, ge=0)
     heartbeat_timeout_s: float = 60.0
     starting_timeout_s: float = 120.0  # a job stuck in STARTING longer than this is repaired
     lost_node_hold_s: float = 60.0  # a node that lost a running worker gets no new work this long
@@ -101,6 +106,11 @@ class Settings(BaseSettings):
     def checkpoint_dir(self, project: str, job_id: str) -> Path:
         """A checkpointable job's directory (ids are the broker's own: no user path)."""
         return self.checkpoint_root_dir / project / job_id
+
+    @property
+    def log_dir(self) -> Path:
+        """Where runners write job logs on this host (what `broker up` gives its executor)."""
+        return (Path(self.data_dir) / "logs").resolve()
 
     @property
     def is_sqlite(self) -> bool:

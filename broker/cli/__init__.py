@@ -1,8 +1,9 @@
 """The `broker` console script (`broker.cli:app`): every command group, added explicitly.
 
-Each group is a module with its own typer app (`jobs`, `nodes`, `projects`, `bench`) or one
-command (`up`, `usage`, `pools`, `overview`); this package adds them to the root app and
-nothing registers itself on import, so what the script offers is exactly what is listed below.
+Each group is a module with its own typer app (`jobs`, `nodes`, `projects`, `bench`) or its
+commands (`up`, `backup`/`restore`, `usage`, `pools`, `overview`); this package adds them to the
+root app and nothing registers itself on import, so what the script offers is exactly what is
+listed below.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from broker.cli import bench, jobs, nodes, overview, projects
 
 
 class _Root(TyperGroup):
-    """The root group; `up` is imported only when it is the command being run (or listed).
+    """The root group; the server-side commands are imported only when run (or listed).
 
-    `up` brings the server (uvicorn, SQLAlchemy, the services): over a second of imports that a
-    client command such as `broker jobs list` must not pay, since the CLI talks to the API over
-    HTTP and needs none of it.
+    `up`, `backup` and `restore` bring the server (uvicorn, SQLAlchemy, the services): over a
+    second of imports that a client command such as `broker jobs list` must not pay, since the
+    CLI talks to the API over HTTP and needs none of it.
     """
 
-    LAZY = {"up": ("broker.cli.up", "up")}
+    LAZY = {
+        "up": ("broker.cli.up", "up"),
+        "backup": ("broker.cli.backup", "backup"),  # embedded SQLite, online
+        "restore": ("broker.cli.backup", "restore"),  # embedded SQLite, broker stopped
+    }
 
     def list_commands(self, ctx):
         return [*super().list_commands(ctx), *(n for n in self.LAZY if n not in self.commands)]
