@@ -48,7 +48,9 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     size = pool_size or settings.db_pool_size
-    return create_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True, json_serializer=_json_dumps)
+    return create_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True, json_serializer=_json_dumps,
+                         pool_timeout=settings.db_pool_timeout_s,
+                         connect_args={"connect_timeout": settings.db_connect_timeout_s})
 
 
 def _json_dumps(obj) -> str:

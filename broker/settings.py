@@ -75,7 +75,20 @@ class Settings(BaseSettings):
     submit_batch_wait_s: float = 0.0
     submit_writers: int = 2  # transactions in flight at once (PostgreSQL; SQLite uses 1)
     db_pool_size: int = 10
+    # PostgreSQL: how long a new connection may take, and a request may wait for a pooled one,
+    # before the request gives up with 503 DATABASE_UNAVAILABLE (a dead server fails requests
+    # quickly instead of holding them open).
+    db_connect_timeout_s: int = 5
+    db_pool_timeout_s: float = 10.0
     submit_fast_path: bool = True  # POST /api/v1/jobs as a pure ASGI handler (broker.api.fastpath)
+
+    # Pending jobs a project may have queued at once unless its `max_pending` says otherwise
+    # (admins set it per project); a submit beyond it gets 429 PENDING_CAP with Retry-After.
+    default_max_pending: int = Field(1000, ge=0)
+
+    # The operations overview and /metrics serve one shared snapshot at most this old (0: fresh
+    # on every request).
+    overview_max_age_s: float = Field(2.0, ge=0)
 
     default_max_runtime_s: float = 24 * 3600.0
     seed_demo: bool = True
