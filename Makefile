@@ -1,6 +1,7 @@
 # Compute Broker: the two commands (see README.md).
 #   make run   installs into .venv and starts the broker with embedded defaults
-#   make test  installs into .venv (with dev extras) and runs the whole test suite
+#   make test  installs into .venv (with dev extras) and the system packages the suite uses
+#              (podman, runc, busybox-static, chromium; as root on Debian), then runs it all
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 CONTAINERS_CONF ?= $(CURDIR)/tests/containers.conf
 export CONTAINERS_CONF
 
-.PHONY: run test install lint bench clean system-deps
+.PHONY: run test install lint bench clean system-deps test-deps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,11 +22,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# podman + runc for container jobs: installed when missing and this is a Debian host run as root.
+# System packages: installed when missing on a Debian host run as root, otherwise a note says
+# what is missing and what it disables (scripts/system-deps.sh).
 system-deps:
-	@command -v podman >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc; } || \
-	  echo "note: podman not found; container jobs need it (runtime 'process' jobs work without)"
+	@sh scripts/system-deps.sh run
+
+test-deps:
+	@sh scripts/system-deps.sh test
 
 run: $(STAMP) system-deps
 	$(BIN)/broker up $(ARGS)
@@ -33,7 +36,7 @@ run: $(STAMP) system-deps
 lint: $(STAMP)
 	$(BIN)/lint-imports
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from broker.api import catalog as catalog_routes
+from broker.api import docs as docs_routes
 from broker.api import jobs as job_routes
 from broker.api import observability as observability_routes
 from broker.api import telemetry as telemetry_routes
@@ -40,7 +41,7 @@ from broker.tasks import build_tasks
 
 ROUTERS = (job_routes.router, catalog_routes.router, observability_routes.router, telemetry_routes.router,
            token_routes.router, tenancy_routes.router, quota_routes.router, audit_routes.router,
-           settings_routes.router)
+           settings_routes.router, docs_routes.router)
 
 
 def create_app(settings: Settings | None = None, executor: Executor | None = None, start_background: bool = True,
@@ -68,7 +69,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
                 engine.dispose()
 
     app = FastAPI(title="Compute Broker", version="0.1.0", lifespan=lifespan,
-                  default_response_class=JSON,
+                  default_response_class=JSON, docs_url=None, redoc_url=None,  # docs_routes: no CDN
                   description="Queue, quotas, fair share and preemption for GPU jobs on Ray.")
     app.state.services = services
     install_handlers(app)

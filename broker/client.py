@@ -1,42 +1,79 @@
 """A small Python client for the broker's REST API (httpx).
 
-    c = BrokerClient("http://127.0.0.1:8000", token)
+    c = BrokerClient()                  # $BROKER_URL and $BROKER_TOKEN (or the token `broker up` wrote)
     job = c.submit(name="seg", project="ouh-liver", image="img", command=["python", "train.py"],
                    resources={"gpus": 1})
     done = c.wait(job["id"])            # until SUCCEEDED | FAILED | CANCELLED
     print(c.logs(job["id"]))
+    c.usage("ouh-liver")                # entitlement, usage, borrowing, budget
 
-Errors come back as `BrokerAPIError` carrying the API's `code`, `message` and `details`.
+Every method returns the API's JSON as plain dicts and lists (the shapes are in `/openapi.json`),
+so a script written against the REST documentation reads the same. Errors come back as
+`BrokerAPIError` carrying the API's `code`, `message` and `details`. This module imports httpx
+only, never the server, so scripts and the CLI start fast.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import httpx
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class BrokerAPIError(Exception):
+    """An error answer of the API: HTTP `status`, machine-readable `code`, `message`, `details`."""
+
     def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status, self.code, self.message, self.details = status, code, message, details
 
 
+def default_url() -> str:
+    """$BROKER_URL, else the address `broker up` listens on by default."""
+    return os.environ.get("BROKER_URL") or DEFAULT_URL
+
+
+def default_token(data_dir: str | os.PathLike | None = None) -> str | None:
+    """$BROKER_TOKEN, else the platform-admin token `broker up` wrote (`<data dir>/admin-token`).
+
+    The data dir is `data_dir`, else $BROKER_DATA_DIR, else `.broker` in the current directory:
+    the same place `broker up` writes to, so a shell in the checkout needs no set-up at all.
+    """
+    if os.environ.get("BROKER_TOKEN"):
+        return os.environ["BROKER_TOKEN"].strip()
+    p = Path(data_dir or os.environ.get("BROKER_DATA_DIR") or ".broker") / "admin-token"
+    try:
+        return p.read_text().strip() or None
+    except OSError:
+        return None
+
+
 class BrokerClient:
-    def __init__(self, url: str, token: str | None, *, timeout: float = 30.0,
-                 http: httpx.Client | None = None) -> None:
-        """`http`: an existing httpx.Client to use (tests pass a TestClient); its base URL wins."""
+    """One broker API endpoint with one token; use as a context manager or call `close()`."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0,
+                 http: httpx.Client | None = None, data_dir: str | os.PathLike | None = None) -> None:
+        """`url`/`token` default to `default_url()`/`default_token(data_dir)`.
+
+        `http`: an existing httpx.Client to use (tests pass a TestClient); its base URL wins.
+        """
+        self.url = (url or default_url()).rstrip("/")
+        token = token or default_token(data_dir)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if http is not None:
             http.headers.update(headers)
             self._http = http
         else:
-            self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+            self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
+        """Close the connection pool (the context manager does this)."""
         self._http.close()
 
     def __enter__(self) -> "BrokerClient":
@@ -47,6 +84,12 @@ class BrokerClient:
 
     # -- jobs -------------------------------------------------------------------------------
     def submit(self, spec: dict | None = None, *, idempotency_key: str | None = None, **fields: Any) -> dict:
+        """Submit a job; returns it as stored (PENDING). Keyword fields override `spec`'s.
+
+        `workload_class=` stands for the `class` field (a Python keyword). The same
+        `idempotency_key` returns the first job again instead of a duplicate, so a retry after a
+        network error is safe.
+        """
         body = {**(spec or {}), **fields}
         if "workload_class" in body:
             body["class"] = body.pop("workload_class")
@@ -54,15 +97,22 @@ class BrokerClient:
         return self._json(self._http.post("/api/v1/jobs", json=body, headers=headers))
 
     def get(self, job_id: str) -> dict:
+        """One job with its pending reason, attempts, placements and (once admitted) GPU usage."""
         return self._json(self._http.get(f"/api/v1/jobs/{job_id}"))
 
     def list(self, *, project: str | None = None, status: str | None = None, limit: int = 100,
              cursor: str | None = None) -> dict:
-        params = {k: v for k, v in {"project": project, "status": status, "limit": limit, "cursor": cursor}.items()
-                  if v is not None}
-        return self._json(self._http.get("/api/v1/jobs", params=params))
+        """One page of jobs, newest first: `{"items": [...], "next_cursor": ...}`.
+
+        `project` and `status` take one value or several comma-separated; status in any case
+        (`pending` is PENDING). Pass `next_cursor` back as `cursor` for the next page.
+        """
+        params = {"project": project, "status": status.upper() if status else None, "limit": limit,
+                  "cursor": cursor}
+        return self._json(self._http.get("/api/v1/jobs", params={k: v for k, v in params.items() if v is not None}))
 
     def iter_jobs(self, **filters: Any) -> Iterator[dict]:
+        """Every job matching `filters` (as `list` takes them), following the cursor page by page."""
         cursor = None
         while True:
             page = self.list(cursor=cursor, **filters)
@@ -72,18 +122,22 @@ class BrokerClient:
                 return
 
     def cancel(self, job_id: str) -> dict:
+        """Cancel a job: a pending one at once, a running one once its workers stopped (grace)."""
         return self._json(self._http.post(f"/api/v1/jobs/{job_id}/cancel"))
 
     def events(self, job_id: str, after: int = 0) -> list[dict]:
+        """The job's event log (submitted, transitions, cancel requests) after event id `after`."""
         return self._json(self._http.get(f"/api/v1/jobs/{job_id}/events", params={"after": after}))["items"]
 
     def logs(self, job_id: str, *, worker: int = 0, attempt: int | None = None) -> str:
+        """A worker's log so far (the latest attempt unless `attempt` is given)."""
         params = {"worker": worker, **({"attempt": attempt} if attempt else {})}
         r = self._http.get(f"/api/v1/jobs/{job_id}/logs", params=params)
         self._check(r)
         return r.text
 
     def follow_logs(self, job_id: str, *, worker: int = 0, attempt: int | None = None) -> Iterator[bytes]:
+        """A worker's log as it is written, until the attempt ends (chunks of bytes)."""
         params = {"worker": worker, "follow": "true", **({"attempt": attempt} if attempt else {})}
         with self._http.stream("GET", f"/api/v1/jobs/{job_id}/logs", params=params, timeout=None) as r:
             if r.status_code >= 400:
@@ -92,11 +146,20 @@ class BrokerClient:
             yield from r.iter_bytes()
 
     def wait(self, job_id: str, *, until: tuple[str, ...] = TERMINAL, timeout: float = 600.0,
-             poll_s: float = 0.5) -> dict:
-        """Poll until the job's status is in `until`; TimeoutError after `timeout` seconds."""
+             poll_s: float = 0.5, on_change: Callable[[dict], None] | None = None) -> dict:
+        """Poll until the job's status is in `until`; TimeoutError after `timeout` seconds.
+
+        `on_change(job)` is called with the first answer and whenever the status or the pending
+        reason changed: progress output without a second poll loop.
+        """
         deadline = time.monotonic() + timeout
+        seen = None
         while True:
             job = self.get(job_id)
+            key = (job["status"], (job.get("pending_reason") or {}).get("code"))
+            if on_change is not None and key != seen:
+                on_change(job)
+            seen = key
             if job["status"] in until:
                 return job
             if time.monotonic() >= deadline:
@@ -105,9 +168,19 @@ class BrokerClient:
 
     # -- catalog ----------------------------------------------------------------------------
     def projects(self) -> list[dict]:
+        """The projects you may see, with department, fair-share weight and budget."""
         return self._json(self._http.get("/api/v1/projects"))["items"]
 
+    def project(self, project_id: str) -> dict:
+        """One project as its admins see it (department, settings, limits)."""
+        return self._json(self._http.get(f"/api/v1/projects/{project_id}"))
+
+    def usage(self, project_id: str) -> dict:
+        """A project's entitlement per flavor, usage, borrowing both ways, budget spent and left."""
+        return self._json(self._http.get(f"/api/v1/projects/{project_id}/usage"))
+
     def nodes(self) -> list[dict]:
+        """Nodes with pool, GPU model, capacity (GPUs, CPUs, memory) and state."""
         return self._json(self._http.get("/api/v1/nodes"))["items"]
 
     def update_node(self, node_id: str, **changes: Any) -> dict:
@@ -115,7 +188,12 @@ class BrokerClient:
         return self._json(self._http.patch(f"/api/v1/nodes/{node_id}", json=changes))
 
     def pools(self) -> list[dict]:
+        """Pools with their class, lending rule, nodes, GPUs, CPUs, memory and GPU models."""
         return self._json(self._http.get("/api/v1/pools"))["items"]
+
+    def overview(self) -> dict:
+        """Utilization: GPUs allocated versus used per pool, node and project, and queue health."""
+        return self._json(self._http.get("/api/v1/overview"))
 
     # -- helpers ----------------------------------------------------------------------------
     def _json(self, r: httpx.Response) -> Any:

@@ -63,6 +63,7 @@ def up(
     """Start the broker with embedded defaults: SQLite, local Ray, agent, API."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # one line per tick is noise
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a dozen lines per start about migrations
     if allow_process is None:
         allow_process = host in ("127.0.0.1", "localhost", "::1")
     overrides = dict(data_dir=data_dir, port=port, host=host, allow_process_runtime=allow_process)
@@ -135,7 +136,7 @@ def up(
 
         api = create_app(settings, executor=executor, engine=engine)
         signal.signal(signal.SIGTERM, on_sigterm)
-        typer.echo(f"API on http://{host}:{port} (docs at /docs); Ctrl-C stops everything")
+        typer.echo(_ready_lines(host, port, token_path))
         uvicorn.run(api, host=host, port=port, log_level=settings.log_level, lifespan="on", access_log=False)
     except KeyboardInterrupt:
         pass
@@ -166,6 +167,18 @@ def up(
         engine.dispose()
         lock.release()
         typer.echo("stopped")
+
+
+def _ready_lines(host: str, port: int, token_path) -> str:
+    """Where everything is and how to log in. The token itself is never printed (terminals and
+    service logs keep it): the dashboard takes it pasted into its login form, or in the URL
+    fragment, which browsers never send to the server."""
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    return (f"API        {base}   docs {base}/docs, {base}/redoc\n"
+            f"dashboard  {base}/dashboard   log in: paste the token from {token_path}\n"
+            f"           or open {base}/dashboard#token=$(cat {token_path})\n"
+            f"CLI        export BROKER_TOKEN=$(cat {token_path}); broker overview\n"
+            "Ctrl-C stops everything")
 
 
 def _local_head(settings: Settings, *, gpus: int, nodes: int, gpu_model: str):

@@ -224,6 +224,7 @@ class JobService:
              cursor: str | None = None, limit: int = 100) -> dict:
         if not 1 <= limit <= self.settings.page_size_max:
             raise Invalid(f"limit must be between 1 and {self.settings.page_size_max}", code="BAD_LIMIT")
+        statuses = [st.upper() for st in statuses]  # `pending` is PENDING: statuses are not case-sensitive
         bad = [st for st in statuses if st not in _STATUSES]
         if bad:
             raise Invalid(f"unknown status {bad[0]!r}; one of {', '.join(sorted(_STATUSES))}", code="BAD_STATUS")

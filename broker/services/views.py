@@ -16,7 +16,10 @@ from broker.models import Attempt, JobEvent, Placement
 def job_public(j: Any, *, attempts: Iterable[Attempt] = (), placements: Iterable[Placement] = ()) -> dict:
     """`j` is a Job row or a mapping with the Job columns."""
     g = j.__getitem__ if type(j) is dict else (j.get if isinstance(j, Mapping) else j.__getattribute__)
-    code = g("pending_code")
+    # Why it waits, its place and expected start describe a PENDING job only; a job that left the
+    # queue (admitted, cancelled, ended) keeps the last values in its row, never shown as current.
+    pending = g("status") == "PENDING"
+    code = g("pending_code") if pending else None
     models = g("gpu_models") or None
     fpool = g("flavor_pool")
     return {
@@ -42,8 +45,8 @@ def job_public(j: Any, *, attempts: Iterable[Attempt] = (), placements: Iterable
             {"code": code, "message": g("pending_message") or "", "details": g("pending_details") or {}}
             if code else None
         ),
-        "queue_position": g("queue_position"),
-        "estimated_start": g("estimated_start"),
+        "queue_position": g("queue_position") if pending else None,
+        "estimated_start": g("estimated_start") if pending else None,
         "submit_time": g("submit_time"),
         "created_at": g("created_at"),
         "admitted_at": g("admitted_at"),

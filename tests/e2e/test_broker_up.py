@@ -13,6 +13,7 @@ for the module; the tests check what a user and a security reviewer rely on:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -101,6 +102,41 @@ def test_a_job_runs_on_the_embedded_ray_head(broker_up):
     assert out["cvd"] in ("0", "1")
 
 
+def test_up_says_where_the_dashboard_is_without_migration_noise(broker_up):
+    _, url, _, data = broker_up
+    text = (data / "up.log").read_text(errors="replace")
+    assert f"dashboard  {url}/dashboard" in text and f"{url}/docs" in text and "log in:" in text, text[-3000:]
+    assert "alembic" not in text.lower(), text[:3000]
+    assert (data / "admin-token").read_text().strip() not in text  # the token itself is never printed
+
+
+def test_the_console_script_against_the_live_broker(broker_up, tmp_path):
+    """Spec file round trip through the real `broker` script: submit --wait, list, get -o yaml."""
+    import json as json_
+
+    _, url, token, _ = broker_up
+    spec = tmp_path / "hello.yaml"
+    spec.write_text("name: cli-live\nproject: ouh-liver\nruntime: process\ncommand: [sh, -c, 'echo hello from $RANK']\n"
+                    "resources: {gpus: 0, cpus: 0.5, memory_gb: 0.1}\nmax_runtime_s: 60\nmax_retries: 0\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "BROKER_URL": url, "BROKER_TOKEN": token}
+    cli = [sys.executable, "-m", "broker.cli"]
+    r = subprocess.run([*cli, "jobs", "submit", "-f", str(spec), "--wait", "--timeout", "90"], capture_output=True,
+                       text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # one progress line per change seen (a warm cluster may admit it before the first poll)
+    progress = [ln.split()[1] for ln in r.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d  ", ln)]
+    assert re.search(r"Status:\s+SUCCEEDED", r.stdout) and progress[-1] == "SUCCEEDED", r.stderr
+    assert "waiting for" in r.stderr and len(progress) == len(set(progress)), r.stderr
+    job_id = re.search(r"Job:\s+(\w+)", r.stdout).group(1)
+    t0 = time.perf_counter()
+    listed = subprocess.run([*cli, "jobs", "list", "-o", "json"], capture_output=True, text=True, timeout=60, env=env)
+    wall = time.perf_counter() - t0
+    assert listed.returncode == 0 and job_id in [j["id"] for j in json_.loads(listed.stdout)["items"]]
+    print(f"broker jobs list: {wall * 1000:.0f} ms wall")
+    logs = subprocess.run([*cli, "jobs", "logs", job_id], capture_output=True, text=True, timeout=60, env=env)
+    assert "hello from 0" in logs.stdout
+
+
 def test_ray_refuses_clients_without_the_cluster_token(broker_up):
     proc, _, _, data = broker_up
     token_file = data / "ray-auth-token"
@@ -144,3 +180,4 @@ def test_sigterm_stops_everything_it_started(broker_up):
     left = [(p.pid, p.name()) for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"left behind: {left}; log: {(data / 'up.log').read_text()[-2000:]}"
     assert proc.returncode == 0, (data / "up.log").read_text()[-2000:]  # a clean stop
+

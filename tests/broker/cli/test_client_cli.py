@@ -48,14 +48,14 @@ def test_cli_jobs_commands(monkeypatch, client, admin_token, new_project, engine
     monkeypatch.setattr(BrokerClient, "close", lambda self: None)  # the shared TestClient stays open
     run = CliRunner().invoke
     p = new_project()
-    r = run(app, ["jobs", "submit", "-p", p, "--image", "localhost/img:1", "--gpus", "1", "-e", "A=1", "--", "python", "t.py"])
+    r = run(app, ["jobs", "submit", "-o", "json", "-p", p, "--image", "localhost/img:1", "--gpus", "1", "-e", "A=1", "--", "python", "t.py"])
     assert r.exit_code == 0, r.output
     job = json.loads(r.output)
     assert (job["command"], job["env"], job["name"], job["resources"]["gpus"]) == (["python", "t.py"], {"A": "1"}, "python", 1)
     r = run(app, ["jobs", "list", "-p", p])
     assert r.exit_code == 0 and job["id"] in r.output and "PENDING" in r.output
-    assert json.loads(run(app, ["jobs", "get", job["id"]]).output)["id"] == job["id"]
-    assert json.loads(run(app, ["jobs", "cancel", job["id"]]).output)["status"] == "CANCELLED"
+    assert json.loads(run(app, ["jobs", "get", job["id"], "--json"]).output)["id"] == job["id"]
+    assert json.loads(run(app, ["jobs", "cancel", job["id"], "-o", "json"]).output)["status"] == "CANCELLED"
     r = run(app, ["jobs", "events", job["id"]])
     assert "PENDING -> CANCELLED" in r.output
     bad = run(app, ["jobs", "submit", "-p", p, "--gpus", "9", "--image", "localhost/img", "--", "x"])
@@ -121,17 +121,38 @@ def test_cli_nodes_commands(monkeypatch, client, admin_token):
     run = CliRunner().invoke
     r = run(app, ["nodes", "list"])
     assert r.exit_code == 0 and "inno-1" in r.output and "NODE" in r.output, r.output
-    r = run(app, ["nodes", "cordon", "inno-1", "-r", "firmware"])
+    r = run(app, ["nodes", "cordon", "inno-1", "-r", "firmware", "-o", "json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["state"] == "cordoned" and json.loads(r.output)["state_reason"] == "admin: firmware"
     assert "admin: firmware" in run(app, ["nodes", "list"]).output
-    assert json.loads(run(app, ["nodes", "uncordon", "inno-1"]).output)["state"] == "ready"
-    moved = json.loads(run(app, ["nodes", "move", "inno-1", "operation"]).output)
+    assert json.loads(run(app, ["nodes", "uncordon", "inno-1", "-o", "json"]).output)["state"] == "ready"
+    moved = json.loads(run(app, ["nodes", "move", "inno-1", "operation", "-o", "json"]).output)
     assert (moved["pool"], moved["pool_source"]) == ("operation", "admin")
     assert "operation*" in run(app, ["nodes", "list"]).output
-    back = json.loads(run(app, ["nodes", "move", "inno-1", "--to-label"]).output)
+    back = json.loads(run(app, ["nodes", "move", "inno-1", "--to-label", "-o", "json"]).output)
     assert back["pool_source"] == "executor"
     bad = run(app, ["nodes", "move", "inno-1"])
     assert bad.exit_code == 2 and "POOL or --to-label" in bad.output
     unknown = run(app, ["nodes", "cordon", "nope"])
     assert unknown.exit_code == 2 and "NODE_NOT_FOUND" in unknown.output
+
+
+def test_up_says_where_everything_is_without_printing_the_token(tmp_path):
+    from broker.cli.up import _ready_lines
+
+    token_path = tmp_path / "admin-token"
+    text = _ready_lines("0.0.0.0", 8000, token_path)
+    assert "http://127.0.0.1:8000/dashboard" in text and "http://127.0.0.1:8000/docs" in text
+    assert f"paste the token from {token_path}" in text and f"#token=$(cat {token_path})" in text
+
+
+def test_client_commands_do_not_import_the_server():
+    """`broker jobs list` talks HTTP: importing the CLI must not pull in uvicorn or SQLAlchemy."""
+    import subprocess
+    import sys
+
+    code = ("import sys, broker.cli; from typer.main import get_command; "
+            "get_command(broker.cli.app).get_command(None, 'jobs'); "
+            "print(sorted(m for m in ('uvicorn', 'sqlalchemy', 'sqlmodel', 'broker.app', 'ray') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
