@@ -471,6 +471,9 @@ def bench(*, scale: float = 1.0, database: str | None = None, priority_preemptio
     """One run of the scenario on a fresh database; see the module docstring for the figures."""
     from broker.settings import Settings
 
+    # SIGTERM (a timeout, a stop from a shell) ends the run through the finally blocks below, so
+    # the server subprocess is stopped and the private schema dropped.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     url, cleanup = prepare(database)
     data = tempfile.mkdtemp(prefix="bench-kueue-")  # the server's data dir (checkpoints: none here)
     plan = schedule(scale)
@@ -510,6 +513,7 @@ def bench(*, scale: float = 1.0, database: str | None = None, priority_preemptio
     finally:
         cleanup()
         shutil.rmtree(data, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cpu_s(pid: int) -> float | None:
