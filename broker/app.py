@@ -28,6 +28,7 @@ from broker.api.admin import tokens as token_routes
 from broker.api.errors import install_handlers
 from broker.api.fastpath import SubmitFastPath
 from broker.api.json import JSON
+from broker.api.request_shape import RequestShape
 from broker.auth.limits import BodySizeLimit
 from broker.auth.ratelimit import RateLimitMiddleware, TokenBucketLimiter
 from broker.db import make_engine
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
     install_handlers(app)
     if settings.submit_fast_path:  # inside BodyLimit: the hot submit skips routing and dependencies
         app.add_middleware(SubmitFastPath, services=services, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestShape)  # control characters in path/query -> 422, non-JSON bodies -> 415
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)  # 413 also for chunked bodies
     if settings.rate_limit_per_s > 0:  # outermost: a throttled request costs no auth and no body read
         app.add_middleware(RateLimitMiddleware, limiter=TokenBucketLimiter(settings.rate_limit_per_s,

@@ -12,11 +12,13 @@ private schema).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import orjson
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 from sqlmodel import create_engine
 
@@ -46,7 +48,9 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     size = pool_size or settings.db_pool_size
-    return create_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True, json_serializer=_json_dumps)
+    return create_engine(url, pool_size=size, max_overflow=size, pool_pre_ping=True, json_serializer=_json_dumps,
+                         pool_timeout=settings.db_pool_timeout_s,
+                         connect_args={"connect_timeout": settings.db_connect_timeout_s})
 
 
 def _json_dumps(obj) -> str:
@@ -82,8 +86,43 @@ def migrate(settings: Settings, engine: Engine | None = None, revision: str = "h
     own = engine is None
     eng = engine or make_engine(settings)
     try:
-        with eng.begin() as conn:
+        with migration_connection(eng) as conn:
             command.upgrade(alembic_config(settings, conn), revision)
     finally:
         if own:
             eng.dispose()
+
+
+def downgrade(settings: Settings, engine: Engine, revision: str) -> None:
+    """Take the schema down to `revision` (an operator's rollback; data in dropped columns is lost)."""
+    from alembic import command
+
+    with migration_connection(engine) as conn:
+        command.downgrade(alembic_config(settings, conn), revision)
+
+
+@contextmanager
+def migration_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection in one transaction for Alembic.
+
+    Why foreign keys are off on SQLite while migrating: SQLite cannot alter a column, so Alembic's
+    batch mode copies a table, drops the old one and renames the copy; with `foreign_keys=ON`
+    dropping `projects` or `jobs` fails as soon as a row references it (every real database).
+    The pragma only takes effect outside a transaction, so it is set before `begin`, and the
+    migrated database is checked with `PRAGMA foreign_key_check` before the commit."""
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+        try:
+            with conn.begin():
+                yield conn
+                if sqlite:
+                    bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if bad:
+                        raise RuntimeError(f"migration left rows with dangling foreign keys: {bad[:5]}")
+        finally:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from scheduler.model import Resources
 
@@ -60,6 +60,8 @@ class LaunchSpec:
     project: str = ""
     # checkpointable jobs: the directory (as the node sees it) that survives attempts; "" = none
     checkpoint_dir: str = ""
+    # the cap of each worker's log file in bytes (head and tail kept, see the runner); 0 = none
+    log_max_bytes: int = 0
 
 
 class WorkerState(str, enum.Enum):
@@ -113,6 +115,11 @@ class Executor(Protocol):
         ...
 
     def read_log(self, job_id: str, attempt: int, rank: int, offset: int = 0, max_bytes: int = 1 << 20) -> bytes: ...
+
+    def log_info(self, job_id: str, attempt: int, rank: int) -> Mapping[str, Any] | None:
+        """A capped or failed log's stats (bytes, dropped, truncated, max_bytes, error); None
+        when the log was neither (or nothing is known)."""
+        ...
 
     def shutdown(self) -> None: ...
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # checkpoint_root_shared=true so that a job resumes wherever it is placed next.
     checkpoint_root: Path | None = None
     checkpoint_root_shared: bool = False
+    # Job logs (<data_dir>/logs/<job>/<attempt>/worker-<rank>.log): each worker's file is capped
+    # (head and tail kept, a marker line between; 0 = no cap) and a job's logs are deleted this
+    # many days after it ended (0 = kept forever). See docs/OPERATIONS.md.
+    log_max_bytes_per_worker: int = Field(default=100 * 1024 * 1024, ge=0)
+    log_retention_days: float = Field(default=30.0, ge=0)
     heartbeat_timeout_s: float = 60.0
     starting_timeout_s: float = 120.0  # a job stuck in STARTING longer than this is repaired
     lost_node_hold_s: float = 60.0  # a node that lost a running worker gets no new work this long
@@ -70,7 +75,20 @@ class Settings(BaseSettings):
     submit_batch_wait_s: float = 0.0
     submit_writers: int = 2  # transactions in flight at once (PostgreSQL; SQLite uses 1)
     db_pool_size: int = 10
+    # PostgreSQL: how long a new connection may take, and a request may wait for a pooled one,
+    # before the request gives up with 503 DATABASE_UNAVAILABLE (a dead server fails requests
+    # quickly instead of holding them open).
+    db_connect_timeout_s: int = 5
+    db_pool_timeout_s: float = 10.0
     submit_fast_path: bool = True  # POST /api/v1/jobs as a pure ASGI handler (broker.api.fastpath)
+
+    # Pending jobs a project may have queued at once unless its `max_pending` says otherwise
+    # (admins set it per project); a submit beyond it gets 429 PENDING_CAP with Retry-After.
+    default_max_pending: int = Field(1000, ge=0)
+
+    # The operations overview and /metrics serve one shared snapshot at most this old (0: fresh
+    # on every request).
+    overview_max_age_s: float = Field(2.0, ge=0)
 
     default_max_runtime_s: float = 24 * 3600.0
     seed_demo: bool = True
@@ -101,6 +119,11 @@ class Settings(BaseSettings):
     def checkpoint_dir(self, project: str, job_id: str) -> Path:
         """A checkpointable job's directory (ids are the broker's own: no user path)."""
         return self.checkpoint_root_dir / project / job_id
+
+    @property
+    def log_dir(self) -> Path:
+        """Where runners write job logs on this host (what `broker up` gives its executor)."""
+        return (Path(self.data_dir) / "logs").resolve()
 
     @property
     def is_sqlite(self) -> bool:

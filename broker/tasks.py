@@ -9,6 +9,7 @@
 - accounting.ledger       every 60 s: used GPU-seconds and energy into the ledger;
 - audit.seal_job_submits  every 2 s: job submits into the audit hash chain (the outbox);
 - checkpoints.cleanup     every 30 s: checkpoint directories of jobs that ended for good;
+- logs.retention          every hour: log folders of jobs that ended `log_retention_days` ago;
 - telemetry.heartbeats    every heartbeat timeout / 6: nodes whose agent went quiet;
 - telemetry.rollup        every 60 s: 1-minute and 1-hour rollups;
 - telemetry.retention     every hour: raw samples and rollups past their retention.
@@ -33,6 +34,7 @@ from broker.ports import Clock, Executor
 from broker.services.accounting import fill_ledger_usage
 from broker.services.admin.audit import seal_pending
 from broker.services.checkpoints import remove_finished_checkpoints
+from broker.services.logs import remove_expired_logs
 from broker.services.reconcile import release_orphans
 from broker.services.scheduling import SchedulingLoop
 from broker.services.telemetry import rollup
@@ -52,6 +54,8 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
     tasks.add_interval(lambda: seal_pending(engine), 2.0, "audit.seal_job_submits")
     tasks.add_interval(lambda: remove_finished_checkpoints(engine, settings.checkpoint_root_dir), 30.0,
                        "checkpoints.cleanup")
+    tasks.add_interval(lambda: remove_expired_logs(engine, settings.log_dir, settings.log_retention_days, clock()),
+                       3600.0, "logs.retention")
     tasks.add_interval(lambda: tel.check_heartbeats(clock()), max(1.0, cfg.health.heartbeat_timeout_s / 6),
                        "telemetry.heartbeats")
     tasks.add_interval(lambda: rollup.run_rollups(engine, clock(), cfg.rollup_lateness_s), 60.0, "telemetry.rollup")

@@ -106,6 +106,7 @@ class _Cycle:
         self._cap_details: dict[tuple, tuple[int, dict]] = {}
         self.bindings: dict[tuple, tuple[int, Binding]] = {}  # (epoch, binding) per (shape, flavor)
         self.capacity_blocked = False
+        self.aged_before = float("-inf")  # ordering: jobs submitted at or before this are aged
 
     # -- helpers --------------------------------------------------------------------------
     def shape(self, job: Job) -> Shape:
@@ -391,7 +392,8 @@ class _Cycle:
             # (once every pool with nodes holds a reservation, reserve() could only skip)
             if self.policy.backfill and not fifo and not backfill_blocked and \
                     len(res.by_pool) < len(self.world.pools_with_nodes) and \
-                    self.now - job.submit_time >= self.policy.reserve_after_s:
+                    (self.now - job.submit_time >= self.policy.reserve_after_s or
+                     (self.policy.reserve_aged and job.submit_time <= self.aged_before)):
                 res.reserve(self, job, s, cap_fids)
             return False
         if quota_fail is not None:

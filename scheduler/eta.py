@@ -10,6 +10,11 @@ estimate is the moment the timeline has its GPUs, never earlier than the job ahe
 the same flavor... unless it fits in a hole before them: a job starts at the first moment its
 GPUs stay free for its expected runtime (conservative backfill over the queue in cycle order).
 
+That conservative play keeps every job's place, as a policy that reserves for each blocked head
+(`fair-backfill`) does. A policy that holds nothing for a blocked job (`reserve_after_s` > 0: the
+default, `fair`) admits, at each release, whatever fits in cycle order, so a small job overtakes
+a blocked gang: for those the queue is played greedily (`_greedy_estimates`).
+
 The reserved head keeps its reservation time (it is also played on the timeline). GPUs only:
 CPUs and memory rarely bind in a GPU cluster and fragmentation is ignored, so an estimate is
 what the queue allows, not a promise.
@@ -22,7 +27,9 @@ and are built once per distinct value.
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left
+from collections import deque
 from typing import TYPE_CHECKING
 
 from scheduler.backfill import _gpu_releases
@@ -95,10 +102,13 @@ def add_estimates(cyc: "_Cycle") -> None:
     texts: dict[tuple, str] = {}
     heads = cyc.reservations.head_start
     pending = cyc.pending
+    greedy = _greedy_estimates(cyc) if cyc.policy.reserve_after_s > 0 else None
     for n, (job, s, fids, code, details, position) in enumerate(cyc.to_estimate):
         need = s.req[0]
         est = None
-        if n < MAX_SIMULATED and need > 0:
+        if greedy is not None and n < MAX_SIMULATED:
+            est = greedy.get(n)
+        elif n < MAX_SIMULATED and need > 0:
             for fid in fids:
                 if flavors[fid].ready_cap_g >= need:  # the first flavor that can ever hold it
                     lane = lanes.get(fid)
@@ -122,6 +132,81 @@ def add_estimates(cyc: "_Cycle") -> None:
         reason = pending[job.id] = explained(code, details, position, est, text)
         if text is None:
             texts[tk] = reason.message
+
+
+def _greedy_estimates(cyc: "_Cycle") -> dict[int, float]:
+    """Estimated starts (by position in `cyc.to_estimate`) for a policy that holds nothing for
+    a blocked job (no reservation unless it has waited `reserve_after_s`): at each release, the
+    jobs are started in cycle order, each one that fits in the GPUs free then, whether or not a
+    bigger job ahead still waits (greedy list scheduling, as the cycle admits). The lanes'
+    conservative backfill instead keeps every job's place, which such a policy does not: measured
+    on a mixed trace, it told 32-GPU gangs a fifth of their real wait and small jobs twice theirs.
+
+    Each job is played on the first of its flavors that can ever hold it; GPUs only."""
+    flavors = cyc.world.flavors
+    per: dict[int, list[tuple[int, float, float]]] = {}
+    for n, (job, s, fids, _code, _details, _position) in enumerate(cyc.to_estimate[:MAX_SIMULATED]):
+        need = s.req[0]
+        if need <= 0:
+            continue
+        for fid in fids:
+            if flavors[fid].ready_cap_g >= need:
+                per.setdefault(fid, []).append((n, need, cyc.expected_runtime(job)))
+                break
+    out: dict[int, float] = {}
+    for fid, items in per.items():
+        _greedy(cyc, fid, items, out)
+    return out
+
+
+def _greedy(cyc: "_Cycle", fid: int, items: list[tuple[int, float, float]], out: dict[int, float]) -> None:
+    """Play `items` (position, GPUs, runtime), in cycle order, on flavor fid's releases.
+    Jobs wait in one queue per size, so each start costs the number of distinct sizes."""
+    res = cyc.reservations.by_fid.get(fid)
+    free = float(cyc.world.flavors[fid].total_free_g + (res.blocked_g if res is not None else 0))
+    rel = _gpu_releases(cyc, fid)
+    queues: dict[float, deque[int]] = {}
+    for k, (_n, need, _rt) in enumerate(items):
+        q = queues.get(need)
+        if q is None:
+            q = queues[need] = deque()
+        q.append(k)
+    sizes = sorted(queues)
+    left = len(items)
+    ends: list[tuple[float, float]] = []  # (end, GPUs) of the jobs started in the play
+    t, i, nr = cyc.now, 0, len(rel)
+    while left:
+        while True:  # start, in cycle order, every job that fits now
+            best = -1
+            for sz in sizes:
+                if sz > free + EPS:
+                    break
+                q = queues[sz]
+                if q and (best < 0 or q[0] < best):
+                    best = q[0]
+            if best < 0:
+                break
+            n, need, rt = items[best]
+            queues[need].popleft()
+            out[n] = t
+            free -= need
+            left -= 1
+            heapq.heappush(ends, (t + rt, need))
+            if not queues[need]:
+                sizes.remove(need)
+        if not left:
+            break
+        nxt = rel[i][0] if i < nr else None
+        if ends and (nxt is None or ends[0][0] < nxt):
+            nxt = ends[0][0]
+        if nxt is None:
+            break  # never enough GPUs: no estimate
+        t = max(t, nxt)
+        while i < nr and rel[i][0] <= t:
+            free += rel[i][2]
+            i += 1
+        while ends and ends[0][0] <= t:
+            free += heapq.heappop(ends)[1]
 
 
 def _lower_bound(cyc: "_Cycle", bounds: dict, fids: list[int], need: float) -> float | None:

@@ -254,6 +254,13 @@ class Policy:
     # and holds a reservation in turn: waits are bounded whatever the project's share.
     aging_after_s: float = float("inf")
     aged_jobs: int = 1  # at most this many (the longest-waiting) are aged at once
+    # Starvation bound relative to the load: a job is aged only once its wait also exceeds this
+    # factor x the backlog's drain time (the GPU-seconds of the visible queue and of what runs,
+    # at expected runtimes, over the cluster's ready GPUs: how long strict arrival order would
+    # need to start everything waiting now). 0: the fixed `aging_after_s` alone.
+    aging_backlog_factor: float = 0.0
+    # Aged jobs hold their pool's backfill reservation whatever `reserve_after_s` says.
+    reserve_aged: bool = False
 
 
 POLICIES: Mapping[str, Policy] = {
@@ -263,6 +270,12 @@ POLICIES: Mapping[str, Policy] = {
     # Reservations and aging are off in the default: both were measured to cost the average
     # wait far more than they gain on the maximum (docs/scheduling-policy.md).
     "fair-backfill-preempt": Policy(name="fair-backfill-preempt"),
+    # The default plus a starvation bound relative to the load: a job that has waited past 6 h
+    # and past the backlog's drain time goes first (by submit time) and holds its pool's
+    # reservation. Bounds the maximum wait near fifo's at a cost in the average wait
+    # (measured in docs/scheduling-policy.md), so not the default.
+    "fair-backfill-preempt-bounded": Policy(name="fair-backfill-preempt-bounded", aging_after_s=6 * 3600.0,
+                                            aging_backlog_factor=1.0, aged_jobs=1 << 30, reserve_aged=True),
 }
 
 

@@ -3,7 +3,10 @@
 Class (operation first), priority, aged (waited past `Policy.aging_after_s`: then by submit
 time, ahead of the fair-share order), quota tier (within guarantee, within nominal,
 borrowing), fair share (updated as the cycle admits), submit time, id; `strict_fifo`: submit
-time, id. Aging bounds every wait: the oldest job becomes its pool's backfill head.
+time, id. Aging bounds every wait: the oldest job becomes its pool's backfill head. With
+`Policy.aging_backlog_factor` the threshold scales with the load: a job is aged only once it
+has also waited longer than the backlog's drain time (`backlog_drain_s`), the wait strict
+arrival order would give a job submitted now.
 Why its own module: it runs once per pending job and is written for speed (see `order`).
 """
 
@@ -69,6 +72,7 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
     limits = cyc.qv.limits
     limc = cyc.qv._limc  # limits' own memo, read directly on the per-job path
     aged_before = _aged_before(cyc, pend)  # submitted at or before this: aged (-inf: none)
+    cyc.aged_before = aged_before
 
     def entry(it: tuple, pid: str, rest: Iterator[tuple]) -> tuple:
         f0 = it[6]
@@ -130,6 +134,26 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
             replace(heap, (it[0] + 3 + t, shares[pid], it[1], it[2], pid, it, rest))
 
 
+def backlog_drain_s(cyc: "_Cycle") -> float:
+    """Seconds strict arrival order would need to start every job visible now: the GPU-seconds
+    of the pending jobs (at their expected runtimes) and the rest of the running ones, over
+    the ready GPUs. Under fifo a job waits about this drain time as it stood at its submit, so a
+    job that has waited longer than the drain time now is behind where fifo would have it."""
+    now, er = cyc.now, cyc.expected_runtime
+    work = 0.0
+    for j in cyc.snap.pending:
+        g = j.workers * j.per_worker.gpus
+        if g:
+            work += g * er(j)
+    for r in cyc.snap.running:
+        g = len(r.placements) * r.job.per_worker.gpus
+        left = r.start_time + er(r.job) - now
+        if g and left > 0:
+            work += g * left
+    gpus = sum(n.capacity.gpus for n in cyc.snap.nodes if n.state.schedulable)
+    return work / gpus if gpus else 0.0
+
+
 def _aged_before(cyc: "_Cycle", pend) -> float:
     """The submit time at or before which a job counts as aged: the `Policy.aged_jobs`
     longest-waiting pending jobs, if they have waited past `aging_after_s` (-inf: none).
@@ -142,6 +166,8 @@ def _aged_before(cyc: "_Cycle", pend) -> float:
     limit = cyc.now - policy.aging_after_s
     if policy.aged_jobs <= 0 or limit == float("-inf") or not pend:
         return float("-inf")
+    if policy.aging_backlog_factor > 0:
+        limit = min(limit, cyc.now - policy.aging_backlog_factor * backlog_drain_s(cyc))
     old = [j.submit_time for j in pend if j.submit_time <= limit]
     if not old:
         return float("-inf")

@@ -67,6 +67,7 @@ class FakeExecutor:
         self.launches: list[tuple[str, int]] = []  # every launch call, duplicates included
         self.stops: list[tuple[str, int, float, str, str]] = []  # (job, attempt, grace, message, reason)
         self.releases: list[tuple[str, int]] = []
+        self._log_info: dict[tuple[str, int, int], dict | None] = {}
         self._lock = threading.Lock()
 
     # -- inventory -------------------------------------------------------------------------
@@ -129,11 +130,19 @@ class FakeExecutor:
                     return bytes(w.log[offset:offset + max_bytes])
             return b""
 
+    def log_info(self, job_id: str, attempt: int, rank: int) -> dict | None:
+        with self._lock:
+            return self._log_info.get((job_id, attempt, rank))
+
     def shutdown(self) -> None:
         with self._lock:
             self._attempts.clear()
 
     # -- test controls -----------------------------------------------------------------------
+    def set_log_info(self, job_id: str, attempt: int, rank: int, info: dict | None) -> None:
+        with self._lock:
+            self._log_info[(job_id, attempt, rank)] = info
+
     def write_log(self, job_id: str, attempt: int, rank: int, data: bytes) -> None:
         with self._lock:
             for w in self._attempts[(job_id, attempt)]:

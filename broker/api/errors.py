@@ -1,5 +1,7 @@
 """Errors to HTTP, in one place: every `BrokerError`, validation error and unexpected exception
 becomes the one error shape `{"error": {"code", "message", "details"}}` (never a traceback).
+Database exceptions go through `broker.services.db_errors.translate`: unreachable -> 503
+DATABASE_UNAVAILABLE with Retry-After, a refused value -> 422.
 
 The hierarchy itself is `broker.errors` (services raise it and know nothing of HTTP); this
 module is the only one that maps it to responses.
@@ -14,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from broker.api.json import JSON as ORJSONResponse
 from broker.errors import BrokerError, validation_message
+from broker.services.db_errors import DB_EXCEPTIONS, translate
 
 log = logging.getLogger("broker.errors")
 
@@ -25,6 +28,17 @@ def install_handlers(app) -> None:
     @app.exception_handler(BrokerError)
     async def _broker(_request, exc: BrokerError):
         return ORJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    async def _database(_request, exc: Exception):
+        mapped = translate(exc)
+        if mapped is None:
+            return _internal(exc)
+        if mapped.status >= 500:
+            log.warning("database unavailable: %s: %s", type(exc).__name__, str(exc).strip()[:200])
+        return ORJSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
+
+    for exc_type in DB_EXCEPTIONS:  # handled inside the app: no 500, no reset connection
+        app.add_exception_handler(exc_type, _database)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request, exc: RequestValidationError):
@@ -47,6 +61,13 @@ def install_handlers(app) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request, exc: Exception):
-        log.exception("unhandled error", exc_info=exc)
-        body = {"error": {"code": "INTERNAL", "message": "internal error; see the broker log", "details": {}}}
-        return ORJSONResponse(body, status_code=500)
+        mapped = translate(exc)  # a database error raised outside the routes (middleware)
+        if mapped is not None:
+            return ORJSONResponse(mapped.body(), status_code=mapped.status, headers=mapped.headers)
+        return _internal(exc)
+
+
+def _internal(exc: Exception):
+    log.exception("unhandled error", exc_info=exc)
+    body = {"error": {"code": "INTERNAL", "message": "internal error; see the broker log", "details": {}}}
+    return ORJSONResponse(body, status_code=500)

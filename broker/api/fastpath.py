@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from broker.api.deps import origin
 from broker.errors import BrokerError, PayloadTooLarge, validation_message
 from broker.schemas import JobCreate
+from broker.services.db_errors import DB_EXCEPTIONS, translate
 from broker.services.wiring import Services
 
 _JSON = [(b"content-type", b"application/json")]
@@ -38,6 +39,11 @@ class SubmitFastPath:
             status, body, extra = await self._submit(scope, receive)
         except BrokerError as e:
             status, body, extra = e.status, e.body(), list(e.headers.items())
+        except DB_EXCEPTIONS as e:  # outside the app's handlers here: translate as they do
+            mapped = translate(e)
+            if mapped is None:
+                raise
+            status, body, extra = mapped.status, mapped.body(), list(mapped.headers.items())
         payload = orjson.dumps(body)
         headers = _JSON + [(b"content-length", str(len(payload)).encode())]
         headers += [(k.encode(), v.encode()) for k, v in extra]

@@ -58,7 +58,8 @@ def events(job_id: str, principal: User, svc: Jobs,
     return JSON(svc.events(principal=principal, job_id=job_id, after=after, limit=limit))
 
 
-@router.get("/{job_id}/logs", responses={200: {"content": {"text/plain": {}}}, **ERRORS, 503: {"model": ErrorResponse}},
+@router.get("/{job_id}/logs", responses={200: {"content": {"text/plain": {}}}, **ERRORS, 410: {"model": ErrorResponse},
+                       503: {"model": ErrorResponse}},
             response_class=Response, summary="A worker's log; ?follow=true streams until the attempt ends")
 async def logs(job_id: str, principal: User, svc: Logs,
                worker: Annotated[int, Query(ge=0, le=1023)] = 0,
@@ -66,10 +67,11 @@ async def logs(job_id: str, principal: User, svc: Logs,
                offset: Annotated[int, Query(ge=0)] = 0,
                follow: bool = False):
     if not follow:
-        data = await run_in_threadpool(svc.read, principal=principal, job_id=job_id, worker=worker,
-                                       attempt=attempt, offset=offset)
-        return Response(data, media_type="text/plain; charset=utf-8")
+        got = await run_in_threadpool(svc.read, principal=principal, job_id=job_id, worker=worker,
+                                      attempt=attempt, offset=offset)
+        return Response(got.data, media_type="text/plain; charset=utf-8", headers=got.headers)
     att, _ = await run_in_threadpool(svc.locate, principal=principal, job_id=job_id, worker=worker, attempt=attempt)
     svc.require_executor()  # 503 before the stream starts when no executor is attached
+    headers = await run_in_threadpool(svc.headers, job_id, att, worker)
     return StreamingResponse(svc.follow(job_id=job_id, attempt=att, worker=worker, offset=offset),
-                             media_type="text/plain; charset=utf-8")
+                             media_type="text/plain; charset=utf-8", headers=headers)

@@ -1,5 +1,4 @@
-"""Submit-time security checks: may the caller submit here, is the spec allowed, is the
-project under its pending-job cap. Called first by `JobService.prepare` (both the FastAPI
+"""Submit-time security checks: may the caller submit here, is the spec allowed. Called first by `JobService.prepare` (both the FastAPI
 route and the ASGI fast path go through it).
 
 - Authorization: JOB_SUBMIT on the target project. A foreign project answers exactly like a
@@ -9,8 +8,10 @@ route and the ASGI fast path go through it).
   (`image_allow_prefixes`): fully qualified references only, matched on path boundaries.
   All problems are reported at once (422, details.problems).
 - Max runtime per workload class (admin setting ``max_runtime_s.<class>``): longer -> 422.
-- Pending cap: `projects.max_pending` (None = no cap). The limits are cached (`ttl_s`); the
-  count query runs only for projects that have a cap, so uncapped projects pay nothing.
+
+The pending cap is not checked here: a count before the write cannot hold against concurrent
+submits (or a second broker); the transaction that stores the job counts it
+(`broker.services.job_queries.store_jobs`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from sqlalchemy import func, select
-from sqlmodel import Session
-
-from broker.errors import Invalid, RateLimited
-from broker.models import Job, JobStatus, Project
+from broker.errors import Invalid
 from broker.auth.limits import Problem, env_problems, image_problems, normalize_prefixes
 from broker.auth.policy import Action
 from broker.auth.authz import Authz, unknown_project
@@ -40,7 +37,6 @@ class SubmitGuard:
         prefixes = getattr(settings, "image_allow_prefixes", None)
         self._default_prefixes = normalize_prefixes(DEFAULT_IMAGE_PREFIXES if prefixes is None else prefixes)
         self._admin_settings = admin_settings  # effective admin settings (DB overrides), cached below
-        self._caps: tuple[dict[str, int], float] | None = None
         self._runtime: tuple[tuple[tuple[str, ...], dict[str, float]], float] | None = None
         self._lock = threading.Lock()
         self._max_env_vars = int(getattr(settings, "max_env_vars", 128))
@@ -79,27 +75,6 @@ class SubmitGuard:
         if problems:
             raise Invalid("; ".join(f"{p.field}: {p.message}" for p in problems[:10]), code=problems[0].code,
                           details={"problems": [p.as_detail() for p in problems]})
-        cap = self.caps().get(spec.project)
-        if cap is not None:
-            with Session(self.engine) as ses:
-                n = ses.execute(select(func.count()).select_from(Job).where(
-                    Job.project_id == spec.project, Job.status == JobStatus.PENDING.value)).scalar_one()
-            if n >= cap:
-                raise RateLimited(f"project {spec.project} already has {n} pending jobs (cap {cap}); "
-                                  "wait for some to start or finish", code="PENDING_CAP",
-                                  details={"pending": n, "max_pending": cap}, headers={"Retry-After": "30"})
-
-    def caps(self) -> dict[str, int]:
-        now = self._clock()
-        cur = self._caps
-        if cur is not None and cur[1] > now:
-            return cur[0]
-        with Session(self.engine) as s:
-            caps = {pid: cap for pid, cap in s.execute(select(Project.id, Project.max_pending)).all()
-                    if cap is not None}
-        self._caps = (caps, now + self._ttl)
-        return caps
 
     def invalidate(self) -> None:
-        self._caps = None
         self._runtime = None

@@ -2,7 +2,8 @@
 
 What it does, in one run:
 1. prepares the database (PostgreSQL: a private schema, dropped afterwards; SQLite: a file in a
-   temp dir), migrates it, seeds the demo region, a node inventory and a bearer token;
+   temp dir), migrates it, seeds the demo region, a node inventory, a bearer token and
+   `BENCH_PROJECTS` projects the jobs are spread over (each under its pending cap);
 2. starts the API (uvicorn, uvloop + httptools, 127.0.0.1 on a free port) in a subprocess;
 3. runs a closed-loop load generator in this process: `concurrency` keep-alive connections,
    each sending one job per request back to back for `duration` seconds (after a warm-up),
@@ -94,9 +95,34 @@ def count_rows(url: str, ids: list[str]) -> int:
 # ----------------------------------------------------------------------------- load
 
 
+# The load is spread round-robin over this many projects, each under the default pending cap
+# (1,000): the cap is counted on every submit as in production, and no run (nor three runs on
+# one database) fills a project, so no request is refused for it.
+BENCH_PROJECTS = 128
+
+
+def bench_project(i: int) -> str:
+    return f"bench-p{i % BENCH_PROJECTS:03d}"
+
+
+def make_projects(url: str) -> None:
+    from sqlmodel import Session
+
+    from broker.db import make_engine
+    from broker.models import Project
+    from broker.settings import Settings
+
+    eng = make_engine(Settings(database_url=url))
+    with Session(eng) as s:
+        for i in range(BENCH_PROJECTS):
+            s.add(Project(id=bench_project(i), department_id="ouh", name=bench_project(i)))
+        s.commit()
+    eng.dispose()
+
+
 def job_body(i: int) -> bytes:
     return orjson.dumps({
-        "name": f"bench-{i}", "project": "ouh-liver", "class": "innovation", "image": "localhost/busybox:test",
+        "name": f"bench-{i}", "project": bench_project(i), "class": "innovation", "image": "localhost/busybox:test",
         "command": ["/bin/busybox", "sh", "-c", "echo hello; sleep 1"], "env": {"EPOCHS": "3", "LR": "0.001"},
         "resources": {"gpus": 1, "cpus": 4, "memory_gb": 16}, "workers": 1, "max_runtime_s": 600,
         "priority": 0, "runtime": "container", "max_retries": 1,
@@ -176,6 +202,7 @@ def bench(*, database: str | None, concurrency: int, duration_s: float, warmup_s
     url, cleanup = prepare_database(database)
     try:
         token = make_token(url)
+        make_projects(url)
         ours_runs, base_runs = [], []
         for _ in range(max(1, repeat)):
             ours_runs.append(run_one("broker", url, token, concurrency=concurrency, duration_s=duration_s,

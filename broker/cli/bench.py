@@ -1,4 +1,4 @@
-"""`broker bench submit|ingest|dispatch|kueue`: the broker's benchmarks from a shell (JSON with --json).
+"""`broker bench submit|reads|ingest|dispatch|kueue`: the broker's benchmarks from a shell (JSON with --json).
 
 Each command runs one function of `broker.bench` and prints its result, as one JSON object with
 `--json` or as a few readable lines; the options the benchmarks share are declared once here.
@@ -61,6 +61,35 @@ def _submit_lines(out: dict) -> list[str]:
         lines += [line(out["baseline"]), f"ratio: {out['ratio']}x the baseline's throughput"]
     lines += [f"  run: {r['mode']:9} {r['jobs_per_s']:8.1f} jobs/s  p50 {r['p50_ms']:6.1f} ms  "
               f"p95 {r['p95_ms']:6.1f} ms  errors {r['errors']}" for r in out.get("runs", [])]
+    return lines
+
+
+@app.command("reads")
+def bench_reads(
+    as_json: bool = AS_JSON,
+    database: Optional[str] = DATABASE,
+    queue: int = typer.Option(35_000, "--queue", help="PENDING jobs in the database during the run"),
+    projects: int = typer.Option(50, "--projects", help="projects the queue is spread over"),
+    users: int = typer.Option(50, "--users", "-u", help="keep-alive connections, each reading back to back"),
+    duration: float = typer.Option(20.0, "--duration", "-d", help="measured seconds (after a 2 s warm-up)"),
+    overview_max_age: Optional[float] = typer.Option(None, "--overview-max-age",
+                                                     help="the server's overview snapshot age in s (0: fresh "
+                                                          "on every request); default: the setting's default"),
+):
+    """Overview, /metrics, job list and job get under load with a deep queue: p50/p95 each."""
+    from broker.bench.reads import bench
+
+    out = bench(database=database, queue=queue, projects=projects, users=users, duration_s=duration,
+                overview_max_age_s=overview_max_age)
+    _emit(out, as_json, _reads_lines)
+
+
+def _reads_lines(out: dict) -> list[str]:
+    lines = [f"database: {out['database']}  queue: {out['queue']} pending jobs  users: {out['users']}  "
+             f"{out['requests_per_s']} requests/s  errors {out['errors']}"]
+    for name, e in out["endpoints"].items():
+        lines.append(f"  {name:9} p50 {e['p50_ms']:7.1f} ms  p95 {e['p95_ms']:7.1f} ms  p99 {e['p99_ms']:7.1f} ms  "
+                     f"({e['requests']} requests, {e['errors']} errors)")
     return lines
 
 

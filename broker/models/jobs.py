@@ -49,6 +49,9 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_status_submit", "status", "submit_time"),
         Index("ix_jobs_project_created", "project_id", "created_at", "id"),
         Index("ix_jobs_created", "created_at", "id"),
+        # the pending cap counts a project's queue on every submit (only PENDING rows indexed)
+        Index("ix_jobs_pending_project", "project_id", postgresql_where=text("status = 'PENDING'"),
+              sqlite_where=text("status = 'PENDING'")),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)

@@ -4,10 +4,15 @@ Why: a transaction per request pays a round trip and a WAL flush per job; at hun
 submits per second the database spends its time flushing. Each request hands its rows to an
 asyncio queue and awaits a future; the dispatcher takes whatever has queued up (up to
 `batch_max`) as soon as one of `writers` writer threads is free, and that thread writes the
-batch (one statement on PostgreSQL, see `broker.services.job_queries.insert_jobs`) and commits. While all
+batch (one pipelined transaction on PostgreSQL, see `broker.services.job_queries.store_jobs`) and
+commits. While all
 writers are busy the queue grows, so batches grow with load and the cost per job falls. On
 PostgreSQL the writers are psycopg async connections driven by the event loop itself (no
 thread hand-off and no GIL ping-pong per batch); elsewhere they are threads.
+
+The write function may refuse single rows (a project over its pending cap): it returns
+{position in the batch: exception}, stores the others, and each refused request gets its
+exception while the rest of the batch succeeds.
 
 Invariants: a future resolves successfully only after the transaction holding its rows
 committed (a 201 always means durably stored); if a batch fails, each of its items is retried
@@ -19,6 +24,7 @@ after an error, so the retry reconnects. SQLite gets one writer (it has one anyw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +39,12 @@ Item = tuple[dict, dict]  # (job row, event row)
 
 class GroupCommitWriter:
     def __init__(self, engine: Engine, write: Callable, *, batch_max: int = 256, wait_s: float = 0.0,
-                 writers: int = 2, write_async: Callable | None = None) -> None:
+                 writers: int = 2, write_async: Callable | None = None, connect_timeout_s: int = 5,
+                 lock: Callable = lambda conn: contextlib.nullcontext()) -> None:
         self._engine = engine
-        self._write = write  # write(conn, job_rows, event_rows): the repo's multi-row insert
+        self._connect_timeout_s = connect_timeout_s
+        self._lock = lock  # held around each thread-side transaction (SQLite: count + insert)
+        self._write = write  # write(conn, job_rows, event_rows) -> {position: refusal} | None
         # PostgreSQL: await write_async(psycopg AsyncConnection, jobs, events) on the event loop
         self._write_async = write_async if engine.dialect.name == "postgresql" else None
         self._aconns: list = []  # idle async connections (autocommit)
@@ -43,7 +52,6 @@ class GroupCommitWriter:
         self._batch_max = max(1, batch_max)
         self._wait_s = wait_s
         self._writers = 1 if engine.dialect.name == "sqlite" else max(1, writers)
-        self._autocommit = engine.dialect.name == "postgresql"  # the batch is one statement there
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,7 +100,9 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         if self._task is None or loop is not self._loop:
             # not started here (a tool using the service directly, or a second event loop)
-            await loop.run_in_executor(self._pool, self._commit, [(job_row, event_row)])
+            refused = await loop.run_in_executor(self._pool, self._commit, [(job_row, event_row)])
+            if refused:
+                raise refused[0]
             return
         fut = loop.create_future()
         self._queue.put_nowait(((job_row, event_row), fut))
@@ -127,15 +137,19 @@ class GroupCommitWriter:
         loop = asyncio.get_running_loop()
         try:
             try:
-                await self._commit_here(loop, [it for it, _ in batch])
+                refused = await self._commit_here(loop, [it for it, _ in batch])
             except Exception:
                 log.warning("group commit of %d jobs failed; retrying one by one", len(batch), exc_info=True)
                 await self._one_by_one(loop, batch)
                 return
             self.batches += 1
-            self.items += len(batch)
-            for _, fut in batch:
-                if not fut.done():
+            self.items += len(batch) - len(refused)
+            for i, (_, fut) in enumerate(batch):
+                if fut.done():
+                    continue
+                if i in refused:
+                    fut.set_exception(refused[i])
+                else:
                     fut.set_result(None)
         finally:
             free.release()
@@ -143,21 +157,24 @@ class GroupCommitWriter:
     async def _one_by_one(self, loop, batch) -> None:
         for item, fut in batch:
             try:
-                await self._commit_here(loop, [item])
+                refused = await self._commit_here(loop, [item])
                 if not fut.done():
-                    fut.set_result(None)
+                    if refused:
+                        fut.set_exception(refused[0])
+                    else:
+                        fut.set_result(None)
             except Exception as e:  # handed to the request that owns the row
                 if not fut.done():
                     fut.set_exception(e)
 
-    async def _commit_here(self, loop, items: list[Item]) -> None:
-        """Commit on the event loop (PostgreSQL, async driver) or on a writer thread."""
+    async def _commit_here(self, loop, items: list[Item]) -> dict:
+        """Commit on the event loop (PostgreSQL, async driver) or on a writer thread; returns
+        the refused positions."""
         if self._write_async is None:
-            await loop.run_in_executor(self._pool, self._commit, items)
-            return
+            return await loop.run_in_executor(self._pool, self._commit, items)
         conn = self._aconns.pop() if self._aconns else await self._connect_async()
         try:
-            await self._write_async(conn, [j for j, _ in items], [e for _, e in items])
+            refused = await self._write_async(conn, [j for j, _ in items], [e for _, e in items]) or {}
         except Exception:
             if conn.broken or conn.closed:  # a constraint error leaves an autocommit connection usable
                 self._aconns_all.remove(conn)
@@ -169,32 +186,28 @@ class GroupCommitWriter:
                 self._aconns.append(conn)
             raise
         self._aconns.append(conn)
+        return refused
 
     async def _connect_async(self):
         import psycopg
 
         url = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=self._connect_timeout_s)
         self._aconns_all.append(conn)
         return conn
 
-    def _commit(self, items: list[Item]) -> None:
-        """Runs on a writer thread, with that thread's connection."""
+    def _commit(self, items: list[Item]) -> dict:
+        """Runs on a writer thread, with that thread's connection; returns the refused positions."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._engine.connect()
-            if self._autocommit:
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
         jobs, events = [j for j, _ in items], [e for _, e in items]
         try:
-            if self._autocommit:
-                self._write(conn, jobs, events)  # one statement: committed when it returns
-            else:
-                with conn.begin():
-                    self._write(conn, jobs, events)
+            with self._lock(conn), conn.begin():
+                refused = self._write(conn, jobs, events) or {}
         except Exception:
             self._local.conn = None
             with self._conns_lock:
@@ -206,3 +219,4 @@ class GroupCommitWriter:
             except Exception:  # already broken: nothing left to release
                 pass
             raise
+        return refused

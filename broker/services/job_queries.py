@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
-from typing import Sequence
+import threading
+from typing import Any, Sequence
 
 import orjson
-from sqlalchemy import and_, insert, or_, select
+from sqlalchemy import and_, bindparam, insert, or_, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
-from broker.errors import Invalid
+from broker.errors import BrokerError, Invalid, RateLimited
 from broker.models import Attempt, IdempotencyKey, Job, JobEvent, Placement
 
 JOBS = Job.__table__
@@ -105,6 +107,135 @@ async def insert_jobs_async(aconn, job_rows: list[dict], event_rows: list[dict])
         await aconn.execute(sql, params)
     except psycopg.Error as e:
         raise DBAPIError.instance(sql, None, e, psycopg.Error) from e
+
+
+# ------------------------------------------------------------------ pending caps
+# Every new job is counted against its project's pending cap in the transaction that stores it.
+# PostgreSQL: a transaction-scoped advisory lock per project, taken in project order (two
+# brokers never deadlock), serializes count + insert for that project across every broker on
+# the database; the count runs in a statement after the lock (READ COMMITTED: a new snapshot),
+# so it sees every job committed before the lock was granted. The count and the insert are one
+# statement (`_pg_capped_sql`), and lock, insert and COMMIT go out in one pipeline: one round
+# trip per batch, as before the caps. SQLite has one broker: a process lock does the same.
+PENDING_LOCK_CLASS = 7301  # first key of the advisory locks (the second: hashtext(project))
+PENDING_RETRY_AFTER_S = 30
+_SQLITE_STORE = threading.Lock()
+
+_PG_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(p)) FROM unnest(%s::text[]) AS p"
+_ROOM = text("SELECT p.id, COALESCE(p.max_pending, :cap), "
+             "(SELECT count(*) FROM jobs j WHERE j.project_id = p.id AND j.status = 'PENDING') "
+             "FROM projects p WHERE p.id IN :ids").bindparams(bindparam("ids", expanding=True))
+
+
+def store_lock(conn_or_engine) -> Any:
+    """Hold around a SQLite transaction that calls `store_jobs` (PostgreSQL: nothing to hold)."""
+    return _SQLITE_STORE if conn_or_engine.dialect.name == "sqlite" else contextlib.nullcontext()
+
+
+def store_jobs(conn: Connection, job_rows: list[dict], event_rows: list[dict], *,
+               default_cap: int) -> dict[int, BrokerError]:
+    """Insert the rows that fit under their projects' pending caps; returns {position: error}
+    for the refused ones. Runs inside the caller's transaction (which must commit it), on
+    SQLite under `store_lock`."""
+    if not job_rows:
+        return {}
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(_PG_LOCK, (PENDING_LOCK_CLASS, sorted({r["project_id"] for r in job_rows})))
+        sql, params = pg_capped_batch(job_rows, event_rows, default_cap)
+        return _refusals(job_rows, conn.exec_driver_sql(sql, params).all())
+    room = conn.execute(_ROOM, {"cap": default_cap, "ids": sorted({r["project_id"] for r in job_rows})}).all()
+    keep, refused = _fit(job_rows, room)
+    if refused:
+        job_rows = [job_rows[i] for i in keep]
+        wanted = {r["id"] for r in job_rows}
+        event_rows = [e for e in event_rows if e["job_id"] in wanted]
+    insert_jobs(conn, job_rows, event_rows)
+    return refused
+
+
+async def store_jobs_async(aconn, job_rows: list[dict], event_rows: list[dict], *,
+                           default_cap: int) -> dict[int, BrokerError]:
+    """`store_jobs` for PostgreSQL on a psycopg AsyncConnection in autocommit mode: BEGIN, the
+    locks, the capped insert and COMMIT in one pipeline (one round trip)."""
+    import psycopg
+
+    if not job_rows:
+        return {}
+    sql, params = pg_capped_batch(job_rows, event_rows, default_cap)
+    try:
+        async with aconn.pipeline():
+            async with aconn.transaction():
+                await aconn.execute(_PG_LOCK, (PENDING_LOCK_CLASS, sorted({r["project_id"] for r in job_rows})))
+                cur = await aconn.execute(sql, params)
+            got = await cur.fetchall()
+    except psycopg.Error as e:
+        raise DBAPIError.instance(sql, None, e, psycopg.Error) from e
+    return _refusals(job_rows, got)
+
+
+def pg_capped_batch(job_rows: list[dict], event_rows: list[dict], default_cap: int) -> tuple[str, tuple]:
+    sql = _pg_capped_sql(tuple(job_rows[0]), tuple(event_rows[0]) if event_rows else ())
+    params: tuple = (orjson.dumps(job_rows).decode(), default_cap)
+    if event_rows:
+        params += (orjson.dumps(event_rows).decode(),)
+    return sql, params
+
+
+@functools.lru_cache(maxsize=8)
+def _pg_capped_sql(job_cols: tuple[str, ...], event_cols: tuple[str, ...]) -> str:
+    """One statement: the batch's rows numbered per project in submission order, each
+    project's room (cap minus pending, the count stopping at the cap), the rows that fit
+    inserted with their events. Returns ('j', id) per inserted job and ('p', project, cap,
+    pending) per project of the batch."""
+    jc = ", ".join(job_cols)
+    sql = ("WITH src AS (SELECT r.*, row_number() OVER (PARTITION BY r.project_id ORDER BY r.ordinality) AS k "
+           "FROM json_populate_recordset(NULL::jobs, %s::json) WITH ORDINALITY AS r), "
+           "room AS (SELECT p.id, c.cap, (SELECT count(*) FROM (SELECT 1 FROM jobs j WHERE j.project_id = p.id "
+           "AND j.status = 'PENDING' LIMIT c.cap) t) AS n FROM projects p, "
+           "LATERAL (SELECT COALESCE(p.max_pending, %s) AS cap) c WHERE p.id IN (SELECT project_id FROM src)), "
+           f"ins AS (INSERT INTO jobs ({jc}) SELECT {', '.join('src.' + c for c in job_cols)} FROM src "
+           "LEFT JOIN room ON room.id = src.project_id WHERE room.id IS NULL OR src.k <= room.cap - room.n "
+           "RETURNING id)")
+    if event_cols:
+        ec = ", ".join(event_cols)
+        sql += (f", ev AS (INSERT INTO job_events ({ec}) SELECT {', '.join('e.' + c for c in event_cols)} "
+                "FROM json_populate_recordset(NULL::job_events, %s::json) e WHERE e.job_id IN (SELECT id FROM ins))")
+    return sql + " SELECT 'j', id, 0, 0 FROM ins UNION ALL SELECT 'p', id, cap, n FROM room"
+
+
+def _refusals(job_rows: list[dict], got) -> dict[int, BrokerError]:
+    stored = {r[1] for r in got if r[0] == "j"}
+    if len(stored) == len(job_rows):
+        return {}
+    room = {r[1]: (int(r[2]), int(r[3])) for r in got if r[0] == "p"}
+    return {i: pending_cap_error(r["project_id"], room[r["project_id"]][1], room[r["project_id"]][0])
+            for i, r in enumerate(job_rows) if r["id"] not in stored and r["project_id"] in room}
+
+
+def _fit(job_rows: list[dict], room_rows) -> tuple[list[int], dict[int, BrokerError]]:
+    """Positions that fit (in submission order) and errors for the rest. A project missing
+    from `room_rows` (deleted meanwhile) is not capped here: its insert fails on the foreign key."""
+    left = {pid: (cap - n, n, cap) for pid, cap, n in room_rows}
+    keep, refused = [], {}
+    for i, r in enumerate(job_rows):
+        pid = r["project_id"]
+        if pid not in left:
+            keep.append(i)
+            continue
+        free, n, cap = left[pid]
+        if free > 0:
+            keep.append(i)
+            left[pid] = (free - 1, n, cap)
+        else:
+            refused[i] = pending_cap_error(pid, n + (cap - n - free), cap)
+    return keep, refused
+
+
+def pending_cap_error(project: str, pending: int, cap: int) -> RateLimited:
+    return RateLimited(f"project {project} already has {pending} pending jobs (cap {cap}); "
+                       "wait for some to start or finish", code="PENDING_CAP",
+                       details={"pending": pending, "max_pending": cap},
+                       headers={"Retry-After": str(PENDING_RETRY_AFTER_S)})
 
 
 def pg_batch(job_rows: list[dict], event_rows: list[dict]) -> tuple[str, tuple[str, ...]]:

@@ -63,9 +63,12 @@ class JobService:
         self.wakeup = wakeup or Wakeup()
         self.projects = checks.TTLCache(lambda: checks.load_projects(engine), ttl_s=5.0)
         self.inventory = checks.TTLCache(lambda: checks.load_inventory(engine), ttl_s=2.0)
-        self.writer = GroupCommitWriter(engine, repo.insert_jobs, batch_max=settings.submit_batch_max,
+        cap = settings.default_max_pending
+        self.writer = GroupCommitWriter(engine, partial(repo.store_jobs, default_cap=cap),
+                                        batch_max=settings.submit_batch_max,
                                         wait_s=settings.submit_batch_wait_s, writers=settings.submit_writers,
-                                        write_async=repo.insert_jobs_async)
+                                        write_async=partial(repo.store_jobs_async, default_cap=cap),
+                                        connect_timeout_s=settings.db_connect_timeout_s, lock=repo.store_lock)
 
     # ------------------------------------------------------------------ submit
     async def submit(self, *, principal: Principal, spec: JobCreate, source: str | None,
@@ -98,7 +101,7 @@ class JobService:
 
         May read the DB on a cache miss: async callers run it in a thread unless `cache_ready()`.
         """
-        self.guard.check(principal, spec)  # may submit here? env / image / runtime / pending cap
+        self.guard.check(principal, spec)  # may submit here? env / image / runtime (the pending cap: at store)
         if spec.project not in self.projects.get():
             # a project created a moment ago? look once more (at most once a second)
             if spec.project not in self.projects.get(max_age=RECHECK_S):
@@ -147,7 +150,9 @@ class JobService:
         return self.projects.fresh() is not None and self.inventory.fresh() is not None
 
     async def submit_rows(self, row: dict, event: dict) -> dict:
-        """Store through the group-commit writer; returns once committed.
+        """Store through the group-commit writer; returns once committed (or raises
+        PENDING_CAP, 429, when the project's pending cap is reached: counted in the storing
+        transaction, so brokers sharing the database cannot overshoot it together).
 
         An IntegrityError means the project vanished after the cache saw it (-> 422) or, with
         odds of ~1e-8, an id collision (-> one retry under a fresh id)."""
@@ -169,7 +174,7 @@ class JobService:
         Returns (job, replayed). Same key with another body -> 422 IDEMPOTENCY_KEY_REUSED.
         """
         for _ in range(3):
-            with Session(self.engine, expire_on_commit=False) as s:
+            with repo.store_lock(self.engine), Session(self.engine, expire_on_commit=False) as s:
                 existing = repo.idempotency_key(s, principal.token_id, key)
                 now = self.clock()
                 if existing is not None and existing.created_at < now - self.settings.idempotency_ttl_s:
@@ -182,7 +187,11 @@ class JobService:
                     s.add(IdempotencyKey(token_id=principal.token_id, key=key, body_hash=body_hash,
                                          job_id=row["id"], created_at=now))
                     s.flush()
-                    repo.insert_jobs(s.connection(), [row], [event])
+                    refused = repo.store_jobs(s.connection(), [row], [event],
+                                              default_cap=self.settings.default_max_pending)
+                    if refused:
+                        s.rollback()  # the key too: a retry after the queue drained may succeed
+                        raise refused[0]
                     s.commit()
                     return job_public(row), False
                 except IntegrityError:

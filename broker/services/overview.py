@@ -9,10 +9,20 @@ number operations most want to see.
 One read, a handful of aggregate queries, no per-row Python over the samples table.
 `OverviewService` is what the routes call: the same data for the JSON overview, Prometheus
 and the dashboard, narrowed to the rows of projects the caller may see.
+
+The figures may be up to `max_age_s` (default 2 s) old: the aggregates (over every job and
+the last five minutes of GPU samples) are computed once into a shared snapshot, and requests
+meanwhile read that snapshot and only narrow it to the caller. Why: under load every user's
+dashboard and every Prometheus scrape used to repeat the same scans (p95 of 580-680 ms with
+35,000 queued jobs); now one computation serves them all, and concurrent requests that find
+the snapshot stale wait for the one recomputation instead of starting their own. When the
+database is unreachable the stale snapshot is not served past its age: the request fails
+like any other (503).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -38,9 +48,28 @@ class OverviewService:
     (they name no tenant), per-project rows and idle allocations only for visible projects."""
 
     def __init__(self, engine: Engine, authz: Authz, *, loop: "SchedulingLoop | None" = None,
-                 clock: Clock = time.time) -> None:
-        """`loop`: the scheduling loop whose last tick the overview reports (None: no executor)."""
+                 clock: Clock = time.time, max_age_s: float = 2.0, monotonic: Clock = time.monotonic) -> None:
+        """`loop`: the scheduling loop whose last tick the overview reports (None: no executor);
+        `max_age_s`: how old the shared snapshot may be (0: computed on every request)."""
         self.engine, self.authz, self.loop, self.clock = engine, authz, loop, clock
+        self.max_age_s, self._mono = max_age_s, monotonic
+        self._snap: tuple[float, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The unnarrowed overview plus the audit outbox lag, at most `max_age_s` old."""
+        snap = self._snap
+        if snap is not None and self._mono() - snap[0] < self.max_age_s:
+            return snap[1]
+        with self._lock:  # one recomputation; the others wait for it and share it
+            snap = self._snap
+            if snap is not None and self._mono() - snap[0] < self.max_age_s:
+                return snap[1]
+            started = self._mono()
+            data = overview(self.engine, self.clock())
+            data["audit_unsealed"] = unsealed_submits(self.engine)
+            self._snap = (started, data)
+            return data
 
     def overview(self, principal: Principal) -> dict[str, Any]:
         last = {}
@@ -49,12 +78,13 @@ class OverviewService:
             r = loop.last_report
             last = {"cycle_ms": round(r.cycle_ms, 2), "admitted": len(r.admitted), "preempted": len(r.preempted),
                     "pending": r.pending, "at": loop.last_tick_at}
-        data = overview(self.engine, self.clock(), last_cycle=last)
+        data = {k: v for k, v in self.snapshot().items() if k != "audit_unsealed"}
+        data["scheduler"] = last
         return self.authz.narrow_overview(principal, data)
 
     def metrics(self, principal: Principal) -> dict[str, Any]:
         """The overview plus the audit outbox's lag (what /metrics exports)."""
-        return {**self.overview(principal), "audit_unsealed": unsealed_submits(self.engine)}
+        return {**self.overview(principal), "audit_unsealed": self.snapshot()["audit_unsealed"]}
 
 
 def overview(engine: Engine, now: float, *, window_s: float = 300.0, busy_util_pct: float = BUSY_UTIL_PCT,

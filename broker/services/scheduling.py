@@ -427,7 +427,8 @@ class SchedulingLoop:
             s.expunge_all()
         for job in admitted:
             spec = launch_spec(job, places.get((job.id, job.attempt), []), self.grace_s(job),
-                               checkpoint_dir=self.checkpoint_dir(job))
+                               checkpoint_dir=self.checkpoint_dir(job),
+                               log_max_bytes=self.settings.log_max_bytes_per_worker)
             try:
                 self.executor.launch(spec)
             except Exception as e:
@@ -484,11 +485,12 @@ def concurrency_cap(projects, holding, pending):
     return keep, capped
 
 
-def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float, checkpoint_dir: str = "") -> LaunchSpec:
+def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float, checkpoint_dir: str = "",
+                log_max_bytes: int = 0) -> LaunchSpec:
     return LaunchSpec(
         job_id=job.id, attempt=job.attempt, image=job.image, command=tuple(job.command), env=dict(job.env or {}),
         runtime=job.runtime, max_runtime_s=job.max_runtime_s, grace_s=grace_s, project=job.project_id,
-        checkpoint_dir=checkpoint_dir,
+        checkpoint_dir=checkpoint_dir, log_max_bytes=log_max_bytes,
         workers=tuple(WorkerLaunch(rank=p.rank, node=p.node_id, gpus=job.gpus, cpus=job.cpus, memory_gb=job.memory_gb,
                                    gpu_indices=tuple(p.gpu_indices or ())) for p in placements),
     )

@@ -76,8 +76,8 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
     loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed) if executor else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
-        wakeup=wakeup, loop=loop, jobs=jobs, logs=LogService(jobs), catalog=CatalogService(engine, authz),
-        overview=OverviewService(engine, authz, loop=loop),
+        wakeup=wakeup, loop=loop, jobs=jobs, logs=LogService(jobs, retention_days=settings.log_retention_days), catalog=CatalogService(engine, authz),
+        overview=OverviewService(engine, authz, loop=loop, max_age_s=settings.overview_max_age_s),
         telemetry=TelemetryService(engine, TelemetryConfig.from_settings(settings)),
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),

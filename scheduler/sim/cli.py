@@ -84,6 +84,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint-interval", type=float, default=0.0,
                     help="checkpointable jobs save every S s of run time and lose the rest on preemption "
                          "(default 0: they lose nothing)")
+    ap.add_argument("--runtime-ratio", choices=("learned", "off"), default="learned",
+                    help="Project.runtime_ratio learned from finished jobs as the broker does (default), or 1.0")
     ap.add_argument("--shares", choices=("equal", "demand"), default="equal")
     ap.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH,
                     help="pending jobs passed per project and cycle, at least free GPUs + 1 (default 32; 0: all)")
@@ -112,7 +114,7 @@ def config(args: argparse.Namespace) -> SimConfig:
                      cycle_interval=args.cycle_interval, preempt_grace=args.preempt_grace,
                      shares=args.shares, queue_depth=args.queue_depth, operation_nodes=args.operation_nodes,
                      progress=args.progress, checkpoint_interval=args.checkpoint_interval, explain=args.explain,
-                     cluster=groups)
+                     cluster=groups, learn_runtime_ratio=args.runtime_ratio == "learned")
 
 
 def load_jobs(trace: str, fmt: str, window_text: str | None) -> list[TraceJob]:

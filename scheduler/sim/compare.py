@@ -153,7 +153,8 @@ def settings(case: Case, window_text: str | None) -> dict:
             "cluster": [list(map(str, (g.pool, g.gpu_model, g.gpus_per_node, g.nodes, g.workload_class.value,
                                        g.cpus_per_node, g.memory_gb_per_node))) for g in cfg.cluster or ()],
             "cycle_interval": cfg.cycle_interval, "preempt_grace": cfg.preempt_grace, "shares": cfg.shares,
-            "queue_depth": cfg.queue_depth, "checkpoint_interval": cfg.checkpoint_interval, "explain": cfg.explain}
+            "queue_depth": cfg.queue_depth, "checkpoint_interval": cfg.checkpoint_interval, "explain": cfg.explain,
+            "runtime_ratio": "learned" if cfg.learn_runtime_ratio else "off"}
 
 
 def reusable(path: str, cases: Sequence[Case], window_text: str | None) -> list[dict]:
@@ -369,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--preempt-grace", type=float, default=0.0)
     ap.add_argument("--checkpoint-interval", type=float, default=DEFAULT_CHECKPOINT_INTERVAL_S)
     ap.add_argument("--shares", choices=("equal", "demand"), default="equal")
+    ap.add_argument("--runtime-ratio", choices=("learned", "off"), default="learned",
+                    help="Project.runtime_ratio learned from finished jobs as the broker does (default), or 1.0")
     ap.add_argument("--queue-depth", type=int, default=DEFAULT_QUEUE_DEPTH)
     ap.add_argument("--json-out", metavar="FILE", help="also write every replay's metrics and the verdicts as JSON")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target fails")

@@ -64,6 +64,18 @@ only the work since its last checkpoint (``ran mod S``); S = 0 (the default) mea
 nothing. The work done during ``--preempt-grace`` counts neither way (the model does not assume
 the job checkpoints on the notice).
 
+What the broker feeds the core (the simulator's defaults)
+---------------------------------------------------------
+The snapshot carries what the broker's snapshot carries (`broker.services.snapshot`):
+
+- ``Job.checkpointable`` from the trace;
+- ``Running.checkpoint_time`` = start + floor(ran / S) x S for a running checkpointable job with
+  ``--checkpoint-interval S`` (the last checkpoint it wrote; None with S = 0);
+- ``Project.runtime_ratio``: the median of (real runtime / max_runtime) over the project's newest
+  100 finished attempts, clamped to [0.05, 1], and 1.0 while it has fewer than 5: learned online
+  as jobs finish, never from the future. ``--runtime-ratio off`` (`SimConfig.learn_runtime_ratio`)
+  keeps it at 1.0, the behaviour before the broker learned it.
+
 Explain and ETAs
 ----------------
 With ``explain`` the cycles compute pending reasons and estimated starts as the broker's do
@@ -85,10 +97,11 @@ from __future__ import annotations
 
 import heapq
 import math
+import statistics
 import sys
 import time
 from bisect import insort
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -103,6 +116,10 @@ CycleFn = Callable[[Snapshot, float, Policy], CycleResult]
 MAX_CYCLES_PER_INSTANT = 16
 DEFAULT_CYCLE_INTERVAL_S = 300.0
 DEFAULT_QUEUE_DEPTH = 32
+# The broker's runtime ratio (broker.services.snapshot.runtime_ratio): the median of real /
+# requested runtime over a project's newest RATIO_WINDOW finished attempts, clamped to
+# [RATIO_FLOOR, 1], 1.0 until it has RATIO_MIN_SAMPLES of them.
+RATIO_WINDOW, RATIO_MIN_SAMPLES, RATIO_FLOOR = 100, 5, 0.05
 _FINISH, _STOP, _SUBMIT = 0, 1, 2  # event order at one instant
 
 
@@ -129,6 +146,8 @@ class SimConfig:
     checkpoint_interval: float = 0.0  # checkpointable jobs lose ran mod S; 0: nothing
     explain: bool = False  # reasons and estimates as the broker computes them; ETA figures
     cluster: tuple[NodeGroup, ...] | None = None  # an inventory instead of nodes x gpus_per_node
+    # Project.runtime_ratio learned from finished jobs as the broker does (False: always 1.0)
+    learn_runtime_ratio: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +241,9 @@ class _Sim:
         self.usage_t = 0.0
         self.cycles = self.idle_cycles = self.preemptions = self.admissions = 0
         self.lost_gpu_s = 0.0
+        self.ratio_samples: dict[str, deque[float]] = {p: deque(maxlen=RATIO_WINDOW) for p in self.projects}
+        self.ratio = dict.fromkeys(self.projects, 1.0)
+        self.ckpt_running: set[str] = set()  # running checkpointable jobs (their view changes with time)
 
     # -- event loop ---------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -300,10 +322,20 @@ class _Sim:
         if kind == _FINISH:
             lv.end = t
             lv.remaining = 0.0
+            self._learn_ratio(lv, t)
         self._release(lv, t)
         if kind == _STOP:
             self._enqueue(lv)
         return True
+
+    def _learn_ratio(self, lv: _Live, t: float) -> None:
+        """A finished attempt's real / requested runtime feeds its project's runtime ratio."""
+        if not self.cfg.learn_runtime_ratio or lv.start is None or lv.job.max_runtime_s <= 0:
+            return
+        samples = self.ratio_samples[lv.tj.project]
+        samples.append(min(1.0, max(0.0, t - lv.start) / lv.job.max_runtime_s))
+        if len(samples) >= RATIO_MIN_SAMPLES:
+            self.ratio[lv.tj.project] = max(RATIO_FLOOR, min(1.0, statistics.median(samples)))
 
     # -- queue and cluster bookkeeping ---------------------------------------------------------
     def _key(self, job: Job) -> tuple:
@@ -337,6 +369,7 @@ class _Sim:
         self.borrowers -= lv.running.borrowing
         del self.running[lv.tj.id]
         del self.running_r[lv.tj.id]
+        self.ckpt_running.discard(lv.tj.id)
         lv.running, lv.stopping = None, False
 
     def _decay_to(self, t: float) -> None:
@@ -386,17 +419,28 @@ class _Sim:
             out.extend(live[jid].job for jid in self.unseen if jid not in shown and live[jid].running is None)
         return tuple(out)
 
+    def _running_view(self, now: float) -> tuple[Running, ...]:
+        """The running jobs as the broker shows them: a checkpointable job's last checkpoint
+        (`Running.checkpoint_time`) is start + floor(ran / S) x S with ``--checkpoint-interval S``,
+        None without."""
+        every = self.cfg.checkpoint_interval
+        if every <= 0 or not self.ckpt_running:
+            return tuple(self.running_r.values())
+        ck = self.ckpt_running
+        return tuple(replace(r, checkpoint_time=r.start_time + math.floor((now - r.start_time) / every) * every)
+                     if r.job.id in ck else r for r in self.running_r.values())
+
     def _cycle(self, now: float) -> bool:
         """Run one cycle at `now` and apply it. True when another cycle at `now` may help."""
         self._decay_to(now)
-        if self.policy.fair_share:
-            u = self.usage
-            projects = tuple(Project(p.id, p.department, p.weight, p.budget_gpu_hours, p.spent_gpu_hours, u[p.id],
-                                     p.quotas) for p in self.projects.values())
+        if self.policy.fair_share or (self.cfg.learn_runtime_ratio and (self.policy.backfill or self.explain)):
+            u, ratio, fs = self.usage, self.ratio, self.policy.fair_share
+            projects = tuple(Project(p.id, p.department, p.weight, p.budget_gpu_hours, p.spent_gpu_hours,
+                                     u[p.id] if fs else 0.0, p.quotas, ratio[p.id]) for p in self.projects.values())
         else:
             projects = self.project_tuple
         snap = Snapshot(nodes=self.nodes, pools=self.pools, departments=self.departments, projects=projects,
-                        running=tuple(self.running_r.values()), pending=self._pending_view())
+                        running=self._running_view(now), pending=self._pending_view())
         result = self.cycle_fn(snap, now, self.policy)
         self.cycles += 1
         if self.unseen:
@@ -461,6 +505,8 @@ class _Sim:
             lv.first_start = now
         self.running[lv.tj.id] = lv
         self.running_r[lv.tj.id] = lv.running
+        if lv.job.checkpointable:
+            self.ckpt_running.add(lv.tj.id)
         self.admissions += 1
         self._push(now + lv.remaining, _FINISH, lv.tj.id, lv.attempt)
 

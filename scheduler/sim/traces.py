@@ -135,6 +135,7 @@ def to_job(tj: TraceJob, gpus_per_node: int) -> Job:
         per_worker=Resources(gpus=per_gpus, cpus=tj.cpus / workers, memory_gb=tj.memory_gb / workers),
         gpu_models=(tj.gpu_model,) if tj.gpu_model else (),
         max_runtime_s=tj.max_runtime,
+        checkpointable=tj.checkpointable,
     )
 
 

@@ -70,7 +70,9 @@ def db_url(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings(db_url, tmp_path_factory) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=db_url, token_cache_ttl_s=30.0)
+    # overview_max_age_s=0: tests read the overview right after changing what it counts
+    return Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=db_url, token_cache_ttl_s=30.0,
+                    overview_max_age_s=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,43 @@ def test_the_longest_waiting_job_goes_first_and_holds_the_reservation():
     assert fair.pending["gang"].queue_position == 2
 
 
+ADAPTIVE = replace(POLICIES["fair-backfill-preempt-bounded"], aging_after_s=3600.0)
+
+
+def drain_snap(now: float, gang_waited: float):
+    """n1 (8 GPUs): r runs 4 GPUs for one more hour; pending: heavy's 8-GPU gang (1 h) and
+    light's fresh 4-GPU job (10 h). Backlog drain: (4 x 3,600 + 8 x 3,600 + 4 x 36,000) / 8 =
+    23,400 s."""
+    run = running(job("r", gpus=4, project="other", runtime=7200.0), ("n1", (0, 1, 2, 3)), start=now - 3600.0)
+    return snapshot([node("n1")], [job("gang", gpus=8, project="heavy", submit=now - gang_waited),
+                                   job("fresh", gpus=4, project="light", submit=now - 60.0, runtime=36_000.0)],
+                    [run], projects=[project("heavy", decayed=1e9), project("light"), project("other")])
+
+
+@pytest.mark.parametrize("waited,gang_first", [
+    pytest.param(7_200.0, False, id="past the floor but within the backlog's drain time: fair-share order"),
+    pytest.param(30_000.0, True, id="past the backlog's drain time: aged, first, holds the reservation"),
+])
+def test_aging_threshold_scales_with_the_backlog(waited, gang_first):
+    """The starvation bound is relative to the load: a job is aged once it has waited longer
+    than strict arrival order would need to start everything waiting now (and the floor)."""
+    now = 200_000.0
+    r = run_cycle(drain_snap(now, waited), now, ADAPTIVE)
+    if gang_first:
+        assert r.pending["gang"].queue_position == 1
+        assert r.pending["fresh"].code is RC.BACKFILL_RESERVATION, "the aged gang reserves (reserve_aged)"
+    else:
+        assert [a.job_id for a in r.admissions] == ["fresh"]
+        assert r.pending["gang"].code is not RC.BACKFILL_RESERVATION
+
+
+def test_backlog_drain_time_counts_queue_and_running_work():
+    from scheduler.cycle import _Cycle
+    from scheduler.ordering import backlog_drain_s
+    now = 200_000.0
+    assert backlog_drain_s(_Cycle(drain_snap(now, 10.0), now, ADAPTIVE)) == pytest.approx(23_400.0)
+
+
 # -- reasons --------------------------------------------------------------------------------------
 def test_cpu_binds_not_gpus():
     """One 4-GPU node with 2 CPUs, two 1-GPU jobs of 1 CPU running: CPUs bind."""
@@ -178,6 +215,29 @@ def test_estimate_counts_the_queue_ahead():
     r = run_cycle(snap, 10.0, POLICIES["fair"])
     assert r.pending["a"].estimated_start == 3600.0
     assert r.pending["b"].estimated_start == 3600.0 + 1800.0
+
+
+def greedy_snap(now: float):
+    """n1 (8 GPUs) fully used: r1 (4 GPUs) ends at now + 1,000, r2 (4 GPUs) at now + 5,000.
+    Waiting, in cycle order: gang (8 GPUs, 1 h), then small (4 GPUs, 10,000 s)."""
+    runs = [running(job("r1", gpus=4, project="other", runtime=2000.0), ("n1", (0, 1, 2, 3)), start=now - 1000.0),
+            running(job("r2", gpus=4, project="other", runtime=6000.0), ("n1", (4, 5, 6, 7)), start=now - 1000.0)]
+    return snapshot([node("n1")], [job("gang", gpus=8, project="p", submit=now - 20.0),
+                                   job("small", gpus=4, project="p", submit=now - 10.0, runtime=10_000.0)], runs)
+
+
+@pytest.mark.parametrize("policy,gang,small", [
+    pytest.param("fair-backfill-preempt", 11_000.0, 1_000.0,
+                 id="holds nothing: small takes the first 4 GPUs freed, the gang waits for it (greedy play)"),
+    pytest.param("fair", 11_000.0, 1_000.0, id="fair holds nothing either"),
+    pytest.param("fair-backfill", 5_000.0, 5_000.0 + 3_600.0,
+                 id="EASY reservation: the gang keeps its place, small follows it (conservative lanes)"),
+])
+def test_estimates_play_the_queue_as_the_policy_admits(policy, gang, small):
+    now = 100_000.0
+    r = run_cycle(greedy_snap(now), now, POLICIES[policy])
+    assert r.pending["gang"].estimated_start == now + gang
+    assert r.pending["small"].estimated_start == now + small
 
 
 def test_runtime_ratio_shortens_plans_not_budgets():

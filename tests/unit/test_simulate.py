@@ -111,6 +111,47 @@ def test_preemption_loses_work_since_the_last_checkpoint(checkpointable, interva
     assert result.metrics["utilization"] == pytest.approx(util, abs=1e-4)
 
 
+def recording(inner):
+    """The stand-in cycle, recording every snapshot it is shown (with its time)."""
+    seen = []
+
+    def cycle(snap, now, policy):
+        seen.append((now, snap))
+        return inner(snap, now, policy)
+    return cycle, seen
+
+
+@pytest.mark.parametrize("interval,at,expected", [
+    pytest.param(30, 40, 30.0, id="last checkpoint: start + floor(ran / S) x S"),
+    pytest.param(40, 40, 40.0, id="a checkpoint written exactly now"),
+    pytest.param(60, 40, 0.0, id="none yet since the start: the start"),
+    pytest.param(0, 40, None, id="without --checkpoint-interval: None"),
+])
+def test_running_checkpoint_time_is_fed_as_the_broker_does(interval, at, expected):
+    trace = [tj("x", 0, 100, 2, "q", checkpointable=True), tj("y", at, 10, 1, "p")]
+    cycle, seen = recording(scripted({"y": "x"}, frozenset({"x"})))
+    simulate(trace, exact(nodes=1, gpus_per_node=2, checkpoint_interval=interval), cycle)
+    snap = next(s for now, s in seen if now == at)
+    (x,) = snap.running
+    assert x.job.checkpointable and x.checkpoint_time == expected
+    assert next(j for j in snap.pending if j.id == "y").checkpointable is False
+
+
+def test_runtime_ratio_is_the_median_of_the_last_finished_jobs_once_five_finished():
+    """max_runtime is twice the duration (tj): every finished job of p has ratio 0.5. The
+    ratio stays 1.0 until five jobs of p have finished; q, with none, stays at 1.0."""
+    trace = [tj(f"a{i}", 10 * i, 5, 1, "p") for i in range(7)] + [tj("z", 200, 5, 1, "q")]
+    cycle, seen = recording(scripted())
+    simulate(trace, exact(nodes=1, gpus_per_node=1), cycle)
+    ratios = [(now, {p.id: p.runtime_ratio for p in s.projects}) for now, s in seen]
+    assert [r["p"] for now, r in ratios if now < 45] == [1.0] * len([n for n, _ in ratios if n < 45])
+    assert all(r["p"] == 0.5 for now, r in ratios if now >= 45)
+    assert all(r["q"] == 1.0 for _, r in ratios)
+    cycle, seen = recording(scripted())
+    simulate(trace, exact(nodes=1, gpus_per_node=1, learn_runtime_ratio=False), cycle)
+    assert all(p.runtime_ratio == 1.0 for _, s in seen for p in s.projects)
+
+
 def test_preempt_grace_holds_resources_until_the_stop_event():
     trace = [tj("x", 0, 100, 2, "q"), tj("y", 40, 10, 1, "p")]
     cfg = exact(nodes=1, gpus_per_node=2, preempt_grace=5)

@@ -30,6 +30,7 @@ placement group and does nothing); no method blocks on a runner for longer than 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -44,7 +45,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from broker import jobenv
 from broker.adapters.ray import runner as ray_runner
 from broker.adapters.ray.runner import (NAME_RE, PG_NAME_RE, WorkerRunner, actor_name,
-                                        log_path, pg_name)
+                                        log_path, log_state_path, pg_name)
 from broker.adapters.ray.warm import WarmPool, del_names, get_names, put_names
 from broker.ports import AttemptStatus, LaunchSpec, NodeObservation, WorkerState, WorkerStatus
 from scheduler.model import Resources
@@ -147,7 +148,7 @@ class RayExecutor:
                        world_size=len(spec.workers), image=spec.image, command=list(spec.command),
                        env=dict(spec.env), runtime=spec.runtime, max_runtime_s=spec.max_runtime_s,
                        grace_s=spec.grace_s, master=master, log_dir=self.log_dir,
-                       checkpoint_dir=spec.checkpoint_dir)
+                       checkpoint_dir=spec.checkpoint_dir, log_max_bytes=spec.log_max_bytes)
             has_ids = len(w.gpu_indices) == w.gpus
             if self._pool is not None and has_ids:
                 job["gpu_ids"] = list(w.gpu_indices)  # one source of GPU ids per node (warm)
@@ -271,6 +272,25 @@ class RayExecutor:
             return ray.get(handle.read_log.remote(offset, max_bytes), timeout=10)
         except (GetTimeoutError, RayActorError):
             return b""
+
+    def log_info(self, job_id: str, attempt: int, rank: int) -> dict[str, Any] | None:
+        """Whether a worker's log was capped or its writing failed (the runner's `LogPump.stats()`):
+        from the state file beside a local log, else from a live runner; None when unknown
+        (a log that was never capped has no state file)."""
+        path = log_path(self.log_dir, job_id, attempt, rank)
+        if path.exists():
+            try:
+                return json.loads(log_state_path(path).read_text())
+            except (OSError, ValueError):
+                return None
+        name = self._names(job_id, attempt).get(rank)
+        handle = self._handle(name) if name else None
+        if handle is None:
+            return None
+        try:
+            return ray.get(handle.log_info.remote(), timeout=self.call_timeout_s)
+        except (GetTimeoutError, RayActorError):
+            return None
 
     def shutdown(self) -> None:
         """Disconnect from Ray. Detached runners and placement groups keep running."""

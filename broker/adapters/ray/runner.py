@@ -8,8 +8,10 @@ CPUs before it starts. The runner
   IP) and MASTER_PORT (a free port on its node); the other ranks ask rank 0's runner;
 - starts the job as a podman container (`runtime="container"`) or a plain process in its own
   process group (`runtime="process"`), with the job's env kept out of every host process
-  (`broker.jobenv`: an env file over a pipe for podman, a fixed base for processes), stdout+stderr to
-  `<log_dir>/<job_id>/<attempt>/worker-<rank>.log` on its node;
+  (`broker.jobenv`: an env file over a pipe for podman, a fixed base for processes), stdout+stderr
+  through a pipe into `<log_dir>/<job_id>/<attempt>/worker-<rank>.log` on its node, capped at
+  the job's `log_max_bytes` (`LogPump`: head and tail kept, the middle dropped) and never
+  fatal to the job: a full or broken log disk ends the logging, not the work;
 - records started_at / exit code / ended_at and keeps them after the process ends, so a
   restarted broker that re-adopts the attempt still reads how it ended;
 - stops the work itself: first the notice (a JSON file at `BROKER_NOTICE_FILE` saying why and
@@ -39,7 +41,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ray
 
@@ -55,6 +57,8 @@ STARTING, RUNNING, EXITED = "starting", "running", "exited"
 NOTICE_DIR_IN_CONTAINER = "/broker/notice"
 CHECKPOINT_DIR_IN_CONTAINER = "/broker/checkpoint"
 NOTICE_NAME = "notice.json"
+LOG_TAIL_MAX = 1 << 20  # at most this much of a capped log's end is kept (in memory until the end)
+_LOG_CHUNK = 64 * 1024
 
 
 def actor_name(job_id: str, attempt: int, rank: int) -> str:
@@ -71,6 +75,12 @@ def container_name(job_id: str, attempt: int, rank: int) -> str:
 
 def log_path(log_dir: str | os.PathLike, job_id: str, attempt: int, rank: int) -> Path:
     return Path(log_dir) / job_id / str(attempt) / f"worker-{rank}.log"
+
+
+def log_state_path(log_file: str | os.PathLike) -> Path:
+    """Where a capped (or failed) log's `LogPump.stats()` is kept, beside the log."""
+    p = Path(log_file)
+    return p.parent / f"{p.name}.json"
 
 
 def notice_dir(log_dir: str | os.PathLike, job_id: str, attempt: int, rank: int) -> Path:
@@ -208,8 +218,145 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+class LogPump:
+    """Copies a worker's output (a pipe) into its log file, at most `max_bytes` of it.
+
+    Why head *and* tail: the head holds how the job started (arguments, versions, the first
+    error), the tail how it ended (the traceback, the final metrics); the middle of a runaway
+    log is the least useful part. So the first `max_bytes - tail` bytes go to the file as they
+    come, then one marker line says the log is capped; the last `tail` bytes (a quarter of the
+    cap, at most `LOG_TAIL_MAX`) are kept in memory and appended after a second marker when the
+    output ends. Offsets only grow, so a client following the log never sees bytes change.
+
+    Why the pipe is always drained: a job whose output is no longer written must not block on
+    a full pipe. Any `OSError` from the file (ENOSPC, EIO, a removed mount) ends the writing and
+    is recorded in `error`; the job keeps running. `max_bytes` 0 means no cap.
+
+    When the log is capped or its writing failed, `<log>.json` beside it holds `stats()`, so the
+    broker can say so after the runner is gone (best effort: on a full disk it may be missing).
+
+    Invariant: file bytes = min(output, head) + markers + min(dropped, tail); `dropped` counts
+    every output byte not in the file."""
+
+    def __init__(self, path: Path, max_bytes: int = 0, opener: Callable[[Path], Any] | None = None) -> None:
+        self.path, self.max_bytes = Path(path), max(0, int(max_bytes or 0))
+        self.tail_max = min(self.max_bytes // 4, LOG_TAIL_MAX) if self.max_bytes else 0
+        self.head_max = self.max_bytes - self.tail_max
+        self.written = 0  # output bytes in the file (markers not counted)
+        self.dropped = 0
+        self.error = ""
+        self._opener = opener or _open_log
+        self._sink: Any = None
+        self._tail = bytearray()
+        self._capped = False
+
+    def open(self) -> bool:
+        """Create the log file (and its folder); False, with `error` set, when the disk refuses."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = self._opener(self.path)
+            return True
+        except OSError as e:
+            self.error = f"log not written: {e}"[:300]
+            return False
+
+    def run(self, src: Any) -> None:
+        """Copy `src` (a readable binary pipe) until EOF, then write the kept tail."""
+        try:
+            fd = src.fileno()
+            while True:
+                data = os.read(fd, _LOG_CHUNK)
+                if not data:
+                    break
+                self.feed(data)
+        except OSError:
+            pass
+        finally:
+            self.close()
+
+    def feed(self, data: bytes) -> None:
+        if not self.max_bytes:
+            self._out(data)
+            return
+        room = self.head_max - self.written
+        if room > 0 and not self._capped:
+            self._out(data[:room])
+            data = data[room:]
+        if not data:
+            return
+        if not self._capped:
+            self._capped = True
+            self._save_state()
+            self._write(f"\n[broker] log capped at {self.max_bytes} bytes per worker: further output is dropped "
+                        f"(the job keeps running); its last {self.tail_max} bytes are appended when it ends\n"
+                        .encode())
+        self.dropped += len(data)
+        if self.tail_max:
+            self._tail += data
+            if len(self._tail) > self.tail_max:
+                del self._tail[:len(self._tail) - self.tail_max]
+
+    def close(self) -> None:
+        if self._capped:
+            tail = bytes(self._tail)
+            self._write(f"\n[broker] log truncated: {self.dropped - len(tail)} bytes dropped; "
+                        f"the last {len(tail)} bytes of output follow\n".encode())
+            if self._write(tail):
+                self.dropped -= len(tail)
+                self.written += len(tail)
+            self._tail = bytearray()
+            self._capped = False
+            self._save_state()
+        if self._sink is not None:
+            try:
+                self._sink.close()
+            except OSError:
+                pass
+            self._sink = None
+
+    def stats(self) -> dict[str, Any]:
+        return {"bytes": self.written, "dropped": self.dropped, "truncated": self.dropped > 0,
+                "max_bytes": self.max_bytes, "error": self.error}
+
+    def _out(self, data: bytes) -> None:
+        if self._write(data):
+            self.written += len(data)
+        else:
+            self.dropped += len(data)
+
+    def _write(self, data: bytes) -> bool:
+        if self._sink is None:
+            return False
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._sink.write(view):]
+            return True
+        except OSError as e:
+            self.error = f"log writing stopped: {e}"[:300]
+            try:
+                self._sink.close()
+            except OSError:
+                pass
+            self._sink = None
+            self._save_state()
+            return False
+
+    def _save_state(self) -> None:
+        try:
+            log_state_path(self.path).write_text(json.dumps(self.stats(), sort_keys=True))
+        except OSError:
+            pass
+
+
+def _open_log(path: Path) -> Any:
+    return open(path, "ab", buffering=0)
+
+
 class WorkerRunner:
     """Actor body; the executor wraps it with `ray.remote(max_concurrency=...)`."""
+
+    log_opener: Callable[[Path], Any] | None = None  # tests inject a failing disk here
 
     def __init__(self, node: str, log_dir: str, namespace: str, gpu_devices: str = "auto",
                  network: str = "host", job: Mapping[str, Any] | None = None) -> None:
@@ -229,6 +376,9 @@ class WorkerRunner:
         self.state, self.exit_code, self.message = STARTING, None, ""
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        self._pump: LogPump | None = None
+        self._pump_thread: threading.Thread | None = None
+        self._notice_ok = False
         if job is not None:
             self.adopt(job)
 
@@ -236,7 +386,7 @@ class WorkerRunner:
         """Take one worker of one attempt and start it (asynchronously). Keys: job_id,
         attempt, rank, world_size, image, command, env, runtime, max_runtime_s, grace_s;
         optional log_dir (else the constructor's: a spare may outlive the broker that made it),
-        gpu_ids (else Ray's ids of this actor), master (rank 0's runner handle),
+        log_max_bytes (the cap of each worker's log, 0: none), gpu_ids (else Ray's ids of this actor), master (rank 0's runner handle),
         pg (wait until this placement group is placed before starting). A runner takes one
         job in its life; adopting the same worker again is a no-op, another one is refused."""
         with self._lock:
@@ -254,6 +404,7 @@ class WorkerRunner:
         self.notice_dir = notice_dir(job.get("log_dir") or self.log_dir, self.job_id, self.attempt,
                                      self.rank)
         self.checkpoint_dir = job.get("checkpoint_dir") or ""
+        self.log_max_bytes = int(job.get("log_max_bytes") or 0)
         self.port = _free_port() if self.rank == 0 else 0
         threading.Thread(target=self._run, name="runner", daemon=True).start()
         return True
@@ -276,6 +427,7 @@ class WorkerRunner:
                     "exit_code": self.exit_code, "started_at": self.started_at,
                     "ended_at": self.ended_at, "message": self.message,
                     "runner_created_at": self.created_at, "pid": os.getpid(),
+                    "log": self._pump.stats() if self._pump is not None else None,
                     "cuda_visible_devices": ",".join(str(i) for i in self.gpu_ids)}
 
     def stop(self, grace_s: float, message: str = "", reason: str = "stopped") -> None:
@@ -302,6 +454,10 @@ class WorkerRunner:
         self.stop(0.0, "released")
         return self._done.wait(wait_s)
 
+    def log_info(self) -> dict[str, Any] | None:
+        """The worker's log stats (`LogPump.stats()`), None before it started."""
+        return self._pump.stats() if self._pump is not None else None
+
     def read_log(self, offset: int = 0, max_bytes: int = 1 << 20) -> bytes:
         if self.job_id is None:
             return b""
@@ -318,8 +474,13 @@ class WorkerRunner:
         try:
             self._wait_placed()
             addr, port = self._master()
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            self.notice_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+            self._pump = LogPump(self.log_file, self.log_max_bytes, opener=self.log_opener)
+            self._pump.open()  # a refused log file (full disk) ends the logging, not the start
+            try:
+                self.notice_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+                self._notice_ok = True
+            except OSError:  # the same disk: the job runs without a notice file
+                pass
             if self.checkpoint_dir:
                 Path(self.checkpoint_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             env = worker_env(job_id=self.job_id, attempt=self.attempt, rank=self.rank,
@@ -327,7 +488,7 @@ class WorkerRunner:
                              gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
                              user_env=self.user_env,
                              notice_file=str(Path(self._inside(str(self.notice_dir), NOTICE_DIR_IN_CONTAINER))
-                                             / NOTICE_NAME),
+                                             / NOTICE_NAME) if self._notice_ok else "",
                              checkpoint_dir=self._inside(self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER))
             with self._lock:
                 if self._stop_requested:  # cancelled before it ever ran
@@ -337,6 +498,8 @@ class WorkerRunner:
                 self._record_pid(self._proc.pid)
                 self.started_at, self.state = time.time(), RUNNING
         except Exception as exc:  # noqa: BLE001 - anything that stops the start is the job's end
+            if self._pump is not None and self._proc is None:
+                self._pump.close()  # no process will feed it: release the file
             with self._lock:
                 self.message = f"could not start: {exc}"[:500]
                 self._finish_locked(EXIT_START_FAILED)
@@ -347,6 +510,8 @@ class WorkerRunner:
             timer.daemon = True
             timer.start()
         rc = self._proc.wait()
+        if self._pump_thread is not None:  # the output's end; a leftover child holding the pipe
+            self._pump_thread.join(timeout=5.0)  # may keep it open: do not wait for it forever
         with self._lock:
             self._finish_locked(_exit_code(rc))
 
@@ -410,11 +575,10 @@ class WorkerRunner:
         (CONTAINERS_CONF...) and reads the job's variables from a pipe. Process: the fixed
         base of `process_env`, never the node's nor Ray's environment."""
         if self.runtime == "process":
-            with open(self.log_file, "ab") as log:
-                return subprocess.Popen(
-                    list(self.command), stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, env=process_env(os.environ, env),
-                    start_new_session=True, close_fds=True)
+            return self._pumped(subprocess.Popen(
+                list(self.command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=process_env(os.environ, env),
+                start_new_session=True, close_fds=True))
         if self.runtime != "container":
             raise ValueError(f"unknown runtime {self.runtime!r}")
         payload = env_file(env)  # refuses a value that would break the file's lines
@@ -425,11 +589,10 @@ class WorkerRunner:
                                command=self.command, env_file=f"/dev/fd/{rfd}",
                                gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
                                network=self.network, mounts=self._mounts())
-            with open(self.log_file, "ab") as log:
-                proc = subprocess.Popen(
-                    argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=launch_env(os.environ), start_new_session=True, close_fds=True,
-                    pass_fds=(rfd,))
+            proc = self._pumped(subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=launch_env(os.environ), start_new_session=True, close_fds=True,
+                pass_fds=(rfd,)))
         except BaseException:
             os.close(wfd)
             raise
@@ -438,10 +601,18 @@ class WorkerRunner:
         threading.Thread(target=_feed, args=(wfd, payload), name="env-file", daemon=True).start()
         return proc
 
+    def _pumped(self, proc: subprocess.Popen) -> subprocess.Popen:
+        """Start copying the process's output into its log (see `LogPump`)."""
+        pump = self._pump or LogPump(self.log_file, self.log_max_bytes)
+        self._pump_thread = threading.Thread(target=pump.run, args=(proc.stdout,), name="log-pump",
+                                             daemon=True)
+        self._pump_thread.start()
+        return proc
+
     def _mounts(self) -> list[tuple[str, str, str]]:
         """The notice directory (read-only: the runner writes it) and, for a checkpointable
         job, its checkpoint directory (read-write, kept across attempts)."""
-        mounts = [(str(self.notice_dir), NOTICE_DIR_IN_CONTAINER, "ro")]
+        mounts = [(str(self.notice_dir), NOTICE_DIR_IN_CONTAINER, "ro")] if self._notice_ok else []
         if self.checkpoint_dir:
             mounts.append((self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER, "rw"))
         return mounts

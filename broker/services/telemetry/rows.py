@@ -5,6 +5,8 @@ report into DB rows and claim parameters, and report parsing. Shared by the gene
 
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 from pydantic import ValidationError
@@ -77,8 +79,20 @@ def host_row(r: TelemetryReport) -> tuple | None:
     return (r.node_id, h.ts, h.cpu_percent, h.load1, h.mem_used_mb, h.mem_total_mb, h.disk_used_gb, h.disk_total_gb)
 
 
+# A NUL or a lone surrogate can reach a JSON string only as a \u escape: PostgreSQL cannot
+# store the first and UTF-8 cannot encode the second, so a report holding one is refused
+# whole, on SQLite as on PostgreSQL (a scan of the raw bytes: no walk over every string).
+_UNSTORABLE_ESCAPE = re.compile(rb"\\u0000"
+                                rb"|\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"  # high, no low after
+                                rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")  # low alone
+
+
 def parse_report(body: bytes) -> TelemetryReport:
     """Validate a report from raw bytes; Invalid (422) with per-field details when it is not one."""
+    if _UNSTORABLE_ESCAPE.search(body):
+        raise Invalid("invalid telemetry report: a string holds a NUL character or a lone surrogate",
+                      code="INVALID_REPORT", details={"fields": [{"field": "body", "type": "unstorable_character",
+                                                                   "message": "NUL or lone surrogate"}]})
     try:
         return TelemetryReport.model_validate_json(body)
     except ValidationError as e:

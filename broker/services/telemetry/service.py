@@ -101,7 +101,9 @@ class TelemetryService:
 
                 size = max(2, getattr(self.engine.pool, "size", lambda: 5)())
                 self._ingest_engine = create_engine(self.engine.url, pool_size=size, max_overflow=size,
-                                                    pool_pre_ping=False, pool_recycle=600)
+                                                    pool_pre_ping=False, pool_recycle=600,
+                                                    pool_timeout=self.engine.pool.timeout(),
+                                                    connect_args={"connect_timeout": 5})
                 self._own_ingest_engine = True
             else:
                 self._ingest_engine = self.engine

@@ -117,3 +117,60 @@ def test_metrics_show_the_audit_outbox_lag(client, engine):
     assert "broker_audit_unsealed_submits 3.0" in client.get("/metrics").text
     seal_pending(engine)
     assert "broker_audit_unsealed_submits 0.0" in client.get("/metrics").text
+
+
+# ------------------------------------------------------------------ the shared snapshot
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+SNAPSHOT_CASES = [  # name, max_age_s, seconds between two reads, computations
+    ("second read within the age shares the snapshot", 2.0, 1.0, 1),
+    ("second read after the age recomputes", 2.0, 2.5, 2),
+    ("age zero recomputes every time", 0.0, 0.0, 2),
+]
+
+
+@pytest.mark.parametrize("max_age,gap,computed", [c[1:] for c in SNAPSHOT_CASES], ids=[c[0] for c in SNAPSHOT_CASES])
+def test_snapshot_age(engine, monkeypatch, max_age, gap, computed):
+    from broker.auth.authz import Authz
+    from broker.services import overview as ov
+
+    calls = []
+    monkeypatch.setattr(ov, "overview", lambda eng, now, **kw: calls.append(now) or {"projects": [], "n": len(calls)})
+    clock = _Clock()
+    svc = ov.OverviewService(engine, Authz(engine), max_age_s=max_age, monotonic=clock)
+    svc.snapshot()
+    clock.t += gap
+    svc.snapshot()
+    assert len(calls) == computed
+
+
+def test_concurrent_stale_reads_share_one_computation(engine, monkeypatch):
+    import threading
+    import time as _time
+
+    from broker.auth.authz import Authz
+    from broker.services import overview as ov
+
+    calls = []
+
+    def slow(eng, now, **kw):
+        calls.append(now)
+        _time.sleep(0.2)
+        return {"projects": []}
+
+    monkeypatch.setattr(ov, "overview", slow)
+    svc = ov.OverviewService(engine, Authz(engine), max_age_s=5.0)
+    threads = [threading.Thread(target=svc.snapshot) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
