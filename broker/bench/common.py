@@ -74,9 +74,11 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 # ----------------------------------------------------------------------------- database
 
 
-def prepare_database(url: str | None) -> tuple[str, Callable[[], None]]:
+def prepare_database(url: str | None, seed: Callable[[str], str] | None = None) -> tuple[str, Callable[[], None]]:
     """Return (url, cleanup) for a fresh, migrated, seeded database: a private schema on
-    PostgreSQL (dropped by cleanup), a temp-dir file on SQLite when no URL is given."""
+    PostgreSQL (dropped by cleanup), a temp-dir file on SQLite when no URL is given. `seed`
+    (url -> url) migrates and fills it; the default is the demo region and four nodes."""
+    seed = seed or _seed
     from broker.db import normalize_url
 
     if url is None:
@@ -84,8 +86,8 @@ def prepare_database(url: str | None) -> tuple[str, Callable[[], None]]:
     if not url or url.startswith("sqlite"):
         if not url:
             d = tempfile.mkdtemp(prefix="bench-")
-            return _seed(f"sqlite:///{d}/broker.db"), lambda: shutil.rmtree(d, ignore_errors=True)
-        return _seed(url), lambda: None
+            return seed(f"sqlite:///{d}/broker.db"), lambda: shutil.rmtree(d, ignore_errors=True)
+        return seed(url), lambda: None
     url = normalize_url(url)
     schema = f"bench_{uuid.uuid4().hex[:10]}"
     import psycopg
@@ -99,7 +101,7 @@ def prepare_database(url: str | None) -> tuple[str, Callable[[], None]]:
             c.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
     sep = "&" if "?" in url else "?"
-    return _seed(f"{url}{sep}options=-csearch_path%3D{schema}"), cleanup
+    return seed(f"{url}{sep}options=-csearch_path%3D{schema}"), cleanup
 
 
 def _pg_up(url: str) -> bool:

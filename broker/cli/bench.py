@@ -1,9 +1,9 @@
-"""`broker bench submit|ingest|dispatch|reads`: the broker's benchmarks from a shell (JSON with --json).
+"""`broker bench submit|reads|ingest|dispatch|kueue`: the broker's benchmarks from a shell (JSON with --json).
 
 Each command runs one function of `broker.bench` and prints its result, as one JSON object with
 `--json` or as a few readable lines; the options the benchmarks share are declared once here.
 Goals on PostgreSQL here: submit jobs_per_s >= 500, p95_ms <= 50; ingest samples_per_s >= 20,000;
-dispatch ratio <= 0.5; errors 0 everywhere.
+dispatch ratio <= 0.5; kueue wall_s <= 120 and usage_pct >= 80; errors 0 everywhere.
 """
 
 from __future__ import annotations
@@ -145,3 +145,41 @@ def _dispatch_lines(out: dict) -> list[str]:
             f"Ray Jobs API (submit_job):                      median {out['ray_jobs_ms_median']:.1f} ms",
             f"ratio {out['ratio']:.3f} ({verdict} the goal <= {out['goal_ratio']}), n={out['n']}, "
             f"warm runners per node: {out['warm_runners']}"]
+
+
+@app.command("kueue")
+def bench_kueue(
+    as_json: bool = AS_JSON,
+    database: Optional[str] = DATABASE,
+    scale: float = typer.Option(1.0, "--scale", min=0.001, help="fraction of each queue's jobs (1.0: 15,000 jobs)"),
+    priority_preemption: bool = typer.Option(True, "--priority-preemption/--no-priority-preemption",
+                                             help="higher priority preempts lower in a project (Kueue's scenario)"),
+    connections: int = typer.Option(8, "--connections", min=1, help="keep-alive connections of the submitter"),
+    timeout: float = typer.Option(900.0, "--timeout", help="seconds to wait for every job to end"),
+):
+    """Kueue's scheduler performance scenario through the API, the scheduling loop and a fake executor."""
+    from broker.bench.kueue import bench
+
+    out = bench(scale=scale, database=database, priority_preemption=priority_preemption, connections=connections,
+                timeout_s=timeout)
+    _emit(out, as_json, _kueue_lines)
+    if not out["ok"]:
+        raise typer.Exit(1)
+
+
+def _kueue_lines(out: dict) -> list[str]:
+    k, g = out["kueue"], out["goal"]
+    lines = [f"database: {out['database']}  scale {out['scale']}  jobs {out['jobs']}  succeeded {out['succeeded']}  "
+             f"policy {out['policy']} (priority preemption {'on' if out['priority_preemption'] else 'off'})  "
+             f"cycle interval {out['cycle_interval_s']} s",
+             f"wall {out['wall_s']} s (goal <= {g['wall_s']:.0f}, Kueue {k['wall_s']})  usage {out['usage_pct']} % "
+             f"(goal >= {g['usage_pct']:.0f}, Kueue {k['usage_pct']})  scripted work alone {out['work_usage_pct']} %",
+             f"preemptions {out['preemptions']}  attempts {out['attempts']}  peak GPUs held {out['peak_gpus_held']}  "
+             f"admitted twice {out['admitted_twice']}  server CPU {out['server_cpu_s']} s  "
+             f"load {out['load_avg_before']} -> {out['load_avg_after']}"]
+    for name, d in out["latency"].items():
+        a, r = d["admitted_ms"], d["running_ms"]
+        lines.append(f"  {name:6} n={d['n']:5}  submit->admitted ms p50 {a.get('p50')} p95 {a.get('p95')} "
+                     f"p99 {a.get('p99')} mean {a.get('mean')}  submit->running p50 {r.get('p50')} p95 {r.get('p95')}")
+    lines += [f"  problem: {p}" for p in out["problems"]]
+    return lines
