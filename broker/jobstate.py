@@ -19,9 +19,9 @@ job goes back to PENDING; the Attempt row of the current attempt follows the job
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -209,6 +209,24 @@ def update_fields(session: Session, job: Job, *, expected_version: int, event_ki
     for k, v in {"version": expected_version + 1, **fields}.items():
         set_committed_value(job, k, v)
     return True
+
+
+def set_pending_reasons(session: Session, reasons: Sequence[Mapping[str, Any]]) -> None:
+    """`set_pending_reason` for many jobs in one executemany statement (the scheduling loop
+    writes thousands per tick on a long queue: one round trip instead of one per job). Each
+    mapping has job_id, code, message, details, queue_position, estimated_start."""
+    if not reasons:
+        return
+    jobs = Job.__table__  # Core, not the ORM: a plain executemany, not a bulk update by key
+    session.execute(
+        update(jobs).where(jobs.c.id == bindparam("b_id"), jobs.c.status == S.PENDING.value)
+        .values(pending_code=bindparam("b_code"), pending_message=bindparam("b_message"),
+                pending_details=bindparam("b_details"), queue_position=bindparam("b_pos"),
+                estimated_start=bindparam("b_eta")),
+        [{"b_id": r["job_id"], "b_code": r["code"], "b_message": r.get("message", ""),
+          "b_details": dict(r.get("details") or {}), "b_pos": r.get("queue_position"),
+          "b_eta": r.get("estimated_start")} for r in reasons],
+    )
 
 
 def set_pending_reason(session: Session, job_id: str, *, code: str | None, message: str = "",

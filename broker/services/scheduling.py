@@ -410,6 +410,7 @@ class SchedulingLoop:
                                        event_details={"code": pre.code, "for_job": pre.for_job_id}):
                     victims.append(((job.id, job.attempt), pre.message, self.grace_s(job)))
                     rep.preempted.append(job.id)
+            changed = []  # reasons are written only when they change, in one statement
             for jid, why in result.pending.items():
                 job = by_id.get(jid)
                 if job is None:
@@ -417,11 +418,12 @@ class SchedulingLoop:
                 details = _plain(why.details)
                 if (job.pending_code, job.pending_message, job.queue_position, job.estimated_start, job.pending_details) != \
                         (why.code.value, why.message, why.queue_position, why.estimated_start, details):
-                    jobstate.set_pending_reason(s, jid, code=why.code.value, message=why.message, details=details,
-                                                queue_position=why.queue_position, estimated_start=why.estimated_start)
+                    changed.append({"job_id": jid, "code": why.code.value, "message": why.message, "details": details,
+                                    "queue_position": why.queue_position, "estimated_start": why.estimated_start})
             for job, code, message, details in capped.values():
                 if (job.pending_code, job.pending_message) != (code, message):
-                    jobstate.set_pending_reason(s, job.id, code=code, message=message, details=details)
+                    changed.append({"job_id": job.id, "code": code, "message": message, "details": details})
+            jobstate.set_pending_reasons(s, changed)
             rep.pending = len(result.pending) + len(capped)
             if rep.admitted:
                 failpoints.hit("before_admit_commit")
