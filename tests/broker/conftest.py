@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -50,22 +52,34 @@ def pg_reason() -> str | None:
         return f"PostgreSQL not reachable at {PG_URL}: {type(e).__name__}: {str(e).strip()[:120]}"
 
 
+@contextmanager
+def pg_schema(prefix: str = "t") -> Iterator[str]:
+    """A private PostgreSQL schema (its name), dropped afterwards; skips when no server answers."""
+    reason = pg_reason()
+    if reason:
+        pytest.skip(reason)
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as c:
+        c.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield schema
+    finally:
+        with _pg_admin() as c:
+            c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def schema_url(schema: str, base: str = PG_URL) -> str:
+    """The database URL of `base` with `schema` as its search path."""
+    return f"{base}?options=-csearch_path%3D{schema}"
+
+
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path_factory):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'broker.db'}"
         return
-    reason = pg_reason()
-    if reason:
-        pytest.skip(reason)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with _pg_admin() as c:
-            c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with pg_schema() as schema:
+        yield schema_url(schema)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ that can be downgraded are also taken down and up again with their data.
 
 from __future__ import annotations
 
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from broker.app import create_app
 from broker.db import alembic_config, downgrade, make_engine, migrate
 from broker.settings import Settings
 from tests.broker import migration_rows as mr
-from tests.broker.conftest import PG_URL, _pg_admin, pg_reason
+from tests.broker.conftest import pg_schema, schema_url
 
 
 def _revisions() -> list[str]:
@@ -41,17 +40,8 @@ def fresh_settings(kind: str, tmp: Path):
     if kind == "sqlite":
         yield Settings(data_dir=tmp, database_url=f"sqlite:///{tmp / 'up.db'}", seed_demo=False)
         return
-    reason = pg_reason()
-    if reason:
-        pytest.skip(reason)
-    schema = f"mig_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield Settings(data_dir=tmp, database_url=f"{PG_URL}?options=-csearch_path%3D{schema}", seed_demo=False)
-    finally:
-        with _pg_admin() as c:
-            c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with pg_schema("mig") as schema:
+        yield Settings(data_dir=tmp, database_url=schema_url(schema), seed_demo=False)
 
 
 def _assert_app_serves(settings: Settings, engine) -> None:

@@ -26,7 +26,7 @@ from broker.db import make_engine, migrate
 from broker.models import Node
 from broker.services.bootstrap import ensure_admin_token, seed_demo
 from broker.settings import Settings
-from tests.broker.conftest import NODES, PG_URL, _pg_admin, job_body, pg_reason
+from tests.broker.conftest import NODES, PG_URL, job_body, pg_schema, schema_url
 from tests.broker.services.telemetry.builders import agent_token, gpu, report
 
 pytestmark = pytest.mark.postgres
@@ -106,16 +106,15 @@ class CuttableProxy:
 
 @pytest.fixture(scope="module", params=[True, False], ids=["submit-fast-path", "submit-route"])
 def outage(request, tmp_path_factory):
-    reason = pg_reason()
-    if reason:
-        pytest.skip(reason)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
+    with pg_schema() as schema:
+        yield from _outage(request, tmp_path_factory, schema)
+
+
+def _outage(request, tmp_path_factory, schema: str):
     proxy = CuttableProxy()
-    direct = Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=f"{PG_URL}?options=-csearch_path%3D{schema}")
+    direct = Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=schema_url(schema))
     via_proxy = direct.model_copy(update={
-        "database_url": f"{PG_URL.replace(':5432', f':{proxy.port}')}?options=-csearch_path%3D{schema}",
+        "database_url": schema_url(schema, PG_URL.replace(':5432', f':{proxy.port}')),
         "db_connect_timeout_s": 2, "db_pool_timeout_s": 2.0, "submit_fast_path": request.param})
     migrate(direct)
     eng = make_engine(direct)
@@ -133,8 +132,6 @@ def outage(request, tmp_path_factory):
     finally:
         proxy.close()
         eng.dispose()
-        with _pg_admin() as c:
-            c.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def _requests(client, agent: str, job_a: str, job_b: str, seq: int) -> dict:

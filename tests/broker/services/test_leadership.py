@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 from sqlalchemy import text
@@ -14,22 +13,13 @@ from sqlmodel import Session
 from broker.db import make_engine
 from broker.services.leadership import AnotherBroker, NotLeader, PgLeadership, SqliteLeadership, leadership_for
 from broker.settings import Settings
-from tests.broker.conftest import PG_URL, _pg_admin, pg_reason
+from tests.broker.conftest import _pg_admin, pg_schema, schema_url
 
 
 @pytest.fixture
 def pg_schema_url():
-    reason = pg_reason()
-    if reason:
-        pytest.skip(reason)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as c:
-        c.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with _pg_admin() as c:
-            c.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with pg_schema() as schema:
+        yield schema_url(schema)
 
 
 def _wait(pred, timeout_s=10.0):
@@ -104,11 +94,13 @@ def test_a_stale_leaders_open_transaction_ends_before_the_new_leader_acts(pg_sch
 
 @pytest.mark.postgres
 def test_brokers_on_two_schemas_lead_each_their_own(pg_schema_url):
-    other = f"t_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as c:
-        c.execute(f'CREATE SCHEMA "{other}"')
-    e1 = make_engine(Settings(database_url=pg_schema_url))
-    e2 = make_engine(Settings(database_url=f"{PG_URL}?options=-csearch_path%3D{other}"))
+    with pg_schema() as other:
+        _two_schemas_lead_each(pg_schema_url, schema_url(other))
+
+
+def _two_schemas_lead_each(url_a: str, url_b: str) -> None:
+    e1 = make_engine(Settings(database_url=url_a))
+    e2 = make_engine(Settings(database_url=url_b))
     a, b = PgLeadership(e1), PgLeadership(e2)
     a.start()
     b.start()
@@ -119,8 +111,6 @@ def test_brokers_on_two_schemas_lead_each_their_own(pg_schema_url):
         b.stop()
         e1.dispose()
         e2.dispose()
-        with _pg_admin() as c:
-            c.execute(f'DROP SCHEMA "{other}" CASCADE')
 
 
 def test_sqlite_is_single_broker_a_second_process_is_refused(tmp_path):
