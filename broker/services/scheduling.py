@@ -83,6 +83,9 @@ class SchedulingLoop:
         self._seen: dict[tuple[str, int], float] = {}  # last observation of a running worker
         self._seen_written: dict[tuple[str, int], float] = {}  # ... and when it was last stored
         self._ratios: tuple[float, dict[str, float]] | None = None  # (learned at, per project)
+        # newest checkpoint per running checkpointable job, read by `observe` outside any
+        # transaction (the checkpoint root may be a network filesystem) and used by `schedule`
+        self._checkpoint_times: dict[str, float] = {}
         self._lock = threading.Lock()  # one tick at a time, whoever calls it
         self.last_cycle: CycleResult | None = None
         self.last_report: TickReport | None = None
@@ -146,6 +149,7 @@ class SchedulingLoop:
         with self._session() as s:
             jobs = [j for j in repo.holding_jobs(s) if j.status != S.ADMITTED.value]
             s.expunge_all()
+        self._checkpoint_times = self._checkpoints(jobs)
         for job in jobs:
             try:
                 st = self.executor.status(job.id, job.attempt)
@@ -369,7 +373,7 @@ class SchedulingLoop:
                 projects=projects, pools=repo.pools(s), nodes=repo.nodes(s), quotas=repo.quota_rows(s),
                 holding=holding, placements=repo.placements_of(s, [(j.id, j.attempt) for j in holding]),
                 pending=pending, ledger=repo.ledger_since(s, lookback_start(now, self.policy.fair_share_half_life_s)),
-                runtime_ratios=self._runtime_ratios(s, now), checkpoints=self._checkpoints(holding),
+                runtime_ratios=self._runtime_ratios(s, now), checkpoints=self._checkpoint_times,
             )
             t0 = time.perf_counter()
             result = run_cycle(snap, now, self.policy)
