@@ -204,6 +204,9 @@ class SchedulingLoop:
             started = min((w.started_at for w in workers if w.started_at), default=None)
             if started is not None and job.started_at is None:
                 self._started[key] = started
+                with self._session() as s:  # ... and the GPUs it ran on
+                    self._record_devices(s, job, st)
+                    s.commit()
             if job.cancel_requested_at is not None:
                 self._finish(job, S.CANCELLED, now, rep, message="cancelled", exit_code=_first_bad(workers))
             elif lost and not failed:

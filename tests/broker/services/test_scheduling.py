@@ -176,6 +176,16 @@ def test_lost_attempt_is_charged_until_last_seen_alive_not_for_the_downtime(
     assert led.allocated_gpu_s <= 2 * (seen - started) + 1e-6
 
 
+def test_a_job_that_ends_before_it_is_seen_running_keeps_its_gpus_in_the_placements(client, loop, fake_executor):
+    jid = submit(client, gpus=2)
+    loop.tick()  # admitted and launched: STARTING
+    fake_executor.finish(jid, 1, exit_code=0)  # done before the loop ever saw it RUNNING
+    loop.tick()
+    j = get(client, jid)
+    assert j["status"] == "SUCCEEDED" and j["started_at"] is not None
+    assert all(len(p["cuda_visible_devices"].split(",")) == 2 for p in j["placements"]), j["placements"]
+
+
 def test_lost_worker_requeues_while_retries_allow(client, loop, fake_executor, settings, engine):
     jid = submit(client, gpus=1, max_retries=1)
     loop.tick()
