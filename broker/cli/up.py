@@ -44,20 +44,20 @@ log = logging.getLogger("broker.up")
 
 
 def up(
-    port: int = typer.Option(8000, help="API port"),
-    host: str = typer.Option("127.0.0.1", help="API bind address"),
-    data_dir: Path = typer.Option(Path(".broker"), help="database, tokens, logs"),
-    gpus: int = typer.Option(0, help="logical GPUs per local Ray node (0: what Ray detects)"),
-    nodes: int = typer.Option(2, help="local Ray nodes; pools alternate innovation / operation, so the default "
+    port: int = typer.Option(8000, metavar="PORT", help="API port"),
+    host: str = typer.Option("127.0.0.1", metavar="ADDRESS", help="API bind address"),
+    data_dir: Path = typer.Option(Path(".broker"), metavar="DIR", help="database, tokens, logs"),
+    gpus: int = typer.Option(0, metavar="N", help="logical GPUs per local Ray node (0: what Ray detects)"),
+    nodes: int = typer.Option(2, metavar="N", help="local Ray nodes; pools alternate innovation / operation, so the default "
                                       "two give one node per pool (the machine's GPUs split between them); "
                                       "1: one innovation node"),
-    gpu_model: str = typer.Option("", help="GPU model label of the local nodes"),
+    gpu_model: str = typer.Option("", metavar="MODEL", help="GPU model label of the local nodes"),
     demo: bool = typer.Option(True, "--demo/--no-demo", help="seed the demo region on an empty DB"),
-    ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster instead of starting one"),
+    ray_address: Optional[str] = typer.Option(None, metavar="HOST:PORT", help="join this Ray cluster instead of starting one"),
     agent: bool = typer.Option(True, "--agent/--no-agent", help="run a node agent per node"),
-    agent_mode: str = typer.Option("auto", help="process (local subprocesses) | ray (one pinned Ray actor per "
+    agent_mode: str = typer.Option("auto", metavar="process|ray|auto", help="process (local subprocesses) | ray (one pinned Ray actor per "
                                                   "Ray node) | auto (ray when joining a cluster)"),
-    fake_telemetry: int = typer.Option(0, help="agents report N scripted fake GPUs (demos without GPUs)"),
+    fake_telemetry: int = typer.Option(0, metavar="N", help="agents report N scripted fake GPUs (demos without GPUs)"),
     allow_process: Optional[bool] = typer.Option(
         None, "--allow-process/--no-allow-process",
         help="allow runtime 'process' jobs: unconfined, they run as this user and can read the data dir and "
