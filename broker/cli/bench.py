@@ -184,3 +184,22 @@ def _kueue_lines(out: dict) -> list[str]:
                      f"p99 {a.get('p99')} mean {a.get('mean')}  submit->running p50 {r.get('p50')} p95 {r.get('p95')}")
     lines += [f"  problem: {p}" for p in out["problems"]]
     return lines
+
+
+@app.command("cli")
+def bench_cli(
+    as_json: bool = AS_JSON,
+    database: Optional[str] = DATABASE,
+    jobs: int = typer.Option(1000, "--jobs", "-n", metavar="N", min=1, help="jobs in the database (over 5 projects)"),
+    runs: int = typer.Option(20, "--runs", metavar="N", min=1, help="timed runs of each command (alternating)"),
+):
+    """Wall time of `broker jobs list` against a live API, beside `curl` of the same route (goal: 300 ms)."""
+    from broker.bench.cli import bench
+
+    out = bench(database=database, jobs=jobs, runs=runs)
+    _emit(out, as_json, lambda o: [
+        f"database: {o['database']}  jobs {o['jobs']}  runs {o['runs']}  load {o['load_avg_1m']}",
+        f"broker jobs list  median {o['cli']['median_ms']} ms  p90 {o['cli']['p90_ms']} ms  min {o['cli']['min_ms']} ms"
+        f"  (goal <= {o['goal_ms']} ms: {'met' if o['meets_goal'] else 'NOT met'})",
+        f"curl              median {o['curl']['median_ms']} ms  p90 {o['curl']['p90_ms']} ms  min {o['curl']['min_ms']} ms",
+        f"ratio (median)    {o['ratio_median']}x"])
