@@ -70,11 +70,9 @@ def up(
     if allow_process is None:
         allow_process = host in ("127.0.0.1", "localhost", "::1")
     overrides = dict(data_dir=data_dir, port=port, host=host, allow_process_runtime=allow_process)
-    if ray_address is None and shutil.which("podman") is None:
-        # the local nodes are this machine: without podman they can run process jobs only
-        overrides["container_runtime_available"] = False
-        typer.echo("note: podman was not found: the local nodes run 'runtime: process' jobs only, and container "
-                   "jobs are refused at submit (install podman, e.g. `make run` does on Debian, and restart)")
+    note = _container_runtime(overrides, ray_address)
+    if note:
+        typer.echo(note)
     if ray_address:
         overrides["ray_address"] = ray_address
     settings = Settings(**overrides)
@@ -185,6 +183,18 @@ def up(
         engine.dispose()
         lock.release()
         typer.echo("stopped")
+
+
+def _container_runtime(overrides: dict, ray_address: str | None) -> str:
+    """Container jobs need podman on the nodes. The local nodes are this machine: without podman
+    they run process jobs only, and container jobs are refused at submit (422) rather than failing
+    when they start. Sets the override and returns the note to print (empty when podman is here
+    or the nodes are a cluster's, whose runtime the broker cannot see from here)."""
+    if ray_address is not None or shutil.which("podman") is not None:
+        return ""
+    overrides["container_runtime_available"] = False
+    return ("note: podman was not found: the local nodes run 'runtime: process' jobs only, and container jobs "
+            "are refused at submit (install podman, e.g. `make run` does on Debian, and restart)")
 
 
 def _ready_lines(host: str, port: int, token_path) -> str:

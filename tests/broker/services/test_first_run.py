@@ -94,3 +94,15 @@ def test_container_jobs_are_refused_where_no_node_has_a_container_runtime(tmp_pa
         assert c.get("/api/v1/jobs").json()["items"] == []  # nothing stored
         ok = c.post("/api/v1/jobs", json=job_body(runtime="process", image="", command=["true"], env={}))
         assert ok.status_code == 201, ok.text
+
+
+@pytest.mark.parametrize("podman,ray_address,available", [
+    (None, None, False), ("/usr/bin/podman", None, True), (None, "10.0.0.5:6379", True)])
+def test_broker_up_marks_the_local_nodes_process_only_without_podman(monkeypatch, podman, ray_address, available):
+    from broker.cli import up
+
+    monkeypatch.setattr(up.shutil, "which", lambda name: podman if name == "podman" else None)
+    overrides: dict = {}
+    note = up._container_runtime(overrides, ray_address)
+    assert overrides.get("container_runtime_available", True) is available
+    assert ("podman was not found" in note) is (not available)
