@@ -94,6 +94,8 @@ def test_container_jobs_are_refused_where_no_node_has_a_container_runtime(tmp_pa
         assert c.get("/api/v1/jobs").json()["items"] == []  # nothing stored
         ok = c.post("/api/v1/jobs", json=job_body(runtime="process", image="", command=["true"], env={}))
         assert ok.status_code == 201, ok.text
+        nodes = c.get("/api/v1/nodes").json()["items"]
+        assert nodes and all(n["runtimes"] == ["process"] for n in nodes), nodes
 
 
 @pytest.mark.parametrize("podman,ray_address,available", [
@@ -106,3 +108,11 @@ def test_broker_up_marks_the_local_nodes_process_only_without_podman(monkeypatch
     note = up._container_runtime(overrides, ray_address)
     assert overrides.get("container_runtime_available", True) is available
     assert ("podman was not found" in note) is (not available)
+
+
+def test_nodes_list_says_which_nodes_run_process_jobs_only():
+    from broker.cli.nodes import nodes_table
+
+    base = dict(id="innovation-0", pool="innovation", gpu_model="", state="ready", gpus=2, cpus=1, memory_gb=8)
+    assert "process jobs only" in nodes_table([{**base, "runtimes": ["process"]}])
+    assert "process jobs only" not in nodes_table([{**base, "runtimes": ["container", "process"]}])
