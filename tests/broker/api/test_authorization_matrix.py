@@ -298,6 +298,16 @@ ROUTES = [
     Route("GET", "/api/v1/telemetry/projects/{project_id}", Action.PROJECT_USAGE_READ, (200,),
           simple("/api/v1/telemetry/projects/{project}", _project_ref)),
     Route("PUT", "/api/v1/admin/settings/{key}", Action.SETTINGS_ADMIN, (200,), setting_put),
+    # usage reports (a report narrowed to one project or department is about that object)
+    Route("GET", "/api/v1/reports/usage", Action.PROJECT_USAGE_READ, (200,),
+          lambda root, scope, actor: Call("/api/v1/reports/usage", params={"project": scope["project"]},
+                                          ref=_project_ref(scope))),
+    Route("GET", "/api/v1/reports/statement", Action.DEPARTMENT_USAGE_READ, (200,),
+          lambda root, scope, actor: Call("/api/v1/reports/statement", params={
+              "department": scope["department"], "month": "2026-11"}, ref=_dept_ref(scope))),
+    Route("GET", "/api/v1/reports/prices", Action.POOL_READ, (200,), simple("/api/v1/reports/prices")),
+    Route("PUT", "/api/v1/reports/prices/{pool}", Action.POOL_ADMIN, (200,),
+          lambda root, scope, actor: Call("/api/v1/reports/prices/innovation", json={"gpu_hour": 1.0})),
 ]
 ROUTE_KEYS = {(r.method, r.path) for r in ROUTES}
 ROLES = ["member", "project-admin", "department-admin", "platform-admin", "ops-viewer"]
