@@ -7,12 +7,10 @@ from typing import Annotated, Literal, Optional
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from pydantic import Field
-
 from broker.api.deps import CallerDep, ServicesDep, User
 from broker.api.json import JSON
 from broker.schemas import SLUG, ErrorResponse
-from broker.schemas.base import Input
+from broker.schemas.reports import PricePut
 from broker.services.reports import ReportService
 from broker.services.reports_render import statement_html, usage_csv
 
@@ -27,12 +25,6 @@ def _reports(svc: ServicesDep) -> ReportService:
 
 
 Reports = Annotated[ReportService, Depends(_reports)]
-
-
-class PricePut(Input):
-    gpu_hour: float = Field(ge=0, le=1e6, description="price of one allocated GPU-hour")
-    kwh: float = Field(default=0.0, ge=0, le=1e6, description="price of one kWh of GPU energy")
-    currency: str = Field(default="DKK", pattern=r"^[A-Z]{3}$")
 
 
 def _wants(request: Request, fmt: Format, default: str = "json") -> str:
