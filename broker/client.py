@@ -224,6 +224,24 @@ class BrokerClient:
         return self._json(self._http.put(f"/api/v1/reports/prices/{pool}",
                                          json={"gpu_hour": gpu_hour, "kwh": kwh, "currency": currency}))
 
+    # -- capacity planning ------------------------------------------------------------------
+    def capacity_trace(self, *, start: str | None = None, end: str | None = None) -> str:
+        """Platform-admins and ops-viewers: the recorded history as canonical trace CSV."""
+        params = {k: v for k, v in {"from": start, "to": end}.items() if v is not None}
+        r = self._http.get("/api/v1/capacity/trace", params=params)
+        self._check(r)
+        return r.text
+
+    def start_whatif(self, *, weeks: float = 4.0, add: list[str] = (), remove: list[str] = (),
+                     quota_file: str | None = None) -> dict:
+        """Start a what-if replay (a background run); returns the run with its id."""
+        return self._json(self._http.post("/api/v1/capacity/whatif", json={
+            "weeks": weeks, "add": list(add), "remove": list(remove), "quota_file": quota_file}))
+
+    def whatif(self, run_id: str) -> dict:
+        """A what-if run: status, phase, progress (0..1), then its result."""
+        return self._json(self._http.get(f"/api/v1/capacity/whatif/{run_id}"))
+
     # -- helpers ----------------------------------------------------------------------------
     def _json(self, r: httpx.Response) -> Any:
         self._check(r)

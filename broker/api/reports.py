@@ -1,30 +1,23 @@
 """Usage report routes: the usage report (JSON or CSV), a department's monthly statement (JSON,
-CSV or printable HTML) and the prices per pool that reports charge."""
+CSV or printable HTML), the prices per pool that reports charge; and the capacity routes: the
+recorded history as a trace, and what-if replays run in the background."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Optional
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from broker.api.deps import CallerDep, ServicesDep, User
+
+from broker.api.deps import CallerDep, Capacity, Reports, User
 from broker.api.json import JSON
 from broker.schemas import SLUG, ErrorResponse
-from broker.schemas.reports import PricePut
-from broker.services.reports import ReportService
+from broker.schemas.reports import PricePut, WhatIf
 from broker.services.reports_render import statement_html, usage_csv
 
 router = APIRouter(tags=["reports"])
 ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 422)}
 Format = Optional[Literal["json", "csv", "html"]]
-
-
-def _reports(svc: ServicesDep) -> ReportService:
-    """Built per request from the app's engine and authorization (it holds no state)."""
-    return ReportService(svc.engine, svc.authz)
-
-
-Reports = Annotated[ReportService, Depends(_reports)]
 
 
 def _wants(request: Request, fmt: Format, default: str = "json") -> str:
@@ -86,3 +79,33 @@ def list_prices(svc: Reports, principal: User):
 def put_price(svc: Reports, body: PricePut, principal: User, caller: CallerDep,
               pool: Annotated[str, Path(max_length=64, pattern=SLUG)]):
     return JSON(svc.set_price(principal, caller, pool, **body.model_dump()))
+
+
+# --------------------------------------------------------------------------- capacity
+
+
+@router.get("/api/v1/capacity/trace", responses=ERRORS, tags=["capacity"],
+            summary="Platform-admins and ops-viewers: the recorded history as a canonical trace (CSV)")
+def capacity_trace(svc: Capacity, principal: User,
+                   from_: Annotated[Optional[str], Query(alias="from", max_length=40)] = None,
+                   to: Annotated[Optional[str], Query(max_length=40)] = None):
+    return _csv(svc.trace(principal, start=from_, end=to), "trace")
+
+
+@router.post("/api/v1/capacity/whatif", status_code=202, responses={**ERRORS, 409: {"model": ErrorResponse}},
+             tags=["capacity"], summary="Platform-admins and ops-viewers: start a what-if replay (a background "
+                                        "run; poll GET /api/v1/capacity/whatif/{id})")
+def start_whatif(svc: Capacity, body: WhatIf, principal: User):
+    return JSON(svc.start_whatif(principal, **body.model_dump()), status_code=202)
+
+
+@router.get("/api/v1/capacity/whatif", responses=ERRORS, tags=["capacity"],
+            summary="Recent what-if runs of this broker (newest last), without their results")
+def list_whatifs(svc: Capacity, principal: User):
+    return JSON({"items": svc.list_whatifs(principal)})
+
+
+@router.get("/api/v1/capacity/whatif/{run_id}", responses=ERRORS, tags=["capacity"],
+            summary="A what-if run: phase, progress, then before/after figures and the queue plot (SVG)")
+def get_whatif(svc: Capacity, principal: User, run_id: Annotated[str, Path(max_length=32)]):
+    return JSON(svc.get_whatif(principal, run_id))

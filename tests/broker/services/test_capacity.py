@@ -11,6 +11,7 @@ file), the figures and the SVG.
 from __future__ import annotations
 
 import heapq
+import time
 import random
 
 import pytest
@@ -151,3 +152,61 @@ def test_bad_node_groups_are_refused(spec):
     with pytest.raises(Invalid) as e:
         cap.parse_group(spec)
     assert e.value.code == "BAD_NODE_GROUP"
+
+
+@pytest.fixture(scope="module")
+def api(history):
+    """The API over the recorded history, its clock three days after the run began."""
+    eng, st, jobs = history
+    token = ensure_admin_token(st, eng).read_text().strip()
+    app = create_app(st, start_background=False, engine=eng)
+    app.state.services.capacity.clock = lambda: T0 + 3 * 86400
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as c:
+        yield c, token
+
+
+def _wait(c, run_id: str) -> dict:
+    for _ in range(600):
+        r = c.get(f"/api/v1/capacity/whatif/{run_id}").json()
+        if r["status"] != "running":
+            return r
+        time.sleep(0.1)
+    raise AssertionError("the what-if did not finish")
+
+
+def test_whatif_runs_in_the_background_with_progress(api, history):
+    c, _ = api
+    r = c.post("/api/v1/capacity/whatif", json={"weeks": 1, "add": ["pool=innovation,model=A100,gpus_per_node=4,nodes=2"]})
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "running"
+    done = _wait(c, r.json()["id"])
+    assert done["status"] == "done" and done["progress"] == 1.0, done.get("error")
+    assert done["result"]["jobs"] == len(history[2])
+    assert done["result"]["after"]["avg_wait_s"] < done["result"]["before"]["avg_wait_s"]
+    bad = c.post("/api/v1/capacity/whatif", json={"weeks": 1, "add": ["pool=innovation"]})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "BAD_NODE_GROUP"
+    trace = c.get("/api/v1/capacity/trace", params={"from": str(T0), "to": str(T0 + 86400 * 5)})
+    assert trace.status_code == 200 and len(parse_lines(trace.text.splitlines())) == len(history[2])
+
+
+def test_capacity_cli_exports_and_compares(api, history, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from broker.cli import app as cli_app, common
+    from broker.client import BrokerClient
+
+    c, token = api
+    monkeypatch.setattr(common, "client", lambda url, tok: BrokerClient("http://testserver", token, http=c))
+    monkeypatch.setattr(BrokerClient, "close", lambda self: None)
+    runner = CliRunner()
+    out = tmp_path / "trace.csv"
+    r = runner.invoke(cli_app, ["capacity", "export", "--from", str(T0), "--to", str(T0 + 5 * 86400), "-f", str(out)])
+    assert r.exit_code == 0, r.output
+    assert len(parse_lines(out.read_text().splitlines())) == len(history[2])
+    svg = tmp_path / "q.svg"
+    r = runner.invoke(cli_app, ["capacity", "whatif", "--weeks", "1", "--add",
+                                "pool=innovation,model=A100,gpus_per_node=4,nodes=1", "--svg", str(svg)],
+                      terminal_width=120)
+    assert r.exit_code == 0, r.output
+    assert "DEPARTMENT" in r.output and "ouh" in r.output and "Utilization" in r.output and "->" in r.output
+    assert svg.read_text().startswith("<svg")
