@@ -6,7 +6,7 @@
                           the scheduling loop's tick (observe, run the core, apply, launch);
 - reconcile               every `reconcile_interval_s`: release orphaned executor attempts;
   (both only with an executor: without one there is nothing to schedule onto)
-- accounting.ledger       every 60 s: accrual of running attempts (hourly), used GPU-seconds and
+- accounting.ledger       every 60 s: accrual of running attempts (`accrual_period_s`), used GPU-seconds and
                           energy into the ledger;
 - audit.seal_job_submits  every 2 s: job submits into the audit hash chain (the outbox);
 - checkpoints.cleanup     every 30 s: checkpoint directories of jobs that ended for good;
@@ -59,7 +59,7 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
     tasks = Tasks(services.loop, services.executor, cycle_interval_s=settings.cycle_interval_s,
                   reconcile_interval_s=settings.reconcile_interval_s, wakeup=services.wakeup,
                   leader=services.leader)
-    tasks.add_interval(lambda: run_accounting(engine, clock()), 60.0, "accounting.ledger")
+    tasks.add_interval(lambda: run_accounting(engine, clock(), period_s=settings.accrual_period_s), 60.0, "accounting.ledger")
     tasks.add_interval(lambda: seal_pending(engine), 2.0, "audit.seal_job_submits")
     tasks.add_interval(lambda: remove_finished_checkpoints(engine, settings.checkpoint_root_dir), 30.0,
                        "checkpoints.cleanup")

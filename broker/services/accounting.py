@@ -63,9 +63,9 @@ def accrue_ledger(engine: Engine, now: float, *, period_s: float = ACCRUAL_PERIO
         return int(res.rowcount or 0)
 
 
-def run_accounting(engine: Engine, now: float) -> None:
+def run_accounting(engine: Engine, now: float, *, period_s: float = ACCRUAL_PERIOD_S) -> None:
     """The periodic accounting task: accrue running attempts, then fill settled rows' usage."""
-    accrue_ledger(engine, now)
+    accrue_ledger(engine, now, period_s=period_s)
     fill_ledger_usage(engine, now)
 
 

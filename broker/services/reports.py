@@ -12,8 +12,9 @@ Where the figures come from (and why they reconcile):
 - used GPU-seconds and energy: the telemetry rollups at their resolution (hourly before the
   hour rollups' watermark, minutes after); idle = allocated - used (never below 0);
   efficiency = used / allocated;
-- jobs: distinct jobs with allocated time in the period; services: counted by `SERVICE_COUNTER`
-  (0 until services exist: the hook a service accounting plugs into);
+- jobs: distinct jobs with allocated time in the period; services: counted by the
+  `service_counter` the service is built with (none until services exist: the hook service
+  accounting plugs into, see `ServiceCounter`);
 - preemptions: attempts that ended preempted in the period; GPU-hours lost: the allocation of
   those attempts, except for checkpointable jobs (they resume from their checkpoint; the work
   since the last one is not recorded in the database, so it is not guessed);
@@ -55,16 +56,15 @@ PERIODS = ("day", "week", "month")
 MAX_BUCKETS = 400  # periods in one report
 DAY = 86400.0
 
-# (session, start, end, visible projects or None) -> {(period start, group key): count}; the
-# service accounting replaces this to count services in reports
+# How reports count services (the hook for service accounting, passed to `ReportService`):
+# (session, start, end, visible project ids or None, group_by, period) -> {(period start, group
+# key): services that ran in that period and group}.
 ServiceCounter = Callable[[Session, float, float, Optional[Sequence[str]], str, str], dict]
 
 
 def no_services(s, start, end, projects, group_by, period) -> dict:
+    """Until services exist: none."""
     return {}
-
-
-SERVICE_COUNTER: list[ServiceCounter] = [no_services]
 
 
 # --------------------------------------------------------------------------- periods
@@ -242,8 +242,9 @@ def build_report(*, group_by: str, period: str, start: float, end: float, interv
 
 
 class ReportService:
-    def __init__(self, engine, authz: Authz, *, clock: Clock = time.time) -> None:
-        self.engine, self.authz, self.clock = engine, authz, clock
+    def __init__(self, engine, authz: Authz, *, clock: Clock = time.time,
+                 service_counter: ServiceCounter = no_services) -> None:
+        self.engine, self.authz, self.clock, self.service_counter = engine, authz, clock, service_counter
 
     def usage(self, p: AuthPrincipal, *, group_by: str = "department", period: str = "month",
               start: Optional[str] = None, end: Optional[str] = None, department: Optional[str] = None,
@@ -334,7 +335,7 @@ class ReportService:
             group_by=group_by, period=period, start=a, end=b, intervals=q.intervals(s, a, b, projects),
             waits=q.waits(s, a, b, projects), uses=uses, jobs=q.job_dimensions(s, (u.job_id for u in uses)),
             nodes=q.node_flavors(s), prices=q.prices(s),
-            services=SERVICE_COUNTER[0](s, a, b, projects, group_by, period))
+            services=self.service_counter(s, a, b, projects, group_by, period))
 
 
 def price_public(p: PoolPrice) -> dict:

@@ -240,3 +240,26 @@ def test_each_role_sees_its_own_scope(client, engine):
     assert r.status_code == 403
     r = client.put("/api/v1/reports/prices/innovation", json={"gpu_hour": 1.0}, headers=dept_admin)
     assert r.status_code == 403
+
+
+@pytest.mark.parametrize("start, end, period, want", [
+    ("2026-12-31T23:00:00", "2027-01-01T01:00:00", "month", [("2026-12-01", 3600), ("2027-01-01", 3600)]),
+    ("2026-11-29T12:00:00", "2026-11-30T12:00:00", "week", [("2026-11-23", 43200), ("2026-11-30", 43200)]),
+    ("2026-11-05T00:00:00", "2026-11-05T00:00:01", "day", [("2026-11-05", 1)]),
+    ("2026-10-15T00:00:00", "2026-12-15T00:00:00", "month",
+     [("2026-10-01", 17 * 86400), ("2026-11-01", 30 * 86400), ("2026-12-01", 14 * 86400)]),
+], ids=["new-year", "monday", "one-second", "three-months"])
+def test_split_cuts_at_utc_period_boundaries(start, end, period, want):
+    got = [(dt.datetime.fromtimestamp(p, tz=dt.timezone.utc).date().isoformat(), s)
+           for p, s in split(T(start), T(end), period)]
+    assert got == want
+
+
+def test_service_counts_come_from_the_hook():
+    from broker.services.reports import build_report
+
+    p = T("2026-11-01T00:00:00")
+    rep = build_report(group_by="project", period="month", start=p, end=T("2026-12-01T00:00:00"), intervals=[],
+                       waits=[], uses=[], jobs={}, nodes={}, prices={}, services={(p, "ouh-liver"): 2})
+    assert rep["rows"][0]["group"] == "ouh-liver" and rep["rows"][0]["services"] == 2
+    assert rep["totals"]["services"] == 2
