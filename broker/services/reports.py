@@ -117,22 +117,29 @@ def iso(t: float) -> str:
     return dt.datetime.fromtimestamp(t, tz=dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+EARLIEST, LATEST = 946684800.0, 4102444800.0  # 2000-01-01 and 2100-01-01, UTC
+
+
 def parse_time(value: Optional[str], default: float, name: str) -> float:
-    """Epoch seconds, an ISO date (UTC midnight) or an ISO date-time (UTC unless it says)."""
+    """Epoch seconds, an ISO date (UTC midnight) or an ISO date-time (UTC unless it says),
+    between 2000 and 2100."""
     if value is None or value == "":
         return default
+    bad = Invalid(f"{name} must be an ISO date (2026-11-01), date-time or epoch seconds between 2000 and 2100, "
+                  f"not {value!r}", code="BAD_TIME", details={"field": name})
     try:
-        return float(value)
+        t = float(value)
     except ValueError:
-        pass
-    try:
-        d = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise Invalid(f"{name} must be an ISO date (2026-11-01), date-time or epoch seconds, not {value!r}",
-                      code="BAD_TIME", details={"field": name}) from None
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
-    return d.timestamp()
+        try:
+            d = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise bad from None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=dt.timezone.utc)
+        t = d.timestamp()
+    if not (math.isfinite(t) and EARLIEST <= t <= LATEST):
+        raise bad
+    return t
 
 
 def parse_month(month: str) -> tuple[float, float]:
@@ -140,7 +147,9 @@ def parse_month(month: str) -> tuple[float, float]:
     try:
         d = dt.datetime.strptime(month, "%Y-%m").replace(tzinfo=dt.timezone.utc)
     except ValueError:
-        raise Invalid(f"month must look like 2026-11, not {month!r}", code="BAD_MONTH") from None
+        d = None
+    if d is None or not 2000 <= d.year < 2100:
+        raise Invalid(f"month must look like 2026-11 (2000-2099), not {month!r}", code="BAD_MONTH")
     return d.timestamp(), next_period(d.timestamp(), "month")
 
 

@@ -197,11 +197,14 @@ def test_csv_and_statement(client, world):
     ({"group_by": "galaxy"}, 422),
     ({"period": "year"}, 422),
     ({"from": "yesterday"}, 422),
+    ({"from": "1e400"}, 422),
+    ({"to": "nan"}, 422),
+    ({"from": "9999-12-01"}, 422),
     ({"from": "2026-11-02", "to": "2026-11-01"}, 422),
     ({"period": "day", "from": "2020-01-01", "to": "2026-01-01"}, 422),
     ({"project": "no-such-project"}, 404),
     ({"department": "no-such-dept"}, 404),
-], ids=["group", "period", "time", "range", "too-many-days", "project", "department"])
+], ids=["group", "period", "time", "inf", "nan", "year-9999", "range", "too-many-days", "project", "department"])
 def test_bad_input_is_a_4xx_with_a_code(client, params, code):
     r = client.get("/api/v1/reports/usage", params=params)
     assert r.status_code == code, r.text
