@@ -166,7 +166,7 @@ def test_used_hours_energy_and_cost_come_from_rollups_and_prices(client, engine,
     rep = _report(client, group_by="pool", period="month", project=p1, **{"from": "2026-11-01", "to": "2026-12-01"})
     cell = _cells(rep)[("2026-11-01", "innovation")]
     # each sample stands for 1 s of that GPU-hour: used 900 s x 60 % = 540 s; energy 900 x 300 J
-    assert cell["used_gpu_hours"] == pytest.approx(540 / H)
+    assert cell["used_gpu_hours"] == pytest.approx(540 / H, abs=1e-6)
     assert cell["energy_kwh"] == pytest.approx(900 * 300 / 3.6e6)
     alloc_h = (2 * 3 * H + 30 * 60 + 15.5) / H
     assert cell["idle_gpu_hours"] == pytest.approx(alloc_h - 540 / H, abs=1e-5)
@@ -266,3 +266,25 @@ def test_service_counts_come_from_the_hook():
                        waits=[], uses=[], jobs={}, nodes={}, prices={}, services={(p, "ouh-liver"): 2})
     assert rep["rows"][0]["group"] == "ouh-liver" and rep["rows"][0]["services"] == 2
     assert rep["totals"]["services"] == 2
+
+
+def test_minute_rollups_count_after_the_hour_watermark_and_hours_before(client, engine, world):
+    d, p1, p2, jobs = world
+    mark = T("2026-12-01T01:00:00")
+    with Session(engine) as s:
+        row = s.get(TelemetryMark, "rollup_1h")
+        if row is None:
+            s.add(TelemetryMark(name="rollup_1h", value=mark))
+        else:
+            row.value = mark
+        # job c on op-1: one hour row before the watermark (half busy), and after it one minute
+        # row (fully busy) plus an hour row the hour rollup has not been run for yet
+        for res, bucket, n, util in ((3600, "2026-12-01T00:00:00", 3600, 50.0), (60, "2026-12-01T01:00:00", 60, 100.0),
+                                     (3600, "2026-12-01T01:00:00", 3600, 100.0)):
+            s.add(GpuRollup(resolution_s=res, node_id="op-1", gpu_index=0, bucket=T(bucket), job_id=jobs["c"],
+                            project_id=p2, samples=n, util_n=n, util_sum=util * n, power_n=n, power_sum=100.0 * n))
+        s.commit()
+    rep = _report(client, group_by="pool", period="month", project=p2, **{"from": "2026-12-01", "to": "2026-12-02"})
+    cell = _cells(rep)[("2026-12-01", "operation")]
+    assert cell["used_gpu_hours"] == pytest.approx((1800 + 60) / H, abs=1e-6)  # never the un-rolled hour twice
+    assert cell["energy_kwh"] == pytest.approx(100.0 * (3600 + 60) / 3.6e6, abs=1e-6)  # rounded to 6 places
