@@ -288,3 +288,41 @@ def test_minute_rollups_count_after_the_hour_watermark_and_hours_before(client, 
     cell = _cells(rep)[("2026-12-01", "operation")]
     assert cell["used_gpu_hours"] == pytest.approx((1800 + 60) / H, abs=1e-6)  # never the un-rolled hour twice
     assert cell["energy_kwh"] == pytest.approx(100.0 * (3600 + 60) / 3.6e6, abs=1e-6)  # rounded to 6 places
+
+
+def test_a_running_job_accrues_hourly_and_its_close_replaces_the_accrual(settings, engine, client, new_project):
+    """The scheduling loop, the accrual and the close on one ledger row: while the job runs the
+    report shows it up to the last whole hour; when it ends, its row holds its whole duration."""
+    import time as _time
+
+    from broker.adapters.fake import FakeExecutor, node
+    from broker.services.scheduling import SchedulingLoop
+    from tests.broker.conftest import NODES, job_body
+
+    now = [(_time.time() // H + 1) * H + 600.0]  # 10 min past the next whole hour
+    fake = FakeExecutor([node(n["id"], pool=n["pool"], gpus=n["gpus"], cpus=n["cpus"], memory_gb=n["memory_gb"],
+                              gpu_model=n["gpu_model"]) for n in NODES], clock=lambda: now[0])
+    loop = SchedulingLoop(settings, engine, fake, clock=lambda: now[0])
+    project = new_project()
+    r = client.post("/api/v1/jobs", json=job_body(project=project, gpus=2, max_runtime_s=86400))
+    jid = r.json()["id"]
+    assert jid in loop.tick().admitted
+    start = now[0]
+    now[0] = start + 2.5 * H  # past two whole hours (start + 50 min and start + 110 min)
+    loop.tick()
+    accrue_ledger(engine, now[0])
+    with Session(engine) as s:
+        led = s.get(Ledger, (jid, 1))
+        assert led.ended_at is None and led.accrued_to == start - 600 + 2 * H
+        assert led.allocated_gpu_s == pytest.approx(2 * (led.accrued_to - start))
+    rep = _report(client, group_by="project", period="day", project=project, **{"from": str(start - H), "to": str(now[0])})
+    assert rep["totals"]["allocated_gpu_s"] == pytest.approx(2 * (2 * H - 600))
+    now[0] += 100.0
+    fake.finish(jid, 1, exit_code=0)
+    loop.tick()
+    with Session(engine) as s:
+        led = s.get(Ledger, (jid, 1))
+        assert led.ended_at == now[0] and led.allocated_gpu_s == pytest.approx(2 * (now[0] - start))
+    rep = _report(client, group_by="project", period="day", project=project,
+                  **{"from": str(start - H), "to": str(now[0] + H)})
+    assert rep["totals"]["allocated_gpu_s"] == pytest.approx(2 * (now[0] - start))
