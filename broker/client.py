@@ -195,6 +195,53 @@ class BrokerClient:
         """Utilization: GPUs allocated versus used per pool, node and project, and queue health."""
         return self._json(self._http.get("/api/v1/overview"))
 
+    # -- usage reports ----------------------------------------------------------------------
+    def usage_report(self, *, group_by: str = "department", period: str = "month", start: str | None = None,
+                     end: str | None = None, department: str | None = None, project: str | None = None,
+                     csv: bool = False) -> Any:
+        """Allocated / used / idle GPU-hours, energy, jobs, preemptions, waits and cost per group
+        and period (dict, or the CSV text with csv=True). start/end: ISO dates or epoch seconds."""
+        params = {k: v for k, v in {"group_by": group_by, "period": period, "from": start, "to": end,
+                                    "department": department, "project": project,
+                                    "format": "csv" if csv else None}.items() if v is not None}
+        r = self._http.get("/api/v1/reports/usage", params=params)
+        self._check(r)
+        return r.text if csv else r.json()
+
+    def statement(self, department: str, month: str, *, format: str = "json") -> Any:
+        """A department's monthly statement (month 'YYYY-MM'): dict, or CSV / HTML text."""
+        r = self._http.get("/api/v1/reports/statement", params={"department": department, "month": month,
+                                                                "format": format})
+        self._check(r)
+        return r.json() if format == "json" else r.text
+
+    def prices(self) -> list[dict]:
+        """Prices per pool (GPU-hour, kWh, currency) that usage reports charge."""
+        return self._json(self._http.get("/api/v1/reports/prices"))["items"]
+
+    def set_price(self, pool: str, *, gpu_hour: float, kwh: float = 0.0, currency: str = "DKK") -> dict:
+        """Platform-admins: a pool's price per GPU-hour and per kWh."""
+        return self._json(self._http.put(f"/api/v1/reports/prices/{pool}",
+                                         json={"gpu_hour": gpu_hour, "kwh": kwh, "currency": currency}))
+
+    # -- capacity planning ------------------------------------------------------------------
+    def capacity_trace(self, *, start: str | None = None, end: str | None = None) -> str:
+        """Platform-admins and ops-viewers: the recorded history as canonical trace CSV."""
+        params = {k: v for k, v in {"from": start, "to": end}.items() if v is not None}
+        r = self._http.get("/api/v1/capacity/trace", params=params)
+        self._check(r)
+        return r.text
+
+    def start_whatif(self, *, weeks: float = 4.0, add: list[str] = (), remove: list[str] = (),
+                     quota_file: str | None = None) -> dict:
+        """Start a what-if replay (a background run); returns the run with its id."""
+        return self._json(self._http.post("/api/v1/capacity/whatif", json={
+            "weeks": weeks, "add": list(add), "remove": list(remove), "quota_file": quota_file}))
+
+    def whatif(self, run_id: str) -> dict:
+        """A what-if run: status, phase, progress (0..1), then its result."""
+        return self._json(self._http.get(f"/api/v1/capacity/whatif/{run_id}"))
+
     # -- helpers ----------------------------------------------------------------------------
     def _json(self, r: httpx.Response) -> Any:
         self._check(r)

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # Test-only: arm one named failpoint (broker.failpoints), e.g. "after_admit_commit" or
     # "after_launch@2"; the process then dies there as if killed. Empty in production.
     failpoint: str = ""
+    # Operations insight (usage reports): running attempts accrue in the ledger at every multiple
+    # of this period (UTC), so budgets, usage and reports see long jobs and services while they run.
+    accrual_period_s: float = Field(default=3600.0, ge=60.0, le=86400.0)
 
     @model_validator(mode="after")
     def _default_db(self) -> "Settings":

@@ -6,7 +6,8 @@
                           the scheduling loop's tick (observe, run the core, apply, launch);
 - reconcile               every `reconcile_interval_s`: release orphaned executor attempts;
   (both only with an executor: without one there is nothing to schedule onto)
-- accounting.ledger       every 60 s: used GPU-seconds and energy into the ledger;
+- accounting.ledger       every 60 s: accrual of running attempts (`accrual_period_s`), used GPU-seconds and
+                          energy into the ledger;
 - audit.seal_job_submits  every 2 s: job submits into the audit hash chain (the outbox);
 - checkpoints.cleanup     every 30 s: checkpoint directories of jobs that ended for good;
 - logs.retention          every hour: log folders of jobs that ended `log_retention_days` ago;
@@ -37,7 +38,7 @@ from typing import Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from broker.ports import Clock, Executor
-from broker.services.accounting import fill_ledger_usage
+from broker.services.accounting import run_accounting
 from broker.services.admin.audit import seal_pending
 from broker.services.checkpoints import remove_finished_checkpoints
 from broker.services.logs import remove_expired_logs
@@ -58,7 +59,7 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
     tasks = Tasks(services.loop, services.executor, cycle_interval_s=settings.cycle_interval_s,
                   reconcile_interval_s=settings.reconcile_interval_s, wakeup=services.wakeup,
                   leader=services.leader)
-    tasks.add_interval(lambda: fill_ledger_usage(engine, clock()), 60.0, "accounting.ledger")
+    tasks.add_interval(lambda: run_accounting(engine, clock(), period_s=settings.accrual_period_s), 60.0, "accounting.ledger")
     tasks.add_interval(lambda: seal_pending(engine), 2.0, "audit.seal_job_submits")
     tasks.add_interval(lambda: remove_finished_checkpoints(engine, settings.checkpoint_root_dir), 30.0,
                        "checkpoints.cleanup")

@@ -24,10 +24,12 @@ from broker.services.admin.quotas import QuotaAdmin
 from broker.services.admin.settings import SettingsAdmin
 from broker.services.admin.tenancy import TenancyAdmin
 from broker.services.admin.tokens import TokenAdmin
+from broker.services.capacity_runs import CapacityService
 from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.logs import LogService
 from broker.services.overview import OverviewService
+from broker.services.reports import ReportService
 from broker.services.telemetry.reads import TelemetryReads
 from broker.services.telemetry.service import TelemetryService
 from broker.services.wiring import Services
@@ -102,3 +104,5 @@ Tokens = Annotated[TokenAdmin, Depends(_service("tokens"))]
 Tenancy = Annotated[TenancyAdmin, Depends(_service("tenancy"))]
 Quotas = Annotated[QuotaAdmin, Depends(_service("quotas"))]
 AdminSettings = Annotated[SettingsAdmin, Depends(_service("admin_settings"))]
+Reports = Annotated[ReportService, Depends(_service("reports"))]
+Capacity = Annotated[CapacityService, Depends(_service("capacity"))]

@@ -12,7 +12,8 @@ list means the history is clean). The rules:
    attempts of one job at the same time;
 4. every ended attempt has exactly one closed ledger row with allocated GPU-seconds equal to
    GPUs x its duration; an open ledger row belongs to the job's current, resource-holding
-   attempt;
+   attempt, and has accrued exactly GPUs x (accrued_to - started_at) (periodic accrual of
+   running attempts, `broker.services.accounting`);
 5. usage and budgets equal the sum of the ledger: the spent GPU-hours a project's usage view
    reports (given as `reported_spent`) equal this month's part of its ledger rows. Compare once
    every attempt has ended: a running attempt's share grows between the two readings.
@@ -124,6 +125,10 @@ def check_history(engine: Engine, executor_db: str, *, acked: Mapping[str, str],
             job = jobs.get(key[0])
             if job is None or job.attempt != key[1] or job.status not in {st.value for st in HOLDING}:
                 bad.append(f"open ledger row {key[0]}/{key[1]} belongs to no attempt holding resources")
+            accrued = 0.0 if led.accrued_to is None else (led.accrued_to - led.started_at) * led.gpus
+            if abs(led.allocated_gpu_s - accrued) > 1e-3:
+                bad.append(f"open ledger row {key[0]}/{key[1]}: allocated {led.allocated_gpu_s} != gpus x accrued "
+                           f"time ({accrued})")
         if key not in attempts:
             bad.append(f"ledger row {key[0]}/{key[1]} has no attempt")
 

@@ -21,7 +21,7 @@ import typer
 import typer.main
 from typer.core import TyperGroup
 
-from broker.cli import bench, jobs, nodes, overview, projects
+from broker.cli import bench, capacity, jobs, nodes, overview, projects, reports
 
 
 class _Root(TyperGroup):
@@ -55,7 +55,9 @@ app = typer.Typer(name="broker", help="Compute Broker: GPU job queue, quotas and
 app.add_typer(jobs.app, name="jobs")  # submit|list|get|cancel|logs|events
 app.add_typer(nodes.app, name="nodes")  # list|cordon|drain|uncordon|move
 app.add_typer(projects.app, name="projects")  # list|show
-app.command("usage")(projects.usage)
+app.command("usage")(reports.usage)  # a project's view, or the usage report
+app.add_typer(reports.app, name="reports")  # usage|statement|prices|set-price
+app.add_typer(capacity.app, name="capacity")  # export|whatif
 app.command("pools")(overview.pools)
 app.command("overview")(overview.overview)
 app.add_typer(bench.app, name="bench")  # submit|ingest|dispatch

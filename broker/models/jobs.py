@@ -167,7 +167,11 @@ class Ledger(SQLModel, table=True):
     gpus: int = 0  # total over the gang
     started_at: float = 0.0
     ended_at: Optional[float] = None  # None while running
-    allocated_gpu_s: float = 0.0  # gpus x (ended_at - started_at), set when the attempt ends
+    # gpus x (ended_at - started_at) once the attempt ended; while it runs, gpus x (accrued_to -
+    # started_at): the periodic accrual (`broker.services.accounting.accrue_ledger`) moves
+    # accrued_to to each whole accrual period boundary the attempt has run past
+    allocated_gpu_s: float = 0.0
+    accrued_to: Optional[float] = None
     used_gpu_s: Optional[float] = None
     energy_j: Optional[float] = None
 

@@ -26,11 +26,13 @@ from broker.services.admin.quotas import QuotaAdmin
 from broker.services.admin.settings import SettingsAdmin
 from broker.services.admin.tenancy import TenancyAdmin
 from broker.services.admin.tokens import TokenAdmin
+from broker.services.capacity_runs import CapacityService
 from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.leadership import Leadership, leadership_for
 from broker.services.logs import LogService
 from broker.services.overview import OverviewService
+from broker.services.reports import ReportService
 from broker.services.scheduling import SchedulingLoop
 from broker.services.telemetry.reads import TelemetryReads
 from broker.services.telemetry.service import TelemetryConfig, TelemetryService
@@ -60,6 +62,8 @@ class Services:
     tenancy: TenancyAdmin
     quotas: QuotaAdmin
     admin_settings: SettingsAdmin
+    reports: ReportService  # usage reports, statements, prices
+    capacity: CapacityService  # trace export and what-if replays (background runs)
 
 
 def build_services(settings: Settings, engine: Engine, executor: Executor | None = None) -> Services:
@@ -87,4 +91,5 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
         quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
+        reports=ReportService(engine, authz), capacity=CapacityService(engine, authz, settings.policy),
     )

@@ -207,6 +207,14 @@ def setting_put(root, scope, actor):
                 headers={"If-Match": cur["etag"]})
 
 
+def whatif_run(root, scope, actor):
+    runs = root.get("/api/v1/capacity/whatif").json()["items"]
+    if not runs:
+        root.post("/api/v1/capacity/whatif", json={"weeks": 1})
+        runs = root.get("/api/v1/capacity/whatif").json()["items"]
+    return Call(f"/api/v1/capacity/whatif/{runs[0]['id']}")
+
+
 ROUTES = [
     Route("GET", "/healthz", None, (200,), simple("/healthz"), public=True),
     Route("GET", "/readyz", None, (200,), simple("/readyz"), public=True),
@@ -298,6 +306,22 @@ ROUTES = [
     Route("GET", "/api/v1/telemetry/projects/{project_id}", Action.PROJECT_USAGE_READ, (200,),
           simple("/api/v1/telemetry/projects/{project}", _project_ref)),
     Route("PUT", "/api/v1/admin/settings/{key}", Action.SETTINGS_ADMIN, (200,), setting_put),
+    # usage reports (a report narrowed to one project or department is about that object)
+    Route("GET", "/api/v1/reports/usage", Action.PROJECT_USAGE_READ, (200,),
+          lambda root, scope, actor: Call("/api/v1/reports/usage", params={"project": scope["project"]},
+                                          ref=_project_ref(scope))),
+    Route("GET", "/api/v1/reports/statement", Action.DEPARTMENT_USAGE_READ, (200,),
+          lambda root, scope, actor: Call("/api/v1/reports/statement", params={
+              "department": scope["department"], "month": "2026-11"}, ref=_dept_ref(scope))),
+    Route("GET", "/api/v1/reports/prices", Action.POOL_READ, (200,), simple("/api/v1/reports/prices")),
+    Route("PUT", "/api/v1/reports/prices/{pool}", Action.POOL_ADMIN, (200,),
+          lambda root, scope, actor: Call("/api/v1/reports/prices/innovation", json={"gpu_hour": 1.0})),
+    # capacity planning (trace export, what-if runs)
+    Route("GET", "/api/v1/capacity/trace", None, (200,), simple("/api/v1/capacity/trace")),
+    Route("POST", "/api/v1/capacity/whatif", None, (202, 409),
+          lambda root, scope, actor: Call("/api/v1/capacity/whatif", json={"weeks": 1})),
+    Route("GET", "/api/v1/capacity/whatif", None, (200,), simple("/api/v1/capacity/whatif")),
+    Route("GET", "/api/v1/capacity/whatif/{run_id}", None, (200,), whatif_run),
 ]
 ROUTE_KEYS = {(r.method, r.path) for r in ROUTES}
 ROLES = ["member", "project-admin", "department-admin", "platform-admin", "ops-viewer"]
@@ -309,6 +333,8 @@ def expected(route: Route, actor: Actor, call: Call) -> int | tuple[int, ...]:
         d = can_grant(p, call.grant)
     elif route.path == "/api/v1/audit":
         d = Decision.DENY if list_scope(p, Resource.AUDIT).empty else Decision.ALLOW
+    elif route.path.startswith("/api/v1/capacity/"):  # names every project: admins and global ops-viewers
+        d = Decision.ALLOW if list_scope(p, Resource.PROJECT).all else Decision.DENY
     elif route.path == "/api/v1/audit/verify":  # the whole chain: platform-admins only
         d = Decision.ALLOW if list_scope(p, Resource.AUDIT).all else Decision.DENY
     else:

@@ -116,6 +116,15 @@ def _bad_allocation(w):
     return {}
 
 
+def _bad_accrual(w):
+    # an open row (as a running attempt's) whose allocation is not what it accrued
+    with Session(w.engine) as s:
+        s.execute(update(Ledger).where(Ledger.job_id == w.acked["job-1"]).values(
+            ended_at=None, accrued_to=Ledger.started_at + 3600.0, allocated_gpu_s=1.0))
+        s.commit()
+    return {}
+
+
 VIOLATIONS = {
     "an acknowledged job is missing": (_lose_acked, "does not exist"),
     "an attempt admitted twice": (_admit_twice, "admitted 2 times"),
@@ -123,6 +132,7 @@ VIOLATIONS = {
     "an ended attempt without a ledger row": (_drop_ledger, "has no ledger row"),
     "usage that is not the ledger's sum": (_wrong_spent, "the ledger sums to"),
     "a ledger row whose allocation is not gpus x duration": (_bad_allocation, "gpus x duration"),
+    "an open ledger row whose allocation is not what it accrued": (_bad_accrual, "gpus x accrued time"),
 }
 
 
