@@ -82,4 +82,6 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
                                                                             settings.rate_limit_burst))
     for router in ROUTERS:
         app.include_router(router)
+    app.add_middleware(observability_routes.HttpMetrics, metrics=services.overview.process,  # outermost
+                       static_paths=frozenset(r.path for rt in ROUTERS for r in rt.routes if "{" not in r.path))
     return app

@@ -30,6 +30,7 @@ from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.leadership import Leadership, leadership_for
 from broker.services.logs import LogService
+from broker.services.metrics import ProcessMetrics
 from broker.services.overview import OverviewService
 from broker.services.scheduling import SchedulingLoop
 from broker.services.telemetry.reads import TelemetryReads
@@ -76,13 +77,15 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         wakeup.submitted()  # entitlements changed: let the scheduler look again
 
     leader = leadership_for(settings, engine)
+    process = ProcessMetrics(engine)  # this process's counters and histograms (/metrics)
     loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed,
-                          leader=leader) if executor else None
+                          leader=leader, on_tick=process.on_tick) if executor else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
         wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
         logs=LogService(jobs, retention_days=settings.log_retention_days), catalog=CatalogService(engine, authz),
-        overview=OverviewService(engine, authz, loop=loop, max_age_s=settings.overview_max_age_s, leader=leader),
+        overview=OverviewService(engine, authz, loop=loop, max_age_s=settings.overview_max_age_s, leader=leader,
+                                 process=process),
         telemetry=TelemetryService(engine, TelemetryConfig.from_settings(settings)),
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
