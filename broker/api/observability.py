@@ -107,9 +107,10 @@ class _Collector:
         lead = d.get("leader") or {}
         yield g("broker_leader", "1 when this broker is the leader (runs the scheduling loop and the periodic tasks)",
                 value=1.0 if lead.get("leader") else 0.0)
+        cyc = g("broker_scheduler_cycle_milliseconds", "duration of the last scheduling cycle's core (leader only)")
         if d.get("scheduler"):
-            yield g("broker_scheduler_cycle_milliseconds", "duration of the last scheduling cycle",
-                    value=float(d["scheduler"].get("cycle_ms", 0)))
+            cyc.add_metric([], float(d["scheduler"].get("cycle_ms", 0)))
+        yield cyc
         yield from _totals(d.get("totals_since_start"))
 
 
