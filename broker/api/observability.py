@@ -124,6 +124,9 @@ TOTALS = (
     ("broker_gpu_seconds_used", "GPU-seconds the agents saw busy (attributed utilization)", "pool",
      "gpu_seconds_used"),
     ("broker_gpu_energy_joules", "energy drawn by the GPUs of attempts", "pool", "energy_joules"),
+    ("broker_idle_flags", "allocations flagged idle by their pool's idle policy", "pool", "idle_flags"),
+    ("broker_idle_reclaims", "idle innovation attempts preempted to give their GPUs to the queue", "pool",
+     "idle_reclaims"),
 )
 
 
@@ -134,6 +137,11 @@ def _totals(totals: dict | None):
         for k, v in sorted((totals or {}).get(key, {}).items()):
             fam.add_metric([k or ""], float(v))
         yield fam
+    flagged = GaugeMetricFamily("broker_idle_allocations_flagged", "allocations flagged idle now (leader only)",
+                                labels=["pool"])
+    for k, v in sorted((totals or {}).get("idle_open", {}).items()):
+        flagged.add_metric([k or ""], float(v))
+    yield flagged
 
 
 class HttpMetrics:

@@ -113,7 +113,8 @@ def admitted_waits(engine: Engine, job_ids: list[str], chunk: int = 500) -> list
 
 
 def business_totals(engine: Engine, now: float) -> dict[str, Any]:
-    """Totals since the database began (what the `_total` counters export)."""
+    """Totals since the database began (what the `_total` counters export), and the idle
+    allocations flagged now (a gauge, from the same leader-only read)."""
     by_class = _rows(engine, (
         "SELECT j.workload_class, COUNT(*), SUM(CASE WHEN a.status = 'PREEMPTED' THEN 1 ELSE 0 END) "
         "FROM attempts a JOIN jobs j ON j.id = a.job_id GROUP BY j.workload_class"), {})
@@ -121,7 +122,13 @@ def business_totals(engine: Engine, now: float) -> dict[str, Any]:
     by_pool = _rows(engine, (
         "SELECT pool, SUM(CASE WHEN ended_at IS NULL THEN gpus * (:now - started_at) ELSE allocated_gpu_s END), "
         "SUM(COALESCE(used_gpu_s, 0)), SUM(COALESCE(energy_j, 0)) FROM ledger GROUP BY pool"), {"now": now})
+    idle = _rows(engine, (
+        "SELECT pool, COUNT(*), SUM(CASE WHEN reclaimed_at IS NOT NULL THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN cleared_at IS NULL THEN 1 ELSE 0 END) FROM idle_allocations GROUP BY pool"), {})
     return {
+        "idle_flags": {p: int(n) for p, n, _, _ in idle},
+        "idle_reclaims": {p: int(r or 0) for p, _, r, _ in idle},
+        "idle_open": {p: int(o or 0) for p, _, _, o in idle},
         "submitted": {c: int(n) for c, n in submitted},
         "admitted": {c: int(n) for c, n, _ in by_class},
         "preempted": {c: int(p or 0) for c, _, p in by_class},

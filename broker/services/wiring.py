@@ -29,6 +29,7 @@ from broker.services.admin.tokens import TokenAdmin
 from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.leadership import Leadership, leadership_for
+from broker.services.idle import IdleService
 from broker.services.logs import LogService
 from broker.services.metrics import ProcessMetrics
 from broker.services.overview import OverviewService
@@ -61,6 +62,7 @@ class Services:
     tenancy: TenancyAdmin
     quotas: QuotaAdmin
     admin_settings: SettingsAdmin
+    idle: IdleService
 
 
 def build_services(settings: Settings, engine: Engine, executor: Executor | None = None) -> Services:
@@ -90,4 +92,5 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
         quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
+        idle=IdleService(engine, authz),
     )
