@@ -13,8 +13,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from broker.api.deps import CallerDep, User
 from broker.api.json import JSON
 from broker.schemas import ErrorResponse
-from broker.schemas.ops import IdleAllocationList, IdlePolicyList, IdlePolicyPublic, IdlePolicyPut
+from broker.schemas.ops import (IdleAllocationList, IdlePolicyList, IdlePolicyPublic, IdlePolicyPut,
+                                SubscriptionCreate, SubscriptionList, SubscriptionPublic)
 from broker.services.idle import IdleService
+from broker.services.notify import NotifyService
 
 router = APIRouter(tags=["operations"])
 ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 422)}
@@ -24,7 +26,12 @@ def _idle(request: Request) -> IdleService:
     return request.app.state.services.idle
 
 
+def _notify(request: Request) -> NotifyService:
+    return request.app.state.services.notify
+
+
 Idle = Annotated[IdleService, Depends(_idle)]
+Notify = Annotated[NotifyService, Depends(_notify)]
 
 
 @router.get("/api/v1/idle-allocations", response_model=IdleAllocationList, responses=ERRORS,
@@ -49,4 +56,24 @@ def put_policy(svc: Idle, pool: str, body: IdlePolicyPut, principal: User, calle
                summary="Pool admins: remove a pool's idle policy (no more flags there)")
 def delete_policy(svc: Idle, pool: str, principal: User, caller: CallerDep):
     svc.delete_policy(principal, caller, pool)
+    return Response(status_code=204)
+
+
+@router.get("/api/v1/notifications/subscriptions", response_model=SubscriptionList, responses=ERRORS,
+            summary="Your notification subscriptions (and the events one may subscribe to)")
+def list_subscriptions(svc: Notify, principal: User):
+    return JSON(svc.list(principal))
+
+
+@router.post("/api/v1/notifications/subscriptions", status_code=201, response_model=SubscriptionPublic,
+             responses=ERRORS, summary="Subscribe to events of a project (or region-wide: admins) by webhook or e-mail")
+def subscribe(svc: Notify, body: SubscriptionCreate, principal: User):
+    return JSON(svc.subscribe(principal, events=body.events, channel=body.channel, target=body.target,
+                              project=body.project), status_code=201)
+
+
+@router.delete("/api/v1/notifications/subscriptions/{sub_id}", status_code=204, responses=ERRORS,
+               summary="Unsubscribe")
+def unsubscribe(svc: Notify, sub_id: str, principal: User):
+    svc.delete(principal, sub_id)
     return Response(status_code=204)

@@ -66,3 +66,4 @@ class SubscriptionPublic(BaseModel):
 
 class SubscriptionList(BaseModel):
     items: list[SubscriptionPublic]
+    events: dict[str, str]  # event kind -> what produces it

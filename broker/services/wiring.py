@@ -31,6 +31,7 @@ from broker.services.jobs import JobService
 from broker.services.leadership import Leadership, leadership_for
 from broker.services.idle import IdleService
 from broker.services.logs import LogService
+from broker.services.notify import NotifyService
 from broker.services.metrics import ProcessMetrics
 from broker.services.overview import OverviewService
 from broker.services.scheduling import SchedulingLoop
@@ -63,6 +64,7 @@ class Services:
     quotas: QuotaAdmin
     admin_settings: SettingsAdmin
     idle: IdleService
+    notify: NotifyService
 
 
 def build_services(settings: Settings, engine: Engine, executor: Executor | None = None) -> Services:
@@ -92,5 +94,5 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
         quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
-        idle=IdleService(engine, authz),
+        idle=IdleService(engine, authz), notify=NotifyService(engine, authz, settings),
     )
