@@ -18,7 +18,7 @@ Two kinds, on purpose:
   The scheduler's figures exist only where the scheduling loop runs: on the leader.
 
 Cost: the business totals are two aggregate queries (attempts joined to jobs; ledger by pool),
-refreshed at most every `TOTALS_MAX_AGE_S`, not per scrape; recording a request is one counter
+refreshed at most every 5 x `overview_max_age_s` (10 s by default), not per scrape; recording a request is one counter
 increment and one histogram observation; the waits of admitted attempts are resolved at scrape
 time (one query per batch of ids), never on the scheduling loop's thread.
 """
@@ -37,7 +37,7 @@ from sqlalchemy.engine import Engine
 if TYPE_CHECKING:
     from broker.services.scheduling import TickReport
 
-TOTALS_MAX_AGE_S = 10.0  # business totals are at most this old (a scrape interval is 15-60 s)
+TOTALS_MAX_AGE_S = 10.0  # default age of the business totals (a scrape interval is 15-60 s)
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400, 259200)
 CYCLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HTTP_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

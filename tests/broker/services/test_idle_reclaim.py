@@ -98,7 +98,9 @@ def scenario(client, engine, loop):
     return {"idle": idle, "busy": busy, "agent": agents[idle["placements"][0]["node"]]}
 
 
-def test_busy_then_idle_is_flagged_with_event_list_and_notification(client, engine, scenario):
+def test_idle_allocation_is_flagged_cleared_and_reclaimed(client, app, engine, scenario, loop, fake_executor):
+    """One job through its phases: busy, idle (flagged: event, list, notification), busy again
+    (cleared), idle while another job waits (reclaimed: notice, requeue, GPUs to the waiting job)."""
     idle, agent = scenario["idle"], scenario["agent"]
     agent.phase(idle, T0, T0 + 900, util=85, mem=20000)  # busy phase
     assert check_idle(engine, T0 + 900).flagged == []
@@ -114,17 +116,13 @@ def test_busy_then_idle_is_flagged_with_event_list_and_notification(client, engi
     assert [o.payload["job_id"] for o in out] == [idle["id"]]
     assert check_idle(engine, T0 + 1800).flagged == []  # flagged once, not every minute
 
-
-def test_busy_again_clears_the_flag(client, engine, scenario):
-    idle, agent = scenario["idle"], scenario["agent"]
+    # busy again: the flag is cleared
     agent.phase(idle, T0 + 1830, T0 + 2400, util=70, mem=20000)
     assert check_idle(engine, T0 + 2400).cleared == [idle["id"]]
     assert client.get("/api/v1/idle-allocations").json()["items"] == []
     assert events(engine, idle["id"])[-1] == "idle_cleared"
 
-
-def test_idle_innovation_work_is_reclaimed_for_a_waiting_job(client, engine, scenario, loop, fake_executor):
-    idle, agent = scenario["idle"], scenario["agent"]
+    # idle again while another job waits for the pool: reclaimed through the usual preemption
     waiting = client.post("/api/v1/jobs", json=job_body(name="waiting", gpus=4, project="slb-cardio", pool="innovation")).json()
     loop.tick()
     assert client.get(f"/api/v1/jobs/{waiting['id']}").json()["status"] == "PENDING"
@@ -145,6 +143,21 @@ def test_idle_innovation_work_is_reclaimed_for_a_waiting_job(client, engine, sce
     assert got["placements"][-1]["node"] == idle["placements"][0]["node"]  # the reclaimed GPUs
     items = client.get("/api/v1/idle-allocations", params={"include_cleared": True}).json()["items"]
     assert any(i["job_id"] == idle["id"] and i["reclaimed_at"] for i in items)
+
+    # ... and counted in /metrics (by the leader)
+    leader = app.state.services.leader
+    leader.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not leader.is_leader:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        body = client.get("/metrics").text
+    finally:
+        leader.stop()
+    assert 'broker_idle_flags_total{pool="innovation"} 1.0' in body  # one row per attempt (re-flag reopens)
+    assert 'broker_idle_reclaims_total{pool="innovation"} 1.0' in body
+    assert 'broker_preemptions_total{class="innovation"} 1.0' in body
 
 
 def test_operation_work_is_flagged_but_never_reclaimed(client, engine, loop):
