@@ -63,6 +63,9 @@ def check_idle(engine: Engine, now: float, *, leader: Leadership | None = None) 
     rep = IdleReport()
     with _session(engine, leader) as s:
         policies = {p.pool: p for p in s.execute(select(IdlePolicy)).scalars()}
+        if not policies and s.execute(select(IdleAllocation.job_id).where(
+                IdleAllocation.cleared_at.is_(None)).limit(1)).first() is None:
+            return rep  # no pool asks, nothing open: no scan of the running jobs and samples
         running = [j for j in s.execute(select(Job).where(Job.status == JobStatus.RUNNING.value)).scalars()]
         open_flags = {(f.job_id, f.attempt): f for f in s.execute(
             select(IdleAllocation).where(IdleAllocation.cleared_at.is_(None))).scalars()}
