@@ -9,8 +9,9 @@ Three parts, each in its own transaction:
   by e-mail through the configured SMTP relay.
 - **Producers** write outbox rows in the transaction of what they report: the idle checker
   directly (`notify_outbox.enqueue`), and `collect` here for job outcomes (job events after a
-  stored mark: SUCCEEDED, FAILED, PREEMPTED) and nodes that became unhealthy (one message per
-  unhealthy spell, remembered in `notify_marks`). Budget and service producers call `enqueue`.
+  stored mark: SUCCEEDED, FAILED, PREEMPTED), nodes that became unhealthy (one message per
+  unhealthy spell, remembered in `notify_marks`) and projects whose month's GPU-hours crossed
+  80 % / 100 % of their budget (once per level and month). Services call `enqueue` themselves.
 - **Delivery** (`deliver_due`): due rows are sent outside any transaction, then marked
   delivered, or rescheduled with exponential backoff (`notify_retry_base_s` doubling up to
   `notify_retry_max_s`), and given up (`dead`) after `notify_max_attempts`. The outbox is in
@@ -31,7 +32,7 @@ from email.message import EmailMessage
 from typing import Any, Callable
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -39,8 +40,9 @@ from broker.auth.authn import Principal
 from broker.auth.authz import Authz
 from broker.auth.policy import Action, Resource
 from broker.errors import Forbidden, Invalid, NotFound
-from broker.models import Job, JobEvent, Node, NotifyMark, NotifyOutbox, NotifySubscription
+from broker.models import Job, JobEvent, Ledger, Node, NotifyMark, NotifyOutbox, NotifySubscription, Project
 from broker.services.notify_outbox import EVENTS, enqueue
+from broker.services.snapshot import month_start, usage_from_ledger
 from broker.settings import Settings
 
 log = logging.getLogger("broker.notify")
@@ -48,6 +50,10 @@ log = logging.getLogger("broker.notify")
 JOB_EVENTS = {"SUCCEEDED": "job.succeeded", "FAILED": "job.failed", "PREEMPTED": "job.preempted"}
 EVENTS_MARK = "job_events"
 NODE_MARK = "node:"  # + node id: an unhealthy spell already told
+BUDGET_MARK = "budget:"  # + project:period start:percent: a crossing already told
+BUDGET_CHECKED = "budget_checked_at"
+BUDGET_EVERY_S = 60.0  # the budget check reads this month's ledger: at most once a minute
+BUDGET_LEVELS = (80, 100)
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$")
 MAX_SUBSCRIPTIONS = 50  # per owner
 
@@ -152,7 +158,37 @@ def collect(engine: Engine, now: float, *, batch: int = 1000) -> int:
             mark.value = float(evs[-1].id)
             s.add(mark)
         queued += _collect_nodes(s, now)
+        queued += _collect_budgets(s, now)
         s.commit()
+    return queued
+
+
+def _collect_budgets(s: Session, now: float) -> int:
+    """Projects whose GPU-hours this month crossed 80 % or 100 % of their budget (once per
+    level and month). Spent as the scheduler counts it (`snapshot.usage_from_ledger`)."""
+    checked = s.get(NotifyMark, BUDGET_CHECKED)
+    if checked is not None and now - checked.value < BUDGET_EVERY_S:
+        return 0
+    s.merge(NotifyMark(name=BUDGET_CHECKED, value=now))
+    budgets = {p.id: p.budget_gpu_hours for p in s.execute(
+        select(Project).where(Project.budget_gpu_hours.is_not(None))).scalars() if p.budget_gpu_hours}
+    if not budgets:
+        return 0
+    period = month_start(now)
+    rows = s.execute(select(Ledger).where(Ledger.project_id.in_(list(budgets)),
+                                          or_(Ledger.ended_at.is_(None), Ledger.ended_at >= period))).scalars().all()
+    spent, _, _ = usage_from_ledger(rows, now, 86400.0)
+    told = {m.name for m in s.execute(select(NotifyMark).where(NotifyMark.name.like(BUDGET_MARK + "%"))).scalars()}
+    queued = 0
+    for pid, budget in sorted(budgets.items()):
+        used = spent.get(pid, 0.0)
+        for level in BUDGET_LEVELS:
+            name = f"{BUDGET_MARK}{pid}:{int(period)}:{level}"
+            if used >= budget * level / 100.0 and name not in told:
+                s.add(NotifyMark(name=name, value=now))
+                queued += enqueue(s, f"budget.{level}", pid, {
+                    "budget_gpu_hours": budget, "spent_gpu_hours": round(used, 2), "period_start": period,
+                    "message": f"{used:.1f} of {budget:g} GPU-hours spent this month ({level} % reached)"}, now=now)
     return queued
 
 

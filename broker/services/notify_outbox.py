@@ -28,10 +28,10 @@ EVENTS = {
     "job.failed": "a job failed for good (job events)",
     "job.preempted": "a job was preempted; it is requeued (job events)",
     "allocation.idle": "a job's GPUs stayed idle over its pool's window (idle checker)",
-    "node.unhealthy": "a node became unhealthy (job events' node watcher; region-wide only)",
+    "node.unhealthy": "a node became unhealthy (node watcher; region-wide subscriptions only)",
     "service.unhealthy": "a service has no healthy replica (services module)",
-    "budget.80": "a project's GPU-hour budget is 80 % spent (accounting)",
-    "budget.100": "a project's GPU-hour budget is spent (accounting)",
+    "budget.80": "a project's GPU-hour budget for the month is 80 % spent (budget watcher)",
+    "budget.100": "a project's GPU-hour budget for the month is spent (budget watcher)",
 }
 
 

@@ -287,3 +287,36 @@ def member_token(client, project: str) -> str:
     r = client.post(f"/api/v1/projects/{project}/members", json={"user": uid, "role": "member"})
     assert r.status_code == 201, r.text
     return client.post("/api/v1/admin/tokens", json={"name": uid, "user": uid}).json()["token"]
+
+
+def test_a_project_budget_is_told_at_80_and_100_percent_once(client, engine, settings, new_project, smtp):
+    from broker.models import Ledger, NotifyMark, Project
+
+    pid = new_project()
+    with Session(engine) as s:
+        s.get(Project, pid).budget_gpu_hours = 10.0
+        s.merge(NotifyMark(name="budget_checked_at", value=0.0))  # not checked within the minute
+        s.commit()
+    r = subscribe(client, events=["budget.80", "budget.100"], channel="email", target="money@region.test", project=pid)
+    assert r.status_code == 201, r.text
+    from broker.services.snapshot import month_start
+
+    jid = client.post("/api/v1/jobs", json=job_body(project=pid)).json()["id"]
+    now = month_start(time.time()) + 10 * 86400  # mid-month: no month boundary inside the ledger rows
+    with Session(engine) as s:  # 8.5 GPU-hours this month: 2 GPUs for 4.25 h, ended now
+        s.add(Ledger(job_id=jid, attempt=1, project_id=pid, department_id="ouh", pool="innovation",
+                     gpus=2, started_at=now - 4.25 * 3600, ended_at=now, allocated_gpu_s=8.5 * 3600))
+        s.commit()
+    smtp.messages.clear()
+    collect(engine, now)
+    deliver_due(engine, settings, now)
+    assert [message_from_bytes(m[2])["Subject"] for m in smtp.messages] == [f"[compute broker] budget.80 ({pid})"]
+    assert collect(engine, now + 30) == 0  # checked at most once a minute, and told once
+    with Session(engine) as s:  # the rest of the budget: a running attempt, 2 GPUs for 1 h so far
+        s.add(Ledger(job_id=jid, attempt=2, project_id=pid, department_id="ouh", pool="innovation",
+                     gpus=2, started_at=now - 3600))
+        s.commit()
+    collect(engine, now + 61)
+    deliver_due(engine, settings, now + 61)
+    assert [message_from_bytes(m[2])["Subject"] for m in smtp.messages][1:] == [f"[compute broker] budget.100 ({pid})"]
+    assert collect(engine, now + 200) == 0
