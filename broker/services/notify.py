@@ -54,6 +54,7 @@ BUDGET_MARK = "budget:"  # + project:period start:percent: a crossing already to
 BUDGET_CHECKED = "budget_checked_at"
 BUDGET_EVERY_S = 60.0  # the budget check reads this month's ledger: at most once a minute
 BUDGET_LEVELS = (80, 100)
+COMMIT_LAG_S = 10.0  # job events are read once they are this old (see `collect`)
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$")
 MAX_SUBSCRIPTIONS = 50  # per owner
 
@@ -131,9 +132,15 @@ def _public(r: NotifySubscription) -> dict[str, Any]:
 # --------------------------------------------------------------------------- producers
 
 
-def collect(engine: Engine, now: float, *, batch: int = 1000) -> int:
-    """Job outcomes and unhealthy nodes since the last run into the outbox; returns how many
-    messages were queued. The first run starts at the newest job event (no flood of history)."""
+def collect(engine: Engine, now: float, *, batch: int = 1000, lag_s: float = COMMIT_LAG_S) -> int:
+    """Job outcomes, unhealthy nodes and budget crossings since the last run into the outbox;
+    returns how many messages were queued. The first run starts at the newest job event (no
+    flood of history).
+
+    Job events are read in id order up to the first one younger than `lag_s`: ids are handed
+    out before commit, so a transaction still open may commit a lower id after a higher one
+    is visible; waiting `lag_s` (far longer than any of the broker's short transactions) before
+    moving the mark past an id keeps such an event from being skipped."""
     queued = 0
     with Session(engine) as s:
         mark = s.get(NotifyMark, EVENTS_MARK)
@@ -144,6 +151,8 @@ def collect(engine: Engine, now: float, *, batch: int = 1000) -> int:
             return 0
         evs = s.execute(select(JobEvent).where(JobEvent.id > int(mark.value)).order_by(JobEvent.id)
                         .limit(batch)).scalars().all()
+        ripe = next((k for k, e in enumerate(evs) if e.ts > now - lag_s), len(evs))
+        evs = evs[:ripe]
         wanted = [e for e in evs if e.kind == "transition" and e.to_status in JOB_EVENTS]
         jobs = {j.id: j for j in s.execute(select(Job).where(Job.id.in_({e.job_id for e in wanted}))).scalars()} \
             if wanted else {}
