@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,27 @@ NAME_CASES = [  # name, expression, metric names
 @pytest.mark.parametrize("expr,names", [c[1:] for c in NAME_CASES], ids=[c[0] for c in NAME_CASES])
 def test_metric_name_extraction(expr, names):
     assert metric_names(expr) == names
+
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian: apt-get install prometheus)")
+
+
+@needs_promtool
+def test_alert_rules_are_valid_and_their_unit_tests_pass():
+    """Syntax and semantics: `promtool check rules`, then the rules' own unit tests (alerts
+    fire when they should and not before: deploy/prometheus/compute-broker-alerts.test.yml)."""
+    for args in (["check", "rules", RULES.name], ["test", "rules", "compute-broker-alerts.test.yml"]):
+        r = subprocess.run([PROMTOOL, *args], cwd=RULES.parent, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+@needs_promtool
+def test_dashboard_queries_are_valid_promql(tmp_path):
+    """Every dashboard query parses (Grafana's variables replaced by what Grafana would put there)."""
+    rules = [{"record": f"dashboard:query{i}", "expr": re.sub(r"\$__rate_interval", "5m", e).replace("$pool", ".*")}
+             for i, e in enumerate(dashboard_exprs()) if not e.startswith("label_values(")]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    r = subprocess.run([PROMTOOL, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
