@@ -34,6 +34,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
+from scheduler.model import WorkloadClass
+
 if TYPE_CHECKING:
     from broker.services.scheduling import TickReport
 
@@ -41,6 +43,7 @@ TOTALS_MAX_AGE_S = 10.0  # default age of the business totals (a scrape interval
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400, 259200)
 CYCLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HTTP_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CLASSES = tuple(c.value for c in WorkloadClass)
 MAX_UNRESOLVED = 100_000  # admitted ids waiting for a scrape; beyond, the oldest are dropped
 
 
@@ -125,16 +128,20 @@ def business_totals(engine: Engine, now: float) -> dict[str, Any]:
     idle = _rows(engine, (
         "SELECT pool, COUNT(*), SUM(CASE WHEN reclaimed_at IS NOT NULL THEN 1 ELSE 0 END), "
         "SUM(CASE WHEN cleared_at IS NULL THEN 1 ELSE 0 END) FROM idle_allocations GROUP BY pool"), {})
+    # every class and pool from zero, so a counter exists before its first event (increase()
+    # then counts that first event too) and dashboards show 0 rather than "no data"
+    classes = {c: 0 for c in CLASSES}
+    pools = {name: 0 for (name,) in _rows(engine, "SELECT name FROM pools", {})}
     return {
-        "idle_flags": {p: int(n) for p, n, _, _ in idle},
-        "idle_reclaims": {p: int(r or 0) for p, _, r, _ in idle},
-        "idle_open": {p: int(o or 0) for p, _, _, o in idle},
-        "submitted": {c: int(n) for c, n in submitted},
-        "admitted": {c: int(n) for c, n, _ in by_class},
-        "preempted": {c: int(p or 0) for c, _, p in by_class},
-        "gpu_seconds_allocated": {p: max(0.0, float(a or 0)) for p, a, _, _ in by_pool},
-        "gpu_seconds_used": {p: float(u or 0) for p, _, u, _ in by_pool},
-        "energy_joules": {p: float(e or 0) for p, _, _, e in by_pool},
+        "idle_flags": {**pools, **{p: int(n) for p, n, _, _ in idle}},
+        "idle_reclaims": {**pools, **{p: int(r or 0) for p, _, r, _ in idle}},
+        "idle_open": {**pools, **{p: int(o or 0) for p, _, _, o in idle}},
+        "submitted": {**classes, **{c: int(n) for c, n in submitted}},
+        "admitted": {**classes, **{c: int(n) for c, n, _ in by_class}},
+        "preempted": {**classes, **{c: int(p or 0) for c, _, p in by_class}},
+        "gpu_seconds_allocated": {**pools, **{p: max(0.0, float(a or 0)) for p, a, _, _ in by_pool}},
+        "gpu_seconds_used": {**pools, **{p: float(u or 0) for p, _, u, _ in by_pool}},
+        "energy_joules": {**pools, **{p: float(e or 0) for p, _, _, e in by_pool}},
     }
 
 
