@@ -141,6 +141,9 @@ def test_idle_allocation_is_flagged_cleared_and_reclaimed(client, app, engine, s
     got = client.get(f"/api/v1/jobs/{waiting['id']}").json()
     assert got["status"] in ("ADMITTED", "STARTING", "RUNNING")
     assert got["placements"][-1]["node"] == idle["placements"][0]["node"]  # the reclaimed GPUs
+    # checkpointable: the next attempt (placed elsewhere) gets the same checkpoint directory
+    first, second = fake_executor.specs[(idle["id"], 1)], fake_executor.specs.get((idle["id"], 2))
+    assert first.checkpoint_dir and second is not None and second.checkpoint_dir == first.checkpoint_dir
     items = client.get("/api/v1/idle-allocations", params={"include_cleared": True}).json()["items"]
     assert any(i["job_id"] == idle["id"] and i["reclaimed_at"] for i in items)
 
