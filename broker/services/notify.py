@@ -32,7 +32,7 @@ from email.message import EmailMessage
 from typing import Any, Callable
 
 import httpx
-from sqlalchemy import func, or_, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -54,6 +54,8 @@ BUDGET_MARK = "budget:"  # + project:period start:percent: a crossing already to
 BUDGET_CHECKED = "budget_checked_at"
 BUDGET_EVERY_S = 60.0  # the budget check reads this month's ledger: at most once a minute
 BUDGET_LEVELS = (80, 100)
+KEEP_S = 30 * 86400.0  # delivered and given-up messages are kept this long (to debug a channel)
+PRUNED_MARK, PRUNE_EVERY_S = "outbox_pruned_at", 3600.0
 COMMIT_LAG_S = 10.0  # job events are read once they are this old (see `collect`)
 EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}$")
 MAX_SUBSCRIPTIONS = 50  # per owner
@@ -300,7 +302,22 @@ def send_one(settings: Settings, row: NotifyOutbox) -> None:
     raise ValueError(f"unknown channel {row.channel!r}")
 
 
+def prune(engine: Engine, now: float, *, keep_s: float = KEEP_S) -> int:
+    """Delete delivered and given-up messages older than `keep_s` (at most once an hour)."""
+    with Session(engine) as s:
+        mark = s.get(NotifyMark, PRUNED_MARK)
+        if mark is not None and now - mark.value < PRUNE_EVERY_S:
+            return 0
+        s.merge(NotifyMark(name=PRUNED_MARK, value=now))
+        n = s.execute(delete(NotifyOutbox).where(
+            NotifyOutbox.created_at < now - keep_s,
+            or_(NotifyOutbox.delivered_at.is_not(None), NotifyOutbox.dead.is_(True)))).rowcount
+        s.commit()
+    return n
+
+
 def run_notifications(engine: Engine, settings: Settings, now: float) -> None:
-    """The periodic task: collect, then deliver what is due."""
+    """The periodic task: collect, deliver what is due, prune old messages."""
     collect(engine, now)
     deliver_due(engine, settings, now)
+    prune(engine, now)

@@ -321,3 +321,22 @@ def test_a_project_budget_is_told_at_80_and_100_percent_once(client, engine, set
     deliver_due(engine, settings, now + 61)
     assert [message_from_bytes(m[2])["Subject"] for m in smtp.messages][1:] == [f"[compute broker] budget.100 ({pid})"]
     assert collect(engine, now + 200) == 0
+
+
+def test_old_delivered_messages_are_pruned_undelivered_ones_kept(engine):
+    from broker.models import NotifyMark
+    from broker.services.notify import KEEP_S, prune
+
+    now = time.time() + 2 * KEEP_S  # everything so far is old by then
+    with Session(engine) as s:
+        s.add(NotifyOutbox(subscription_id="x", channel="email", target="a@b.test", event="job.failed",
+                           payload={}, created_at=time.time(), next_at=now + 3600))  # still to deliver
+        s.merge(NotifyMark(name="outbox_pruned_at", value=0.0))
+        s.commit()
+        before = s.execute(select(NotifyOutbox)).scalars().all()
+        done = sum(1 for r in before if r.delivered_at is not None or r.dead)
+    assert done >= 1 and prune(engine, now) == done
+    assert prune(engine, now + 60) == 0  # at most once an hour
+    with Session(engine) as s:
+        left = s.execute(select(NotifyOutbox)).scalars().all()
+    assert left and all(r.delivered_at is None and not r.dead for r in left)
