@@ -106,6 +106,24 @@ class Settings(BaseSettings):
     # connection has not succeeded for leader_lease_s stops acting as leader.
     leader_poll_s: float = 0.5
     leader_lease_s: float = 5.0
+    # Operations insight (notifications): e-mail goes through the region's SMTP relay
+    # (notify_smtp_host empty: e-mail subscriptions are refused); webhooks only to URLs that
+    # start with one of notify_webhook_allow_prefixes (e.g. "https://hooks.example.org/"; empty:
+    # webhook subscriptions are refused), so a tenant cannot make the broker call internal
+    # addresses. Failed deliveries are retried with backoff (base doubling up to max) up to
+    # notify_max_attempts times.
+    notify_smtp_host: str = ""
+    notify_smtp_port: int = 25
+    notify_smtp_from: str = "compute-broker@localhost"
+    notify_smtp_starttls: bool = False
+    notify_smtp_user: str = ""
+    notify_smtp_password: str = ""
+    notify_webhook_allow_prefixes: list[str] = []
+    notify_timeout_s: float = Field(5.0, gt=0, le=60)
+    notify_retry_base_s: float = Field(30.0, gt=0)
+    notify_retry_max_s: float = Field(3600.0, gt=0)
+    notify_max_attempts: int = Field(10, ge=1)
+
     # Test-only: arm one named failpoint (broker.failpoints), e.g. "after_admit_commit" or
     # "after_launch@2"; the process then dies there as if killed. Empty in production.
     failpoint: str = ""

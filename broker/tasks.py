@@ -13,7 +13,10 @@
 - logs.retention          every hour: log folders of jobs that ended `log_retention_days` ago;
 - telemetry.heartbeats    every heartbeat timeout / 6: nodes whose agent went quiet;
 - telemetry.rollup        every 60 s: 1-minute and 1-hour rollups;
-- telemetry.retention     every hour: raw samples and rollups past their retention.
+- telemetry.retention     every hour: raw samples and rollups past their retention;
+- idle.check              every 60 s: flag idle allocations, reclaim idle innovation work;
+- notify                  every 5 s: job outcomes and unhealthy nodes into the notification
+                          outbox, then deliver what is due (webhook, e-mail; backoff).
 
 None of them makes a network call inside a DB transaction; each opens its own short ones.
 
@@ -41,6 +44,8 @@ from broker.ports import Clock, Executor
 from broker.services.accounting import run_accounting
 from broker.services.admin.audit import seal_pending
 from broker.services.checkpoints import remove_finished_checkpoints
+from broker.services.idle import check_idle
+from broker.services.notify import run_notifications
 from broker.services.logs import remove_expired_logs
 from broker.services.reconcile import release_orphans
 from broker.services.leadership import Leadership, NotLeader, StaticLeadership
@@ -70,6 +75,8 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
     tasks.add_interval(lambda: rollup.run_rollups(engine, clock(), cfg.rollup_lateness_s), 60.0, "telemetry.rollup")
     tasks.add_interval(lambda: rollup.apply_retention(engine, clock(), cfg.raw_retention_s, cfg.minute_retention_s,
                                                       cfg.hour_retention_s), 3600.0, "telemetry.retention")
+    tasks.add_interval(lambda: check_idle(engine, clock(), leader=services.leader), 60.0, "idle.check")
+    tasks.add_interval(lambda: run_notifications(engine, settings, clock()), 5.0, "notify")
     return tasks
 
 

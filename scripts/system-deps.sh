@@ -3,7 +3,8 @@
 #
 #   scripts/system-deps.sh run    podman + runc (container jobs)
 #   scripts/system-deps.sh test   also busybox-static (the test image), chromium (browser tests),
-#                                 gcc + libc6-dev (the loopback shim's tests compile it)
+#                                 gcc + libc6-dev (the loopback shim's tests compile it),
+#                                 prometheus (promtool checks the alert rules and dashboard queries)
 #
 # Installs only on a Debian-like host as root (apt-get). Anywhere else it prints what is missing
 # and which tests will be skipped for it, and exits 0: the suite still runs, with the reason on
@@ -12,7 +13,7 @@ set -u
 
 case "${1:-}" in
   run) wanted="podman runc" ;;
-  test) wanted="podman runc busybox-static chromium gcc libc6-dev" ;;
+  test) wanted="podman runc busybox-static chromium gcc libc6-dev prometheus" ;;
   *) echo "usage: $0 run|test" >&2; exit 2 ;;
 esac
 
@@ -22,6 +23,7 @@ present() {
     busybox-static) [ -x "${BUSYBOX:-/bin/busybox}" ] ;;
     chromium) command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 ;;
     libc6-dev) [ -e /usr/include/stdio.h ] ;;
+    prometheus) command -v promtool >/dev/null 2>&1 ;;
     *) command -v "$1" >/dev/null 2>&1 ;;
   esac
 }
@@ -32,6 +34,7 @@ why() {
     busybox-static) echo "the container tests (their image is built from it)" ;;
     chromium) echo "the dashboard and /docs browser tests" ;;
     gcc|libc6-dev) echo "the loopback shim's tests (they compile it)" ;;
+    prometheus) echo "the promtool checks of the alert rules and dashboard queries" ;;
   esac
 }
 

@@ -7,12 +7,13 @@ which is what the ops-viewer role is for; per-project rows are the caller's proj
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.concurrency import run_in_threadpool
 
 from broker.api.deps import Overview, User
@@ -34,7 +35,8 @@ async def metrics(principal: User, svc: Overview):
     data = await run_in_threadpool(svc.metrics, principal)
     reg = CollectorRegistry()
     reg.register(_Collector(data))
-    return Response(generate_latest(reg), media_type="text/plain; version=0.0.4; charset=utf-8")
+    body = generate_latest(reg) + generate_latest(svc.process.registry)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.get("/dashboard", include_in_schema=False)
@@ -105,6 +107,70 @@ class _Collector:
         lead = d.get("leader") or {}
         yield g("broker_leader", "1 when this broker is the leader (runs the scheduling loop and the periodic tasks)",
                 value=1.0 if lead.get("leader") else 0.0)
+        cyc = g("broker_scheduler_cycle_milliseconds", "duration of the last scheduling cycle's core (leader only)")
         if d.get("scheduler"):
-            yield g("broker_scheduler_cycle_milliseconds", "duration of the last scheduling cycle",
-                    value=float(d["scheduler"].get("cycle_ms", 0)))
+            cyc.add_metric([], float(d["scheduler"].get("cycle_ms", 0)))
+        yield cyc
+        yield from _totals(d.get("totals_since_start"))
+
+
+# name (without _total), help, label, key in `business_totals`; samples only from the leader
+TOTALS = (
+    ("broker_jobs_submitted", "jobs submitted", "class", "submitted"),
+    ("broker_admissions", "attempts admitted (one per admission, requeues included)", "class", "admitted"),
+    ("broker_preemptions", "attempts preempted", "class", "preempted"),
+    ("broker_gpu_seconds_allocated", "GPU-seconds held by admitted attempts (running ones up to now)", "pool",
+     "gpu_seconds_allocated"),
+    ("broker_gpu_seconds_used", "GPU-seconds the agents saw busy (attributed utilization)", "pool",
+     "gpu_seconds_used"),
+    ("broker_gpu_energy_joules", "energy drawn by the GPUs of attempts", "pool", "energy_joules"),
+    ("broker_idle_flags", "allocations flagged idle by their pool's idle policy", "pool", "idle_flags"),
+    ("broker_idle_reclaims", "idle innovation attempts preempted to give their GPUs to the queue", "pool",
+     "idle_reclaims"),
+)
+
+
+def _totals(totals: dict | None):
+    """The business counters; families without samples on a follower (names stay visible)."""
+    for name, doc, label, key in TOTALS:
+        fam = CounterMetricFamily(name, doc + " (from the database; exported by the leader only)", labels=[label])
+        for k, v in sorted((totals or {}).get(key, {}).items()):
+            fam.add_metric([k or ""], float(v))
+        yield fam
+    flagged = GaugeMetricFamily("broker_idle_allocations_flagged", "allocations flagged idle now (leader only)",
+                                labels=["pool"])
+    for k, v in sorted((totals or {}).get("idle_open", {}).items()):
+        flagged.add_metric([k or ""], float(v))
+    yield flagged
+
+
+class HttpMetrics:
+    """Pure ASGI middleware: count and time every HTTP request into `ProcessMetrics`.
+
+    The route label is the matched route's template (`/api/v1/jobs/{job_id}`), never the raw
+    path (bounded cardinality); the submit fast path answers before routing, so a request
+    with no route is labelled by its path only when that path is one of the app's static
+    routes, else "unmatched"."""
+
+    def __init__(self, app, *, metrics, static_paths: frozenset[str] = frozenset({"/api/v1/jobs"})) -> None:
+        self.app, self.metrics, self.static_paths = app, metrics, static_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, code = time.perf_counter(), 500
+
+        async def send_wrapped(message):
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapped)
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:
+                path = scope.get("path", "")
+                route = path if path in self.static_paths else "unmatched"
+            self.metrics.observe_request(scope["method"], route, code, time.perf_counter() - t0)

@@ -18,6 +18,8 @@ from broker.models.base import new_id, now
 from broker.models.catalog import Department, Node, Pool, Project, QuotaRow
 from broker.models.jobs import HOLDING, TERMINAL, Attempt, IdempotencyKey, Job, JobEvent, JobStatus, Ledger, Placement
 from broker.models.reports import PoolPrice
+
+from broker.models.ops import IdleAllocation, IdlePolicy, NotifyMark, NotifyOutbox, NotifySubscription
 from broker.models.telemetry import AgentState, GpuRollup, GpuSample, HostSampleRow, TelemetryMark
 from broker.models.tenancy import AdminSetting, ApiToken, AuditEntry, Membership, TokenOwner, User
 
@@ -25,5 +27,5 @@ __all__ = [
     "new_id", "now", "Department", "Node", "Pool", "Project", "QuotaRow", "HOLDING", "TERMINAL", "Attempt",
     "IdempotencyKey", "Job", "JobEvent", "JobStatus", "Ledger", "Placement", "AgentState", "AdminSetting",
     "ApiToken", "AuditEntry", "Membership", "TokenOwner", "User", "GpuRollup", "GpuSample", "HostSampleRow",
-    "TelemetryMark", "PoolPrice",
+    "TelemetryMark", "PoolPrice", "IdleAllocation", "IdlePolicy", "NotifyMark", "NotifyOutbox", "NotifySubscription",
 ]

@@ -36,6 +36,7 @@ from broker.auth.authz import Authz
 from broker.models import HOLDING, Job, JobStatus, Node, Placement, Pool
 from broker.ports import Clock
 from broker.services.admin.audit import unsealed_submits
+from broker.services.metrics import ProcessMetrics, TotalsCache
 
 if TYPE_CHECKING:
     from broker.services.leadership import Leadership
@@ -50,13 +51,18 @@ class OverviewService:
 
     def __init__(self, engine: Engine, authz: Authz, *, loop: "SchedulingLoop | None" = None,
                  clock: Clock = time.time, max_age_s: float = 2.0, monotonic: Clock = time.monotonic,
-                 leader: "Leadership | None" = None) -> None:
+                 leader: "Leadership | None" = None, process: ProcessMetrics | None = None,
+                 totals: TotalsCache | None = None) -> None:
         """`loop`: the scheduling loop whose last tick the overview reports (None: no executor);
         `max_age_s`: how old the shared snapshot may be (0: computed on every request);
-        `leader`: this broker's leadership (exported as `broker_leader`)."""
+        `leader`: this broker's leadership (exported as `broker_leader`); `process`: this
+        process's counters and histograms; `totals`: the business totals (leader only)."""
         self.engine, self.authz, self.loop, self.clock = engine, authz, loop, clock
         self.max_age_s, self._mono = max_age_s, monotonic
         self.leader = leader
+        self.process = process or ProcessMetrics(engine)
+        # the totals scan whole tables: refreshed 5 x less often than the snapshot (2 s -> 10 s)
+        self.totals = totals or TotalsCache(engine, clock=clock, max_age_s=5 * max_age_s)
         self._snap: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
 
@@ -87,9 +93,13 @@ class OverviewService:
         return self.authz.narrow_overview(principal, data)
 
     def metrics(self, principal: Principal) -> dict[str, Any]:
-        """The overview plus the audit outbox's lag (what /metrics exports)."""
+        """The overview plus the audit outbox's lag (what /metrics exports), and on the leader
+        the business totals (`broker.services.metrics`: only the leader exports them, so a
+        sum over brokers counts each once)."""
+        lead = self.leadership()
+        self.process.resolve_waits()
         return {**self.overview(principal), "audit_unsealed": self.snapshot()["audit_unsealed"],
-                "leader": self.leadership()}
+                "leader": lead, "totals_since_start": self.totals.get() if lead.get("leader") else None}
 
     def leadership(self) -> dict[str, Any]:
         """This broker's part: leader or follower (what /readyz and `broker_leader` report).

@@ -65,14 +65,18 @@ class TickReport:
     launched: list[str] = field(default_factory=list)
     pending: int = 0
     cycle_ms: float = 0.0
+    tick_s: float = 0.0  # the whole tick, all four steps
 
 
 class SchedulingLoop:
     def __init__(self, settings: Settings, engine: Engine, executor: Executor, *,
                  clock: Clock = time.time, policy: Policy | None = None,
-                 on_nodes_changed: Callable[[], None] | None = None, leader: Leadership | None = None) -> None:
+                 on_nodes_changed: Callable[[], None] | None = None, leader: Leadership | None = None,
+                 on_tick: Callable[[TickReport], None] | None = None) -> None:
         """`leader`: every transaction of the loop is fenced by it (`Leadership.guard`), so a
-        broker that lost the leadership mid-tick commits nothing more; None: unfenced."""
+        broker that lost the leadership mid-tick commits nothing more; None: unfenced.
+        `on_tick`: told each finished tick's report (metrics; must not block)."""
+        self.on_tick = on_tick
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
         self.leader = leader
         self.on_nodes_changed = on_nodes_changed  # e.g. drop the submit path's inventory cache
@@ -94,12 +98,15 @@ class SchedulingLoop:
     # ------------------------------------------------------------------ the tick
     def tick(self) -> TickReport:
         with self._lock:
-            rep = TickReport()
+            rep, t0 = TickReport(), time.perf_counter()
             self.sync_nodes()
             self.observe(rep)
             self.schedule(rep)
             self.launch_admitted(rep)
+            rep.tick_s = time.perf_counter() - t0
             self.last_report, self.last_tick_at = rep, self.clock()
+            if self.on_tick is not None:
+                self.on_tick(rep)
             return rep
 
     def _session(self) -> Session:

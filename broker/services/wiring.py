@@ -30,7 +30,10 @@ from broker.services.capacity_runs import CapacityService
 from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.leadership import Leadership, leadership_for
+from broker.services.idle import IdleService
 from broker.services.logs import LogService
+from broker.services.notify import NotifyService
+from broker.services.metrics import ProcessMetrics
 from broker.services.overview import OverviewService
 from broker.services.reports import ReportService
 from broker.services.scheduling import SchedulingLoop
@@ -64,6 +67,8 @@ class Services:
     admin_settings: SettingsAdmin
     reports: ReportService  # usage reports, statements, prices
     capacity: CapacityService  # trace export and what-if replays (background runs)
+    idle: IdleService
+    notify: NotifyService
 
 
 def build_services(settings: Settings, engine: Engine, executor: Executor | None = None) -> Services:
@@ -80,16 +85,20 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         wakeup.submitted()  # entitlements changed: let the scheduler look again
 
     leader = leadership_for(settings, engine)
+    process = ProcessMetrics(engine)  # this process's counters and histograms (/metrics)
     loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed,
-                          leader=leader) if executor else None
+                          leader=leader, on_tick=process.on_tick) if executor else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
         wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
-        logs=LogService(jobs, retention_days=settings.log_retention_days), catalog=CatalogService(engine, authz, container_runtime=settings.container_runtime_available),
-        overview=OverviewService(engine, authz, loop=loop, max_age_s=settings.overview_max_age_s, leader=leader),
+        logs=LogService(jobs, retention_days=settings.log_retention_days),
+        catalog=CatalogService(engine, authz, container_runtime=settings.container_runtime_available),
+        overview=OverviewService(engine, authz, loop=loop, max_age_s=settings.overview_max_age_s, leader=leader,
+                                 process=process),
         telemetry=TelemetryService(engine, TelemetryConfig.from_settings(settings)),
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
         quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
         reports=ReportService(engine, authz), capacity=CapacityService(engine, authz, settings.policy),
+        idle=IdleService(engine, authz), notify=NotifyService(engine, authz, settings),
     )

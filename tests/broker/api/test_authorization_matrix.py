@@ -152,6 +152,22 @@ def fresh_quota(root, scope):
     return r.json()
 
 
+def idle_policy_delete(root, scope, actor):
+    assert root.put("/api/v1/admin/idle-policies/operation", json={}).status_code == 200
+    return Call("/api/v1/admin/idle-policies/operation")
+
+
+def own_subscription(root, scope, actor):
+    from broker.models import NotifySubscription
+
+    row = NotifySubscription(owner=actor.principal.subject, events=["job.failed"], channel="email", target="a@b.test",
+                             project_id=scope["project"])
+    with Session(root.app.state.services.engine) as s:
+        s.add(row)
+        s.commit()
+        return Call(f"/api/v1/notifications/subscriptions/{row.id}")
+
+
 def own_token(root, scope, actor):
     owner = actor.user if (actor.user and scope is OWN) else "m-sam"
     t = root.post("/api/v1/admin/tokens", json={"name": "victim", "user": owner}).json()
@@ -322,6 +338,21 @@ ROUTES = [
           lambda root, scope, actor: Call("/api/v1/capacity/whatif", json={"weeks": 1})),
     Route("GET", "/api/v1/capacity/whatif", None, (200,), simple("/api/v1/capacity/whatif")),
     Route("GET", "/api/v1/capacity/whatif/{run_id}", None, (200,), whatif_run),
+
+    # idle allocations (narrowed to the caller's projects) and the per-pool idle policies
+    Route("GET", "/api/v1/idle-allocations", Action.AGGREGATES_READ, (200,), simple("/api/v1/idle-allocations")),
+    Route("GET", "/api/v1/admin/idle-policies", Action.POOL_READ, (200,), simple("/api/v1/admin/idle-policies")),
+    Route("PUT", "/api/v1/admin/idle-policies/{pool}", Action.POOL_ADMIN, (200,),
+          lambda root, scope, actor: Call("/api/v1/admin/idle-policies/innovation", json={"window_s": 3600})),
+    Route("DELETE", "/api/v1/admin/idle-policies/{pool}", Action.POOL_ADMIN, (204,), idle_policy_delete),
+    # notification subscriptions: one's own (every user); a project's events need its read right.
+    # This app configures no channel, so an allowed subscribe reaches the target check (422).
+    Route("GET", "/api/v1/notifications/subscriptions", Action.NODE_READ, (200,),
+          simple("/api/v1/notifications/subscriptions")),
+    Route("POST", "/api/v1/notifications/subscriptions", Action.PROJECT_READ, (422,),
+          lambda root, scope, actor: Call("/api/v1/notifications/subscriptions", ref=_project_ref(scope), json={
+              "events": ["job.failed"], "channel": "email", "target": "a@b.test", "project": scope["project"]})),
+    Route("DELETE", "/api/v1/notifications/subscriptions/{sub_id}", Action.NODE_READ, (204,), own_subscription),
 ]
 ROUTE_KEYS = {(r.method, r.path) for r in ROUTES}
 ROLES = ["member", "project-admin", "department-admin", "platform-admin", "ops-viewer"]
