@@ -69,6 +69,8 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
     tasks.add_interval(lambda: rollup.run_rollups(engine, clock(), cfg.rollup_lateness_s), 60.0, "telemetry.rollup")
     tasks.add_interval(lambda: rollup.apply_retention(engine, clock(), cfg.raw_retention_s, cfg.minute_retention_s,
                                                       cfg.hour_retention_s), 3600.0, "telemetry.retention")
+    if services.cluster_sync is not None:  # cluster mode: Kubernetes node states, taints, worker groups
+        tasks.add_interval(lambda: services.cluster_sync.tick(clock()), settings.k8s_sync_interval_s, "kubernetes.sync")
     return tasks
 
 

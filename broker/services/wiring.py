@@ -20,13 +20,15 @@ from broker.auth import oidc_authn
 from broker.auth.authn import Authenticator, TokenAuth
 from broker.auth.authz import Authz
 from broker.auth.guard import SubmitGuard
-from broker.ports import Executor
+from broker.auth.cluster_authn import ClusterIdentityAuth
+from broker.ports import Cluster, Executor
 from broker.services.admin.audit import AuditLog
 from broker.services.admin.quotas import QuotaAdmin
 from broker.services.admin.settings import SettingsAdmin
 from broker.services.admin.tenancy import TenancyAdmin
 from broker.services.admin.tokens import TokenAdmin
 from broker.services.catalog import CatalogService
+from broker.services.cluster_sync import ClusterSync
 from broker.services.jobs import JobService
 from broker.services.leadership import Leadership, leadership_for
 from broker.services.logs import LogService
@@ -60,12 +62,18 @@ class Services:
     tenancy: TenancyAdmin
     quotas: QuotaAdmin
     admin_settings: SettingsAdmin
+    cluster_sync: ClusterSync | None = None  # cluster mode (Kubernetes) only
 
 
-def build_services(settings: Settings, engine: Engine, executor: Executor | None = None) -> Services:
+def build_services(settings: Settings, engine: Engine, executor: Executor | None = None,
+                   cluster: Cluster | None = None) -> Services:
     authz = Authz(engine)
     tokens = TokenAuth(engine, ttl_s=settings.token_cache_ttl_s)
-    authn = Authenticator(tokens, oidc_authn.from_settings(settings, authz, engine))
+    identity = oidc_authn.from_settings(settings, authz, engine)
+    if cluster is not None:  # node agents' projected ServiceAccount tokens, in front of OIDC
+        identity = ClusterIdentityAuth(cluster.review_token, namespace=settings.k8s_agent_namespace,
+                                       service_account=settings.k8s_agent_service_account, fallback=identity)
+    authn = Authenticator(tokens, identity)
     wakeup = Wakeup()
     admin_settings = SettingsAdmin(engine, authz, settings, on_change=lambda: guard.invalidate())
     guard = SubmitGuard(settings, engine, authz, admin_settings=admin_settings.effective)
@@ -76,8 +84,10 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         wakeup.submitted()  # entitlements changed: let the scheduler look again
 
     leader = leadership_for(settings, engine)
-    loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed,
-                          leader=leader) if executor else None
+    cluster_sync = ClusterSync(engine, cluster, autoscale=settings.k8s_autoscale,
+                               on_nodes_changed=jobs.catalog_changed) if cluster is not None else None
+    loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed, leader=leader,
+                          pending_note=cluster_sync.note if cluster_sync else None) if executor else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
         wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
@@ -87,4 +97,5 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
         quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
+        cluster_sync=cluster_sync,
     )
