@@ -213,6 +213,8 @@ def _note(g: Group, request: tuple[float, int] | None, outstanding: int, need: i
     if request is not None and outstanding > 0:
         at = dt.datetime.fromtimestamp(request[0], dt.timezone.utc).strftime("%H:%M")
         return f"scaling up: {request[1]} node{'s' if request[1] != 1 else ''} requested at {at} UTC"
+    if outstanding > 0:  # requested before this broker led (or by someone else): starting
+        return f"scaling up: {outstanding} node{'s' if outstanding != 1 else ''} starting in worker group {g.name}"
     if g.replicas >= g.max_replicas:
         return f"worker group {g.name} is at its maximum of {g.max_replicas} nodes"
     return f"scaling up: waiting for the rate limit (worker group {g.name}, {need} more nodes wanted)"
