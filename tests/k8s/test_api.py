@@ -145,7 +145,7 @@ def _sa_token(pod_name: str) -> str:
     def b64(d):
         return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
 
-    claims = {"aud": ["compute-broker"], "exp": 1796378520, "iss": "https://kubernetes.default.svc",
+    claims = {"aud": ["compute-broker"], "exp": 4102444800, "iss": "https://kubernetes.default.svc",
               "kubernetes.io": {"namespace": "compute-broker-agents", "pod": {"name": pod_name},
                                 "serviceaccount": {"name": "broker-agent"}},
               "sub": "system:serviceaccount:compute-broker-agents:broker-agent"}
@@ -170,7 +170,7 @@ def test_token_review_binds_the_token_to_its_pods_node(fake, kube):
     assert post.body["spec"] == {"token": tok, "audiences": ["compute-broker"]}
     assert (ident.namespace, ident.service_account, ident.pod, ident.node) == \
         ("compute-broker-agents", "broker-agent", "agent-abc", "gpu-1")
-    assert ident.expires_at == 1796378520
+    assert ident.expires_at == 4102444800
 
 
 def test_token_review_without_node_extra_reads_the_pod_and_checks_its_uid(fake, kube):

@@ -10,8 +10,8 @@ rules, each a test case in tests/k8s/test_scaling.py:
 2. A demand goes to the first group (in the job's pool order, then manifest order) whose pool
    it may use, whose GPU model it accepts and whose node holds at least one of its workers.
    It needs ceil(workers / workers-per-node) nodes.
-3. Nodes already requested and not yet running (replicas - running pods) count against the
-   need: a slow node is not requested twice.
+3. Nodes already requested and not yet running (replicas - running pods), and running nodes
+   of the group that hold no work, count against the need: a slow node is not requested twice.
 4. Within the group's min/max, and at most `max_up` nodes per group per `window_s`.
 5. Down only when the group has no demand: a node idle for `cooldown_s` is first drained in
    the broker (no new work lands on it), and on a later call - still idle, still drained -
@@ -133,7 +133,8 @@ def plan(groups: Sequence[Group], pods: Sequence[WorkerPod], demand: ScaleInput,
         in_flight = max(0, g.replicas - len(running))
         if mine:
             undrain += [p.node for p in running if p.node in demand.drained_nodes]
-            need = sum(_nodes_for(d, g) for d in mine)
+            idle = sum(1 for p in running if p.node not in demand.busy_nodes and p.node not in demand.drained_nodes)
+            need = max(0, sum(_nodes_for(d, g) for d in mine) - idle)
             recent = sum(n for _, n in ups.get(g.name, ()))
             add = max(0, min(need - in_flight, rules.max_up - recent, g.max_replicas - g.replicas))
             if add:
