@@ -139,9 +139,12 @@ class KubeCluster:
     def _run(self, inf: Informer) -> None:
         backoff = 1.0
         while not self._stop.is_set():
+            t0 = time.monotonic()
             try:
                 inf.step(self.watch_timeout_s)
                 backoff = 1.0
+                if time.monotonic() - t0 < 1.0:  # a server that ends watches at once is not polled in a spin
+                    self._stop.wait(1.0)
             except Exception as e:  # API server restart, network: keep the cache, try again
                 log.warning("%s watch failed: %s (again in %.0f s)", inf.name, e, backoff)
                 self._stop.wait(backoff)
