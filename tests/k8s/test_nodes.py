@@ -138,3 +138,22 @@ def test_worker_pods_map_to_their_nodes_and_skip_the_rest():
                                                        ("w-2", "operation-h100", "gpu-2")]
     assert kn.node_of_address(got, "10.0.0.6") == "gpu-2"
     assert kn.node_of_address(got, "10.0.0.2") is None  # the head is no worker
+
+
+def test_a_ray_node_takes_pool_model_and_topology_from_its_kubernetes_node():
+    from dataclasses import replace
+
+    from broker.adapters.k8s.executor import enrich
+    from broker.ports import NodeObservation
+    from scheduler.model import Resources
+
+    facts = {"gpu-1": kn.cluster_node(node("gpu-1", {**H100, "compute-broker/pool": "operation",
+                                                     "topology.kubernetes.io/zone": "odense-a"}), LABELS)}
+    pods = kn.worker_pods([pod("w-1", "gpu-1", ip="10.0.0.5")], "compute-broker-ray")
+    ray_node = NodeObservation(id="3f9a...", hostname="w-1", address="10.0.0.5", pool="innovation", gpu_model="generic",
+                               capacity=Resources(gpus=8, cpus=32, memory_gb=256))
+    got = enrich(ray_node, facts, pods)
+    assert (got.id, got.pool, got.gpu_model) == ("3f9a...", "operation", "H100-80GB-HBM3")
+    assert got.labels == {"kubernetes.io/hostname": "gpu-1", "topology.kubernetes.io/zone": "odense-a",
+                          "broker.io/gpu-memory-mib": "81559"}
+    assert enrich(replace(ray_node, address="10.9.9.9"), facts, pods) == replace(ray_node, address="10.9.9.9")
