@@ -186,3 +186,38 @@ def test_agents_push_telemetry_with_their_projected_token_for_their_node_only(wo
                     headers={**hdr, "Authorization": f"Bearer {stranger}"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
     assert len(fake.of("POST", "/apis/authentication.k8s.io")) == 2  # one review per token: cached
+
+
+TAINT_OF = [
+    ("an admin's drain", dict(admin_state="draining"), "admin-draining"),
+    ("an admin's cordon", dict(admin_state="cordoned"), "admin-cordoned"),
+    ("a fatal GPU fault found by telemetry", dict(state="draining", state_reason="telemetry: Xid 79 on GPU 2"),
+     "gpu-fault"),
+    ("Kubernetes' own cordon is not echoed back", dict(state="cordoned", state_reason="kubernetes: cordoned"), None),
+    ("a scale-down drain needs no taint", dict(state="draining", state_reason="kubernetes: scale-down: idle"), None),
+    ("a lost node (the executor's)", dict(state="unhealthy", state_reason="executor: the node left"), None),
+    ("ready", {}, None),
+]
+
+
+@pytest.mark.parametrize("name,fields,want", TAINT_OF, ids=[c[0] for c in TAINT_OF])
+def test_which_broker_states_become_the_broker_taint(name, fields, want):
+    from broker.services.cluster_sync import drain_taint
+
+    assert drain_taint(Node(id="n", pool="innovation", **fields)) == want
+
+
+def test_pools_a_job_may_scale_and_the_guarantee_floor():
+    from broker.models import Job, Pool
+    from broker.services.cluster_sync import guaranteed_gpus, job_pools
+
+    pools = [Pool(name="operation", workload_class="operation", lend_to_innovation=True),
+             Pool(name="innovation", workload_class="innovation"), Pool(name="op-b", workload_class="operation")]
+    assert job_pools(Job(project_id="p", workload_class="innovation"), pools) == ("innovation", "operation")
+    assert job_pools(Job(project_id="p", workload_class="operation"), pools) == ("operation", "op-b")
+    assert job_pools(Job(project_id="p", workload_class="innovation", pool="innovation"), pools) == ("innovation",)
+    rows = [QuotaRow(owner_kind="department", owner_id="ouh", pool="operation", resource="gpus", guaranteed=2),
+            QuotaRow(owner_kind="department", owner_id="shs", pool="operation", resource="gpus", guaranteed=2),
+            QuotaRow(owner_kind="project", owner_id="a", pool="operation", resource="gpus", guaranteed=6),
+            QuotaRow(owner_kind="project", owner_id="a", pool="operation", resource="cpus", guaranteed=64)]
+    assert guaranteed_gpus(rows) == {"operation": 6.0}  # departments' 4 or, larger, projects' 6
