@@ -12,7 +12,9 @@
 - logs.retention          every hour: log folders of jobs that ended `log_retention_days` ago;
 - telemetry.heartbeats    every heartbeat timeout / 6: nodes whose agent went quiet;
 - telemetry.rollup        every 60 s: 1-minute and 1-hour rollups;
-- telemetry.retention     every hour: raw samples and rollups past their retention.
+- telemetry.retention     every hour: raw samples and rollups past their retention;
+- kubernetes.sync         every `k8s_sync_interval_s`, cluster mode only: node states from
+                          Kubernetes, the broker's taint, worker-group scaling (cluster_sync).
 
 None of them makes a network call inside a DB transaction; each opens its own short ones.
 

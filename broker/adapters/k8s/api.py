@@ -68,7 +68,7 @@ class Informer:
         self._watch = w = watch.Watch()
         try:
             for ev in w.stream(self.list_fn, resource_version=self.resource_version, timeout_seconds=timeout_s,
-                               allow_watch_bookmarks=True):
+                               allow_watch_bookmarks=True, _request_timeout=timeout_s + 15):  # a dead link ends too
                 self._apply(ev)
         except ApiException as e:
             if e.status != 410:
