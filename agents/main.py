@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--node-id", default=os.environ.get("BROKER_NODE_ID") or socket.gethostname())
     p.add_argument("--hostname", default=None)
     p.add_argument("--fake-gpus", type=int, default=None, metavar="N", help="use N scripted fake GPUs instead of NVML")
+    p.add_argument("--gpu-indices", default=None, metavar="I,J",
+                   help="read only these NVML GPU indices (a node that owns part of the machine's GPUs)")
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between readings (default 1)")
     p.add_argument("--push-interval", type=float, default=10.0, help="seconds between pushes (default 10)")
     p.add_argument("--buffer-dir", type=Path, default=None, help="on-disk outage buffer (default: in memory)")
@@ -76,7 +78,8 @@ def make_reader(args: argparse.Namespace) -> GpuReader:
         return FakeReader(args.fake_gpus, node_seed=args.node_id)
     from agents.nvml import NvmlReader
 
-    return NvmlReader()
+    indices = None if args.gpu_indices is None else [int(i) for i in args.gpu_indices.split(",") if i.strip()]
+    return NvmlReader(indices=indices)
 
 
 def build_agent(args: argparse.Namespace, now: float) -> Agent:

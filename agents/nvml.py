@@ -67,7 +67,10 @@ class _Device:
 class NvmlReader:
     """GpuReader over NVML. See the module docstring for the error policy."""
 
-    def __init__(self, nvml: Any = None, *, enable_gpm: bool = True) -> None:
+    def __init__(self, nvml: Any = None, *, enable_gpm: bool = True, indices: "list[int] | None" = None) -> None:
+        """`indices`: read only these NVML device indices (a node that owns part of the
+        machine's GPUs, e.g. one of `broker up`'s local nodes); None reads every GPU."""
+        self._indices = None if indices is None else set(indices)
         self._nv_given = nvml
         self._nv: Any = None
         self._devices: list[_Device] = []
@@ -98,6 +101,8 @@ class NvmlReader:
         driver = self._opt(lambda: _s(nv.nvmlSystemGetDriverVersion()))
         cuda = self._opt(lambda: _cuda_version(int(nv.nvmlSystemGetCudaDriverVersion())))
         for i in range(count):
+            if self._indices is not None and i not in self._indices:
+                continue
             try:
                 self._devices.append(self._open_device(i))
             except Exception as e:  # a device that cannot even be opened is skipped, loudly
@@ -332,3 +337,21 @@ class NvmlReader:
                 continue
             out.setdefault(idx, []).append(XidEvent(xid=int(data.eventData), ts=now))
         return out
+
+
+def gpu_count() -> int:
+    """The NVIDIA GPUs this machine has (0 without a driver or without nvidia-ml-py)."""
+    try:
+        nv = _load_pynvml()
+        nv.nvmlInit()
+    except Exception:  # noqa: BLE001 - no library, no driver: no GPUs
+        return 0
+    try:
+        return int(nv.nvmlDeviceGetCount())
+    except Exception:  # noqa: BLE001
+        return 0
+    finally:
+        try:
+            nv.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     lost_node_hold_s: float = 60.0  # a node that lost a running worker gets no new work this long
 
     allow_process_runtime: bool = False
+    # False where the nodes have no container runtime (`broker up` on a machine without podman):
+    # container jobs are then refused at submit (422 CONTAINER_RUNTIME_UNAVAILABLE), not failed at launch.
+    container_runtime_available: bool = True
     scheduling_policy: str = "fair-backfill-preempt"  # a name from scheduler.model.POLICIES
     # Fields of that preset to change, e.g. {"reclaim_after_s": 600} (scheduler.model.Policy);
     # an unknown field is refused at start.

@@ -18,7 +18,7 @@ from broker.errors import BrokerError
 from broker.services import backup as svc
 from broker.settings import Settings
 
-DATA_DIR = typer.Option(None, "--data-dir", help="the broker's data dir (default: $BROKER_DATA_DIR or .broker)")
+DATA_DIR = typer.Option(None, "--data-dir", metavar="DIR", help="the broker's data dir (default: $BROKER_DATA_DIR or .broker)")
 
 
 def _settings(data_dir: Optional[Path]) -> Settings:
@@ -31,7 +31,7 @@ def _report(verb: str, info: svc.BackupInfo) -> None:
                            "api_tokens": info.tables.get("api_tokens", 0)}, indent=2))
 
 
-def backup(dest: Path = typer.Argument(..., help="the backup file to write (must not exist)"),
+def backup(dest: Path = typer.Argument(..., metavar="DEST", help="the backup file to write (must not exist)"),
            data_dir: Optional[Path] = DATA_DIR) -> None:
     """Copy the live SQLite database to DEST, consistent, while the broker keeps running."""
     try:
@@ -41,7 +41,7 @@ def backup(dest: Path = typer.Argument(..., help="the backup file to write (must
         raise typer.Exit(2)
 
 
-def restore(src: Path = typer.Argument(..., help="a file written by `broker backup`"),
+def restore(src: Path = typer.Argument(..., metavar="SRC", help="a file written by `broker backup`"),
             data_dir: Optional[Path] = DATA_DIR) -> None:
     """Replace the data dir's database with SRC (broker stopped; the old one is kept beside it)."""
     try:

@@ -16,7 +16,7 @@ import typer
 app = typer.Typer(help="Benchmarks (JSON with --json).", no_args_is_help=True)
 
 AS_JSON = typer.Option(False, "--json", help="print one JSON object")
-DATABASE = typer.Option(None, "--database",
+DATABASE = typer.Option(None, "--database", metavar="URL",
                         help="DB URL (default: PostgreSQL at 127.0.0.1:5432/test if up, else SQLite)")
 
 
@@ -35,13 +35,14 @@ def _emit(out: dict, as_json: bool, lines: Callable[[dict], list[str]]) -> None:
 def bench_submit(
     as_json: bool = AS_JSON,
     database: Optional[str] = DATABASE,
-    concurrency: int = typer.Option(16, "--concurrency", "-c", help="keep-alive connections"),
-    duration: float = typer.Option(10.0, "--duration", "-d", help="measured seconds (after a 1 s warm-up)"),
-    workers: int = typer.Option(1, "--workers", help="uvicorn worker processes"),
+    concurrency: int = typer.Option(16, "--concurrency", "-c", metavar="N", help="keep-alive connections"),
+    duration: float = typer.Option(10.0, "--duration", "-d", metavar="SECONDS", help="measured seconds (after a 1 s warm-up)"),
+    workers: int = typer.Option(1, "--workers", metavar="N", help="uvicorn worker processes"),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline",
                                   help="also measure the plain FastAPI+SQLModel endpoint and print the ratio"),
-    baseline_workers: Optional[int] = typer.Option(None, "--baseline-workers"),
-    repeat: int = typer.Option(1, "--repeat", "-r", help="runs of each (alternating); report the median run"),
+    baseline_workers: Optional[int] = typer.Option(None, "--baseline-workers", metavar="N",
+                                                   help="uvicorn workers of the plain FastAPI baseline (default: --workers)"),
+    repeat: int = typer.Option(1, "--repeat", "-r", metavar="N", help="runs of each (alternating); report the median run"),
 ):
     """Concurrent POST /api/v1/jobs; every 201 is checked to be a row in the DB afterwards."""
     from broker.bench.submit import bench
@@ -68,11 +69,11 @@ def _submit_lines(out: dict) -> list[str]:
 def bench_reads(
     as_json: bool = AS_JSON,
     database: Optional[str] = DATABASE,
-    queue: int = typer.Option(35_000, "--queue", help="PENDING jobs in the database during the run"),
-    projects: int = typer.Option(50, "--projects", help="projects the queue is spread over"),
-    users: int = typer.Option(50, "--users", "-u", help="keep-alive connections, each reading back to back"),
-    duration: float = typer.Option(20.0, "--duration", "-d", help="measured seconds (after a 2 s warm-up)"),
-    overview_max_age: Optional[float] = typer.Option(None, "--overview-max-age",
+    queue: int = typer.Option(35_000, "--queue", metavar="N", help="PENDING jobs in the database during the run"),
+    projects: int = typer.Option(50, "--projects", metavar="N", help="projects the queue is spread over"),
+    users: int = typer.Option(50, "--users", "-u", metavar="N", help="keep-alive connections, each reading back to back"),
+    duration: float = typer.Option(20.0, "--duration", "-d", metavar="SECONDS", help="measured seconds (after a 2 s warm-up)"),
+    overview_max_age: Optional[float] = typer.Option(None, "--overview-max-age", metavar="SECONDS",
                                                      help="the server's overview snapshot age in s (0: fresh "
                                                           "on every request); default: the setting's default"),
 ):
@@ -97,12 +98,12 @@ def _reads_lines(out: dict) -> list[str]:
 def bench_ingest(
     as_json: bool = AS_JSON,
     database: Optional[str] = DATABASE,
-    nodes: int = typer.Option(48, "--nodes", "-n", help="simulated agents (one keep-alive connection each)"),
-    gpus: int = typer.Option(8, "--gpus", help="GPUs per node"),
-    readings: int = typer.Option(25, "--readings", help="readings per GPU in one report (25 x 8 GPUs = 200 samples, the agent's largest report)"),
-    duration: float = typer.Option(10.0, "--duration", "-d", help="measured seconds (after a 2 s warm-up)"),
-    repeat: int = typer.Option(1, "--repeat", help="runs; the median-throughput run is reported"),
-    workers: int = typer.Option(3, "--workers", help="uvicorn worker processes (3 on 2 cores: requests wait on PostgreSQL part of the time)"),
+    nodes: int = typer.Option(48, "--nodes", "-n", metavar="N", help="simulated agents (one keep-alive connection each)"),
+    gpus: int = typer.Option(8, "--gpus", metavar="N", help="GPUs per node"),
+    readings: int = typer.Option(25, "--readings", metavar="N", help="readings per GPU in one report (25 x 8 GPUs = 200 samples, the agent's largest report)"),
+    duration: float = typer.Option(10.0, "--duration", "-d", metavar="SECONDS", help="measured seconds (after a 2 s warm-up)"),
+    repeat: int = typer.Option(1, "--repeat", metavar="N", help="runs; the median-throughput run is reported"),
+    workers: int = typer.Option(3, "--workers", metavar="N", help="uvicorn worker processes (3 on 2 cores: requests wait on PostgreSQL part of the time)"),
 ):
     """Agents push reports back to back; every acknowledged sample is checked to be stored."""
     from broker.bench.ingest import bench_repeat
@@ -128,9 +129,9 @@ def _ingest_lines(out: dict) -> list[str]:
 @app.command("dispatch")
 def bench_dispatch(
     as_json: bool = AS_JSON,
-    n: int = typer.Option(20, "--jobs", "-n", min=1, help="measured jobs per path"),
-    gpus: int = typer.Option(2, "--gpus", min=1, help="logical GPUs of the local Ray node"),
-    warm: int = typer.Option(2, "--warm-runners", min=0,
+    n: int = typer.Option(20, "--jobs", "-n", metavar="N", min=1, help="measured jobs per path"),
+    gpus: int = typer.Option(2, "--gpus", metavar="N", min=1, help="logical GPUs of the local Ray node"),
+    warm: int = typer.Option(2, "--warm-runners", metavar="N", min=0,
                              help="spare runner actors per node (0: the cold path)"),
 ):
     """Start an idle local Ray node and a broker on it, then time both dispatch paths."""
@@ -151,11 +152,11 @@ def _dispatch_lines(out: dict) -> list[str]:
 def bench_kueue(
     as_json: bool = AS_JSON,
     database: Optional[str] = DATABASE,
-    scale: float = typer.Option(1.0, "--scale", min=0.001, help="fraction of each queue's jobs (1.0: 15,000 jobs)"),
+    scale: float = typer.Option(1.0, "--scale", metavar="N", min=0.001, help="fraction of each queue's jobs (1.0: 15,000 jobs)"),
     priority_preemption: bool = typer.Option(True, "--priority-preemption/--no-priority-preemption",
                                              help="higher priority preempts lower in a project (Kueue's scenario)"),
-    connections: int = typer.Option(8, "--connections", min=1, help="keep-alive connections of the submitter"),
-    timeout: float = typer.Option(900.0, "--timeout", help="seconds to wait for every job to end"),
+    connections: int = typer.Option(8, "--connections", metavar="N", min=1, help="keep-alive connections of the submitter"),
+    timeout: float = typer.Option(900.0, "--timeout", metavar="SECONDS", help="seconds to wait for every job to end"),
 ):
     """Kueue's scheduler performance scenario through the API, the scheduling loop and a fake executor."""
     from broker.bench.kueue import bench
@@ -183,3 +184,22 @@ def _kueue_lines(out: dict) -> list[str]:
                      f"p99 {a.get('p99')} mean {a.get('mean')}  submit->running p50 {r.get('p50')} p95 {r.get('p95')}")
     lines += [f"  problem: {p}" for p in out["problems"]]
     return lines
+
+
+@app.command("cli")
+def bench_cli(
+    as_json: bool = AS_JSON,
+    database: Optional[str] = DATABASE,
+    jobs: int = typer.Option(1000, "--jobs", "-n", metavar="N", min=1, help="jobs in the database (over 5 projects)"),
+    runs: int = typer.Option(20, "--runs", metavar="N", min=1, help="timed runs of each command (alternating)"),
+):
+    """Wall time of `broker jobs list` against a live API, beside `curl` of the same route (goal: 300 ms)."""
+    from broker.bench.cli import bench
+
+    out = bench(database=database, jobs=jobs, runs=runs)
+    _emit(out, as_json, lambda o: [
+        f"database: {o['database']}  jobs {o['jobs']}  runs {o['runs']}  load {o['load_avg_1m']}",
+        f"broker jobs list  median {o['cli']['median_ms']} ms  p90 {o['cli']['p90_ms']} ms  min {o['cli']['min_ms']} ms"
+        f"  (goal <= {o['goal_ms']} ms: {'met' if o['meets_goal'] else 'NOT met'})",
+        f"curl              median {o['curl']['median_ms']} ms  p90 {o['curl']['p90_ms']} ms  min {o['curl']['min_ms']} ms",
+        f"ratio (median)    {o['ratio_median']}x"])

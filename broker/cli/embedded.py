@@ -7,8 +7,9 @@ are detached. Two files make a restart use them instead of starting over:
 - `broker.lock`: an exclusive `flock` held for the broker's whole life (the kernel drops it when
   the process dies, however it dies). A second `broker up` on the same data dir refuses to
   start: never two heads, two schedulers or two sets of agents for one data dir.
-- `embedded.json`: the head's address, process group and start time, and each agent's process
-  group and start time, written once they run and removed on a clean stop.
+- `embedded.json`: the head's address, process group and start time, each further local Ray
+  node's and each agent's process group and start time, written once they run and removed on a
+  clean stop.
 
 On start, with the lock held: a recorded head that still runs and answers is reconnected to
 (the executor re-adopts every running attempt: same attempt, same start time; the recorded
@@ -72,6 +73,7 @@ class Embedded:
     head_address: str = ""
     head: Proc | None = None
     agents: list[Proc] = field(default_factory=list)
+    workers: list[Proc] = field(default_factory=list)  # the local Ray nodes after the head's
 
     def save(self, data_dir: Path) -> None:
         path = Path(data_dir) / STATE_NAME
@@ -84,7 +86,8 @@ class Embedded:
         try:
             raw = json.loads((Path(data_dir) / STATE_NAME).read_text())
             head = Proc(**raw["head"]) if raw.get("head") else None
-            return Embedded(raw.get("head_address", ""), head, [Proc(**a) for a in raw.get("agents", [])])
+            return Embedded(raw.get("head_address", ""), head, [Proc(**a) for a in raw.get("agents", [])],
+                            [Proc(**w) for w in raw.get("workers", [])])
         except (OSError, ValueError, TypeError, KeyError):
             return None
 

@@ -249,11 +249,18 @@ def explain(j: dict, now: float) -> str:
     details = pr.get("details") or {}
     if details:
         lines.append("")
-        lines.append(render.kv((k.replace("_", " "), _plain(v)) for k, v in details.items()))
+        lines.append(render.kv(_detail(k, v) for k, v in details.items()))
     hint = HINTS.get(pr.get("code", ""))
     if hint:
         lines += ["", f"What helps: {hint}"]
     return "\n".join(lines)
+
+
+def _detail(key: str, value) -> tuple[str, str]:
+    """One detail of a pending reason in words: `lost_work_s: 9107` -> ("lost work", "2 h 31 min")."""
+    if key.endswith("_s") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return key[:-2].replace("_", " "), render.duration(value)
+    return key.replace("_", " "), _plain(value)
 
 
 def _plain(v) -> str:

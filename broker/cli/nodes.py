@@ -57,7 +57,9 @@ def nodes_table(items: list[dict]) -> str:
                      f"{render.num(free.get('gpus', n['gpus']))}/{n['gpus']}",
                      f"{render.num(free.get('cpus', n['cpus']))}/{render.num(n['cpus'])}",
                      f"{render.num(free.get('memory_gb', n['memory_gb']))}/{render.num(n['memory_gb'])}",
-                     n.get("state_reason") or ""))
+                     "; ".join(x for x in (n.get("state_reason") or "",
+                                           "process jobs only (no container runtime)"
+                                           if n.get("runtimes") == ["process"] else "") if x)))
     return render.table(("NODE", "POOL", "MODEL", "STATE", "FREE GPUS", "FREE CPUS", "FREE MEM GB", "REASON"), rows,
                         right=("FREE GPUS", "FREE CPUS", "FREE MEM GB"))
 

@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 class SpecError(ValueError):
     """A spec the user must fix; the message says where and what."""
@@ -27,6 +25,8 @@ def parse(text: str, source: str = "<spec>") -> dict:
         except json.JSONDecodeError as e:
             raise SpecError(f"{source}:{e.lineno}:{e.colno}: not valid JSON: {e.msg}") from None
     else:
+        import yaml  # here, not at the top: `broker jobs list` and friends never read YAML
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
@@ -67,6 +67,8 @@ def apply_set(spec: dict, assignment: str) -> dict:
     parts = [k for k in key.strip().split(".")]
     if not all(parts):
         raise SpecError(f"--set: {key!r} is not a field path (e.g. resources.gpus)")
+    import yaml
+
     try:
         value: Any = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,18 +44,20 @@ log = logging.getLogger("broker.up")
 
 
 def up(
-    port: int = typer.Option(8000, help="API port"),
-    host: str = typer.Option("127.0.0.1", help="API bind address"),
-    data_dir: Path = typer.Option(Path(".broker"), help="database, tokens, logs"),
-    gpus: int = typer.Option(0, help="logical GPUs per local Ray node (0: what Ray detects)"),
-    nodes: int = typer.Option(1, help="local Ray nodes (pools alternate innovation / operation)"),
-    gpu_model: str = typer.Option("", help="GPU model label of the local nodes"),
+    port: int = typer.Option(8000, metavar="PORT", help="API port"),
+    host: str = typer.Option("127.0.0.1", metavar="ADDRESS", help="API bind address"),
+    data_dir: Path = typer.Option(Path(".broker"), metavar="DIR", help="database, tokens, logs"),
+    gpus: int = typer.Option(0, metavar="N", help="logical GPUs per local Ray node (0: what Ray detects)"),
+    nodes: int = typer.Option(2, metavar="N", help="local Ray nodes; pools alternate innovation / operation, so the default "
+                                      "two give one node per pool (the machine's GPUs split between them); "
+                                      "1: one innovation node"),
+    gpu_model: str = typer.Option("", metavar="MODEL", help="GPU model label of the local nodes"),
     demo: bool = typer.Option(True, "--demo/--no-demo", help="seed the demo region on an empty DB"),
-    ray_address: Optional[str] = typer.Option(None, help="join this Ray cluster instead of starting one"),
+    ray_address: Optional[str] = typer.Option(None, metavar="HOST:PORT", help="join this Ray cluster instead of starting one"),
     agent: bool = typer.Option(True, "--agent/--no-agent", help="run a node agent per node"),
-    agent_mode: str = typer.Option("auto", help="process (local subprocesses) | ray (one pinned Ray actor per "
+    agent_mode: str = typer.Option("auto", metavar="process|ray|auto", help="process (local subprocesses) | ray (one pinned Ray actor per "
                                                   "Ray node) | auto (ray when joining a cluster)"),
-    fake_telemetry: int = typer.Option(0, help="agents report N scripted fake GPUs (demos without GPUs)"),
+    fake_telemetry: int = typer.Option(0, metavar="N", help="agents report N scripted fake GPUs (demos without GPUs)"),
     allow_process: Optional[bool] = typer.Option(
         None, "--allow-process/--no-allow-process",
         help="allow runtime 'process' jobs: unconfined, they run as this user and can read the data dir and "
@@ -67,6 +70,9 @@ def up(
     if allow_process is None:
         allow_process = host in ("127.0.0.1", "localhost", "::1")
     overrides = dict(data_dir=data_dir, port=port, host=host, allow_process_runtime=allow_process)
+    note = _container_runtime(overrides, ray_address)
+    if note:
+        typer.echo(note)
     if ray_address:
         overrides["ray_address"] = ray_address
     settings = Settings(**overrides)
@@ -81,7 +87,9 @@ def up(
     engine = make_engine(settings)
     if demo and settings.seed_demo:
         with Session(engine) as s:
-            if seed_demo(s, gpu_model=gpu_model, process_runtime=settings.allow_process_runtime):
+            cpg, mpg = _demo_ratios(gpus, nodes, settings)
+            if seed_demo(s, gpu_model=gpu_model, process_runtime=settings.allow_process_runtime,
+                         cpus_per_gpu=cpg, memory_gb_per_gpu=mpg):
                 typer.echo("seeded the demo region (OUH, SLB, SVS, SHS, Regional IT)")
             s.commit()
     token_path = ensure_admin_token(settings, engine)
@@ -100,19 +108,26 @@ def up(
     ray_agents: list[str] = []
     executor = None
     kube = None  # cluster mode: the Kubernetes adapter (docs/KUBERNETES.md)
+    gpu_indices: dict[str, str] = {}
     state = Embedded()
     try:
         from broker.adapters.ray.executor import RayExecutor
 
         address = settings.ray_address
         if address is None:
-            cluster, adopted_agents = _local_head(settings, gpus=gpus, nodes=nodes, gpu_model=gpu_model)
+            visible = None if gpus else split_gpus(physical_gpus(), nodes)
+            cluster, adopted_agents = _local_head(settings, gpus=gpus, nodes=nodes, gpu_model=gpu_model,
+                                                  visible=visible)
+            if visible:
+                gpu_indices = dict(zip(cluster.node_names, visible))
             address = cluster.address
             if cluster.pid:
                 from broker.adapters.ray.runner import process_start_ticks
 
                 state = Embedded(address, Proc(cluster.pid, process_start_ticks(cluster.pid), "ray-head"),
-                                 list(adopted_agents))
+                                 list(adopted_agents),
+                                 [Proc(w, process_start_ticks(w), n) for w, n in
+                                  zip(cluster.worker_pids, cluster.node_names[1:])])
                 state.save(settings.data_dir)
         executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs")
         if settings.k8s_enabled:
@@ -132,7 +147,8 @@ def up(
                                                token_for=lambda nid: issue_agent_token(engine, nid), extra_args=extra)
                 typer.echo(f"node agents as Ray actors on {', '.join(ray_agents)}")
             else:
-                agents = _start_agents(settings, engine, [o.id for o in executor.nodes()], fake_telemetry)
+                agents = _start_agents(settings, engine, [o.id for o in executor.nodes()], fake_telemetry,
+                                       gpu_indices)
                 if state.head is not None:
                     from broker.adapters.ray.runner import process_start_ticks
 
@@ -178,6 +194,18 @@ def up(
         typer.echo("stopped")
 
 
+def _container_runtime(overrides: dict, ray_address: str | None) -> str:
+    """Container jobs need podman on the nodes. The local nodes are this machine: without podman
+    they run process jobs only, and container jobs are refused at submit (422) rather than failing
+    when they start. Sets the override and returns the note to print (empty when podman is here
+    or the nodes are a cluster's, whose runtime the broker cannot see from here)."""
+    if ray_address is not None or shutil.which("podman") is not None:
+        return ""
+    overrides["container_runtime_available"] = False
+    return ("note: podman was not found: the local nodes run 'runtime: process' jobs only, and container jobs "
+            "are refused at submit (install podman, e.g. `make run` does on Debian, and restart)")
+
+
 def _ready_lines(host: str, port: int, token_path) -> str:
     """Where everything is and how to log in. The token itself is never printed (terminals and
     service logs keep it): the dashboard takes it pasted into its login form, or in the URL
@@ -190,7 +218,7 @@ def _ready_lines(host: str, port: int, token_path) -> str:
             "Ctrl-C stops everything")
 
 
-def _local_head(settings: Settings, *, gpus: int, nodes: int, gpu_model: str):
+def _local_head(settings: Settings, *, gpus: int, nodes: int, gpu_model: str, visible: list[str | None] | None):
     """The local Ray cluster: the previous run's one-node head when it survived a crash of
     the broker (with its agents), else a new one after ending the previous run's orphans.
     Returns (cluster, adopted agents)."""
@@ -201,17 +229,18 @@ def _local_head(settings: Settings, *, gpus: int, nodes: int, gpu_model: str):
     # listens on 127.0.0.1 only (docs/SECURITY.md).
     ray_token = settings.data_dir / "ray-auth-token"
     prev = Embedded.load(settings.data_dir)
-    if prev is not None and prev.head is not None and nodes <= 1:
+    if prev is not None and prev.head is not None and len(prev.workers) == nodes - 1:
         enable_token_auth(ray_token)
         enable_local_only()
-        cluster = adopt_head(prev.head_address, prev.head.pgid, prev.head.start_ticks)
+        cluster = adopt_head(prev.head_address, prev.head.pgid, prev.head.start_ticks,
+                             [(w.pgid, w.start_ticks) for w in prev.workers])
         if cluster is not None:
             agents = [a for a in prev.agents if group_leader_alive(a.pgid, a.start_ticks)]
             typer.echo(f"reconnected to the running Ray head of the previous run at {cluster.address} "
                        f"(pid {cluster.pid}); running jobs are re-adopted")
             return cluster, agents
     if prev is not None:
-        for p in ([prev.head] if prev.head else []) + prev.agents:
+        for p in prev.workers + ([prev.head] if prev.head else []) + prev.agents:
             if group_leader_alive(p.pgid, p.start_ticks):
                 stop_group(p.pgid)
         ended = kill_orphans(settings.data_dir / "logs")
@@ -222,14 +251,51 @@ def _local_head(settings: Settings, *, gpus: int, nodes: int, gpu_model: str):
     env = {"CONTAINERS_CONF": os.environ["CONTAINERS_CONF"]} if os.environ.get("CONTAINERS_CONF") else {}
     cluster = start_local_cluster(gpus=gpus, nodes=nodes, pools=pools, gpu_model=gpu_model, env=env,
                                   log_file=settings.data_dir / "ray.log", auth_token_file=ray_token,
-                                  loopback_only=nodes <= 1, shim_dir=settings.data_dir / "lib")
+                                  loopback_only=True, shim_dir=settings.data_dir / "lib", processes=True,
+                                  visible_gpus=visible)
     typer.echo(f"local Ray at {cluster.address} with nodes {', '.join(cluster.node_names)}; token authentication "
-               f"on ({ray_token}){', ports on 127.0.0.1 only' if nodes <= 1 else ''}")
+               f"on ({ray_token}), ports on 127.0.0.1 only")
     return cluster, []
 
 
-def _start_agents(settings: Settings, engine, node_ids: list[str], fake_gpus: int) -> list[tuple[subprocess.Popen, str]]:
-    """One agent process per local node, each with its own agent token (scoped to its node)."""
+def _demo_ratios(gpus: int, nodes: int, settings: Settings) -> tuple[float, float]:
+    """CPUs and memory per GPU of what `broker up` will start (or of this machine when it joins
+    a cluster): the demo's CPU and memory quotas follow its GPU quotas in that proportion."""
+    import psutil
+
+    from broker.services.bootstrap import demo_ratios
+
+    local = settings.ray_address is None
+    n = max(1, nodes) if local else 1
+    total_gpus = gpus * n if gpus else physical_gpus()
+    cpus = max(1, (os.cpu_count() or 1) // n) * n if local and n > 1 else (os.cpu_count() or 1)
+    return demo_ratios(total_gpus, cpus, psutil.virtual_memory().total / 2**30)
+
+
+def physical_gpus() -> int:
+    """The NVIDIA GPUs this machine has (0 without a driver)."""
+    from agents.nvml import gpu_count
+
+    return gpu_count()
+
+
+def split_gpus(count: int, nodes: int) -> list[str | None] | None:
+    """CUDA_VISIBLE_DEVICES per local node: the machine's GPUs in contiguous slices, the first
+    nodes taking one more when they do not divide evenly (None: no GPUs, nothing to split)."""
+    if count <= 0 or nodes <= 1:
+        return None
+    out, start = [], 0
+    for i in range(nodes):
+        n = count // nodes + (1 if i < count % nodes else 0)
+        out.append(",".join(str(g) for g in range(start, start + n)))
+        start += n
+    return out
+
+
+def _start_agents(settings: Settings, engine, node_ids: list[str], fake_gpus: int,
+                  gpu_indices: dict[str, str] | None = None) -> list[tuple[subprocess.Popen, str]]:
+    """One agent process per local node, each with its own agent token (scoped to its node)
+    and, where the machine's GPUs are split between the nodes, reading only its node's GPUs."""
     procs = []
     agent_bin = Path(sys.executable).with_name("broker-agent")
     for nid in node_ids:
@@ -243,6 +309,8 @@ def _start_agents(settings: Settings, engine, node_ids: list[str], fake_gpus: in
                 "--node-id", nid, "--buffer-dir", str(settings.data_dir / f"agent-buffer-{nid}")]
         if fake_gpus:
             argv += ["--fake-gpus", str(fake_gpus)]
+        elif gpu_indices and nid in gpu_indices:
+            argv += ["--gpu-indices", gpu_indices[nid]]
         logf = open(settings.data_dir / f"agent-{nid}.log", "ab")
         procs.append((subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True), nid))

@@ -33,6 +33,7 @@ class NodePublic(BaseModel):
     pool_source: Literal["admin", "executor"] = "executor"  # who set the pool: an admin's move or the label
     health_state: str = "ready"  # from the executor and the node agent's telemetry
     admin_state: Optional[Literal["cordoned", "draining"]] = None  # a platform-admin's cordon or drain
+    runtimes: list[Literal["container", "process"]] = ["container", "process"]  # what jobs the node can run
 
 
 class PoolPublic(BaseModel):

@@ -82,11 +82,17 @@ INNOVATION_NOMINAL = {"ouh": 4, "slb": 2, "svs": 2, "shs": 1, "rit": 1,
 OPERATION_GUARANTEED = {"shs": 2, "ouh": 2, "shs-ops-triage": 2, "ouh-radiology": 2}
 
 
-def seed_demo(session: Session, *, gpu_model: str = "", process_runtime: bool = False) -> bool:
+def seed_demo(session: Session, *, gpu_model: str = "", process_runtime: bool = False,
+              cpus_per_gpu: float = 0.0, memory_gb_per_gpu: float = 0.0) -> bool:
     """Seed an empty DB with the demo region. Returns False (and changes nothing) if any
     department exists. `gpu_model` is the flavor's model used for the demo quotas;
     `process_runtime` lets the demo projects run `runtime: process` jobs (host processes: for a
-    one-machine demo only, where the deployment allows them too)."""
+    one-machine demo only, where the deployment allows them too).
+
+    `cpus_per_gpu` / `memory_gb_per_gpu` (the machine's ratio, `demo_ratios`): every GPU quota
+    row gets CPU and memory rows in proportion, so that a job asking for its share of CPU and
+    memory per GPU is within quota on every resource. Without them (0) CPU and memory have no
+    quota rows: a nominal of 0, so every job borrows them and is preemptible as a borrower."""
     if session.execute(select(func.count()).select_from(Department)).scalar_one() > 0:
         return False
     for did, name, w in DEPARTMENTS:
@@ -97,16 +103,28 @@ def seed_demo(session: Session, *, gpu_model: str = "", process_runtime: bool = 
     session.add(Pool(name="operation", workload_class="operation", lend_to_innovation=True,
                      description="reserved for clinical production; idle capacity lent to innovation"))
     session.add(Pool(name="innovation", workload_class="innovation", description="shared by innovation teams"))
-    for owner, g in INNOVATION_NOMINAL.items():
-        kind = "department" if owner in dict((d, 0) for d, _, _ in DEPARTMENTS) else "project"
-        session.add(QuotaRow(owner_kind=kind, owner_id=owner, pool="innovation", gpu_model=gpu_model, resource="gpus",
-                             guaranteed=0, nominal=g, limit=None))
-    for owner, g in OPERATION_GUARANTEED.items():
-        kind = "department" if owner in ("shs", "ouh") else "project"
-        session.add(QuotaRow(owner_kind=kind, owner_id=owner, pool="operation", gpu_model=gpu_model, resource="gpus",
-                             guaranteed=g, nominal=g, limit=None))
+    per_gpu = {"gpus": 1.0, "cpus": cpus_per_gpu, "memory_gb": memory_gb_per_gpu}
+    departments = {d for d, _, _ in DEPARTMENTS}
+    for pool, table, guaranteed in (("innovation", INNOVATION_NOMINAL, False), ("operation", OPERATION_GUARANTEED, True)):
+        for owner, g in table.items():
+            kind = "department" if owner in departments else "project"
+            for resource, ratio in per_gpu.items():
+                if ratio <= 0:
+                    continue
+                amount = g * ratio if resource == "gpus" else max(0.5, round(g * ratio * 2) / 2)
+                session.add(QuotaRow(owner_kind=kind, owner_id=owner, pool=pool, gpu_model=gpu_model,
+                                     resource=resource, guaranteed=amount if guaranteed else 0, nominal=amount,
+                                     limit=None))
     session.flush()
     return True
+
+
+def demo_ratios(total_gpus: int, total_cpus: float, total_memory_gb: float) -> tuple[float, float]:
+    """(CPUs per GPU, GiB of memory per GPU) of a machine, for `seed_demo`: its capacity over its
+    GPUs (a machine without GPUs is treated as one GPU's worth, so the demo quotas still give
+    CPU and memory in the same proportion as the GPU quotas)."""
+    g = max(1, total_gpus)
+    return total_cpus / g, total_memory_gb / g
 
 
 def issue_agent_token(engine, node_id: str, name: str = "") -> str:

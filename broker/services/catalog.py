@@ -17,8 +17,11 @@ from broker.auth.policy import Ref, Resource
 
 
 class CatalogService:
-    def __init__(self, engine: Engine, authz: Authz) -> None:
+    def __init__(self, engine: Engine, authz: Authz, *, container_runtime: bool = True) -> None:
+        """`container_runtime`: the nodes can run container jobs (False: process jobs only,
+        e.g. `broker up` on a machine without podman)."""
         self.engine, self.authz = engine, authz
+        self.runtimes = ["container", "process"] if container_runtime else ["process"]
 
     def projects(self, *, principal: Principal) -> dict:
         scope = self.authz.scope(principal, Resource.PROJECT)
@@ -33,7 +36,7 @@ class CatalogService:
 
     def nodes(self, *, principal: Principal) -> dict:
         with Session(self.engine) as s:
-            return {"items": [node_public(n) for n in catalog.nodes(s)]}
+            return {"items": [{**node_public(n), "runtimes": self.runtimes} for n in catalog.nodes(s)]}
 
     def pools(self, *, principal: Principal) -> dict:
         with Session(self.engine) as s:

@@ -109,6 +109,8 @@ class JobService:
         if spec.runtime == "process":
             checks.require_process_runtime(self.engine, spec.project,
                                            deployment_allows=self.settings.allow_process_runtime)
+        elif not self.settings.container_runtime_available:
+            raise checks.no_container_runtime()
         shape = checks.WorkerShape(spec.resources.gpus, spec.resources.cpus, spec.resources.memory_gb,
                                    tuple(spec.resources.models()))
         why = checks.never_fits_cached(self.inventory.get(), workload_class=spec.workload_class,

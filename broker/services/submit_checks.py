@@ -115,6 +115,13 @@ def never_fits(inv: Inventory, *, workload_class: str, pool: str | None, shape: 
     return None
 
 
+def no_container_runtime() -> Invalid:
+    """The 422 for a container job on a broker whose nodes have no container runtime."""
+    return Invalid("this broker's nodes have no container runtime (podman was not found when the broker started), "
+                   "so container jobs cannot run here; install podman and restart the broker, or use "
+                   "runtime 'process' where your project is allowed to", code="CONTAINER_RUNTIME_UNAVAILABLE")
+
+
 def require_process_runtime(engine: Engine, project: str, *, deployment_allows: bool) -> None:
     """Refuse a `runtime: process` job unless this deployment allows host processes at all
     (`allow_process_runtime`) and a platform-admin enabled them for the project.

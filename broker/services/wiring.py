@@ -91,7 +91,7 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
         wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
-        logs=LogService(jobs, retention_days=settings.log_retention_days), catalog=CatalogService(engine, authz),
+        logs=LogService(jobs, retention_days=settings.log_retention_days), catalog=CatalogService(engine, authz, container_runtime=settings.container_runtime_available),
         overview=OverviewService(engine, authz, loop=loop, max_age_s=settings.overview_max_age_s, leader=leader),
         telemetry=TelemetryService(engine, TelemetryConfig.from_settings(settings)),
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),

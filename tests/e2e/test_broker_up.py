@@ -153,7 +153,7 @@ def test_ray_refuses_clients_without_the_cluster_token(broker_up):
     authed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
                             env={**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)})
     assert authed.returncode == 0, authed.stderr[-2000:]
-    assert authed.stdout.strip() == "1"  # one node: the embedded head
+    assert authed.stdout.strip() == "2"  # the default: one node per pool, the head and one more
 
 
 def test_every_port_of_the_broker_listens_on_loopback_only(broker_up):
@@ -164,6 +164,7 @@ def test_every_port_of_the_broker_listens_on_loopback_only(broker_up):
                  if c.status == psutil.CONN_LISTEN and c.pid in pids]
     names = {n for n, _, _ in listening}
     assert {"gcs_server", "raylet"} <= names, listening  # the head's servers are in the tree
+    assert len({pid for pid, n in pids.items() if n == "raylet"}) == 2, pids  # and the second node's
     exposed = [x for x in listening if not (x[1].startswith("127.") or x[1] in ("::1", "::ffff:127.0.0.1"))]
     assert not exposed, f"listening beyond loopback: {exposed}"
 

@@ -9,6 +9,7 @@ ouh-liver (innovation nominal 2 GPUs, borrowing allowed).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from contextlib import contextmanager
 
 import pytest
@@ -232,3 +233,30 @@ def test_checkpointable_job_preempted_by_operation_resumes_from_its_checkpoint(b
     assert int(second["resumed_from"]) == saved and int(second["finished_at"]) == saved + 5
     ckpt = broker_settings.checkpoint_dir("ouh-liver", inno["id"])
     assert (ckpt / "step").read_text().strip() == str(saved)  # on the broker's checkpoint root
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.*"))
+# what each example prints when it ran as documented (its first worker's log)
+EXAMPLE_OUTPUT = {"batch-inference.yaml": "scoring with batch size 32 on GPU ",
+                  "ddp-gang.yaml": "rank 0 of 2, master ",
+                  "validation.json": "validating on held-out set"}
+
+
+def test_every_example_has_its_expected_output():
+    assert {e.name for e in EXAMPLES} == set(EXAMPLE_OUTPUT)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
+def test_every_example_runs_to_completion(broker, example):
+    """The examples/ files as a user submits them (`broker jobs submit -f`), on real Ray and podman.
+    The test cluster's nodes are small (2 logical GPUs, 2 CPUs each), so CPU and memory are set
+    down the way a user would on a small machine: `--set resources.cpus=0.5 --set ...`."""
+    from broker.cli import specs
+
+    spec = specs.load(str(example))
+    for override in ("resources.cpus=0.5", "resources.memory_gb=0.1"):
+        specs.apply_set(spec, override)
+    created = broker.submit(spec)
+    done = wait_status(broker, created["id"], TERMINAL, 90)
+    assert done["status"] == "SUCCEEDED", (done["message"], broker.logs(created["id"], worker=0))
+    assert EXAMPLE_OUTPUT[example.name] in broker.logs(created["id"], worker=0)

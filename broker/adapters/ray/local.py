@@ -4,8 +4,15 @@ Two shapes:
 - one node (`nodes=1`): `ray start --head --block` in its own process session; stop() signals
   that process group (SIGTERM, then SIGKILL: gcs_server and raylet may outlive a SIGTERM).
   Never `ray stop`, which would kill every Ray on the machine.
-- several nodes (`nodes>1`): `ray.cluster_utils.Cluster` with an empty head (0 CPU, 0 GPU) and
-  `nodes` worker raylets in this process tree; stop() shuts it down.
+- several nodes as processes (`nodes>1, processes=True`, what `broker up` runs): the first node
+  is a one-node head as above, every other node a `ray start --address=<head> --block` in a
+  process session of its own, on 127.0.0.1 with the same token and shim. Nothing lives in the
+  caller's process, so the whole cluster outlives a crash of the broker and is taken over
+  (`adopt_head` with the workers' process groups). `visible_gpus` splits the machine's GPUs
+  between the nodes (CUDA_VISIBLE_DEVICES per raylet).
+- several nodes in this process (`nodes>1`, tests): `ray.cluster_utils.Cluster` with an empty
+  head (0 CPU, 0 GPU) and `nodes` worker raylets in this process tree; stop() shuts it down;
+  add_node/remove_node simulate node loss.
 
 Every node the broker may schedule on gets the labels the RayExecutor pins and reads:
 `broker.io/node=<pool>-<i>`, `broker.io/pool=<pool>` and, when given, `broker.io/gpu-model`.
@@ -68,7 +75,8 @@ class LocalCluster:
     # return a handle for remove_node, which kills that node's processes (a node lost)
     add_node: Callable[..., object] | None = field(default=None, repr=False)
     remove_node: Callable[[object], None] | None = field(default=None, repr=False)
-    pid: int | None = None  # the one-node head's `ray start` process (its tree is the head)
+    pid: int | None = None  # the head's `ray start` process (its tree is the head)
+    worker_pids: tuple[int, ...] = ()  # with processes=True: each further node's `ray start` process
 
 
 def node_specs(nodes: int, pools: Sequence[str], gpu_model: str = "") -> list[dict[str, str]]:
@@ -92,6 +100,7 @@ def start_local_cluster(gpus: int = 0, nodes: int = 1, pools: Sequence[str] = ("
                         log_file: str | os.PathLike | None = None,
                         auth_token_file: str | os.PathLike | None = None,
                         loopback_only: bool = False, shim_dir: str | os.PathLike | None = None,
+                        processes: bool = False, visible_gpus: Sequence[str | None] | None = None,
                         timeout_s: float = 90.0) -> LocalCluster:
     """Start a local cluster with `gpus` logical GPUs per node (0: what Ray detects); return
     its address and stop().
@@ -103,26 +112,103 @@ def start_local_cluster(gpus: int = 0, nodes: int = 1, pools: Sequence[str] = ("
     `loopback_only` (one node only): every Ray port of the head listens on 127.0.0.1 only,
     checked once the head is up (RuntimeError, the head stopped, if a port is exposed anyway);
     `shim_dir`: where the compiled shim is kept (a private directory; default the user cache).
+    `processes` (several nodes): every node a `ray start` process session (crash-safe, see the
+    module docstring), all on 127.0.0.1 when `loopback_only`; `cpus` is then per node (default:
+    the machine's cores shared out). `visible_gpus[i]`: CUDA_VISIBLE_DEVICES of node i (None:
+    inherited), with `gpus` 0 so that Ray counts what it sees.
     """
     specs = node_specs(nodes, pools, gpu_model)
     env = dict(env or {})
     if auth_token_file is not None:
         env.update(enable_token_auth(auth_token_file))
+    if nodes > 1 and processes:
+        shim = _loopback_env(env, shim_dir) if loopback_only else None
+        if cpus is None:
+            cpus = max(1, (os.cpu_count() or 1) // nodes)
+        return _start_processes(gpus, specs, cpus, env, log_file, timeout_s, visible_gpus, shim)
     if nodes <= 1:
-        shim = None
-        if loopback_only:
-            shim = loopback_shim(shim_dir)
-            if shim is not None:
-                env["LD_PRELOAD"] = " ".join(p for p in (str(shim), os.environ.get("LD_PRELOAD", "")) if p)
-            env.update(enable_local_only())
+        shim = _loopback_env(env, shim_dir) if loopback_only else None
         cluster = _start_head(gpus, specs[0], cpus, dashboard, env, log_file, timeout_s)
-        if shim is not None:  # fail closed: the shim must have worked for every server up to now
-            exposed = exposed_listeners(cluster.pid) if cluster.pid else []
-            if exposed:
-                cluster.stop()
-                raise RuntimeError(f"the Ray head listens beyond loopback despite {shim.name}: {exposed}")
+        _check_loopback(cluster, shim)
         return cluster
     return _start_multi(gpus, specs, 2.0 if cpus is None else cpus, dashboard, env)
+
+
+def _loopback_env(env: dict[str, str], shim_dir) -> Path | None:
+    """Add the loopback shim (when it compiles) and Ray's local-only switch to `env`."""
+    shim = loopback_shim(shim_dir)
+    if shim is not None:
+        env["LD_PRELOAD"] = " ".join(p for p in (str(shim), os.environ.get("LD_PRELOAD", "")) if p)
+    env.update(enable_local_only())
+    return shim
+
+
+def _check_loopback(cluster: "LocalCluster", shim: Path | None) -> None:
+    """Fail closed: with the shim, no server of the cluster's nodes may listen beyond loopback."""
+    if shim is None:
+        return
+    exposed = [x for pid in (cluster.pid, *cluster.worker_pids) if pid for x in exposed_listeners(pid)]
+    if exposed:
+        cluster.stop()
+        raise RuntimeError(f"the local Ray cluster listens beyond loopback despite {shim.name}: {exposed}")
+
+
+def _start_processes(gpus: int, specs: list[dict[str, str]], cpus: float, env: Mapping[str, str], log_file,
+                     timeout_s: float, visible_gpus: Sequence[str | None] | None, shim: Path | None) -> LocalCluster:
+    """Node 0 a head, every other node a `ray start --address` session of its own."""
+    def node_env(i: int) -> dict[str, str]:
+        seen = (visible_gpus or [None] * len(specs))[i]
+        return dict(env) if seen is None else {**env, "CUDA_VISIBLE_DEVICES": seen}
+
+    head = _start_head(gpus, specs[0], cpus, False, node_env(0), log_file, timeout_s)
+    workers: list[subprocess.Popen] = []
+    try:
+        for i, labels in enumerate(specs[1:], start=1):
+            argv = [sys.executable, "-m", "broker.adapters.ray.loopback_node", f"--address={head.address}",
+                    "--block", "--disable-usage-stats",
+                    f"--node-ip-address={HOST}",
+                    "--labels=" + ",".join(f"{k}={v}" for k, v in labels.items()),
+                    f"--num-cpus={int(cpus)}", f"--dashboard-agent-listen-port={free_port()}",
+                    f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+            if gpus:
+                argv.append(f"--num-gpus={gpus}")
+            out = open(log_file, "ab") if log_file else tempfile.TemporaryFile()
+            workers.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env={**os.environ, **node_env(i)}, start_new_session=True))
+            out.close()
+        deadline = time.time() + timeout_s
+        while _alive_nodes(head.address) < len(specs):
+            dead = [w for w in workers if w.poll() is not None]
+            if dead:
+                raise RuntimeError(f"ray start (a worker node) exited with {dead[0].returncode}; "
+                                   f"see {log_file or 'its output'}")
+            if time.time() > deadline:
+                raise TimeoutError(f"the local Ray nodes did not all come up within {timeout_s:.0f} s")
+            time.sleep(0.25)
+    except BaseException:
+        for w in workers:
+            _stop_group(w)
+        head.stop()
+        raise
+
+    def stop() -> None:
+        for w in workers:
+            _stop_group(w)
+        head.stop()
+
+    cluster = LocalCluster(head.address, tuple(s[NODE_LABEL] for s in specs), None, stop, pid=head.pid,
+                           worker_pids=tuple(w.pid for w in workers))
+    _check_loopback(cluster, shim)
+    return cluster
+
+
+def _alive_nodes(address: str) -> int:
+    try:
+        from ray._raylet import GcsClient
+
+        return sum(n.state == 0 for n in GcsClient(address=address).get_all_node_info(timeout=2).values())
+    except Exception:  # noqa: BLE001 - the GCS is still starting
+        return 0
 
 
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # read by ray._private.ray_constants
@@ -413,12 +499,16 @@ def stop_group(pgid: int, grace_s: float = 5.0) -> None:
     _signal_group(pgid, signal.SIGKILL)
 
 
-def adopt_head(address: str, pgid: int, start_ticks: int) -> LocalCluster | None:
-    """The one-node head a previous `broker up` of this data dir started, if it still runs and
-    answers (its leader process is the recorded one and its GCS knows an alive node); None
-    otherwise. Its detached runner actors and placement groups are then still there for the
-    new broker's executor to re-adopt; stop() ends the head's process group as before."""
+def adopt_head(address: str, pgid: int, start_ticks: int,
+               workers: Sequence[tuple[int, int]] = ()) -> LocalCluster | None:
+    """The local cluster a previous `broker up` of this data dir started, if it still runs and
+    answers (the head's leader process and each worker node's (pgid, start ticks) are the
+    recorded ones, and the GCS knows every node alive); None otherwise. Its detached runner
+    actors and placement groups are then still there for the new broker's executor to re-adopt;
+    stop() ends the worker nodes' and the head's process groups as before."""
     if not group_leader_alive(pgid, start_ticks) or not _gcs_has_node(address):
+        return None
+    if any(not group_leader_alive(w, t) for w, t in workers) or _alive_nodes(address) < 1 + len(workers):
         return None
     from ray._raylet import GcsClient
 
@@ -427,7 +517,12 @@ def adopt_head(address: str, pgid: int, start_ticks: int) -> LocalCluster | None
         names = tuple(sorted(dict(n.labels).get(NODE_LABEL, "") for n in infos.values() if n.state == 0))
     except Exception:  # noqa: BLE001 - a head that cannot list its nodes is not one to trust
         return None
-    return LocalCluster(address, names, None, lambda: stop_group(pgid), pid=pgid)
+    def stop() -> None:
+        for w, _ in workers:
+            stop_group(w)
+        stop_group(pgid)
+
+    return LocalCluster(address, names, None, stop, pid=pgid, worker_pids=tuple(w for w, _ in workers))
 
 
 def kill_orphans(log_dir: str | os.PathLike) -> list[str]:
