@@ -31,8 +31,14 @@ TARGETS = ["base", "overlays/dev", "overlays/region"]
 CRD_GROUPS = ("ray.io", "postgresql.cnpg.io", "monitoring.coreos.com")
 
 
+@functools.lru_cache(maxsize=None)
+def _rendered(target: str) -> str:
+    return json.dumps(render(K8S / target))
+
+
 def rendered(target: str) -> list[dict]:
-    return render(K8S / target)
+    """The rendered target (rendered once per session; each caller gets its own copy)."""
+    return json.loads(_rendered(target))
 
 
 def one(docs, kind, name):
