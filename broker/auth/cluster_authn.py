@@ -24,7 +24,7 @@ from typing import Callable
 
 from broker.auth.authn import IdentityTokens, Principal
 from broker.auth.tokens import bearer_token, hash_token
-from broker.errors import Unauthorized
+from broker.errors import Unauthorized, Unavailable
 from broker.ports import ClusterIdentity, Clock
 
 
@@ -61,7 +61,11 @@ class ClusterIdentityAuth:
         hit = self._cache.get(key)
         if hit is not None and now < hit[1]:
             return hit[0]
-        ident = self.review(raw)
+        try:
+            ident = self.review(raw)
+        except Exception as e:  # the API server is unreachable or refuses the broker: retry later
+            raise Unavailable("Kubernetes could not review the token now", code="TOKEN_REVIEW_UNAVAILABLE",
+                              details={"error": type(e).__name__}, headers={"Retry-After": "5"}) from None
         if ident is None:
             raise _refused("Kubernetes did not accept the ServiceAccount token")
         if (ident.namespace, ident.service_account) != (self.namespace, self.service_account):

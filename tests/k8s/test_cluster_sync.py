@@ -188,6 +188,16 @@ def test_agents_push_telemetry_with_their_projected_token_for_their_node_only(wo
     assert len(fake.of("POST", "/apis/authentication.k8s.io")) == 2  # one review per token: cached
 
 
+def test_an_unreachable_api_server_is_a_503_to_retry_not_a_500(world):
+    fake, kube, services, client, engine = world
+    kube.api.configuration.host = "http://127.0.0.1:9"  # nothing listens there
+    kube.api.rest_client.pool_manager.clear()
+    r = client.post("/api/v1/telemetry", content=encode(report("gpu-1", 1, [gpu(0, T0)])),
+                    headers={"Authorization": f"Bearer {_sa_token('agent-z')}", "Content-Type": "application/json"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "TOKEN_REVIEW_UNAVAILABLE"
+    assert r.headers["Retry-After"] == "5"
+
+
 TAINT_OF = [
     ("an admin's drain", dict(admin_state="draining"), "admin-draining"),
     ("an admin's cordon", dict(admin_state="cordoned"), "admin-cordoned"),
