@@ -176,7 +176,8 @@ def merge_patch(raycluster: Mapping, changes: Sequence[GroupChange]) -> dict:
     specs = [dict(g) for g in raycluster["spec"]["workerGroupSpecs"]]
     for c in changes:
         g = dict(specs[c.group.index])
-        assert g["groupName"] == c.group.name, "the group moved since it was read"
+        if g["groupName"] != c.group.name:  # planned on another read of the object: refuse, replan
+            raise ValueError(f"worker group {c.group.name!r} is no longer at index {c.group.index}")
         g["replicas"] = c.replicas
         g["scaleStrategy"] = {**(g.get("scaleStrategy") or {}), "workersToDelete": list(c.delete_pods)}
         specs[c.group.index] = g
