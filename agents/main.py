@@ -96,6 +96,8 @@ def build_agent(args: argparse.Namespace, now: float) -> Agent:
             else MemoryBuffer(args.buffer_max_reports, max_bytes)
         )
         buffered_max = buffer.max_seq()
+        if args.token_file and not args.token:  # read per push: a rotated (projected) token is picked up
+            token = lambda: args.token_file.read_text().strip()  # noqa: E731
         pusher = Pusher(buffer, HttpSender(args.broker_url, token), backoff=Backoff())
     seq = SeqCounter(now, (args.buffer_dir / "next_seq") if args.buffer_dir else None, buffered_max)
     exporter = DcgmExporter(args.hostname or socket.gethostname()) if args.metrics_port is not None else None

@@ -26,7 +26,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import httpx
 
@@ -167,16 +167,21 @@ class Sender(Protocol):
 
 
 class HttpSender:
-    """POST <broker>/api/v1/telemetry with the agent token."""
+    """POST <broker>/api/v1/telemetry with the agent token. `token` may be a function that
+    returns it: a projected ServiceAccount token file that the kubelet rotates is read again
+    for every request (Kubernetes cluster mode)."""
 
-    def __init__(self, broker_url: str, token: str, timeout_s: float = 10.0, client: httpx.Client | None = None) -> None:
+    def __init__(self, broker_url: str, token: str | Callable[[], str], timeout_s: float = 10.0,
+                 client: httpx.Client | None = None) -> None:
         self.url = broker_url.rstrip("/") + TELEMETRY_PATH
         self._client = client or httpx.Client(timeout=timeout_s)
-        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self._token = token
 
     def send(self, body: bytes) -> SendResult:
+        token = self._token() if callable(self._token) else self._token
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:
-            r = self._client.post(self.url, content=body, headers=self._headers)
+            r = self._client.post(self.url, content=body, headers=headers)
         except httpx.HTTPError as e:
             return SendResult(status=0, error=f"{type(e).__name__}: {e}")
         retry_after = None

@@ -37,7 +37,7 @@ from broker.auth.limits import BodySizeLimit
 from broker.auth.ratelimit import RateLimitMiddleware, TokenBucketLimiter
 from broker import failpoints
 from broker.db import make_engine
-from broker.ports import Executor
+from broker.ports import Cluster, Executor
 from broker.services.wiring import build_services
 from broker.settings import Settings
 from broker.tasks import build_tasks
@@ -48,12 +48,12 @@ ROUTERS = (job_routes.router, catalog_routes.router, observability_routes.router
 
 
 def create_app(settings: Settings | None = None, executor: Executor | None = None, start_background: bool = True,
-               engine=None) -> FastAPI:
+               engine=None, cluster: Cluster | None = None) -> FastAPI:
     settings = settings or Settings()
     failpoints.arm(settings.failpoint)
     own_engine = engine is None
     engine = engine or make_engine(settings)
-    services = build_services(settings, engine, executor)
+    services = build_services(settings, engine, executor, cluster=cluster)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

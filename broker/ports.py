@@ -130,3 +130,87 @@ class Clock(Protocol):
     lambda that returns the `now` they need, so no test sleeps to move time."""
 
     def __call__(self) -> float: ...
+
+
+# --------------------------------------------------------------------------- cluster (Kubernetes)
+# The cluster the broker runs on, when it runs on one (settings.k8s_enabled). The adapter
+# (broker/adapters/k8s) is the only importer of `kubernetes`; services see these types only.
+
+CLUSTER_REASON = "kubernetes: "  # prefix of node states Kubernetes set (the cluster sync may lift them)
+SCALE_DOWN_REASON = CLUSTER_REASON + "scale-down: "  # drained by the broker before its pod is removed
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterNode:
+    """A node as Kubernetes sees it. `name` is the Kubernetes node name, which is also the
+    broker's node id on KubeRay (the worker pods label their Ray node with it)."""
+
+    name: str
+    schedulable: bool = True
+    reason: str = ""  # why not: "cordoned", "NotReady (KubeletNotReady: ...)", "taint x=y:NoSchedule"
+    state: str = "ready"  # scheduler.model.NodeState value the reason maps to
+    pool: str = ""
+    gpu_model: str = ""
+    gpus: int = 0
+    gpu_memory_mb: int = 0
+    zone: str = ""
+    rack: str = ""
+    broker_taint: str | None = None  # value of the broker's own taint; None: absent
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleDemand:
+    """One pending job that passed quota and budget and waits for capacity."""
+
+    job_id: str
+    pools: tuple[str, ...]  # pools it may use
+    gpu_models: tuple[str, ...]  # () = any
+    gpus_per_worker: int
+    workers: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleInput:
+    demands: tuple[ScaleDemand, ...] = ()
+    busy_nodes: frozenset[str] = frozenset()  # nodes holding work (placements of holding jobs)
+    drained_nodes: frozenset[str] = frozenset()  # nodes the broker drained for a scale-down
+    guaranteed_gpus: Mapping[str, float] = field(default_factory=dict)  # per pool: never scale below
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleOutcome:
+    notes: Mapping[str, str] = field(default_factory=dict)  # job id -> "scaling up: 2 nodes requested at 10:02"
+    drain: tuple[str, ...] = ()  # nodes to drain in the broker now (step 1 of a scale-down)
+    deleted: tuple[str, ...] = ()  # nodes whose worker pods were named in workersToDelete (step 2)
+    undrain: tuple[str, ...] = ()  # drained for a scale-down, but demand came back: return them
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterIdentity:
+    """A workload identity Kubernetes vouched for (TokenReview), bound to the pod's node."""
+
+    namespace: str
+    service_account: str
+    pod: str
+    node: str
+    expires_at: float | None = None
+
+
+class Cluster(Protocol):
+    """Kubernetes as the broker uses it. Every method may do network I/O: never call one inside
+    a DB transaction. `nodes()` reads the watch cache (no request)."""
+
+    def nodes(self) -> Sequence[ClusterNode]: ...
+
+    def set_broker_taint(self, node: str, value: str | None) -> None:
+        """Put the broker's own NoSchedule taint on `node` with `value`, or remove it (None).
+        Never touches a cordon or another taint. Idempotent."""
+        ...
+
+    def autoscale(self, demand: ScaleInput, now: float) -> ScaleOutcome:
+        """Scale the RayCluster's worker groups for `demand` (see the adapter's scaling rules)."""
+        ...
+
+    def review_token(self, token: str) -> ClusterIdentity | None:
+        """TokenReview: the identity of a ServiceAccount token, or None when Kubernetes refuses it."""
+        ...

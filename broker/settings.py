@@ -124,6 +124,26 @@ class Settings(BaseSettings):
     notify_retry_max_s: float = Field(3600.0, gt=0)
     notify_max_attempts: int = Field(10, ge=1)
 
+    # Kubernetes cluster mode (docs/KUBERNETES.md): node discovery from GPU Feature Discovery
+    # labels, cordon/taint sync both ways, demand-driven KubeRay worker groups, agent identity by
+    # TokenReview. Off unless k8s_enabled; k8s_api_url "" = in-cluster credentials.
+    k8s_enabled: bool = False
+    k8s_api_url: str = ""
+    k8s_token_file: str = ""
+    k8s_namespace: str = "compute-broker"
+    k8s_raycluster: str = "compute-broker-ray"
+    k8s_pool_label: str = "compute-broker/pool"
+    k8s_rack_label: str = "topology.compute-broker.io/rack"
+    k8s_gpu_models: dict[str, str] = {}  # GFD product -> GPU model name, e.g. {"NVIDIA-H100-80GB-HBM3": "H100"}
+    k8s_sync_interval_s: float = Field(5.0, gt=0)
+    k8s_autoscale: bool = True
+    k8s_scale_cooldown_s: float = Field(600.0, ge=0)
+    k8s_scale_up_max: int = Field(4, ge=0)  # nodes per worker group per window
+    k8s_scale_up_window_s: float = Field(60.0, gt=0)
+    k8s_agent_namespace: str = "compute-broker-agents"
+    k8s_agent_service_account: str = "broker-agent"
+    k8s_agent_audience: str = "compute-broker"
+
     # Test-only: arm one named failpoint (broker.failpoints), e.g. "after_admit_commit" or
     # "after_launch@2"; the process then dies there as if killed. Empty in production.
     failpoint: str = ""

@@ -18,6 +18,9 @@
 - notify                  every 5 s: job outcomes and unhealthy nodes into the notification
                           outbox, then deliver what is due (webhook, e-mail; backoff).
 
+- kubernetes.sync         every `k8s_sync_interval_s`, cluster mode only: node states from
+                          Kubernetes, the broker's taint, worker-group scaling (cluster_sync).
+
 None of them makes a network call inside a DB transaction; each opens its own short ones.
 
 Where several brokers share one PostgreSQL database, every task above runs on the leader only
@@ -77,6 +80,9 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
                                                       cfg.hour_retention_s), 3600.0, "telemetry.retention")
     tasks.add_interval(lambda: check_idle(engine, clock(), leader=services.leader), 60.0, "idle.check")
     tasks.add_interval(lambda: run_notifications(engine, settings, clock()), 5.0, "notify")
+
+    if services.cluster_sync is not None:  # cluster mode: Kubernetes node states, taints, worker groups
+        tasks.add_interval(lambda: services.cluster_sync.tick(clock()), settings.k8s_sync_interval_s, "kubernetes.sync")
     return tasks
 
 

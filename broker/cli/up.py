@@ -107,6 +107,7 @@ def up(
     adopted_agents: list[Proc] = []
     ray_agents: list[str] = []
     executor = None
+    kube = None  # cluster mode: the Kubernetes adapter (docs/KUBERNETES.md)
     gpu_indices: dict[str, str] = {}
     state = Embedded()
     try:
@@ -129,6 +130,12 @@ def up(
                                   zip(cluster.worker_pids, cluster.node_names[1:])])
                 state.save(settings.data_dir)
         executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs")
+        if settings.k8s_enabled:
+            from broker.adapters.k8s import connect
+            from broker.adapters.k8s.executor import KubeRayExecutor
+
+            kube = connect(settings)
+            executor = KubeRayExecutor(executor, kube)
         if adopted_agents:
             typer.echo(f"kept the node agents of the previous run ({', '.join(a.name for a in adopted_agents)})")
         elif agent:
@@ -150,7 +157,7 @@ def up(
 
         from broker.app import create_app
 
-        api = create_app(settings, executor=executor, engine=engine)
+        api = create_app(settings, executor=executor, engine=engine, cluster=kube)
         signal.signal(signal.SIGTERM, on_sigterm)
         typer.echo(_ready_lines(host, port, token_path))
         uvicorn.run(api, host=host, port=port, log_level=settings.log_level, lifespan="on", access_log=False)
@@ -172,6 +179,8 @@ def up(
             from broker.adapters.ray.node_agents import stop_node_agents
 
             stop_node_agents(ray_agents)
+        if kube is not None:
+            kube.stop()
         if executor is not None:
             try:
                 executor.shutdown()

@@ -72,14 +72,18 @@ class SchedulingLoop:
     def __init__(self, settings: Settings, engine: Engine, executor: Executor, *,
                  clock: Clock = time.time, policy: Policy | None = None,
                  on_nodes_changed: Callable[[], None] | None = None, leader: Leadership | None = None,
-                 on_tick: Callable[[TickReport], None] | None = None) -> None:
+                 on_tick: Callable[[TickReport], None] | None = None,
+                 pending_note: Callable[[str], str | None] | None = None) -> None:
         """`leader`: every transaction of the loop is fenced by it (`Leadership.guard`), so a
         broker that lost the leadership mid-tick commits nothing more; None: unfenced.
-        `on_tick`: told each finished tick's report (metrics; must not block)."""
+        `on_tick`: told each finished tick's report (metrics; must not block).
+        `pending_note(job_id)`: what else is being done for a waiting job (cluster mode: "scaling
+        up: 2 nodes requested at 10:02 UTC"), appended to its pending message."""
         self.on_tick = on_tick
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
         self.leader = leader
         self.on_nodes_changed = on_nodes_changed  # e.g. drop the submit path's inventory cache
+        self.pending_note = pending_note
         self.policy = policy or settings.policy()
         self._stopping: set[tuple[str, int]] = set()  # stop() already sent for these attempts
         self._cause: dict[tuple[str, int], object] = {}  # the worker whose failure stopped its gang
@@ -430,9 +434,11 @@ class SchedulingLoop:
                 if job is None:
                     continue
                 details = _plain(why.details)
+                note = self.pending_note(jid) if self.pending_note is not None else None
+                message = f"{why.message} ({note})" if note else why.message
                 if (job.pending_code, job.pending_message, job.queue_position, job.estimated_start, job.pending_details) != \
-                        (why.code.value, why.message, why.queue_position, why.estimated_start, details):
-                    changed.append({"job_id": jid, "code": why.code.value, "message": why.message, "details": details,
+                        (why.code.value, message, why.queue_position, why.estimated_start, details):
+                    changed.append({"job_id": jid, "code": why.code.value, "message": message, "details": details,
                                     "queue_position": why.queue_position, "estimated_start": why.estimated_start})
             for job, code, message, details in capped.values():
                 if (job.pending_code, job.pending_message) != (code, message):

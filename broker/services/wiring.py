@@ -20,7 +20,8 @@ from broker.auth import oidc_authn
 from broker.auth.authn import Authenticator, TokenAuth
 from broker.auth.authz import Authz
 from broker.auth.guard import SubmitGuard
-from broker.ports import Executor
+from broker.auth.cluster_authn import ClusterIdentityAuth
+from broker.ports import Cluster, Executor
 from broker.services.admin.audit import AuditLog
 from broker.services.admin.quotas import QuotaAdmin
 from broker.services.admin.settings import SettingsAdmin
@@ -28,6 +29,7 @@ from broker.services.admin.tenancy import TenancyAdmin
 from broker.services.admin.tokens import TokenAdmin
 from broker.services.capacity_runs import CapacityService
 from broker.services.catalog import CatalogService
+from broker.services.cluster_sync import ClusterSync
 from broker.services.jobs import JobService
 from broker.services.leadership import Leadership, leadership_for
 from broker.services.idle import IdleService
@@ -69,12 +71,18 @@ class Services:
     capacity: CapacityService  # trace export and what-if replays (background runs)
     idle: IdleService
     notify: NotifyService
+    cluster_sync: ClusterSync | None = None  # cluster mode (Kubernetes) only
 
 
-def build_services(settings: Settings, engine: Engine, executor: Executor | None = None) -> Services:
+def build_services(settings: Settings, engine: Engine, executor: Executor | None = None,
+                   cluster: Cluster | None = None) -> Services:
     authz = Authz(engine)
     tokens = TokenAuth(engine, ttl_s=settings.token_cache_ttl_s)
-    authn = Authenticator(tokens, oidc_authn.from_settings(settings, authz, engine))
+    identity = oidc_authn.from_settings(settings, authz, engine)
+    if cluster is not None:  # node agents' projected ServiceAccount tokens, in front of OIDC
+        identity = ClusterIdentityAuth(cluster.review_token, namespace=settings.k8s_agent_namespace,
+                                       service_account=settings.k8s_agent_service_account, fallback=identity)
+    authn = Authenticator(tokens, identity)
     wakeup = Wakeup()
     admin_settings = SettingsAdmin(engine, authz, settings, on_change=lambda: guard.invalidate())
     guard = SubmitGuard(settings, engine, authz, admin_settings=admin_settings.effective)
@@ -86,8 +94,11 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
 
     leader = leadership_for(settings, engine)
     process = ProcessMetrics(engine)  # this process's counters and histograms (/metrics)
-    loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed,
-                          leader=leader, on_tick=process.on_tick) if executor else None
+    cluster_sync = ClusterSync(engine, cluster, autoscale=settings.k8s_autoscale,
+                               on_nodes_changed=jobs.catalog_changed) if cluster is not None else None
+    loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed, leader=leader,
+                          on_tick=process.on_tick,
+                          pending_note=cluster_sync.note if cluster_sync else None) if executor else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
         wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
@@ -101,4 +112,5 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
         reports=ReportService(engine, authz), capacity=CapacityService(engine, authz, settings.policy),
         idle=IdleService(engine, authz), notify=NotifyService(engine, authz, settings),
+        cluster_sync=cluster_sync,
     )
