@@ -28,6 +28,7 @@ from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.logs import LogService
 from broker.services.overview import OverviewService
+from broker.services.secrets import SecretService
 from broker.services.telemetry.reads import TelemetryReads
 from broker.services.telemetry.service import TelemetryService
 from broker.services.wiring import Services
@@ -102,3 +103,4 @@ Tokens = Annotated[TokenAdmin, Depends(_service("tokens"))]
 Tenancy = Annotated[TenancyAdmin, Depends(_service("tenancy"))]
 Quotas = Annotated[QuotaAdmin, Depends(_service("quotas"))]
 AdminSettings = Annotated[SettingsAdmin, Depends(_service("admin_settings"))]
+Secrets = Annotated[SecretService, Depends(_service("secrets"))]

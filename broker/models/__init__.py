@@ -15,6 +15,7 @@ API shapes live in `broker.schemas`; these classes are rows only.
 """
 
 from broker.models.base import new_id, now
+from broker.models.data import Dataset, DatasetAccess, DatasetGrant, ProjectSecret
 from broker.models.catalog import Department, Node, Pool, Project, QuotaRow
 from broker.models.jobs import HOLDING, TERMINAL, Attempt, IdempotencyKey, Job, JobEvent, JobStatus, Ledger, Placement
 from broker.models.telemetry import AgentState, GpuRollup, GpuSample, HostSampleRow, TelemetryMark
@@ -24,5 +25,5 @@ __all__ = [
     "new_id", "now", "Department", "Node", "Pool", "Project", "QuotaRow", "HOLDING", "TERMINAL", "Attempt",
     "IdempotencyKey", "Job", "JobEvent", "JobStatus", "Ledger", "Placement", "AgentState", "AdminSetting",
     "ApiToken", "AuditEntry", "Membership", "TokenOwner", "User", "GpuRollup", "GpuSample", "HostSampleRow",
-    "TelemetryMark",
+    "TelemetryMark", "Dataset", "DatasetAccess", "DatasetGrant", "ProjectSecret",
 ]

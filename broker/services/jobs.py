@@ -40,6 +40,7 @@ from broker.services import job_queries as repo
 from broker.services import submit_checks as checks
 from broker.services.admin import audit
 from broker.services.group_commit import GroupCommitWriter
+from broker.services.secrets import SecretService
 from broker.services.telemetry.queries import job_usage
 from broker.services.views import event_public, job_public
 from broker.services.wakeup import Wakeup
@@ -56,10 +57,11 @@ RECHECK_S = 1.0  # an unknown project re-reads the project list at most this oft
 class JobService:
     def __init__(self, settings: Settings, engine: Engine, *, authz: Authz, guard: SubmitGuard,
                  executor: Executor | None = None, wakeup: Wakeup | None = None,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, secrets: SecretService | None = None) -> None:
         """`executor` None: jobs are stored and scheduled nowhere (API-only apps, tests)."""
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
         self.authz, self.guard = authz, guard
+        self.secrets = secrets
         self.wakeup = wakeup or Wakeup()
         self.projects = checks.TTLCache(lambda: checks.load_projects(engine), ttl_s=5.0)
         self.inventory = checks.TTLCache(lambda: checks.load_inventory(engine), ttl_s=2.0)
@@ -109,6 +111,8 @@ class JobService:
         if spec.runtime == "process":
             checks.require_process_runtime(self.engine, spec.project,
                                            deployment_allows=self.settings.allow_process_runtime)
+        if spec.secrets:
+            self._check_secrets(spec)
         shape = checks.WorkerShape(spec.resources.gpus, spec.resources.cpus, spec.resources.memory_gb,
                                    tuple(spec.resources.models()))
         why = checks.never_fits_cached(self.inventory.get(), workload_class=spec.workload_class,
@@ -122,7 +126,7 @@ class JobService:
             "gpus": spec.resources.gpus, "cpus": spec.resources.cpus, "memory_gb": spec.resources.memory_gb,
             "gpu_models": list(shape.gpu_models), "pool": spec.pool, "workers": spec.workers,
             "max_runtime_s": spec.max_runtime_s, "priority": spec.priority, "max_retries": spec.max_retries,
-            "checkpointable": spec.checkpointable,
+            "checkpointable": spec.checkpointable, "secrets": list(spec.secrets), "mounts": [],
             "status": JobStatus.PENDING.value, "version": 1, "attempt": 1, "submit_time": now, "created_at": now,
             "admitted_at": None, "started_at": None, "finished_at": None, "cancel_requested_at": None,
             "exit_code": None, "message": "", "pending_code": None, "pending_message": "", "pending_details": {},
@@ -136,6 +140,13 @@ class JobService:
                  "details": {"audit": audit}}
         return row, event
 
+    def _check_secrets(self, spec: JobCreate) -> None:
+        """Every secret a job names must exist in its project now (422 SECRET_NOT_FOUND)."""
+        missing = self.secrets.missing(spec.project, spec.secrets) if self.secrets else list(spec.secrets)
+        if missing:
+            raise Invalid(f"project {spec.project!r} has no secret named {', '.join(missing)}",
+                          code="SECRET_NOT_FOUND", details={"secrets": missing})
+
     def catalog_changed(self) -> None:
         """Forget the cached projects, pools and nodes: call after writing them in this process
         (admin changes, node sync). Other processes' writes show within the caches' TTLs."""
@@ -145,7 +156,7 @@ class JobService:
     def cache_ready(self, spec: JobCreate | None = None) -> bool:
         """True when `prepare(spec)` reads no database (async callers may then run it inline).
         A process job always reads its project's permission fresh."""
-        if spec is not None and spec.runtime == "process":
+        if spec is not None and (spec.runtime == "process" or spec.secrets):
             return False
         return self.projects.fresh() is not None and self.inventory.fresh() is not None
 

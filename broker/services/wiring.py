@@ -32,6 +32,7 @@ from broker.services.leadership import Leadership, leadership_for
 from broker.services.logs import LogService
 from broker.services.overview import OverviewService
 from broker.services.scheduling import SchedulingLoop
+from broker.services.secrets import SecretService
 from broker.services.telemetry.reads import TelemetryReads
 from broker.services.telemetry.service import TelemetryConfig, TelemetryService
 from broker.services.wakeup import Wakeup
@@ -60,6 +61,7 @@ class Services:
     tenancy: TenancyAdmin
     quotas: QuotaAdmin
     admin_settings: SettingsAdmin
+    secrets: SecretService
 
 
 def build_services(settings: Settings, engine: Engine, executor: Executor | None = None) -> Services:
@@ -69,7 +71,9 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
     wakeup = Wakeup()
     admin_settings = SettingsAdmin(engine, authz, settings, on_change=lambda: guard.invalidate())
     guard = SubmitGuard(settings, engine, authz, admin_settings=admin_settings.effective)
-    jobs = JobService(settings, engine, authz=authz, guard=guard, executor=executor, wakeup=wakeup)
+    secrets = SecretService(settings, engine, authz)
+    jobs = JobService(settings, engine, authz=authz, guard=guard, executor=executor, wakeup=wakeup,
+                      secrets=secrets)
 
     def quotas_changed() -> None:
         jobs.catalog_changed()  # pools and nodes changed: the submit checks' caches too
@@ -77,7 +81,7 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
 
     leader = leadership_for(settings, engine)
     loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed,
-                          leader=leader) if executor else None
+                          leader=leader, secrets=secrets) if executor else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
         wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
@@ -87,4 +91,5 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
         quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
+        secrets=secrets,
     )
