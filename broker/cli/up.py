@@ -36,6 +36,7 @@ from sqlmodel import Session
 from broker.cli.embedded import DataDirBusy, DataDirLock, Embedded, Proc
 from broker.db import make_engine, migrate
 from broker.services.bootstrap import ensure_admin_token, seed_demo
+from broker.services.secrets import ensure_key_file
 from broker.settings import Settings
 from broker.services.bootstrap import issue_agent_token
 
@@ -85,6 +86,8 @@ def up(
                 typer.echo("seeded the demo region (OUH, SLB, SVS, SHS, Regional IT)")
             s.commit()
     token_path = ensure_admin_token(settings, engine)
+    if not settings.secrets_key:
+        ensure_key_file(settings.secrets_key_path)  # project secrets are encrypted with it (0600)
     typer.echo(f"platform-admin token: {token_path} (mode 0600)")
 
     # SIGTERM behaves like Ctrl-C, so a service manager stops us cleanly too (exit 0). Installed
@@ -113,7 +116,9 @@ def up(
                 state = Embedded(address, Proc(cluster.pid, process_start_ticks(cluster.pid), "ray-head"),
                                  list(adopted_agents))
                 state.save(settings.data_dir)
-        executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs")
+        executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs",
+                               isolation=settings.job_isolation, pids_limit=settings.job_pids_limit,
+                               secrets_dir=settings.secrets_tmpfs_dir)
         if adopted_agents:
             typer.echo(f"kept the node agents of the previous run ({', '.join(a.name for a in adopted_agents)})")
         elif agent:

@@ -39,6 +39,7 @@ from broker.settings import Settings
 
 SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_SECRET_BYTES = 64 * 1024
+MIN_SECRET_BYTES = 4  # = the runner's sandbox.MIN_MASKED
 SYSTEM = Caller(token_id="", subject="system", kind="system")
 
 
@@ -122,8 +123,10 @@ class SecretService:
         self.authz.require_project(p, project, Action.PROJECT_SECRETS_MANAGE)
         check_name(name)
         data = value.encode()
-        if not data or len(data) > MAX_SECRET_BYTES or "\x00" in value:
-            raise Invalid(f"a secret value is 1..{MAX_SECRET_BYTES} bytes without NUL", code="SECRET_VALUE_INVALID")
+        if len(data) < MIN_SECRET_BYTES or len(data) > MAX_SECRET_BYTES or "\x00" in value:
+            # shorter values could not be masked in logs without masking ordinary output
+            raise Invalid(f"a secret value is {MIN_SECRET_BYTES}..{MAX_SECRET_BYTES} bytes without NUL",
+                          code="SECRET_VALUE_INVALID")
         token = self.cipher().encrypt(data).decode()
         with Session(self.engine) as s:
             audit._lock_chain(s)  # serializes writers of this secret's versions too
