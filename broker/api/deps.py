@@ -28,6 +28,7 @@ from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.logs import LogService
 from broker.services.overview import OverviewService
+from broker.services.datasets import DatasetService
 from broker.services.secrets import SecretService
 from broker.services.telemetry.reads import TelemetryReads
 from broker.services.telemetry.service import TelemetryService
@@ -104,3 +105,4 @@ Tenancy = Annotated[TenancyAdmin, Depends(_service("tenancy"))]
 Quotas = Annotated[QuotaAdmin, Depends(_service("quotas"))]
 AdminSettings = Annotated[SettingsAdmin, Depends(_service("admin_settings"))]
 Secrets = Annotated[SecretService, Depends(_service("secrets"))]
+Datasets = Annotated[DatasetService, Depends(_service("datasets"))]

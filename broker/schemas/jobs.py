@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker.schemas.base import IMAGE, NAME, SLUG, Input
+from broker.schemas.data import MountIn
 
 MAX_COMMAND_ARGS = 256
 MAX_ARG_CHARS = 4096
@@ -76,6 +77,10 @@ class JobCreate(Input):
     secrets: list[str] = Field(default_factory=list, max_length=32,
                                description="names of project secrets the job reads as files at /run/secrets/NAME "
                                "(mode 0400, on tmpfs); never passed as env, never shown")
+
+    mounts: list[MountIn] = Field(default_factory=list, max_length=16,
+                                  description="datasets granted to the project, mounted read-only unless "
+                                  "granted and asked rw; the job runs only where the data is")
 
     @field_validator("secrets")
     @classmethod
@@ -193,6 +198,7 @@ class JobPublic(BaseModel):
     pool: Optional[str] = None
     checkpointable: bool = False
     secrets: list[str] = []  # names only: a value is never returned
+    mounts: list[dict[str, Any]] = []  # {dataset (id), name, path, mode}
     status: str
     attempt: int
     version: int

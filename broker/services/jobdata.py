@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from broker.errors import Invalid
 from broker.models import Job, Project
 from broker.ports import LaunchSpec
+from broker.services.datasets import dataset_env_name, mounts_for_launch
 
 if TYPE_CHECKING:
     from broker.services.scheduling import SchedulingLoop
@@ -39,8 +40,10 @@ def complete(loop: "SchedulingLoop", job: Job, spec: LaunchSpec) -> LaunchSpec:
                     raise Invalid("this broker has no secrets service", code="SECRETS_UNAVAILABLE")
                 changes["secrets"] = loop.secrets.read_for_launch(s, job, department)
             if job.mounts:
-                from broker.services.datasets import mounts_for_launch
-
-                changes["mounts"] = mounts_for_launch(s, job, department, clock=loop.clock)
+                got = mounts_for_launch(s, job, department, clock=loop.clock)
+                if job.runtime == "process":  # no bind mount for a host process: the path, by name
+                    changes["env"] = {**spec.env, **{dataset_env_name(name): host for host, _, _, name in got}}
+                else:
+                    changes["mounts"] = tuple((host, inside, mode) for host, inside, mode, _ in got)
             s.commit()
     return replace(spec, **changes)

@@ -40,6 +40,7 @@ from broker.services import job_queries as repo
 from broker.services import submit_checks as checks
 from broker.services.admin import audit
 from broker.services.group_commit import GroupCommitWriter
+from broker.services.datasets import DatasetService
 from broker.services.secrets import SecretService
 from broker.services.telemetry.queries import job_usage
 from broker.services.views import event_public, job_public
@@ -57,11 +58,12 @@ RECHECK_S = 1.0  # an unknown project re-reads the project list at most this oft
 class JobService:
     def __init__(self, settings: Settings, engine: Engine, *, authz: Authz, guard: SubmitGuard,
                  executor: Executor | None = None, wakeup: Wakeup | None = None,
-                 clock: Clock = time.time, secrets: SecretService | None = None) -> None:
+                 clock: Clock = time.time, secrets: SecretService | None = None,
+                 datasets: DatasetService | None = None) -> None:
         """`executor` None: jobs are stored and scheduled nowhere (API-only apps, tests)."""
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
         self.authz, self.guard = authz, guard
-        self.secrets = secrets
+        self.secrets, self.datasets = secrets, datasets
         self.wakeup = wakeup or Wakeup()
         self.projects = checks.TTLCache(lambda: checks.load_projects(engine), ttl_s=5.0)
         self.inventory = checks.TTLCache(lambda: checks.load_inventory(engine), ttl_s=2.0)
@@ -113,6 +115,10 @@ class JobService:
                                            deployment_allows=self.settings.allow_process_runtime)
         if spec.secrets:
             self._check_secrets(spec)
+        mounts = self.datasets.check_mounts(spec.project, spec.mounts, spec.runtime) if spec.mounts and \
+            self.datasets else []
+        if spec.mounts and not self.datasets:
+            raise Invalid("this broker has no dataset service", code="DATASETS_UNAVAILABLE")
         shape = checks.WorkerShape(spec.resources.gpus, spec.resources.cpus, spec.resources.memory_gb,
                                    tuple(spec.resources.models()))
         why = checks.never_fits_cached(self.inventory.get(), workload_class=spec.workload_class,
@@ -126,7 +132,7 @@ class JobService:
             "gpus": spec.resources.gpus, "cpus": spec.resources.cpus, "memory_gb": spec.resources.memory_gb,
             "gpu_models": list(shape.gpu_models), "pool": spec.pool, "workers": spec.workers,
             "max_runtime_s": spec.max_runtime_s, "priority": spec.priority, "max_retries": spec.max_retries,
-            "checkpointable": spec.checkpointable, "secrets": list(spec.secrets), "mounts": [],
+            "checkpointable": spec.checkpointable, "secrets": list(spec.secrets), "mounts": mounts,
             "status": JobStatus.PENDING.value, "version": 1, "attempt": 1, "submit_time": now, "created_at": now,
             "admitted_at": None, "started_at": None, "finished_at": None, "cancel_requested_at": None,
             "exit_code": None, "message": "", "pending_code": None, "pending_message": "", "pending_details": {},
@@ -156,7 +162,7 @@ class JobService:
     def cache_ready(self, spec: JobCreate | None = None) -> bool:
         """True when `prepare(spec)` reads no database (async callers may then run it inline).
         A process job always reads its project's permission fresh."""
-        if spec is not None and (spec.runtime == "process" or spec.secrets):
+        if spec is not None and (spec.runtime == "process" or spec.secrets or spec.mounts):
             return False
         return self.projects.fresh() is not None and self.inventory.fresh() is not None
 

@@ -38,6 +38,7 @@ def job_public(j: Any, *, attempts: Iterable[Attempt] = (), placements: Iterable
         "max_retries": g("max_retries"),
         "checkpointable": bool(g("checkpointable")),
         "secrets": list(_opt(j, "secrets") or ()),
+        "mounts": list(_opt(j, "mounts") or ()),
         "pool": g("pool"),
         "status": g("status"),
         "attempt": g("attempt"),

@@ -32,6 +32,7 @@ from broker.services.leadership import Leadership, leadership_for
 from broker.services.logs import LogService
 from broker.services.overview import OverviewService
 from broker.services.scheduling import SchedulingLoop
+from broker.services.datasets import DatasetService
 from broker.services.secrets import SecretService
 from broker.services.telemetry.reads import TelemetryReads
 from broker.services.telemetry.service import TelemetryConfig, TelemetryService
@@ -62,6 +63,7 @@ class Services:
     quotas: QuotaAdmin
     admin_settings: SettingsAdmin
     secrets: SecretService
+    datasets: DatasetService
 
 
 def build_services(settings: Settings, engine: Engine, executor: Executor | None = None) -> Services:
@@ -72,8 +74,9 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
     admin_settings = SettingsAdmin(engine, authz, settings, on_change=lambda: guard.invalidate())
     guard = SubmitGuard(settings, engine, authz, admin_settings=admin_settings.effective)
     secrets = SecretService(settings, engine, authz)
+    datasets = DatasetService(engine, authz)
     jobs = JobService(settings, engine, authz=authz, guard=guard, executor=executor, wakeup=wakeup,
-                      secrets=secrets)
+                      secrets=secrets, datasets=datasets)
 
     def quotas_changed() -> None:
         jobs.catalog_changed()  # pools and nodes changed: the submit checks' caches too
@@ -91,5 +94,5 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
         quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
-        secrets=secrets,
+        secrets=secrets, datasets=datasets,
     )

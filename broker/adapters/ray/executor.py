@@ -158,7 +158,7 @@ class RayExecutor:
                        checkpoint_dir=spec.checkpoint_dir, log_max_bytes=spec.log_max_bytes,
                        secrets=dict(spec.secrets), mounts=[list(m) for m in spec.mounts],
                        scratch_dir=spec.scratch_dir, results_dir=spec.results_dir, memory_gb=w.memory_gb,
-                       cpus=w.cpus, no_egress=spec.no_egress,
+                       cpus=w.cpus, no_egress=spec.no_egress, isolation=self.isolation,
                        gang_local=len({x.node for x in spec.workers}) == 1)
             has_ids = len(w.gpu_indices) == w.gpus
             if self._pool is not None and has_ids:

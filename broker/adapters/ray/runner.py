@@ -424,6 +424,7 @@ class WorkerRunner:
         self.scratch_dir, self.results_dir = job.get("scratch_dir") or "", job.get("results_dir") or ""
         self.memory_gb, self.cpus = float(job.get("memory_gb") or 0), float(job.get("cpus") or 0)
         self.read_only = bool(job.get("read_only_root", True))
+        self.isolation = bool(job.get("isolation", self.isolation))  # the executor's, at launch
         net, gang = sandbox.network_for(isolated=self.isolation and self.runtime == "container",
                                         world_size=self.world_size, gang_local=bool(job.get("gang_local", True)),
                                         no_egress=bool(job.get("no_egress")), default=self.network)
@@ -683,7 +684,8 @@ class WorkerRunner:
             Path(self.results_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             extra["BROKER_RESULTS_DIR"] = self._inside(self.results_dir, RESULTS_IN_CONTAINER)
         if self._gang_net:
-            sandbox.ensure_network(self._gang_net, internal=self._no_egress, env=launch_env(os.environ))
+            sandbox.ensure_network(self._gang_net, internal=self._no_egress, env=launch_env(os.environ),
+                                   dns=self.world_size > 1)
         return extra
 
     def _cleanup(self) -> None:

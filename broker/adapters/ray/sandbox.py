@@ -68,17 +68,19 @@ def network_for(*, isolated: bool, world_size: int, gang_local: bool, no_egress:
     return "", True
 
 
-def ensure_network(name: str, *, internal: bool, env: Mapping[str, str]) -> None:
-    """Create the gang's podman network unless it exists (several runners race to create it)."""
+def ensure_network(name: str, *, internal: bool, env: Mapping[str, str], dns: bool = True) -> None:
+    """Create the gang's podman network unless it exists (several runners race to create it).
+    `dns` False (a one-worker job: nobody to look up) spares starting podman's resolver."""
     argv = ["podman", "network", "create", *(["--internal"] if internal else []),
-            "--label", "broker.network=gang", name]
+            *([] if dns else ["--disable-dns"]), "--label", "broker.network=gang", name]
     r = subprocess.run(argv, capture_output=True, text=True, env=dict(env), timeout=60, check=False)
-    if r.returncode != 0:
+    created = r.returncode == 0
+    if not created:
         ok = subprocess.run(["podman", "network", "exists", name], capture_output=True, env=dict(env),
                             timeout=60, check=False).returncode == 0
         if not ok:
             raise RuntimeError(f"podman network create {name} failed: {r.stderr.strip()[:300]}")
-    guard_gateway(name, env)
+    guard_gateway(name, env, fresh=created)
 
 
 def remove_network(name: str, env: Mapping[str, str]) -> bool:
@@ -103,8 +105,8 @@ def _network_facts(name: str, env: Mapping[str, str]) -> tuple[str, str] | None:
     return (parts[0], parts[1]) if r.returncode == 0 and len(parts) >= 2 else None
 
 
-def guard_gateway(name: str, env: Mapping[str, str]) -> bool:
-    """Drop what the gang network sends to the node itself (its gateway and every address of
+def guard_gateway(name: str, env: Mapping[str, str], fresh: bool = False) -> bool:
+    """Refuse what the gang network sends to the node itself (its gateway and every address of
     the node), except DNS to podman's resolver on the gateway. Best effort: needs iptables and
     root (rootful podman); False where it could not be installed."""
     facts = _network_facts(name, env)
@@ -112,9 +114,9 @@ def guard_gateway(name: str, env: Mapping[str, str]) -> bool:
         return False
     iface, gateway = facts
     tag = _rule_tag(name)
-    if _rules_present(tag):
+    if not fresh and _rules_present(tag):  # a gang mate created the network and its rules
         return True
-    rules = [["-I", "INPUT", "-i", iface, "-j", "DROP"],
+    rules = [["-I", "INPUT", "-i", iface, "-j", "REJECT"],
              ["-I", "INPUT", "-i", iface, "-p", "udp", "-d", gateway, "--dport", "53", "-j", "ACCEPT"],
              ["-I", "INPUT", "-i", iface, "-p", "tcp", "-d", gateway, "--dport", "53", "-j", "ACCEPT"]]
     for rule in rules:
