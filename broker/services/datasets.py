@@ -59,7 +59,7 @@ class DatasetService:
     def __init__(self, engine, authz: Authz, *, clock: Clock = time.time) -> None:
         self.engine, self.authz, self.clock = engine, authz, clock
 
-    def _require_admin(self, p: AuthPrincipal, department: str, hidden: NotFound | None = None) -> None:
+    def _require_admin(self, p: AuthPrincipal, department: str, hidden: Exception | None = None) -> None:
         self.authz.require(p, Action.DATASET_ADMIN, Ref(Resource.DEPARTMENT, department=department), hidden=hidden)
 
     def _load(self, s: Session, ref: str) -> Dataset | None:
@@ -75,7 +75,7 @@ class DatasetService:
     # ------------------------------------------------------------------ admin
     def create(self, p: AuthPrincipal, caller: Caller, **fields: Any) -> dict:
         dept = fields.pop("department")
-        self._require_admin(p, dept)
+        self._require_admin(p, dept, hidden=Invalid(f"unknown department {dept!r}", code="UNKNOWN_DEPARTMENT"))
         with Session(self.engine) as s:
             if self._load(s, fields["name"]) is not None:
                 raise Conflict(f"a dataset named {fields['name']!r} exists", code="DATASET_EXISTS")

@@ -93,6 +93,11 @@ class SecretService:
 
     def cipher(self) -> MultiFernet:
         if self._cipher is None:
+            if not self.settings.secrets_key:  # like `broker up`: a key file in the data dir on first use
+                try:
+                    ensure_key_file(self.settings.secrets_key_path)
+                except OSError:
+                    pass
             self._cipher = cipher_from(self.settings)
         if self._cipher is None:
             raise SecretsUnavailable("no secrets key is configured (BROKER_SECRETS_KEY or the key file "
