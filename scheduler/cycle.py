@@ -113,7 +113,9 @@ class _Cycle:
         pw = job.per_worker
         # the class as a bool: a str-Enum hashes through Python code, a bool in C
         key = (job.workload_class is _OP, job.pool, job.gpu_models, job.workers, pw.gpus, pw.cpus, pw.memory_gb,
-               self.lend_all or self.may_borrow_lent(job)) + ((job.nodes,) if job.nodes else ())
+               self.lend_all or self.may_borrow_lent(job))
+        if job.nodes:  # only where its data is (a distinct shape)
+            key += (job.nodes,)
         s = self.shapes.get(key)
         if s is None:
             s = self.shapes[key] = Shape(self.world, job, key[7])

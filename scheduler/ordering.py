@@ -56,7 +56,9 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
     for i, j in enumerate(pend):
         pw = j.per_worker
         key = (j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb,
-               lend_all or lendable(j)) + ((j.nodes,) if j.nodes else ())
+               lend_all or lendable(j))
+        if j.nodes:
+            key += (j.nodes,)
         got = info.get(key)
         if got is None:
             s = shapes.get(key) or shape(j)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from broker.errors import Invalid
 from broker.models import Job, Project
 from broker.ports import LaunchSpec
+from broker.services import storage
 from broker.services.datasets import dataset_env_name, mounts_for_launch
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 def complete(loop: "SchedulingLoop", job: Job, spec: LaunchSpec) -> LaunchSpec:
     settings = loop.settings
+    storage.measure(settings, job.project_id)  # what the submit check and usage read
     changes: dict = {
         "no_egress": (job.flavor_pool or job.pool or "") in set(settings.no_egress_pools),
         "scratch_dir": str(settings.scratch_dir(job.id, job.attempt)),

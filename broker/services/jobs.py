@@ -39,6 +39,7 @@ from broker.schemas import JobCreate
 from broker.services import job_queries as repo
 from broker.services import submit_checks as checks
 from broker.services.admin import audit
+from broker.services import storage
 from broker.services.group_commit import GroupCommitWriter
 from broker.services.datasets import DatasetService
 from broker.services.secrets import SecretService
@@ -115,6 +116,7 @@ class JobService:
                                            deployment_allows=self.settings.allow_process_runtime)
         if spec.secrets:
             self._check_secrets(spec)
+        storage.check_room(self.settings, spec.project)  # the last measured results size (no I/O)
         mounts = self.datasets.check_mounts(spec.project, spec.mounts, spec.runtime) if spec.mounts and \
             self.datasets else []
         if spec.mounts and not self.datasets:

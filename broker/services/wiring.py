@@ -13,6 +13,7 @@ Invariant: `Services` is immutable; the routes reach it through typed dependenci
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy.engine import Engine
 
@@ -26,6 +27,7 @@ from broker.services.admin.quotas import QuotaAdmin
 from broker.services.admin.settings import SettingsAdmin
 from broker.services.admin.tenancy import TenancyAdmin
 from broker.services.admin.tokens import TokenAdmin
+from broker.services import storage
 from broker.services.catalog import CatalogService
 from broker.services.jobs import JobService
 from broker.services.leadership import Leadership, leadership_for
@@ -93,6 +95,7 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         telemetry=TelemetryService(engine, TelemetryConfig.from_settings(settings)),
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
-        quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
+        quotas=QuotaAdmin(engine, authz, on_change=quotas_changed,
+                          results=partial(storage.measure, settings)), admin_settings=admin_settings,
         secrets=secrets, datasets=datasets,
     )

@@ -155,3 +155,23 @@ def test_foreign_department_cannot_see_or_grant_a_dataset(setup):
     with TestClient(app, headers={"Authorization": f"Bearer {r.json()['token']}"}) as ops:
         assert ops.get(f"/api/v1/datasets/{ds['id']}/access").status_code == 403
         assert ds["id"] not in ops.get("/api/v1/datasets").text
+
+
+def test_results_size_is_reported_in_usage_and_a_full_project_gets_no_new_jobs(setup, settings, tmp_path):
+    from broker.errors import Invalid
+    from broker.services import storage
+    from broker.settings import Settings
+
+    c, _, _ = setup
+    u = c.get("/api/v1/projects/ouh-liver/usage").json()["results_storage"]
+    assert u["limit_bytes"] == int(settings.results_max_gb_per_project * storage.GIB) and u["bytes"] is not None
+    small = Settings(data_dir=tmp_path, results_max_gb_per_project=1e-6)  # about 1 KiB
+    d = small.results_dir("p1")
+    d.mkdir(parents=True)
+    (d / "model.bin").write_bytes(b"\0" * 4096)
+    assert storage.measure(small, "p1")["full"] is True
+    with pytest.raises(Invalid) as err:
+        storage.check_room(small, "p1")
+    assert err.value.code == "RESULTS_FULL"
+    (d / "model.bin").unlink()
+    assert storage.measure(small, "p1") == {**storage.usage(small, "p1"), "bytes": 0, "full": False}
