@@ -210,7 +210,7 @@ def _local_head(settings: Settings, *, gpus: int, nodes: int, gpu_model: str):
         for p in ([prev.head] if prev.head else []) + prev.agents:
             if group_leader_alive(p.pgid, p.start_ticks):
                 stop_group(p.pgid)
-        ended = kill_orphans(settings.data_dir / "logs")
+        ended = kill_orphans(settings.data_dir / "logs", settings.secrets_tmpfs_dir)
         typer.echo(f"the previous run's Ray head is gone: ended its remains"
                    f"{' and ' + str(len(ended)) + ' orphaned worker(s)' if ended else ''}; starting anew")
         Embedded.forget(settings.data_dir)
