@@ -5,13 +5,14 @@ A secret's value goes in (`SecretPut`) and never comes out: `SecretPublic` has n
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from broker.schemas.base import SLUG, Input
 
 DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$"
 ABS_PATH = r"^/[A-Za-z0-9._/+@=-]{0,1023}$"  # no spaces, no shell or option characters
 
 
@@ -44,8 +45,10 @@ class DatasetCreate(Input):
     department: str = Field(pattern=SLUG, description="the owning department")
     path: str = Field(pattern=ABS_PATH, description="absolute path of the data on the nodes that hold it")
     shared: bool = Field(False, description="the path exists on every node (a shared filesystem)")
-    nodes: list[str] = Field(default_factory=list, max_length=256, description="nodes that hold it")
-    pools: list[str] = Field(default_factory=list, max_length=64, description="pools whose nodes all hold it")
+    nodes: list[Annotated[str, Field(pattern=NODE_NAME)]] = Field(default_factory=list, max_length=256,
+                                                                  description="nodes that hold it")
+    pools: list[Annotated[str, Field(pattern=SLUG)]] = Field(default_factory=list, max_length=64,
+                                                             description="pools whose nodes all hold it")
     writable: bool = Field(False, description="may a read-write grant mount it writable")
     retention: str = Field("", max_length=500)
 

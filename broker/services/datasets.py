@@ -27,7 +27,7 @@ from broker.auth.authn import Principal as AuthPrincipal
 from broker.auth.authz import Authz
 from broker.auth.policy import Action, Decision, Ref, Resource
 from broker.errors import Conflict, Forbidden, Invalid, NotFound
-from broker.models import Dataset, DatasetAccess, DatasetGrant, Job
+from broker.models import Dataset, DatasetAccess, DatasetGrant, Department, Job
 from broker.ports import Clock
 from broker.services.admin import audit
 from broker.services.admin.audit import Caller
@@ -77,6 +77,8 @@ class DatasetService:
         dept = fields.pop("department")
         self._require_admin(p, dept, hidden=Invalid(f"unknown department {dept!r}", code="UNKNOWN_DEPARTMENT"))
         with Session(self.engine) as s:
+            if s.get(Department, dept) is None:
+                raise Invalid(f"unknown department {dept!r}", code="UNKNOWN_DEPARTMENT")
             if self._load(s, fields["name"]) is not None:
                 raise Conflict(f"a dataset named {fields['name']!r} exists", code="DATASET_EXISTS")
             d = Dataset(department_id=dept, created_at=self.clock(), created_by=caller.actor, **fields)

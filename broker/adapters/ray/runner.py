@@ -521,12 +521,16 @@ class WorkerRunner:
                              checkpoint_dir=self._inside(self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER),
                              extra=extra)
             with self._lock:
-                if self._stop_requested:  # cancelled before it ever ran
+                cancelled = self._stop_requested
+                if cancelled:  # cancelled before it ever ran
                     self._finish_locked(128 + signal.SIGTERM)
-                    return
-                self._proc = self._spawn(env)
-                self._record_pid(self._proc.pid)
-                self.started_at, self.state = time.time(), RUNNING
+                else:
+                    self._proc = self._spawn(env)
+                    self._record_pid(self._proc.pid)
+                    self.started_at, self.state = time.time(), RUNNING
+            if cancelled:
+                self._cleanup()
+                return
         except Exception as exc:  # noqa: BLE001 - anything that stops the start is the job's end
             if self._pump is not None and self._proc is None:
                 self._pump.close()  # no process will feed it: release the file
