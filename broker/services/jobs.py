@@ -31,7 +31,8 @@ from broker import failpoints, jobstate
 from broker.auth.authn import Principal
 from broker.auth.authz import Authz
 from broker.auth.guard import SubmitGuard
-from broker.auth.policy import Action
+from broker.auth.audit import REDACTED
+from broker.auth.policy import PROJECT_ROLES, Action, Ref, Resource, roles_on
 from broker.errors import Conflict, Invalid, NotFound
 from broker.models import TERMINAL, IdempotencyKey, Job, JobStatus, new_id
 from broker.ports import Clock, Executor
@@ -148,6 +149,9 @@ class JobService:
                  "details": {"audit": audit}}
         return row, event
 
+    def _env_for(self, principal: Principal, out: dict) -> dict:
+        return project_env(self.authz.principal(principal), self.authz, out)
+
     def _check_secrets(self, spec: JobCreate) -> None:
         """Every secret a job names must exist in its project now (422 SECRET_NOT_FOUND)."""
         missing = self.secrets.missing(spec.project, spec.secrets) if self.secrets else list(spec.secrets)
@@ -234,6 +238,7 @@ class JobService:
             job = self._job(s, job_id)
             self.authorize(principal, job, "job.read")
             out = job_public(job, attempts=repo.attempts(s, job_id), placements=repo.placements(s, job_id))
+        out = self._env_for(principal, out)
         if job.admitted_at is not None or job.attempt > 1:
             u = job_usage(self.engine, job_id)
             out["usage"] = {k: u[k] for k in _USAGE_KEYS}
@@ -253,7 +258,9 @@ class JobService:
         projects = visible or ()
         with Session(self.engine) as s:
             rows, nxt = repo.page(s, projects=projects, statuses=statuses, cursor=cursor, limit=limit)
-            return {"items": [job_public(j) for j in rows], "next_cursor": nxt}
+            items = [job_public(j) for j in rows]
+        pp = self.authz.principal(principal)
+        return {"items": [project_env(pp, self.authz, it) for it in items], "next_cursor": nxt}
 
     def events(self, *, principal: Principal, job_id: str, after: int = 0, limit: int = 500) -> dict:
         with Session(self.engine) as s:
@@ -330,6 +337,15 @@ class JobService:
         if job is None:
             raise NotFound(f"job {job_id!r} not found", code="JOB_NOT_FOUND")
         return job
+
+
+def project_env(pp, authz: Authz, out: dict) -> dict:
+    """Env values are the job's project's: a caller without a member or project-admin role in
+    it (a department- or platform-admin) sees the names with their values redacted."""
+    ref = Ref(Resource.PROJECT, department=authz.project_department(out["project"]), project=out["project"])
+    if roles_on(pp, ref) & PROJECT_ROLES or not out.get("env"):
+        return out
+    return {**out, "env": {k: REDACTED for k in out["env"]}}
 
 
 def body_hash(spec: JobCreate) -> str:

@@ -175,3 +175,17 @@ def test_results_size_is_reported_in_usage_and_a_full_project_gets_no_new_jobs(s
     assert err.value.code == "RESULTS_FULL"
     (d / "model.bin").unlink()
     assert storage.measure(small, "p1") == {**storage.usage(small, "p1"), "bytes": 0, "full": False}
+
+
+def test_env_values_are_shown_to_the_jobs_project_only(setup):
+    c, app, _ = setup
+    uid = "u-" + uuid.uuid4().hex[:8]
+    assert c.post("/api/v1/admin/users", json={"id": uid}).status_code == 201
+    assert c.post("/api/v1/projects/ouh-liver/members", json={"user": uid, "role": "member"}).status_code == 201
+    tok = c.post("/api/v1/admin/tokens", json={"name": uid, "user": uid}).json()["token"]
+    jid = c.post("/api/v1/jobs", json=job_body(env={"API_KEY": "k-123456"})).json()["id"]
+    listed = c.get("/api/v1/jobs", params={"project": "ouh-liver", "limit": 500}).json()["items"]
+    assert c.get(f"/api/v1/jobs/{jid}").json()["env"] == {"API_KEY": "[REDACTED]"}  # a platform-admin
+    assert next(j for j in listed if j["id"] == jid)["env"] == {"API_KEY": "[REDACTED]"}
+    with TestClient(app, headers={"Authorization": f"Bearer {tok}"}) as member:
+        assert member.get(f"/api/v1/jobs/{jid}").json()["env"] == {"API_KEY": "k-123456"}
