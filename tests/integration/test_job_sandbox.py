@@ -15,6 +15,7 @@ import pytest
 from broker.adapters.ray import sandbox
 from broker.adapters.ray.runner import cdi_gpus_available, container_name
 from broker.ports import WorkerState
+from tests.integration.conftest import wait_for
 from tests.integration.test_ray_executor import log_fields, spec, until_state
 
 pytestmark = [pytest.mark.ray, pytest.mark.container, pytest.mark.timeout(180)]
@@ -127,10 +128,11 @@ def test_gang_on_one_node_talks_over_two_ports(ray_executor, busybox_image, job_
     port = log_fields(ray_executor, job_id, 0)
     assert port["got"].startswith("hello-") and port["got"].endswith("+hello-29601"), logs
     assert "sent=yes" in logs[1]
-    # the gang's network is gone with it
+    # the gang's network is gone with it (removed right after the workers reported their end)
     import subprocess
 
-    assert subprocess.run(["podman", "network", "exists", sandbox.gang_network(job_id, 1)]).returncode != 0
+    wait_for(lambda: subprocess.run(["podman", "network", "exists", sandbox.gang_network(job_id, 1)]).returncode != 0,
+             15)
 
 
 def test_limits_read_only_root_no_capabilities_and_air_gap(ray_executor, busybox_image, job_id):

@@ -384,6 +384,7 @@ class WorkerRunner:
         self._proc: subprocess.Popen | None = None
         self._stop_requested = False
         self._done = threading.Event()
+        self._gone = threading.Event()  # set once what outlives the exit report is removed too
         self.job_id: str | None = None
         self.attempt, self.rank, self.world_size, self.port = 0, -1, 0, 0
         self.gpu_ids: list[int] = []
@@ -480,7 +481,8 @@ class WorkerRunner:
         if self.job_id is None:
             return True
         self.stop(0.0, "released")
-        return self._done.wait(wait_s)
+        done = self._done.wait(wait_s)
+        return done and self._gone.wait(min(wait_s, 5.0))  # before the actor dies: its gang network
 
     def log_info(self) -> dict[str, Any] | None:
         """The worker's log stats (`LogPump.stats()`), None before it started."""
@@ -530,6 +532,7 @@ class WorkerRunner:
                     self.started_at, self.state = time.time(), RUNNING
             if cancelled:
                 self._cleanup()
+                self._remove_network()
                 return
         except Exception as exc:  # noqa: BLE001 - anything that stops the start is the job's end
             if self._pump is not None and self._proc is None:
@@ -538,6 +541,7 @@ class WorkerRunner:
             with self._lock:
                 self.message = f"could not start: {exc}"[:500]
                 self._finish_locked(EXIT_START_FAILED)
+            self._remove_network()
             return
         if self.max_runtime_s and self.max_runtime_s > 0 and self.max_runtime_s != float("inf"):
             timer = threading.Timer(self.max_runtime_s, self.stop,
@@ -555,6 +559,7 @@ class WorkerRunner:
                 if oom:
                     self.message = oom
             self._finish_locked(code)
+        self._remove_network()
 
     def _notify(self, reason: str, message: str, grace_s: float) -> None:
         """Write the notice before the signal: a job that traps SIGTERM reads why and until
@@ -599,7 +604,7 @@ class WorkerRunner:
 
     def _master(self) -> tuple[str, int]:
         if self.rank == 0:
-            return self.ip, self.port
+            return self.master_addr, self.port
         head = self._master_handle or ray.get_actor(actor_name(self.job_id, self.attempt, 0),
                                                     namespace=self.namespace)
         while not self._stop_requested:  # rank 0 may still be starting; a cancel ends the wait
@@ -693,16 +698,24 @@ class WorkerRunner:
         return extra
 
     def _cleanup(self) -> None:
-        """What lives only as long as the worker: its secret files, scratch, gang network."""
+        """What lives only as long as the worker: its secret files and scratch (before its end
+        is reported; the gang network after it, see `_remove_network`)."""
         sandbox.remove_secrets(self._secret_dir)
         self._secret_dir = None
         if self.scratch_dir:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
-        if self._gang_net:
-            env = launch_env(os.environ)
-            if not sandbox.remove_network(self._gang_net, env):  # a gang mate still uses it:
-                time.sleep(1.0)  # the last worker out removes it
-                sandbox.remove_network(self._gang_net, env)
+
+    def _remove_network(self) -> None:
+        """The last worker of the gang out removes its network (podman refuses while another
+        container is on it; one that is still being removed gets a second try)."""
+        try:
+            if self._gang_net:
+                env = launch_env(os.environ)
+                if not sandbox.remove_network(self._gang_net, env):  # a gang mate still uses it:
+                    time.sleep(1.0)  # the last worker out removes it
+                    sandbox.remove_network(self._gang_net, env)
+        finally:
+            self._gone.set()
 
     def _terminate(self, proc: subprocess.Popen, grace_s: float) -> None:
         if self.runtime == "container":
