@@ -26,6 +26,7 @@ deletes when the worker ends: a value never reaches a disk, podman's argv, or an
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -96,8 +97,17 @@ def _rule_tag(name: str) -> str:
     return "cb-" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
+NETWORK_CONFIG_DIR = Path("/etc/containers/networks")  # rootful podman's netavark network files
+
+
 def _network_facts(name: str, env: Mapping[str, str]) -> tuple[str, str] | None:
-    """(bridge interface, gateway) of a podman network, None where podman cannot say."""
+    """(bridge interface, gateway) of a podman network, None where podman cannot say: from
+    netavark's file when there is one (no process to start), else `podman network inspect`."""
+    try:
+        conf = json.loads((NETWORK_CONFIG_DIR / f"{name}.json").read_text())
+        return conf["network_interface"], conf["subnets"][0]["gateway"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        pass
     r = subprocess.run(["podman", "network", "inspect", name, "--format",
                         "{{.NetworkInterface}} {{range .Subnets}}{{.Gateway}} {{end}}"],
                        capture_output=True, text=True, env=dict(env), timeout=60, check=False)
@@ -116,15 +126,19 @@ def guard_gateway(name: str, env: Mapping[str, str], fresh: bool = False) -> boo
     tag = _rule_tag(name)
     if not fresh and _rules_present(tag):  # a gang mate created the network and its rules
         return True
-    rules = [["-I", "INPUT", "-i", iface, "-j", "REJECT"],
-             ["-I", "INPUT", "-i", iface, "-p", "udp", "-d", gateway, "--dport", "53", "-j", "ACCEPT"],
-             ["-I", "INPUT", "-i", iface, "-p", "tcp", "-d", gateway, "--dport", "53", "-j", "ACCEPT"]]
-    for rule in rules:
-        r = subprocess.run(["iptables", "-w", *rule, "-m", "comment", "--comment", tag], capture_output=True,
-                           timeout=30, check=False)
-        if r.returncode != 0:
-            return False
-    return True
+    rules = [f"-I INPUT -i {iface} -j REJECT",
+             f"-I INPUT -i {iface} -p udp -d {gateway} --dport 53 -j ACCEPT",
+             f"-I INPUT -i {iface} -p tcp -d {gateway} --dport 53 -j ACCEPT"]
+    return _restore(f"{r} -m comment --comment {tag}" for r in rules)
+
+
+def _restore(rules: Iterable[str]) -> bool:
+    """Apply filter-table rule changes in one `iptables-restore` (one take of the xtables lock,
+    which every container start on the node also needs)."""
+    payload = "*filter\n" + "".join(r + "\n" for r in rules) + "COMMIT\n"
+    r = subprocess.run(["iptables-restore", "-w", "--noflush"], input=payload.encode(), capture_output=True,
+                       timeout=30, check=False)
+    return r.returncode == 0
 
 
 def _rules_present(tag: str) -> bool:
@@ -137,11 +151,9 @@ def unguard_gateway(name: str) -> None:
         return
     tag = _rule_tag(name)
     r = subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True, timeout=30, check=False)
-    for line in r.stdout.splitlines():
-        if tag in line and line.startswith("-A INPUT"):
-            spec = line.split()[2:]
-            subprocess.run(["iptables", "-w", "-D", "INPUT", *[s.strip('"') for s in spec]], capture_output=True,
-                           timeout=30, check=False)
+    gone = ["-D " + line[3:] for line in r.stdout.splitlines() if tag in line and line.startswith("-A INPUT")]
+    if gone:
+        _restore(gone)
 
 
 def is_tmpfs(path: str | os.PathLike) -> bool:
