@@ -62,6 +62,14 @@ class LaunchSpec:
     checkpoint_dir: str = ""
     # the cap of each worker's log file in bytes (head and tail kept, see the runner); 0 = none
     log_max_bytes: int = 0
+    # project secrets the job named: name -> value, written by the runner to tmpfs files at
+    # /run/secrets/NAME (never env, never logged: repr=False keeps them out of any repr)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # datasets: (host path, path in the container, "ro" | "rw"); a process job gets env instead
+    mounts: tuple[tuple[str, str, str], ...] = ()
+    no_egress: bool = False  # the pool is air-gapped: no network beyond the gang itself
+    scratch_dir: str = ""  # per attempt, removed when it ends ("" = none)
+    results_dir: str = ""  # per project, survives the job ("" = none)
 
 
 class WorkerState(str, enum.Enum):

@@ -96,6 +96,25 @@ class Settings(BaseSettings):
     # on every request).
     overview_max_age_s: float = Field(2.0, ge=0)
 
+    # Hospital data, secrets and job isolation (issue 13; docs/SECURITY.md).
+    # Secrets are Fernet-encrypted at rest: `secrets_key` (one key, or several comma-separated:
+    # the first encrypts, all decrypt, for key rotation) or else the key file (default
+    # <data_dir>/secrets.key, one key a line; `broker up` creates it mode 0600 when missing).
+    secrets_key: str = ""
+    secrets_key_file: Path | None = None
+    # Where runners write a job's secret files (a tmpfs on every node: values never reach a disk).
+    secrets_tmpfs_dir: Path = Path("/dev/shm")
+    # Container jobs: own network namespace, no capabilities, no-new-privileges, read-only root
+    # (unless the job asks), CPU/memory/pids limits as admitted. False: the host network, as before.
+    job_isolation: bool = True
+    job_pids_limit: int = Field(4096, ge=0)  # 0: no pids limit
+    no_egress_pools: list[str] = []  # pools whose jobs get no network beyond their own gang
+    # Per-attempt scratch (removed at the end) and per-project results (kept; size reported in
+    # usage, new jobs refused past the limit). Defaults under <data_dir>.
+    scratch_root: Path | None = None
+    results_root: Path | None = None
+    results_max_gb_per_project: float = Field(100.0, ge=0)
+
     default_max_runtime_s: float = 24 * 3600.0
     seed_demo: bool = True
 
@@ -187,6 +206,18 @@ class Settings(BaseSettings):
     def checkpoint_dir(self, project: str, job_id: str) -> Path:
         """A checkpointable job's directory (ids are the broker's own: no user path)."""
         return self.checkpoint_root_dir / project / job_id
+
+    @property
+    def secrets_key_path(self) -> Path:
+        return Path(self.secrets_key_file) if self.secrets_key_file else Path(self.data_dir) / "secrets.key"
+
+    def scratch_dir(self, job_id: str, attempt: int) -> Path:
+        root = self.scratch_root if self.scratch_root is not None else Path(self.data_dir) / "scratch"
+        return Path(root).resolve() / job_id / str(attempt)
+
+    def results_dir(self, project: str) -> Path:
+        root = self.results_root if self.results_root is not None else Path(self.data_dir) / "results"
+        return Path(root).resolve() / project
 
     @property
     def log_dir(self) -> Path:

@@ -114,6 +114,8 @@ class _Cycle:
         # the class as a bool: a str-Enum hashes through Python code, a bool in C
         key = (job.workload_class is _OP, job.pool, job.gpu_models, job.workers, pw.gpus, pw.cpus, pw.memory_gb,
                self.lend_all or self.may_borrow_lent(job))
+        if job.nodes:  # only where its data is (a distinct shape)
+            key += (job.nodes,)
         s = self.shapes.get(key)
         if s is None:
             s = self.shapes[key] = Shape(self.world, job, key[7])
@@ -411,6 +413,8 @@ class _Cycle:
         code = s.code
         if code is ReasonCode.GPU_MODEL_UNAVAILABLE:
             return self.wait(job, code, {"gpu_models": job.gpu_models}, position)
+        if code is ReasonCode.DATA_UNAVAILABLE:
+            return self.wait(job, code, {"nodes": sorted(job.nodes)}, position)
         if code is ReasonCode.NEVER_FITS:
             return self.wait(job, code, {"per_worker": s.g, "largest_node": s.largest}, position)
         return self.wait(job, code, self.capacity_details(s, list(s.fids)), position)
@@ -424,7 +428,7 @@ class _Cycle:
         w = self.world
         fx = w.flavors[fid]
         if fx.total_free_g >= s.req[0] and fx.max_free >= s.g:
-            placed = w.place(fid, s.w, s.g, s.c, s.m)
+            placed = w.place(fid, s.w, s.g, s.c, s.m, s.allowed)
             if placed is not None:
                 return placed, None, False
         res = self.reservations.by_fid.get(fid)
@@ -432,7 +436,7 @@ class _Cycle:
             return None, None, False
         self.runtime_dependent = True
         redo = res.lift(w)
-        placed = w.place(fid, s.w, s.g, s.c, s.m) if fx.max_free >= s.g else None
+        placed = w.place(fid, s.w, s.g, s.c, s.m, s.allowed) if fx.max_free >= s.g else None
         if placed is not None and (within_guarantee or self.now + self.expected_runtime(job) <= res.start + EPS):
             return placed, redo, False
         redo()

@@ -38,7 +38,7 @@ class Shape:
     then the job's model preference, then names.
     """
 
-    __slots__ = ("fids", "ready_fids", "code", "largest", "w", "g", "c", "m", "req", "rank")
+    __slots__ = ("fids", "ready_fids", "code", "largest", "w", "g", "c", "m", "req", "rank", "allowed")
 
     def __init__(self, world: World, job: Job, may_borrow_lent: bool = True) -> None:
         pw = job.per_worker
@@ -67,9 +67,17 @@ class Shape:
             mi = models.index(fx.flavor.gpu_model) if models else 0
             return (lent, mi, fx.flavor.pool, fx.flavor.gpu_model)
 
+        self.allowed = None  # `place`'s node filter: None, or only the nodes that hold the job's data
+        if job.nodes:
+            only = frozenset(world.by_id[n] for n in job.nodes if n in world.by_id)
+            self.allowed = lambda wn, k, _only=only: k if wn.i in _only else 0
+            fits = [fx for fx in fits if any(i in only and world.nodes[i].ready for i in fx.nodes)]
         self.fids = tuple(fx.fid for fx in sorted(fits, key=rank))
         self.ready_fids = tuple(f for f in self.fids if world.flavors[f].any_ready)
         self.code: ReasonCode | None = None  # a reason that holds whatever the cycle does
+        if job.nodes and not self.fids and with_model:
+            self.code = ReasonCode.DATA_UNAVAILABLE
+            return
         if not pool_ok:
             self.code = ReasonCode.NEVER_FITS
         elif not with_model:

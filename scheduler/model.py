@@ -164,6 +164,8 @@ class Job:
     # Saves its state and resumes from it: a preemption costs it only the work since its last
     # checkpoint (`Running.checkpoint_time`), so it is the cheaper victim.
     checkpointable: bool = False
+    # Only these nodes hold the data the job mounts (datasets on named nodes); empty: any node.
+    nodes: frozenset[str] = frozenset()
 
     @property
     def total(self) -> Resources:
@@ -289,6 +291,7 @@ class ReasonCode(str, Enum):
     BACKFILL_RESERVATION = "BACKFILL_RESERVATION"
     PREEMPTING = "PREEMPTING"  # victims were chosen; starts once they have stopped
     NEVER_FITS = "NEVER_FITS"  # no node of its pools could ever hold one worker
+    DATA_UNAVAILABLE = "DATA_UNAVAILABLE"  # no ready node of its pools holds the data it mounts
 
 
 @dataclass(frozen=True, slots=True)

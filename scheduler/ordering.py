@@ -57,6 +57,8 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
         pw = j.per_worker
         key = (j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb,
                lend_all or lendable(j))
+        if j.nodes:
+            key += (j.nodes,)
         got = info.get(key)
         if got is None:
             s = shapes.get(key) or shape(j)

@@ -377,8 +377,8 @@ def _search(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, w
             if _node_fits(nodes[target], *fr, s):
                 chosen = rest
         undos = [_release(w, r) for r, _ in chosen]
-        placed = w.place(fid, 1, s.g, s.c, s.m)
-        if placed is not None and placed[0][0] != target:
+        placed = w.place(fid, 1, s.g, s.c, s.m, s.allowed)
+        if placed is not None and placed[0][0] != target and (s.allowed is None or s.allowed(nodes[target], 1)):
             placed = [(target, 1)] if nodes[target].fits(s.g, s.c, s.m) >= 1 else placed
     else:
         undos = []
@@ -390,7 +390,7 @@ def _search(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, w
             undos.append(_release(w, r))
             fx = w.flavors[fid]
             if fx.total_free_g >= s.req[0] and fx.max_free >= s.g:
-                placed = w.place(fid, s.w, s.g, s.c, s.m)
+                placed = w.place(fid, s.w, s.g, s.c, s.m, s.allowed)
                 if placed is not None:
                     break
         if placed is None:
@@ -399,14 +399,14 @@ def _search(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool, w
             return None
         for idx in range(len(chosen) - 1, -1, -1):  # put back, latest first, what is not needed
             undos[idx]()
-            p = w.place(fid, s.w, s.g, s.c, s.m)
+            p = w.place(fid, s.w, s.g, s.c, s.m, s.allowed)
             if p is not None:
                 placed = p
                 del chosen[idx]
                 del undos[idx]
             else:
                 undos[idx] = _release(w, chosen[idx][0])
-        placed = w.place(fid, s.w, s.g, s.c, s.m)
+        placed = w.place(fid, s.w, s.g, s.c, s.m, s.allowed)
     ok = placed is not None and _quota_ok(cyc, job, s, fid, [r for r, _ in chosen])
     for u in reversed(undos):
         u()

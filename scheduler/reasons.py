@@ -64,6 +64,9 @@ def message(code: ReasonCode, d: Mapping[str, object], position: int | None = No
     if code is ReasonCode.GPU_MODEL_UNAVAILABLE:
         return (f"No healthy node with the requested GPU model ({', '.join(d.get('gpu_models', ()))}) "
                 f"is available in the pools this job may use.")
+    if code is ReasonCode.DATA_UNAVAILABLE:
+        return (f"The data this job mounts is only on {', '.join(d.get('nodes', ()))}, and none of them is a ready "
+                "node of the pools it may use; it starts when one is.")
     if code is ReasonCode.WAITING_FOR_HIGHER_PRIORITY:
         return (f"The job is number {position} in the queue and waits for the jobs "
                 f"ahead of it to start first.")

@@ -30,6 +30,9 @@ from broker.services.jobs import JobService
 from broker.services.logs import LogService
 from broker.services.overview import OverviewService
 from broker.services.reports import ReportService
+
+from broker.services.datasets import DatasetService
+from broker.services.secrets import SecretService
 from broker.services.telemetry.reads import TelemetryReads
 from broker.services.telemetry.service import TelemetryService
 from broker.services.wiring import Services
@@ -106,3 +109,6 @@ Quotas = Annotated[QuotaAdmin, Depends(_service("quotas"))]
 AdminSettings = Annotated[SettingsAdmin, Depends(_service("admin_settings"))]
 Reports = Annotated[ReportService, Depends(_service("reports"))]
 Capacity = Annotated[CapacityService, Depends(_service("capacity"))]
+
+Secrets = Annotated[SecretService, Depends(_service("secrets"))]
+Datasets = Annotated[DatasetService, Depends(_service("datasets"))]

@@ -169,6 +169,10 @@ class Action(str, enum.Enum):
     PROJECT_DELETE = "project.delete"
     PROJECT_QUOTA_UPDATE = "project.quota.update"
     PROJECT_RUNTIME_ADMIN = "project.runtime.admin"  # allow runtime 'process' (host code execution)
+    PROJECT_SECRETS_READ = "project.secrets.read"  # names and versions, never values
+    PROJECT_SECRETS_MANAGE = "project.secrets.manage"  # create, rotate, delete
+    # datasets (Ref: the dataset's department; DATASET_USE's Ref is the project that mounts it)
+    DATASET_ADMIN = "dataset.admin"  # register, grant, revoke, read access records
     # departments (Ref: department)
     DEPARTMENT_READ = "department.read"
     DEPARTMENT_USAGE_READ = "department.usage.read"
@@ -311,6 +315,9 @@ _SPECS: dict[Action, _Spec] = {
     Action.PROJECT_DELETE: _Spec(Resource.PROJECT, _any_of(_P, _D)),
     Action.PROJECT_QUOTA_UPDATE: _Spec(Resource.PROJECT, _any_of(_P, _D)),
     Action.PROJECT_RUNTIME_ADMIN: _Spec(Resource.PROJECT, _any_of(_P)),
+    Action.PROJECT_SECRETS_READ: _Spec(Resource.PROJECT, _any_of(_P, _D, _PA, _M)),
+    Action.PROJECT_SECRETS_MANAGE: _Spec(Resource.PROJECT, _any_of(_P, _D, _PA)),
+    Action.DATASET_ADMIN: _Spec(Resource.DEPARTMENT, _any_of(_P, _D)),
     Action.DEPARTMENT_READ: _Spec(Resource.DEPARTMENT, lambda p, r, h: True),  # = visible
     Action.DEPARTMENT_USAGE_READ: _Spec(Resource.DEPARTMENT, _any_of(_P, _D, _O)),
     Action.DEPARTMENT_MEMBERS_MANAGE: _Spec(Resource.DEPARTMENT, _any_of(_P)),

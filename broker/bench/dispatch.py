@@ -53,7 +53,10 @@ def _wait(pred, timeout_s: float, what: str):
 
 
 def bench(n: int = 20, *, gpus_per_node: int = 2, project: str = "ouh-liver",
-          warm_runners: int = 2, keep_dir: str | None = None) -> dict:
+          warm_runners: int = 2, keep_dir: str | None = None, isolation: bool = False,
+          image: str = "localhost/busybox:test") -> dict:
+    """`isolation` True: the isolation comparison instead of the Ray Jobs one (see
+    `_isolation_cost`)."""
     import uvicorn
     from sqlmodel import Session
 
@@ -92,6 +95,9 @@ def bench(n: int = 20, *, gpus_per_node: int = 2, project: str = "ouh-liver",
         thread.start()
         _wait(lambda: True if server.started else None, 60, "the API start")
         client = BrokerClient(f"http://127.0.0.1:{port}", token)
+        if isolation:
+            return _isolation_cost(n, client=client, executor=executor, settings=settings, project=project,
+                                   image=image, warm_runners=warm_runners)
         ray_jobs = RayJobsBaseline(cluster.dashboard_url)
 
         def broker_once(i: int) -> float:
@@ -137,3 +143,37 @@ def bench(n: int = 20, *, gpus_per_node: int = 2, project: str = "ouh-liver",
             "warm_runners": warm_runners,
             "broker_ms": [round(x, 1) for x in b], "ray_jobs_ms": [round(x, 1) for x in r],
             "warmup": {k: round(v, 1) for k, v in warm.items()}}
+
+
+def _isolation_cost(n: int, *, client, executor, settings, project: str, image: str, warm_runners: int) -> dict:
+    """Container jobs through the same broker, alternately with the sandbox (own network
+    namespace, gang network and its gateway rule, no capabilities, read-only root, limits) and
+    without it (host network, podman's defaults): submit -> the container's first command ran,
+    read from the mtime of a file it touches in its results directory (one clock: the node's)."""
+    results = settings.results_dir(project)
+
+    def once(i: int, isolated: bool) -> float:
+        executor.isolation = isolated  # read by the executor at launch, per job
+        m = results / f"iso-{int(isolated)}-{i}"
+        t0 = time.time()
+        job = client.submit(name=f"iso-{i}", project=project, image=image,
+                            command=["sh", "-c", f"touch /results/{m.name}"],
+                            resources={"gpus": 1, "cpus": 1, "memory_gb": 0.5}, max_runtime_s=120,
+                            workload_class="innovation")
+        ran = _wait(lambda: m.stat().st_mtime if m.exists() else None, 120, f"container job {job['id']} start")
+        done = client.wait(job["id"], timeout=120, poll_s=0.05)
+        if done["status"] != "SUCCEEDED":
+            raise RuntimeError(f"container job {job['id']} ended {done['status']}: {done['message']}")
+        return (ran - t0) * 1000
+
+    once(-1, True), once(-2, False)  # warm-up, not counted
+    on, off = [], []
+    for i in range(n):
+        for isolated in ((True, False) if i % 2 == 0 else (False, True)):
+            (on if isolated else off).append(once(i, isolated))
+    client.close()
+    mon, moff = statistics.median(on), statistics.median(off)
+    return {"isolated_ms_median": round(mon, 1), "host_ms_median": round(moff, 1),
+            "ratio": round(mon / moff, 3), "goal_ratio": 1.10, "n": n, "path": "api-container",
+            "warm_runners": warm_runners, "isolated_ms": [round(x, 1) for x in on],
+            "host_ms": [round(x, 1) for x in off]}

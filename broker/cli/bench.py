@@ -133,11 +133,23 @@ def bench_dispatch(
     gpus: int = typer.Option(2, "--gpus", metavar="N", min=1, help="logical GPUs of the local Ray node"),
     warm: int = typer.Option(2, "--warm-runners", metavar="N", min=0,
                              help="spare runner actors per node (0: the cold path)"),
+    isolation: bool = typer.Option(False, "--isolation",
+                                   help="container jobs with and without the sandbox, alternately (goal <= +10 %)"),
 ):
     """Start an idle local Ray node and a broker on it, then time both dispatch paths."""
     from broker.bench.dispatch import bench
 
+    if isolation:
+        _emit(bench(n, gpus_per_node=gpus, warm_runners=warm, isolation=True), as_json, _isolation_lines)
+        return
     _emit(bench(n, gpus_per_node=gpus, warm_runners=warm), as_json, _dispatch_lines)
+
+
+def _isolation_lines(out: dict) -> list[str]:
+    verdict = "meets" if out["ratio"] <= out["goal_ratio"] else "misses"
+    return [f"container, sandboxed (own netns, gang network, read-only, limits): median {out['isolated_ms_median']:.1f} ms",
+            f"container, host network, no sandbox:                             median {out['host_ms_median']:.1f} ms",
+            f"ratio {out['ratio']:.3f} ({verdict} the goal <= {out['goal_ratio']}), n={out['n']} each"]
 
 
 def _dispatch_lines(out: dict) -> list[str]:

@@ -28,6 +28,8 @@ HINTS = {
     "FRAGMENTED": "Enough GPUs are free in total, but not enough on single nodes for each worker: "
                   "fewer GPUs per worker (and more workers) may start sooner.",
     "GPU_MODEL_UNAVAILABLE": "No schedulable node has the GPU model asked for: drop or widen gpu_model.",
+    "DATA_UNAVAILABLE": "None of the nodes that hold its datasets is ready: it starts when one is "
+                        "(ask the dataset's admins where the data lives).",
     "WAITING_FOR_HIGHER_PRIORITY": "Jobs ahead of it in the fair-share order come first.",
     "BACKFILL_RESERVATION": "Free GPUs are reserved for a bigger job ahead of it; a shorter "
                             "max_runtime_s lets it backfill before that job starts.",

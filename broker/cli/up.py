@@ -37,6 +37,7 @@ from sqlmodel import Session
 from broker.cli.embedded import DataDirBusy, DataDirLock, Embedded, Proc
 from broker.db import make_engine, migrate
 from broker.services.bootstrap import ensure_admin_token, seed_demo
+from broker.services.secrets import ensure_key_file
 from broker.settings import Settings
 from broker.services.bootstrap import issue_agent_token
 
@@ -93,6 +94,8 @@ def up(
                 typer.echo("seeded the demo region (OUH, SLB, SVS, SHS, Regional IT)")
             s.commit()
     token_path = ensure_admin_token(settings, engine)
+    if not settings.secrets_key:
+        ensure_key_file(settings.secrets_key_path)  # project secrets are encrypted with it (0600)
     typer.echo(f"platform-admin token: {token_path} (mode 0600)")
 
     # SIGTERM behaves like Ctrl-C, so a service manager stops us cleanly too (exit 0). Installed
@@ -129,7 +132,9 @@ def up(
                                  [Proc(w, process_start_ticks(w), n) for w, n in
                                   zip(cluster.worker_pids, cluster.node_names[1:])])
                 state.save(settings.data_dir)
-        executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs")
+        executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs",
+                               isolation=settings.job_isolation, pids_limit=settings.job_pids_limit,
+                               secrets_dir=settings.secrets_tmpfs_dir)
         if settings.k8s_enabled:
             from broker.adapters.k8s import connect
             from broker.adapters.k8s.executor import KubeRayExecutor
@@ -243,7 +248,7 @@ def _local_head(settings: Settings, *, gpus: int, nodes: int, gpu_model: str, vi
         for p in prev.workers + ([prev.head] if prev.head else []) + prev.agents:
             if group_leader_alive(p.pgid, p.start_ticks):
                 stop_group(p.pgid)
-        ended = kill_orphans(settings.data_dir / "logs")
+        ended = kill_orphans(settings.data_dir / "logs", settings.secrets_tmpfs_dir)
         typer.echo(f"the previous run's Ray head is gone: ended its remains"
                    f"{' and ' + str(len(ended)) + ' orphaned worker(s)' if ended else ''}; starting anew")
         Embedded.forget(settings.data_dir)

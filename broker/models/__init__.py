@@ -15,6 +15,7 @@ API shapes live in `broker.schemas`; these classes are rows only.
 """
 
 from broker.models.base import new_id, now
+from broker.models.data import Dataset, DatasetAccess, DatasetGrant, ProjectSecret
 from broker.models.catalog import Department, Node, Pool, Project, QuotaRow
 from broker.models.jobs import HOLDING, TERMINAL, Attempt, IdempotencyKey, Job, JobEvent, JobStatus, Ledger, Placement
 from broker.models.reports import PoolPrice
@@ -28,4 +29,5 @@ __all__ = [
     "IdempotencyKey", "Job", "JobEvent", "JobStatus", "Ledger", "Placement", "AgentState", "AdminSetting",
     "ApiToken", "AuditEntry", "Membership", "TokenOwner", "User", "GpuRollup", "GpuSample", "HostSampleRow",
     "TelemetryMark", "PoolPrice", "IdleAllocation", "IdlePolicy", "NotifyMark", "NotifyOutbox", "NotifySubscription",
+    "Dataset", "DatasetAccess", "DatasetGrant", "ProjectSecret",
 ]

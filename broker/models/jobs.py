@@ -72,6 +72,10 @@ class Job(SQLModel, table=True):
     priority: int = 0
     max_retries: int = 0
     checkpointable: bool = False  # saves state to BROKER_CHECKPOINT_DIR and resumes from it
+    # names of project secrets delivered as files at /run/secrets/NAME (never their values)
+    secrets: list = json_field(default_factory=list)
+    # datasets mounted into the job: [{"dataset", "path", "mode"}] (checked against grants at submit)
+    mounts: list = json_field(default_factory=list)
 
     status: str = Field(default=JobStatus.PENDING.value, max_length=16)
     version: int = 1

@@ -16,12 +16,14 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from broker.schemas.base import IMAGE, NAME, SLUG, Input
+from broker.schemas.data import MountIn
 
 MAX_COMMAND_ARGS = 256
 MAX_ARG_CHARS = 4096
 MAX_COMMAND_CHARS = 16 * 1024
 MAX_ENV_VARS = 128
 MAX_ENV_VALUE_CHARS = 8 * 1024
+SECRET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Set by the runner for every worker: a job may not override them.
 RESERVED_ENV = frozenset({"CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK",
@@ -72,6 +74,23 @@ class JobCreate(Input):
                                  "across attempts) and resumes from it, so a preemption loses only the work "
                                  "since its last checkpoint; every job gets BROKER_NOTICE_FILE, written "
                                  "before SIGTERM with the reason and deadline")
+    secrets: list[str] = Field(default_factory=list, max_length=32,
+                               description="names of project secrets the job reads as files at /run/secrets/NAME "
+                               "(mode 0400, on tmpfs); never passed as env, never shown")
+
+    mounts: list[MountIn] = Field(default_factory=list, max_length=16,
+                                  description="datasets granted to the project, mounted read-only unless "
+                                  "granted and asked rw; the job runs only where the data is")
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: list[str]) -> list[str]:
+        for n in v:
+            if not SECRET_NAME.match(n):
+                raise ValueError(f"secret name {n[:64]!r} is not valid (1-64 letters, digits, . _ -)")
+        if len(set(v)) != len(v):
+            raise ValueError("a secret is named twice")
+        return v
 
     @field_validator("command")
     @classmethod
@@ -178,6 +197,8 @@ class JobPublic(BaseModel):
     max_retries: int
     pool: Optional[str] = None
     checkpointable: bool = False
+    secrets: list[str] = []  # names only: a value is never returned
+    mounts: list[dict[str, Any]] = []  # {dataset (id), name, path, mode}
     status: str
     attempt: int
     version: int

@@ -31,7 +31,8 @@ from broker import failpoints, jobstate
 from broker.auth.authn import Principal
 from broker.auth.authz import Authz
 from broker.auth.guard import SubmitGuard
-from broker.auth.policy import Action
+from broker.auth.audit import REDACTED
+from broker.auth.policy import PROJECT_ROLES, Action, Ref, Resource, roles_on
 from broker.errors import Conflict, Invalid, NotFound
 from broker.models import TERMINAL, IdempotencyKey, Job, JobStatus, new_id
 from broker.ports import Clock, Executor
@@ -39,7 +40,10 @@ from broker.schemas import JobCreate
 from broker.services import job_queries as repo
 from broker.services import submit_checks as checks
 from broker.services.admin import audit
+from broker.services import storage
 from broker.services.group_commit import GroupCommitWriter
+from broker.services.datasets import DatasetService
+from broker.services.secrets import SecretService
 from broker.services.telemetry.queries import job_usage
 from broker.services.views import event_public, job_public
 from broker.services.wakeup import Wakeup
@@ -56,10 +60,12 @@ RECHECK_S = 1.0  # an unknown project re-reads the project list at most this oft
 class JobService:
     def __init__(self, settings: Settings, engine: Engine, *, authz: Authz, guard: SubmitGuard,
                  executor: Executor | None = None, wakeup: Wakeup | None = None,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, secrets: SecretService | None = None,
+                 datasets: DatasetService | None = None) -> None:
         """`executor` None: jobs are stored and scheduled nowhere (API-only apps, tests)."""
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
         self.authz, self.guard = authz, guard
+        self.secrets, self.datasets = secrets, datasets
         self.wakeup = wakeup or Wakeup()
         self.projects = checks.TTLCache(lambda: checks.load_projects(engine), ttl_s=5.0)
         self.inventory = checks.TTLCache(lambda: checks.load_inventory(engine), ttl_s=2.0)
@@ -111,6 +117,13 @@ class JobService:
                                            deployment_allows=self.settings.allow_process_runtime)
         elif not self.settings.container_runtime_available:
             raise checks.no_container_runtime()
+        if spec.secrets:
+            self._check_secrets(spec)
+        storage.check_room(self.settings, spec.project)  # the last measured results size (no I/O)
+        mounts = self.datasets.check_mounts(spec.project, spec.mounts, spec.runtime) if spec.mounts and \
+            self.datasets else []
+        if spec.mounts and not self.datasets:
+            raise Invalid("this broker has no dataset service", code="DATASETS_UNAVAILABLE")
         shape = checks.WorkerShape(spec.resources.gpus, spec.resources.cpus, spec.resources.memory_gb,
                                    tuple(spec.resources.models()))
         why = checks.never_fits_cached(self.inventory.get(), workload_class=spec.workload_class,
@@ -124,7 +137,7 @@ class JobService:
             "gpus": spec.resources.gpus, "cpus": spec.resources.cpus, "memory_gb": spec.resources.memory_gb,
             "gpu_models": list(shape.gpu_models), "pool": spec.pool, "workers": spec.workers,
             "max_runtime_s": spec.max_runtime_s, "priority": spec.priority, "max_retries": spec.max_retries,
-            "checkpointable": spec.checkpointable,
+            "checkpointable": spec.checkpointable, "secrets": list(spec.secrets), "mounts": mounts,
             "status": JobStatus.PENDING.value, "version": 1, "attempt": 1, "submit_time": now, "created_at": now,
             "admitted_at": None, "started_at": None, "finished_at": None, "cancel_requested_at": None,
             "exit_code": None, "message": "", "pending_code": None, "pending_message": "", "pending_details": {},
@@ -138,6 +151,16 @@ class JobService:
                  "details": {"audit": audit}}
         return row, event
 
+    def _env_for(self, principal: Principal, out: dict) -> dict:
+        return project_env(self.authz.principal(principal), self.authz, out)
+
+    def _check_secrets(self, spec: JobCreate) -> None:
+        """Every secret a job names must exist in its project now (422 SECRET_NOT_FOUND)."""
+        missing = self.secrets.missing(spec.project, spec.secrets) if self.secrets else list(spec.secrets)
+        if missing:
+            raise Invalid(f"project {spec.project!r} has no secret named {', '.join(missing)}",
+                          code="SECRET_NOT_FOUND", details={"secrets": missing})
+
     def catalog_changed(self) -> None:
         """Forget the cached projects, pools and nodes: call after writing them in this process
         (admin changes, node sync). Other processes' writes show within the caches' TTLs."""
@@ -147,7 +170,7 @@ class JobService:
     def cache_ready(self, spec: JobCreate | None = None) -> bool:
         """True when `prepare(spec)` reads no database (async callers may then run it inline).
         A process job always reads its project's permission fresh."""
-        if spec is not None and spec.runtime == "process":
+        if spec is not None and (spec.runtime == "process" or spec.secrets or spec.mounts):
             return False
         return self.projects.fresh() is not None and self.inventory.fresh() is not None
 
@@ -217,6 +240,7 @@ class JobService:
             job = self._job(s, job_id)
             self.authorize(principal, job, "job.read")
             out = job_public(job, attempts=repo.attempts(s, job_id), placements=repo.placements(s, job_id))
+        out = self._env_for(principal, out)
         if job.admitted_at is not None or job.attempt > 1:
             u = job_usage(self.engine, job_id)
             out["usage"] = {k: u[k] for k in _USAGE_KEYS}
@@ -236,7 +260,9 @@ class JobService:
         projects = visible or ()
         with Session(self.engine) as s:
             rows, nxt = repo.page(s, projects=projects, statuses=statuses, cursor=cursor, limit=limit)
-            return {"items": [job_public(j) for j in rows], "next_cursor": nxt}
+            items = [job_public(j) for j in rows]
+        pp = self.authz.principal(principal)
+        return {"items": [project_env(pp, self.authz, it) for it in items], "next_cursor": nxt}
 
     def events(self, *, principal: Principal, job_id: str, after: int = 0, limit: int = 500) -> dict:
         with Session(self.engine) as s:
@@ -313,6 +339,15 @@ class JobService:
         if job is None:
             raise NotFound(f"job {job_id!r} not found", code="JOB_NOT_FOUND")
         return job
+
+
+def project_env(pp, authz: Authz, out: dict) -> dict:
+    """Env values are the job's project's: a caller without a member or project-admin role in
+    it (a department- or platform-admin) sees the names with their values redacted."""
+    ref = Ref(Resource.PROJECT, department=authz.project_department(out["project"]), project=out["project"])
+    if roles_on(pp, ref) & PROJECT_ROLES or not out.get("env"):
+        return out
+    return {**out, "env": {k: REDACTED for k in out["env"]}}
 
 
 def body_hash(spec: JobCreate) -> str:

@@ -37,7 +37,9 @@ from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
 from broker.ports import AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
 from broker.services import scheduling_queries as repo
 from broker.services.checkpoints import last_checkpoint
+from broker.services import jobdata
 from broker.services.leadership import Leadership
+from broker.services.secrets import SecretService
 from broker.services.snapshot import RATIO_WINDOW, build_snapshot, lookback_start, runtime_ratio
 from broker.settings import Settings
 from scheduler import run_cycle
@@ -73,7 +75,8 @@ class SchedulingLoop:
                  clock: Clock = time.time, policy: Policy | None = None,
                  on_nodes_changed: Callable[[], None] | None = None, leader: Leadership | None = None,
                  on_tick: Callable[[TickReport], None] | None = None,
-                 pending_note: Callable[[str], str | None] | None = None) -> None:
+                 pending_note: Callable[[str], str | None] | None = None,
+                 secrets: SecretService | None = None) -> None:
         """`leader`: every transaction of the loop is fenced by it (`Leadership.guard`), so a
         broker that lost the leadership mid-tick commits nothing more; None: unfenced.
         `on_tick`: told each finished tick's report (metrics; must not block).
@@ -82,6 +85,7 @@ class SchedulingLoop:
         self.on_tick = on_tick
         self.settings, self.engine, self.executor, self.clock = settings, engine, executor, clock
         self.leader = leader
+        self.secrets = secrets  # reads a job's secrets at launch (services.jobdata)
         self.on_nodes_changed = on_nodes_changed  # e.g. drop the submit path's inventory cache
         self.pending_note = pending_note
         self.policy = policy or settings.policy()
@@ -470,6 +474,7 @@ class SchedulingLoop:
             if not self._still_admitted(job):
                 continue  # another tick or broker moved it on; or this broker is no longer leader
             try:
+                spec = jobdata.complete(self, job, spec)  # secrets, datasets, scratch and results
                 self.executor.launch(spec)
             except Exception as e:
                 log.warning("launch of %s/%s failed: %s", job.id, job.attempt, e)

@@ -56,13 +56,32 @@ def lookback_start(now: float, half_life_s: float) -> float:
     return min(month_start(now), now - LOOKBACK_HALF_LIVES * half_life_s)
 
 
-def to_job(row: JobRow) -> Job:
+def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None) -> Job:
     return Job(
         id=row.id, project=row.project_id, workload_class=WorkloadClass(row.workload_class),
         priority=row.priority, submit_time=row.submit_time, workers=row.workers,
         per_worker=Resources(row.gpus, row.cpus, row.memory_gb), gpu_models=tuple(row.gpu_models or ()),
         pool=row.pool, max_runtime_s=row.max_runtime_s, checkpointable=bool(row.checkpointable),
+        nodes=data_nodes(row.mounts, pool_nodes or {}) if getattr(row, "mounts", None) else frozenset(),
     )
+
+
+def data_nodes(mounts: Sequence[Mapping], pool_nodes: Mapping[str, Sequence[str]]) -> frozenset[str]:
+    """The nodes that hold every dataset a job mounts (named nodes, or the nodes of named pools;
+    a shared dataset is everywhere). When none does, the names of where the data lives stand in
+    (they match no node, so the job waits with DATA_UNAVAILABLE naming them)."""
+    allowed: frozenset[str] | None = None
+    where: list[str] = []
+    for m in mounts:
+        names, pools = list(m.get("nodes") or ()), list(m.get("pools") or ())
+        if not names and not pools:
+            continue  # shared: on every node
+        here = frozenset(names) | frozenset(n for p in pools for n in pool_nodes.get(p, ()))
+        where += names + [f"pool {p}" for p in pools]
+        allowed = here if allowed is None else allowed & here
+    if allowed is None:
+        return frozenset()
+    return allowed or frozenset(where)
 
 
 def runtime_ratio(samples: Iterable[tuple[float, float]]) -> float:
@@ -134,6 +153,9 @@ def build_snapshot(
         if n.gpu_model and n.gpu_model not in models_by_pool[n.pool]:
             models_by_pool[n.pool].append(n.gpu_model)
     quota = _quotas(quotas, models_by_pool)
+    pool_nodes: dict[str, list[str]] = defaultdict(list)
+    for n in nodes:
+        pool_nodes[n.pool].append(n.id)
     spent_p, spent_d, decayed = usage_from_ledger(ledger, now, half_life_s)
 
     deps = tuple(
@@ -156,7 +178,7 @@ def build_snapshot(
             continue
         start = j.started_at or j.admitted_at or now
         running.append(Running(
-            job=to_job(j), placements=tuple(Placement(p.rank, p.node_id, tuple(p.gpu_indices or ())) for p in pls),
+            job=to_job(j, pool_nodes), placements=tuple(Placement(p.rank, p.node_id, tuple(p.gpu_indices or ())) for p in pls),
             start_time=start, flavor=Flavor(j.flavor_pool or "", j.flavor_gpu_model or ""), borrowing=j.borrowing,
             checkpoint_time=checkpoints.get(j.id) if j.checkpointable else None,
         ))
@@ -164,5 +186,5 @@ def build_snapshot(
         nodes=tuple(to_node(n) for n in nodes),
         pools=tuple(Pool(p.name, WorkloadClass(p.workload_class), p.lend_to_innovation) for p in pools),
         departments=deps, projects=projs, running=tuple(running),
-        pending=tuple(to_job(j) for j in pending if j.status == JobStatus.PENDING.value),
+        pending=tuple(to_job(j, pool_nodes) for j in pending if j.status == JobStatus.PENDING.value),
     )

@@ -37,6 +37,8 @@ def job_public(j: Any, *, attempts: Iterable[Attempt] = (), placements: Iterable
         "runtime": g("runtime"),
         "max_retries": g("max_retries"),
         "checkpointable": bool(g("checkpointable")),
+        "secrets": list(_opt(j, "secrets") or ()),
+        "mounts": list(_opt(j, "mounts") or ()),
         "pool": g("pool"),
         "status": g("status"),
         "attempt": g("attempt"),
@@ -79,3 +81,8 @@ def event_public(e: JobEvent) -> dict:
     return {"id": e.id, "ts": e.ts, "kind": e.kind, "from_status": e.from_status, "to_status": e.to_status,
             "attempt": e.attempt, "message": e.message,
             "details": {k: v for k, v in (e.details or {}).items() if k != AUDIT_KEY}}
+
+
+def _opt(j: Any, name: str) -> Any:
+    """A column that rows built before it existed (and some test rows) may lack."""
+    return j.get(name) if isinstance(j, Mapping) else getattr(j, name, None)

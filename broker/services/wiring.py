@@ -13,6 +13,7 @@ Invariant: `Services` is immutable; the routes reach it through typed dependenci
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from sqlalchemy.engine import Engine
 
@@ -28,6 +29,8 @@ from broker.services.admin.settings import SettingsAdmin
 from broker.services.admin.tenancy import TenancyAdmin
 from broker.services.admin.tokens import TokenAdmin
 from broker.services.capacity_runs import CapacityService
+
+from broker.services import storage
 from broker.services.catalog import CatalogService
 from broker.services.cluster_sync import ClusterSync
 from broker.services.jobs import JobService
@@ -39,6 +42,8 @@ from broker.services.metrics import ProcessMetrics
 from broker.services.overview import OverviewService
 from broker.services.reports import ReportService
 from broker.services.scheduling import SchedulingLoop
+from broker.services.datasets import DatasetService
+from broker.services.secrets import SecretService
 from broker.services.telemetry.reads import TelemetryReads
 from broker.services.telemetry.service import TelemetryConfig, TelemetryService
 from broker.services.wakeup import Wakeup
@@ -71,6 +76,8 @@ class Services:
     capacity: CapacityService  # trace export and what-if replays (background runs)
     idle: IdleService
     notify: NotifyService
+    secrets: SecretService
+    datasets: DatasetService
     cluster_sync: ClusterSync | None = None  # cluster mode (Kubernetes) only
 
 
@@ -86,7 +93,10 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
     wakeup = Wakeup()
     admin_settings = SettingsAdmin(engine, authz, settings, on_change=lambda: guard.invalidate())
     guard = SubmitGuard(settings, engine, authz, admin_settings=admin_settings.effective)
-    jobs = JobService(settings, engine, authz=authz, guard=guard, executor=executor, wakeup=wakeup)
+    secrets = SecretService(settings, engine, authz)
+    datasets = DatasetService(engine, authz)
+    jobs = JobService(settings, engine, authz=authz, guard=guard, executor=executor, wakeup=wakeup,
+                      secrets=secrets, datasets=datasets)
 
     def quotas_changed() -> None:
         jobs.catalog_changed()  # pools and nodes changed: the submit checks' caches too
@@ -98,7 +108,8 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
                                on_nodes_changed=jobs.catalog_changed) if cluster is not None else None
     loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed, leader=leader,
                           on_tick=process.on_tick,
-                          pending_note=cluster_sync.note if cluster_sync else None) if executor else None
+                          pending_note=cluster_sync.note if cluster_sync else None,
+                          secrets=secrets) if executor else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
         wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
@@ -109,8 +120,9 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         telemetry=TelemetryService(engine, TelemetryConfig.from_settings(settings)),
         telemetry_reads=TelemetryReads(engine, authz), audit=AuditLog(engine, authz),
         tokens=TokenAdmin(engine, authz, tokens), tenancy=TenancyAdmin(engine, authz, on_change=guard.invalidate),
-        quotas=QuotaAdmin(engine, authz, on_change=quotas_changed), admin_settings=admin_settings,
+        quotas=QuotaAdmin(engine, authz, on_change=quotas_changed,
+                          results=partial(storage.measure, settings)), admin_settings=admin_settings,
         reports=ReportService(engine, authz), capacity=CapacityService(engine, authz, settings.policy),
         idle=IdleService(engine, authz), notify=NotifyService(engine, authz, settings),
-        cluster_sync=cluster_sync,
+        secrets=secrets, datasets=datasets, cluster_sync=cluster_sync,
     )

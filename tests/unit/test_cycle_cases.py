@@ -126,6 +126,31 @@ def c_gpu_model_constraint_respected():
     return Case(snap, {"a"}, check=lambda r: _on(r, "a")[0][0] == "h1" or pytest.fail())
 
 
+def _with_data(j, *nodes):
+    return replace(j, nodes=frozenset(nodes))
+
+
+def c_data_on_one_node_places_there():
+    snap = snapshot([node("n1"), node("n2")], [_with_data(job("a", gpus=2), "n2")])
+    return Case(snap, {"a"}, check=lambda r: _on(r, "a")[0][0] == "n2" or pytest.fail())
+
+
+def c_data_gang_stays_on_the_data_nodes():
+    snap = snapshot([node("n1"), node("n2"), node("n3")], [_with_data(job("a", gpus=8, workers=2), "n2", "n3")])
+    return Case(snap, {"a"}, check=lambda r: sorted(n for n, _ in _on(r, "a")) == ["n2", "n3"] or pytest.fail())
+
+
+def c_data_only_on_a_drained_node():
+    snap = snapshot([node("n1"), node("n2", state=NodeState.DRAINING)], [_with_data(job("a"), "n2")])
+    return Case(snap, set(), {"a": RC.DATA_UNAVAILABLE},
+                check=lambda r: r.pending["a"].details["nodes"] == ["n2"] or pytest.fail())
+
+
+def c_data_node_full_waits_instead_of_going_elsewhere():
+    snap = snapshot([node("n1"), node("n2")], [_with_data(job("a", gpus=8), "n2")], [full("n2", 8, "ouh-liver")])
+    return Case(snap, set())  # n1 is free, but the data is on n2
+
+
 def c_never_fits_gpus_per_worker():
     return Case(snapshot([node("n1")], [job("a", gpus=16)]), set(), {"a": RC.NEVER_FITS},
                 check=lambda r: r.pending["a"].details["largest_node"] == 8 or pytest.fail())

@@ -44,6 +44,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from broker import jobenv
 from broker.adapters.ray import runner as ray_runner
+from broker.adapters.ray import sandbox
 from broker.adapters.ray.runner import (NAME_RE, PG_NAME_RE, WorkerRunner, actor_name,
                                         log_path, log_state_path, pg_name)
 from broker.adapters.ray.warm import WarmPool, del_names, get_names, put_names
@@ -61,6 +62,7 @@ _MIN_CPU = 0.01  # Ray refuses empty bundles: a 0-CPU 0-GPU worker reserves a sl
 # Runner code travels by value, so Ray nodes need Ray but not the broker package.
 cloudpickle.register_pickle_by_value(ray_runner)
 cloudpickle.register_pickle_by_value(jobenv)
+cloudpickle.register_pickle_by_value(sandbox)
 
 
 class ExecutorError(RuntimeError):
@@ -72,7 +74,8 @@ class RayExecutor:
                  namespace: str = "compute-broker", *, gpu_devices: str = "auto",
                  network: str = "host", call_timeout_s: float = 2.0,
                  release_timeout_s: float = 15.0, runner_concurrency: int = 8,
-                 warm_runners: int = 2, init_kwargs: dict[str, Any] | None = None) -> None:
+                 warm_runners: int = 2, init_kwargs: dict[str, Any] | None = None,
+                 isolation: bool = True, pids_limit: int = 4096, secrets_dir: str = "/dev/shm") -> None:
         """Connect to Ray (`address`: None starts an in-process local Ray, "auto" or
         "host:port" joins a running cluster, "ray://..." uses Ray Client).
 
@@ -81,11 +84,15 @@ class RayExecutor:
         `gpu_devices`: "auto" passes `--device nvidia.com/gpu=N` only where a CDI spec exists,
         "on"/"off" force it. `warm_runners`: idle spare runners kept per node for the fast
         dispatch path (see warm; 0 turns the pool off: every worker gets a fresh runner
-        inside its bundle and Ray's GPU ids).
+        inside its bundle and Ray's GPU ids). `isolation`: containers get their own network
+        namespace, no capabilities, a read-only root and the admitted limits (see sandbox);
+        False keeps `network` (default: the host's) and no limits. `secrets_dir`: a tmpfs on
+        every node where runners write secret files.
         """
         self.namespace = namespace
         self.log_dir = str(Path(log_dir).resolve())
         self.gpu_devices, self.network = gpu_devices, network
+        self.isolation, self.pids_limit, self.secrets_dir = isolation, pids_limit, str(secrets_dir)
         self.call_timeout_s, self.release_timeout_s = call_timeout_s, release_timeout_s
         self._owns_connection = not ray.is_initialized()
         if self._owns_connection:
@@ -148,7 +155,11 @@ class RayExecutor:
                        world_size=len(spec.workers), image=spec.image, command=list(spec.command),
                        env=dict(spec.env), runtime=spec.runtime, max_runtime_s=spec.max_runtime_s,
                        grace_s=spec.grace_s, master=master, log_dir=self.log_dir,
-                       checkpoint_dir=spec.checkpoint_dir, log_max_bytes=spec.log_max_bytes)
+                       checkpoint_dir=spec.checkpoint_dir, log_max_bytes=spec.log_max_bytes,
+                       secrets=dict(spec.secrets), mounts=[list(m) for m in spec.mounts],
+                       scratch_dir=spec.scratch_dir, results_dir=spec.results_dir, memory_gb=w.memory_gb,
+                       cpus=w.cpus, no_egress=spec.no_egress, isolation=self.isolation,
+                       gang_local=len({x.node for x in spec.workers}) == 1)
             has_ids = len(w.gpu_indices) == w.gpus
             if self._pool is not None and has_ids:
                 job["gpu_ids"] = list(w.gpu_indices)  # one source of GPU ids per node (warm)
@@ -303,7 +314,8 @@ class RayExecutor:
 
     def _runner_args(self, node: str) -> dict[str, Any]:
         return dict(node=node, log_dir=self.log_dir, namespace=self.namespace,
-                    gpu_devices=self.gpu_devices, network=self.network)
+                    gpu_devices=self.gpu_devices, network=self.network, isolation=self.isolation,
+                    pids_limit=self.pids_limit, secrets_dir=self.secrets_dir)
 
     def _start_pool(self) -> None:
         try:

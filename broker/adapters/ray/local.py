@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from broker.adapters.ray import sandbox
+
 log = logging.getLogger(__name__)
 
 NODE_LABEL, POOL_LABEL, GPU_MODEL_LABEL = "broker.io/node", "broker.io/pool", "broker.io/gpu-model"
@@ -525,7 +527,7 @@ def adopt_head(address: str, pgid: int, start_ticks: int,
     return LocalCluster(address, names, None, stop, pid=pgid, worker_pids=tuple(w for w, _ in workers))
 
 
-def kill_orphans(log_dir: str | os.PathLike) -> list[str]:
+def kill_orphans(log_dir: str | os.PathLike, secrets_dir: str | os.PathLike = "/dev/shm") -> list[str]:
     """End every worker a previous run of this data dir left behind when its Ray head died:
     the runners recorded each worker's process group (and container) in `worker-<rank>.pid`
     beside its log. A record whose process is gone or is another process now (pid reused) is
@@ -546,6 +548,10 @@ def kill_orphans(log_dir: str | os.PathLike) -> list[str]:
             r = subprocess.run(["podman", "rm", "-f", "-t", "0", container], capture_output=True, text=True,
                                timeout=120, check=False)
             ended_one = ended_one or (r.returncode == 0 and container in r.stdout)
+            # what lived only as long as the worker: its secret files (tmpfs) and gang network
+            sandbox.remove_secrets(Path(secrets_dir) / "cb-secrets" / container)
+            sandbox.remove_network(sandbox.gang_network(path.parent.parent.name, int(path.parent.name)),
+                                   os.environ)
         if ended_one:
             ended.append(f"{path.parent.parent.name}/{path.parent.name}/{path.stem.split('-', 1)[1]}")
         path.unlink(missing_ok=True)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ray
 
+from broker.adapters.ray import sandbox
 from broker.jobenv import env_file, process_env
 
 NAME_RE = re.compile(r"^job-(?P<job>.+)-a(?P<attempt>\d+)-r(?P<rank>\d+)$")
@@ -56,6 +58,8 @@ STARTING, RUNNING, EXITED = "starting", "running", "exited"
 # Where a container sees its notice and checkpoint directories (bind mounts of the host's).
 NOTICE_DIR_IN_CONTAINER = "/broker/notice"
 CHECKPOINT_DIR_IN_CONTAINER = "/broker/checkpoint"
+SCRATCH_IN_CONTAINER = "/scratch"
+RESULTS_IN_CONTAINER = "/results"
 NOTICE_NAME = "notice.json"
 LOG_TAIL_MAX = 1 << 20  # at most this much of a capped log's end is kept (in memory until the end)
 _LOG_CHUNK = 64 * 1024
@@ -135,6 +139,7 @@ def worker_env(
     user_env: Mapping[str, str],
     notice_file: str = "",
     checkpoint_dir: str = "",
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The variables every worker sees (they override the user's env of the same name).
 
@@ -159,6 +164,7 @@ def worker_env(
         env["BROKER_NOTICE_FILE"] = notice_file
     if checkpoint_dir:
         env["BROKER_CHECKPOINT_DIR"] = checkpoint_dir
+    env.update(extra or {})
     return env
 
 
@@ -192,6 +198,7 @@ def podman_argv(
     real_gpus: bool,
     network: str = "host",
     mounts: Sequence[tuple[str, str, str]] = (),
+    flags: Sequence[str] = (),
 ) -> list[str]:
     """`podman run` for one worker. The job's variables come from `env_file` (the runner passes
     a pipe, `/dev/fd/N`): never from podman's own environment, never in argv."""
@@ -199,7 +206,7 @@ def podman_argv(
             "--label", f"broker.attempt={attempt}"]
     if network:
         argv += ["--network", network]
-    argv += ["--env-file", env_file]
+    argv += ["--env-file", env_file, *flags]
     for host, inside, mode in mounts:  # (host dir, path in the container, "ro" | "rw")
         argv += ["-v", f"{host}:{inside}:{mode}"]
     if real_gpus:
@@ -249,6 +256,7 @@ class LogPump:
         self._sink: Any = None
         self._tail = bytearray()
         self._capped = False
+        self.masker: Any = None  # a `sandbox.Masker`: secret values never reach the file
 
     def open(self) -> bool:
         """Create the log file (and its folder); False, with `error` set, when the disk refuses."""
@@ -268,10 +276,12 @@ class LogPump:
                 data = os.read(fd, _LOG_CHUNK)
                 if not data:
                     break
-                self.feed(data)
+                self.feed(self.masker.feed(data) if self.masker is not None else data)
         except OSError:
             pass
         finally:
+            if self.masker is not None:
+                self.feed(self.masker.flush())
             self.close()
 
     def feed(self, data: bytes) -> None:
@@ -359,17 +369,22 @@ class WorkerRunner:
     log_opener: Callable[[Path], Any] | None = None  # tests inject a failing disk here
 
     def __init__(self, node: str, log_dir: str, namespace: str, gpu_devices: str = "auto",
-                 network: str = "host", job: Mapping[str, Any] | None = None) -> None:
+                 network: str = "host", job: Mapping[str, Any] | None = None, isolation: bool = False,
+                 pids_limit: int = 0, secrets_dir: str = "/dev/shm") -> None:
         """`job` given: run it now (a runner created for one worker). `job` None: a warm
         spare that waits, idle, until `adopt(job)`."""
         self.created_at = time.time()  # for dispatch timing: actor up vs. process up
         self.node, self.log_dir, self.namespace, self.network = node, log_dir, namespace, network
+        self.isolation, self.pids_limit, self.secrets_base = isolation, pids_limit, secrets_dir
+        self._secret_dir: Path | None = None
+        self._gang_net = ""
         self.real_gpus = gpu_devices == "on" or (gpu_devices == "auto" and cdi_gpus_available())
         self.ip = ray.util.get_node_ip_address()
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._stop_requested = False
         self._done = threading.Event()
+        self._gone = threading.Event()  # set once what outlives the exit report is removed too
         self.job_id: str | None = None
         self.attempt, self.rank, self.world_size, self.port = 0, -1, 0, 0
         self.gpu_ids: list[int] = []
@@ -405,7 +420,21 @@ class WorkerRunner:
                                      self.rank)
         self.checkpoint_dir = job.get("checkpoint_dir") or ""
         self.log_max_bytes = int(job.get("log_max_bytes") or 0)
-        self.port = _free_port() if self.rank == 0 else 0
+        self.secrets = dict(job.get("secrets") or {})
+        self.data_mounts = [tuple(m) for m in job.get("mounts") or ()]
+        self.scratch_dir, self.results_dir = job.get("scratch_dir") or "", job.get("results_dir") or ""
+        self.memory_gb, self.cpus = float(job.get("memory_gb") or 0), float(job.get("cpus") or 0)
+        self.read_only = bool(job.get("read_only_root", True))
+        self.isolation = bool(job.get("isolation", self.isolation))  # the executor's, at launch
+        net, gang = sandbox.network_for(isolated=self.isolation and self.runtime == "container",
+                                        world_size=self.world_size, gang_local=bool(job.get("gang_local", True)),
+                                        no_egress=bool(job.get("no_egress")), default=self.network)
+        self._net = sandbox.gang_network(self.job_id, self.attempt) if gang else net
+        self._gang_net = self._net if gang else ""
+        self._no_egress = bool(job.get("no_egress"))
+        # in a gang network rank 0 is reached by its container name (podman's DNS); any port is free
+        self.master_addr = container_name(self.job_id, self.attempt, 0) if gang else self.ip
+        self.port = (29500 if gang else _free_port()) if self.rank == 0 else 0
         threading.Thread(target=self._run, name="runner", daemon=True).start()
         return True
 
@@ -418,7 +447,7 @@ class WorkerRunner:
     def master(self) -> tuple[str, int] | None:
         """(MASTER_ADDR, MASTER_PORT): rank 0's node IP and the port it picked (None until
         this runner has adopted rank 0)."""
-        return (self.ip, self.port) if self.job_id is not None and self.rank == 0 else None
+        return (self.master_addr, self.port) if self.job_id is not None and self.rank == 0 else None
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -452,7 +481,8 @@ class WorkerRunner:
         if self.job_id is None:
             return True
         self.stop(0.0, "released")
-        return self._done.wait(wait_s)
+        done = self._done.wait(wait_s)
+        return done and self._gone.wait(min(wait_s, 5.0))  # before the actor dies: its gang network
 
     def log_info(self) -> dict[str, Any] | None:
         """The worker's log stats (`LogPump.stats()`), None before it started."""
@@ -483,26 +513,35 @@ class WorkerRunner:
                 pass
             if self.checkpoint_dir:
                 Path(self.checkpoint_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            extra = self._prepare_storage()
             env = worker_env(job_id=self.job_id, attempt=self.attempt, rank=self.rank,
                              world_size=self.world_size, master_addr=addr, master_port=port,
                              gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
                              user_env=self.user_env,
                              notice_file=str(Path(self._inside(str(self.notice_dir), NOTICE_DIR_IN_CONTAINER))
                                              / NOTICE_NAME) if self._notice_ok else "",
-                             checkpoint_dir=self._inside(self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER))
+                             checkpoint_dir=self._inside(self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER),
+                             extra=extra)
             with self._lock:
-                if self._stop_requested:  # cancelled before it ever ran
+                cancelled = self._stop_requested
+                if cancelled:  # cancelled before it ever ran
                     self._finish_locked(128 + signal.SIGTERM)
-                    return
-                self._proc = self._spawn(env)
-                self._record_pid(self._proc.pid)
-                self.started_at, self.state = time.time(), RUNNING
+                else:
+                    self._proc = self._spawn(env)
+                    self._record_pid(self._proc.pid)
+                    self.started_at, self.state = time.time(), RUNNING
+            if cancelled:
+                self._cleanup()
+                self._remove_network()
+                return
         except Exception as exc:  # noqa: BLE001 - anything that stops the start is the job's end
             if self._pump is not None and self._proc is None:
                 self._pump.close()  # no process will feed it: release the file
+            self._cleanup()
             with self._lock:
                 self.message = f"could not start: {exc}"[:500]
                 self._finish_locked(EXIT_START_FAILED)
+            self._remove_network()
             return
         if self.max_runtime_s and self.max_runtime_s > 0 and self.max_runtime_s != float("inf"):
             timer = threading.Timer(self.max_runtime_s, self.stop,
@@ -512,8 +551,15 @@ class WorkerRunner:
         rc = self._proc.wait()
         if self._pump_thread is not None:  # the output's end; a leftover child holding the pipe
             self._pump_thread.join(timeout=5.0)  # may keep it open: do not wait for it forever
+        self._cleanup()
         with self._lock:
-            self._finish_locked(_exit_code(rc))
+            code = _exit_code(rc)
+            if self.runtime == "container":
+                oom = sandbox.oom_message(code, self.memory_gb, self._stop_requested)
+                if oom:
+                    self.message = oom
+            self._finish_locked(code)
+        self._remove_network()
 
     def _notify(self, reason: str, message: str, grace_s: float) -> None:
         """Write the notice before the signal: a job that traps SIGTERM reads why and until
@@ -558,7 +604,7 @@ class WorkerRunner:
 
     def _master(self) -> tuple[str, int]:
         if self.rank == 0:
-            return self.ip, self.port
+            return self.master_addr, self.port
         head = self._master_handle or ray.get_actor(actor_name(self.job_id, self.attempt, 0),
                                                     namespace=self.namespace)
         while not self._stop_requested:  # rank 0 may still be starting; a cancel ends the wait
@@ -588,7 +634,7 @@ class WorkerRunner:
                                job_id=self.job_id, attempt=self.attempt, image=self.image,
                                command=self.command, env_file=f"/dev/fd/{rfd}",
                                gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
-                               network=self.network, mounts=self._mounts())
+                               network=self._net, mounts=self._mounts(), flags=self._flags())
             proc = self._pumped(subprocess.Popen(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=launch_env(os.environ), start_new_session=True, close_fds=True,
@@ -610,12 +656,66 @@ class WorkerRunner:
         return proc
 
     def _mounts(self) -> list[tuple[str, str, str]]:
-        """The notice directory (read-only: the runner writes it) and, for a checkpointable
-        job, its checkpoint directory (read-write, kept across attempts)."""
+        """The notice directory (read-only: the runner writes it), for a checkpointable job its
+        checkpoint directory (read-write, kept across attempts), the secrets (read-only, tmpfs),
+        scratch and results (read-write) and the job's datasets (as granted)."""
         mounts = [(str(self.notice_dir), NOTICE_DIR_IN_CONTAINER, "ro")] if self._notice_ok else []
         if self.checkpoint_dir:
             mounts.append((self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER, "rw"))
-        return mounts
+        if self._secret_dir is not None:
+            mounts.append((str(self._secret_dir), sandbox.SECRETS_IN_CONTAINER, "ro"))
+        if self.scratch_dir:
+            mounts.append((self.scratch_dir, SCRATCH_IN_CONTAINER, "rw"))
+        if self.results_dir:
+            mounts.append((self.results_dir, RESULTS_IN_CONTAINER, "rw"))
+        return mounts + [(h, i, m) for h, i, m in self.data_mounts]
+
+    def _flags(self) -> list[str]:
+        if not self.isolation:
+            return []
+        return sandbox.isolation_flags(memory_gb=self.memory_gb, cpus=self.cpus, pids_limit=self.pids_limit,
+                                       read_only=self.read_only)
+
+    def _prepare_storage(self) -> dict[str, str]:
+        """Secret files (tmpfs), scratch and results directories, the gang network; returns the
+        variables that tell the worker where they are."""
+        extra: dict[str, str] = {}
+        name = container_name(self.job_id, self.attempt, self.rank)
+        if self.secrets:
+            self._secret_dir = sandbox.write_secrets(self.secrets_base, name, self.secrets)
+            extra["BROKER_SECRETS_DIR"] = self._inside(str(self._secret_dir), sandbox.SECRETS_IN_CONTAINER)
+            if self._pump is not None:
+                self._pump.masker = sandbox.Masker(self.secrets.values())
+        if self.scratch_dir:
+            Path(self.scratch_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            extra["BROKER_SCRATCH_DIR"] = self._inside(self.scratch_dir, SCRATCH_IN_CONTAINER)
+        if self.results_dir:
+            Path(self.results_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            extra["BROKER_RESULTS_DIR"] = self._inside(self.results_dir, RESULTS_IN_CONTAINER)
+        if self._gang_net:
+            sandbox.ensure_network(self._gang_net, internal=self._no_egress, env=launch_env(os.environ),
+                                   dns=self.world_size > 1)
+        return extra
+
+    def _cleanup(self) -> None:
+        """What lives only as long as the worker: its secret files and scratch (before its end
+        is reported; the gang network after it, see `_remove_network`)."""
+        sandbox.remove_secrets(self._secret_dir)
+        self._secret_dir = None
+        if self.scratch_dir:
+            shutil.rmtree(self.scratch_dir, ignore_errors=True)
+
+    def _remove_network(self) -> None:
+        """The last worker of the gang out removes its network (podman refuses while another
+        container is on it; one that is still being removed gets a second try)."""
+        try:
+            if self._gang_net:
+                env = launch_env(os.environ)
+                if not sandbox.remove_network(self._gang_net, env):  # a gang mate still uses it:
+                    time.sleep(1.0)  # the last worker out removes it
+                    sandbox.remove_network(self._gang_net, env)
+        finally:
+            self._gone.set()
 
     def _terminate(self, proc: subprocess.Popen, grace_s: float) -> None:
         if self.runtime == "container":

@@ -104,8 +104,10 @@ def problem_public(p) -> dict:
 
 class QuotaAdmin:
     def __init__(self, engine, authz: Authz, *, clock: Clock = time.time,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None,
+                 results: Callable[[str], dict] | None = None) -> None:
         self.engine, self.authz, self.clock, self.on_change = engine, authz, clock, on_change
+        self.results = results  # project -> its results storage (services.storage.measure)
 
     # ------------------------------------------------------------------ authorization
     def _owner_ref(self, owner_kind: str, owner_id: str) -> tuple[Ref, NotFound]:
@@ -377,7 +379,10 @@ class QuotaAdmin:
                                                                       Job.project_id == project_id)).all()
             ledger = srepo.ledger_since(s, month_start(now))
             project_rows = srepo.projects(s)
-        return usage_view(proj, dept, rows, nodes, holding, len(pending), ledger, project_rows, now)
+        out = usage_view(proj, dept, rows, nodes, holding, len(pending), ledger, project_rows, now)
+        if self.results is not None:
+            out["results_storage"] = self.results(project_id)
+        return out
 
 
 ADMIN_REASON = "admin: "

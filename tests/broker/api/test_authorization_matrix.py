@@ -140,6 +140,28 @@ def job_call(suffix=""):
     return prep
 
 
+def _secret(root, scope) -> str:
+    name = "s-" + uuid.uuid4().hex[:8]
+    r = root.put(f"/api/v1/projects/{scope['project']}/secrets/{name}", json={"value": "value-" + name})
+    assert r.status_code == 201, r.text
+    return name
+
+
+def _dataset_body(scope) -> dict:
+    name = "ds-" + uuid.uuid4().hex[:8]
+    return {"name": name, "department": scope["department"], "path": f"/data/{name}", "shared": True}
+
+
+def _dataset(root, scope, grant: bool = False) -> str:
+    body = _dataset_body(scope)
+    r = root.post("/api/v1/datasets", json=body)
+    assert r.status_code == 201, r.text
+    if grant:
+        r = root.put(f"/api/v1/datasets/{body['name']}/grants/{scope['project']}", json={"mode": "ro"})
+        assert r.status_code == 200, r.text
+    return body["name"]
+
+
 def quota_of(root, scope):
     items = root.get("/api/v1/quotas", params={"owner_kind": "project", "owner_id": scope["project"]}).json()["items"]
     return next(q for q in items if q["resource"] == "gpus" and q["pool"] == "innovation")
@@ -353,6 +375,30 @@ ROUTES = [
           lambda root, scope, actor: Call("/api/v1/notifications/subscriptions", ref=_project_ref(scope), json={
               "events": ["job.failed"], "channel": "email", "target": "a@b.test", "project": scope["project"]})),
     Route("DELETE", "/api/v1/notifications/subscriptions/{sub_id}", Action.NODE_READ, (204,), own_subscription),
+
+    Route("GET", "/api/v1/projects/{project}/secrets", Action.PROJECT_SECRETS_READ, (200,),
+          simple("/api/v1/projects/{project}/secrets", _project_ref)),
+    Route("GET", "/api/v1/projects/{project}/secrets/{name}", Action.PROJECT_SECRETS_READ, (200,),
+          lambda root, scope, actor: Call(f"/api/v1/projects/{scope['project']}/secrets/{_secret(root, scope)}",
+                                          ref=_project_ref(scope))),
+    Route("PUT", "/api/v1/projects/{project}/secrets/{name}", Action.PROJECT_SECRETS_MANAGE, (200, 201),
+          lambda root, scope, actor: Call(f"/api/v1/projects/{scope['project']}/secrets/n-{uuid.uuid4().hex[:8]}",
+                                          json={"value": "value-1234"}, ref=_project_ref(scope))),
+    Route("DELETE", "/api/v1/projects/{project}/secrets/{name}", Action.PROJECT_SECRETS_MANAGE, (204,),
+          lambda root, scope, actor: Call(f"/api/v1/projects/{scope['project']}/secrets/{_secret(root, scope)}",
+                                          ref=_project_ref(scope))),
+    Route("POST", "/api/v1/datasets", Action.DATASET_ADMIN, (201,),
+          lambda root, scope, actor: Call("/api/v1/datasets", json=_dataset_body(scope), ref=_dept_ref(scope)),
+          hide_status=422),
+    Route("GET", "/api/v1/datasets", Action.NODE_READ, (200,), simple("/api/v1/datasets")),
+    Route("PUT", "/api/v1/datasets/{dataset}/grants/{project}", Action.DATASET_ADMIN, (200,),
+          lambda root, scope, actor: Call(f"/api/v1/datasets/{_dataset(root, scope)}/grants/{scope['project']}",
+                                          json={"mode": "ro"}, ref=_dept_ref(scope))),
+    Route("DELETE", "/api/v1/datasets/{dataset}/grants/{project}", Action.DATASET_ADMIN, (204,),
+          lambda root, scope, actor: Call(f"/api/v1/datasets/{_dataset(root, scope, grant=True)}/grants/"
+                                          f"{scope['project']}", ref=_dept_ref(scope))),
+    Route("GET", "/api/v1/datasets/{dataset}/access", Action.DATASET_ADMIN, (200,),
+          lambda root, scope, actor: Call(f"/api/v1/datasets/{_dataset(root, scope)}/access", ref=_dept_ref(scope))),
 ]
 ROUTE_KEYS = {(r.method, r.path) for r in ROUTES}
 ROLES = ["member", "project-admin", "department-admin", "platform-admin", "ops-viewer"]
