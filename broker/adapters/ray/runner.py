@@ -447,7 +447,9 @@ class WorkerRunner:
     def master(self) -> tuple[str, int] | None:
         """(MASTER_ADDR, MASTER_PORT): rank 0's node IP and the port it picked (None until
         this runner has adopted rank 0)."""
-        return (self.master_addr, self.port) if self.job_id is not None and self.rank == 0 else None
+        addr, port = getattr(self, "master_addr", None), getattr(self, "port", 0)
+        # adopting sets job_id before the address: until both are set, "not yet" (the caller retries)
+        return (addr, port) if self.job_id is not None and self.rank == 0 and addr is not None else None
 
     def status(self) -> dict[str, Any]:
         with self._lock:
