@@ -145,8 +145,8 @@ class NvmlReader:
         if nv is not None:
             try:
                 nv.nvmlShutdown()
-            except Exception:
-                pass
+            except Exception as e:  # the library is gone either way
+                log.debug("nvmlShutdown: %s", e)
 
     @staticmethod
     def _opt(fn: Callable[[], Any]) -> Any:

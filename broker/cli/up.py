@@ -189,8 +189,8 @@ def up(
         if executor is not None:
             try:
                 executor.shutdown()
-            except Exception:
-                pass
+            except Exception as e:  # stopping anyway: Ray and the nodes are stopped below
+                log.warning("executor shutdown: %s", e)
         if cluster is not None:
             cluster.stop()
             Embedded.forget(settings.data_dir)  # a clean stop leaves nothing to take over
@@ -333,13 +333,13 @@ def _stop_attempts(executor, grace_s: float) -> None:
     for job_id, attempt in held:
         try:
             executor.stop(job_id, attempt, min(grace_s, 10.0), "broker shutting down", "shutdown")
-        except Exception:
-            pass
+        except Exception as e:  # one failed stop must not keep the others running
+            log.warning("stopping %s/%s at shutdown: %s", job_id, attempt, e)
     for job_id, attempt in held:
         try:
             executor.release(job_id, attempt)
-        except Exception:
-            pass
+        except Exception as e:
+            log.warning("releasing %s/%s at shutdown: %s", job_id, attempt, e)
 
 
 def _terminate(p: subprocess.Popen) -> None:

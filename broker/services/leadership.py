@@ -283,8 +283,8 @@ class PgLeadership(Leadership):
             try:
                 conn.invalidate()  # never return a session that may hold L to anyone
                 conn.close()
-            except Exception:
-                pass
+            except Exception as e:  # the connection is already broken: nothing left to release
+                log.debug("closing the lost leader connection: %s", e)
         if was:
             log.warning("this broker is no longer the leader: %s", why)
             self._notify(False)

@@ -488,8 +488,8 @@ class SchedulingLoop:
                         s.commit()
                 try:
                     self.executor.release(job.id, job.attempt)
-                except Exception:
-                    pass
+                except Exception as e:  # the reconciler removes what is left of a failed launch
+                    log.warning("release after the failed launch of %s/%s: %s", job.id, job.attempt, e)
                 continue
             failpoints.hit("after_launch")
             with self._session() as s:
