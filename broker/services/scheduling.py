@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from broker import failpoints, jobstate
+from broker.errors import BrokerError, Forbidden, Invalid, NotFound
 from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
 from broker.ports import AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
 from broker.services import scheduling_queries as repo
@@ -462,6 +463,35 @@ class SchedulingLoop:
         return result
 
     # ------------------------------------------------------------------ 4. launch
+    def _launch_failed(self, job: Job, e: Exception) -> None:
+        """A launch that may work on another try (executor, node or key trouble): LOST, then
+        requeued within the job's retries, and whatever the executor started is released."""
+        log.warning("launch of %s/%s failed: %s", job.id, job.attempt, e)
+        with self._session() as s:
+            row = s.get(Job, job.id)
+            if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
+                _close_ledger(s, row, self.clock())
+                if jobstate.transition(s, row, S.LOST, expected_version=row.version,
+                                       message=f"launch failed: {_short(e)}"):
+                    jobstate.requeue_or_fail(s, row, expected_version=row.version)
+                s.commit()
+        try:
+            self.executor.release(job.id, job.attempt)
+        except Exception as e2:  # the reconciler removes what is left of a failed launch
+            log.warning("release after the failed launch of %s/%s: %s", job.id, job.attempt, e2)
+
+    def _fail_unlaunchable(self, job: Job, e: BrokerError) -> None:
+        """A launch refused for the job's own reasons (nothing was started): FAILED at once,
+        with the refusal's code and message, and no retry."""
+        log.info("job %s cannot start: %s", job.id, e)
+        with self._session() as s:
+            row = s.get(Job, job.id)
+            if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
+                _close_ledger(s, row, self.clock())
+                jobstate.transition(s, row, S.FAILED, expected_version=row.version,
+                                    message=f"cannot start ({e.code}): {e}")
+                s.commit()
+
     def launch_admitted(self, rep: TickReport) -> None:
         with self._session() as s:
             admitted = [j for j in repo.holding_jobs(s) if j.status == S.ADMITTED.value]
@@ -475,21 +505,18 @@ class SchedulingLoop:
                 continue  # another tick or broker moved it on; or this broker is no longer leader
             try:
                 spec = jobdata.complete(self, job, spec)  # secrets, datasets, scratch and results
+            except (Invalid, NotFound, Forbidden) as e:
+                # The job itself can never start as submitted (a secret deleted or a dataset grant
+                # revoked while it waited): fail it now, saying why, instead of retrying in vain.
+                self._fail_unlaunchable(job, e)
+                continue
+            except Exception as e:
+                self._launch_failed(job, e)
+                continue
+            try:
                 self.executor.launch(spec)
             except Exception as e:
-                log.warning("launch of %s/%s failed: %s", job.id, job.attempt, e)
-                with self._session() as s:
-                    row = s.get(Job, job.id)
-                    if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
-                        _close_ledger(s, row, self.clock())
-                        if jobstate.transition(s, row, S.LOST, expected_version=row.version,
-                                               message=f"launch failed: {_short(e)}"):
-                            jobstate.requeue_or_fail(s, row, expected_version=row.version)
-                        s.commit()
-                try:
-                    self.executor.release(job.id, job.attempt)
-                except Exception as e:  # the reconciler removes what is left of a failed launch
-                    log.warning("release after the failed launch of %s/%s: %s", job.id, job.attempt, e)
+                self._launch_failed(job, e)
                 continue
             failpoints.hit("after_launch")
             with self._session() as s:

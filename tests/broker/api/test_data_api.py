@@ -96,6 +96,8 @@ def test_a_job_names_secrets_that_exist_and_never_shows_their_values(setup, engi
     assert c.get("/api/v1/audit/verify").json()["intact"] is True
 
 
+
+
 def _dataset(c, **over) -> dict:
     body = {"name": "ds-" + uuid.uuid4().hex[:8], "department": "ouh", "path": "/data/ct-scans",
             "description": "CT scans 2019-2024", "retention": "10 years", **over}
@@ -146,6 +148,36 @@ def test_placement_follows_the_data_and_mounts_are_audited(setup):
     j2 = c.get(f"/api/v1/jobs/{jid2}").json()
     assert j2["status"] == "PENDING" and j2["pending_reason"]["code"] == "DATA_UNAVAILABLE", j2
     assert "inno-z" in j2["pending_reason"]["message"]
+
+
+def _secret_deleted(c) -> tuple[dict, str, str]:
+    name = _secret(c)
+    return {"secrets": [name]}, f"/api/v1/projects/ouh-liver/secrets/{name}", "SECRET_NOT_FOUND"
+
+
+def _grant_revoked(c) -> tuple[dict, str, str]:
+    ds = _dataset(c, shared=True)
+    assert c.put(f"/api/v1/datasets/{ds['id']}/grants/ouh-liver", json={"mode": "ro"}).status_code == 200
+    return ({"mounts": [{"dataset": ds["name"], "path": "/data"}]},
+            f"/api/v1/datasets/{ds['id']}/grants/ouh-liver", "DATASET_GRANT_REVOKED")
+
+
+@pytest.mark.parametrize("case, make", [
+    ("secret deleted while the job waited", _secret_deleted),
+    ("dataset grant revoked while the job waited", _grant_revoked),
+])
+def test_a_job_that_can_no_longer_start_fails_at_once_and_says_why(setup, case, make):
+    c, app, launched = setup
+    fields, remove, code = make(c)
+    r = c.post("/api/v1/jobs", json=job_body(max_retries=3, **fields))
+    assert r.status_code == 201, r.text
+    jid = r.json()["id"]
+    assert c.delete(remove).status_code == 204
+    _tick(app)
+    got = c.get(f"/api/v1/jobs/{jid}").json()
+    assert got["status"] == "FAILED" and got["attempt"] == 1, got  # no retry: it can never start
+    assert code in got["message"], got["message"]
+    assert not any(s.job_id == jid for s in launched)
 
 
 def test_foreign_department_cannot_see_or_grant_a_dataset(setup):
