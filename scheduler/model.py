@@ -166,6 +166,10 @@ class Job:
     checkpointable: bool = False
     # Only these nodes hold the data the job mounts (datasets on named nodes); empty: any node.
     nodes: frozenset[str] = frozenset()
+    # How often this job was preempted before (the broker counts its preempted attempts): once
+    # it reaches `Policy.reclaim_exempt_after`, reclaim between innovation projects leaves it
+    # alone, so one job is not thrown back and forth (operation reclaim still may take it).
+    preemptions: int = 0
 
     @property
     def total(self) -> Resources:
@@ -240,7 +244,15 @@ class Policy:
     min_runtime_s: float = 900.0
     # A victim of an innovation reclaim never loses more work (seconds since its start or last
     # checkpoint) than the preemptor has waited: a preemption must not cost more than it saves.
+    # The same bound in GPU-seconds on the resource the preemptor needs: the victim's work at
+    # risk x its GPUs never exceeds the preemptor's wait x its GPUs (one 1-GPU job that waited
+    # a day must not throw away a day of a 32-GPU gang).
     lost_work_bounded_by_wait: bool = True
+    # A job already preempted this many times is no victim of an innovation reclaim (each
+    # restart loses work; without it two projects hand the same capacity back and forth and one
+    # job restarts dozens of times). 0: no exemption.
+    reclaim_exempt_after: int = 2
+    loss_gpu_weighted: bool = True
     # Lent operation-pool capacity goes only to innovation work that loses little when
     # operation reclaims it: checkpointable jobs, or jobs expected to use at most this many
     # GPU-hours (GPUs x max_runtime_s x the project's runtime ratio). inf: lend to any job.

@@ -191,6 +191,7 @@ def _guarded_room(cyc: "_Cycle", fid: int, waited: float) -> float:
         flags = cyc.run_flags
         risks = sorted((now - r.at_risk, r.req[0]) for r in cyc.runs_by_fid.get(fid, ())
                        if r.job.workload_class is WorkloadClass.INNOVATION and flags.get(r.job.id, _NO)[1]
+                       and _not_exempt(pol, r.job)
                        and now - r.start >= pol.min_runtime_s and r.start - r.job.submit_time < pol.aging_after_s)
         times, cum, acc = [], [], 0.0
         for t, g in risks:
@@ -210,6 +211,11 @@ def _guarded_room(cyc: "_Cycle", fid: int, waited: float) -> float:
 _NO = (False, False, False)
 
 
+def _not_exempt(pol, job: "Job") -> bool:
+    """False when the job was preempted often enough to be spared by innovation reclaims."""
+    return not pol.reclaim_exempt_after or job.preemptions < pol.reclaim_exempt_after
+
+
 def _guarded(cyc: "_Cycle", fid: int, ri: int, max_loss: float) -> list["Run"]:
     """The candidates a guarded (innovation nominal) reclaim may stop, in `_ranked` order:
     innovation runs past the minimum runtime, not started aged, at most `max_loss` s of work
@@ -223,6 +229,7 @@ def _guarded(cyc: "_Cycle", fid: int, ri: int, max_loss: float) -> list["Run"]:
         pos = {id(r): k for k, r in enumerate(ranked)}
         ok = sorted(((now - r.at_risk, pos[id(r)], r) for r in ranked
                      if r.job.workload_class is WorkloadClass.INNOVATION and now - r.start >= pol.min_runtime_s
+                     and _not_exempt(pol, r.job)
                      and r.start - r.job.submit_time < pol.aging_after_s), key=lambda t: (t[0], t[1]))
         got = cyc.guarded[(fid, ri)] = ([t[0] for t in ok], [(t[1], t[2]) for t in ok])
     risks, items = got
@@ -291,6 +298,8 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
     now = cyc.now
     min_run = policy.min_runtime_s if guarded else 0.0
     max_loss = now - job.submit_time if guarded and policy.lost_work_bounded_by_wait else float("inf")
+    max_loss_res = max_loss * s.req[ri] if policy.loss_gpu_weighted else float("inf")  # the same bound weighted by the needed resource
+    exempt = policy.reclaim_exempt_after if guarded else 0
     aging = policy.aging_after_s
     taken: dict[str, float] = {}
     dtaken: dict[str, float] = {}
@@ -329,9 +338,12 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
                 # resource nor current (a victim chosen by it could take the capacity back)
                 kind = "RECLAIM_NOMINAL"
                 if guarded and (now - r.start < min_run or now - r.at_risk > max_loss
+                                or (now - r.at_risk) * need > max_loss_res + EPS
+                                or (exempt and v.preemptions >= exempt)
                                 or r.start - v.submit_time >= aging):
-                    continue  # too young to stop, it would lose more than the preemptor waited, or
-                    # it started as an aged job (stopping it would undo the starvation bound)
+                    continue  # too young to stop, it would lose more work (seconds, or seconds x
+                    # resource) than the preemptor waited, it was preempted often enough, or it
+                    # started as an aged job (stopping it would undo the starvation bound)
         if kind is not None:
             taken[q] = t + need
             dtaken[d] = dtaken.get(d, 0.0) + need

@@ -393,6 +393,7 @@ class SchedulingLoop:
                 holding=holding, placements=repo.placements_of(s, [(j.id, j.attempt) for j in holding]),
                 pending=pending, ledger=repo.ledger_since(s, lookback_start(now, self.policy.fair_share_half_life_s)),
                 runtime_ratios=self._runtime_ratios(s, now), checkpoints=self._checkpoint_times,
+                preemptions=repo.preemption_counts(s, [j.id for j in holding if j.attempt > 1]),
             )
             t0 = time.perf_counter()
             result = run_cycle(snap, now, self.policy)

@@ -53,6 +53,18 @@ def holding_jobs(session: Session) -> Sequence[Job]:
     return session.execute(select(Job).where(Job.status.in_(_HOLDING)).order_by(Job.id)).scalars().all()
 
 
+def preemption_counts(session: Session, job_ids: Sequence[str]) -> dict[str, int]:
+    """Preempted attempts per job (only jobs past their first attempt can have any)."""
+    out: dict[str, int] = {}
+    for k in range(0, len(job_ids), 500):
+        chunk = job_ids[k:k + 500]
+        out.update(session.execute(
+            select(Attempt.job_id, func.count()).where(Attempt.job_id.in_(chunk),
+                                                       Attempt.status == JobStatus.PREEMPTED.value)
+            .group_by(Attempt.job_id)).all())
+    return out
+
+
 def pending_jobs(session: Session) -> Sequence[Job]:
     return session.execute(
         select(Job).where(Job.status == JobStatus.PENDING.value).order_by(Job.submit_time, Job.id)

@@ -56,13 +56,14 @@ def lookback_start(now: float, half_life_s: float) -> float:
     return min(month_start(now), now - LOOKBACK_HALF_LIVES * half_life_s)
 
 
-def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None) -> Job:
+def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, preemptions: int = 0) -> Job:
     return Job(
         id=row.id, project=row.project_id, workload_class=WorkloadClass(row.workload_class),
         priority=row.priority, submit_time=row.submit_time, workers=row.workers,
         per_worker=Resources(row.gpus, row.cpus, row.memory_gb), gpu_models=tuple(row.gpu_models or ()),
         pool=row.pool, max_runtime_s=row.max_runtime_s, checkpointable=bool(row.checkpointable),
         nodes=data_nodes(row.mounts, pool_nodes or {}) if getattr(row, "mounts", None) else frozenset(),
+        preemptions=preemptions,
     )
 
 
@@ -142,12 +143,14 @@ def build_snapshot(
     holding: Sequence[JobRow], placements: Mapping[tuple[str, int], Sequence[PlacementRow]],
     pending: Sequence[JobRow], ledger: Sequence[Ledger],
     runtime_ratios: Mapping[str, float] | None = None, checkpoints: Mapping[str, float] | None = None,
+    preemptions: Mapping[str, int] | None = None,
 ) -> Snapshot:
     """Rows in, Snapshot out. Jobs that hold resources become `Running` with their placements;
     a holding job without placements (should not happen) is skipped rather than guessed.
     `runtime_ratios`: per project (default 1.0); `checkpoints`: job id -> time of its newest
-    checkpoint (only read for checkpointable jobs)."""
-    runtime_ratios, checkpoints = runtime_ratios or {}, checkpoints or {}
+    checkpoint (only read for checkpointable jobs); `preemptions`: job id -> its preempted
+    attempts (running jobs; spares a job preempted often from innovation reclaims)."""
+    runtime_ratios, checkpoints, preemptions = runtime_ratios or {}, checkpoints or {}, preemptions or {}
     models_by_pool: dict[str, list[str]] = defaultdict(list)
     for n in nodes:
         if n.gpu_model and n.gpu_model not in models_by_pool[n.pool]:
@@ -178,7 +181,7 @@ def build_snapshot(
             continue
         start = j.started_at or j.admitted_at or now
         running.append(Running(
-            job=to_job(j, pool_nodes), placements=tuple(Placement(p.rank, p.node_id, tuple(p.gpu_indices or ())) for p in pls),
+            job=to_job(j, pool_nodes, preemptions.get(j.id, 0)), placements=tuple(Placement(p.rank, p.node_id, tuple(p.gpu_indices or ())) for p in pls),
             start_time=start, flavor=Flavor(j.flavor_pool or "", j.flavor_gpu_model or ""), borrowing=j.borrowing,
             checkpoint_time=checkpoints.get(j.id) if j.checkpointable else None,
         ))

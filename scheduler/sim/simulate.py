@@ -475,6 +475,7 @@ class _Sim:
         lv.lost_gpu_s += lost
         self.lost_gpu_s += lost
         lv.attempt += 1  # the pending finish event is now stale
+        lv.job = replace(lv.job, preemptions=lv.preemptions)  # as the broker counts its preempted attempts
         if self.cfg.preempt_grace <= 0:
             self._release(lv, now)
             self._enqueue(lv)

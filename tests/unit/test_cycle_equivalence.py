@@ -9,7 +9,9 @@ The default policy's digests (fair-backfill-preempt) were re-pinned when its dec
 on purpose: work-aware preemption (hysteresis, minimum runtime, lost work bounded by the
 preemptor's wait, victims ranked by work at risk, per-resource borrowing), aging with
 reservations for aged jobs, lending operation capacity only to cheap victims, and victim
-messages that name the resource and flavor. fifo keeps all its digests; fair and fair-backfill
+messages that name the resource and flavor; and again when innovation reclaim spared jobs
+already preempted twice and bounded lost work in GPU-seconds too (Policy.reclaim_exempt_after,
+Policy.loss_gpu_weighted). fifo keeps all its digests; fair and fair-backfill
 keep their bare ones (decisions and codes identical) and had their explain digests re-pinned
 once, when estimated starts became a forward simulation of the queue (scheduler.eta).
 
@@ -54,10 +56,10 @@ PINNED = {
     ("mid7", "fair", False): "b1a46e0767489e24",
     ("mid7", "fair-backfill", True): "7692fb7ac88ae4a3",
     ("mid7", "fair-backfill", False): "f55e04f4aedcd070",
-    ("mid7", "fair-backfill-preempt", True): "f7baeb623ce53b77",
-    ("mid7", "fair-backfill-preempt", False): "cca836c393350211",
-    ("full", "fair-backfill-preempt", True): "7806b303f70b1569",
-    ("full", "fair-backfill-preempt", False): "8556a24e4dc41713",
+    ("mid7", "fair-backfill-preempt", True): "6da039853b01f721",
+    ("mid7", "fair-backfill-preempt", False): "6209fbbe894da021",
+    ("full", "fair-backfill-preempt", True): "059ffedebc7c0f87",
+    ("full", "fair-backfill-preempt", False): "982d1ac01e9f3f8c",
 }
 SCENARIOS = {"small": SMALL, "mid7": MID7, "full": FULL}
 _SNAPS: dict[str, object] = {}

@@ -77,6 +77,40 @@ def test_a_victim_never_loses_more_work_than_the_preemptor_waited():
     assert [p.job_id for p in r.preemptions] == ["old"]
 
 
+def test_lost_work_is_also_bounded_in_gpu_seconds():
+    """A 1-GPU job that waited 5 h may not throw away 4 h of an 8-GPU job (32 GPU-hours for a
+    5 GPU-hour wait), though 4 h < 5 h; an 8-GPU preemptor that waited as long may."""
+    now = 100_000.0
+    big = borrower("n1", "big", start=now - 4 * 3600.0)
+    small = snapshot([node("n1")], [job("mine", gpus=1, project="owner", submit=now - 5 * 3600.0)], [big],
+                     projects=[project("owner", nominal=8), project("b")])
+    assert not run_cycle(small, now).preemptions
+    r = run_cycle(owner_snap([big], submit=now - 5 * 3600.0), now)
+    assert [p.job_id for p in r.preemptions] == ["big"]
+
+
+def test_a_job_preempted_often_is_spared_by_innovation_reclaim_not_by_operation():
+    """After `reclaim_exempt_after` preemptions a job is no victim between innovation projects
+    (it would restart again and again); another borrower is taken instead, or none."""
+    now = 100_000.0
+    n = DEFAULT.reclaim_exempt_after
+    tossed = borrower("n1", "tossed", start=now - 2_000.0)
+    tossed = replace(tossed, job=replace(tossed.job, preemptions=n))
+    fresh = borrower("n2", "fresh", start=now - 9_000.0)
+    r = run_cycle(owner_snap([tossed, fresh], nodes=("n1", "n2"), submit=now - 20_000.0), now)
+    assert [p.job_id for p in r.preemptions] == ["fresh"]  # though tossed would lose less
+    r = run_cycle(owner_snap([tossed], submit=now - 20_000.0), now)
+    assert not r.preemptions
+    less = replace(tossed, job=replace(tossed.job, preemptions=n - 1))
+    r = run_cycle(owner_snap([less, fresh], nodes=("n1", "n2"), submit=now - 20_000.0), now)
+    assert [p.job_id for p in r.preemptions] == ["tossed"]  # below the count: the cheaper victim
+    lent = running(replace(job("lent", gpus=8, project="res"), preemptions=n + 3), ("o1", tuple(range(8))),
+                   start=now - 60.0, flavor=OPF, borrowing=True)
+    snap = snapshot([node("o1", pool="operation")], [job("clinical", gpus=4, cls=OP, project="ops", submit=now)],
+                    [lent], projects=[project("ops", nominal=8, flavor=("operation", "A100")), project("res")])
+    assert [p.job_id for p in run_cycle(snap, now).preemptions] == ["lent"]
+
+
 # -- victim choice --------------------------------------------------------------------------------
 def test_checkpointable_victim_is_cheaper():
     now = 100_000.0

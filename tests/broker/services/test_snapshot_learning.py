@@ -76,3 +76,26 @@ def test_snapshot_carries_checkpointable_jobs_checkpoints_and_ratios(client, eng
         (run,) = snap.running
         assert run.checkpoint_time == 150.0 and run.work_at_risk_s(200.0) == pytest.approx(50.0)
         s.rollback()
+
+
+def test_preempted_attempts_reach_the_snapshot_of_a_running_job(client, engine):
+    """The scheduler spares a job preempted often (Policy.reclaim_exempt_after): the broker
+    counts its PREEMPTED attempts (not lost or failed ones) and puts the count on the job."""
+    from broker.models import Attempt, Placement
+
+    jid = client.post("/api/v1/jobs", json=job_body()).json()["id"]
+    other = client.post("/api/v1/jobs", json=job_body()).json()["id"]
+    with Session(engine) as s:
+        for n, status in enumerate(["PREEMPTED", "LOST", "PREEMPTED"], start=1):
+            s.add(Attempt(job_id=jid, number=n, status=status, admitted_at=10.0 * n, ended_at=10.0 * n + 5))
+        s.add(Attempt(job_id=other, number=1, status="LOST", admitted_at=1.0, ended_at=2.0))
+        row = s.get(Job, jid)
+        row.attempt, row.status, row.started_at, row.flavor_pool = 4, "RUNNING", 100.0, "innovation"
+        s.commit()
+        counts = q.preemption_counts(s, [jid, other])
+        assert counts == {jid: 2}
+        pl = Placement(job_id=jid, attempt=4, rank=0, node_id="inno-1", gpu_indices=[0])
+        snap = build_snapshot(now=200.0, half_life_s=3600, departments=[], projects=[], pools=[], nodes=[],
+                              quotas=[], holding=[row], placements={(jid, 4): [pl]}, pending=[], ledger=[],
+                              preemptions=counts)
+        assert snap.running[0].job.preemptions == 2
