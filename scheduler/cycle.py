@@ -92,6 +92,7 @@ class _Cycle:
         self.bounds: dict[int, list[float]] = {}
         self.run_flags: dict[str, tuple[bool, bool, bool]] = {}
         self.guard_rooms: dict[int, tuple[list[float], list[float]]] = {}  # preemption._guarded_room
+        self.release_profiles: dict[int, tuple[list[float], list[float]]] = {}  # preemption._natural_wait
         self.guarded: dict[tuple[int, int], tuple] = {}  # preemption._guarded
         self.preemptors: set[str] = set()  # projects that got a PREEMPTING job this cycle
         self.to_estimate: list[Deferred] = []  # capacity-blocked jobs, explained at the end

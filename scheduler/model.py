@@ -253,6 +253,9 @@ class Policy:
     # job restarts dozens of times). 0: no exemption.
     reclaim_exempt_after: int = 2
     loss_gpu_weighted: bool = True
+    # ... and never more than the preemptor would still wait for the flavor's running jobs to
+    # free its GPUs at their expected ends (a preemption must not cost more than it saves).
+    loss_bounded_by_release: bool = True
     # Lent operation-pool capacity goes only to innovation work that loses little when
     # operation reclaims it: checkpointable jobs, or jobs expected to use at most this many
     # GPU-hours (GPUs x max_runtime_s x the project's runtime ratio). inf: lend to any job.

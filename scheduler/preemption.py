@@ -31,11 +31,12 @@ request at least as big fails at once, because the state only gets tighter withi
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from quotas.amount import round9
 from quotas.tree import Verdict
+from scheduler.backfill import _gpu_releases
 from scheduler.model import RESOURCES, Outcome, Preemption, ReasonCode, WorkloadClass
 from scheduler.quota_view import DEPT_NOMINAL, GUARANTEE, NOMINAL
 from scheduler.reasons import bare, explained
@@ -116,7 +117,7 @@ def try_preempt(cyc: "_Cycle", job: "Job", s: "Shape", reclaim: list["Reclaim"],
         if not prio and gpu_need:
             b = _bounds(cyc, fid)
             if wn and not wg and not op:  # guarded: only victims the work-aware rules allow
-                room = _guarded_room(cyc, fid, cyc.now - job.submit_time)
+                room = _guarded_room(cyc, fid, _max_loss(cyc, job, s, fid))
             else:
                 room = (b[0] if op_reclaim else 0.0) + (b[2] if wg else b[1] if wn else 0.0)
             if wg and fid in cyc.reservations.by_fid:
@@ -211,6 +212,44 @@ def _guarded_room(cyc: "_Cycle", fid: int, waited: float) -> float:
 _NO = (False, False, False)
 
 
+def _max_loss(cyc: "_Cycle", job: "Job", s: "Shape", fid: int) -> float:
+    """The most work (seconds) a victim of this guarded reclaim may lose: what the preemption
+    saves the preemptor. Not more than it has waited (`lost_work_bounded_by_wait`), and with
+    `loss_bounded_by_release` not more than it would still wait for the flavor's running jobs
+    to free its GPUs by themselves (at their expected ends): killing an hour of work for GPUs
+    that free in five minutes saves five minutes. Measured on mixed traces, where most jobs
+    are short: victims whose GPUs were about to free anyway were most of the lost work of
+    innovation reclaim."""
+    pol = cyc.policy
+    if not pol.lost_work_bounded_by_wait:
+        return float("inf")
+    loss = cyc.now - job.submit_time
+    if pol.loss_bounded_by_release and s.req[0] > 0:
+        loss = min(loss, _natural_wait(cyc, fid, s.req[0]))
+    return loss
+
+
+def _natural_wait(cyc: "_Cycle", fid: int, need: float) -> float:
+    """Seconds until flavor fid has `need` GPUs free with no preemption: the GPUs free now
+    plus the running jobs' releases at their expected ends (the queue ahead ignored, so a
+    lower bound; inf when never). Fragmentation is ignored too: a lower bound again, which
+    makes the rule spare victims only when capacity is really near."""
+    got = cyc.release_profiles.get(fid)
+    if got is None:
+        times, cum, acc = [], [], 0.0
+        for end, _jid, g in _gpu_releases(cyc, fid):
+            acc += g
+            times.append(end)
+            cum.append(acc)
+        got = cyc.release_profiles[fid] = (times, cum)
+    times, cum = got
+    short = need - cyc.world.flavors[fid].total_free_g
+    if short <= EPS:
+        return 0.0
+    k = bisect_left(cum, short - EPS)
+    return times[k] - cyc.now if k < len(times) else float("inf")
+
+
 def _not_exempt(pol, job: "Job") -> bool:
     """False when the job was preempted often enough to be spared by innovation reclaims."""
     return not pol.reclaim_exempt_after or job.preemptions < pol.reclaim_exempt_after
@@ -297,7 +336,7 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
     guarded = innovation and not wg
     now = cyc.now
     min_run = policy.min_runtime_s if guarded else 0.0
-    max_loss = now - job.submit_time if guarded and policy.lost_work_bounded_by_wait else float("inf")
+    max_loss = _max_loss(cyc, job, s, fid) if guarded else float("inf")
     max_loss_res = max_loss * s.req[ri] if policy.loss_gpu_weighted else float("inf")  # the same bound weighted by the needed resource
     exempt = policy.reclaim_exempt_after if guarded else 0
     aging = policy.aging_after_s

@@ -203,12 +203,15 @@ def c_borrowing_takes_what_guarantees_leave():
 # --------------------------------------------------------------------------------------------
 # preemption (the reclaim mechanics: the preemptor has waited past the default's hysteresis and
 # its victims have run past the minimum runtime, so only the rules under test decide)
+# Victims of a nominal reclaim run for a day: a job whose GPUs free by themselves before the
+# preemptor would gain anything is spared (Policy.loss_bounded_by_release).
+DAY = 86400.0
 LATE = DEFAULT.reclaim_after_s + DEFAULT.min_runtime_s + 60.0
 
 
 def c_reclaim_nominal_from_borrower():
     snap = snapshot([node("n1")], [job("mine", gpus=8, project="owner")],
-                    [full("n1", 8, "borrower", jid="lent", borrowing=True)],
+                    [full("n1", 8, "borrower", jid="lent", borrowing=True, runtime=DAY)],
                     projects=[project("owner", nominal=8), project("borrower")])
 
     def check(r):
@@ -232,9 +235,10 @@ def c_borrower_cannot_reclaim():
 def c_minimal_victims_on_the_right_node():
     # n1 holds eight 1-GPU borrowers (oldest first), n2 two 4-GPU borrowers; a 2-GPU job needs
     # victims on ONE node: two 1-GPU jobs of n1 or one 4-GPU job of n2, never one of each
-    runs = [running(job(f"v{i}", gpus=1, project="b"), ("n1", (i,)), start=float(i), borrowing=True) for i in range(8)]
-    runs += [running(job("w0", gpus=4, project="b"), ("n2", (0, 1, 2, 3)), borrowing=True),
-             running(job("w1", gpus=4, project="c"), ("n2", (4, 5, 6, 7)), borrowing=True)]
+    runs = [running(job(f"v{i}", gpus=1, project="b", runtime=DAY), ("n1", (i,)), start=float(i), borrowing=True)
+            for i in range(8)]
+    runs += [running(job("w0", gpus=4, project="b", runtime=DAY), ("n2", (0, 1, 2, 3)), borrowing=True),
+             running(job("w1", gpus=4, project="c", runtime=DAY), ("n2", (4, 5, 6, 7)), borrowing=True)]
     snap = snapshot([node("n1"), node("n2")], [job("mine", gpus=2, project="owner")], runs,
                     projects=[project("owner", nominal=8), project("b"), project("c")])
 
@@ -247,16 +251,16 @@ def c_minimal_victims_on_the_right_node():
 
 
 def c_victim_preference_least_work_lost():
-    runs = [full("n1", 8, "b", jid="old", start=0.0, borrowing=True),
-            full("n2", 8, "b", jid="young", start=9.0, borrowing=True)]
+    runs = [full("n1", 8, "b", jid="old", start=0.0, borrowing=True, runtime=DAY),
+            full("n2", 8, "b", jid="young", start=9.0, borrowing=True, runtime=DAY)]
     snap = snapshot([node("n1"), node("n2")], [job("mine", gpus=8, project="owner")], runs,
                     projects=[project("owner", nominal=8), project("b")])
     return Case(snap, set(), {"mine": RC.PREEMPTING}, {"young"}, now=LATE)
 
 
 def c_victim_preference_lowest_priority():
-    runs = [full("n1", 8, "b", jid="hi", start=9.0, borrowing=True, priority=5),
-            full("n2", 8, "b", jid="lo", start=0.0, borrowing=True, priority=0)]
+    runs = [full("n1", 8, "b", jid="hi", start=9.0, borrowing=True, priority=5, runtime=DAY),
+            full("n2", 8, "b", jid="lo", start=0.0, borrowing=True, priority=0, runtime=DAY)]
     snap = snapshot([node("n1"), node("n2")], [job("mine", gpus=8, project="owner")], runs,
                     projects=[project("owner", nominal=8), project("b")])
     return Case(snap, set(), {"mine": RC.PREEMPTING}, {"lo"}, now=LATE)
@@ -265,7 +269,7 @@ def c_victim_preference_lowest_priority():
 def c_victims_not_reused_in_same_cycle():
     snap = snapshot([node("n1")], [job("first", gpus=8, project="o1", submit=0), job("second", gpus=8, project="o2", submit=1),
                                    job("tiny", gpus=1, project="o3", submit=2)],
-                    [full("n1", 8, "b", jid="lent", borrowing=True)],
+                    [full("n1", 8, "b", jid="lent", borrowing=True, runtime=DAY)],
                     projects=[project("o1", nominal=8), project("o2", nominal=8), project("o3", nominal=8), project("b")])
 
     def check(r):

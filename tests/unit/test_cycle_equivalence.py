@@ -11,7 +11,8 @@ preemptor's wait, victims ranked by work at risk, per-resource borrowing), aging
 reservations for aged jobs, lending operation capacity only to cheap victims, and victim
 messages that name the resource and flavor; and again when innovation reclaim spared jobs
 already preempted twice and bounded lost work in GPU-seconds too (Policy.reclaim_exempt_after,
-Policy.loss_gpu_weighted). fifo keeps all its digests; fair and fair-backfill
+Policy.loss_gpu_weighted), and bounded it by what the preemption saves (the wait until the
+flavor frees the GPUs by itself, Policy.loss_bounded_by_release). fifo keeps all its digests; fair and fair-backfill
 keep their bare ones (decisions and codes identical) and had their explain digests re-pinned
 once, when estimated starts became a forward simulation of the queue (scheduler.eta).
 
@@ -48,18 +49,18 @@ PINNED = {
     ("small", "fair", False): "b49515d2ae7c6cdb",
     ("small", "fair-backfill", True): "34f59e1c34faab18",
     ("small", "fair-backfill", False): "cc8889a4a8141d6a",
-    ("small", "fair-backfill-preempt", True): "401c648659b8966e",
-    ("small", "fair-backfill-preempt", False): "80a4b4b67df84676",
+    ("small", "fair-backfill-preempt", True): "fadcfd885a3b63b3",
+    ("small", "fair-backfill-preempt", False): "2bb6ae5b2e1cbffc",
     ("mid7", "fifo", True): "84ba6f5fbce267a6",
     ("mid7", "fifo", False): "cebf6067a129771f",
     ("mid7", "fair", True): "a09ef604c45e6644",
     ("mid7", "fair", False): "b1a46e0767489e24",
     ("mid7", "fair-backfill", True): "7692fb7ac88ae4a3",
     ("mid7", "fair-backfill", False): "f55e04f4aedcd070",
-    ("mid7", "fair-backfill-preempt", True): "6da039853b01f721",
-    ("mid7", "fair-backfill-preempt", False): "6209fbbe894da021",
-    ("full", "fair-backfill-preempt", True): "059ffedebc7c0f87",
-    ("full", "fair-backfill-preempt", False): "982d1ac01e9f3f8c",
+    ("mid7", "fair-backfill-preempt", True): "be17f27664ea2ded",
+    ("mid7", "fair-backfill-preempt", False): "9c033efa4ad5921a",
+    ("full", "fair-backfill-preempt", True): "326735327601bffc",
+    ("full", "fair-backfill-preempt", False): "d6efb431dbe0f1c6",
 }
 SCENARIOS = {"small": SMALL, "mid7": MID7, "full": FULL}
 _SNAPS: dict[str, object] = {}

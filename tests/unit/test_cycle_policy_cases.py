@@ -20,11 +20,14 @@ DEFAULT = POLICIES["fair-backfill-preempt"]
 AGING = replace(DEFAULT, aging_after_s=6 * 3600.0, reserve_after_s=6 * 3600.0)  # aging on (off in the default)
 A100 = Flavor("innovation", "A100")
 OPF = Flavor("operation", "A100")
+DAY = 86400.0
 WAITED = DEFAULT.reclaim_after_s + 600.0  # a preemptor that has waited past the hysteresis
 
 
 def borrower(n: str, jid: str, start: float, gpus: int = 8, project_id: str = "b", **kw):
-    """A borrowing job of project b that started as soon as it was submitted."""
+    """A borrowing job of project b that started as soon as it was submitted, asking for a day
+    (its GPUs do not free by themselves before a reclaim would gain anything)."""
+    kw.setdefault("runtime", DAY)
     return running(job(jid, gpus=gpus, project=project_id, submit=start, **kw), (n, tuple(range(gpus))), start=start,
                    borrowing=True)
 
@@ -70,11 +73,26 @@ def test_min_runtime_never_holds_back_operation_reclaim():
 
 def test_a_victim_never_loses_more_work_than_the_preemptor_waited():
     now = 100_000.0
-    old = borrower("n1", "old", start=now - 50_000.0)  # would lose 50,000 s for a 5,000 s wait
+    old = borrower("n1", "old", start=now - 50_000.0, runtime=7 * DAY)  # would lose 50,000 s for a 5,000 s wait
     r = run_cycle(owner_snap([old], submit=now - 5_000.0), now)
     assert not r.preemptions
     r = run_cycle(owner_snap([old], submit=now - 60_000.0), now)
     assert [p.job_id for p in r.preemptions] == ["old"]
+
+
+def test_no_victim_loses_more_work_than_the_preemption_saves():
+    """The victim's GPUs free by themselves (at its expected end) in 1,000 s: stopping it would
+    throw away 2,000 s of work to save the preemptor 1,000 s. Due in 3,000 s it is a victim."""
+    now = 100_000.0
+    for left, stopped in ((1_000.0, False), (3_000.0, True)):
+        soon = borrower("n1", "soon", start=now - 2_000.0, runtime=2_000.0 + left)
+        r = run_cycle(owner_snap([soon], submit=now - WAITED), now)
+        assert bool(r.preemptions) is stopped, left
+        if not stopped:
+            assert r.pending["mine"].code is RC.NO_CAPACITY
+    off = replace(DEFAULT, loss_bounded_by_release=False)
+    soon = borrower("n1", "soon", start=now - 2_000.0, runtime=3_000.0)
+    assert run_cycle(owner_snap([soon], submit=now - WAITED), now, off).preemptions
 
 
 def test_lost_work_is_also_bounded_in_gpu_seconds():
@@ -143,7 +161,7 @@ def test_borrowing_is_judged_on_the_resource_the_preemptor_needs():
 
     def case(b_gpu_nominal):
         quotas = {(A100, "gpus"): q(b_gpu_nominal), (A100, "cpus"): q(0)}
-        cpu_heavy = running(job("cpu-heavy", gpus=8, project="b", cpus=32.0, submit=now - 7200.0),
+        cpu_heavy = running(job("cpu-heavy", gpus=8, project="b", cpus=32.0, submit=now - 7200.0, runtime=DAY),
                             ("n1", tuple(range(8))), start=now - 7200.0, borrowing=True)
         snap = snapshot([node("n1")], [job("mine", gpus=8, project="owner", submit=now - 20_000.0)], [cpu_heavy],
                         projects=[owner, project("b", quotas=quotas)])
@@ -298,7 +316,7 @@ def test_a_job_that_started_aged_is_no_reclaim_victim():
     """It waited past the aging threshold before it started: stopping it for a reclaim would
     undo the starvation bound (the two would take turns on the same capacity)."""
     now = 100_000.0
-    aged = running(job("aged", gpus=8, project="b", submit=now - 2_000.0 - AGING.aging_after_s - 1.0),
+    aged = running(job("aged", gpus=8, project="b", submit=now - 2_000.0 - AGING.aging_after_s - 1.0, runtime=DAY),
                    ("n1", tuple(range(8))), start=now - 2_000.0, borrowing=True)
     r = run_cycle(owner_snap([aged], submit=now - 10_000.0), now, AGING)
     assert not r.preemptions
