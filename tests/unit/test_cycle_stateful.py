@@ -13,8 +13,13 @@ current state and check it:
   preemptible work is gone, is admitted or has preemptions issued for it in that cycle
   (operation jobs within their guarantee on lent operation capacity included);
 - work-aware reclaim: an innovation job without a guarantee reclaims nominal only after
-  `reclaim_after_s`, from victims that ran at least `min_runtime_s` and lose no more than it
-  waited;
+  `reclaim_after_s`, from victims that ran at least `min_runtime_s`, were preempted fewer than
+  `reclaim_exempt_after` times and lose no more work than it waited (work since their last
+  checkpoint for checkpointable jobs: checkpointed work is never counted as lost, so a job
+  that checkpoints often is the cheaper victim), in seconds and in GPU-seconds;
+- checkpoints and notices: checkpointable jobs checkpoint every CHECKPOINT_S while they run; a
+  victim goes back to the queue (its submit time kept, its preemption count up), and exactly the
+  work since its last checkpoint is lost (the core's work at risk, which ranks and bounds victims);
 - deterministic (two runs give equal results).
 """
 
@@ -41,6 +46,7 @@ PROJECTS = {"g-liver": ("ouh", WorkloadClass.INNOVATION), "g-lung": ("slb", Work
             "b-eye": ("ouh", WorkloadClass.INNOVATION), "b-skin": ("slb", WorkloadClass.INNOVATION),
             "ops-triage": ("ouh", WorkloadClass.OPERATION)}
 POLICY_NAMES = ("fair-backfill-preempt", "fair-backfill", "fifo")
+CHECKPOINT_S = 600.0
 
 
 class CycleMachine(RuleBasedStateMachine):
@@ -63,6 +69,7 @@ class CycleMachine(RuleBasedStateMachine):
         self.set_quota("g-lung", Flavor("innovation", "H100"), guaranteed=2, nominal=4)
         self.set_quota("ops-triage", Flavor("operation", "A100"), guaranteed=2, nominal=4)
         self.last: CycleResult | None = None
+        self.lost = 0.0  # GPU-seconds thrown away by preemptions
 
     # -- helpers ---------------------------------------------------------------------------
     def set_quota(self, pid: str, fl: Flavor, guaranteed: int, nominal: int, limit: int | None = None) -> None:
@@ -80,15 +87,16 @@ class CycleMachine(RuleBasedStateMachine):
     # -- rules -----------------------------------------------------------------------------
     @rule(pid=st.sampled_from(sorted(PROJECTS)), gpus=st.sampled_from([1, 1, 2, 4]), workers=st.sampled_from([1, 1, 2]),
           model=st.sampled_from([(), ("A100",), ("H100",)]), priority=st.sampled_from([0, 0, 1]),
-          runtime=st.sampled_from([60.0, 600.0, 3600.0]))
-    def submit(self, pid, gpus, workers, model, priority, runtime) -> None:
+          runtime=st.sampled_from([60.0, 600.0, 3600.0]), checkpointable=st.booleans())
+    def submit(self, pid, gpus, workers, model, priority, runtime, checkpointable=False) -> None:
         if len(self.pending) >= 12:
             return
         self.seq += 1
         cls = PROJECTS[pid][1]
         jid = f"j{self.seq:03d}"
-        self.pending[jid] = job(jid, gpus=gpus, project=pid, workers=workers, cls=cls, priority=priority,
-                                submit=self.now, models=model, runtime=runtime, cpus=1, mem=4)
+        self.pending[jid] = replace(job(jid, gpus=gpus, project=pid, workers=workers, cls=cls, priority=priority,
+                                        submit=self.now, models=model, runtime=runtime, cpus=1, mem=4),
+                                    checkpointable=checkpointable)
 
     @rule(pid=st.sampled_from(["b-eye", "b-skin"]), n=st.integers(1, 4), gpus=st.sampled_from([1, 4]),
           runtime=st.sampled_from([600.0, 3600.0]))
@@ -97,6 +105,22 @@ class CycleMachine(RuleBasedStateMachine):
         for _ in range(n):
             self.submit(pid, gpus, 1, ("A100",), 0, runtime)
         self.tick(0.0)
+
+    @rule(n=st.integers(1, 4), checkpointable=st.booleans(), ran=st.sampled_from([700.0, 1300.0, 2500.0]),
+          waited=st.sampled_from([1000.0, 4000.0]))
+    def nominal_reclaim(self, n, checkpointable, ran, waited) -> None:
+        """b-eye's long jobs (checkpointing or not) hold the A100s (a third A100 node joins);
+        g-liver, now with a nominal of 4 and no guarantee there, asks for its share and keeps
+        asking: the work-aware rules decide (checkpointed victims lose little and are taken,
+        a job that ran longer than g-liver waited is spared)."""
+        self.set_quota("g-liver", Flavor("innovation", "A100"), 0, 4)
+        self.nodes.setdefault("nr", node("nr", gpus=4, pool="innovation", model="A100", cpus=16, mem=64))
+        for _ in range(n):
+            self.submit("b-eye", 4, 1, ("A100",), 0, 6 * 3600.0, checkpointable)
+        self.tick(0.0)
+        self.tick(ran)
+        self.submit("g-liver", 4, 1, ("A100",), 0, 3600.0)
+        self.tick(waited)
 
     @rule(guaranteed=st.sampled_from([4, 8]))
     def guarantee_grows(self, guaranteed) -> None:
@@ -153,10 +177,23 @@ class CycleMachine(RuleBasedStateMachine):
             self.spent[r.job.project] += r.job.total.gpus * max(0.0, end - max(self.now, r.start_time)) / 3600.0
             if r.start_time + r.job.max_runtime_s <= later:
                 del self.running[jid]
+            elif r.job.checkpointable and later - r.start_time >= CHECKPOINT_S:
+                # the job checkpoints every CHECKPOINT_S; the broker learns the newest one
+                ckpt = r.start_time + (later - r.start_time) // CHECKPOINT_S * CHECKPOINT_S
+                self.running[jid] = replace(r, checkpoint_time=ckpt)
         self.now = later
         result = run_cycle(self.snapshot(), self.now, self.policy)
         for p in result.preemptions:
-            self.running.pop(p.job_id, None)
+            victim = self.running.pop(p.job_id, None)
+            if victim is None:
+                continue
+            # the notice: it stops, keeps what it checkpointed, and queues again as it was submitted
+            lost = victim.work_at_risk_s(self.now)
+            since = victim.checkpoint_time if victim.job.checkpointable and victim.checkpoint_time else victim.start_time
+            assert lost == self.now - since, "checkpointed work counted as lost (or unsaved work as kept)"
+            self.lost += lost * victim.job.total.gpus
+            if len(self.pending) < 12:
+                self.pending[p.job_id] = replace(victim.job, preemptions=victim.job.preemptions + 1)
         for a in result.admissions:
             j = self.pending.pop(a.job_id)
             self.running[j.id] = Running(j, a.placements, self.now, a.flavor, a.borrowing)
@@ -262,8 +299,9 @@ class CycleMachine(RuleBasedStateMachine):
 
     def check_work_aware_reclaim(self, snap: Snapshot, r: CycleResult) -> None:
         """An innovation job without a guarantee on the flavor reclaims nominal only after
-        waiting `reclaim_after_s`, never stops a job younger than `min_runtime_s`, and never
-        one that would lose more work than the preemptor has waited."""
+        waiting `reclaim_after_s`, never stops a job younger than `min_runtime_s` or one already
+        preempted `reclaim_exempt_after` times, and never one that would lose more work (since
+        its last checkpoint) than the preemptor has waited, in seconds or in GPU-seconds."""
         pol = self.policy
         pend = {j.id: j for j in snap.pending}
         run = {x.job.id: x for x in snap.running}
@@ -276,8 +314,14 @@ class CycleMachine(RuleBasedStateMachine):
             waited = self.now - pre.submit_time
             assert waited >= pol.reclaim_after_s, f"{pre.id} reclaimed after {waited} s"
             assert self.now - victim.start_time >= pol.min_runtime_s, f"{victim.job.id} stopped too young"
+            assert not pol.reclaim_exempt_after or victim.job.preemptions < pol.reclaim_exempt_after, \
+                f"{victim.job.id} was preempted {victim.job.preemptions} times already"
             if pol.lost_work_bounded_by_wait:
-                assert self.now - victim.start_time <= waited + 1e-6, f"{victim.job.id} loses more than {pre.id} waited"
+                lost = victim.work_at_risk_s(self.now)
+                assert lost <= waited + 1e-6, f"{victim.job.id} loses more than {pre.id} waited"
+                if pol.loss_gpu_weighted:
+                    assert lost * victim.job.total.gpus <= waited * pre.total.gpus + 1e-6, \
+                        f"{victim.job.id} loses more GPU-seconds than {pre.id} waited"
 
     @staticmethod
     def _may_use(j: Job, fl: Flavor) -> bool:
@@ -310,6 +354,7 @@ class CycleMachine(RuleBasedStateMachine):
         return slots >= j.workers
 
 
-CycleMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None,
+# CYCLE_EXAMPLES=1000 for a longer hunt than the suite's
+CycleMachine.TestCase.settings = settings(max_examples=int(__import__("os").environ.get("CYCLE_EXAMPLES", "100")), stateful_step_count=30, deadline=None,
                                           suppress_health_check=[HealthCheck.too_slow])
 TestCycleMachine = CycleMachine.TestCase
