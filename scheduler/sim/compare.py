@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -338,6 +339,44 @@ def report(cases: Sequence[Case], results: list[dict], policies: Sequence[str], 
     return "\n".join(out), all_ok
 
 
+def summary(results: list[dict], policies: Sequence[str], default: str) -> str:
+    """Across every trace and cluster, one line per policy against `fair`: the geometric mean of
+    its innovation avg/p95/p99 wait ratios, on how many traces all three stay within 1.05 x,
+    the mean and worst lost fraction, the geometric mean of its Jain ratio and the worst
+    operation p99 wait. One trace can swing on a single project (see docs/scheduling-policy.md):
+    a policy is judged on the set, not on one table. Empty without `fair`."""
+    keys = ("avg_wait_s", "p95_wait_s", "p99_wait_s")
+    pairs = [(r["fair"], r) for r in results if isinstance(r.get("fair"), dict)]
+    if not pairs:
+        return ""
+    lines = [f"Across {len(pairs)} trace(s) and cluster(s), against fair (geometric means of the ratios):\n",
+             "| policy | innovation avg / p95 / p99 wait | within 1.05 x on all three | lost mean / worst | Jain | "
+             "operation p99 worst (s) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for p in policies:
+        if p == "fair":
+            continue
+        got = [(f, r[p]) for f, r in pairs if isinstance(r.get(p), dict)]
+        if not got:
+            continue
+        logs = [0.0, 0.0, 0.0]
+        jain = within = 0.0
+        lost: list[float] = []
+        op99 = 0.0
+        for f, m in got:
+            fi, mi = f["per_class"]["innovation"], m["per_class"]["innovation"]
+            ratios = [(mi[k] + 1.0) / (fi[k] + 1.0) for k in keys]  # +1 s: a trace with no wait at all
+            logs = [a + math.log(x) for a, x in zip(logs, ratios)]
+            within += all(x <= INNOVATION_SLACK for x in ratios)
+            jain += math.log(max(m["jain_fairness"], 1e-9) / max(f["jain_fairness"], 1e-9))
+            lost.append(m["lost_fraction"])
+            op99 = max(op99, m["per_class"]["operation"]["p99_wait_s"])
+        n = len(got)
+        name = f"{p} (default)" if p == default else p
+        lines.append(f"| {name} | {' / '.join(f'{math.exp(a / n):.3f}' for a in logs)} | {within:.0f} of {n} | "
+                     f"{100 * sum(lost) / n:.2f} % / {100 * max(lost):.2f} % | {math.exp(jain / n):.3f} | {op99:,.0f} |")
+    return "\n".join(lines)
+
+
 # -- command line ----------------------------------------------------------------------------
 
 
@@ -411,6 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     policies = list(dict.fromkeys([p for p in REUSABLE if any(p in r for r in reused)] + policies))
     text, ok = report(cases, results, policies, args.default, args.explain)
     print(text)
+    if len(cases) > 1:
+        print("\n" + summary(results, policies, args.default))
     if args.json_out:
         with open(args.json_out, "w", encoding="utf-8") as f:
             json.dump({c.label: {"settings": settings(c, args.window), "results": r, "targets": [

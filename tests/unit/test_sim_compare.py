@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.sim.compare import detect_format, targets
+from scheduler.sim.compare import detect_format, summary, targets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -156,3 +156,22 @@ def test_several_cluster_sizes_in_one_command():
     assert "over 2 trace(s) and cluster(s)" in p.stdout
     bad = run("--trace-gen", "3", "--nodes", "6,eight", "--gpus-per-node", "8")
     assert bad.returncode == 2 and "--nodes must be a number or a comma-separated list" in bad.stderr
+
+
+def test_summary_judges_a_policy_on_the_set_of_traces():
+    """Geometric means of the ratios to fair over every trace: one trace where the default is
+    twice fair's and one where it is half give 1.000; 'within 1.05 x' counts the traces where
+    all three innovation figures are; lost and operation p99 are the mean/worst and the worst."""
+    worse = figures(inno=(2000.0, 10000.0, 18000.0), lost=0.03, jain=1.0, op_p99=250.0)
+    better = figures(inno=(500.0, 2500.0, 4500.0), lost=0.01, jain=0.25, op_p99=290.0)
+    results = [{**BASE, "default": worse}, {**BASE, "default": better}]
+    text = summary(results, ["fifo", "fair", "default"], "default")
+    row = next(line for line in text.splitlines() if line.startswith("| default (default) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "1.000 / 1.000 / 1.000"
+    assert cells[2] == "1 of 2"
+    assert cells[3] == "2.00 % / 3.00 %"
+    assert cells[4] == "1.000"  # Jain 2x and 0.5x of fair's 0.5
+    assert cells[5] == "290"
+    assert not any(line.startswith("| fair ") for line in text.splitlines())
+    assert summary([{"default": worse}], ["default"], "default") == ""  # fair did not run
