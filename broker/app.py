@@ -22,6 +22,8 @@ from broker.api import docs as docs_routes
 from broker.api import jobs as job_routes
 from broker.api import observability as observability_routes
 from broker.api import reports as report_routes
+from broker.api import services as service_routes
+from broker.api import svc_proxy
 
 from broker.api import ops as ops_routes
 from broker.api import telemetry as telemetry_routes
@@ -46,7 +48,7 @@ from broker.tasks import build_tasks
 ROUTERS = (job_routes.router, catalog_routes.router, observability_routes.router, telemetry_routes.router,
            token_routes.router, tenancy_routes.router, quota_routes.router, audit_routes.router,
            settings_routes.router, docs_routes.router, report_routes.router, ops_routes.router,
-           data_routes.router)
+           data_routes.router, service_routes.router, svc_proxy.router)
 
 
 def create_app(settings: Settings | None = None, executor: Executor | None = None, start_background: bool = True,

@@ -63,7 +63,7 @@ def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, p
         per_worker=Resources(row.gpus, row.cpus, row.memory_gb), gpu_models=tuple(row.gpu_models or ()),
         pool=row.pool, max_runtime_s=row.max_runtime_s, checkpointable=bool(row.checkpointable),
         nodes=data_nodes(row.mounts, pool_nodes or {}) if getattr(row, "mounts", None) else frozenset(),
-        preemptions=preemptions,
+        preemptions=preemptions, preemptible=getattr(row, "preemptible", True) is not False,
     )
 
 
