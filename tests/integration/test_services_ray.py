@@ -1,0 +1,112 @@
+"""Services end to end on the real local Ray cluster: a `runtime: process` Python HTTP server as
+the replicas, the real scheduling loop, runner, controller (its periodic task) and /svc proxy.
+
+Targets checked (issue: services): requests through the entry point succeed and are spread
+over both replicas; a replica whose process is killed is out of rotation within 2 probe
+periods (plus one controller tick) and a replacement is ready within 10 s; no request through
+the entry point fails meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from tests.integration.conftest import wait_for
+from tests.integration.test_e2e_ray import _release_all, running_broker
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
+
+PERIOD_S = 0.5
+SERVER = """
+import http.server, os, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"{os.environ['BROKER_JOB_ID']} {os.getpid()}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S(("", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+@pytest.fixture
+def broker_settings(tmp_path):
+    from broker.db import migrate
+    from broker.settings import Settings
+
+    s = Settings(data_dir=tmp_path / "broker", allow_process_runtime=True, grace_period_s=2.0,
+                 cycle_interval_s=0.25, reconcile_interval_s=2.0)
+    s.ensure_data_dir()
+    migrate(s)
+    return s
+
+
+@pytest.fixture
+def broker(ray_cluster, broker_settings):
+    with running_broker(broker_settings, ray_cluster.address) as client:
+        yield client
+    _release_all(ray_cluster)
+
+
+def service_body(name: str, **over) -> dict:
+    b = {"name": name, "project": "ouh-liver", "runtime": "process", "command": ["python3", "-c", SERVER],
+         "resources": {"gpus": 0, "cpus": 0.25, "memory_gb": 0.1}, "replicas": {"min": 2, "max": 2},
+         "readiness": {"path": "/healthz", "period_s": PERIOD_S, "failure_threshold": 2, "timeout_s": 0.5},
+         "restart": {"backoff_initial_s": 0.2, "backoff_max_s": 2}}
+    b.update(over)
+    return b
+
+
+def _who(broker, name: str) -> tuple[str, int]:
+    r = broker.call_service("ouh-liver", name, "/predict")
+    assert r.status_code == 200, r.text
+    job_id, pid = r.text.split()
+    return job_id, int(pid)
+
+
+def test_process_replicas_serve_spread_and_a_killed_one_is_replaced(broker):
+    broker.deploy_service(service_body("echo"))
+    broker.wait_service("echo", project="ouh-liver", ready=2, timeout=90)
+    seen = Counter(_who(broker, "echo") for _ in range(40))
+    assert len({j for j, _ in seen}) == 2 and min(seen.values()) >= 10, seen
+
+    (victim, pid), _ = seen.most_common(1)[0]
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    out = wait_for(lambda: victim not in {r["job_id"] for r in broker.service_replicas("echo", project="ouh-liver")
+                                           if r["ready"]} and time.monotonic(), timeout_s=10, interval_s=0.05)
+    out_s = out - killed
+    failed = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            _who(broker, "echo")
+        except AssertionError:
+            failed += 1
+        reps = broker.service_replicas("echo", project="ouh-liver")
+        if sum(1 for r in reps if r["ready"]) == 2 and victim not in {r["job_id"] for r in reps}:
+            break
+        time.sleep(0.05)
+    replaced_s = time.monotonic() - killed
+    print(f"\nkilled replica: out of rotation after {out_s:.2f} s, replacement ready after {replaced_s:.2f} s, "
+          f"{failed} failed requests")
+    assert out_s <= 2 * PERIOD_S + 0.75, out_s
+    assert replaced_s <= 10.0, replaced_s
+    assert failed == 0
+    seen = Counter(j for j, _ in (_who(broker, "echo") for _ in range(20)))
+    assert len(seen) == 2 and victim not in seen
+    kinds = [e["kind"] for e in broker.service_events("echo", project="ouh-liver")]
+    assert "replica_failed" in kinds
+    broker.delete_service("echo", project="ouh-liver")
+    wait_for(lambda: not broker.services(project="ouh-liver"), timeout_s=30)
