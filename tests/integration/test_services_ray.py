@@ -110,3 +110,24 @@ def test_process_replicas_serve_spread_and_a_killed_one_is_replaced(broker):
     assert "replica_failed" in kinds
     broker.delete_service("echo", project="ouh-liver")
     wait_for(lambda: not broker.services(project="ouh-liver"), timeout_s=30)
+
+
+@pytest.mark.container
+def test_container_replicas_behind_the_proxy(broker, busybox_image):
+    """busybox httpd in two isolated containers (own network, the gateway guard on): the port is
+    published on the node for the broker only, and requests are spread over both."""
+    cmd = "echo $BROKER_JOB_ID > /tmp/index.html && exec /bin/busybox httpd -f -p $PORT -h /tmp"
+    broker.deploy_service(service_body("web", runtime="container", image=busybox_image, port=8080,
+                                       command=["/bin/busybox", "sh", "-c", cmd],
+                                       readiness={"path": "/index.html", "period_s": PERIOD_S, "failure_threshold": 2}))
+    broker.wait_service("web", project="ouh-liver", ready=2, timeout=120)
+    seen = Counter()
+    for _ in range(20):
+        r = broker.call_service("ouh-liver", "web", "/index.html")
+        assert r.status_code == 200, r.text
+        seen[r.text.strip()] += 1
+    assert len(seen) == 2 and min(seen.values()) >= 5, seen
+    reps = broker.service_replicas("web", project="ouh-liver")
+    assert {r["job_id"] for r in reps} == set(seen)
+    broker.delete_service("web", project="ouh-liver")
+    wait_for(lambda: not broker.services(project="ouh-liver"), timeout_s=60)
