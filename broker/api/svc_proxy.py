@@ -1,18 +1,19 @@
-"""The entry point of every service: `/svc/{project}/{service}/...`, a reverse proxy in the
-broker on an async HTTP client (httpx).
+"""The entry point of every service: `/svc/{project}/{service}/...`, a reverse proxy inside the
+broker (pure ASGI middleware, outermost: these requests skip routing and the API's middleware).
 
 Why our own proxy and not Ray Serve's: replicas stay tenant containers (or sanitized
 processes) that the broker's scheduler admits and the runner isolates; Ray Serve would run the
 model code inside Ray actors, outside the sandbox, quotas and accounting. A proxy in the broker
 reuses the broker's tokens, roles and metrics, and listens on no port of its own (nothing can
-clash with the broker's port).
+clash with the broker's port). Its HTTP client is `broker.api.upstream` (keep-alive pools).
 
 Per request: authenticate (a bearer token with a role in the service's project, or one of the
-service's API keys in `X-Service-Key`), pick the ready replica with the fewest requests in
-flight, forward with the service's timeout, stream the response back. A replica that refuses
-the connection is marked down and the request goes to another one (the request never reached
-it, so any method may be retried); an idempotent request whose replica closed the connection
-before answering is retried too. The broker's credentials never reach the replica.
+service's API keys in `X-Service-Key`; a foreign caller gets 404 like a missing service), pick
+the ready replica with the fewest requests in flight, forward with the service's timeout,
+stream the response back. A replica that refuses the connection is marked down and the request
+goes to another one (it never reached the first, so any method may be retried); an idempotent
+request whose replica closed the connection before answering is retried too. The broker's
+credentials (Authorization, X-Service-Key, cookies) never reach the replica.
 Request bodies are read whole (at most the broker's body limit, so they can be retried);
 responses stream.
 """
@@ -20,118 +21,160 @@ responses stream.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
-import httpx
-from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+import orjson
 
-from broker.api.json import JSON
+from broker.api.upstream import CHUNK, ConnectFailed, NoAnswer, Pool, UpstreamTimeout
 from broker.errors import BrokerError
 
-router = APIRouter(tags=["services"])
-METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+PREFIX = "/svc/"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                 "trailers", "transfer-encoding", "upgrade", "host", "authorization", "x-service-key",
-                 "content-length", "cookie"})
+HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
+                 b"trailers", b"transfer-encoding", b"upgrade", b"host", b"authorization", b"x-service-key",
+                 b"content-length", b"cookie"})
 ATTEMPTS = 3
-_clients: dict[int, httpx.AsyncClient] = {}
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_JSON = [(b"content-type", b"application/json")]
 
 
-def _client() -> httpx.AsyncClient:
-    """One pooled client per event loop (a TestClient runs its own loop)."""
-    loop = asyncio.get_running_loop()
-    c = _clients.get(id(loop))
-    if c is None or c.is_closed:
-        c = _clients[id(loop)] = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128), trust_env=False,
-            follow_redirects=False)
-    return c
+class ServiceProxy:
+    def __init__(self, app, *, services: Any, max_body_bytes: int) -> None:
+        self.app, self.services, self.max_body = app, services, max_body_bytes
+        self._pools: dict[int, Pool] = {}
 
-
-def _error(status: int, code: str, message: str) -> Response:
-    return JSON({"error": {"code": code, "message": message, "details": {}}}, status_code=status)
-
-
-@router.api_route("/svc/{project}/{service}/{path:path}", methods=METHODS, include_in_schema=False)
-@router.api_route("/svc/{project}/{service}", methods=METHODS, include_in_schema=False)
-async def proxy(request: Request, project: str, service: str, path: str = "") -> Response:
-    services = request.app.state.services
-    mgr, rt = services.service_manager, services.service_router
-    target = await mgr.resolve(project, service)  # 404 SERVICE_NOT_FOUND when missing
-    try:
-        await mgr.authorize_call(target, request.headers.get("authorization"), request.headers.get("x-service-key"),
-                                 services.authn)
-    except BrokerError as e:
-        return JSON(e.body(), status_code=e.status, headers=e.headers)
-    prefix = f"/svc/{project}/{service}"
-    upstream = request.url.path[len(prefix):] or "/"
-    if request.url.query:
-        upstream += "?" + request.url.query
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP]
-    peer = request.client.host if request.client else ""
-    headers += [("x-forwarded-for", peer), ("x-forwarded-prefix", prefix)]
-    body = await request.body()
-    method = request.method
-    t0 = time.perf_counter()
-    labels = (target.project, target.name)
-    tried: set[str] = set()
-    client = _client()
-    for _ in range(ATTEMPTS):
-        ep = rt.pick(target.id, frozenset(tried))
-        if ep is None:
-            break
-        tried.add(ep.job_id)
-        rt.begin(target.id, ep.job_id)
-        rt.inflight_gauge.labels(*labels).inc()
-        req = client.build_request(method, ep.url + upstream, headers=headers, content=body,
-                                   timeout=httpx.Timeout(target.timeout_s, connect=min(2.0, target.timeout_s)))
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
+            return await self.app(scope, receive, send)
         try:
-            resp = await client.send(req, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            _done(rt, target, ep.job_id, labels)
-            rt.mark_down(ep.job_id)
-            continue
-        except (httpx.RemoteProtocolError, httpx.ReadError) as e:
-            _done(rt, target, ep.job_id, labels)
-            if method in IDEMPOTENT:
+            await self._proxy(scope, receive, send)
+        except BrokerError as e:
+            await _answer(send, e.status, e.body(), list(e.headers.items()))
+
+    def _pool(self) -> Pool:
+        """One pool per event loop (a test client runs its own)."""
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(id(loop))
+        if pool is None:
+            pool = self._pools[id(loop)] = Pool()
+        return pool
+
+    async def _proxy(self, scope, receive, send) -> None:
+        svc = self.services
+        mgr, rt = svc.service_manager, svc.service_router
+        parts = scope["path"][len(PREFIX):].split("/", 2)
+        if len(parts) < 2 or not SLUG.match(parts[0]) or not SLUG.match(parts[1]):
+            return await _error(send, 404, "SERVICE_NOT_FOUND", "no such service entry point")
+        project, name = parts[0], parts[1]
+        auth = key = None
+        fwd: list[tuple[bytes, bytes]] = []
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                auth = v.decode("latin-1")
+            elif k == b"x-service-key":
+                key = v.decode("latin-1")
+            elif k not in HOP:
+                fwd.append((k, v))
+        target = await mgr.resolve(project, name)
+        await mgr.authorize_call(target, auth, key, svc.authn)
+        body = await self._body(receive)
+        peer = (scope.get("client") or ("",))[0]
+        prefix = f"/svc/{project}/{name}"
+        fwd += [(b"x-forwarded-for", peer.encode()), (b"x-forwarded-prefix", prefix.encode())]
+        path = scope.get("raw_path") or scope["path"].encode()
+        upstream = path[len(prefix):].decode("latin-1") or "/"
+        if not upstream.startswith("/"):
+            upstream = "/" + upstream
+        if scope.get("query_string"):
+            upstream += "?" + scope["query_string"].decode("latin-1")
+        method = scope["method"]
+        m = rt.metrics_for(target.project, target.name)
+        t0 = time.perf_counter()
+        pool = self._pool()
+        tried: set[str] = set()
+        for _ in range(ATTEMPTS):
+            ep = rt.pick(target.id, frozenset(tried))
+            if ep is None:
+                break
+            tried.add(ep.job_id)
+            rt.begin(target.id, ep.job_id)
+            m.inflight.inc()
+            try:
+                resp = await pool.request(ep.host, ep.port, method, upstream, fwd, body, timeout_s=target.timeout_s)
+            except ConnectFailed:
+                _done(rt, m, target.id, ep.job_id)
+                rt.mark_down(ep.job_id)
                 continue
-            rt.errors.labels(*labels, "upstream").inc()
-            rt.requests.labels(*labels, "502").inc()
-            return _error(502, "REPLICA_ERROR", f"the replica closed the connection: {type(e).__name__}")
-        except httpx.TimeoutException:
-            _done(rt, target, ep.job_id, labels)
-            rt.errors.labels(*labels, "timeout").inc()
-            rt.requests.labels(*labels, "504").inc()
-            return _error(504, "REPLICA_TIMEOUT", f"the replica did not answer within {target.timeout_s:g} s")
-        rt.latency.labels(*labels).observe(time.perf_counter() - t0)
-        rt.requests.labels(*labels, str(resp.status_code)).inc()
-        if resp.status_code >= 500:
-            rt.errors.labels(*labels, "5xx").inc()
-        out_headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP}
-        if "content-length" in resp.headers and "transfer-encoding" not in resp.headers:
-            out_headers["content-length"] = resp.headers["content-length"]
-        return StreamingResponse(_stream(resp, rt, target, ep.job_id, labels), status_code=resp.status_code,
-                                 headers=out_headers)
-    rt.errors.labels(*labels, "no_replica").inc()
-    rt.requests.labels(*labels, "503").inc()
-    return _error(503, "NO_READY_REPLICA", f"service {project}/{service} has no ready replica now"
-                  + (f" (tried {len(tried)})" if tried else ""))
+            except NoAnswer as e:
+                _done(rt, m, target.id, ep.job_id)
+                if method in IDEMPOTENT:
+                    continue
+                m.error("upstream")
+                m.code(502)
+                return await _error(send, 502, "REPLICA_ERROR", f"the replica closed the connection: {e}")
+            except UpstreamTimeout:
+                _done(rt, m, target.id, ep.job_id)
+                m.error("timeout")
+                m.code(504)
+                return await _error(send, 504, "REPLICA_TIMEOUT", f"the replica did not answer within "
+                                    f"{target.timeout_s:g} s")
+            m.latency.observe(time.perf_counter() - t0)
+            m.code(resp.status)
+            if resp.status >= 500:
+                m.error("5xx")
+            headers = [(k, v) for k, v in resp.headers if k not in HOP]
+            if resp.length is not None:
+                headers.append((b"content-length", str(resp.length).encode()))
+            try:
+                await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+                if resp.no_body or (resp.length is not None and resp.length <= CHUNK):  # one send
+                    data = b"".join([c async for c in resp.body(target.timeout_s)])
+                    await send({"type": "http.response.body", "body": data, "more_body": False})
+                else:
+                    async for chunk in resp.body(target.timeout_s):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except (NoAnswer, TimeoutError, OSError, ValueError):
+                m.error("upstream")  # headers are out: the client sees a cut response
+            finally:
+                resp.release()
+                _done(rt, m, target.id, ep.job_id)
+            return
+        m.error("no_replica")
+        m.code(503)
+        return await _error(send, 503, "NO_READY_REPLICA", f"service {project}/{name} has no ready replica now"
+                            + (f" (tried {len(tried)})" if tried else ""))
+
+    async def _body(self, receive) -> bytes:
+        parts, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                break
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise BrokerError(f"the request body is larger than {self.max_body} bytes", code="PAYLOAD_TOO_LARGE",
+                                  status=413)
+            parts.append(chunk)
+            if not msg.get("more_body"):
+                break
+        return b"".join(parts)
 
 
-async def _stream(resp: httpx.Response, rt: Any, target: Any, job_id: str, labels: tuple[str, str]):
-    """The replica's body as it comes; the replica's request counts as done when it ends (or the
-    client went away)."""
-    try:
-        async for chunk in resp.aiter_raw():
-            yield chunk
-    finally:
-        _done(rt, target, job_id, labels)
-        await resp.aclose()
+def _done(rt: Any, m: Any, service_id: str, job_id: str) -> None:
+    rt.end(service_id, job_id)
+    m.inflight.dec()
 
 
-def _done(rt: Any, target: Any, job_id: str, labels: tuple[str, str]) -> None:
-    rt.end(target.id, job_id)
-    rt.inflight_gauge.labels(*labels).dec()
+async def _error(send, status: int, code: str, message: str) -> None:
+    await _answer(send, status, {"error": {"code": code, "message": message, "details": {}}}, [])
+
+
+async def _answer(send, status: int, body: dict, extra: list[tuple[str, str]]) -> None:
+    payload = orjson.dumps(body)
+    headers = _JSON + [(b"content-length", str(len(payload)).encode())] + [(k.encode(), v.encode()) for k, v in extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

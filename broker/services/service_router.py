@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -46,6 +46,7 @@ class ServiceRouter:
         self._rr = itertools.count()
         self._load, self._refresh_s, self._clock = load, refresh_s, clock
         self._loaded_at = float("-inf")
+        self._metrics: dict[tuple[str, str], ServiceMetrics] = {}
         r = registry or CollectorRegistry()
         self.requests = Counter("broker_service_requests", "requests proxied to a service",
                                 ["project", "service", "code"], registry=r)
@@ -56,6 +57,14 @@ class ServiceRouter:
                                  ["project", "service"], buckets=SERVICE_BUCKETS, registry=r)
         self.inflight_gauge = Gauge("broker_service_requests_in_flight", "requests in flight per service",
                                     ["project", "service"], registry=r)
+
+    def metrics_for(self, project: str, service: str) -> "ServiceMetrics":
+        """The labelled metrics of one service, built once (a labels() lookup per request costs)."""
+        key = (project, service)
+        m = self._metrics.get(key)
+        if m is None:
+            m = self._metrics[key] = ServiceMetrics(self, project, service)
+        return m
 
     # ------------------------------------------------------------------ table
     def set_endpoints(self, service_id: str, eps: Iterable[Endpoint]) -> None:
@@ -131,3 +140,22 @@ class ServiceRouter:
     def refreshed(self) -> None:
         """The controller just pushed the whole table: no database read for a while."""
         self._loaded_at = self._clock()
+
+
+class ServiceMetrics:
+    """One service's children of the router's metrics."""
+
+    def __init__(self, rt: ServiceRouter, project: str, service: str) -> None:
+        self._rt, self._labels = rt, (project, service)
+        self.latency = rt.latency.labels(project, service)
+        self.inflight = rt.inflight_gauge.labels(project, service)
+        self._codes: dict[int, Any] = {}
+
+    def code(self, status: int) -> None:
+        c = self._codes.get(status)
+        if c is None:
+            c = self._codes[status] = self._rt.requests.labels(*self._labels, str(status))
+        c.inc()
+
+    def error(self, reason: str) -> None:
+        self._rt.errors.labels(*self._labels, reason).inc()
