@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import NAMESPACE, wait_for
 from tests.integration.test_e2e_ray import _release_all, running_broker
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
@@ -131,3 +131,63 @@ def test_container_replicas_behind_the_proxy(broker, busybox_image):
     assert {r["job_id"] for r in reps} == set(seen)
     broker.delete_service("web", project="ouh-liver")
     wait_for(lambda: not broker.services(project="ouh-liver"), timeout_s=60)
+
+
+@pytest.fixture
+def served_broker(ray_cluster, broker_settings):
+    """The broker on a real port (uvicorn in a thread): the load generator runs in a subprocess."""
+    import threading
+
+    import uvicorn
+    from sqlmodel import Session
+
+    from broker.adapters.ray.executor import RayExecutor
+    from broker.adapters.ray.local import free_port
+    from broker.app import create_app
+    from broker.client import BrokerClient
+    from broker.db import make_engine
+    from broker.services.bootstrap import ensure_admin_token, seed_demo
+
+    engine = make_engine(broker_settings)
+    with Session(engine) as s:
+        seed_demo(s, process_runtime=True)
+        s.commit()
+    token = ensure_admin_token(broker_settings, engine).read_text().strip()
+    executor = RayExecutor(ray_cluster.address, log_dir=broker_settings.data_dir / "logs", namespace=NAMESPACE)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(broker_settings, executor=executor, engine=engine),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, 30)
+        with BrokerClient(f"http://127.0.0.1:{port}", token) as c:
+            yield c, port, token
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        executor.shutdown()
+        engine.dispose()
+        _release_all(ray_cluster)
+
+
+def test_rollout_under_load_loses_nothing_and_a_bad_revision_is_rolled_back(served_broker):
+    """20 concurrent clients through the entry point (a subprocess) during a rollout of a new
+    revision, then of one that exits at once: 0 failed requests in both; the bad one is rolled
+    back and the service keeps serving revision 2."""
+    from broker.bench import service as bench
+
+    c, port, token = served_broker
+    c.deploy_service(bench.service_spec())
+    c.wait_service(bench.NAME, project=bench.PROJECT, ready=2, timeout=90)
+    proxy, entry = [("127.0.0.1", port)], f"/svc/{bench.PROJECT}/{bench.NAME}/predict"
+    good = bench._rollout(c, proxy, entry, token, 20, {"env": {"MODEL": "v2"}}, want_rolled_back=False)
+    print(f"\nrollout: {good}")
+    assert good["seconds"] is not None and good["errors"] == 0 and good["requests"] > 100, good
+    bad = bench._rollout(c, proxy, entry, token, 20, {"command": ["python3", "-c", "import sys; sys.exit(1)"]},
+                         want_rolled_back=True)
+    print(f"rollback: {bad}")
+    assert bad["rolled_back"] and bad["errors"] == 0, bad
+    s = c.service(bench.NAME, project=bench.PROJECT)
+    assert s["revision"] == 2 and s["stable_revision"] == 2
+    assert [r["status"] for r in c.service_revisions(bench.NAME, project=bench.PROJECT)][0] == "rolled_back"
