@@ -191,3 +191,28 @@ def test_rollout_under_load_loses_nothing_and_a_bad_revision_is_rolled_back(serv
     s = c.service(bench.NAME, project=bench.PROJECT)
     assert s["revision"] == 2 and s["stable_revision"] == 2
     assert [r["status"] for r in c.service_revisions(bench.NAME, project=bench.PROJECT)][0] == "rolled_back"
+
+
+def test_a_service_survives_a_broker_restart(ray_cluster, broker_settings):
+    """The replicas (detached runners) outlive the broker; the next broker re-adopts the same
+    replica jobs, probes them and routes to them again, starting no new ones."""
+    try:
+        with running_broker(broker_settings, ray_cluster.address) as first:
+            first.deploy_service(service_body("keep"))
+            first.wait_service("keep", project="ouh-liver", ready=2, timeout=90)
+            before = {r["job_id"] for r in first.service_replicas("keep", project="ouh-liver")}
+            assert _who(first, "keep")[0] in before
+        with running_broker(broker_settings, ray_cluster.address) as second:
+            t0 = time.monotonic()
+            seen = wait_for(lambda: _who(second, "keep")[0], timeout_s=30)
+            routed_s = time.monotonic() - t0
+            second.wait_service("keep", project="ouh-liver", ready=2, timeout=30)
+            after = {r["job_id"] for r in second.service_replicas("keep", project="ouh-liver")}
+            print(f"\nrouted again {routed_s:.2f} s after the new broker's start")
+            assert seen in before and after == before
+            got = Counter(_who(second, "keep")[0] for _ in range(20))
+            assert set(got) == before
+            second.delete_service("keep", project="ouh-liver")
+            wait_for(lambda: not second.services(project="ouh-liver"), timeout_s=30)
+    finally:
+        _release_all(ray_cluster)

@@ -17,7 +17,7 @@ import pytest
 from sqlmodel import Session, select
 
 from broker.adapters.fake import FakeExecutor, node
-from broker.models import Job, Service
+from broker.models import Job, QuotaRow, Service
 from broker.services.service_controller import ServiceController
 
 
@@ -227,3 +227,43 @@ def test_autoscaling_follows_requests_in_flight_and_cools_down(client, world, ap
     assert _get(client, svc)["replicas"]["desired"] == 1
     with Session(app.state.services.engine) as s:
         assert s.get(Service, svc["id"]).scaled_at is not None
+
+
+def test_an_operation_services_extra_replicas_are_preempted_its_min_ones_never(client, world, engine):
+    """ouh-radiology (operation guarantee 2 GPUs) runs 4 replicas of 2 GPUs on the 8-GPU operation
+    node, 3 of them borrowing; shs-ops-triage then claims its nominal (2 GPUs, made lendable
+    here: guaranteed capacity is never lent): one extra replica is preempted, the min replica
+    is not, and the service says why it lacks one."""
+    ctl, clock, servers, step = world
+    with Session(engine) as s:
+        for q in s.exec(select(QuotaRow).where(QuotaRow.owner_id.in_(["shs", "shs-ops-triage"]),
+                                               QuotaRow.pool == "operation")).all():
+            q.guaranteed = 0.0
+            s.add(q)
+        s.commit()
+    svc = _deploy(client, project="ouh-radiology", resources={"gpus": 2, "cpus": 1, "memory_gb": 1},
+                  replicas={"min": 1, "max": 4}, **{"class": "operation"})
+    client.post(f"/api/v1/services/{svc['id']}/scale", json={"replicas": 4})
+    for _ in range(4):
+        step()
+        clock.advance(1.0)
+    with Session(engine) as s:
+        reps = s.exec(select(Job).where(Job.service_id == svc["id"])).all()
+        assert sorted(j.status for j in reps) == ["RUNNING"] * 4, [(j.status, j.pending_message) for j in reps]
+        protected = {j.id for j in reps if not j.preemptible}
+    assert len(protected) == 1
+    job = client.post("/api/v1/jobs", json={"name": "triage", "project": "shs-ops-triage", "class": "operation",
+                                            "image": "localhost/busybox:test", "command": ["/bin/busybox", "true"],
+                                            "resources": {"gpus": 2, "cpus": 1, "memory_gb": 1}})
+    assert job.status_code == 201, job.text
+    step()
+    with Session(engine) as s:
+        reps = s.exec(select(Job).where(Job.service_id == svc["id"])).all()
+        hit = [j for j in reps if j.attempt > 1 or j.status in ("PREEMPTED", "PENDING")]
+        assert len(hit) == 1 and hit[0].id not in protected, [(j.id, j.status, j.preemptible) for j in reps]
+        assert all(j.status == "RUNNING" for j in reps if j.id in protected)
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    got = _get(client, svc)
+    assert got["replicas"]["ready"] == 3 and got["pending_reason"] is not None, got
