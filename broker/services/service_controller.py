@@ -52,7 +52,8 @@ log = logging.getLogger("broker.services.controller")
 
 ROLLBACK_FAILURES = 3  # new-revision replicas failing in a row before a rollback
 DRAIN_MAX_S = 10.0  # a draining replica is stopped after this even with requests in flight
-SURGE_PENDING_S = 10.0  # a surge replica pending this long: stop one old replica to make room
+SURGE_PENDING_S = 10.0
+BUDGET_CHECK_S = 30.0  # how often an innovation GPU service's next budget period is checked  # a surge replica pending this long: stop one old replica to make room
 PORT_RANGE = (20000, 29999)  # host ports the broker hands out (process replicas, container publishes)
 
 
@@ -91,6 +92,7 @@ class ServiceController:
         self._http = httpx.Client(timeout=2.0, follow_redirects=False, trust_env=False)
         self._lock = threading.Lock()
         self._samples: dict[str, list[tuple[float, int]]] = {}  # autoscaler: (t, want)
+        self._budget: dict[str, tuple[float, dict | None]] = {}  # service -> (checked at, shortfall)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -143,6 +145,8 @@ class ServiceController:
                 for j in rows:
                     self._probes.pop(j, None)
                 self.router.set_endpoints(sid, ())
+            return
+        if self._budget_hold(svc, spec, active, now):
             return
         if self._rolled_back(svc, spec, active, now):
             return
@@ -273,6 +277,36 @@ class ServiceController:
             s.commit()
         if row is not None:
             row.ready = ready
+
+    # ------------------------------------------------------------------ budget
+    def _budget_hold(self, svc: Service, spec: dict, active: list[Job], now: float) -> bool:
+        """An innovation service reserves its budget one accrual period ahead: when the project's
+        (or department's) budget cannot cover its GPUs for the next period, it scales to zero
+        with notice and says why. Operation services are never stopped for budget (an overrun is
+        recorded in the ledger and alerted like any other)."""
+        gpus = float((spec.get("resources") or {}).get("gpus") or 0)
+        if svc.workload_class != "innovation" or gpus <= 0:
+            return False
+        got = self._budget.get(svc.id)
+        if got is None or now - got[0] >= BUDGET_CHECK_S:
+            from broker.services.snapshot import SERVICE_BUDGET_HORIZON_S
+            with Session(self.engine) as s:
+                short = repo.budget_shortfall(s, svc.project_id, gpus * max(len(active), min(svc.desired_replicas, 1)),
+                                              now, SERVICE_BUDGET_HORIZON_S)
+            got = self._budget[svc.id] = (now, short)
+        short = got[1]
+        if short is None:
+            return False
+        why = (f"budget: the next hour needs {short['next_period_gpu_hours']:g} GPU-hours, but {short['kind']} "
+               f"{short['owner']} has spent {short['spent_gpu_hours']:g} of {short['budget_gpu_hours']:g} this month")
+        if active:
+            for j in active:
+                self._begin_stop(j, why, now)
+            with Session(self.engine) as s:
+                add_event(s, svc.id, "scaled_to_zero", f"scaled to zero: {why}", short, now=now)
+                s.commit()
+        self._pending(svc, "BUDGET_EXHAUSTED", why)
+        return True
 
     # ------------------------------------------------------------------ 3. rollout / rollback
     def _rolled_back(self, svc: Service, spec: dict, active: Sequence[Job], now: float) -> bool:

@@ -98,6 +98,34 @@ def operation_guarantee(s: Session, project: str, pool: str | None) -> dict[str,
     return out
 
 
+def budget_shortfall(s: Session, project: str, gpus: float, now: float, horizon_s: float) -> dict | None:
+    """None when the project's and its department's GPU-hour budgets this month cover `gpus` for
+    one more `horizon_s`; else the numbers of the first owner that cannot (spent as the
+    scheduler counts it)."""
+    from broker.models import Department, Ledger, Project
+    from broker.services.snapshot import month_start, usage_from_ledger
+
+    p = s.get(Project, project)
+    if p is None:
+        return None
+    d = s.get(Department, p.department_id)
+    owners = [(k, o.id, o.budget_gpu_hours) for k, o in (("project", p), ("department", d))
+              if o is not None and o.budget_gpu_hours is not None]
+    if not owners:
+        return None
+    period = month_start(now)
+    rows = s.execute(select(Ledger).where(Ledger.department_id == p.department_id,
+                                          (Ledger.ended_at.is_(None)) | (Ledger.ended_at >= period))).scalars().all()
+    spent_p, spent_d, _ = usage_from_ledger(rows, now, 86400.0)
+    need = gpus * horizon_s / 3600.0
+    for kind, oid, budget in owners:
+        spent = (spent_p if kind == "project" else spent_d).get(oid, 0.0)
+        if spent + need > budget + 1e-9:
+            return {"owner": oid, "kind": kind, "budget_gpu_hours": budget, "spent_gpu_hours": round(spent, 3),
+                    "next_period_gpu_hours": round(need, 3)}
+    return None
+
+
 def remove_service(s: Session, service_id: str) -> None:
     """Delete a service and what belongs only to it (its replica jobs stay, as ended jobs)."""
     for table in (ServiceReplica, ServiceEvent, ServiceRevision):

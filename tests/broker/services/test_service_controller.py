@@ -267,3 +267,36 @@ def test_an_operation_services_extra_replicas_are_preempted_its_min_ones_never(c
         clock.advance(1.0)
     got = _get(client, svc)
     assert got["replicas"]["ready"] == 3 and got["pending_reason"] is not None, got
+
+
+def test_an_innovation_service_scales_to_zero_when_the_next_period_is_not_covered(client, world, engine):
+    ctl, clock, servers, step = world
+    from broker.models import Project
+
+    svc = _deploy(client, project="ouh-liver", resources={"gpus": 1, "cpus": 0.5, "memory_gb": 0.5},
+                  replicas={"min": 1, "max": 1})
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    assert _get(client, svc)["replicas"]["ready"] == 1
+    with Session(engine) as s:
+        p = s.get(Project, "ouh-liver")
+        p.budget_gpu_hours = 0.5  # less than one more hour of one GPU
+        s.add(p)
+        s.commit()
+    ctl._budget.clear()
+    try:
+        for _ in range(3):
+            step()
+            clock.advance(1.0)
+        got = _get(client, svc)
+        assert got["replicas"]["running"] == 0 and got["pending_reason"]["code"] == "BUDGET_EXHAUSTED", got
+        assert "0.5" in got["pending_reason"]["message"]
+        kinds = [e["kind"] for e in client.get(f"/api/v1/services/{svc['id']}/events").json()["items"]]
+        assert "scaled_to_zero" in kinds
+    finally:
+        with Session(engine) as s:
+            p = s.get(Project, "ouh-liver")
+            p.budget_gpu_hours = None
+            s.add(p)
+            s.commit()
