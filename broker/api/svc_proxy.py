@@ -103,6 +103,12 @@ class ServiceProxy:
             m.inflight.inc()
             try:
                 resp = await pool.request(ep.host, ep.port, method, upstream, fwd, body, timeout_s=target.timeout_s)
+                small = None
+                if resp.no_body or (resp.length is not None and resp.length <= CHUNK):
+                    try:  # read a small body before answering: a replica dying now is retried
+                        small = b"".join([c async for c in resp.body(target.timeout_s)])
+                    except (asyncio.IncompleteReadError, OSError) as e:
+                        raise NoAnswer(f"{type(e).__name__}: {e}") from None
             except ConnectFailed:
                 _done(rt, m, target.id, ep.job_id)
                 rt.mark_down(ep.job_id)
@@ -114,7 +120,7 @@ class ServiceProxy:
                 m.error("upstream")
                 m.code(502)
                 return await _error(send, 502, "REPLICA_ERROR", f"the replica closed the connection: {e}")
-            except UpstreamTimeout:
+            except (UpstreamTimeout, TimeoutError):
                 _done(rt, m, target.id, ep.job_id)
                 m.error("timeout")
                 m.code(504)
@@ -129,9 +135,8 @@ class ServiceProxy:
                 headers.append((b"content-length", str(resp.length).encode()))
             try:
                 await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-                if resp.no_body or (resp.length is not None and resp.length <= CHUNK):  # one send
-                    data = b"".join([c async for c in resp.body(target.timeout_s)])
-                    await send({"type": "http.response.body", "body": data, "more_body": False})
+                if small is not None:  # one send
+                    await send({"type": "http.response.body", "body": small, "more_body": False})
                 else:
                     async for chunk in resp.body(target.timeout_s):
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -257,7 +257,7 @@ def _failover(c, proxy, entry: str, token: str) -> dict:
     r = result(bg, stop=True)
     return {"out_of_rotation_s": round(out_s, 3) if out_s is not None else None,
             "replaced_s": round(replaced_s, 3) if replaced_s is not None else None,
-            "probe_period_s": PERIOD_S, "requests": r["requests"], "errors": r["errors"]}
+            "probe_period_s": PERIOD_S, "requests": r["requests"], "errors": r["errors"], "codes": r["codes"]}
 
 
 def _rollout(c, proxy, entry: str, token: str, users: int, change: dict, *, want_rolled_back: bool) -> dict:
