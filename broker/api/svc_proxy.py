@@ -102,13 +102,15 @@ class ServiceProxy:
             rt.begin(target.id, ep.job_id)
             m.inflight.inc()
             try:
-                resp = await pool.request(ep.host, ep.port, method, upstream, fwd, body, timeout_s=target.timeout_s)
-                small = None
-                if resp.no_body or (resp.length is not None and resp.length <= CHUNK):
-                    try:  # read a small body before answering: a replica dying now is retried
-                        small = b"".join([c async for c in resp.body(target.timeout_s)])
-                    except (asyncio.IncompleteReadError, OSError) as e:
-                        raise NoAnswer(f"{type(e).__name__}: {e}") from None
+                async with asyncio.timeout(target.timeout_s):  # one timeout (no task, unlike wait_for)
+                    resp = await pool.request(ep.host, ep.port, method, upstream, fwd, body,
+                                              timeout_s=target.timeout_s)
+                    small = None
+                    if resp.no_body or (resp.length is not None and resp.length <= CHUNK):
+                        try:  # read a small body before answering: a replica dying now is retried
+                            small = await resp.read_small()
+                        except (asyncio.IncompleteReadError, OSError) as e:
+                            raise NoAnswer(f"{type(e).__name__}: {e}") from None
             except ConnectFailed:
                 _done(rt, m, target.id, ep.job_id)
                 rt.mark_down(ep.job_id)

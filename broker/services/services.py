@@ -70,6 +70,7 @@ class ServiceManager:
         self.wakeup = wakeup or Wakeup()
         self.on_change = None  # set by the controller: wake it after a change
         self._targets: dict[tuple[str, str], tuple[Target, float]] = {}
+        self._allowed: dict[tuple[str | None, str], float] = {}  # (authorization, service id) -> until
 
     # ------------------------------------------------------------------ the proxy's side
     async def resolve(self, project: str, name: str) -> Target:
@@ -92,15 +93,23 @@ class ServiceManager:
 
     async def authorize_call(self, target: Target, authorization: str | None, key: str | None, authn) -> None:
         """One of the service's API keys, or a user token with a role in its project (a foreign
-        caller gets 404, like a missing service)."""
+        caller gets 404, like a missing service). An allowed (token, service) pair is remembered
+        for TARGET_TTL_S: role changes show within that."""
         if key:
             h = _key_hash(key)
             if any(hmac.compare_digest(h, k) for k in target.key_hashes):
                 return
             if not authorization:
                 raise Unauthorized("this API key is not valid for this service", code="UNAUTHORIZED")
+        now = time.monotonic()
+        if self._allowed.get((authorization, target.id), 0.0) > now:
+            await authn.user(authorization)  # still valid (cached: expiry and revocation checked)
+            return
         principal = await authn.user(authorization)
         self.authz.require(principal, Action.JOB_READ, target.ref, hidden=not_found(f"{target.project}/{target.name}"))
+        if len(self._allowed) > 10_000:
+            self._allowed.clear()
+        self._allowed[(authorization, target.id)] = now + TARGET_TTL_S
 
     def create_key(self, *, principal: Principal, service_id: str) -> dict:
         """A new per-service API key for clinical systems (shown once; only its hash is kept)."""
@@ -325,6 +334,7 @@ class ServiceManager:
 
     def _changed(self) -> None:
         self._targets.clear()
+        self._allowed.clear()
         if self.on_change is not None:
             self.on_change()
 
