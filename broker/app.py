@@ -22,6 +22,8 @@ from broker.api import docs as docs_routes
 from broker.api import jobs as job_routes
 from broker.api import observability as observability_routes
 from broker.api import reports as report_routes
+from broker.api import services as service_routes
+from broker.api.svc_proxy import ServiceProxy
 
 from broker.api import ops as ops_routes
 from broker.api import telemetry as telemetry_routes
@@ -46,7 +48,7 @@ from broker.tasks import build_tasks
 ROUTERS = (job_routes.router, catalog_routes.router, observability_routes.router, telemetry_routes.router,
            token_routes.router, tenancy_routes.router, quota_routes.router, audit_routes.router,
            settings_routes.router, docs_routes.router, report_routes.router, ops_routes.router,
-           data_routes.router)
+           data_routes.router, service_routes.router)
 
 
 def create_app(settings: Settings | None = None, executor: Executor | None = None, start_background: bool = True,
@@ -87,6 +89,8 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
                                                                             settings.rate_limit_burst))
     for router in ROUTERS:
         app.include_router(router)
-    app.add_middleware(observability_routes.HttpMetrics, metrics=services.overview.process,  # outermost
+    app.add_middleware(observability_routes.HttpMetrics, metrics=services.overview.process,
                        static_paths=frozenset(r.path for rt in ROUTERS for r in rt.routes if "{" not in r.path))
+    # outermost: a service's entry point (/svc/...) skips routing and the API's middleware
+    app.add_middleware(ServiceProxy, services=services, max_body_bytes=settings.max_body_bytes)
     return app

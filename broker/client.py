@@ -242,6 +242,80 @@ class BrokerClient:
         """A what-if run: status, phase, progress (0..1), then its result."""
         return self._json(self._http.get(f"/api/v1/capacity/whatif/{run_id}"))
 
+    # -- services ---------------------------------------------------------------------------
+    def deploy_service(self, spec: dict | None = None, **fields: Any) -> dict:
+        """Deploy a service (the body of POST /api/v1/services: name, project, class, image,
+        command, env, resources, replicas {min, max}, port, readiness, liveness, ...)."""
+        return self._json(self._http.post("/api/v1/services", json={**(spec or {}), **fields}))
+
+    def services(self, *, project: str | None = None) -> list[dict]:
+        return self._json(self._http.get("/api/v1/services", params={"project": project} if project else {}))["items"]
+
+    def service(self, service: str, *, project: str | None = None) -> dict:
+        """A service by id, or by name (with `project`, or searched in every visible project)."""
+        return self._json(self._http.get(f"/api/v1/services/{self.service_id(service, project=project)}"))
+
+    def service_id(self, service: str, *, project: str | None = None) -> str:
+        """The id of a service given by id or name."""
+        for s in self.services(project=project):
+            if service in (s["id"], s["name"]) and (project is None or s["project"] == project):
+                return s["id"]
+        return service  # maybe an id this list did not show: the API answers 404 if not
+
+    def update_service(self, service: str, *, project: str | None = None, **changes: Any) -> dict:
+        """PATCH: image/command/env/readiness/liveness (a new revision, rolled out) or replicas."""
+        return self._json(self._http.patch(f"/api/v1/services/{self.service_id(service, project=project)}",
+                                           json=changes))
+
+    def scale_service(self, service: str, replicas: int, *, project: str | None = None) -> dict:
+        return self._json(self._http.post(f"/api/v1/services/{self.service_id(service, project=project)}/scale",
+                                          json={"replicas": replicas}))
+
+    def delete_service(self, service: str, *, project: str | None = None) -> dict:
+        return self._json(self._http.delete(f"/api/v1/services/{self.service_id(service, project=project)}"))
+
+    def service_replicas(self, service: str, *, project: str | None = None) -> list[dict]:
+        sid = self.service_id(service, project=project)
+        return self._json(self._http.get(f"/api/v1/services/{sid}/replicas"))["items"]
+
+    def service_revisions(self, service: str, *, project: str | None = None) -> list[dict]:
+        sid = self.service_id(service, project=project)
+        return self._json(self._http.get(f"/api/v1/services/{sid}/revisions"))["items"]
+
+    def service_events(self, service: str, *, project: str | None = None, after: int = 0) -> list[dict]:
+        sid = self.service_id(service, project=project)
+        return self._json(self._http.get(f"/api/v1/services/{sid}/events", params={"after": after}))["items"]
+
+    def service_logs(self, service: str, replica: int | str = 0, *, project: str | None = None) -> str:
+        sid = self.service_id(service, project=project)
+        r = self._http.get(f"/api/v1/services/{sid}/replicas/{replica}/logs")
+        self._check(r)
+        return r.text
+
+    def create_service_key(self, service: str, *, project: str | None = None) -> str:
+        """A new API key for the service's entry point (header X-Service-Key); shown once."""
+        sid = self.service_id(service, project=project)
+        return self._json(self._http.post(f"/api/v1/services/{sid}/keys"))["key"]
+
+    def call_service(self, project: str, service: str, path: str = "/", *, method: str = "GET",
+                     **kwargs: Any) -> httpx.Response:
+        """One request through the service's entry point (`/svc/{project}/{service}/...`)."""
+        return self._http.request(method, f"/svc/{project}/{service}/{path.lstrip('/')}", **kwargs)
+
+    def wait_service(self, service: str, *, project: str | None = None, ready: int | None = None,
+                     timeout: float = 120.0, poll_s: float = 0.5) -> dict:
+        """Poll until the service has `ready` ready replicas (default: its desired count)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.service(service, project=project)
+            want = s["replicas"]["desired"] if ready is None else ready
+            if s["replicas"]["ready"] >= want and s["status"] in ("READY", "ROLLING"):
+                return s
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service {service} has {s['replicas']['ready']} of {want} ready replicas "
+                                   f"after {timeout} s ({s['status']}: {s.get('pending_reason') or s['message']})")
+            time.sleep(poll_s)
+
     # -- helpers ----------------------------------------------------------------------------
     def _json(self, r: httpx.Response) -> Any:
         self._check(r)

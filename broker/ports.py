@@ -70,6 +70,9 @@ class LaunchSpec:
     no_egress: bool = False  # the pool is air-gapped: no network beyond the gang itself
     scratch_dir: str = ""  # per attempt, removed when it ends ("" = none)
     results_dir: str = ""  # per project, survives the job ("" = none)
+    # a service replica's port: (host port, container port) published on the node's address so
+    # the broker's proxy reaches a container in its own network (ignored for processes)
+    publish: tuple[tuple[int, int], ...] = ()
 
 
 class WorkerState(str, enum.Enum):

@@ -15,6 +15,8 @@
 - telemetry.rollup        every 60 s: 1-minute and 1-hour rollups;
 - telemetry.retention     every hour: raw samples and rollups past their retention;
 - idle.check              every 60 s: flag idle allocations, reclaim idle innovation work;
+- services.controller     every 0.25 s, with an executor: service replicas (count, probes, restarts,
+                          rollouts, autoscaling; `broker.services.service_controller`);
 - notify                  every 5 s: job outcomes and unhealthy nodes into the notification
                           outbox, then deliver what is due (webhook, e-mail; backoff).
 
@@ -58,6 +60,7 @@ from broker.services.wakeup import Wakeup
 from broker.services.wiring import Services
 
 log = logging.getLogger("broker.tasks")
+SERVICE_TICK_S = 0.25  # the service controller's tick; each probe keeps its own period
 
 
 def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
@@ -80,6 +83,9 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
                                                       cfg.hour_retention_s), 3600.0, "telemetry.retention")
     tasks.add_interval(lambda: check_idle(engine, clock(), leader=services.leader), 60.0, "idle.check")
     tasks.add_interval(lambda: run_notifications(engine, settings, clock()), 5.0, "notify")
+
+    if services.service_controller is not None:  # inference services: replicas, probes, rollouts
+        tasks.add_interval(services.service_controller.tick, SERVICE_TICK_S, "services.controller")
 
     if services.cluster_sync is not None:  # cluster mode: Kubernetes node states, taints, worker groups
         tasks.add_interval(lambda: services.cluster_sync.tick(clock()), settings.k8s_sync_interval_s, "kubernetes.sync")

@@ -170,6 +170,9 @@ class Job:
     # it reaches `Policy.reclaim_exempt_after`, reclaim between innovation projects leaves it
     # alone, so one job is not thrown back and forth (operation reclaim still may take it).
     preemptions: int = 0
+    # False: never a preemption victim, whatever the kind (an operation service's first `min`
+    # replicas: production inference must never starve).
+    preemptible: bool = True
 
     @property
     def total(self) -> Resources:

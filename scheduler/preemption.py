@@ -7,7 +7,7 @@ Kinds, in the order a victim is considered for them:
   projects above their guarantee: guarantees are reclaimed within one cycle).
 - PRIORITY (policy.priority_preemption): within one project, higher priority preempts lower.
 
-Never: a victim whose removal would take its project below its guarantee (same-project
+Never: a job marked not preemptible (`Job.preemptible`); a victim whose removal would take its project below its guarantee (same-project
 priority preemption excepted: it only reorders the project's own share); an operation victim
 for an innovation job; a victim already chosen this cycle.
 
@@ -347,7 +347,7 @@ def _eligible(cyc: "_Cycle", job: "Job", s: "Shape", fid: int, op_reclaim: bool,
     ranked = _guarded(cyc, fid, ri, max_loss) if guarded and not prio else _ranked(cyc, fid, ri, op_reclaim)
     for r in ranked:
         v = r.job
-        if v.id in cyc.victims or (innovation and v.workload_class is WorkloadClass.OPERATION):
+        if v.id in cyc.victims or not v.preemptible or (innovation and v.workload_class is WorkloadClass.OPERATION):
             continue
         q = v.project
         room = rooms.get(q)

@@ -21,7 +21,7 @@ import typer
 import typer.main
 from typer.core import TyperGroup
 
-from broker.cli import bench, capacity, jobs, nodes, overview, projects, reports
+from broker.cli import bench, capacity, jobs, nodes, overview, projects, reports, services
 
 
 class _Root(TyperGroup):
@@ -61,6 +61,7 @@ app.add_typer(capacity.app, name="capacity")  # export|whatif
 app.command("pools")(overview.pools)
 app.command("overview")(overview.overview)
 app.add_typer(bench.app, name="bench")  # submit|ingest|dispatch
+app.add_typer(services.app, name="services")  # deploy|list|get|scale|rollout status|logs|delete
 
 
 def main() -> None:

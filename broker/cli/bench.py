@@ -1,4 +1,4 @@
-"""`broker bench submit|reads|ingest|dispatch|kueue`: the broker's benchmarks from a shell (JSON with --json).
+"""`broker bench submit|reads|ingest|dispatch|kueue|service`: the broker's benchmarks from a shell (JSON with --json).
 
 Each command runs one function of `broker.bench` and prints its result, as one JSON object with
 `--json` or as a few readable lines; the options the benchmarks share are declared once here.
@@ -215,3 +215,32 @@ def bench_cli(
         f"  (goal <= {o['goal_ms']} ms: {'met' if o['meets_goal'] else 'NOT met'})",
         f"curl              median {o['curl']['median_ms']} ms  p90 {o['curl']['p90_ms']} ms  min {o['curl']['min_ms']} ms",
         f"ratio (median)    {o['ratio_median']}x"])
+
+
+@app.command("service")
+def bench_service(
+    as_json: bool = AS_JSON,
+    concurrency: int = typer.Option(16, "--concurrency", "-c", metavar="N", help="keep-alive connections for throughput"),
+    duration: float = typer.Option(5.0, "--duration", "-d", metavar="SECONDS", help="seconds per throughput block"),
+    latency_n: int = typer.Option(500, "--latency-requests", metavar="N", help="sequential requests per path for latency"),
+    users: int = typer.Option(20, "--users", metavar="N", help="concurrent clients during the rollouts"),
+):
+    """A service's entry point vs straight to its replicas (same run), failover, rollout errors."""
+    from broker.bench.service import bench
+
+    out = bench(concurrency=concurrency, duration_s=duration, latency_n=latency_n, users=users)
+    _emit(out, as_json, _service_lines)
+
+
+def _service_lines(out: dict) -> list[str]:
+    def line(name, r):
+        return (f"{name:7} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
+                f"(loaded p50 {r['p50_ms_loaded']:.2f} ms)  errors {r['errors']}")
+    f, ro, rb = out["failover"], out["rollout"], out["rollback"]
+    return [line("proxy", out["proxy"]), line("direct", out["direct"]),
+            f"throughput ratio {out['throughput_ratio']} (goal >= {out['goal_ratio']}), p50 overhead "
+            f"{out['p50_overhead_ms']} ms (goal <= {out['goal_overhead_ms']})",
+            f"failover: out of rotation {f.get('out_of_rotation_s')} s, replaced {f.get('replaced_s')} s, "
+            f"errors {f.get('errors')}",
+            f"rollout: {ro['seconds']} s, {ro['requests']} requests, errors {ro['errors']}",
+            f"rollback: rolled back {rb.get('rolled_back')} in {rb['seconds']} s, errors {rb['errors']}"]

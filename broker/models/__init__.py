@@ -19,6 +19,7 @@ from broker.models.data import Dataset, DatasetAccess, DatasetGrant, ProjectSecr
 from broker.models.catalog import Department, Node, Pool, Project, QuotaRow
 from broker.models.jobs import HOLDING, TERMINAL, Attempt, IdempotencyKey, Job, JobEvent, JobStatus, Ledger, Placement
 from broker.models.reports import PoolPrice
+from broker.models.services import Service, ServiceEvent, ServiceReplica, ServiceRevision, ServiceStatus
 
 from broker.models.ops import IdleAllocation, IdlePolicy, NotifyMark, NotifyOutbox, NotifySubscription
 from broker.models.telemetry import AgentState, GpuRollup, GpuSample, HostSampleRow, TelemetryMark
@@ -30,4 +31,5 @@ __all__ = [
     "ApiToken", "AuditEntry", "Membership", "TokenOwner", "User", "GpuRollup", "GpuSample", "HostSampleRow",
     "TelemetryMark", "PoolPrice", "IdleAllocation", "IdlePolicy", "NotifyMark", "NotifyOutbox", "NotifySubscription",
     "Dataset", "DatasetAccess", "DatasetGrant", "ProjectSecret",
+    "Service", "ServiceEvent", "ServiceReplica", "ServiceRevision", "ServiceStatus",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from typing import Optional
 
-from sqlalchemy import Index, UniqueConstraint, false, text
+from sqlalchemy import Index, UniqueConstraint, false, text, true
 from sqlmodel import Field, SQLModel
 
 from broker.models.base import json_field, new_id, now
@@ -102,6 +102,15 @@ class Job(SQLModel, table=True):
     flavor_gpu_model: Optional[str] = Field(default=None, max_length=128)
 
     owner_token_id: Optional[str] = Field(default=None, max_length=32)
+
+    # A service's replica (`broker.models.services`): the service, its replica index, the
+    # revision it runs and the port the broker reaches it on (None for a batch job).
+    service_id: Optional[str] = Field(default=None, max_length=32, index=True)
+    replica_index: Optional[int] = None
+    service_revision: Optional[int] = None
+    port: Optional[int] = None
+    # False: never a preemption victim (an operation service's first `min` replicas)
+    preemptible: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
 
 
 class Attempt(SQLModel, table=True):

@@ -572,10 +572,21 @@ def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float, check
     return LaunchSpec(
         job_id=job.id, attempt=job.attempt, image=job.image, command=tuple(job.command), env=dict(job.env or {}),
         runtime=job.runtime, max_runtime_s=job.max_runtime_s, grace_s=grace_s, project=job.project_id,
-        checkpoint_dir=checkpoint_dir, log_max_bytes=log_max_bytes,
+        checkpoint_dir=checkpoint_dir, log_max_bytes=log_max_bytes, publish=_published(job),
         workers=tuple(WorkerLaunch(rank=p.rank, node=p.node_id, gpus=job.gpus, cpus=job.cpus, memory_gb=job.memory_gb,
                                    gpu_indices=tuple(p.gpu_indices or ())) for p in placements),
     )
+
+
+def _published(job: Job) -> tuple[tuple[int, int], ...]:
+    """A container service replica's (host port, container port): the container listens on its
+    `PORT`, the broker reaches it on the node at `job.port` (`broker.services.service_controller`)."""
+    if not (getattr(job, "service_id", None) and job.port and job.runtime == "container"):
+        return ()
+    try:
+        return ((int(job.port), int((job.env or {}).get("PORT", job.port))),)
+    except ValueError:
+        return ()
 
 
 def snap_department(snap, project_id: str) -> str:

@@ -56,14 +56,30 @@ def lookback_start(now: float, half_life_s: float) -> float:
     return min(month_start(now), now - LOOKBACK_HALF_LIVES * half_life_s)
 
 
-def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, preemptions: int = 0) -> Job:
+# A service replica runs until its service changes; budgets reserve one accrual period of it
+# ahead (rolling), not its 30-day runner bound: see `replica_horizon`.
+SERVICE_BUDGET_HORIZON_S = 3600.0
+
+
+def replica_horizon(row: JobRow, now: float | None) -> float:
+    """The runtime the core plans a job with: its max_runtime_s, except for a service replica:
+    what it has run so far plus one accrual period (budget reservations, backfill and ETAs)."""
+    if getattr(row, "service_id", None) is None or now is None:
+        return row.max_runtime_s
+    start = row.started_at or row.admitted_at
+    ran = max(0.0, now - start) if start is not None and row.status != JobStatus.PENDING.value else 0.0
+    return min(row.max_runtime_s, ran + SERVICE_BUDGET_HORIZON_S)
+
+
+def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, preemptions: int = 0,
+           now: float | None = None) -> Job:
     return Job(
         id=row.id, project=row.project_id, workload_class=WorkloadClass(row.workload_class),
         priority=row.priority, submit_time=row.submit_time, workers=row.workers,
         per_worker=Resources(row.gpus, row.cpus, row.memory_gb), gpu_models=tuple(row.gpu_models or ()),
-        pool=row.pool, max_runtime_s=row.max_runtime_s, checkpointable=bool(row.checkpointable),
+        pool=row.pool, max_runtime_s=replica_horizon(row, now), checkpointable=bool(row.checkpointable),
         nodes=data_nodes(row.mounts, pool_nodes or {}) if getattr(row, "mounts", None) else frozenset(),
-        preemptions=preemptions,
+        preemptions=preemptions, preemptible=getattr(row, "preemptible", True) is not False,
     )
 
 
@@ -181,7 +197,7 @@ def build_snapshot(
             continue
         start = j.started_at or j.admitted_at or now
         running.append(Running(
-            job=to_job(j, pool_nodes, preemptions.get(j.id, 0)), placements=tuple(Placement(p.rank, p.node_id, tuple(p.gpu_indices or ())) for p in pls),
+            job=to_job(j, pool_nodes, preemptions.get(j.id, 0), now), placements=tuple(Placement(p.rank, p.node_id, tuple(p.gpu_indices or ())) for p in pls),
             start_time=start, flavor=Flavor(j.flavor_pool or "", j.flavor_gpu_model or ""), borrowing=j.borrowing,
             checkpoint_time=checkpoints.get(j.id) if j.checkpointable else None,
         ))
@@ -189,5 +205,5 @@ def build_snapshot(
         nodes=tuple(to_node(n) for n in nodes),
         pools=tuple(Pool(p.name, WorkloadClass(p.workload_class), p.lend_to_innovation) for p in pools),
         departments=deps, projects=projs, running=tuple(running),
-        pending=tuple(to_job(j, pool_nodes) for j in pending if j.status == JobStatus.PENDING.value),
+        pending=tuple(to_job(j, pool_nodes, now=now) for j in pending if j.status == JobStatus.PENDING.value),
     )

@@ -44,6 +44,10 @@ from broker.services.reports import ReportService
 from broker.services.scheduling import SchedulingLoop
 from broker.services.datasets import DatasetService
 from broker.services.secrets import SecretService
+from broker.services import service_queries
+from broker.services.service_controller import ServiceController
+from broker.services.service_router import ServiceRouter
+from broker.services.services import ServiceManager
 from broker.services.telemetry.reads import TelemetryReads
 from broker.services.telemetry.service import TelemetryConfig, TelemetryService
 from broker.services.wakeup import Wakeup
@@ -79,6 +83,9 @@ class Services:
     secrets: SecretService
     datasets: DatasetService
     cluster_sync: ClusterSync | None = None  # cluster mode (Kubernetes) only
+    service_manager: ServiceManager | None = None  # inference services (broker.services.services)
+    service_router: ServiceRouter | None = None  # the /svc proxy's ready replicas and metrics
+    service_controller: ServiceController | None = None  # None without an executor
 
 
 def build_services(settings: Settings, engine: Engine, executor: Executor | None = None,
@@ -110,6 +117,11 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
                           on_tick=process.on_tick,
                           pending_note=cluster_sync.note if cluster_sync else None,
                           secrets=secrets) if executor else None
+    service_router = ServiceRouter(process.registry, load=partial(_ready_endpoints, engine))
+    service_manager = ServiceManager(engine, authz, jobs, wakeup=wakeup)
+    service_controller = ServiceController(
+        engine, executor=executor, router=service_router, wakeup=wakeup, grace_s=loop.grace_s,
+        default_cap=settings.default_max_pending) if loop is not None else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
         wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
@@ -125,4 +137,12 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         reports=ReportService(engine, authz), capacity=CapacityService(engine, authz, settings.policy),
         idle=IdleService(engine, authz), notify=NotifyService(engine, authz, settings),
         secrets=secrets, datasets=datasets, cluster_sync=cluster_sync,
+        service_manager=service_manager, service_router=service_router, service_controller=service_controller,
     )
+
+
+def _ready_endpoints(engine: Engine) -> list:
+    from sqlmodel import Session
+
+    with Session(engine) as s:
+        return service_queries.ready_endpoints(s)

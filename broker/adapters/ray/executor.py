@@ -159,7 +159,8 @@ class RayExecutor:
                        secrets=dict(spec.secrets), mounts=[list(m) for m in spec.mounts],
                        scratch_dir=spec.scratch_dir, results_dir=spec.results_dir, memory_gb=w.memory_gb,
                        cpus=w.cpus, no_egress=spec.no_egress, isolation=self.isolation,
-                       gang_local=len({x.node for x in spec.workers}) == 1)
+                       gang_local=len({x.node for x in spec.workers}) == 1,
+                       publish=[list(p) for p in spec.publish])
             has_ids = len(w.gpu_indices) == w.gpus
             if self._pool is not None and has_ids:
                 job["gpu_ids"] = list(w.gpu_indices)  # one source of GPU ids per node (warm)

@@ -199,6 +199,7 @@ def podman_argv(
     network: str = "host",
     mounts: Sequence[tuple[str, str, str]] = (),
     flags: Sequence[str] = (),
+    publish: Sequence[tuple[str, int, int]] = (),
 ) -> list[str]:
     """`podman run` for one worker. The job's variables come from `env_file` (the runner passes
     a pipe, `/dev/fd/N`): never from podman's own environment, never in argv."""
@@ -207,6 +208,8 @@ def podman_argv(
     if network:
         argv += ["--network", network]
     argv += ["--env-file", env_file, *flags]
+    for addr, host_port, container_port in publish:  # (node address, host port, container port)
+        argv += ["-p", f"{addr}:{host_port}:{container_port}"]
     for host, inside, mode in mounts:  # (host dir, path in the container, "ro" | "rw")
         argv += ["-v", f"{host}:{inside}:{mode}"]
     if real_gpus:
@@ -432,6 +435,7 @@ class WorkerRunner:
         self._net = sandbox.gang_network(self.job_id, self.attempt) if gang else net
         self._gang_net = self._net if gang else ""
         self._no_egress = bool(job.get("no_egress"))
+        self.publish = [(int(h), int(c)) for h, c in job.get("publish") or ()]  # a service replica's port
         # in a gang network rank 0 is reached by its container name (podman's DNS); any port is free
         self.master_addr = container_name(self.job_id, self.attempt, 0) if gang else self.ip
         self.port = (29500 if gang else _free_port()) if self.rank == 0 else 0
@@ -636,7 +640,8 @@ class WorkerRunner:
                                job_id=self.job_id, attempt=self.attempt, image=self.image,
                                command=self.command, env_file=f"/dev/fd/{rfd}",
                                gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
-                               network=self._net, mounts=self._mounts(), flags=self._flags())
+                               network=self._net, mounts=self._mounts(), flags=self._flags(),
+                               publish=[(self.ip, h, c) for h, c in self.publish] if self._net != "host" else ())
             proc = self._pumped(subprocess.Popen(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=launch_env(os.environ), start_new_session=True, close_fds=True,

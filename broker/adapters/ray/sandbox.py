@@ -126,9 +126,13 @@ def guard_gateway(name: str, env: Mapping[str, str], fresh: bool = False) -> boo
     tag = _rule_tag(name)
     if not fresh and _rules_present(tag):  # a gang mate created the network and its rules
         return True
+    # replies to connections the node opened (the broker's proxy to a service replica's
+    # published port) come back in on the bridge: accepted, first; a connection the network
+    # opens to the node is NEW and still refused
     rules = [f"-I INPUT -i {iface} -j REJECT",
              f"-I INPUT -i {iface} -p udp -d {gateway} --dport 53 -j ACCEPT",
-             f"-I INPUT -i {iface} -p tcp -d {gateway} --dport 53 -j ACCEPT"]
+             f"-I INPUT -i {iface} -p tcp -d {gateway} --dport 53 -j ACCEPT",
+             f"-I INPUT -i {iface} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
     return _restore(f"{r} -m comment --comment {tag}" for r in rules)
 
 

@@ -253,6 +253,25 @@ def whatif_run(root, scope, actor):
     return Call(f"/api/v1/capacity/whatif/{runs[0]['id']}")
 
 
+def _service(root, scope):
+    """A service of `scope`'s project deployed by root (its owner), with replica 0 submitted."""
+    body = {"name": "s-" + uuid.uuid4().hex[:8], "project": scope["project"], "image": "localhost/busybox:test",
+            "command": ["/bin/busybox", "httpd", "-f"], "resources": {"gpus": 0, "cpus": 0.5, "memory_gb": 0.5},
+            "replicas": {"min": 1, "max": 2}}
+    r = root.post("/api/v1/services", json=body)
+    assert r.status_code == 201, r.text
+    root.app.state.services.service_controller.tick()
+    return r.json()["id"], Ref(Resource.JOB, department=scope["department"], project=scope["project"],
+                               owner=_root_subject(root))
+
+
+def service_call(suffix="", json=None):
+    def prep(root, scope, actor):
+        sid, ref = _service(root, scope)
+        return Call(f"/api/v1/services/{sid}{suffix}", ref=ref, json=json)
+    return prep
+
+
 ROUTES = [
     Route("GET", "/healthz", None, (200,), simple("/healthz"), public=True),
     Route("GET", "/readyz", None, (200,), simple("/readyz"), public=True),
@@ -399,6 +418,25 @@ ROUTES = [
                                           f"{scope['project']}", ref=_dept_ref(scope))),
     Route("GET", "/api/v1/datasets/{dataset}/access", Action.DATASET_ADMIN, (200,),
           lambda root, scope, actor: Call(f"/api/v1/datasets/{_dataset(root, scope)}/access", ref=_dept_ref(scope))),
+    # inference services (a job-like object: the deployer owns it; changes need job.cancel's roles)
+    Route("POST", "/api/v1/services", Action.JOB_SUBMIT, (201,),
+          lambda root, scope, actor: Call("/api/v1/services", ref=_project_ref(scope), json={
+              "name": "s-" + uuid.uuid4().hex[:8], "project": scope["project"], "image": "localhost/busybox:test",
+              "command": ["/bin/busybox", "httpd"], "resources": {"gpus": 0, "cpus": 0.5, "memory_gb": 0.5}}),
+          hide_status=422),
+    Route("GET", "/api/v1/services", Action.NODE_READ, (200,), simple("/api/v1/services"), list_of=Resource.JOB),
+    Route("GET", "/api/v1/services/{service_id}", Action.JOB_READ, (200,), service_call()),
+    Route("PATCH", "/api/v1/services/{service_id}", Action.JOB_CANCEL, (200,), service_call("", {"env": {"A": "b"}})),
+    Route("DELETE", "/api/v1/services/{service_id}", Action.JOB_CANCEL, (200,), service_call()),
+    Route("POST", "/api/v1/services/{service_id}/scale", Action.JOB_CANCEL, (200,),
+          service_call("/scale", {"replicas": 2})),
+    Route("GET", "/api/v1/services/{service_id}/revisions", Action.JOB_READ, (200,), service_call("/revisions")),
+    Route("GET", "/api/v1/services/{service_id}/replicas", Action.JOB_READ, (200,), service_call("/replicas")),
+    Route("GET", "/api/v1/services/{service_id}/events", Action.JOB_READ, (200,), service_call("/events")),
+    Route("GET", "/api/v1/services/{service_id}/replicas/{replica}/logs", Action.JOB_LOGS, (200, 409, 410),
+          service_call("/replicas/0/logs")),
+    Route("POST", "/api/v1/services/{service_id}/keys", Action.JOB_CANCEL, (201,), service_call("/keys")),
+    Route("DELETE", "/api/v1/services/{service_id}/keys", Action.JOB_CANCEL, (200,), service_call("/keys")),
 ]
 ROUTE_KEYS = {(r.method, r.path) for r in ROUTES}
 ROLES = ["member", "project-admin", "department-admin", "platform-admin", "ops-viewer"]

@@ -41,7 +41,7 @@ RUNS = [
     (GenerationMode.POSITIVE, [not_a_server_error, response_schema_conformance, status_code_conformance], 8),
     (GenerationMode.NEGATIVE, [not_a_server_error, response_schema_conformance], 4),
 ]
-EXCLUDED = re.compile(r"^GET (/api/v1/jobs/\{job_id\}/logs|/metrics)$")
+EXCLUDED = re.compile(r"^GET (/api/v1/jobs/\{job_id\}/logs|/api/v1/services/\{service_id\}/replicas/\{replica\}/logs|/metrics)$")
 
 
 @pytest.fixture(scope="module")

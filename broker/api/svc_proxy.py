@@ -1,0 +1,187 @@
+"""The entry point of every service: `/svc/{project}/{service}/...`, a reverse proxy inside the
+broker (pure ASGI middleware, outermost: these requests skip routing and the API's middleware).
+
+Why our own proxy and not Ray Serve's: replicas stay tenant containers (or sanitized
+processes) that the broker's scheduler admits and the runner isolates; Ray Serve would run the
+model code inside Ray actors, outside the sandbox, quotas and accounting. A proxy in the broker
+reuses the broker's tokens, roles and metrics, and listens on no port of its own (nothing can
+clash with the broker's port). Its HTTP client is `broker.api.upstream` (keep-alive pools).
+
+Per request: authenticate (a bearer token with a role in the service's project, or one of the
+service's API keys in `X-Service-Key`; a foreign caller gets 404 like a missing service), pick
+the ready replica with the fewest requests in flight, forward with the service's timeout,
+stream the response back. A replica that refuses the connection is marked down and the request
+goes to another one (it never reached the first, so any method may be retried); an idempotent
+request whose replica closed the connection before answering is retried too. The broker's
+credentials (Authorization, X-Service-Key, cookies) never reach the replica.
+Request bodies are read whole (at most the broker's body limit, so they can be retried);
+responses stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+import orjson
+
+from broker.api.upstream import CHUNK, ConnectFailed, NoAnswer, Pool, UpstreamTimeout
+from broker.errors import BrokerError
+
+PREFIX = "/svc/"
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
+                 b"trailers", b"transfer-encoding", b"upgrade", b"host", b"authorization", b"x-service-key",
+                 b"content-length", b"cookie"})
+ATTEMPTS = 3
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_JSON = [(b"content-type", b"application/json")]
+
+
+class ServiceProxy:
+    def __init__(self, app, *, services: Any, max_body_bytes: int) -> None:
+        self.app, self.services, self.max_body = app, services, max_body_bytes
+        self._pools: dict[int, Pool] = {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
+            return await self.app(scope, receive, send)
+        try:
+            await self._proxy(scope, receive, send)
+        except BrokerError as e:
+            await _answer(send, e.status, e.body(), list(e.headers.items()))
+
+    def _pool(self) -> Pool:
+        """One pool per event loop (a test client runs its own)."""
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(id(loop))
+        if pool is None:
+            pool = self._pools[id(loop)] = Pool()
+        return pool
+
+    async def _proxy(self, scope, receive, send) -> None:
+        svc = self.services
+        mgr, rt = svc.service_manager, svc.service_router
+        parts = scope["path"][len(PREFIX):].split("/", 2)
+        if len(parts) < 2 or not SLUG.match(parts[0]) or not SLUG.match(parts[1]):
+            return await _error(send, 404, "SERVICE_NOT_FOUND", "no such service entry point")
+        project, name = parts[0], parts[1]
+        auth = key = None
+        fwd: list[tuple[bytes, bytes]] = []
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                auth = v.decode("latin-1")
+            elif k == b"x-service-key":
+                key = v.decode("latin-1")
+            elif k not in HOP:
+                fwd.append((k, v))
+        target = await mgr.resolve(project, name)
+        await mgr.authorize_call(target, auth, key, svc.authn)
+        body = await self._body(receive)
+        peer = (scope.get("client") or ("",))[0]
+        prefix = f"/svc/{project}/{name}"
+        fwd += [(b"x-forwarded-for", peer.encode()), (b"x-forwarded-prefix", prefix.encode())]
+        path = scope.get("raw_path") or scope["path"].encode()
+        upstream = path[len(prefix):].decode("latin-1") or "/"
+        if not upstream.startswith("/"):
+            upstream = "/" + upstream
+        if scope.get("query_string"):
+            upstream += "?" + scope["query_string"].decode("latin-1")
+        method = scope["method"]
+        m = rt.metrics_for(target.project, target.name)
+        t0 = time.perf_counter()
+        pool = self._pool()
+        tried: set[str] = set()
+        for _ in range(ATTEMPTS):
+            ep = rt.pick(target.id, frozenset(tried))
+            if ep is None:
+                break
+            tried.add(ep.job_id)
+            rt.begin(target.id, ep.job_id)
+            m.inflight.inc()
+            try:
+                async with asyncio.timeout(target.timeout_s):  # one timeout (no task, unlike wait_for)
+                    resp = await pool.request(ep.host, ep.port, method, upstream, fwd, body,
+                                              timeout_s=target.timeout_s)
+                    small = None
+                    if resp.no_body or (resp.length is not None and resp.length <= CHUNK):
+                        try:  # read a small body before answering: a replica dying now is retried
+                            small = await resp.read_small()
+                        except (asyncio.IncompleteReadError, OSError) as e:
+                            raise NoAnswer(f"{type(e).__name__}: {e}") from None
+            except ConnectFailed:
+                _done(rt, m, target.id, ep.job_id)
+                rt.mark_down(ep.job_id)
+                continue
+            except NoAnswer as e:
+                _done(rt, m, target.id, ep.job_id)
+                if method in IDEMPOTENT:
+                    continue
+                m.error("upstream")
+                m.code(502)
+                return await _error(send, 502, "REPLICA_ERROR", f"the replica closed the connection: {e}")
+            except (UpstreamTimeout, TimeoutError):
+                _done(rt, m, target.id, ep.job_id)
+                m.error("timeout")
+                m.code(504)
+                return await _error(send, 504, "REPLICA_TIMEOUT", f"the replica did not answer within "
+                                    f"{target.timeout_s:g} s")
+            m.latency.observe(time.perf_counter() - t0)
+            m.code(resp.status)
+            if resp.status >= 500:
+                m.error("5xx")
+            headers = [(k, v) for k, v in resp.headers if k not in HOP]
+            if resp.length is not None:
+                headers.append((b"content-length", str(resp.length).encode()))
+            try:
+                await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+                if small is not None:  # one send
+                    await send({"type": "http.response.body", "body": small, "more_body": False})
+                else:
+                    async for chunk in resp.body(target.timeout_s):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except (NoAnswer, TimeoutError, OSError, ValueError):
+                m.error("upstream")  # headers are out: the client sees a cut response
+            finally:
+                resp.release()
+                _done(rt, m, target.id, ep.job_id)
+            return
+        m.error("no_replica")
+        m.code(503)
+        return await _error(send, 503, "NO_READY_REPLICA", f"service {project}/{name} has no ready replica now"
+                            + (f" (tried {len(tried)})" if tried else ""))
+
+    async def _body(self, receive) -> bytes:
+        parts, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                break
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise BrokerError(f"the request body is larger than {self.max_body} bytes", code="PAYLOAD_TOO_LARGE",
+                                  status=413)
+            parts.append(chunk)
+            if not msg.get("more_body"):
+                break
+        return b"".join(parts)
+
+
+def _done(rt: Any, m: Any, service_id: str, job_id: str) -> None:
+    rt.end(service_id, job_id)
+    m.inflight.dec()
+
+
+async def _error(send, status: int, code: str, message: str) -> None:
+    await _answer(send, status, {"error": {"code": code, "message": message, "details": {}}}, [])
+
+
+async def _answer(send, status: int, body: dict, extra: list[tuple[str, str]]) -> None:
+    payload = orjson.dumps(body)
+    headers = _JSON + [(b"content-length", str(len(payload)).encode())] + [(k.encode(), v.encode()) for k, v in extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

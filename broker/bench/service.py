@@ -1,0 +1,305 @@
+"""`broker bench service`: a service's entry point against its replicas, failover and rollouts.
+
+One run, on a local one-node Ray cluster:
+1. a fresh broker (SQLite in a temp dir, demo region, `runtime: process` allowed) serves the
+   real API with uvicorn on a free port in this process, with its periodic tasks (scheduling
+   loop, service controller) and a RayExecutor;
+2. a service of two `runtime: process` replicas (a small threaded Python HTTP/1.1 server,
+   `SERVER`) is deployed and waited for;
+3. latency (one connection, sequential requests) and throughput (`concurrency` keep-alive
+   connections for `duration` s) through the entry point `/svc/ouh-liver/bench/` and straight
+   to the replicas (connections spread over both), alternating blocks so drift hits both; the
+   load generator runs in a subprocess (its own interpreter: no GIL shared with the broker);
+4. failover: one replica's process is killed (SIGKILL); the time until it is out of rotation
+   and until a replacement is ready, with requests through the entry point meanwhile (errors);
+5. rollout: a new revision (env change) under a load of `users` sequential clients, until every
+   replica runs it (errors); then a bad revision (exits at once), rolled back automatically
+   (errors; the service keeps serving).
+
+JSON keys: proxy / direct ({rps, p50_ms, p99_ms, requests, errors}), throughput_ratio (proxy /
+direct; goal >= 0.5), p50_overhead_ms (goal <= 2), failover {out_of_rotation_s, replaced_s,
+errors}, rollout {seconds, requests, errors}, rollback {seconds, requests, errors, rolled_back}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from broker.bench.common import percentile, read_response
+
+GOAL_RATIO, GOAL_OVERHEAD_MS = 0.5, 2.0
+PROJECT, NAME = "ouh-liver", "bench"
+PERIOD_S = 0.5
+
+# A replica: HTTP/1.1 keep-alive, answers "<job id> <pid>" on every GET, listens on $PORT.
+SERVER = """
+import http.server, os, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def do_GET(self):
+        body = f"{os.environ['BROKER_JOB_ID']} {os.getpid()}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S(("", int(os.environ["PORT"])), H).serve_forever()
+"""
+
+
+def service_spec(**over) -> dict:
+    spec = {"name": NAME, "project": PROJECT, "runtime": "process", "command": ["python3", "-c", SERVER],
+            "resources": {"gpus": 0, "cpus": 0.25, "memory_gb": 0.1}, "replicas": {"min": 2, "max": 2},
+            "readiness": {"path": "/healthz", "period_s": PERIOD_S, "failure_threshold": 2, "timeout_s": 0.5},
+            "restart": {"backoff_initial_s": 0.2, "backoff_max_s": 2, "progress_deadline_s": 20}}
+    spec.update(over)
+    return spec
+
+
+# ----------------------------------------------------------------------------- load (subprocess)
+_STOP = threading.Event()  # SIGTERM in the load subprocess: finish and report
+
+async def _client(host: str, port: int, path: str, headers: str, stop_at: float, n: int | None,
+                  lat: list[float], codes: dict[int, int]) -> None:
+    req = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode()
+    reader = writer = None
+    done = 0
+    while not _STOP.is_set() and ((n is None and time.perf_counter() < stop_at) or (n is not None and done < n)):
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            t0 = time.perf_counter()
+            writer.write(req)
+            status, _ = await read_response(reader)
+            lat.append(time.perf_counter() - t0)
+            codes[status] = codes.get(status, 0) + 1
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            codes[0] = codes.get(0, 0) + 1  # connection failed: an error the user would see
+            writer = None
+            await asyncio.sleep(0.01)
+        done += 1
+    if writer is not None:
+        writer.close()
+
+
+async def _load(targets: list[tuple[str, int]], path: str, token: str, concurrency: int, duration_s: float,
+                n: int | None) -> dict:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, _STOP.set)
+    headers = f"Authorization: Bearer {token}\r\n" if token else ""
+    lat: list[float] = []
+    codes: dict[int, int] = {}
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_client(*targets[i % len(targets)], path, headers, t0 + duration_s, n, lat, codes)
+                           for i in range(concurrency)))
+    wall = time.perf_counter() - t0
+    ok = codes.get(200, 0)
+    return {"rps": round(ok / wall, 1), "p50_ms": round(percentile(lat, 0.5) * 1000, 3),
+            "p99_ms": round(percentile(lat, 0.99) * 1000, 3), "requests": sum(codes.values()),
+            "errors": sum(c for s, c in codes.items() if s != 200), "codes": {str(k): v for k, v in codes.items()},
+            "seconds": round(wall, 2)}
+
+
+def load(targets: list[tuple[str, int]], path: str, *, token: str = "", concurrency: int = 1,
+         duration_s: float = 5.0, n: int | None = None, background: bool = False):
+    """Run the load generator in a subprocess; its result (or the Popen when `background`)."""
+    args = json.dumps({"targets": targets, "path": path, "token": token, "concurrency": concurrency,
+                       "duration_s": duration_s, "n": n})
+    proc = subprocess.Popen([sys.executable, "-m", "broker.bench.service", "load", args], stdout=subprocess.PIPE,
+                            text=True)
+    return proc if background else result(proc)
+
+
+def result(proc: subprocess.Popen, stop: bool = False) -> dict:
+    """The load's figures; `stop`: end it now (SIGTERM: the clients finish their request)."""
+    if stop:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"load generator failed ({proc.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- the run
+def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 500, users: int = 20,
+          keep_dir: str | None = None) -> dict:
+    import uvicorn
+    from sqlmodel import Session
+
+    from broker.adapters.ray.executor import RayExecutor
+    from broker.adapters.ray.local import free_port, start_local_cluster
+    from broker.app import create_app
+    from broker.client import BrokerClient
+    from broker.db import make_engine, migrate
+    from broker.services.bootstrap import ensure_admin_token, seed_demo
+    from broker.settings import Settings
+
+    work = Path(keep_dir or tempfile.mkdtemp(prefix="bench-service-"))
+    port = free_port()
+    settings = Settings(data_dir=work / "broker", port=port, allow_process_runtime=True, cycle_interval_s=0.25,
+                        grace_period_s=2.0)
+    settings.ensure_data_dir()
+    migrate(settings)
+    engine = make_engine(settings)
+    with Session(engine) as s:
+        seed_demo(s, process_runtime=True)
+        s.commit()
+    token = ensure_admin_token(settings, engine).read_text().strip()
+    cluster = start_local_cluster(gpus=2, nodes=1, log_file=work / "ray.log")
+    server = executor = thread = None
+    try:
+        executor = RayExecutor(cluster.address, log_dir=work / "logs")
+        app = create_app(settings, executor=executor, engine=engine)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        _wait(lambda: server.started, 60, "the API start")
+        with BrokerClient(f"http://127.0.0.1:{port}", token) as c:
+            return _measure(c, port, token, concurrency=concurrency, duration_s=duration_s, latency_n=latency_n,
+                            users=users)
+    finally:
+        if server is not None:
+            server.should_exit = True
+            if thread is not None:
+                thread.join(timeout=30)
+        if executor is not None:
+            for job_id, attempt in executor.attempts():
+                executor.release(job_id, attempt)
+            executor.shutdown()
+        cluster.stop()
+        engine.dispose()
+
+
+def _measure(c, port: int, token: str, *, concurrency: int, duration_s: float, latency_n: int, users: int) -> dict:
+    c.deploy_service(service_spec())
+    c.wait_service(NAME, project=PROJECT, ready=2, timeout=120)
+    direct = [(r["host"], r["port"]) for r in c.service_replicas(NAME, project=PROJECT) if r["ready"]]
+    proxy = [("127.0.0.1", port)]
+    entry = f"/svc/{PROJECT}/{NAME}/predict"
+    load(proxy, entry, token=token, n=200)  # warm-up: connections, caches
+    load(direct, "/predict", n=200)
+    lat_p, lat_d = [], []
+    for i in range(4):  # latency: one connection, sequential; alternating blocks
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            r = load(proxy, entry, token=token, n=latency_n // 4) if which == 0 else load(direct, "/predict",
+                                                                                            n=latency_n // 4)
+            (lat_p if which == 0 else lat_d).append(r)
+    thr_p, thr_d = [], []
+    for i in range(2):
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            if which == 0:
+                thr_p.append(load(proxy, entry, token=token, concurrency=concurrency, duration_s=duration_s))
+            else:
+                thr_d.append(load(direct, "/predict", concurrency=concurrency, duration_s=duration_s))
+    p = _merge(lat_p, thr_p)
+    d = _merge(lat_d, thr_d)
+    out = {"proxy": p, "direct": d, "throughput_ratio": round(p["rps"] / d["rps"], 3) if d["rps"] else None,
+           "p50_overhead_ms": round(p["p50_ms"] - d["p50_ms"], 3), "goal_ratio": GOAL_RATIO,
+           "goal_overhead_ms": GOAL_OVERHEAD_MS, "concurrency": concurrency, "duration_s": duration_s}
+    out["failover"] = _failover(c, proxy, entry, token)
+    out["rollout"] = _rollout(c, proxy, entry, token, users, {"env": {"MODEL": "v2"}}, want_rolled_back=False)
+    out["rollback"] = _rollout(c, proxy, entry, token, users,
+                               {"command": ["python3", "-c", "import sys; sys.exit(1)"]}, want_rolled_back=True)
+    c.delete_service(NAME, project=PROJECT)
+    return out
+
+
+def _merge(lat: list[dict], thr: list[dict]) -> dict:
+    """Latency from the sequential blocks (median of their p50/p99), rate from the concurrent."""
+    return {"p50_ms": round(statistics.median(r["p50_ms"] for r in lat), 3),
+            "p99_ms": round(statistics.median(r["p99_ms"] for r in lat), 3),
+            "rps": round(statistics.median(r["rps"] for r in thr), 1),
+            "p50_ms_loaded": round(statistics.median(r["p50_ms"] for r in thr), 3),
+            "p99_ms_loaded": round(statistics.median(r["p99_ms"] for r in thr), 3),
+            "requests": sum(r["requests"] for r in lat + thr), "errors": sum(r["errors"] for r in lat + thr)}
+
+
+def _failover(c, proxy, entry: str, token: str) -> dict:
+    reps = [r for r in c.service_replicas(NAME, project=PROJECT) if r["ready"]]
+    victim = reps[0]
+    pid = None
+    for _ in range(20):  # find the victim's pid through the entry point
+        job_id, p = c.call_service(PROJECT, NAME, "/whoami").text.split()
+        if job_id == victim["job_id"]:
+            pid = int(p)
+            break
+    if pid is None:
+        return {"error": "could not find the replica's process"}
+    bg = load(proxy, entry, token=token, concurrency=4, duration_s=60.0, background=True)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    out_s = replaced_s = None
+    while time.monotonic() - t0 < 30:
+        now = c.service_replicas(NAME, project=PROJECT)
+        if out_s is None and victim["job_id"] not in {r["job_id"] for r in now if r["ready"]}:
+            out_s = time.monotonic() - t0
+        if out_s is not None and sum(1 for r in now if r["ready"]) >= 2 and \
+                victim["job_id"] not in {r["job_id"] for r in now}:
+            replaced_s = time.monotonic() - t0
+            break
+        time.sleep(0.02)
+    time.sleep(1.0)
+    r = result(bg, stop=True)
+    return {"out_of_rotation_s": round(out_s, 3) if out_s is not None else None,
+            "replaced_s": round(replaced_s, 3) if replaced_s is not None else None,
+            "probe_period_s": PERIOD_S, "requests": r["requests"], "errors": r["errors"], "codes": r["codes"]}
+
+
+def _rollout(c, proxy, entry: str, token: str, users: int, change: dict, *, want_rolled_back: bool) -> dict:
+    before = c.service(NAME, project=PROJECT)
+    bg = load(proxy, entry, token=token, concurrency=users, duration_s=40.0, background=True)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    c.update_service(NAME, project=PROJECT, **change)
+    done_s = None
+    rolled_back = False
+    while time.monotonic() - t0 < 38:
+        s = c.service(NAME, project=PROJECT)
+        reps = c.service_replicas(NAME, project=PROJECT)
+        if want_rolled_back and s["revision"] == before["revision"] and "rolled back" in (s.get("message") or ""):
+            if sum(1 for r in reps if r["ready"]) >= 2 and all(r["revision"] == before["revision"] for r in reps):
+                rolled_back, done_s = True, time.monotonic() - t0
+                break
+        if not want_rolled_back and s["stable_revision"] == s["revision"] != before["revision"] and \
+                all(r["revision"] == s["revision"] and r["ready"] for r in reps) and len(reps) == 2:
+            done_s = time.monotonic() - t0
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)  # a second of load on the finished state too
+    r = result(bg, stop=True)
+    out = {"seconds": round(done_s, 2) if done_s is not None else None, "users": users,
+           "requests": r["requests"], "errors": r["errors"], "rps": r["rps"]}
+    if want_rolled_back:
+        out["rolled_back"] = rolled_back
+    return out
+
+
+def _wait(pred, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "load":
+    a = json.loads(sys.argv[2])
+    print(json.dumps(asyncio.run(_load([tuple(t) for t in a["targets"]], a["path"], a["token"], a["concurrency"],
+                                       a["duration_s"], a["n"]))))

@@ -1,0 +1,161 @@
+"""The proxy's routing table: ready replicas per service, load balancing, requests in flight,
+and the per-service request metrics exported on /metrics.
+
+In-process and lock-protected: the controller (leader) pushes each change at once
+(`set_endpoints`, `remove`), and any broker refreshes from the database (`ServiceReplica.ready`)
+at most every `refresh_s`, so a follower's proxy routes too. Balancing: the ready replica with
+the fewest requests in flight, ties broken round-robin, so a slow replica gets less.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from broker.services.metrics import HTTP_BUCKETS
+
+SERVICE_BUCKETS = (0.0005, 0.001, 0.002) + HTTP_BUCKETS
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    job_id: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class ServiceRouter:
+    def __init__(self, registry: CollectorRegistry | None = None, *,
+                 load: Callable[[], Iterable[tuple[str, str, str, int]]] | None = None,
+                 refresh_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        """`load`: (service id, job id, host, port) of every ready replica (the database)."""
+        self._lock = threading.Lock()
+        self._eps: dict[str, tuple[Endpoint, ...]] = {}
+        self._down: dict[str, float] = {}  # job id -> until (passive: a refused connection)
+        self._inflight: dict[str, int] = {}  # job id -> requests in flight
+        self._svc_inflight: dict[str, int] = {}
+        self._rr = itertools.count()
+        self._load, self._refresh_s, self._clock = load, refresh_s, clock
+        self._loaded_at = float("-inf")
+        self._metrics: dict[tuple[str, str], ServiceMetrics] = {}
+        r = registry or CollectorRegistry()
+        self.requests = Counter("broker_service_requests", "requests proxied to a service",
+                                ["project", "service", "code"], registry=r)
+        self.errors = Counter("broker_service_errors", "proxied requests that failed (5xx, no replica, timeout)",
+                              ["project", "service", "reason"], registry=r)
+        self.latency = Histogram("broker_service_request_duration_seconds",
+                                 "latency of proxied requests (to the response headers)",
+                                 ["project", "service"], buckets=SERVICE_BUCKETS, registry=r)
+        self.inflight_gauge = Gauge("broker_service_requests_in_flight", "requests in flight per service",
+                                    ["project", "service"], registry=r)
+
+    def metrics_for(self, project: str, service: str) -> "ServiceMetrics":
+        """The labelled metrics of one service, built once (a labels() lookup per request costs)."""
+        key = (project, service)
+        m = self._metrics.get(key)
+        if m is None:
+            m = self._metrics[key] = ServiceMetrics(self, project, service)
+        return m
+
+    # ------------------------------------------------------------------ table
+    def set_endpoints(self, service_id: str, eps: Iterable[Endpoint]) -> None:
+        with self._lock:
+            self._eps[service_id] = tuple(eps)
+
+    def remove(self, job_id: str) -> None:
+        """Out of rotation now (draining, failed probe, stopped)."""
+        with self._lock:
+            for sid, eps in self._eps.items():
+                if any(e.job_id == job_id for e in eps):
+                    self._eps[sid] = tuple(e for e in eps if e.job_id != job_id)
+
+    def mark_down(self, job_id: str, for_s: float = 2.0) -> None:
+        """Passive health: a replica that refused a connection gets no requests for a while
+        (until the controller's probe decides)."""
+        with self._lock:
+            self._down[job_id] = self._clock() + for_s
+
+    def endpoints(self, service_id: str) -> tuple[Endpoint, ...]:
+        self._maybe_refresh()
+        with self._lock:
+            return self._eps.get(service_id, ())
+
+    def pick(self, service_id: str, exclude: frozenset[str] = frozenset()) -> Endpoint | None:
+        """The ready replica with the fewest requests in flight (round-robin among equals)."""
+        self._maybe_refresh()
+        now = self._clock()
+        with self._lock:
+            eps = [e for e in self._eps.get(service_id, ()) if e.job_id not in exclude
+                   and self._down.get(e.job_id, 0.0) <= now]
+            if not eps:
+                return None
+            start = next(self._rr) % len(eps)
+            order = eps[start:] + eps[:start]
+            return min(order, key=lambda e: self._inflight.get(e.job_id, 0))
+
+    # ------------------------------------------------------------------ in flight
+    def begin(self, service_id: str, job_id: str) -> None:
+        with self._lock:
+            self._inflight[job_id] = self._inflight.get(job_id, 0) + 1
+            self._svc_inflight[service_id] = self._svc_inflight.get(service_id, 0) + 1
+
+    def end(self, service_id: str, job_id: str) -> None:
+        with self._lock:
+            self._inflight[job_id] = max(0, self._inflight.get(job_id, 0) - 1)
+            self._svc_inflight[service_id] = max(0, self._svc_inflight.get(service_id, 0) - 1)
+
+    def inflight(self, job_id: str) -> int:
+        with self._lock:
+            return self._inflight.get(job_id, 0)
+
+    def service_inflight(self, service_id: str) -> int:
+        with self._lock:
+            return self._svc_inflight.get(service_id, 0)
+
+    # ------------------------------------------------------------------ refresh
+    def _maybe_refresh(self) -> None:
+        if self._load is None or self._clock() - self._loaded_at < self._refresh_s:
+            return
+        self._loaded_at = self._clock()
+        try:
+            rows = list(self._load())
+        except Exception:  # a database hiccup: keep routing to what is known
+            return
+        table: dict[str, list[Endpoint]] = {}
+        for sid, jid, host, port in rows:
+            if host and port:
+                table.setdefault(sid, []).append(Endpoint(jid, host, int(port)))
+        with self._lock:
+            self._eps = {sid: tuple(v) for sid, v in table.items()}
+
+    def refreshed(self) -> None:
+        """The controller just pushed the whole table: no database read for a while."""
+        self._loaded_at = self._clock()
+
+
+class ServiceMetrics:
+    """One service's children of the router's metrics."""
+
+    def __init__(self, rt: ServiceRouter, project: str, service: str) -> None:
+        self._rt, self._labels = rt, (project, service)
+        self.latency = rt.latency.labels(project, service)
+        self.inflight = rt.inflight_gauge.labels(project, service)
+        self._codes: dict[int, Any] = {}
+
+    def code(self, status: int) -> None:
+        c = self._codes.get(status)
+        if c is None:
+            c = self._codes[status] = self._rt.requests.labels(*self._labels, str(status))
+        c.inc()
+
+    def error(self, reason: str) -> None:
+        self._rt.errors.labels(*self._labels, reason).inc()

@@ -1,0 +1,302 @@
+"""The service controller over the fake executor with real HTTP servers as replicas.
+
+Each replica job the controller submits gets a real `http.server` on its host port (what the
+runner would start), so probes, the proxy's balancing and its retries are real; the executor,
+the clock and the scheduler ticks are driven by the test. SQLite only: the controller's
+queries are the API's (tested on both databases in tests/broker/api/test_services.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from sqlmodel import Session, select
+
+from broker.adapters.fake import FakeExecutor, node
+from broker.models import Job, QuotaRow, Service
+from broker.services.service_controller import ServiceController
+
+
+@pytest.fixture(scope="module")
+def db_url(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'broker.db'}"
+
+
+@pytest.fixture(scope="module")
+def fake_executor():
+    return FakeExecutor([node("inno-1"), node("inno-2"), node("op-1", pool="operation", gpus=8, gpu_model="H100")])
+
+
+class Clock:
+    def __init__(self) -> None:
+        import time
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, s: float) -> None:
+        self.t += s
+
+
+class Replica:
+    """A real HTTP server on a replica's port answering with its name (the runner's process)."""
+
+    def __init__(self, port: int, name: str, healthy: bool = True) -> None:
+        outer = self
+        self.healthy = healthy
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                code = 200 if outer.healthy else 500
+                body = name.encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kill(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def world(app, engine, client, fake_executor):
+    clock = Clock()
+    services = app.state.services
+    ctl = ServiceController(engine, executor=fake_executor, router=services.service_router, clock=clock)
+    servers: dict[str, Replica] = {}
+
+    def step(serve: bool = True, healthy: bool = True) -> None:
+        """One controller tick, one scheduling tick; serve every RUNNING replica's port."""
+        ctl.tick()
+        services.loop.tick()
+        with Session(engine) as s:
+            for j in s.exec(select(Job).where(Job.service_id.is_not(None), Job.status == "RUNNING")).all():
+                if serve and j.id not in servers and j.cancel_requested_at is None:
+                    servers[j.id] = Replica(j.port, f"{j.replica_index}:{j.service_revision}:{j.id}", healthy)
+        ctl.tick()
+
+    yield ctl, clock, servers, step
+    with Session(engine) as s:  # the next test's controller must not see this test's services
+        for svc in s.exec(select(Service)).all():
+            client.delete(f"/api/v1/services/{svc.id}")
+    for _ in range(3):
+        ctl.tick()
+        services.loop.tick()
+    for r in servers.values():
+        try:
+            r.kill()
+        except Exception:
+            pass
+    ctl.close()
+
+
+def _deploy(client, **over) -> dict:
+    b = {"name": "svc-" + uuid.uuid4().hex[:6], "project": "ouh-liver", "image": "localhost/busybox:test",
+         "command": ["/bin/busybox", "httpd", "-f"], "resources": {"gpus": 0, "cpus": 0.5, "memory_gb": 0.5},
+         "replicas": {"min": 2, "max": 2}, "readiness": {"path": "/", "period_s": 1, "failure_threshold": 2},
+         "restart": {"backoff_initial_s": 0, "backoff_max_s": 0, "progress_deadline_s": 30}}
+    b.update(over)
+    r = client.post("/api/v1/services", json=b)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _get(client, svc) -> dict:
+    return client.get(f"/api/v1/services/{svc['id']}").json()
+
+
+def _hits(client, svc, n: int = 20) -> Counter:
+    got = Counter()
+    for _ in range(n):
+        r = client.get(f"/svc/{svc['project']}/{svc['name']}/x?y=1")
+        assert r.status_code == 200, r.text
+        got[r.text.split(":")[0]] += 1
+    return got
+
+
+def test_two_replicas_serve_and_requests_are_spread(client, world):
+    ctl, clock, servers, step = world
+    svc = _deploy(client)
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    got = _get(client, svc)
+    assert got["status"] == "READY" and got["replicas"]["ready"] == 2, got
+    hits = _hits(client, svc)
+    assert set(hits) == {"0", "1"} and min(hits.values()) >= 5, hits
+    reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
+    assert all(r["health"] == "ready" and r["host"] == "127.0.0.1" for r in reps)
+
+
+def test_a_dead_replica_leaves_rotation_and_is_replaced(client, world, fake_executor, engine):
+    ctl, clock, servers, step = world
+    svc = _deploy(client)
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    with Session(engine) as s:
+        victim = s.exec(select(Job.id).where(Job.service_id == svc["id"])).first()
+    servers[victim].kill()
+    # the process is gone but the executor has not noticed: readiness fails twice -> out
+    for _ in range(2):
+        clock.advance(1.0)
+        ctl.tick()
+    assert victim not in {e.job_id for e in ctl.router.endpoints(svc["id"])}  # out within 2 probe periods
+    assert all(r.status_code == 200 for r in (client.get(f"/svc/ouh-liver/{svc['name']}/") for _ in range(10)))
+    with Session(engine) as s:
+        job = s.get(Job, victim)
+    fake_executor.finish(victim, job.attempt, exit_code=137)
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    got = _get(client, svc)
+    assert got["replicas"]["ready"] == 2, got
+    kinds = [e["kind"] for e in client.get(f"/api/v1/services/{svc['id']}/events").json()["items"]]
+    assert "replica_not_ready" in kinds and "replica_failed" in kinds
+
+
+def test_a_rollout_replaces_replicas_one_at_a_time(client, world):
+    ctl, clock, servers, step = world
+    svc = _deploy(client)
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    assert client.patch(f"/api/v1/services/{svc['id']}", json={"env": {"V": "2"}}).status_code == 200
+    most = 0
+    for _ in range(12):
+        step()
+        clock.advance(1.0)
+        r = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
+        most = max(most, len(r))
+        assert all(x.status_code == 200 for x in (client.get(f"/svc/ouh-liver/{svc['name']}/") for _ in range(5)))
+    got = _get(client, svc)
+    assert got["stable_revision"] == 2 and got["status"] == "READY", got
+    reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
+    assert sorted(r["revision"] for r in reps) == [2, 2] and most <= 3  # surge of one at most
+
+
+def test_a_revision_that_never_gets_ready_is_rolled_back(client, world):
+    ctl, clock, servers, step = world
+    svc = _deploy(client)
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    client.patch(f"/api/v1/services/{svc['id']}", json={"command": ["/bin/busybox", "false"]})
+    for _ in range(4):
+        step(serve=False)  # the new revision's replicas never listen
+        clock.advance(12.0)
+        assert all(x.status_code == 200 for x in (client.get(f"/svc/ouh-liver/{svc['name']}/") for _ in range(3)))
+    got = _get(client, svc)
+    assert got["revision"] == 1 and "rolled back" in got["message"], got
+    revs = client.get(f"/api/v1/services/{svc['id']}/revisions").json()["items"]
+    assert revs[0]["number"] == 2 and revs[0]["status"] == "rolled_back"
+
+
+def test_autoscaling_follows_requests_in_flight_and_cools_down(client, world, app):
+    ctl, clock, servers, step = world
+    svc = _deploy(client, replicas={"min": 1, "max": 3}, autoscale={"target_inflight": 2, "cooldown_s": 30})
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    rt = app.state.services.service_router
+    for _ in range(5):
+        rt.begin(svc["id"], "load")  # five requests in flight
+    step()
+    assert _get(client, svc)["replicas"]["desired"] == 3
+    for _ in range(5):
+        rt.end(svc["id"], "load")
+    clock.advance(5.0)
+    step()
+    assert _get(client, svc)["replicas"]["desired"] == 3  # within the cool-down
+    clock.advance(40.0)
+    step()
+    clock.advance(1.0)
+    step()
+    assert _get(client, svc)["replicas"]["desired"] == 1
+    with Session(app.state.services.engine) as s:
+        assert s.get(Service, svc["id"]).scaled_at is not None
+
+
+def test_an_operation_services_extra_replicas_are_preempted_its_min_ones_never(client, world, engine):
+    """ouh-radiology (operation guarantee 2 GPUs) runs 4 replicas of 2 GPUs on the 8-GPU operation
+    node, 3 of them borrowing; shs-ops-triage then claims its nominal (2 GPUs, made lendable
+    here: guaranteed capacity is never lent): one extra replica is preempted, the min replica
+    is not, and the service says why it lacks one."""
+    ctl, clock, servers, step = world
+    with Session(engine) as s:
+        for q in s.exec(select(QuotaRow).where(QuotaRow.owner_id.in_(["shs", "shs-ops-triage"]),
+                                               QuotaRow.pool == "operation")).all():
+            q.guaranteed = 0.0
+            s.add(q)
+        s.commit()
+    svc = _deploy(client, project="ouh-radiology", resources={"gpus": 2, "cpus": 1, "memory_gb": 1},
+                  replicas={"min": 1, "max": 4}, **{"class": "operation"})
+    client.post(f"/api/v1/services/{svc['id']}/scale", json={"replicas": 4})
+    for _ in range(4):
+        step()
+        clock.advance(1.0)
+    with Session(engine) as s:
+        reps = s.exec(select(Job).where(Job.service_id == svc["id"])).all()
+        assert sorted(j.status for j in reps) == ["RUNNING"] * 4, [(j.status, j.pending_message) for j in reps]
+        protected = {j.id for j in reps if not j.preemptible}
+    assert len(protected) == 1
+    job = client.post("/api/v1/jobs", json={"name": "triage", "project": "shs-ops-triage", "class": "operation",
+                                            "image": "localhost/busybox:test", "command": ["/bin/busybox", "true"],
+                                            "resources": {"gpus": 2, "cpus": 1, "memory_gb": 1}})
+    assert job.status_code == 201, job.text
+    step()
+    with Session(engine) as s:
+        reps = s.exec(select(Job).where(Job.service_id == svc["id"])).all()
+        hit = [j for j in reps if j.attempt > 1 or j.status in ("PREEMPTED", "PENDING")]
+        assert len(hit) == 1 and hit[0].id not in protected, [(j.id, j.status, j.preemptible) for j in reps]
+        assert all(j.status == "RUNNING" for j in reps if j.id in protected)
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    got = _get(client, svc)
+    assert got["replicas"]["ready"] == 3 and got["pending_reason"] is not None, got
+
+
+def test_an_innovation_service_scales_to_zero_when_the_next_period_is_not_covered(client, world, engine):
+    ctl, clock, servers, step = world
+    from broker.models import Project
+
+    svc = _deploy(client, project="ouh-liver", resources={"gpus": 1, "cpus": 0.5, "memory_gb": 0.5},
+                  replicas={"min": 1, "max": 1})
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    assert _get(client, svc)["replicas"]["ready"] == 1
+    with Session(engine) as s:
+        p = s.get(Project, "ouh-liver")
+        p.budget_gpu_hours = 0.5  # less than one more hour of one GPU
+        s.add(p)
+        s.commit()
+    ctl._budget.clear()
+    try:
+        for _ in range(3):
+            step()
+            clock.advance(1.0)
+        got = _get(client, svc)
+        assert got["replicas"]["running"] == 0 and got["pending_reason"]["code"] == "BUDGET_EXHAUSTED", got
+        assert "0.5" in got["pending_reason"]["message"]
+        kinds = [e["kind"] for e in client.get(f"/api/v1/services/{svc['id']}/events").json()["items"]]
+        assert "scaled_to_zero" in kinds
+    finally:
+        with Session(engine) as s:
+            p = s.get(Project, "ouh-liver")
+            p.budget_gpu_hours = None
+            s.add(p)
+            s.commit()
