@@ -15,6 +15,8 @@
 - telemetry.rollup        every 60 s: 1-minute and 1-hour rollups;
 - telemetry.retention     every hour: raw samples and rollups past their retention;
 - idle.check              every 60 s: flag idle allocations, reclaim idle innovation work;
+- dashboards.pool_rollups every 60 s: allocated / used / capacity per pool and project, per minute
+                          and hour, for the dashboards (dashboards_rollup);
 - notify                  every 5 s: job outcomes and unhealthy nodes into the notification
                           outbox, then deliver what is due (webhook, e-mail; backoff).
 
@@ -47,6 +49,7 @@ from broker.ports import Clock, Executor
 from broker.services.accounting import run_accounting
 from broker.services.admin.audit import seal_pending
 from broker.services.checkpoints import remove_finished_checkpoints
+from broker.services.dashboards_rollup import run_pool_rollups
 from broker.services.idle import check_idle
 from broker.services.notify import run_notifications
 from broker.services.logs import remove_expired_logs
@@ -80,6 +83,7 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
                                                       cfg.hour_retention_s), 3600.0, "telemetry.retention")
     tasks.add_interval(lambda: check_idle(engine, clock(), leader=services.leader), 60.0, "idle.check")
     tasks.add_interval(lambda: run_notifications(engine, settings, clock()), 5.0, "notify")
+    tasks.add_interval(lambda: run_pool_rollups(engine, clock()), 60.0, "dashboards.pool_rollups")
 
     if services.cluster_sync is not None:  # cluster mode: Kubernetes node states, taints, worker groups
         tasks.add_interval(lambda: services.cluster_sync.tick(clock()), settings.k8s_sync_interval_s, "kubernetes.sync")
