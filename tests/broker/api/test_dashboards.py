@@ -12,34 +12,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlmodel import Session
 
-from broker.models import Attempt, Department, GpuRollup, Job, JobEvent, Ledger, Placement, Project, QuotaRow
 from broker.services.dashboards_projects import borrowing
 from broker.services.dashboards_rollup import fold, run_pool_rollups
-
-H = 3600.0
-
-
-@dataclass
-class World:
-    now: float
-    d1: str
-    d2: str
-    pa: str
-    pb: str
-    ja: str
-    jb: str
-    jc: str
-    jd: str
-    je: str
-    bucket: float
-    fold_end: float
+from tests.dashboard_seed import H, World, seed_world
 
 
 def _client(app, token: str) -> TestClient:
@@ -50,64 +31,12 @@ def _client(app, token: str) -> TestClient:
 
 @pytest.fixture(scope="module")
 def world(engine, app) -> World:
-    now = time.time()
     tag = uuid.uuid4().hex[:6]
-    d1, d2 = f"da-{tag}", f"db-{tag}"
-    pa, pb = f"{d1}-pa", f"{d2}-pb"
-    ja, jb, jc, jd, je = (uuid.uuid4().hex[:16] for _ in range(5))
-    bucket = now - (now % 60) - 180  # a rolled-up minute
-    with Session(engine) as s:
-        s.add(Department(id=d1, name=d1.upper(), budget_gpu_hours=1000))
-        s.add(Department(id=d2, name=d2.upper()))
-        s.flush()
-        s.add(Project(id=pa, department_id=d1, name="Project A", budget_gpu_hours=100))
-        s.add(Project(id=pb, department_id=d2, name="Project B"))
-        s.flush()
-        s.add(QuotaRow(owner_kind="project", owner_id=pa, pool="innovation", gpu_model="", resource="gpus",
-                       guaranteed=0, nominal=1, limit=4))
-        s.add(QuotaRow(owner_kind="project", owner_id=pb, pool="innovation", gpu_model="", resource="gpus",
-                       guaranteed=1, nominal=4, limit=None))
-
-        def job(jid, project, gpus, status, submit, **kw):
-            s.add(Job(id=jid, project_id=project, name=f"name-{jid}", gpus=gpus, workers=1, status=status,
-                      submit_time=submit, created_at=submit, command=["run", f"cmd-{jid}"], **kw))
-
-        job(ja, pa, 2, "RUNNING", now - 2 * H - 60, admitted_at=now - 2 * H, started_at=now - 2 * H,
-            flavor_pool="innovation", flavor_gpu_model="A100", borrowing=True, max_runtime_s=10 * H)
-        job(jb, pb, 1, "RUNNING", now - H - 60, admitted_at=now - H, started_at=now - H,
-            flavor_pool="innovation", flavor_gpu_model="A100")
-        job(jc, pa, 4, "PENDING", now - 600, pending_code="QUOTA_LIMIT", pending_message="over limit",
-            queue_position=1, estimated_start=now + 900)
-        job(jd, pb, 2, "PENDING", now - 300, pending_code="NO_CAPACITY", queue_position=2)
-        job(je, pa, 1, "SUCCEEDED", now - 5 * H, attempt=2, admitted_at=now - 4 * H, started_at=now - 4 * H,
-            finished_at=now - 3 * H, exit_code=0)
-        s.flush()
-        for jid, gpus, start, node, idx, project, dept in ((ja, 2, now - 2 * H, "inno-1", [0, 1], pa, d1),
-                                                          (jb, 1, now - H, "inno-2", [0], pb, d2)):
-            s.add(Attempt(job_id=jid, number=1, status="RUNNING", admitted_at=start, started_at=start))
-            s.add(Placement(job_id=jid, attempt=1, rank=0, node_id=node, gpu_indices=idx,
-                            cuda_visible_devices=",".join(map(str, idx))))
-            s.add(Ledger(job_id=jid, attempt=1, project_id=project, department_id=dept, pool="innovation",
-                         gpu_model="A100", gpus=gpus, started_at=start))
-        s.add(Attempt(job_id=je, number=1, status="PREEMPTED", admitted_at=now - 4.9 * H, started_at=now - 4.9 * H,
-                      ended_at=now - 4.5 * H, reason="preempted"))
-        s.add(Attempt(job_id=je, number=2, status="SUCCEEDED", admitted_at=now - 4 * H, started_at=now - 4 * H,
-                      ended_at=now - 3 * H, exit_code=0))
-        for ts, a, b, att in ((now - 5 * H, None, "PENDING", 1), (now - 4.9 * H, "PENDING", "RUNNING", 1),
-                              (now - 4.5 * H, "RUNNING", "PREEMPTED", 1), (now - 4.4 * H, "PREEMPTED", "PENDING", 2),
-                              (now - 4 * H, "PENDING", "RUNNING", 2), (now - 3 * H, "RUNNING", "SUCCEEDED", 2)):
-            s.add(JobEvent(job_id=je, ts=ts, kind="transition" if a else "submitted", from_status=a, to_status=b,
-                           attempt=att))
-        for node, gpu, jid, project, util in (("inno-1", 0, ja, pa, 80.0), ("inno-1", 1, ja, pa, 80.0),
-                                              ("inno-2", 0, jb, pb, 50.0), ("inno-2", 1, "", None, 0.0)):
-            s.add(GpuRollup(resolution_s=60, node_id=node, gpu_index=gpu, bucket=bucket, job_id=jid, project_id=project,
-                            samples=60, util_n=60, util_sum=util * 60, util_max=util, mem_n=60, mem_sum=60 * 2048.0,
-                            mem_max=4096.0, power_n=60, power_sum=60 * 200.0, power_max=250.0, temp_max=61.0))
-        s.commit()
-    fold_end = (now - 120) - ((now - 120) % 60)
-    run_pool_rollups(engine, now)
+    w = seed_world(engine, time.time(), own=(f"da-{tag}", f"da-{tag}-pa"), foreign=(f"db-{tag}", f"db-{tag}-pb"),
+                   own_gpus=("inno-1", [0, 1]), foreign_gpus=("inno-2", [0]), idle_gpu=("inno-2", 1))
+    run_pool_rollups(engine, w.now)
     app.state.services.authz.invalidate()
-    return World(now, d1, d2, pa, pb, ja, jb, jc, jd, je, bucket, fold_end)
+    return w
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +259,21 @@ def test_borrowing_both_ways(used, nominal, want):
     for p, (b, l) in want.items():
         assert got[p]["borrowed"] == pytest.approx(b) and got[p]["lent"] == pytest.approx(l)
         assert sum(got[p]["from"].values()) == pytest.approx(b)
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/nodes", "/dashboard/queue", "/dashboard/projects",
+                                  "/dashboard/jobs/anything"])
+def test_pages_are_served_without_a_token(anon, path):
+    r = anon.get(path)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "/static/dash.js" in r.text and "https://" not in r.text  # no CDN: every asset is the broker's
+
+
+def test_an_unknown_page_is_a_404_with_a_code(anon):
+    r = anon.get("/dashboard/nope")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
+
+
+@pytest.mark.parametrize("name", ["dash.js", "dash.css", "uPlot.iife.min.js", "uPlot.min.css"])
+def test_vendored_assets_are_served(anon, name):
+    assert anon.get(f"/static/{name}").status_code == 200
