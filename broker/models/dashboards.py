@@ -7,8 +7,9 @@ split thousands of ledger intervals per request. A periodic task on the leader
 (pool, project, bucket), and the dashboards read those.
 
 One row per (resolution, pool, bucket, project); `project_id` is "" for the pool's own row,
-which carries the capacity (GPUs in the pool's nodes when the bucket was folded) and the GPU
-use no job was attributed. Sums, never averages: a range is the sum of its buckets.
+which carries the capacity (GPUs in the pool's nodes when the bucket was folded) and the pool's
+totals (all projects plus GPU use no job was attributed). Sums, never averages: a range is the
+sum of its buckets.
 
 Invariant: the rows of a bucket are a pure function of the GPU rollups, the ledger and the
 nodes when it was folded; folding a bucket again deletes and re-inserts its rows.
@@ -38,6 +39,7 @@ class PoolRollup(SQLModel, table=True):
     bucket: float  # bucket start, epoch seconds, a multiple of resolution_s
     project_id: str = Field(default="", max_length=64)  # "": the pool's own row
     capacity_gpus: int = 0  # pool row only
+    # pool row: the pool's totals; project rows: that project's part
     allocated_gpu_s: float = 0.0  # ledger: GPUs held by attempts x seconds inside the bucket
     used_gpu_s: float = 0.0  # rollups: attributed utilization x seconds
     energy_j: float = 0.0  # rollups: mean power x seconds

@@ -1,6 +1,6 @@
 """Queries of the dashboards: each reads a bounded set of rows through an index.
 
-- `pool_series`: the pool rollups of a range, summed over projects (one row per pool and bucket);
+- `pool_series`: the pools' own rollup rows of a range (one per pool and bucket: their totals);
 - `latest_gpus`: every GPU's last rolled-up minute (utilization, memory, temperature);
 - `gpu_jobs`: which job holds which GPU now (placements of holding jobs);
 - `pending_groups` / `pending_jobs`: the queue by department and reason, and its head;
@@ -39,10 +39,11 @@ def _run(s: Session, sql: str, params: dict):
 
 
 def pool_series(s: Session, res: int, start: float, end: float) -> list[tuple]:
-    """(pool, bucket, capacity GPUs, allocated GPU-s, used GPU-s, energy J) per pool and bucket."""
-    return _run(s, "SELECT pool, bucket, MAX(capacity_gpus), SUM(allocated_gpu_s), SUM(used_gpu_s), SUM(energy_j) "
-                   "FROM pool_rollups WHERE resolution_s = :r AND bucket >= :a AND bucket < :b "
-                   "GROUP BY pool, bucket ORDER BY bucket, pool", {"r": res, "a": start, "b": end}).all()
+    """(pool, bucket, capacity GPUs, allocated GPU-s, used GPU-s, energy J) per pool and bucket:
+    the pools' own rows (their totals), through the (resolution, project, bucket) index."""
+    return _run(s, "SELECT pool, bucket, capacity_gpus, allocated_gpu_s, used_gpu_s, energy_j FROM pool_rollups "
+                   "WHERE resolution_s = :r AND project_id = '' AND bucket >= :a AND bucket < :b "
+                   "ORDER BY bucket, pool", {"r": res, "a": start, "b": end}).all()
 
 
 def project_use(s: Session, res: int, start: float, end: float, projects: Optional[Sequence[str]]) -> list[tuple]:

@@ -18,6 +18,10 @@ Per bucket and pool (`fold`):
   was attributed goes to the pool's own row (project "");
 - capacity: the GPUs of the pool's nodes at fold time (the node table keeps no history).
 
+The pool's own row (project "") holds the pool's totals (every project's part plus use no job
+was attributed), so the overview reads one row per pool and bucket; the projects page reads the
+project rows.
+
 Retention: minute rows older than 8 days and hour rows older than 400 days are deleted.
 """
 
@@ -83,10 +87,20 @@ def fold(engine: Engine, res: int, start: float, end: float, *, now: float) -> i
         for pool, project, gpus, a, b in _ledger(s, start, end):
             for bucket, secs in _overlaps(max(a, start), min(b if b is not None else end, end), res):
                 cells[(pool, bucket, project)][1] += gpus * secs
+        totals: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+        for (pool, bucket, project), c in cells.items():
+            if project:
+                tot = totals[(pool, bucket)]
+                for k in (1, 2, 3):
+                    tot[k] += c[k]
         t = start
         while t < end:
             for pool, cap in capacity.items():
-                cells[(pool, float(t), "")][0] = cap
+                own = cells[(pool, float(t), "")]  # unattributed use so far: add the projects' parts
+                tot = totals.get((pool, float(t)), (0, 0.0, 0.0, 0.0))
+                own[0] = cap
+                for k in (1, 2, 3):
+                    own[k] += tot[k]
             t += res
         s.execute(text("DELETE FROM pool_rollups WHERE resolution_s = :r AND bucket >= :a AND bucket < :b"),
                   {"r": res, "a": start, "b": end})

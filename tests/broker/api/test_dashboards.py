@@ -242,6 +242,12 @@ def test_fold_allocates_exactly_the_ledger_and_refolds_idempotently(engine, worl
     assert first == pytest.approx(2 * (world.fold_end - (world.now - 2 * H)), abs=1e-6)
     fold(engine, 60, world.fold_end - H, world.fold_end, now=world.now)
     assert allocated() == pytest.approx(first, abs=1e-6)
+    with Session(engine) as s:  # the pool's own row holds the pool's totals: its projects' parts and more
+        pool, parts = s.execute(text(
+            "SELECT SUM(CASE WHEN project_id = '' THEN allocated_gpu_s END), "
+            "SUM(CASE WHEN project_id <> '' THEN allocated_gpu_s END) FROM pool_rollups "
+            "WHERE resolution_s = 60 AND pool = 'innovation'")).one()
+    assert pool == pytest.approx(parts, abs=1e-6) and parts > first
 
 
 BORROW_CASES = [
