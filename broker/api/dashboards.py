@@ -27,7 +27,7 @@ PAGES = {"nodes": "dash-nodes.html", "queue": "dash-queue.html", "projects": "da
 
 
 def dashboards(svc: ServicesDep) -> DashboardService:
-    return DashboardService(svc.engine, svc.authz, overview=svc.overview, jobs=svc.jobs)
+    return DashboardService(svc.engine, svc.authz, jobs=svc.jobs)
 
 
 Dashboards = Annotated[DashboardService, Depends(dashboards)]

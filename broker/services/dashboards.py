@@ -3,7 +3,7 @@
 `DashboardService` answers `GET /api/v1/dashboards/...`:
 - `overview`  allocated vs used vs capacity per pool over 24 h (minutes), 7 d or 30 d (hours)
               from the pool rollups (`broker.services.dashboards_rollup`), with idle GPU-hours
-              and energy; plus the live figures of the operations overview;
+              and energy (the live figures are `/api/v1/overview`'s);
 - `nodes`     every GPU's last rolled-up minute (utilization, memory, temperature), its node's
               health and cordon/drain, and the job holding it;
 - `queue`     pending jobs by department, reason and class with their ETAs, and the queue's head;
@@ -39,7 +39,6 @@ from broker.services import dashboards_queries as q
 from broker.services.admin.tenancy import department_not_found
 from broker.services.dashboards_projects import project_rows
 from broker.services.jobs import JobService
-from broker.services.overview import OverviewService
 from broker.services.telemetry.queries import job_series
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
@@ -49,9 +48,8 @@ RAW_JOB_SPAN_S = 30 * MINUTE  # a job page reads raw samples up to this span, mi
 
 
 class DashboardService:
-    def __init__(self, engine, authz: Authz, *, overview: OverviewService, jobs: JobService,
-                 clock: Clock = time.time) -> None:
-        self.engine, self.authz, self.overview_svc, self.jobs, self.clock = engine, authz, overview, jobs, clock
+    def __init__(self, engine, authz: Authz, *, jobs: JobService, clock: Clock = time.time) -> None:
+        self.engine, self.authz, self.jobs, self.clock = engine, authz, jobs, clock
 
     # ------------------------------------------------------------------ overview
     def overview(self, p: Principal, *, range: str = "24h") -> dict[str, Any]:
@@ -64,12 +62,8 @@ class DashboardService:
         start = end - span
         with Session(self.engine) as s:
             rows = q.pool_series(s, res, start, end)
-        live = self.overview_svc.overview(p)
         return {"range": range, "resolution_s": res, "start": start, "end": end, "generated_at": now,
-                **pool_figures(rows, res),
-                "now": {"totals": live["totals"], "pools": live["pools"], "queue": {
-                    k: live["queue"][k] for k in ("pending", "running", "starting", "oldest_pending_wait_s")},
-                    "idle_allocations": live["idle_allocations"]}}
+                **pool_figures(rows, res)}
 
     # ------------------------------------------------------------------ nodes
     def nodes(self, p: Principal, *, pool: Optional[str] = None) -> dict[str, Any]:
@@ -80,7 +74,7 @@ class DashboardService:
             bucket = q.latest_minute(s)
             gpus = q.latest_gpus(s, bucket) if bucket is not None else []
             held = q.gpu_jobs(s, pool)
-        readings = {(n, int(g)): (util, mem, mem_max, temp, power) for n, g, util, mem, mem_max, temp, power in gpus}
+        readings = {(n, int(g)): (_i(util), _i(mem), _i(temp), _i(power)) for n, g, util, mem, _mx, temp, power in gpus}
         jobs: list[dict] = []
         job_index: dict[str, int] = {}
         on_gpu: dict[tuple[str, int], int] = {}
@@ -95,26 +89,27 @@ class DashboardService:
             for i in _indices(indices):
                 on_gpu[(node_id, i)] = job_index[jid]
         out, pools = [], defaultdict(lambda: defaultdict(int))
+        none = (None, None, None, None)
         for n in nodes:
             state, reason = _effective(n)
-            cells = []
-            for i in range(int(n["gpus"] or 0)):
-                r = readings.get((n["id"], i))
-                cells.append({"i": i, "util": _r(r[0]) if r else None, "mem_mib": _r(r[1]) if r else None,
-                              "mem_max_mib": _r(r[2]) if r else None, "temp_c": _r(r[3]) if r else None,
-                              "power_w": _r(r[4]) if r else None, "job": on_gpu.get((n["id"], i))})
-            out.append({"id": n["id"], "pool": n["pool"], "gpu_model": n["gpu_model"], "state": state,
+            nid = n["id"]
+            cols = [readings.get((nid, i), none) for i in range(int(n["gpus"] or 0))]
+            job = [on_gpu.get((nid, i)) for i in range(len(cols))]
+            out.append({"id": nid, "pool": n["pool"], "gpu_model": n["gpu_model"], "state": state,
                         "state_reason": reason, "health": n["state"], "admin_state": n["admin_state"],
                         "fatal_reason": n["fatal_reason"] or None, "last_heartbeat": n["last_heartbeat"],
-                        "gpus": cells})
+                        "util": [c[0] for c in cols], "mem_mib": [c[1] for c in cols],
+                        "temp_c": [c[2] for c in cols], "power_w": [c[3] for c in cols], "job": job})
             acc = pools[n["pool"]]
             acc["nodes"] += 1
-            acc["gpus"] += len(cells)
-            acc["allocated"] += sum(1 for c in cells if c["job"] is not None)
+            acc["gpus"] += len(cols)
+            acc["allocated"] += sum(1 for j in job if j is not None)
             acc[state] += 1
         return {"as_of": bucket, "generated_at": self.clock(), "pool": pool, "jobs": jobs, "nodes": out,
                 "pools": [{"name": k, **v} for k, v in sorted(pools.items())],
-                "legend": {"job": "index into jobs; -1: allocated to a project you may not see; null: free"}}
+                "legend": {"util": "percent", "mem_mib": "MiB", "temp_c": "degrees C", "power_w": "W",
+                           "columns": "one value per GPU, by index; null: no reading in that minute",
+                           "job": "index into jobs; -1: allocated to a project you may not see; null: free"}}
 
     # ------------------------------------------------------------------ queue
     def queue(self, p: Principal, *, department: Optional[str] = None) -> dict[str, Any]:
@@ -124,6 +119,7 @@ class DashboardService:
         with Session(self.engine) as s:
             groups = q.pending_groups(s, projects)
             head = q.pending_jobs(s, projects, QUEUE_HEAD)
+            region = q.pending_by_reason(s)
         depts: dict[str, dict[str, Any]] = {}
         for dept, reason, cls, n, gpus, oldest, n_eta, eta_min, eta_max in groups:
             d = depts.setdefault(dept, {"department": dept, "pending": 0, "gpus": 0, "reasons": []})
@@ -135,10 +131,11 @@ class DashboardService:
                 "with_eta": int(n_eta), "eta_min_s": _eta(eta_min, now), "eta_max_s": _eta(eta_max, now)})
         for d in depts.values():
             d["reasons"].sort(key=lambda r: (-r["jobs"], r["reason"]))
-        live = self.overview_svc.overview(p)["queue"]
+        oldest = min((t for _, _, t in region if t is not None), default=None)
         return {"generated_at": now, "department": department,
-                "region": {"pending": live["pending"], "by_reason": live["by_reason"],
-                           "oldest_pending_wait_s": live["oldest_pending_wait_s"]},
+                "region": {"pending": sum(int(n) for _, n, _ in region),
+                           "by_reason": {(code or "NOT_YET_CONSIDERED"): int(n) for code, n, _ in region},
+                           "oldest_pending_wait_s": None if oldest is None else round(now - float(oldest), 1)},
                 "departments": sorted(depts.values(), key=lambda d: d["department"]),
                 "jobs": [{"id": j["id"], "name": j["name"], "project": j["project_id"],
                           "department": j["department_id"], "class": j["workload_class"],
@@ -294,6 +291,10 @@ def _eta(t: Optional[float], now: float) -> Optional[float]:
 
 def _floor(t: float, res: int) -> float:
     return float(t - (t % res))
+
+
+def _i(v) -> Optional[int]:
+    return None if v is None else int(round(float(v)))
 
 
 def _r(v) -> Optional[float]:

@@ -110,6 +110,12 @@ def pending_groups(s: Session, projects: Optional[Sequence[str]]) -> list[tuple]
                    "GROUP BY p.department_id, COALESCE(j.pending_code, ''), j.workload_class", params).all()
 
 
+def pending_by_reason(s: Session) -> list[tuple]:
+    """(reason, jobs, oldest submit) of every pending job in the region (counts name no tenant)."""
+    return s.execute(text("SELECT pending_code, COUNT(*), MIN(submit_time) FROM jobs WHERE status = 'PENDING' "
+                          "GROUP BY pending_code")).all()
+
+
 def pending_jobs(s: Session, projects: Optional[Sequence[str]], limit: int) -> list[dict]:
     """The head of the queue (by queue position, then submit time) within `projects`."""
     params: dict[str, Any] = {"limit": limit}
