@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from broker.api import catalog as catalog_routes
+from broker.api import dashboards as dashboard_routes
 from broker.api import data as data_routes
 from broker.api import docs as docs_routes
 from broker.api import jobs as job_routes
@@ -48,7 +49,7 @@ from broker.tasks import build_tasks
 ROUTERS = (job_routes.router, catalog_routes.router, observability_routes.router, telemetry_routes.router,
            token_routes.router, tenancy_routes.router, quota_routes.router, audit_routes.router,
            settings_routes.router, docs_routes.router, report_routes.router, ops_routes.router,
-           data_routes.router, service_routes.router)
+           data_routes.router, service_routes.router, dashboard_routes.router)
 
 
 def create_app(settings: Settings | None = None, executor: Executor | None = None, start_background: bool = True,

@@ -17,6 +17,8 @@
 - idle.check              every 60 s: flag idle allocations, reclaim idle innovation work;
 - services.controller     every 0.25 s, with an executor: service replicas (count, probes, restarts,
                           rollouts, autoscaling; `broker.services.service_controller`);
+- dashboards.pool_rollups every 60 s: allocated / used / capacity per pool and project, per minute
+                          and hour, for the dashboards (dashboards_rollup);
 - notify                  every 5 s: job outcomes and unhealthy nodes into the notification
                           outbox, then deliver what is due (webhook, e-mail; backoff).
 
@@ -49,6 +51,7 @@ from broker.ports import Clock, Executor
 from broker.services.accounting import run_accounting
 from broker.services.admin.audit import seal_pending
 from broker.services.checkpoints import remove_finished_checkpoints
+from broker.services.dashboards_rollup import run_pool_rollups
 from broker.services.idle import check_idle
 from broker.services.notify import run_notifications
 from broker.services.logs import remove_expired_logs
@@ -83,6 +86,7 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
                                                       cfg.hour_retention_s), 3600.0, "telemetry.retention")
     tasks.add_interval(lambda: check_idle(engine, clock(), leader=services.leader), 60.0, "idle.check")
     tasks.add_interval(lambda: run_notifications(engine, settings, clock()), 5.0, "notify")
+    tasks.add_interval(lambda: run_pool_rollups(engine, clock()), 60.0, "dashboards.pool_rollups")
 
     if services.service_controller is not None:  # inference services: replicas, probes, rollouts
         tasks.add_interval(services.service_controller.tick, SERVICE_TICK_S, "services.controller")

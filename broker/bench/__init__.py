@@ -6,6 +6,8 @@
 - `dispatch`: submit -> job process running, against Ray's Jobs API on the same local cluster;
 - `kueue`: Kueue's scheduler performance scenario (15,000 jobs, 600 GPUs) through the API, the
   scheduling loop and a fake executor: wall, usage, admission latency, preemptions;
+- `dashboards`: every dashboard API at fleet scale (1,000 nodes x 8 GPUs, 30 days of rollups),
+  beside a plain query of the same rows;
 - `common`: what the HTTP benchmarks share (fresh database, server subprocess, response reader).
 
 Nothing here is imported by the service; these sit beside `cli/` at the top of the layers.

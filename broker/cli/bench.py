@@ -1,9 +1,9 @@
-"""`broker bench submit|reads|ingest|dispatch|kueue|service`: the broker's benchmarks from a shell (JSON with --json).
+"""`broker bench submit|reads|ingest|dispatch|kueue|cli|service|dashboards`: the broker's benchmarks from a shell (JSON with --json).
 
 Each command runs one function of `broker.bench` and prints its result, as one JSON object with
 `--json` or as a few readable lines; the options the benchmarks share are declared once here.
 Goals on PostgreSQL here: submit jobs_per_s >= 500, p95_ms <= 50; ingest samples_per_s >= 20,000;
-dispatch ratio <= 0.5; kueue wall_s <= 120 and usage_pct >= 80; errors 0 everywhere.
+dispatch ratio <= 0.5; kueue wall_s <= 120 and usage_pct >= 80; dashboards p95 <= 250 ms; errors 0 everywhere.
 """
 
 from __future__ import annotations
@@ -244,3 +244,43 @@ def _service_lines(out: dict) -> list[str]:
             f"errors {f.get('errors')}",
             f"rollout: {ro['seconds']} s, {ro['requests']} requests, errors {ro['errors']}",
             f"rollback: rolled back {rb.get('rolled_back')} in {rb['seconds']} s, errors {rb['errors']}"]
+
+
+@app.command("dashboards")
+def bench_dashboards(
+    as_json: bool = AS_JSON,
+    database: Optional[str] = DATABASE,
+    nodes: int = typer.Option(1000, "--nodes", "-n", metavar="N", min=1, help="nodes in the fleet"),
+    gpus: int = typer.Option(8, "--gpus", metavar="N", min=1, help="GPUs per node"),
+    days: int = typer.Option(30, "--days", metavar="N", min=1, help="days of hourly GPU rollups"),
+    minute_hours: int = typer.Option(24, "--minute-hours", metavar="N", min=1, help="hours of minute GPU rollups"),
+    projects: int = typer.Option(40, "--projects", metavar="N", min=1, help="projects added to the demo region"),
+    pending: int = typer.Option(5000, "--pending", metavar="N", min=0, help="pending jobs"),
+    history: int = typer.Option(20_000, "--history", metavar="N", min=0, help="finished attempts over the days"),
+    requests: int = typer.Option(30, "--requests", "-r", metavar="N", min=1, help="timed reads of each API per role"),
+):
+    """Every dashboard API at fleet scale (p95 goal 250 ms), beside a plain query of the same rows."""
+    from broker.bench.dashboards import bench
+
+    out = bench(database=database, nodes=nodes, gpus=gpus, days=days, minute_hours=minute_hours, projects=projects,
+                pending=pending, history=history, requests=requests)
+    _emit(out, as_json, _dashboards_lines)
+
+
+def _dashboards_lines(out: dict) -> list[str]:
+    f = out["fleet"]
+    lines = [f"database: {out['database']}  {f['nodes']} nodes, {f['gpus']} GPUs, {f['rollup_rows']:,} GPU rollup rows "
+             f"({f['days']} d hourly, {f['minute_hours']} h by minute), {f['running_jobs']} running, "
+             f"{f['pending_jobs']} pending, {f['finished_attempts']} finished attempts",
+             f"seeded in {out['seed_s']} s (rollups {out['rollups_s']} s); pool rollups folded in {out['fold_s']} s",
+             f"{'API':28} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'bytes':>9}   plain query p50 / p95 ms"]
+    for name, a in out["api"].items():
+        p = out["plain"][name.split(" [")[0]]
+        lines.append(f"{name:28} {a['p50_ms']:8.1f} {a['p95_ms']:8.1f} {a['max_ms']:8.1f} {a['bytes']:9}   "
+                     f"{p['p50_ms']:.1f} / {p['p95_ms']:.1f}")
+    w = out["without_pool_rollups_ms"]
+    lines.append(f"30-day overview without the pool rollups (GPU rollups summed per pool and hour): "
+                 f"p50 {w['p50_ms']} ms")
+    lines.append(f"worst p95 {out['worst_p95_ms']} ms: goal <= {out['goal_ms']:.0f} ms "
+                 f"{'met' if out['meets_goal'] else 'NOT met'}")
+    return lines

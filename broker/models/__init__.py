@@ -20,6 +20,7 @@ from broker.models.catalog import Department, Node, Pool, Project, QuotaRow
 from broker.models.jobs import HOLDING, TERMINAL, Attempt, IdempotencyKey, Job, JobEvent, JobStatus, Ledger, Placement
 from broker.models.reports import PoolPrice
 from broker.models.services import Service, ServiceEvent, ServiceReplica, ServiceRevision, ServiceStatus
+from broker.models.dashboards import PoolRollup
 
 from broker.models.ops import IdleAllocation, IdlePolicy, NotifyMark, NotifyOutbox, NotifySubscription
 from broker.models.telemetry import AgentState, GpuRollup, GpuSample, HostSampleRow, TelemetryMark
@@ -30,6 +31,6 @@ __all__ = [
     "IdempotencyKey", "Job", "JobEvent", "JobStatus", "Ledger", "Placement", "AgentState", "AdminSetting",
     "ApiToken", "AuditEntry", "Membership", "TokenOwner", "User", "GpuRollup", "GpuSample", "HostSampleRow",
     "TelemetryMark", "PoolPrice", "IdleAllocation", "IdlePolicy", "NotifyMark", "NotifyOutbox", "NotifySubscription",
-    "Dataset", "DatasetAccess", "DatasetGrant", "ProjectSecret",
+    "Dataset", "DatasetAccess", "DatasetGrant", "ProjectSecret", "PoolRollup",
     "Service", "ServiceEvent", "ServiceReplica", "ServiceRevision", "ServiceStatus",
 ]

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from broker.services.bootstrap import issue_agent_token
 from broker.tasks import build_tasks
 
-EVERY_TASK = ["accounting.ledger", "audit.seal_job_submits", "checkpoints.cleanup", "idle.check", "logs.retention", "notify", "reconcile", "schedule", "services.controller", "telemetry.heartbeats",
+EVERY_TASK = ["accounting.ledger", "audit.seal_job_submits", "checkpoints.cleanup", "dashboards.pool_rollups", "idle.check", "logs.retention", "notify", "reconcile", "schedule", "services.controller", "telemetry.heartbeats",
               "telemetry.retention", "telemetry.rollup"]
 
 

@@ -31,7 +31,12 @@ def test_login_form_shows_only_without_a_working_token(served, tmp_path, fragmen
 
 
 def test_token_is_kept_per_tab_not_forever():
+    """Every page keeps the token through dash.js, in session storage; none uses local storage."""
     from pathlib import Path
 
-    page = (Path(__file__).resolve().parents[2] / "broker" / "static" / "dashboard.html").read_text()
-    assert "sessionStorage" in page and "localStorage" not in page
+    static = Path(__file__).resolve().parents[2] / "broker" / "static"
+    assert "sessionStorage" in (static / "dash.js").read_text()
+    for page in [static / "dash.js", static / "dashboard.html", *static.glob("dash-*.html")]:
+        text = page.read_text()
+        assert "localStorage" not in text, page.name
+        assert page.suffix != ".html" or '<script src="/static/dash.js"></script>' in text, page.name

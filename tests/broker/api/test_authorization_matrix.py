@@ -349,6 +349,14 @@ ROUTES = [
     # operations view (aggregates; per-project rows narrowed to the caller's scope)
     Route("GET", "/api/v1/overview", Action.AGGREGATES_READ, (200,), simple("/api/v1/overview")),
     Route("GET", "/metrics", Action.AGGREGATES_READ, (200,), simple("/metrics")),
+    # dashboards (aggregates for every user with a grant; project rows narrowed; a job's page is the job's)
+    Route("GET", "/api/v1/dashboards/overview", Action.AGGREGATES_READ, (200,), simple("/api/v1/dashboards/overview")),
+    Route("GET", "/api/v1/dashboards/nodes", Action.AGGREGATES_READ, (200,), simple("/api/v1/dashboards/nodes")),
+    Route("GET", "/api/v1/dashboards/queue", Action.AGGREGATES_READ, (200,), simple("/api/v1/dashboards/queue")),
+    Route("GET", "/api/v1/dashboards/projects", Action.AGGREGATES_READ, (200,), simple("/api/v1/dashboards/projects")),
+    Route("GET", "/api/v1/dashboards/jobs/{job_id}", Action.JOB_READ, (200,),
+          lambda root, scope, actor: (lambda jid, ref: Call(f"/api/v1/dashboards/jobs/{jid}", ref=ref))(
+              *_job(root, scope))),
     # telemetry (agents push for their node; users read)
     Route("POST", "/api/v1/telemetry", Action.TELEMETRY_PUSH, (200, 202),
           lambda root, scope, actor: Call("/api/v1/telemetry", json={}, ref=Ref(Resource.NODE, node="inno-1")),
