@@ -57,6 +57,7 @@ DEAD_REASON = EXECUTOR_REASON + "the executor reports the node dead"
 RATIO_REFRESH_S = 60.0  # projects' runtime ratios are re-learned this often
 RATIO_LOOKBACK_S = 30 * 86400.0  # ... from attempts that ended within this window
 LAST_SEEN_EVERY_S = 15.0  # how often a running attempt's last_seen_at is written (at most)
+FENCE_FRESH_S = 1.0  # a launch trusts the fenced "still ADMITTED" read for this long
 LOST_REASON = EXECUTOR_REASON + "a running worker was lost on this node"
 
 
@@ -162,19 +163,33 @@ class SchedulingLoop:
 
     # ------------------------------------------------------------------ 2. observe
     def observe(self, rep: TickReport) -> None:
+        """Ask the executor about every attempt that holds resources and write what changed
+        (starts, ends, requeues, last-seen times) in one transaction for the whole pass: one
+        commit per tick instead of one per job and state change (each commit is a round trip
+        and a WAL flush on PostgreSQL; measured in BENCHMARKS.md, "Scale"). What must follow
+        the commit (releasing the executor's attempt, telling that nodes changed) runs after it."""
         with self._session() as s:
             jobs = [j for j in repo.holding_jobs(s) if j.status != S.ADMITTED.value]
             s.expunge_all()
         self._checkpoint_times = self._checkpoints(jobs)
-        for job in jobs:
+        seen: list[tuple[Job, AttemptStatus]] = []
+        for job in jobs:  # the executor first, outside the transaction: no row lock waits on it
             try:
-                st = self.executor.status(job.id, job.attempt)
+                seen.append((job, self.executor.status(job.id, job.attempt)))
             except Exception as e:  # an executor hiccup must not stop the loop
                 log.warning("status of %s/%s failed: %s", job.id, job.attempt, e)
-                continue
-            self._observe_one(job, st, rep)
+        after: list[Callable[[], None]] = []
+        with self._session() as s:
+            for job, st in seen:
+                self._observe_one(s, job, st, rep, after)
+            s.commit()
+        for fn in after:
+            fn()
 
-    def _observe_one(self, job: Job, st: AttemptStatus, rep: TickReport) -> None:
+    def _observe_one(self, s: Session, job: Job, st: AttemptStatus, rep: TickReport,
+                     after: list[Callable[[], None]]) -> None:
+        """One attempt's status, written in the pass's transaction `s`; what must wait for its
+        commit goes to `after`."""
         key = (job.id, job.attempt)
         now = self.clock()
         status = S(job.status)
@@ -183,7 +198,7 @@ class SchedulingLoop:
         lost = [w for w in workers if w.state is WorkerState.LOST]
         gone = st.exists is False or (workers and len(exited) + len(lost) == len(workers))
         if any(w.state is WorkerState.RUNNING for w in workers):
-            self._note_seen(key, now)
+            self._note_seen(s, key, now, after)
 
         if status in (S.PREEMPTED, S.LOST):
             if not gone:
@@ -192,7 +207,7 @@ class SchedulingLoop:
                 else:
                     self._stop(job, "lost", reason="lost")
                 return
-            self._finish(job, None, now, rep, release=True)
+            self._finish(s, job, None, now, rep, after, release=True)
             return
 
         if job.cancel_requested_at is not None and not gone:
@@ -202,7 +217,7 @@ class SchedulingLoop:
         if not st.exists:
             if status is S.STARTING and now - (job.admitted_at or now) < self.settings.starting_timeout_s:
                 return  # launch may still be settling
-            self._finish(job, S.LOST, now, rep, message="the executor no longer knows this attempt")
+            self._finish(s, job, S.LOST, now, rep, after, message="the executor no longer knows this attempt")
             return
         if lost and not gone:
             self._stop(job, "a gang member was lost", reason="lost")
@@ -220,29 +235,26 @@ class SchedulingLoop:
             started = min((w.started_at for w in workers if w.started_at), default=None)
             if started is not None and job.started_at is None:
                 self._started[key] = started
-                with self._session() as s:  # ... and the GPUs it ran on
-                    self._record_devices(s, job, st)
-                    s.commit()
+                self._record_devices(s, job, st)  # ... and the GPUs it ran on
             if job.cancel_requested_at is not None:
-                self._finish(job, S.CANCELLED, now, rep, message="cancelled", exit_code=_first_bad(workers))
+                self._finish(s, job, S.CANCELLED, now, rep, after, message="cancelled", exit_code=_first_bad(workers))
             elif lost and not failed:
-                self._finish(job, S.LOST, now, rep, message=f"worker {lost[0].rank} was lost: {lost[0].message}".rstrip(": "),
+                self._finish(s, job, S.LOST, now, rep, after,
+                             message=f"worker {lost[0].rank} was lost: {lost[0].message}".rstrip(": "),
                              lost_ranks=[w.rank for w in lost])
             elif failed:
                 w = first
                 why = f"worker {w.rank} exited with code {w.exit_code}" + (f" ({w.message})" if w.message else "")
-                self._finish(job, S.FAILED, now, rep, message=why, exit_code=w.exit_code)
+                self._finish(s, job, S.FAILED, now, rep, after, message=why, exit_code=w.exit_code)
             else:
-                self._finish(job, S.SUCCEEDED, now, rep, message="all workers exited 0", exit_code=0)
+                self._finish(s, job, S.SUCCEEDED, now, rep, after, message="all workers exited 0", exit_code=0)
             return
         if status is S.STARTING and workers and all(w.state in (WorkerState.RUNNING, WorkerState.EXITED) for w in workers):
             started = min((w.started_at for w in workers if w.started_at), default=now)
-            with self._session() as s:
-                row = s.get(Job, job.id)
-                if row is not None and row.status == S.STARTING.value and row.attempt == job.attempt:
-                    jobstate.transition(s, row, S.RUNNING, expected_version=row.version, now=now, started_at=started)
-                    self._record_devices(s, job, st)
-                    s.commit()
+            row = s.get(Job, job.id)
+            if row is not None and row.status == S.STARTING.value and row.attempt == job.attempt:
+                jobstate.transition(s, row, S.RUNNING, expected_version=row.version, now=now, started_at=started)
+                self._record_devices(s, job, st)
 
     def grace_s(self, job: Job) -> float:
         """The grace of the pool the attempt was admitted to (its flavor) and the job's class."""
@@ -283,45 +295,50 @@ class SchedulingLoop:
             self._stopping.discard(key)
             log.warning("stop of %s/%s failed: %s", key[0], key[1], e)
 
-    def _finish(self, job: Job, to: JobStatus | None, now: float, rep: TickReport, *, message: str = "",
-                exit_code: int | None = None, release: bool = True, lost_ranks: Sequence[int] = ()) -> None:
-        """End the current attempt: close its ledger row, move the job on, release the executor.
+    def _finish(self, s: Session, job: Job, to: JobStatus | None, now: float, rep: TickReport,
+                after: list[Callable[[], None]], *, message: str = "", exit_code: int | None = None,
+                release: bool = True, lost_ranks: Sequence[int] = ()) -> None:
+        """End the current attempt in the caller's transaction `s`: close its ledger row, move
+        the job on; releasing the executor's attempt waits for the commit (`after`).
 
         `to=None` means the job was PREEMPTED/LOST and its workers are now gone: requeue it."""
         key = (job.id, job.attempt)
         held = False
-        with self._session() as s:
-            row = s.get(Job, job.id)
-            if row is None or row.attempt != job.attempt or S(row.status) not in (S.STARTING, S.RUNNING, S.PREEMPTED, S.LOST):
-                return
-            lost_now = to is S.LOST or (to is None and row.status == S.LOST.value)
-            _close_ledger(s, row, self._last_seen(s, row, now) if lost_now else now)
-            if to is None:
-                if row.status == S.PREEMPTED.value and row.cancel_requested_at is None:
-                    jobstate.transition(s, row, S.PENDING, expected_version=row.version, now=now,
-                                        message="requeued after preemption")
-                elif row.cancel_requested_at is not None:
-                    jobstate.transition(s, row, S.CANCELLED, expected_version=row.version, now=now, message="cancelled")
-                else:
-                    jobstate.requeue_or_fail(s, row, expected_version=row.version, now=now)
-            elif to is S.LOST:
-                if jobstate.transition(s, row, S.LOST, expected_version=row.version, now=now, message=message):
-                    jobstate.requeue_or_fail(s, row, expected_version=row.version, now=now)
-                    held = self._hold_out(s, job.id, job.attempt, lost_ranks, now)
+        row = s.get(Job, job.id)
+        if row is None or row.attempt != job.attempt or S(row.status) not in (S.STARTING, S.RUNNING, S.PREEMPTED, S.LOST):
+            return
+        lost_now = to is S.LOST or (to is None and row.status == S.LOST.value)
+        _close_ledger(s, row, self._last_seen(s, row, now) if lost_now else now)
+        if to is None:
+            if row.status == S.PREEMPTED.value and row.cancel_requested_at is None:
+                jobstate.transition(s, row, S.PENDING, expected_version=row.version, now=now,
+                                    message="requeued after preemption")
+            elif row.cancel_requested_at is not None:
+                jobstate.transition(s, row, S.CANCELLED, expected_version=row.version, now=now, message="cancelled")
             else:
-                fields = {"exit_code": exit_code} if exit_code is not None else {}
-                if row.started_at is None and key in self._started:
-                    fields["started_at"] = self._started[key]
-                if jobstate.transition(s, row, to, expected_version=row.version, now=now, message=message, **fields) \
-                        and "started_at" in fields:
-                    att = s.get(Attempt, (row.id, row.attempt))
-                    if att is not None and att.started_at is None:
-                        att.started_at = fields["started_at"]
-                        s.add(att)
-            s.commit()
-        if held and self.on_nodes_changed is not None:  # after commit: a reload sees the hold
-            self.on_nodes_changed()
+                jobstate.requeue_or_fail(s, row, expected_version=row.version, now=now)
+        elif to is S.LOST:
+            if jobstate.transition(s, row, S.LOST, expected_version=row.version, now=now, message=message):
+                jobstate.requeue_or_fail(s, row, expected_version=row.version, now=now)
+                held = self._hold_out(s, job.id, job.attempt, lost_ranks, now)
+        else:
+            fields = {"exit_code": exit_code} if exit_code is not None else {}
+            if row.started_at is None and key in self._started:
+                fields["started_at"] = self._started[key]
+            if jobstate.transition(s, row, to, expected_version=row.version, now=now, message=message, **fields) \
+                    and "started_at" in fields:
+                att = s.get(Attempt, (row.id, row.attempt))
+                if att is not None and att.started_at is None:
+                    att.started_at = fields["started_at"]
+                    s.add(att)
         rep.finished.append(job.id)
+        after.append(lambda: self._finished(key, held, release))
+
+    def _finished(self, key: tuple[str, int], held: bool, release: bool) -> None:
+        """After the commit that ended an attempt: a reload sees a node hold, the executor lets
+        the attempt go, and the loop forgets it."""
+        if held and self.on_nodes_changed is not None:
+            self.on_nodes_changed()
         if release:
             try:
                 self.executor.release(*key)
@@ -333,16 +350,15 @@ class SchedulingLoop:
         self._seen.pop(key, None)
         self._seen_written.pop(key, None)
 
-    def _note_seen(self, key: tuple[str, int], now: float) -> None:
+    def _note_seen(self, s: Session, key: tuple[str, int], now: float, after: list[Callable[[], None]]) -> None:
         """Remember that the attempt's workers run; store it at most every LAST_SEEN_EVERY_S
-        (one small UPDATE), so a broker that restarts still knows when it was last alive."""
+        (one small UPDATE in the pass's transaction), so a broker that restarts still knows when
+        it was last alive."""
         self._seen[key] = now
         if now - self._seen_written.get(key, float("-inf")) < LAST_SEEN_EVERY_S:
             return
-        with self._session() as s:
-            repo.mark_attempt_seen(s, key[0], key[1], now)
-            s.commit()
-        self._seen_written[key] = now
+        repo.mark_attempt_seen(s, key[0], key[1], now)
+        after.append(lambda: self._seen_written.__setitem__(key, now))
 
     def _last_seen(self, s: Session, job: Job, now: float) -> float:
         """Until when a LOST attempt is charged: the last time a worker was seen running (this
@@ -494,15 +510,26 @@ class SchedulingLoop:
                 s.commit()
 
     def launch_admitted(self, rep: TickReport) -> None:
+        """Launch every ADMITTED attempt, then move the launched ones to STARTING in one
+        transaction. Before each launch the attempt must still be ADMITTED in a fenced read (a
+        broker that lost the leadership since the admission raises `NotLeader` there and launches
+        nothing; the new leader launches it); one read covers every attempt of the tick and is
+        taken again once it is FENCE_FRESH_S old, so a long batch never launches on a stale view."""
         with self._session() as s:
             admitted = [j for j in repo.holding_jobs(s) if j.status == S.ADMITTED.value]
             places = repo.placements_of(s, [(j.id, j.attempt) for j in admitted])
             s.expunge_all()
-        for job in admitted:
+        launched: list[Job] = []
+        live: set[tuple[str, int]] = set()
+        fresh_until = float("-inf")
+        for n, job in enumerate(admitted):
             spec = launch_spec(job, places.get((job.id, job.attempt), []), self.grace_s(job),
                                checkpoint_dir=self.checkpoint_dir(job),
                                log_max_bytes=self.settings.log_max_bytes_per_worker)
-            if not self._still_admitted(job):
+            if time.monotonic() >= fresh_until:
+                live = self._still_admitted(admitted[n:])
+                fresh_until = time.monotonic() + FENCE_FRESH_S
+            if (job.id, job.attempt) not in live:
                 continue  # another tick or broker moved it on; or this broker is no longer leader
             try:
                 spec = jobdata.complete(self, job, spec)  # secrets, datasets, scratch and results
@@ -520,20 +547,29 @@ class SchedulingLoop:
                 self._launch_failed(job, e)
                 continue
             failpoints.hit("after_launch")
-            with self._session() as s:
-                row = s.get(Job, job.id)
-                if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
-                    jobstate.transition(s, row, S.STARTING, expected_version=row.version, now=self.clock())
-                    s.commit()
+            launched.append(job)
             rep.launched.append(job.id)
+        if launched:
+            now = self.clock()
+            with self._session() as s:
+                ids = [j.id for j in launched]
+                rows = {r.id: r for k in range(0, len(ids), 500)
+                        for r in s.execute(select(Job).where(Job.id.in_(ids[k:k + 500]))).scalars()}
+                for job in launched:
+                    row = rows.get(job.id)
+                    if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
+                        jobstate.transition(s, row, S.STARTING, expected_version=row.version, now=now)
+                s.commit()
 
-    def _still_admitted(self, job: Job) -> bool:
-        """Right before a launch: the attempt is still ADMITTED, checked in a fenced transaction
-        (a broker that lost the leadership since the admission raises `NotLeader` here and
-        launches nothing; the new leader launches it)."""
+    def _still_admitted(self, jobs: Sequence[Job]) -> set[tuple[str, int]]:
+        """(job id, attempt) of `jobs` still ADMITTED, read in one fenced transaction."""
+        out: set[tuple[str, int]] = set()
+        ids = [j.id for j in jobs]
         with self._session() as s:
-            row = s.get(Job, job.id)
-            return row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt
+            for k in range(0, len(ids), 500):
+                out.update(s.execute(select(Job.id, Job.attempt).where(
+                    Job.id.in_(ids[k:k + 500]), Job.status == S.ADMITTED.value)).tuples())
+        return out
 
 
 def concurrency_cap(projects, holding, pending):
