@@ -149,6 +149,17 @@ def _gpu_releases(cyc: "_Cycle", fid: int) -> list[tuple[float, str, int]]:
     return out
 
 
+def release_profile(cyc: "_Cycle", fid: int) -> tuple[list[float], list[float]]:
+    """(times, cumulative GPUs released by then) of flavor fid, from `_gpu_releases`: when
+    do `k` more GPUs than are free now become free in total (fragmentation ignored)."""
+    times, cum, acc = [], [], 0.0
+    for end, _jid, gpus in _gpu_releases(cyc, fid):
+        acc += gpus
+        times.append(end)
+        cum.append(acc)
+    return times, cum
+
+
 def earliest_start(cyc: "_Cycle", s: "Shape", fid: int):
     """(time, placement, free per node at that time) for the gang on flavor fid, or None."""
     w = cyc.world

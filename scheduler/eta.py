@@ -32,7 +32,7 @@ from bisect import bisect_left
 from collections import deque
 from typing import TYPE_CHECKING
 
-from scheduler.backfill import _gpu_releases
+from scheduler.backfill import _gpu_releases, release_profile
 from scheduler.reasons import explained
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -216,12 +216,7 @@ def _lower_bound(cyc: "_Cycle", bounds: dict, fids: list[int], need: float) -> f
     for fid in fids:
         tl = bounds.get(fid)
         if tl is None:
-            ends, cum, acc = [], [], 0.0
-            for end, _jid, gpus in _gpu_releases(cyc, fid):
-                acc += gpus
-                ends.append(end)
-                cum.append(acc)
-            tl = bounds[fid] = (ends, cum, float(cyc.world.flavors[fid].total_free_g))
+            tl = bounds[fid] = (*release_profile(cyc, fid), float(cyc.world.flavors[fid].total_free_g))
         ends, cum, free = tl
         short = need - free
         j = bisect_left(cum, short - EPS) if short > 0 else 0

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from quotas.amount import round9
 from quotas.tree import Verdict
-from scheduler.backfill import _gpu_releases
+from scheduler.backfill import release_profile
 from scheduler.model import RESOURCES, Outcome, Preemption, ReasonCode, WorkloadClass
 from scheduler.quota_view import DEPT_NOMINAL, GUARANTEE, NOMINAL
 from scheduler.reasons import bare, explained
@@ -233,19 +233,15 @@ def _natural_wait(cyc: "_Cycle", fid: int, need: float) -> float:
     """Seconds until flavor fid has `need` GPUs free with no preemption: the GPUs free now
     plus the running jobs' releases at their expected ends (the queue ahead ignored, so a
     lower bound; inf when never). Fragmentation is ignored too: a lower bound again, which
-    makes the rule spare victims only when capacity is really near."""
+    makes the rule spare victims only when capacity is really near. inf when enough GPUs are
+    free now: then fragmentation, CPUs or memory bind, which GPU releases do not tell."""
     got = cyc.release_profiles.get(fid)
     if got is None:
-        times, cum, acc = [], [], 0.0
-        for end, _jid, g in _gpu_releases(cyc, fid):
-            acc += g
-            times.append(end)
-            cum.append(acc)
-        got = cyc.release_profiles[fid] = (times, cum)
+        got = cyc.release_profiles[fid] = release_profile(cyc, fid)
     times, cum = got
     short = need - cyc.world.flavors[fid].total_free_g
     if short <= EPS:
-        return 0.0
+        return float("inf")
     k = bisect_left(cum, short - EPS)
     return times[k] - cyc.now if k < len(times) else float("inf")
 

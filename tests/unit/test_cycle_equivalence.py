@@ -59,8 +59,8 @@ PINNED = {
     ("mid7", "fair-backfill", False): "f55e04f4aedcd070",
     ("mid7", "fair-backfill-preempt", True): "be17f27664ea2ded",
     ("mid7", "fair-backfill-preempt", False): "9c033efa4ad5921a",
-    ("full", "fair-backfill-preempt", True): "326735327601bffc",
-    ("full", "fair-backfill-preempt", False): "d6efb431dbe0f1c6",
+    ("full", "fair-backfill-preempt", True): "b8029a9e8510026f",
+    ("full", "fair-backfill-preempt", False): "5203570e374b4d89",
 }
 SCENARIOS = {"small": SMALL, "mid7": MID7, "full": FULL}
 _SNAPS: dict[str, object] = {}

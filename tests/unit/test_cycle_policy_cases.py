@@ -95,6 +95,17 @@ def test_no_victim_loses_more_work_than_the_preemption_saves():
     assert run_cycle(owner_snap([soon], submit=now - WAITED), now, off).preemptions
 
 
+def test_the_release_bound_says_nothing_when_gpus_are_free_but_cpus_bind():
+    """7 of n1's 8 GPUs are free, but a borrower holds 60 of its 64 CPUs: GPU releases cannot
+    tell when the preemptor fits, so only the wait bounds the loss and the borrower is a victim."""
+    now = 100_000.0
+    hog = borrower("n1", "cpu-hog", start=now - 2_000.0, gpus=1, cpus=60.0)
+    snap = snapshot([node("n1")], [job("mine", gpus=1, cpus=32.0, project="owner", submit=now - WAITED)], [hog],
+                    projects=[project("owner", nominal=8), project("b")])
+    r = run_cycle(snap, now)
+    assert [p.job_id for p in r.preemptions] == ["cpu-hog"]
+
+
 def test_lost_work_is_also_bounded_in_gpu_seconds():
     """A 1-GPU job that waited 5 h may not throw away 4 h of an 8-GPU job (32 GPU-hours for a
     5 GPU-hour wait), though 4 h < 5 h; an 8-GPU preemptor that waited as long may."""
