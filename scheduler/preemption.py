@@ -225,23 +225,27 @@ def _max_loss(cyc: "_Cycle", job: "Job", s: "Shape", fid: int) -> float:
         return float("inf")
     loss = cyc.now - job.submit_time
     if pol.loss_bounded_by_release and s.req[0] > 0:
-        loss = min(loss, _natural_wait(cyc, fid, s.req[0]))
+        loss = min(loss, _natural_wait(cyc, fid, s))
     return loss
 
 
-def _natural_wait(cyc: "_Cycle", fid: int, need: float) -> float:
+def _natural_wait(cyc: "_Cycle", fid: int, s: "Shape") -> float:
     """Seconds until flavor fid has `need` GPUs free with no preemption: the GPUs free now
     plus the running jobs' releases at their expected ends (the queue ahead ignored, so a
     lower bound; inf when never). Fragmentation is ignored too: a lower bound again, which
-    makes the rule spare victims only when capacity is really near. inf when enough GPUs are
-    free now: then fragmentation, CPUs or memory bind, which GPU releases do not tell."""
+    makes the rule spare victims only when capacity is really near (0 when enough GPUs are free
+    in total but scattered: a release soon joins them). inf when the gang's GPUs are free on
+    whole nodes now: then CPUs or memory bind, which GPU releases do not tell."""
     got = cyc.release_profiles.get(fid)
     if got is None:
         got = cyc.release_profiles[fid] = release_profile(cyc, fid)
     times, cum = got
-    short = need - cyc.world.flavors[fid].total_free_g
+    fx = cyc.world.flavors[fid]
+    short = s.req[0] - fx.total_free_g
     if short <= EPS:
-        return float("inf")
+        b, g = fx.buckets, s.g
+        fit = sum(len(b[f]) * (f // g) for f in range(g, len(b))) if g > 0 else 0
+        return float("inf") if fit >= s.w else 0.0
     k = bisect_left(cum, short - EPS)
     return times[k] - cyc.now if k < len(times) else float("inf")
 
