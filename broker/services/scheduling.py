@@ -56,7 +56,8 @@ DEAD_REASON = EXECUTOR_REASON + "the executor reports the node dead"
 # requeued job does not land on it again and get lost twice.
 RATIO_REFRESH_S = 60.0  # projects' runtime ratios are re-learned this often
 RATIO_LOOKBACK_S = 30 * 86400.0  # ... from attempts that ended within this window
-LAST_SEEN_EVERY_S = 15.0  # how often a running attempt's last_seen_at is written (at most)
+LAST_SEEN_EVERY_S = 15.0
+REASON_REFRESH_S = 5.0  # a pending job's numbers (position, estimate, message) are rewritten at most this often  # how often a running attempt's last_seen_at is written (at most)
 FENCE_FRESH_S = 1.0  # a launch trusts the fenced "still ADMITTED" read for this long
 LOST_REASON = EXECUTOR_REASON + "a running worker was lost on this node"
 
@@ -100,6 +101,7 @@ class SchedulingLoop:
         # newest checkpoint per running checkpointable job, read by `observe` outside any
         # transaction (the checkpoint root may be a network filesystem) and used by `schedule`
         self._checkpoint_times: dict[str, float] = {}
+        self._reason_written: dict[str, float] = {}  # job id -> when its pending reason was last written
         self._lock = threading.Lock()  # one tick at a time, whoever calls it
         self.last_cycle: CycleResult | None = None
         self.last_report: TickReport | None = None
@@ -422,6 +424,10 @@ class SchedulingLoop:
             seen_pool = {n.id: n.pool for n in snap.nodes}
             now_pool = repo.node_pools_locked(s, (p.node for adm in result.admissions for p in adm.placements))
             moved = {nid for nid, pool in now_pool.items() if pool != seen_pool.get(nid)}
+            # No autoflush while the decisions are applied: each compare-and-set UPDATE would
+            # first flush what the admissions before it added (attempt, placements, ledger row,
+            # event), a few round trips per admission; it all goes out batched at the commit.
+            s.autoflush = False
             for adm in result.admissions:
                 job = by_id[adm.job_id]
                 if moved and any(p.node in moved for p in adm.placements):
@@ -450,10 +456,18 @@ class SchedulingLoop:
                                        event_details={"code": pre.code, "for_job": pre.for_job_id}):
                     victims.append(((job.id, job.attempt), pre.message, self.grace_s(job)))
                     rep.preempted.append(job.id)
-            changed = []  # reasons are written only when they change, in one statement
+            s.autoflush = True
+            # Reasons are written only when they change, in one statement; a change of the code
+            # at once, of the numbers (message, details, position, estimate) at most every
+            # REASON_REFRESH_S per job: on a deep queue every position moves at every tick, and
+            # rewriting thousands of rows per second cost more than the cycle itself.
+            changed = []
+            refreshed = self._reason_written
             for jid, why in result.pending.items():
                 job = by_id.get(jid)
                 if job is None:
+                    continue
+                if job.pending_code == why.code.value and now - refreshed.get(jid, float("-inf")) < REASON_REFRESH_S:
                     continue
                 details = _plain(why.details)
                 note = self.pending_note(jid) if self.pending_note is not None else None
@@ -462,6 +476,9 @@ class SchedulingLoop:
                         (why.code.value, message, why.queue_position, why.estimated_start, details):
                     changed.append({"job_id": jid, "code": why.code.value, "message": message, "details": details,
                                     "queue_position": why.queue_position, "estimated_start": why.estimated_start})
+                    refreshed[jid] = now
+            if len(refreshed) > 2 * len(result.pending) + 1000:  # forget jobs that left the queue
+                self._reason_written = {j: t for j, t in refreshed.items() if j in result.pending}
             for job, code, message, details in capped.values():
                 if (job.pending_code, job.pending_message) != (code, message):
                     changed.append({"job_id": job.id, "code": code, "message": message, "details": details})
