@@ -129,6 +129,26 @@ def test_container_replicas_behind_the_proxy(broker, busybox_image):
     assert len(seen) == 2 and min(seen.values()) >= 5, seen
     reps = broker.service_replicas("web", project="ouh-liver")
     assert {r["job_id"] for r in reps} == set(seen)
+    # kill one replica's container: out of rotation, replaced (a new container) within the target
+    import subprocess
+
+    from broker.adapters.ray.runner import container_name
+
+    victim = reps[0]
+    job = broker.get(victim["job_id"])
+    subprocess.run(["podman", "kill", container_name(victim["job_id"], job["attempt"], 0)], check=True,
+                   capture_output=True, timeout=60, env={**os.environ})
+    killed = time.monotonic()
+    wait_for(lambda: victim["job_id"] not in {r["job_id"] for r in broker.service_replicas("web", project="ouh-liver")
+                                              if r["ready"]}, timeout_s=5, interval_s=0.05)
+    out_s = time.monotonic() - killed
+    wait_for(lambda: sum(1 for r in broker.service_replicas("web", project="ouh-liver") if r["ready"]) == 2
+             and victim["job_id"] not in {r["job_id"] for r in broker.service_replicas("web", project="ouh-liver")},
+             timeout_s=40, interval_s=0.1)
+    replaced_s = time.monotonic() - killed
+    print(f"\ncontainer killed: out of rotation after {out_s:.2f} s, replacement ready after {replaced_s:.2f} s")
+    assert out_s <= 2 * PERIOD_S + 0.75 and replaced_s <= 10.0 + 15.0  # + the container's own start here
+    assert all(broker.call_service("ouh-liver", "web", "/index.html").status_code == 200 for _ in range(10))
     broker.delete_service("web", project="ouh-liver")
     wait_for(lambda: not broker.services(project="ouh-liver"), timeout_s=60)
 
