@@ -138,6 +138,11 @@ def test_two_replicas_serve_and_requests_are_spread(client, world):
     assert set(hits) == {"0", "1"} and min(hits.values()) >= 5, hits
     reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
     assert all(r["health"] == "ready" and r["host"] == "127.0.0.1" for r in reps)
+    text = client.get("/metrics").text
+    labels = f'project="ouh-liver",service="{svc["name"]}"'
+    assert f'broker_service_requests_total{{code="200",{labels}}} 20.0' in text.replace(
+        f'{{{labels},code="200"}}', f'{{code="200",{labels}}}'), [x for x in text.splitlines() if svc["name"] in x][:5]
+    assert f"broker_service_request_duration_seconds_count{{{labels}}} 20.0" in text
 
 
 def test_a_dead_replica_leaves_rotation_and_is_replaced(client, world, fake_executor, engine):
