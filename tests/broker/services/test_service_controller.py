@@ -2,8 +2,7 @@
 
 Each replica job the controller submits gets a real `http.server` on its host port (what the
 runner would start), so probes, the proxy's balancing and its retries are real; the executor,
-the clock and the scheduler ticks are driven by the test. SQLite only: the controller's
-queries are the API's (tested on both databases in tests/broker/api/test_services.py).
+the clock and the scheduler ticks are driven by the test. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,11 +18,6 @@ from sqlmodel import Session, select
 from broker.adapters.fake import FakeExecutor, node
 from broker.models import Job, QuotaRow, Service
 from broker.services.service_controller import ServiceController
-
-
-@pytest.fixture(scope="module")
-def db_url(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'broker.db'}"
 
 
 @pytest.fixture(scope="module")
