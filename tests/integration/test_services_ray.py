@@ -236,3 +236,40 @@ def test_a_service_survives_a_broker_restart(ray_cluster, broker_settings):
             wait_for(lambda: not second.services(project="ouh-liver"), timeout_s=30)
     finally:
         _release_all(ray_cluster)
+
+
+def test_a_rollout_under_a_locust_load_of_20_users_loses_no_request(served_broker, tmp_path):
+    """Locust (headless, 20 users, in its own process) on the entry point while a new revision
+    rolls out: Locust counts 0 failures."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from broker.bench import service as bench
+
+    c, port, token = served_broker
+    c.deploy_service(bench.service_spec())
+    c.wait_service(bench.NAME, project=bench.PROJECT, ready=2, timeout=90)
+    prefix = str(tmp_path / "locust")
+    env = {**os.environ, "BROKER_TOKEN": token, "SERVICE_PATH": f"/svc/{bench.PROJECT}/{bench.NAME}/predict"}
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("service_locustfile.py")),
+                             "--headless", "--host", f"http://127.0.0.1:{port}", "-u", "20", "-r", "20", "-t", "25s",
+                             "--csv", prefix, "--only-summary", "--exit-code-on-error", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(6)  # the users are up and steady
+        c.update_service(bench.NAME, project=bench.PROJECT, env={"MODEL": "v2"})
+        wait_for(lambda: (s := c.service(bench.NAME, project=bench.PROJECT))["stable_revision"] == 2
+                 and all(r["revision"] == 2 and r["ready"] for r in c.service_replicas(bench.NAME, project=bench.PROJECT)),
+                 timeout_s=15, interval_s=0.2)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rows = {r["Name"]: r for r in csv.DictReader(open(prefix + "_stats.csv"))}
+    agg = rows["Aggregated"]
+    print(f"\nlocust: {agg['Request Count']} requests, {agg['Failure Count']} failures, "
+          f"{float(agg['Requests/s']):.0f} req/s, p50 {agg['50%']} ms, p95 {agg['95%']} ms")
+    assert int(agg["Request Count"]) > 500, out[-2000:]
+    assert int(agg["Failure Count"]) == 0, out[-2000:]
