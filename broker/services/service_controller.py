@@ -305,7 +305,7 @@ class ServiceController:
             with Session(self.engine) as s:
                 add_event(s, svc.id, "scaled_to_zero", f"scaled to zero: {why}", short, now=now)
                 s.commit()
-        self._pending(svc, "BUDGET_EXHAUSTED", why)
+        self._pending(svc, "BUDGET_EXHAUSTED", why, short)
         return True
 
     # ------------------------------------------------------------------ 3. rollout / rollback
@@ -555,21 +555,27 @@ class ServiceController:
         pending = next((j for j in active if j.status == JobStatus.PENDING.value and j.pending_code), None)
         code = pending.pending_code if pending is not None else None
         msg = f"replica {pending.replica_index} waits: {pending.pending_message}" if pending is not None else ""
+        details = ({**(pending.pending_details or {}), "replica": pending.replica_index, "job_id": pending.id,
+                    "queue_position": pending.queue_position, "estimated_start": pending.estimated_start}
+                   if pending is not None else {})
         if svc.next_start_at is not None and now < svc.next_start_at and code is None:
             code, msg = "RESTART_BACKOFF", f"next replica in {svc.next_start_at - now:.1f} s after {svc.failures} failure(s)"
-        if (svc.status, svc.pending_code, svc.pending_message) != (status.value, code, msg):
+            details = {"failures": svc.failures, "next_start_at": svc.next_start_at}
+        if (svc.status, svc.pending_code, svc.pending_message, svc.pending_details or {}) != \
+                (status.value, code, msg, details):
             with Session(self.engine) as s:
                 cur = s.get(Service, svc.id)
                 if cur is not None and cur.status != ServiceStatus.DELETING.value:
                     cur.status, cur.pending_code, cur.pending_message = status.value, code, msg
+                    cur.pending_details = details
                     s.add(cur)
                     s.commit()
 
-    def _pending(self, svc: Service, code: str, message: str) -> None:
+    def _pending(self, svc: Service, code: str, message: str, details: dict | None = None) -> None:
         with Session(self.engine) as s:
             cur = s.get(Service, svc.id)
             if cur is not None and (cur.pending_code, cur.pending_message) != (code, message):
-                cur.pending_code, cur.pending_message = code, message
+                cur.pending_code, cur.pending_message, cur.pending_details = code, message, dict(details or {})
                 s.add(cur)
                 s.commit()
 

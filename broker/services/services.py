@@ -372,8 +372,8 @@ def service_public(svc: Service, spec: dict, *, ready: int, running: int) -> dic
         "stable_revision": svc.stable_revision,
         "replicas": {"min": svc.min_replicas, "max": svc.max_replicas, "desired": svc.desired_replicas,
                      "ready": ready, "running": running},
-        "pending_reason": ({"code": svc.pending_code, "message": svc.pending_message}
-                           if svc.pending_code else None),
+        "pending_reason": ({"code": svc.pending_code, "message": svc.pending_message,
+                            "details": svc.pending_details or {}} if svc.pending_code else None),
         "endpoint": f"/svc/{svc.project_id}/{svc.name}/",
         "spec": spec, "created_at": svc.created_at, "updated_at": svc.updated_at,
     }

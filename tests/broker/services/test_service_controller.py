@@ -266,6 +266,8 @@ def test_an_operation_services_extra_replicas_are_preempted_its_min_ones_never(c
         clock.advance(1.0)
     got = _get(client, svc)
     assert got["replicas"]["ready"] == 3 and got["pending_reason"] is not None, got
+    why = got["pending_reason"]
+    assert why["details"]["replica"] is not None and why["details"]["job_id"] and "queue_position" in why["details"]
 
 
 def test_an_innovation_service_scales_to_zero_when_the_next_period_is_not_covered(client, world, engine):
@@ -291,6 +293,7 @@ def test_an_innovation_service_scales_to_zero_when_the_next_period_is_not_covere
         got = _get(client, svc)
         assert got["replicas"]["running"] == 0 and got["pending_reason"]["code"] == "BUDGET_EXHAUSTED", got
         assert "0.5" in got["pending_reason"]["message"]
+        assert got["pending_reason"]["details"]["budget_gpu_hours"] == 0.5
         kinds = [e["kind"] for e in client.get(f"/api/v1/services/{svc['id']}/events").json()["items"]]
         assert "scaled_to_zero" in kinds
     finally:
