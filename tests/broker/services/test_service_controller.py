@@ -302,3 +302,37 @@ def test_an_innovation_service_scales_to_zero_when_the_next_period_is_not_covere
             p.budget_gpu_hours = None
             s.add(p)
             s.commit()
+
+
+def test_a_rollout_without_room_for_a_surge_goes_one_down_one_up(client, world, engine):
+    """svs-pathology may use at most 2 GPUs (limit): two 1-GPU replicas fill it, so the new
+    revision's surge replica waits on quota; after SURGE_PENDING_S one old replica stops and the
+    rollout goes on one down, one up, to the end."""
+    ctl, clock, servers, step = world
+    with Session(engine) as s:
+        # no borrowing of the operation pool (lent to innovation) either: the surge must wait
+        s.add(QuotaRow(owner_kind="project", owner_id="svs-pathology", pool="operation", gpu_model="",
+                       resource="gpus", guaranteed=0, nominal=0, limit=0))
+        q = s.exec(select(QuotaRow).where(QuotaRow.owner_id == "svs-pathology", QuotaRow.pool == "innovation",
+                                          QuotaRow.resource == "gpus")).one()
+        q.limit = 2.0
+        s.add(q)
+        s.commit()
+    svc = _deploy(client, project="svs-pathology", resources={"gpus": 1, "cpus": 0.5, "memory_gb": 0.5})
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    assert _get(client, svc)["replicas"]["ready"] == 2
+    client.patch(f"/api/v1/services/{svc['id']}", json={"env": {"V": "2"}})
+    step()
+    with Session(engine) as s:
+        surge = [j for j in s.exec(select(Job).where(Job.service_id == svc["id"], Job.service_revision == 2)).all()]
+    assert len(surge) == 1 and surge[0].status == "PENDING" and surge[0].pending_code == "QUOTA_LIMIT"
+    assert _get(client, svc)["pending_reason"]["code"] == "QUOTA_LIMIT"
+    for _ in range(20):
+        clock.advance(3.0)
+        step()
+        assert all(x.status_code == 200 for x in (client.get(f"/svc/svs-pathology/{svc['name']}/") for _ in range(3)))
+    got = _get(client, svc)
+    reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
+    assert got["stable_revision"] == 2 and sorted(r["revision"] for r in reps) == [2, 2], (got, reps)
