@@ -68,7 +68,6 @@ class ServiceManager:
                  clock: Clock = time.time) -> None:
         self.engine, self.authz, self.jobs, self.clock = engine, authz, jobs, clock
         self.wakeup = wakeup or Wakeup()
-        self.on_change = None  # set by the controller: wake it after a change
         self._targets: dict[tuple[str, str], tuple[Target, float]] = {}
         self._allowed: dict[tuple[str | None, str], float] = {}  # (authorization, service id) -> until
 
@@ -333,10 +332,10 @@ class ServiceManager:
         return {**item, "spec": {**item["spec"], "env": spec["env"]}}
 
     def _changed(self) -> None:
+        """A service changed here: the proxy's caches forget it (other brokers' within TARGET_TTL_S;
+        the controller picks the change up at its next tick)."""
         self._targets.clear()
         self._allowed.clear()
-        if self.on_change is not None:
-            self.on_change()
 
 
 def check_guarantee(s: Session, spec: ServiceCreate) -> None:

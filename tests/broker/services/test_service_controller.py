@@ -53,6 +53,14 @@ class Replica:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_POST(self):  # echoes the body and the headers the replica got
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) + b"|" + ",".join(sorted(k.lower() for k in self.headers)).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def log_message(self, *a):
                 pass
 
@@ -132,11 +140,18 @@ def test_two_replicas_serve_and_requests_are_spread(client, world):
     assert set(hits) == {"0", "1"} and min(hits.values()) >= 5, hits
     reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
     assert all(r["health"] == "ready" and r["host"] == "127.0.0.1" for r in reps)
+    # any body type reaches the replica; the broker's credentials do not
+    r = client.post(f"/svc/ouh-liver/{svc['name']}/predict", content=b"\x00raw bytes", headers={
+        "Content-Type": "application/octet-stream", "X-Service-Key": "k", "Cookie": "c=1"})
+    assert r.status_code == 200 and r.content.startswith(b"\x00raw bytes|"), r.content
+    seen = r.content.split(b"|", 1)[1].decode().split(",")
+    assert "authorization" not in seen and "x-service-key" not in seen and "cookie" not in seen
+    assert "x-forwarded-prefix" in seen and "content-type" in seen
     text = client.get("/metrics").text
     labels = f'project="ouh-liver",service="{svc["name"]}"'
-    assert f'broker_service_requests_total{{code="200",{labels}}} 20.0' in text.replace(
+    assert f'broker_service_requests_total{{code="200",{labels}}} 21.0' in text.replace(
         f'{{{labels},code="200"}}', f'{{code="200",{labels}}}'), [x for x in text.splitlines() if svc["name"] in x][:5]
-    assert f"broker_service_request_duration_seconds_count{{{labels}}} 20.0" in text
+    assert f"broker_service_request_duration_seconds_count{{{labels}}} 21.0" in text
 
 
 def test_a_dead_replica_leaves_rotation_and_is_replaced(client, world, fake_executor, engine):
