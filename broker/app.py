@@ -73,6 +73,8 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
                 tasks.stop()
             await services.jobs.writer.stop()
             services.telemetry.close()
+            if services.service_controller is not None:
+                services.service_controller.close()
             if own_engine:
                 engine.dispose()
 

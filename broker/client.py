@@ -249,7 +249,7 @@ class BrokerClient:
         return self._json(self._http.post("/api/v1/services", json={**(spec or {}), **fields}))
 
     def services(self, *, project: str | None = None) -> list[dict]:
-        """The services you may see, optionally of one project (id or name)."""
+        """Services the caller may see (optionally one project's), with status and replica counts."""
         return self._json(self._http.get("/api/v1/services", params={"project": project} if project else {}))["items"]
 
     def service(self, service: str, *, project: str | None = None) -> dict:
@@ -269,31 +269,31 @@ class BrokerClient:
                                            json=changes))
 
     def scale_service(self, service: str, replicas: int, *, project: str | None = None) -> dict:
-        """Set a service's replica count (within its min/max); returns the service."""
+        """Set the desired replicas (within the service's min..max)."""
         return self._json(self._http.post(f"/api/v1/services/{self.service_id(service, project=project)}/scale",
                                           json={"replicas": replicas}))
 
     def delete_service(self, service: str, *, project: str | None = None) -> dict:
-        """Delete a service: its replicas are stopped and its entry point answers 404."""
+        """Delete a service: its replicas drain and stop, then it is gone (status DELETING meanwhile)."""
         return self._json(self._http.delete(f"/api/v1/services/{self.service_id(service, project=project)}"))
 
     def service_replicas(self, service: str, *, project: str | None = None) -> list[dict]:
-        """A service's replicas: status, node, GPU ids, health, revision."""
+        """Live replicas: job id, revision, status, node, GPU ids, host:port, health, preemptible."""
         sid = self.service_id(service, project=project)
         return self._json(self._http.get(f"/api/v1/services/{sid}/replicas"))["items"]
 
     def service_revisions(self, service: str, *, project: str | None = None) -> list[dict]:
-        """Every revision of a service's spec, oldest first."""
+        """Every revision, newest first, with its spec and status (active, superseded, rolled_back)."""
         sid = self.service_id(service, project=project)
         return self._json(self._http.get(f"/api/v1/services/{sid}/revisions"))["items"]
 
     def service_events(self, service: str, *, project: str | None = None, after: int = 0) -> list[dict]:
-        """A service's events after event id `after` (0: from the start)."""
+        """The service's events (replicas started, ready, failed; rollouts, rollbacks, scaling)."""
         sid = self.service_id(service, project=project)
         return self._json(self._http.get(f"/api/v1/services/{sid}/events", params={"after": after}))["items"]
 
     def service_logs(self, service: str, replica: int | str = 0, *, project: str | None = None) -> str:
-        """The log of one replica (by index or job id) as text."""
+        """One replica's log (by replica index or job id)."""
         sid = self.service_id(service, project=project)
         r = self._http.get(f"/api/v1/services/{sid}/replicas/{replica}/logs")
         self._check(r)

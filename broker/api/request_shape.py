@@ -37,7 +37,7 @@ class RequestShape:
             return await _answer(send, 422, "INVALID_CHARACTER",
                                  f"the request {where} contains a control character (such as %00); "
                                  "ids, names and filters never do", {"where": where})
-        if scope["method"] in _BODY_METHODS and not scope["path"].startswith("/svc/"):  # a service's own bodies
+        if scope["method"] in _BODY_METHODS:
             ctype = _unsupported_type(scope)
             if ctype is not None:
                 return await _answer(send, 415, "UNSUPPORTED_MEDIA_TYPE",

@@ -50,6 +50,7 @@ class Service(SQLModel, table=True):
     # why the service cannot have what it wants (quota, budget, restart backoff): code + numbers
     pending_code: Optional[str] = Field(default=None, max_length=64)
     pending_message: str = ""
+    pending_details: dict = json_field()  # the numbers behind it (a replica's: requested, free, ETA...)
     failures: int = 0  # replica failures in a row (restart backoff); reset when one is ready
     next_start_at: Optional[float] = None  # no new replica before this (backoff)
     scaled_at: Optional[float] = None  # the last autoscaling change (cool-down)

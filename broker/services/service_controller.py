@@ -27,8 +27,6 @@ No network call inside a transaction: probes and executor stops run between shor
 from __future__ import annotations
 
 import logging
-import math
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +41,7 @@ from broker import jobstate
 from broker.models import TERMINAL, Job, JobStatus, Service, ServiceReplica, ServiceStatus, new_id
 from broker.ports import Executor
 from broker.services import job_queries as job_repo
+from broker.services import service_policy as policy
 from broker.services import service_queries as repo
 from broker.services.service_router import Endpoint, ServiceRouter
 from broker.services.services import add_event
@@ -54,7 +53,6 @@ ROLLBACK_FAILURES = 3  # new-revision replicas failing in a row before a rollbac
 DRAIN_MAX_S = 10.0  # a draining replica is stopped after this even with requests in flight
 SURGE_PENDING_S = 10.0
 BUDGET_CHECK_S = 30.0  # how often an innovation GPU service's next budget period is checked  # a surge replica pending this long: stop one old replica to make room
-PORT_RANGE = (20000, 29999)  # host ports the broker hands out (process replicas, container publishes)
 
 
 @dataclass
@@ -171,7 +169,7 @@ class ServiceController:
                 if failed and cur is not None:
                     cur.failures += 1
                     sp = _spec_of(s, cur)
-                    back = _backoff(sp.get("restart", {}), cur.failures)
+                    back = policy.backoff(sp.get("restart", {}), cur.failures)
                     cur.next_start_at = now + back
                     svc.failures, svc.next_start_at = cur.failures, cur.next_start_at
                     s.add(cur)
@@ -217,7 +215,7 @@ class ServiceController:
                 due.append((j, row, "live", liveness))
         if not due:
             return
-        results = list(self._pool.map(lambda d: self._probe_one(d[1].host, d[0].port, d[3]), due))
+        results = list(self._pool.map(lambda d: policy.probe(self._http, d[1].host, d[0].port, d[3]), due))
         st.probes += len(due)
         for (j, row, kind, probe), (ok, why) in zip(due, results):
             p = self._p(j.id)
@@ -244,17 +242,6 @@ class ServiceController:
                         add_event(s, svc.id, "replica_unhealthy", f"replica {j.replica_index} ({j.id}) restarted: "
                                   f"{p.stop_reason}", {"job_id": j.id}, now=now)
                         s.commit()
-
-    def _probe_one(self, host: str, port: int, probe: dict) -> tuple[bool, str]:
-        timeout = float(probe.get("timeout_s", 1.0))
-        try:
-            if probe.get("tcp"):
-                with socket.create_connection((host, int(port)), timeout=timeout):
-                    return True, ""
-            r = self._http.get(f"http://{host}:{port}{probe.get('path') or '/'}", timeout=timeout)
-            return (200 <= r.status_code < 400), f"HTTP {r.status_code}"
-        except Exception as e:
-            return False, f"{type(e).__name__}: {str(e)[:120]}"
 
     def _set_ready(self, j: Job, row: ServiceReplica | None, ready: bool, now: float, message: str) -> None:
         p = self._p(j.id)
@@ -305,7 +292,7 @@ class ServiceController:
             with Session(self.engine) as s:
                 add_event(s, svc.id, "scaled_to_zero", f"scaled to zero: {why}", short, now=now)
                 s.commit()
-        self._pending(svc, "BUDGET_EXHAUSTED", why)
+        self._pending(svc, "BUDGET_EXHAUSTED", why, short)
         return True
 
     # ------------------------------------------------------------------ 3. rollout / rollback
@@ -421,23 +408,11 @@ class ServiceController:
         active.append(job)
         st.started += 1
 
-    def _free_port(self, s: Session) -> int:
-        """A host port no live replica uses and nothing on this host listens on."""
-        taken = {p for (p,) in s.execute(select(Job.port).where(Job.port.is_not(None),
-                 Job.status.not_in([x.value for x in TERMINAL]))).all()}
-        lo, hi = PORT_RANGE
-        start = lo + int(time.time() * 1000) % (hi - lo)
-        for k in range(hi - lo):
-            port = lo + (start - lo + k) % (hi - lo)
-            if port in taken:
-                continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind(("", port))
-                except OSError:
-                    continue
-            return port
-        raise RuntimeError("no free port for a replica")
+    @staticmethod
+    def _free_port(s: Session) -> int:
+        taken = [p for (p,) in s.execute(select(Job.port).where(Job.port.is_not(None),
+                 Job.status.not_in([x.value for x in TERMINAL]))).all()]
+        return policy.free_port(taken)
 
     # ------------------------------------------------------------------ stopping
     def _begin_stop(self, j: Job, why: str, now: float) -> None:
@@ -497,16 +472,10 @@ class ServiceController:
             return
         auto = spec.get("autoscale") or {}
         target = float(auto.get("target_inflight", 4.0))
-        cooldown = float(auto.get("cooldown_s", 60.0))
-        want = math.ceil(self.router.service_inflight(svc.id) / target) if target > 0 else svc.min_replicas
-        want = min(max(want, svc.min_replicas), svc.max_replicas)
-        samples = [(t, w) for t, w in self._samples.get(svc.id, []) if now - t <= cooldown] + [(now, want)]
-        self._samples[svc.id] = samples
-        new = svc.desired_replicas
-        if want > svc.desired_replicas:
-            new = want
-        elif want < svc.desired_replicas and (svc.scaled_at is None or now - svc.scaled_at >= cooldown):
-            new = max(w for _, w in samples)
+        new, self._samples[svc.id] = policy.autoscale(
+            inflight=self.router.service_inflight(svc.id), target=target, lo=svc.min_replicas, hi=svc.max_replicas,
+            desired=svc.desired_replicas, samples=self._samples.get(svc.id, []), scaled_at=svc.scaled_at, now=now,
+            cooldown_s=float(auto.get("cooldown_s", 60.0)))
         if new == svc.desired_replicas:
             return
         with Session(self.engine) as s:
@@ -555,21 +524,27 @@ class ServiceController:
         pending = next((j for j in active if j.status == JobStatus.PENDING.value and j.pending_code), None)
         code = pending.pending_code if pending is not None else None
         msg = f"replica {pending.replica_index} waits: {pending.pending_message}" if pending is not None else ""
+        details = ({**(pending.pending_details or {}), "replica": pending.replica_index, "job_id": pending.id,
+                    "queue_position": pending.queue_position, "estimated_start": pending.estimated_start}
+                   if pending is not None else {})
         if svc.next_start_at is not None and now < svc.next_start_at and code is None:
             code, msg = "RESTART_BACKOFF", f"next replica in {svc.next_start_at - now:.1f} s after {svc.failures} failure(s)"
-        if (svc.status, svc.pending_code, svc.pending_message) != (status.value, code, msg):
+            details = {"failures": svc.failures, "next_start_at": svc.next_start_at}
+        if (svc.status, svc.pending_code, svc.pending_message, svc.pending_details or {}) != \
+                (status.value, code, msg, details):
             with Session(self.engine) as s:
                 cur = s.get(Service, svc.id)
                 if cur is not None and cur.status != ServiceStatus.DELETING.value:
                     cur.status, cur.pending_code, cur.pending_message = status.value, code, msg
+                    cur.pending_details = details
                     s.add(cur)
                     s.commit()
 
-    def _pending(self, svc: Service, code: str, message: str) -> None:
+    def _pending(self, svc: Service, code: str, message: str, details: dict | None = None) -> None:
         with Session(self.engine) as s:
             cur = s.get(Service, svc.id)
             if cur is not None and (cur.pending_code, cur.pending_message) != (code, message):
-                cur.pending_code, cur.pending_message = code, message
+                cur.pending_code, cur.pending_message, cur.pending_details = code, message, dict(details or {})
                 s.add(cur)
                 s.commit()
 
@@ -581,12 +556,6 @@ class ServiceController:
 
     def ready_jobs(self) -> set[str]:
         return {jid for jid, p in self._probes.items() if p.ready}
-
-
-def _backoff(restart: dict, failures: int) -> float:
-    first = float(restart.get("backoff_initial_s", 1.0))
-    cap = float(restart.get("backoff_max_s", 60.0))
-    return min(cap, first * (2 ** max(0, failures - 1)))
 
 
 def _spec_of(s: Session, svc: Service) -> dict:

@@ -63,6 +63,12 @@ def ready_endpoints(s: Session) -> list[tuple[str, str, str, int]]:
                                                ServiceReplica.port).where(ServiceReplica.ready.is_(True))).all()]
 
 
+def ready_endpoints_of(engine) -> list[tuple[str, str, str, int]]:
+    """`ready_endpoints` in a session of its own (the proxy's router refresh)."""
+    with Session(engine) as s:
+        return ready_endpoints(s)
+
+
 def placements(s: Session, keys: Sequence[tuple[str, int]]) -> dict[str, Placement]:
     """Rank 0's placement of each (job id, attempt)."""
     if not keys:

@@ -68,7 +68,6 @@ class ServiceManager:
                  clock: Clock = time.time) -> None:
         self.engine, self.authz, self.jobs, self.clock = engine, authz, jobs, clock
         self.wakeup = wakeup or Wakeup()
-        self.on_change = None  # set by the controller: wake it after a change
         self._targets: dict[tuple[str, str], tuple[Target, float]] = {}
         self._allowed: dict[tuple[str | None, str], float] = {}  # (authorization, service id) -> until
 
@@ -333,10 +332,10 @@ class ServiceManager:
         return {**item, "spec": {**item["spec"], "env": spec["env"]}}
 
     def _changed(self) -> None:
+        """A service changed here: the proxy's caches forget it (other brokers' within TARGET_TTL_S;
+        the controller picks the change up at its next tick)."""
         self._targets.clear()
         self._allowed.clear()
-        if self.on_change is not None:
-            self.on_change()
 
 
 def check_guarantee(s: Session, spec: ServiceCreate) -> None:
@@ -372,8 +371,8 @@ def service_public(svc: Service, spec: dict, *, ready: int, running: int) -> dic
         "stable_revision": svc.stable_revision,
         "replicas": {"min": svc.min_replicas, "max": svc.max_replicas, "desired": svc.desired_replicas,
                      "ready": ready, "running": running},
-        "pending_reason": ({"code": svc.pending_code, "message": svc.pending_message}
-                           if svc.pending_code else None),
+        "pending_reason": ({"code": svc.pending_code, "message": svc.pending_message,
+                            "details": svc.pending_details or {}} if svc.pending_code else None),
         "endpoint": f"/svc/{svc.project_id}/{svc.name}/",
         "spec": spec, "created_at": svc.created_at, "updated_at": svc.updated_at,
     }

@@ -117,7 +117,7 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
                           on_tick=process.on_tick,
                           pending_note=cluster_sync.note if cluster_sync else None,
                           secrets=secrets) if executor else None
-    service_router = ServiceRouter(process.registry, load=partial(_ready_endpoints, engine))
+    service_router = ServiceRouter(process.registry, load=partial(service_queries.ready_endpoints_of, engine))
     service_manager = ServiceManager(engine, authz, jobs, wakeup=wakeup)
     service_controller = ServiceController(
         engine, executor=executor, router=service_router, wakeup=wakeup, grace_s=loop.grace_s,
@@ -139,10 +139,3 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         secrets=secrets, datasets=datasets, cluster_sync=cluster_sync,
         service_manager=service_manager, service_router=service_router, service_controller=service_controller,
     )
-
-
-def _ready_endpoints(engine: Engine) -> list:
-    from sqlmodel import Session
-
-    with Session(engine) as s:
-        return service_queries.ready_endpoints(s)

@@ -129,6 +129,26 @@ def test_container_replicas_behind_the_proxy(broker, busybox_image):
     assert len(seen) == 2 and min(seen.values()) >= 5, seen
     reps = broker.service_replicas("web", project="ouh-liver")
     assert {r["job_id"] for r in reps} == set(seen)
+    # kill one replica's container: out of rotation, replaced (a new container) within the target
+    import subprocess
+
+    from broker.adapters.ray.runner import container_name
+
+    victim = reps[0]
+    job = broker.get(victim["job_id"])
+    subprocess.run(["podman", "kill", container_name(victim["job_id"], job["attempt"], 0)], check=True,
+                   capture_output=True, timeout=60, env={**os.environ})
+    killed = time.monotonic()
+    wait_for(lambda: victim["job_id"] not in {r["job_id"] for r in broker.service_replicas("web", project="ouh-liver")
+                                              if r["ready"]}, timeout_s=5, interval_s=0.05)
+    out_s = time.monotonic() - killed
+    wait_for(lambda: sum(1 for r in broker.service_replicas("web", project="ouh-liver") if r["ready"]) == 2
+             and victim["job_id"] not in {r["job_id"] for r in broker.service_replicas("web", project="ouh-liver")},
+             timeout_s=40, interval_s=0.1)
+    replaced_s = time.monotonic() - killed
+    print(f"\ncontainer killed: out of rotation after {out_s:.2f} s, replacement ready after {replaced_s:.2f} s")
+    assert out_s <= 2 * PERIOD_S + 0.75 and replaced_s <= 10.0 + 15.0  # + the container's own start here
+    assert all(broker.call_service("ouh-liver", "web", "/index.html").status_code == 200 for _ in range(10))
     broker.delete_service("web", project="ouh-liver")
     wait_for(lambda: not broker.services(project="ouh-liver"), timeout_s=60)
 
@@ -216,3 +236,40 @@ def test_a_service_survives_a_broker_restart(ray_cluster, broker_settings):
             wait_for(lambda: not second.services(project="ouh-liver"), timeout_s=30)
     finally:
         _release_all(ray_cluster)
+
+
+def test_a_rollout_under_a_locust_load_of_20_users_loses_no_request(served_broker, tmp_path):
+    """Locust (headless, 20 users, in its own process) on the entry point while a new revision
+    rolls out: Locust counts 0 failures."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from broker.bench import service as bench
+
+    c, port, token = served_broker
+    c.deploy_service(bench.service_spec())
+    c.wait_service(bench.NAME, project=bench.PROJECT, ready=2, timeout=90)
+    prefix = str(tmp_path / "locust")
+    env = {**os.environ, "BROKER_TOKEN": token, "SERVICE_PATH": f"/svc/{bench.PROJECT}/{bench.NAME}/predict"}
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(Path(__file__).with_name("service_locustfile.py")),
+                             "--headless", "--host", f"http://127.0.0.1:{port}", "-u", "20", "-r", "20", "-t", "25s",
+                             "--csv", prefix, "--only-summary", "--exit-code-on-error", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(6)  # the users are up and steady
+        c.update_service(bench.NAME, project=bench.PROJECT, env={"MODEL": "v2"})
+        wait_for(lambda: (s := c.service(bench.NAME, project=bench.PROJECT))["stable_revision"] == 2
+                 and all(r["revision"] == 2 and r["ready"] for r in c.service_replicas(bench.NAME, project=bench.PROJECT)),
+                 timeout_s=15, interval_s=0.2)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rows = {r["Name"]: r for r in csv.DictReader(open(prefix + "_stats.csv"))}
+    agg = rows["Aggregated"]
+    print(f"\nlocust: {agg['Request Count']} requests, {agg['Failure Count']} failures, "
+          f"{float(agg['Requests/s']):.0f} req/s, p50 {agg['50%']} ms, p95 {agg['95%']} ms")
+    assert int(agg["Request Count"]) > 500, out[-2000:]
+    assert int(agg["Failure Count"]) == 0, out[-2000:]

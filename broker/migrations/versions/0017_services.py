@@ -40,6 +40,7 @@ def upgrade() -> None:
         sa.Column('message', sa.String(), nullable=False),
         sa.Column('pending_code', sa.String(length=64), nullable=True),
         sa.Column('pending_message', sa.String(), nullable=False),
+        sa.Column('pending_details', sa.JSON(), nullable=False),
         sa.Column('failures', sa.Integer(), nullable=False),
         sa.Column('next_start_at', sa.Float(), nullable=True),
         sa.Column('scaled_at', sa.Float(), nullable=True),

@@ -2,8 +2,7 @@
 
 Each replica job the controller submits gets a real `http.server` on its host port (what the
 runner would start), so probes, the proxy's balancing and its retries are real; the executor,
-the clock and the scheduler ticks are driven by the test. SQLite only: the controller's
-queries are the API's (tested on both databases in tests/broker/api/test_services.py).
+the clock and the scheduler ticks are driven by the test. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,11 +18,6 @@ from sqlmodel import Session, select
 from broker.adapters.fake import FakeExecutor, node
 from broker.models import Job, QuotaRow, Service
 from broker.services.service_controller import ServiceController
-
-
-@pytest.fixture(scope="module")
-def db_url(tmp_path_factory):
-    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'broker.db'}"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +49,14 @@ class Replica:
                 code = 200 if outer.healthy else 500
                 body = name.encode()
                 self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):  # echoes the body and the headers the replica got
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) + b"|" + ",".join(sorted(k.lower() for k in self.headers)).encode()
+                self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -138,6 +140,18 @@ def test_two_replicas_serve_and_requests_are_spread(client, world):
     assert set(hits) == {"0", "1"} and min(hits.values()) >= 5, hits
     reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
     assert all(r["health"] == "ready" and r["host"] == "127.0.0.1" for r in reps)
+    # any body type reaches the replica; the broker's credentials do not
+    r = client.post(f"/svc/ouh-liver/{svc['name']}/predict", content=b"\x00raw bytes", headers={
+        "Content-Type": "application/octet-stream", "X-Service-Key": "k", "Cookie": "c=1"})
+    assert r.status_code == 200 and r.content.startswith(b"\x00raw bytes|"), r.content
+    seen = r.content.split(b"|", 1)[1].decode().split(",")
+    assert "authorization" not in seen and "x-service-key" not in seen and "cookie" not in seen
+    assert "x-forwarded-prefix" in seen and "content-type" in seen
+    text = client.get("/metrics").text
+    labels = f'project="ouh-liver",service="{svc["name"]}"'
+    assert f'broker_service_requests_total{{code="200",{labels}}} 21.0' in text.replace(
+        f'{{{labels},code="200"}}', f'{{code="200",{labels}}}'), [x for x in text.splitlines() if svc["name"] in x][:5]
+    assert f"broker_service_request_duration_seconds_count{{{labels}}} 21.0" in text
 
 
 def test_a_dead_replica_leaves_rotation_and_is_replaced(client, world, fake_executor, engine):
@@ -267,6 +281,8 @@ def test_an_operation_services_extra_replicas_are_preempted_its_min_ones_never(c
         clock.advance(1.0)
     got = _get(client, svc)
     assert got["replicas"]["ready"] == 3 and got["pending_reason"] is not None, got
+    why = got["pending_reason"]
+    assert why["details"]["replica"] is not None and why["details"]["job_id"] and "queue_position" in why["details"]
 
 
 def test_an_innovation_service_scales_to_zero_when_the_next_period_is_not_covered(client, world, engine):
@@ -292,6 +308,7 @@ def test_an_innovation_service_scales_to_zero_when_the_next_period_is_not_covere
         got = _get(client, svc)
         assert got["replicas"]["running"] == 0 and got["pending_reason"]["code"] == "BUDGET_EXHAUSTED", got
         assert "0.5" in got["pending_reason"]["message"]
+        assert got["pending_reason"]["details"]["budget_gpu_hours"] == 0.5
         kinds = [e["kind"] for e in client.get(f"/api/v1/services/{svc['id']}/events").json()["items"]]
         assert "scaled_to_zero" in kinds
     finally:
@@ -300,3 +317,37 @@ def test_an_innovation_service_scales_to_zero_when_the_next_period_is_not_covere
             p.budget_gpu_hours = None
             s.add(p)
             s.commit()
+
+
+def test_a_rollout_without_room_for_a_surge_goes_one_down_one_up(client, world, engine):
+    """svs-pathology may use at most 2 GPUs (limit): two 1-GPU replicas fill it, so the new
+    revision's surge replica waits on quota; after SURGE_PENDING_S one old replica stops and the
+    rollout goes on one down, one up, to the end."""
+    ctl, clock, servers, step = world
+    with Session(engine) as s:
+        # no borrowing of the operation pool (lent to innovation) either: the surge must wait
+        s.add(QuotaRow(owner_kind="project", owner_id="svs-pathology", pool="operation", gpu_model="",
+                       resource="gpus", guaranteed=0, nominal=0, limit=0))
+        q = s.exec(select(QuotaRow).where(QuotaRow.owner_id == "svs-pathology", QuotaRow.pool == "innovation",
+                                          QuotaRow.resource == "gpus")).one()
+        q.limit = 2.0
+        s.add(q)
+        s.commit()
+    svc = _deploy(client, project="svs-pathology", resources={"gpus": 1, "cpus": 0.5, "memory_gb": 0.5})
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    assert _get(client, svc)["replicas"]["ready"] == 2
+    client.patch(f"/api/v1/services/{svc['id']}", json={"env": {"V": "2"}})
+    step()
+    with Session(engine) as s:
+        surge = [j for j in s.exec(select(Job).where(Job.service_id == svc["id"], Job.service_revision == 2)).all()]
+    assert len(surge) == 1 and surge[0].status == "PENDING" and surge[0].pending_code == "QUOTA_LIMIT"
+    assert _get(client, svc)["pending_reason"]["code"] == "QUOTA_LIMIT"
+    for _ in range(20):
+        clock.advance(3.0)
+        step()
+        assert all(x.status_code == 200 for x in (client.get(f"/svc/svs-pathology/{svc['name']}/") for _ in range(3)))
+    got = _get(client, svc)
+    reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
+    assert got["stable_revision"] == 2 and sorted(r["revision"] for r in reps) == [2, 2], (got, reps)
