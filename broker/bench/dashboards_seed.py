@@ -165,8 +165,9 @@ def _rollups(eng, now: float, nodes: int, gpus: int, days: int, minute_hours: in
         for name, value in (("rollup_1m", minute_end), ("rollup_1h", hour_end)):
             conn.execute(text("DELETE FROM telemetry_marks WHERE name = :n"), {"n": name})
             conn.execute(text("INSERT INTO telemetry_marks (name, value) VALUES (:n, :v)"), {"n": name, "v": value})
-        if eng.dialect.name == "postgresql":
-            conn.execute(text("ANALYZE gpu_rollups"))
+    if eng.dialect.name == "postgresql":  # as autovacuum would, but before the measurement, not during it
+        with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE gpu_rollups"))
     return total
 
 
