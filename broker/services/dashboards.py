@@ -44,7 +44,7 @@ from broker.services.telemetry.queries import job_series
 MINUTE, HOUR, DAY = 60, 3600, 86400
 RANGES = {"24h": (MINUTE, DAY), "7d": (HOUR, 7 * DAY), "30d": (HOUR, 30 * DAY)}
 QUEUE_HEAD = 200  # pending jobs listed by name on the queue page
-RAW_JOB_SPAN_S = 30 * MINUTE  # a job page reads raw samples up to this span, minutes up to 7 days
+RAW_JOB_SPAN_S = 30 * MINUTE  # a job page reads raw samples up to this span, minutes up to a day, then hours
 
 
 class DashboardService:
@@ -125,7 +125,7 @@ class DashboardService:
             a = min(starts)
             b = job["finished_at"] or now
             b = max(b, a + 1.0)
-            res = "raw" if b - a <= RAW_JOB_SPAN_S else "1m" if b - a <= 7 * DAY else "1h"
+            res = "raw" if b - a <= RAW_JOB_SPAN_S else "1m" if b - a <= DAY else "1h"
             series = gpu_series(job_series(self.engine, job_id, a, b, res))
         ref = self.authz.job_ref(job_id)
         logs_ok = ref is not None and self.authz.decide(p, Action.JOB_LOGS, ref) is Decision.ALLOW
@@ -227,6 +227,8 @@ def timeline(events: list[dict], job: dict, now: float) -> dict[str, Any]:
     if not marks or marks[0][1] != "PENDING":
         marks.insert(0, (job["submit_time"], "PENDING", 1))
     marks.sort(key=lambda m: m[0])
+    if marks[-1][1] != job["status"]:  # events pruned or never written: the row's status still shows
+        marks.append((job["started_at"] or job["admitted_at"] or job["finished_at"] or now, job["status"], job["attempt"]))
     for i, (ts, status, attempt) in enumerate(marks):
         end = marks[i + 1][0] if i + 1 < len(marks) else (None if status in _FINAL else now)
         states.append({"status": status, "attempt": attempt, "start": ts, "end": end})

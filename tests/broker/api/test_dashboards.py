@@ -207,6 +207,8 @@ def test_job_page_has_timeline_series_and_log_access(people, world):
     assert running["series"]["resolution"] == "1m"
     assert [(g["node"], g["gpu"]) for g in running["series"]["gpus"]] == [("inno-1", 0), ("inno-1", 1)]
     assert running["series"]["gpus"][0]["util"] == [80.0]
+    # no transition events written: the row's status still ends the timeline
+    assert [(x["status"], x["end"]) for x in running["timeline"]["states"]][-1] == ("RUNNING", running["generated_at"])
 
 
 @pytest.mark.parametrize("who", ["alice", "dora", "ops"])
