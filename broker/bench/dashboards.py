@@ -35,6 +35,7 @@ from broker.bench.common import percentile, prepare_database, redact, start_serv
 from broker.bench.dashboards_seed import DAY, HOUR, MINUTE, fill
 from broker.db import make_engine
 from broker.services import dashboards_queries as q
+from broker.services import job_queries
 from broker.services.dashboards_nodes import NodeMap
 from broker.services.dashboards_rollup import run_pool_rollups
 from broker.services.snapshot import month_start
@@ -179,8 +180,12 @@ def _projects(eng, info):
 
 
 def _job(eng, info):
-    now = time.time()
-    return job_series(eng, info["running_job"], now - 3 * DAY, now, "1m")
+    """The job page's series read as the page reads it (minutes up to a day, hours beyond) and
+    its events."""
+    now, start = time.time(), info["running_job_start"]
+    job_series(eng, info["running_job"], start, now, "1m" if now - start <= DAY else "1h")
+    with Session(eng) as s:
+        return job_queries.events(s, info["running_job"])
 
 
 PLAIN = {"overview 24h": _overview(MINUTE, DAY), "overview 7d": _overview(HOUR, 7 * DAY),
