@@ -175,9 +175,10 @@ def pool_figures(rows, res: int) -> dict[str, Any]:
     at = {b: i for i, b in enumerate(buckets)}
     pools: dict[str, dict[str, Any]] = {}
     for pool, bucket, cap, alloc, used, energy in rows:
-        d = pools.setdefault(pool, {"name": pool, "capacity": [None] * len(buckets),
-                                    "allocated": [None] * len(buckets), "used": [None] * len(buckets),
-                                    "_t": [0.0, 0.0, 0.0]})
+        d = pools.get(pool)
+        if d is None:
+            d = pools[pool] = {"name": pool, "capacity": [None] * len(buckets), "allocated": [None] * len(buckets),
+                               "used": [None] * len(buckets), "_t": [0.0, 0.0, 0.0]}
         i = at[float(bucket)]
         alloc, used = float(alloc or 0.0), float(used or 0.0)
         d["capacity"][i] = int(cap or 0)
@@ -209,7 +210,10 @@ def gpu_series(body: dict) -> dict[str, Any]:
     raw = body["resolution"] == "raw"
     per: dict[tuple[str, int], dict[str, list]] = {}
     for pt in body["points"]:
-        d = per.setdefault((pt["node_id"], int(pt["gpu"])), {"t": [], "util": [], "mem_mib": []})
+        key = (pt["node_id"], int(pt["gpu"]))
+        d = per.get(key)
+        if d is None:
+            d = per[key] = {"t": [], "util": [], "mem_mib": []}
         d["t"].append(pt["ts"])
         d["util"].append(_r(pt["util_gpu"] if raw else pt["util_avg"]))
         mem = (pt["job_memory_mb"] if pt.get("job_memory_mb") is not None else pt["memory_used_mb"]) if raw \
