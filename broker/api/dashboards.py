@@ -1,14 +1,15 @@
 """Dashboard routes: the JSON behind each page (`/api/v1/dashboards/...`) and the pages.
 
 Routes are thin: parse, call `DashboardService` (which authorizes), return JSON. The service is
-built per request from the app's one `Services` object (it holds references only), so it can
-neither exist without the app's authorization nor carry state of its own. The pages are static
+built once per app from its one `Services` object (the app's authorization, engine and jobs),
+on first use; it keeps only the last rolled-up minute of the fleet's GPU readings. The pages are static
 HTML (broker/static) whose own JavaScript calls these routes with the token the user gave (URL
 fragment or login form; `dash.js`); a page needs no token to load, its data does.
 """
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path as FilePath
 from typing import Annotated, Literal, Optional
 
@@ -26,8 +27,17 @@ STATIC = FilePath(__file__).resolve().parent.parent / "static"
 PAGES = {"nodes": "dash-nodes.html", "queue": "dash-queue.html", "projects": "dash-projects.html"}
 
 
+_BUILT: dict[int, DashboardService] = {}
+
+
 def dashboards(svc: ServicesDep) -> DashboardService:
-    return DashboardService(svc.engine, svc.authz, jobs=svc.jobs)
+    """The app's one `DashboardService`, built from its `Services` on first use (the GPU
+    readings it keeps per rolled-up minute live as long as the app's services do)."""
+    built = _BUILT.get(id(svc))
+    if built is None:
+        built = _BUILT[id(svc)] = DashboardService(svc.engine, svc.authz, jobs=svc.jobs)
+        weakref.finalize(svc, _BUILT.pop, id(svc), None)
+    return built
 
 
 Dashboards = Annotated[DashboardService, Depends(dashboards)]

@@ -51,11 +51,12 @@ def fill(url: str, *, nodes: int, gpus: int, days: int, minute_hours: int, proje
             member, _ = create_token(s, name="bench-dash-member", role="member", project_id=member_project,
                                      department_id=dept)
             s.commit()
-        running = _jobs(eng, rng, now, nodes, gpus, pids, pending, history, days)
+        running, starts = _jobs(eng, rng, now, nodes, gpus, pids, pending, history, days)
         t0 = time.perf_counter()
         rows = _rollups(eng, now, nodes, gpus, days, minute_hours, running)
         return {"admin": admin, "member": member, "member_project": member_project,
                 "running_job": next(j for j, p, _n, _g in running if p == member_project),
+                "running_job_start": next(t for j, p, t in starts if p == member_project),
                 "running_jobs": len(running), "rollup_rows": rows, "rollups_s": round(time.perf_counter() - t0, 1),
                 "now": now}
     finally:
@@ -86,9 +87,11 @@ def _catalog(s: Session, nodes: int, gpus: int, projects: int) -> list[str]:
 
 
 def _jobs(eng, rng: random.Random, now: float, nodes: int, gpus: int, pids: list[str], pending: int, history: int,
-          days: int) -> list[tuple[str, str, str, list[int]]]:
-    """Write the jobs; returns the running ones as (job id, project, node, GPU indices)."""
+          days: int) -> tuple[list[tuple[str, str, str, list[int]]], list[tuple[str, str, float]]]:
+    """Write the jobs; returns the running ones as (job id, project, node, GPU indices) and as
+    (job id, project, start)."""
     running: list[tuple[str, str, str, list[int]]] = []
+    starts: list[tuple[str, str, float]] = []
     jobs, attempts, placements, ledger = [], [], [], []
     dept_of = {pid: DEPARTMENTS[i % len(DEPARTMENTS)][0] for i, pid in enumerate(pids)}
     per_job = min(4, gpus)
@@ -102,6 +105,7 @@ def _jobs(eng, rng: random.Random, now: float, nodes: int, gpus: int, pids: list
             start = now - rng.uniform(600, 3 * DAY)
             idx = list(range(k, k + per_job))
             running.append((jid, pid, node, idx))
+            starts.append((jid, pid, start))
             jobs.append({**_job_row(jid, pid, start - 60), "status": "RUNNING", "gpus": per_job, "admitted_at": start,
                          "started_at": start, "flavor_pool": pool, "flavor_gpu_model": model,
                          "max_runtime_s": 4 * DAY, "pending_code": None})
@@ -134,7 +138,7 @@ def _jobs(eng, rng: random.Random, now: float, nodes: int, gpus: int, pids: list
         for table, rows in ((Job, jobs), (Attempt, attempts), (Placement, placements), (Ledger, ledger)):
             for k in range(0, len(rows), _BATCH):
                 conn.execute(insert(table.__table__), [_defaults(table, r) for r in rows[k:k + _BATCH]])
-    return running
+    return running, starts
 
 
 def _defaults(table, row: dict) -> dict:
@@ -165,8 +169,9 @@ def _rollups(eng, now: float, nodes: int, gpus: int, days: int, minute_hours: in
         for name, value in (("rollup_1m", minute_end), ("rollup_1h", hour_end)):
             conn.execute(text("DELETE FROM telemetry_marks WHERE name = :n"), {"n": name})
             conn.execute(text("INSERT INTO telemetry_marks (name, value) VALUES (:n, :v)"), {"n": name, "v": value})
-        if eng.dialect.name == "postgresql":
-            conn.execute(text("ANALYZE gpu_rollups"))
+    if eng.dialect.name == "postgresql":  # as autovacuum would, but before the measurement, not during it
+        with eng.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE gpu_rollups"))
     return total
 
 

@@ -272,12 +272,16 @@ def _dashboards_lines(out: dict) -> list[str]:
     lines = [f"database: {out['database']}  {f['nodes']} nodes, {f['gpus']} GPUs, {f['rollup_rows']:,} GPU rollup rows "
              f"({f['days']} d hourly, {f['minute_hours']} h by minute), {f['running_jobs']} running, "
              f"{f['pending_jobs']} pending, {f['finished_attempts']} finished attempts",
-             f"seeded in {out['seed_s']} s (rollups {out['rollups_s']} s); pool rollups folded in {out['fold_s']} s",
+             f"seeded in {out['seed_s']} s (rollups {out['rollups_s']} s); pool rollups folded in {out['fold_s']} s "
+             f"(first run), {out['fold_again_s']} s (the next); load average {out['load_avg']}",
              f"{'API':28} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'bytes':>9}   plain query p50 / p95 ms"]
     for name, a in out["api"].items():
         p = out["plain"][name.split(" [")[0]]
         lines.append(f"{name:28} {a['p50_ms']:8.1f} {a['p95_ms']:8.1f} {a['max_ms']:8.1f} {a['bytes']:9}   "
                      f"{p['p50_ms']:.1f} / {p['p95_ms']:.1f}")
+    nm = out["plain"]["nodes, a new minute"]
+    lines.append(f"nodes, a new minute rolled up (8 readings per node read and kept): p50 {nm['p50_ms']} ms, "
+                 f"p95 {nm['p95_ms']} ms")
     w = out["without_pool_rollups_ms"]
     lines.append(f"30-day overview without the pool rollups (GPU rollups summed per pool and hour): "
                  f"p50 {w['p50_ms']} ms")

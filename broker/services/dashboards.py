@@ -22,7 +22,6 @@ needs `job.read` (a foreign job answers 404 like a missing one), its logs `job.l
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from typing import Any, Optional
@@ -37,6 +36,7 @@ from broker.models import Department
 from broker.ports import Clock
 from broker.services import dashboards_queries as q
 from broker.services.admin.tenancy import department_not_found
+from broker.services.dashboards_nodes import NodeMap, narrow
 from broker.services.dashboards_projects import project_rows
 from broker.services.jobs import JobService
 from broker.services.telemetry.queries import job_series
@@ -44,12 +44,13 @@ from broker.services.telemetry.queries import job_series
 MINUTE, HOUR, DAY = 60, 3600, 86400
 RANGES = {"24h": (MINUTE, DAY), "7d": (HOUR, 7 * DAY), "30d": (HOUR, 30 * DAY)}
 QUEUE_HEAD = 200  # pending jobs listed by name on the queue page
-RAW_JOB_SPAN_S = 30 * MINUTE  # a job page reads raw samples up to this span, minutes up to 7 days
+RAW_JOB_SPAN_S = 30 * MINUTE  # a job page reads raw samples up to this span, minutes up to a day, then hours
 
 
 class DashboardService:
     def __init__(self, engine, authz: Authz, *, jobs: JobService, clock: Clock = time.time) -> None:
         self.engine, self.authz, self.jobs, self.clock = engine, authz, jobs, clock
+        self.node_map = NodeMap(engine, clock=clock)  # keeps the last rolled-up minute's readings
 
     # ------------------------------------------------------------------ overview
     def overview(self, p: Principal, *, range: str = "24h") -> dict[str, Any]:
@@ -68,48 +69,7 @@ class DashboardService:
     # ------------------------------------------------------------------ nodes
     def nodes(self, p: Principal, *, pool: Optional[str] = None) -> dict[str, Any]:
         self.authz.require(p, Action.AGGREGATES_READ)
-        scope = self.authz.scope(p, Resource.PROJECT)
-        with Session(self.engine) as s:
-            nodes = q.nodes(s, pool)
-            bucket = q.latest_minute(s)
-            gpus = q.latest_gpus(s, bucket) if bucket is not None else []
-            held = q.gpu_jobs(s, pool)
-        readings = {(n, int(g)): (_i(util), _i(mem), _i(temp), _i(power)) for n, g, util, mem, _mx, temp, power in gpus}
-        jobs: list[dict] = []
-        job_index: dict[str, int] = {}
-        on_gpu: dict[tuple[str, int], int] = {}
-        for node_id, indices, jid, name, project, status in held:
-            if jid not in job_index:
-                dept = self.authz.project_department(project)
-                if scope.contains(Ref(Resource.PROJECT, department=dept, project=project)):
-                    job_index[jid] = len(jobs)
-                    jobs.append({"id": jid, "name": name, "project": project, "status": status})
-                else:
-                    job_index[jid] = -1  # allocated to a project the caller may not see
-            for i in _indices(indices):
-                on_gpu[(node_id, i)] = job_index[jid]
-        out, pools = [], defaultdict(lambda: defaultdict(int))
-        none = (None, None, None, None)
-        for n in nodes:
-            state, reason = _effective(n)
-            nid = n["id"]
-            cols = [readings.get((nid, i), none) for i in range(int(n["gpus"] or 0))]
-            job = [on_gpu.get((nid, i)) for i in range(len(cols))]
-            out.append({"id": nid, "pool": n["pool"], "gpu_model": n["gpu_model"], "state": state,
-                        "state_reason": reason, "health": n["state"], "admin_state": n["admin_state"],
-                        "fatal_reason": n["fatal_reason"] or None, "last_heartbeat": n["last_heartbeat"],
-                        "util": [c[0] for c in cols], "mem_mib": [c[1] for c in cols],
-                        "temp_c": [c[2] for c in cols], "power_w": [c[3] for c in cols], "job": job})
-            acc = pools[n["pool"]]
-            acc["nodes"] += 1
-            acc["gpus"] += len(cols)
-            acc["allocated"] += sum(1 for j in job if j is not None)
-            acc[state] += 1
-        return {"as_of": bucket, "generated_at": self.clock(), "pool": pool, "jobs": jobs, "nodes": out,
-                "pools": [{"name": k, **v} for k, v in sorted(pools.items())],
-                "legend": {"util": "percent", "mem_mib": "MiB", "temp_c": "degrees C", "power_w": "W",
-                           "columns": "one value per GPU, by index; null: no reading in that minute",
-                           "job": "index into jobs; -1: allocated to a project you may not see; null: free"}}
+        return narrow(self.node_map.snapshot(pool), self._visible_set(p), pool)
 
     # ------------------------------------------------------------------ queue
     def queue(self, p: Principal, *, department: Optional[str] = None) -> dict[str, Any]:
@@ -165,7 +125,7 @@ class DashboardService:
             a = min(starts)
             b = job["finished_at"] or now
             b = max(b, a + 1.0)
-            res = "raw" if b - a <= RAW_JOB_SPAN_S else "1m" if b - a <= 7 * DAY else "1h"
+            res = "raw" if b - a <= RAW_JOB_SPAN_S else "1m" if b - a <= DAY else "1h"
             series = gpu_series(job_series(self.engine, job_id, a, b, res))
         ref = self.authz.job_ref(job_id)
         logs_ok = ref is not None and self.authz.decide(p, Action.JOB_LOGS, ref) is Decision.ALLOW
@@ -194,10 +154,16 @@ class DashboardService:
             return s.get(Department, department) is not None
 
     def _visible_set(self, p: Principal):
-        """A predicate: may the caller see this project (by id)?"""
+        """A predicate: may the caller see this project (by id)? (answers memoized per call)"""
         scope = self.authz.scope(p, Resource.PROJECT)
-        return lambda pid: scope.contains(Ref(Resource.PROJECT, department=self.authz.project_department(pid),
-                                              project=pid))
+        seen: dict[str, bool] = {}
+
+        def can_see(pid: str) -> bool:
+            if pid not in seen:
+                seen[pid] = scope.contains(Ref(Resource.PROJECT, department=self.authz.project_department(pid),
+                                               project=pid))
+            return seen[pid]
+        return can_see
 
 
 # --------------------------------------------------------------------------- shaping (pure)
@@ -209,9 +175,10 @@ def pool_figures(rows, res: int) -> dict[str, Any]:
     at = {b: i for i, b in enumerate(buckets)}
     pools: dict[str, dict[str, Any]] = {}
     for pool, bucket, cap, alloc, used, energy in rows:
-        d = pools.setdefault(pool, {"name": pool, "capacity": [None] * len(buckets),
-                                    "allocated": [None] * len(buckets), "used": [None] * len(buckets),
-                                    "_t": [0.0, 0.0, 0.0]})
+        d = pools.get(pool)
+        if d is None:
+            d = pools[pool] = {"name": pool, "capacity": [None] * len(buckets), "allocated": [None] * len(buckets),
+                               "used": [None] * len(buckets), "_t": [0.0, 0.0, 0.0]}
         i = at[float(bucket)]
         alloc, used = float(alloc or 0.0), float(used or 0.0)
         d["capacity"][i] = int(cap or 0)
@@ -243,7 +210,10 @@ def gpu_series(body: dict) -> dict[str, Any]:
     raw = body["resolution"] == "raw"
     per: dict[tuple[str, int], dict[str, list]] = {}
     for pt in body["points"]:
-        d = per.setdefault((pt["node_id"], int(pt["gpu"])), {"t": [], "util": [], "mem_mib": []})
+        key = (pt["node_id"], int(pt["gpu"]))
+        d = per.get(key)
+        if d is None:
+            d = per[key] = {"t": [], "util": [], "mem_mib": []}
         d["t"].append(pt["ts"])
         d["util"].append(_r(pt["util_gpu"] if raw else pt["util_avg"]))
         mem = (pt["job_memory_mb"] if pt.get("job_memory_mb") is not None else pt["memory_used_mb"]) if raw \
@@ -261,6 +231,8 @@ def timeline(events: list[dict], job: dict, now: float) -> dict[str, Any]:
     if not marks or marks[0][1] != "PENDING":
         marks.insert(0, (job["submit_time"], "PENDING", 1))
     marks.sort(key=lambda m: m[0])
+    if marks[-1][1] != job["status"]:  # events pruned or never written: the row's status still shows
+        marks.append((job["started_at"] or job["admitted_at"] or job["finished_at"] or now, job["status"], job["attempt"]))
     for i, (ts, status, attempt) in enumerate(marks):
         end = marks[i + 1][0] if i + 1 < len(marks) else (None if status in _FINAL else now)
         states.append({"status": status, "attempt": attempt, "start": ts, "end": end})
@@ -273,28 +245,12 @@ def timeline(events: list[dict], job: dict, now: float) -> dict[str, Any]:
 _FINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 
 
-def _effective(n: dict) -> tuple[str, str]:
-    if n["admin_state"] and n["state"] == "ready":
-        return n["admin_state"], n["admin_reason"] or ""
-    return n["state"], n["state_reason"] or ""
-
-
-def _indices(v) -> list[int]:
-    if isinstance(v, str):  # a JSON column read through text() on SQLite
-        v = json.loads(v or "[]")
-    return [int(i) for i in v or []]
-
-
 def _eta(t: Optional[float], now: float) -> Optional[float]:
     return None if t is None else round(max(0.0, float(t) - now), 1)
 
 
 def _floor(t: float, res: int) -> float:
     return float(t - (t % res))
-
-
-def _i(v) -> Optional[int]:
-    return None if v is None else int(round(float(v)))
 
 
 def _r(v) -> Optional[float]:

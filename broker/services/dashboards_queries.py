@@ -12,6 +12,7 @@ shaping is in `broker.services.dashboards`.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Optional, Sequence
 
 from sqlalchemy import bindparam, text
@@ -77,14 +78,13 @@ def latest_minute(s: Session) -> Optional[float]:
 
 
 def latest_gpus(s: Session, bucket: float) -> list[tuple]:
-    """(node, gpu, util avg, memory MiB avg, memory MiB max, temperature max, power avg) of one
-    minute, summed over the jobs that shared a GPU."""
+    """(node, GPU, util %, memory MiB, temperature C, power W) of one minute, whole numbers,
+    over the jobs that shared a GPU: averages of the readings, the highest temperature."""
+    def avg(col: str) -> str:
+        return f"CAST(ROUND(CASE WHEN SUM({col}_n) > 0 THEN SUM({col}_sum) / SUM({col}_n) END) AS INTEGER)"
     return s.execute(text(
-        "SELECT node_id, gpu_index, CASE WHEN SUM(util_n) > 0 THEN SUM(util_sum) / SUM(util_n) END, "
-        "CASE WHEN SUM(mem_n) > 0 THEN SUM(mem_sum) / SUM(mem_n) END, MAX(mem_max), MAX(temp_max), "
-        "CASE WHEN SUM(power_n) > 0 THEN SUM(power_sum) / SUM(power_n) END "
-        "FROM gpu_rollups WHERE resolution_s = 60 AND bucket = :b GROUP BY node_id, gpu_index"),
-        {"b": bucket}).all()
+        f"SELECT node_id, gpu_index, {avg('util')}, {avg('mem')}, CAST(ROUND(MAX(temp_max)) AS INTEGER), {avg('power')} "
+        "FROM gpu_rollups WHERE resolution_s = 60 AND bucket = :b GROUP BY node_id, gpu_index"), {"b": bucket}).all()
 
 
 def gpu_jobs(s: Session, pool: Optional[str]) -> list[tuple]:
@@ -96,6 +96,13 @@ def gpu_jobs(s: Session, pool: Optional[str]) -> list[tuple]:
     return _run(s, "SELECT p.node_id, p.gpu_indices, j.id, j.name, j.project_id, j.status FROM placements p "
                    "JOIN jobs j ON j.id = p.job_id AND j.attempt = p.attempt JOIN nodes n ON n.id = p.node_id "
                    f"WHERE j.status IN :holding{where}", params).all()
+
+
+def gpu_indices(v) -> list[int]:
+    """A placement's GPU indices (a JSON column: a list, or its text where read through text())."""
+    if isinstance(v, str):
+        v = json.loads(v or "[]")
+    return [int(i) for i in v or []]
 
 
 def pending_groups(s: Session, projects: Optional[Sequence[str]]) -> list[tuple]:

@@ -6,7 +6,10 @@ rewound a little, up to where the GPU rollups are complete:
 - minutes up to `rollup_1m` (the minute rollups' watermark; without telemetry, now - 2 min);
 - hours up to `rollup_1h` (without telemetry, the last whole hour).
 The rewind (10 minutes, 2 hours) re-folds the recent buckets every run, so late telemetry and
-attempts that ended since (their ledger row closed) land in the buckets they belong to. A
+attempts that ended since (their ledger row closed) land in the buckets they belong to. What
+changes further back is not re-folded: a ledger row closed at a time more than 10 minutes (2
+hours for the hour rows) before the run that sees it (a LOST attempt charged up to when its
+worker was last seen, after a broker outage) keeps its allocation in the minutes between. A
 first run folds at most the last day of minutes and 31 days of hours.
 
 Per bucket and pool (`fold`):

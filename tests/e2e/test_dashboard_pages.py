@@ -136,3 +136,18 @@ def test_a_member_opening_a_foreign_jobs_page_learns_nothing(browser, site):
     html = _html(page)
     assert f"name-{world.jb}" not in html and "slb-cardio" not in html
     assert page.errors and all("404" in e for e in page.errors), page.errors  # only the refused API call
+
+
+def test_logs_are_read_only_when_asked_and_a_refusal_is_shown(browser, site):
+    """The job page reads no log until the user asks; this broker has no executor, so the read
+    is refused (503 NO_EXECUTOR) and the page says why instead of failing."""
+    world = site[2]
+    page = _open(browser, site, "member", f"/dashboard/jobs/{world.ja}", "job-logs")
+    assert page.errors == [] and page.evaluate("document.getElementById('log').hidden") is True
+    page.evaluate("document.getElementById('show-log').click()")
+    deadline = 50
+    while deadline and not page.evaluate("document.getElementById('log').textContent"):
+        browser.pump(0.1)
+        deadline -= 1
+    assert page.evaluate("document.getElementById('log').textContent").startswith("could not read the log: logs are")
+    assert page.errors and all("503" in e for e in page.errors), page.errors

@@ -207,6 +207,8 @@ def test_job_page_has_timeline_series_and_log_access(people, world):
     assert running["series"]["resolution"] == "1m"
     assert [(g["node"], g["gpu"]) for g in running["series"]["gpus"]] == [("inno-1", 0), ("inno-1", 1)]
     assert running["series"]["gpus"][0]["util"] == [80.0]
+    # no transition events written: the row's status still ends the timeline
+    assert [(x["status"], x["end"]) for x in running["timeline"]["states"]][-1] == ("RUNNING", running["generated_at"])
 
 
 @pytest.mark.parametrize("who", ["alice", "dora", "ops"])
@@ -277,3 +279,33 @@ def test_an_unknown_page_is_a_404_with_a_code(anon):
 @pytest.mark.parametrize("name", ["dash.js", "dash.css", "uPlot.iife.min.js", "uPlot.min.css"])
 def test_vendored_assets_are_served(anon, name):
     assert anon.get(f"/static/{name}").status_code == 200
+
+
+def test_a_periodic_run_refolds_the_minutes_after_an_attempt_ended(engine, world):
+    """An attempt that ended (its ledger row closed) stops counting in the buckets the next run
+    re-folds (the last 10 minutes); its own pool ("lab", no nodes) keeps this test apart from the
+    others."""
+    from broker.models import Job, Ledger
+
+    jid, now = uuid.uuid4().hex[:16], world.now
+    start, end = world.fold_end - 8 * 60, now - 5 * 60  # inside the 10 minutes every run folds again
+    with Session(engine) as s:
+        s.add(Job(id=jid, project_id=world.pb, gpus=2, status="RUNNING", submit_time=start, created_at=start))
+        s.flush()
+        s.add(Ledger(job_id=jid, attempt=1, project_id=world.pb, department_id=world.d2, pool="lab", gpus=2,
+                     started_at=start))
+        s.commit()
+    run_pool_rollups(engine, now)  # open: counted up to the folded end
+
+    def lab():
+        with Session(engine) as s:
+            return s.execute(text("SELECT SUM(allocated_gpu_s) FROM pool_rollups WHERE resolution_s = 60 "
+                                  "AND pool = 'lab' AND project_id = :p"), {"p": world.pb}).scalar()
+
+    assert lab() == pytest.approx(2 * (world.fold_end - start), abs=1e-6)
+    with Session(engine) as s:
+        row = s.get(Ledger, (jid, 1))
+        row.ended_at, row.allocated_gpu_s = end, 2 * (end - start)
+        s.commit()
+    run_pool_rollups(engine, now + 60)
+    assert lab() == pytest.approx(2 * (end - start), abs=1e-6)
