@@ -24,7 +24,8 @@ from broker.services.dashboards import DashboardService
 router = APIRouter(tags=["dashboards"])
 ERRORS = {c: {"model": ErrorResponse} for c in (401, 403, 404, 422)}
 STATIC = FilePath(__file__).resolve().parent.parent / "static"
-PAGES = {"nodes": "dash-nodes.html", "queue": "dash-queue.html", "projects": "dash-projects.html"}
+PAGES = {"nodes": "dash-nodes.html", "queue": "dash-queue.html", "projects": "dash-projects.html",
+         "capacity": "dash-capacity.html"}
 
 
 _BUILT: dict[int, DashboardService] = {}

@@ -348,7 +348,8 @@ def whatif(engine, policy: Policy, *, start: float, end: float, add: Sequence[st
         out[name] = {**figures(res.outcomes, dept, cap), "inventory": [_group_public(g) for g in reg.groups],
                      "preemptions": res.metrics.get("preemptions", 0)}
         series[name] = queue_series(res.outcomes)
-    out["queue"] = {k: [[round(t - start, 1), n] for t, n in v] for k, v in series.items()}
+    # the replay's clock starts at the window's start (the trace's submit times are relative)
+    out["queue"] = {k: [[round(t, 1), n] for t, n in v] for k, v in series.items()}
     out["svg"] = queue_svg(series, title=f"Jobs waiting, {len(trace)} recorded jobs replayed")
     progress("done", 1.0)
     return out

@@ -29,7 +29,8 @@ const CB = (() => {
   }
   const time = t => t ? new Date(t * 1000).toLocaleString() : "–";
   const PAGES = [["overview", "/dashboard", "Overview"], ["nodes", "/dashboard/nodes", "Nodes"],
-                 ["queue", "/dashboard/queue", "Queue"], ["projects", "/dashboard/projects", "Projects"]];
+                 ["queue", "/dashboard/queue", "Queue"], ["projects", "/dashboard/projects", "Projects"],
+                 ["capacity", "/dashboard/capacity", "Capacity"]];
 
   /** Header with navigation, the error line and the login form, at the top of <body>. */
   function chrome(title, active) {
@@ -54,6 +55,16 @@ const CB = (() => {
 
   async function api(path) {
     const r = await fetch(path, {headers: {"Authorization": "Bearer " + token()}});
+    const body = await r.json().catch(() => ({}));
+    if (r.status === 401) showLogin(true);
+    if (!r.ok) throw new ApiError(r.status, (body.error && body.error.message) || r.statusText);
+    return body;
+  }
+
+  /** POST a JSON body; the answer's JSON, or an ApiError with the broker's message. */
+  async function post(path, payload) {
+    const r = await fetch(path, {method: "POST", body: JSON.stringify(payload),
+                                 headers: {"Authorization": "Bearer " + token(), "Content-Type": "application/json"}});
     const body = await r.json().catch(() => ({}));
     if (r.status === 401) showLogin(true);
     if (!r.ok) throw new ApiError(r.status, (body.error && body.error.message) || r.statusText);
@@ -128,5 +139,5 @@ const CB = (() => {
       (rows.length ? rows.join("") : `<tr><td colspan="${head.length}" class="muted">none</td></tr>`) + "</tbody>";
   }
 
-  return {token, $, esc, num, pct, dur, time, chrome, api, text, start, chart, heat, table, showLogin};
+  return {token, $, esc, num, pct, dur, time, chrome, api, post, text, start, chart, heat, table, showLogin};
 })();

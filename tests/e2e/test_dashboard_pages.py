@@ -151,3 +151,57 @@ def test_logs_are_read_only_when_asked_and_a_refusal_is_shown(browser, site):
         deadline -= 1
     assert page.evaluate("document.getElementById('log').textContent").startswith("could not read the log: logs are")
     assert page.errors and all("503" in e for e in page.errors), page.errors
+
+
+def _recorded_history(data_dir, now: float, n: int = 6) -> None:
+    """Finished 4-GPU jobs of ouh-liver over the last hours, each with its closed ledger row:
+    what a what-if replays (the dashboards' world has none)."""
+    from sqlmodel import Session
+
+    from broker.models import Job, Ledger
+
+    engine = make_engine(Settings(data_dir=data_dir))
+    with Session(engine) as s:
+        for i in range(n):
+            submit, start = now - 3600.0 * (i + 2), now - 3600.0 * (i + 2) + 120.0 * i
+            s.add(Job(id=f"cap-{i}", project_id="ouh-liver", name=f"cap-{i}", gpus=4, workers=1, status="SUCCEEDED",
+                      submit_time=submit, created_at=submit, admitted_at=start, started_at=start,
+                      finished_at=start + 1800.0, max_runtime_s=3600.0, command=["run"]))
+            s.flush()
+            s.add(Ledger(job_id=f"cap-{i}", attempt=1, project_id="ouh-liver", department_id="ouh", pool="innovation",
+                         gpu_model="A100", gpus=4, started_at=start, ended_at=start + 1800.0,
+                         allocated_gpu_s=4 * 1800.0))
+        s.commit()
+    engine.dispose()
+
+
+def test_capacity_what_if_runs_from_the_page_for_an_admin(browser, site, served):
+    """An admin replays the last week on today's inventory plus one 8-GPU node: the page follows
+    the background run to its end and shows recorded / before / after, the waits per department
+    and the queue chart, with no console error."""
+    _recorded_history(served[2], time.time())
+    page = _open(browser, site, "admin", "/dashboard/capacity", "capacity")
+    assert page.errors == [] and page.evaluate("document.getElementById('error').textContent") == ""
+    page.evaluate("document.getElementById('weeks').value = '1';"
+                  "document.getElementById('add').value = 'pool=innovation,model=A100,gpus_per_node=8,nodes=1';"
+                  "document.getElementById('run').click()")
+    for _ in range(600):
+        if page.evaluate("document.body.dataset.run") in ("done", "failed"):
+            break
+        browser.pump(0.1)
+    assert page.evaluate("document.body.dataset.run") == "done", page.evaluate("document.getElementById('progress').textContent")
+    gpus = page.evaluate("[...document.querySelectorAll('#summary tr[data-row]')]"
+                         ".map(r => [r.dataset.row, r.children[1].textContent])")
+    assert [g[0] for g in gpus] == ["recorded", "before", "after"]
+    assert int(gpus[2][1]) == int(gpus[1][1]) + 8
+    assert _count(page, "#departments tr[data-department]") >= 1
+    assert _count(page, "#queue-chart .uplot") == 1
+    assert _count(page, "#runs tr[data-run]") >= 1
+    assert page.errors == []
+    page.screenshot(ARTIFACTS / "admin-capacity-done.png")
+
+
+def test_capacity_page_tells_a_member_it_is_for_admins(browser, site):
+    page = _open(browser, site, "member", "/dashboard/capacity", "capacity")
+    assert "Could not load the what-if runs" in page.evaluate("document.getElementById('error').textContent")
+    assert page.errors and all("403" in e for e in page.errors), page.errors

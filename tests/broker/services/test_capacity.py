@@ -131,6 +131,8 @@ def test_whatif_adds_capacity_and_waits_fall(history):
     assert ("ouh", "innovation") in rows and ("slb", "innovation") in rows
     assert out["svg"].startswith("<svg") and "<script" not in out["svg"] and "before" in out["svg"]
     assert len(out["queue"]["before"]) == len(out["queue"]["after"]) > 10
+    span = out["window"]["to"] - out["window"]["from"]
+    assert all(0 <= t <= 2 * span for t, _n in out["queue"]["before"]), "seconds since the window's start"
 
 
 def test_changes_remove_and_quota_file(history):
