@@ -211,7 +211,7 @@ class _Cycle:
         key = (job.project, s, job.priority) if self.policy.priority_preemption else (job.project, s)
         hit = self.memo.get(key)
         if hit is not None and hit[0] == self.epoch and (not self.budget_owners.get(job.project)
-                                                         or self.budget_ok(job, s)):
+                                                         or job.budget_exempt or self.budget_ok(job, s)):
             out = hit[1]
             if self.explain:
                 return self.replay(job, s, position, out)
@@ -257,7 +257,7 @@ class _Cycle:
         if owners is None:
             owners = self.budget_owners[pid] = tuple(
                 o for o in (pid, self.dept_of.get(pid, "")) if o in self.ledger.budget)
-        if owners:
+        if owners and not job.budget_exempt:
             gpu_h = req[0] * job.max_runtime_s / 3600.0
             if any(gpu_h > self.budget_left(o) + EPS for o in owners):
                 bc = self.ledger.check(owners, Amount.of(gpu_h))

@@ -173,6 +173,10 @@ class Job:
     # False: never a preemption victim, whatever the kind (an operation service's first `min`
     # replicas: production inference must never starve).
     preemptible: bool = True
+    # True: admitted whatever the budget says (an operation service's `min` replicas are never
+    # stopped nor kept waiting for budget; the GPU-hours still count, so the overrun shows in
+    # the ledger, the reports and the budget alerts).
+    budget_exempt: bool = False
 
     @property
     def total(self) -> Resources:

@@ -80,6 +80,8 @@ def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, p
         pool=row.pool, max_runtime_s=replica_horizon(row, now), checkpointable=bool(row.checkpointable),
         nodes=data_nodes(row.mounts, pool_nodes or {}) if getattr(row, "mounts", None) else frozenset(),
         preemptions=preemptions, preemptible=getattr(row, "preemptible", True) is not False,
+        # an operation service's min replicas (the only rows marked not preemptible) never wait for budget
+        budget_exempt=getattr(row, "preemptible", True) is False and row.workload_class == WorkloadClass.OPERATION.value,
     )
 
 

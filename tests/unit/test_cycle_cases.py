@@ -405,6 +405,15 @@ def c_budget_exhausted():
     return Case(snap, set(), {"a": RC.BUDGET_EXHAUSTED}, check=check)
 
 
+def c_budget_exempt_operation_replica_starts_over_budget():
+    # an operation service's min replica (budget_exempt) starts although the budget is spent;
+    # an ordinary job of the same project, ordered after it, still waits for budget
+    rep = replace(job("rep", gpus=2, project="p", runtime=3600, submit=0), budget_exempt=True)
+    snap = snapshot([node("n1")], [rep, job("a", gpus=2, project="p", runtime=3600, submit=1)],
+                    projects=[project("p", budget=10, spent=9)])
+    return Case(snap, {"rep"}, {"a": RC.BUDGET_EXHAUSTED})
+
+
 def c_budget_counts_running_reservation():
     snap = snapshot([node("n1")], [job("a", gpus=2, project="p", runtime=3600)],
                     [full("n1", 4, "p", jid="r", start=0.0, runtime=7200)], projects=[project("p", budget=9)])

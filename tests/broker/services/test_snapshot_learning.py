@@ -99,3 +99,13 @@ def test_preempted_attempts_reach_the_snapshot_of_a_running_job(client, engine):
                               quotas=[], holding=[row], placements={(jid, 4): [pl]}, pending=[], ledger=[],
                               preemptions=counts)
         assert snap.running[0].job.preemptions == 2
+
+
+@pytest.mark.parametrize("klass,preemptible,exempt", [("operation", False, True), ("operation", True, False),
+                                                      ("innovation", False, False), ("innovation", True, False)])
+def test_only_an_operation_services_min_replicas_skip_the_budget(klass, preemptible, exempt):
+    """The rows marked not preemptible are an operation service's `min` replicas: they never wait
+    for budget (their GPU-hours still count). Nothing else is exempt."""
+    row = Job(id="r1", project_id="p", name="r1", workload_class=klass, gpus=1, preemptible=preemptible)
+    job = to_job(row)
+    assert job.budget_exempt is exempt and job.preemptible is preemptible
