@@ -458,8 +458,8 @@ class SchedulingLoop:
                     rep.preempted.append(job.id)
             s.autoflush = True
             # Reasons are written only when they change, in one statement; a change of the code
-            # at once, of the numbers (message, details, position, estimate) at most every
-            # REASON_REFRESH_S per job: on a deep queue every position moves at every tick, and
+            # or a new note at once, of the numbers (message, details, position, estimate) at most
+            # every REASON_REFRESH_S per job: on a deep queue every position moves at every tick, and
             # rewriting thousands of rows per second cost more than the cycle itself.
             changed = []
             refreshed = self._reason_written
@@ -467,10 +467,11 @@ class SchedulingLoop:
                 job = by_id.get(jid)
                 if job is None:
                     continue
-                if job.pending_code == why.code.value and now - refreshed.get(jid, float("-inf")) < REASON_REFRESH_S:
-                    continue
-                details = _plain(why.details)
                 note = self.pending_note(jid) if self.pending_note is not None else None
+                if job.pending_code == why.code.value and now - refreshed.get(jid, float("-inf")) < REASON_REFRESH_S \
+                        and (not note or f"({note})" in (job.pending_message or "")):
+                    continue  # (a new note, e.g. "scaling up", is news too: written at once)
+                details = _plain(why.details)
                 message = f"{why.message} ({note})" if note else why.message
                 if (job.pending_code, job.pending_message, job.queue_position, job.estimated_start, job.pending_details) != \
                         (why.code.value, message, why.queue_position, why.estimated_start, details):

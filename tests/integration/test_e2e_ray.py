@@ -55,7 +55,8 @@ def running_broker(settings, address, expect_nodes: int = len(NODE_POOLS)):
     try:
         with TestClient(create_app(settings, executor=executor, engine=engine)) as http:
             client = BrokerClient("http://testserver", token, http=http)
-            wait_for(lambda: len(client.nodes()) == expect_nodes, 30)  # the loop synced Ray's nodes
+            # the loop synced Ray's nodes (a node an earlier test removed may still be listed, dead)
+            wait_for(lambda: sum(n["state"] != "unhealthy" for n in client.nodes()) == expect_nodes, 30)
             yield client
     finally:
         executor.shutdown()
