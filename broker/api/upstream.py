@@ -32,7 +32,7 @@ class NoAnswer(Exception):
 
 
 class UpstreamTimeout(Exception):
-    pass
+    """The replica did not answer (or finish its answer) within the request's timeout."""
 
 
 @dataclass
@@ -60,9 +60,9 @@ class Response:
         """The body as it arrives; the connection returns to the pool when it was all read."""
         r = self.conn.reader
         try:
-            if self.no_body:
-                pass
-            elif self.chunked:
+            if self.no_body:  # HEAD, 1xx, 204, 304: nothing to read
+                return
+            if self.chunked:
                 while True:
                     line = await asyncio.wait_for(r.readuntil(b"\r\n"), timeout_s)
                     size = int(line.split(b";", 1)[0].strip() or b"0", 16)

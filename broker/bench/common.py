@@ -198,3 +198,31 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 if __name__ == "__main__" and len(sys.argv) >= 7 and sys.argv[1] == "serve":
     serve(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "lean")
+
+
+def wait_until(pred: Callable[[], T], timeout_s: float, what: str, *, poll_s: float = 0.05,
+               accept: Callable[[object], bool] = bool) -> T:
+    """Poll `pred` until `accept` takes its value (truthy by default); TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = pred()
+        if accept(got):
+            return got
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def stop_stack(server, thread, executor, cluster, engine) -> None:
+    """End what an in-process bench started, in order: the API server (uvicorn) and its thread,
+    every attempt the executor still holds and the executor, the Ray cluster, the engine."""
+    if server is not None:
+        server.should_exit = True
+        if thread is not None:
+            thread.join(timeout=30)
+    if executor is not None:
+        for job_id, attempt in executor.attempts():
+            executor.release(job_id, attempt)
+        executor.shutdown()
+    cluster.stop()
+    engine.dispose()

@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from broker.bench.common import percentile, read_response
+from broker.bench.common import percentile, read_response, stop_stack, wait_until
 
 GOAL_RATIO, GOAL_OVERHEAD_MS = 0.5, 2.0
 PROJECT, NAME = "ouh-liver", "bench"
@@ -53,8 +53,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-    def log_message(self, *a):
-        pass
+    def log_message(self, *a):  # no access log per request
+        return
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -167,21 +167,12 @@ def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 50
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        _wait(lambda: server.started, 60, "the API start")
+        wait_until(lambda: server.started, 60, "the API start")
         with BrokerClient(f"http://127.0.0.1:{port}", token) as c:
             return _measure(c, port, token, concurrency=concurrency, duration_s=duration_s, latency_n=latency_n,
                             users=users)
     finally:
-        if server is not None:
-            server.should_exit = True
-            if thread is not None:
-                thread.join(timeout=30)
-        if executor is not None:
-            for job_id, attempt in executor.attempts():
-                executor.release(job_id, attempt)
-            executor.shutdown()
-        cluster.stop()
-        engine.dispose()
+        stop_stack(server, thread, executor, cluster, engine)
 
 
 def _measure(c, port: int, token: str, *, concurrency: int, duration_s: float, latency_n: int, users: int) -> dict:
@@ -287,16 +278,6 @@ def _rollout(c, proxy, entry: str, token: str, users: int, change: dict, *, want
     if want_rolled_back:
         out["rolled_back"] = rolled_back
     return out
-
-
-def _wait(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "load":

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence
 
 from sqlalchemy import select
@@ -191,7 +192,8 @@ class SchedulingLoop:
     def _observe_one(self, s: Session, job: Job, st: AttemptStatus, rep: TickReport,
                      after: list[Callable[[], None]]) -> None:
         """One attempt's status, written in the pass's transaction `s`; what must wait for its
-        commit goes to `after`."""
+        commit, and every call to the executor (stops), goes to `after`: no network call while
+        the transaction holds row locks."""
         key = (job.id, job.attempt)
         now = self.clock()
         status = S(job.status)
@@ -205,15 +207,15 @@ class SchedulingLoop:
         if status in (S.PREEMPTED, S.LOST):
             if not gone:
                 if status is S.PREEMPTED:
-                    self._stop(job, job.message or "preempted", reason="preempted")
+                    after.append(partial(self._stop, job, job.message or "preempted", reason="preempted"))
                 else:
-                    self._stop(job, "lost", reason="lost")
+                    after.append(partial(self._stop, job, "lost", reason="lost"))
                 return
             self._finish(s, job, None, now, rep, after, release=True)
             return
 
         if job.cancel_requested_at is not None and not gone:
-            self._stop(job, "cancelled", reason="cancelled")
+            after.append(partial(self._stop, job, "cancelled", reason="cancelled"))
             return
 
         if not st.exists:
@@ -222,14 +224,15 @@ class SchedulingLoop:
             self._finish(s, job, S.LOST, now, rep, after, message="the executor no longer knows this attempt")
             return
         if lost and not gone:
-            self._stop(job, "a gang member was lost", reason="lost")
+            after.append(partial(self._stop, job, "a gang member was lost", reason="lost"))
             return
         failed = [w for w in exited if w.exit_code not in (0, None)]
         first = self._cause.get(key)
         if failed and first is None:
             first = self._cause[key] = min(failed, key=lambda w: (w.ended_at or now, w.rank))
         if failed and not gone:
-            self._stop(job, f"worker {first.rank} exited with code {first.exit_code}", reason="failed")
+            after.append(partial(self._stop, job, f"worker {first.rank} exited with code {first.exit_code}",
+                                 reason="failed"))
             return
         if gone:
             # A worker that started and exited between two ticks never showed RUNNING: keep

@@ -16,28 +16,15 @@ from collections import Counter
 
 import pytest
 
+from broker.bench.service import SERVER as BENCH_REPLICA
 from tests.integration.conftest import NAMESPACE, wait_for
 from tests.integration.test_e2e_ray import _release_all, running_broker
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
 PERIOD_S = 0.5
-SERVER = """
-import http.server, os, socketserver
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"{os.environ['BROKER_JOB_ID']} {os.getpid()}".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-S(("", int(os.environ["PORT"])), H).serve_forever()
-"""
+# the bench's replica: answers "<job id> <pid>" on GET, keep-alive, listens on $PORT
+SERVER = BENCH_REPLICA
 
 
 @pytest.fixture

@@ -61,15 +61,19 @@ class Replica:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *a):
-                pass
+            def log_message(self, *a):  # no access log on the test's stderr
+                return
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), H)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def kill(self) -> None:
+        """Stop serving (idempotent: a test may have killed this replica already)."""
+        if self.server is None:
+            return
         self.server.shutdown()
         self.server.server_close()
+        self.server = None
 
 
 @pytest.fixture
@@ -97,10 +101,7 @@ def world(app, engine, client, fake_executor):
         ctl.tick()
         services.loop.tick()
     for r in servers.values():
-        try:
-            r.kill()
-        except Exception:
-            pass
+        r.kill()
     ctl.close()
 
 
