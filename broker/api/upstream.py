@@ -60,7 +60,8 @@ class Response:
         """The body as it arrives; the connection returns to the pool when it was all read."""
         r = self.conn.reader
         try:
-            if self.no_body:  # HEAD, 1xx, 204, 304: nothing to read
+            if self.no_body:  # HEAD, 1xx, 204, 304: nothing to read, the connection is reusable
+                self._done = True
                 return
             if self.chunked:
                 while True:
