@@ -18,6 +18,7 @@ job goes back to PENDING; the Attempt row of the current attempt follows the job
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, Mapping, Sequence
 
@@ -109,12 +110,9 @@ def transition(
     if message:
         values.setdefault("message", message)
 
-    res = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.version == expected_version)
-        .values(status=to.value, version=Job.version + 1, **values)
-        .execution_options(synchronize_session=False)
-    )
+    res = session.execute(_cas_update(frozenset(values)),
+                          {"cas_id": job.id, "cas_version": expected_version, "cas_status": to.value,
+                           **{f"cas_{k}": v for k, v in values.items()}})
     if res.rowcount != 1:
         return False
 
@@ -126,6 +124,17 @@ def transition(
     for k, v in {"status": to.value, "version": expected_version + 1, **values}.items():
         set_committed_value(job, k, v)
     return True
+
+
+@functools.lru_cache(maxsize=64)
+def _cas_update(columns: frozenset[str]):
+    """The compare-and-set UPDATE setting these columns, built once per set of columns (the
+    loop runs thousands per tick; building the statement cost more than executing it)."""
+    return (update(Job)
+            .where(Job.id == bindparam("cas_id"), Job.version == bindparam("cas_version"))
+            .values(status=bindparam("cas_status"), version=Job.version + 1,
+                    **{k: bindparam(f"cas_{k}") for k in sorted(columns)})
+            .execution_options(synchronize_session=False))
 
 
 def requeue_or_fail(
@@ -140,6 +149,7 @@ def requeue_or_fail(
     """
     losses = 0
     if job.status == S.LOST.value:
+        session.flush()  # the attempt just marked LOST counts (the loop writes with autoflush off)
         losses = session.execute(select(func.count()).select_from(Attempt).where(
             Attempt.job_id == job.id, Attempt.status == S.LOST.value)).scalar_one()
         losses = max(losses, 1)  # this attempt, even where its row is missing
@@ -165,7 +175,10 @@ def _follow_attempt(session: Session, job: Job, frm: JobStatus, to: JobStatus, t
                     values: Mapping[str, Any], message: str) -> None:
     """Keep the current attempt's row in step: created at admission, closed when it ends."""
     if to is S.ADMITTED:
-        session.merge(Attempt(job_id=job.id, number=job.attempt, status=to.value, admitted_at=t))
+        # A new row, never an existing one: a job's attempt number grows each time it goes
+        # back to PENDING, so no row of (job, attempt) exists when it is admitted (an add goes
+        # out batched at the flush; a merge would first SELECT the row).
+        session.add(Attempt(job_id=job.id, number=job.attempt, status=to.value, admitted_at=t))
         return
     if frm not in HOLDING:
         return  # PENDING -> CANCELLED/FAILED: no attempt ran

@@ -42,6 +42,7 @@ from broker.services.checkpoints import last_checkpoint
 from broker.services import jobdata
 from broker.services.leadership import Leadership
 from broker.services.secrets import SecretService
+from broker.services.pending_cache import PendingCache
 from broker.services.snapshot import RATIO_WINDOW, build_snapshot, lookback_start, runtime_ratio
 from broker.settings import Settings
 from scheduler import run_cycle
@@ -57,8 +58,12 @@ DEAD_REASON = EXECUTOR_REASON + "the executor reports the node dead"
 # requeued job does not land on it again and get lost twice.
 RATIO_REFRESH_S = 60.0  # projects' runtime ratios are re-learned this often
 RATIO_LOOKBACK_S = 30 * 86400.0  # ... from attempts that ended within this window
-LAST_SEEN_EVERY_S = 15.0
-REASON_REFRESH_S = 5.0  # a pending job's numbers (position, estimate, message) are rewritten at most this often  # how often a running attempt's last_seen_at is written (at most)
+LAST_SEEN_EVERY_S = 15.0  # how often a running attempt's last_seen_at is written (at most)
+REASON_REFRESH_S = 5.0  # a pending job's numbers (position, estimate, message) are rewritten at most this often
+# ... and at most this many such rewrites per tick, the longest unwritten first: on a queue of
+# 10,000 jobs every position moves at every tick, and rewriting all of them cost more than the
+# cycle (a new code or note is always written at once; it is news, not a moving number)
+REASON_REFRESH_PER_TICK = 1000
 FENCE_FRESH_S = 1.0  # a launch trusts the fenced "still ADMITTED" read for this long
 LOST_REASON = EXECUTOR_REASON + "a running worker was lost on this node"
 
@@ -103,6 +108,8 @@ class SchedulingLoop:
         # transaction (the checkpoint root may be a network filesystem) and used by `schedule`
         self._checkpoint_times: dict[str, float] = {}
         self._reason_written: dict[str, float] = {}  # job id -> when its pending reason was last written
+        self._queue = PendingCache()  # the PENDING rows between ticks, re-read when their version moves
+        self._scheduled_at = float("-inf")  # monotonic time of the last schedule step
         self._lock = threading.Lock()  # one tick at a time, whoever calls it
         self.last_cycle: CycleResult | None = None
         self.last_report: TickReport | None = None
@@ -183,6 +190,11 @@ class SchedulingLoop:
                 log.warning("status of %s/%s failed: %s", job.id, job.attempt, e)
         after: list[Callable[[], None]] = []
         with self._session() as s:
+            # Every row the pass reads, in a few SELECTs; and no autoflush: what the pass changes
+            # (attempts, ledger rows, events) goes out batched at the commit, not row by row
+            # before each compare-and-set UPDATE.
+            s.autoflush = False
+            repo.preload(s, [(job.id, job.attempt) for job, _ in seen])
             for job, st in seen:
                 self._observe_one(s, job, st, rep, after)
             s.commit()
@@ -400,10 +412,20 @@ class SchedulingLoop:
 
     # ------------------------------------------------------------------ 3. schedule
     def schedule(self, rep: TickReport) -> CycleResult | None:
+        if time.monotonic() - self._scheduled_at > self._queue.max_age_s:
+            self._queue.clear()  # not scheduling for a while (a follower): another leader wrote
+        self._scheduled_at = time.monotonic()
+        try:
+            return self._schedule(rep)
+        except BaseException:
+            self._queue.clear()  # what it holds may not be what the database has now
+            raise
+
+    def _schedule(self, rep: TickReport) -> CycleResult | None:
         now = self.clock()
         with self._session() as s:
             holding = repo.holding_jobs(s)
-            pending = repo.pending_jobs(s)
+            pending = self._queue.load(s)
             if not pending:
                 return None
             projects = repo.projects(s)
@@ -415,6 +437,7 @@ class SchedulingLoop:
                 pending=pending, ledger=repo.ledger_since(s, lookback_start(now, self.policy.fair_share_half_life_s)),
                 runtime_ratios=self._runtime_ratios(s, now), checkpoints=self._checkpoint_times,
                 preemptions=repo.preemption_counts(s, [j.id for j in holding if j.attempt > 1]),
+                cached=self._queue.converted,
             )
             t0 = time.perf_counter()
             result = run_cycle(snap, now, self.policy)
@@ -442,6 +465,7 @@ class SchedulingLoop:
                         event_details={"placements": [{"rank": p.rank, "node": p.node, "gpus": list(p.gpu_indices)}
                                                       for p in adm.placements], "borrowing": adm.borrowing}):
                     continue
+                self._queue.left_queue(job.id)
                 for p in adm.placements:
                     s.add(Placement(job_id=job.id, attempt=job.attempt, rank=p.rank, node_id=p.node,
                                     gpu_indices=list(p.gpu_indices)))
@@ -462,25 +486,29 @@ class SchedulingLoop:
             s.autoflush = True
             # Reasons are written only when they change, in one statement; a change of the code
             # or a new note at once, of the numbers (message, details, position, estimate) at most
-            # every REASON_REFRESH_S per job: on a deep queue every position moves at every tick, and
-            # rewriting thousands of rows per second cost more than the cycle itself.
-            changed = []
+            # every REASON_REFRESH_S per job and for at most REASON_REFRESH_PER_TICK jobs a tick,
+            # those written longest ago first: on a deep queue every position moves at every
+            # tick, and rewriting thousands of rows a tick cost more than the cycle itself.
+            changed, due = [], []
             refreshed = self._reason_written
             for jid, why in result.pending.items():
                 job = by_id.get(jid)
                 if job is None:
                     continue
                 note = self.pending_note(jid) if self.pending_note is not None else None
-                if job.pending_code == why.code.value and now - refreshed.get(jid, float("-inf")) < REASON_REFRESH_S \
-                        and (not note or f"({note})" in (job.pending_message or "")):
-                    continue  # (a new note, e.g. "scaling up", is news too: written at once)
-                details = _plain(why.details)
-                message = f"{why.message} ({note})" if note else why.message
-                if (job.pending_code, job.pending_message, job.queue_position, job.estimated_start, job.pending_details) != \
-                        (why.code.value, message, why.queue_position, why.estimated_start, details):
-                    changed.append({"job_id": jid, "code": why.code.value, "message": message, "details": details,
-                                    "queue_position": why.queue_position, "estimated_start": why.estimated_start})
-                    refreshed[jid] = now
+                news = job.pending_code != why.code.value or bool(note and f"({note})" not in (job.pending_message or ""))
+                last = refreshed.get(jid, float("-inf"))
+                if news:  # (a new note, e.g. "scaling up", is news too: written at once)
+                    changed.append(self._reason_row(job, why, note))
+                elif now - last >= REASON_REFRESH_S:
+                    due.append((last, jid, job, why, note))
+            due.sort(key=lambda d: (d[0], d[1]))
+            for _, jid, job, why, note in due[:REASON_REFRESH_PER_TICK]:
+                changed.append(self._reason_row(job, why, note))
+                refreshed[jid] = now  # looked at: unchanged rows wait their turn too
+            changed = [r for r in changed if r is not None]
+            for r in changed:
+                refreshed[r["job_id"]] = now
             if len(refreshed) > 2 * len(result.pending) + 1000:  # forget jobs that left the queue
                 self._reason_written = {j: t for j, t in refreshed.items() if j in result.pending}
             for job, code, message, details in capped.values():
@@ -491,6 +519,7 @@ class SchedulingLoop:
             if rep.admitted:
                 failpoints.hit("before_admit_commit")
             s.commit()
+        self._queue.reasons_written(changed)
         if rep.admitted:
             failpoints.hit("after_admit_commit")
         if victims:
@@ -499,6 +528,17 @@ class SchedulingLoop:
             self._stop_attempt(key, why or "preempted", reason="preempted", grace_s=grace_s)
         self.last_cycle = result
         return result
+
+    @staticmethod
+    def _reason_row(job: Job, why, note: str | None) -> dict | None:
+        """The pending reason to write for `job`, or None when the row already says it."""
+        details = _plain(why.details)
+        message = f"{why.message} ({note})" if note else why.message
+        if (job.pending_code, job.pending_message, job.queue_position, job.estimated_start, job.pending_details) == \
+                (why.code.value, message, why.queue_position, why.estimated_start, details):
+            return None
+        return {"job_id": job.id, "code": why.code.value, "message": message, "details": details,
+                "queue_position": why.queue_position, "estimated_start": why.estimated_start}
 
     # ------------------------------------------------------------------ 4. launch
     def _launch_failed(self, job: Job, e: Exception) -> None:
@@ -573,11 +613,10 @@ class SchedulingLoop:
         if launched:
             now = self.clock()
             with self._session() as s:
-                ids = [j.id for j in launched]
-                rows = {r.id: r for k in range(0, len(ids), 500)
-                        for r in s.execute(select(Job).where(Job.id.in_(ids[k:k + 500]))).scalars()}
+                s.autoflush = False
+                repo.preload(s, [(j.id, j.attempt) for j in launched])
                 for job in launched:
-                    row = rows.get(job.id)
+                    row = s.get(Job, job.id)
                     if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
                         jobstate.transition(s, row, S.STARTING, expected_version=row.version, now=now)
                 s.commit()

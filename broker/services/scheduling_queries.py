@@ -99,6 +99,21 @@ def ledger_since(session: Session, since: float) -> Sequence[Ledger]:
     ).scalars().all()
 
 
+def preload(session: Session, keys: Sequence[tuple[str, int]]) -> None:
+    """Load the jobs, current attempts, placements and ledger rows of these (job id, attempt)
+    keys into the session's identity map, a few SELECTs per 500 keys: the pass that follows
+    finds them with `session.get` instead of one SELECT per row and job."""
+    keys = list(keys)
+    # The identity map holds its objects weakly: the rows are kept alive with the session.
+    held = session.info.setdefault("preloaded", [])
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i + 500]
+        ids = [k[0] for k in chunk]
+        held += session.execute(select(Job).where(Job.id.in_(ids))).scalars().all()
+        for model, num in ((Attempt, Attempt.number), (Placement, Placement.attempt), (Ledger, Ledger.attempt)):
+            held += session.execute(select(model).where(tuple_(model.job_id, num).in_(chunk))).scalars().all()
+
+
 def open_ledger(session: Session, job_id: str, attempt: int) -> Ledger | None:
     return session.get(Ledger, (job_id, attempt))
 

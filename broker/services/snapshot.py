@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from broker.models import Department as DepartmentRow
 from broker.models import Job as JobRow
@@ -162,12 +162,15 @@ def build_snapshot(
     pending: Sequence[JobRow], ledger: Sequence[Ledger],
     runtime_ratios: Mapping[str, float] | None = None, checkpoints: Mapping[str, float] | None = None,
     preemptions: Mapping[str, int] | None = None,
+    cached: Callable[[JobRow, Callable[[JobRow], Job]], Job] | None = None,
 ) -> Snapshot:
     """Rows in, Snapshot out. Jobs that hold resources become `Running` with their placements;
     a holding job without placements (should not happen) is skipped rather than guessed.
     `runtime_ratios`: per project (default 1.0); `checkpoints`: job id -> time of its newest
     checkpoint (only read for checkpointable jobs); `preemptions`: job id -> its preempted
-    attempts (running jobs; spares a job preempted often from innovation reclaims)."""
+    attempts (running jobs; spares a job preempted often from innovation reclaims);
+    `cached(row, convert)`: the pending rows' conversion kept between ticks (not used for a job
+    that mounts data: where the data is depends on the nodes of the moment)."""
     runtime_ratios, checkpoints, preemptions = runtime_ratios or {}, checkpoints or {}, preemptions or {}
     models_by_pool: dict[str, list[str]] = defaultdict(list)
     for n in nodes:
@@ -192,6 +195,12 @@ def build_snapshot(
                 runtime_ratio=runtime_ratios.get(p.id, 1.0))
         for p in projects
     )
+    def pending_job(j: JobRow) -> Job:
+        return to_job(j, pool_nodes, now=now)
+
+    def convert(j: JobRow) -> Job:
+        return pending_job(j) if cached is None or getattr(j, "mounts", None) else cached(j, pending_job)
+
     running = []
     for j in holding:
         pls = placements.get((j.id, j.attempt), ())
@@ -207,5 +216,5 @@ def build_snapshot(
         nodes=tuple(to_node(n) for n in nodes),
         pools=tuple(Pool(p.name, WorkloadClass(p.workload_class), p.lend_to_innovation) for p in pools),
         departments=deps, projects=projs, running=tuple(running),
-        pending=tuple(to_job(j, pool_nodes, now=now) for j in pending if j.status == JobStatus.PENDING.value),
+        pending=tuple(convert(j) for j in pending if j.status == JobStatus.PENDING.value),
     )
