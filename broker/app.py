@@ -24,7 +24,7 @@ from broker.api import jobs as job_routes
 from broker.api import observability as observability_routes
 from broker.api import reports as report_routes
 from broker.api import services as service_routes
-from broker.api.svc_proxy import ServiceProxy
+from broker.api.svc_proxy import PREFIX as SVC_PREFIX, ServiceProxy
 
 from broker.api import ops as ops_routes
 from broker.api import telemetry as telemetry_routes
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
             if own_engine:
                 engine.dispose()
 
-    app = FastAPI(title="Compute Broker", version="0.1.0", lifespan=lifespan,
+    app = BrokerApp(ServiceProxy(services=services, max_body_bytes=settings.max_body_bytes), title="Compute Broker", version="0.1.0", lifespan=lifespan,
                   default_response_class=JSON, docs_url=None, redoc_url=None,  # docs_routes: no CDN
                   description="Queue, quotas, fair share and preemption for GPU jobs on Ray.")
     app.state.services = services
@@ -94,6 +94,21 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
         app.include_router(router)
     app.add_middleware(observability_routes.HttpMetrics, metrics=services.overview.process,
                        static_paths=frozenset(r.path for rt in ROUTERS for r in rt.routes if "{" not in r.path))
-    # outermost: a service's entry point (/svc/...) skips routing and the API's middleware
-    app.add_middleware(ServiceProxy, services=services, max_body_bytes=settings.max_body_bytes)
     return app
+
+
+class BrokerApp(FastAPI):
+    """FastAPI, except that a service's entry point (`/svc/...`) goes straight to the service
+    proxy: it skips FastAPI's own layers (telemetry hooks, error and exception middleware), the
+    API's middleware (metrics, body and shape checks, the API's rate limiter: the proxy has its
+    own limits) and routing. These layers cost more CPU than the proxy itself (`broker bench
+    service`); the proxy answers its own errors (a code, never a traceback)."""
+
+    def __init__(self, entry: ServiceProxy, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._entry = entry
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(SVC_PREFIX):
+            return await self._entry(scope, receive, send)
+        await super().__call__(scope, receive, send)

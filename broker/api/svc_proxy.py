@@ -21,11 +21,13 @@ responses stream.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import Any
 
 import orjson
+from anyio import to_thread
 
 from broker.api.upstream import CHUNK, ConnectFailed, NoAnswer, Pool, UpstreamTimeout
 from broker.errors import BrokerError
@@ -35,23 +37,33 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailer",
                  b"trailers", b"transfer-encoding", b"upgrade", b"host", b"authorization", b"x-service-key",
                  b"content-length", b"cookie"})
+# not passed back from the replica either (as nginx): the server adds its own Date and Server
+RESP_DROP = HOP | {b"date", b"server"}
 ATTEMPTS = 3
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _JSON = [(b"content-type", b"application/json")]
+log = logging.getLogger("broker.svc_proxy")
 
 
 class ServiceProxy:
-    def __init__(self, app, *, services: Any, max_body_bytes: int) -> None:
-        self.app, self.services, self.max_body = app, services, max_body_bytes
+    """The ASGI app of `/svc/...` (`broker.app.BrokerApp` sends those requests here before
+    FastAPI's own stack: no routing, no middleware, no telemetry hooks)."""
+
+    def __init__(self, *, services: Any, max_body_bytes: int) -> None:
+        self.services, self.max_body = services, max_body_bytes
         self._pools: dict[int, Pool] = {}
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith(PREFIX):
-            return await self.app(scope, receive, send)
         try:
             await self._proxy(scope, receive, send)
-        except BrokerError as e:
+        except BrokerError as e:  # raised before the answer starts (lookup, auth, body)
             await _answer(send, e.status, e.body(), list(e.headers.items()))
+        except Exception:  # what FastAPI's error middleware did: a 500 with a code, never a traceback
+            log.exception("service entry point failed: %s", scope.get("path"))
+            try:
+                await _error(send, 500, "INTERNAL", "internal error; see the broker log")
+            except Exception:  # the answer had started: the client sees it cut
+                pass
 
     def _pool(self) -> Pool:
         """One pool per event loop (a test client runs its own)."""
@@ -77,6 +89,10 @@ class ServiceProxy:
                 key = v.decode("latin-1")
             elif k not in HOP:
                 fwd.append((k, v))
+        if rt.refresh_due():  # the routing table, read beside the requests (never on the event loop)
+            refresh = asyncio.ensure_future(to_thread.run_sync(rt.refresh))
+            if not rt.loaded():
+                await refresh
         target = await mgr.resolve(project, name)
         await mgr.authorize_call(target, auth, key, svc.authn)
         body = await self._body(receive)
@@ -132,7 +148,7 @@ class ServiceProxy:
             m.code(resp.status)
             if resp.status >= 500:
                 m.error("5xx")
-            headers = [(k, v) for k, v in resp.headers if k not in HOP]
+            headers = [(k, v) for k, v in resp.headers if k not in RESP_DROP]
             if resp.length is not None:
                 headers.append((b"content-length", str(resp.length).encode()))
             try:

@@ -190,6 +190,33 @@ def test_the_entry_point_needs_a_token_or_a_service_key(client, anon):
     assert anon.get(f"/svc/ouh-liver/{svc['name']}/", headers={"X-Service-Key": key}).status_code == 401
 
 
+def test_the_entry_points_caches_never_outlive_a_revocation_or_a_removed_role(app, client):
+    """The entry point remembers an allowed caller and a service briefly; a token revoked here,
+    a membership removed here, or a deleted service take effect at the next request."""
+    uid = "u-" + uuid.uuid4().hex[:8]
+    assert client.post("/api/v1/admin/users", json={"id": uid}).status_code == 201
+    assert client.post("/api/v1/projects/ouh-liver/members", json={"user": uid, "role": "member"}).status_code == 201
+    t1 = client.post("/api/v1/admin/tokens", json={"name": uid, "user": uid}).json()
+    t2 = client.post("/api/v1/admin/tokens", json={"name": uid + "-2", "user": uid}).json()
+    svc = client.post("/api/v1/services", json=body()).json()
+    url = f"/svc/ouh-liver/{svc['name']}/"
+    with TestClient(app, headers={"Authorization": f"Bearer {t1['token']}"}) as c1, \
+            TestClient(app, headers={"Authorization": f"Bearer {t2['token']}"}) as c2:
+        assert c1.get(url).status_code == 503 and c2.get(url).status_code == 503  # allowed: no replica yet
+        assert client.delete(f"/api/v1/tokens/{t1['id']}").status_code == 200
+        r = c1.get(url)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+        assert client.delete(f"/api/v1/projects/ouh-liver/members/{uid}?role=member").status_code == 204
+        r = c2.get(url)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "SERVICE_NOT_FOUND"
+    assert client.delete(f"/api/v1/services/{svc['id']}").status_code == 200
+    r = client.get(url)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "SERVICE_NOT_FOUND"
+    for _ in range(3):  # an unknown name: 404 every time (the miss is cached, the answer the same)
+        r = client.get("/svc/ouh-liver/no-such-service/x")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "SERVICE_NOT_FOUND"
+
+
 # ------------------------------------------------------------------ protection
 def test_an_operation_services_min_replicas_are_not_preemptible(client, app, engine, ctl):
     svc = client.post("/api/v1/services", json=body(project="ouh-radiology", **{"class": "operation"},
