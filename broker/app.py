@@ -78,9 +78,10 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
             if own_engine:
                 engine.dispose()
 
-    app = BrokerApp(ServiceProxy(services=services, max_body_bytes=settings.max_body_bytes), title="Compute Broker", version="0.1.0", lifespan=lifespan,
-                  default_response_class=JSON, docs_url=None, redoc_url=None,  # docs_routes: no CDN
-                  description="Queue, quotas, fair share and preemption for GPU jobs on Ray.")
+    entry = ServiceProxy(services=services, max_body_bytes=settings.service_max_body_bytes)
+    app = BrokerApp(entry, title="Compute Broker", version="0.1.0", lifespan=lifespan,
+                    default_response_class=JSON, docs_url=None, redoc_url=None,  # docs_routes: no CDN
+                    description="Queue, quotas, fair share and preemption for GPU jobs on Ray.")
     app.state.services = services
     install_handlers(app)
     if settings.submit_fast_path:  # inside BodyLimit: the hot submit skips routing and dependencies

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # an unknown field is refused at start.
     scheduling_policy_overrides: dict[str, float | bool | int | None] = {}
     max_body_bytes: int = 256 * 1024
+    # A service entry point's request body limit (/svc/...: bodies above 64 KiB stream to the replica).
+    service_max_body_bytes: int = 1024 * 1024 * 1024
     page_size_max: int = 500  # command/env limits live in broker.schemas (they are in the OpenAPI doc)
 
     token_cache_ttl_s: float = 30.0

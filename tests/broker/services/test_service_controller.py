@@ -7,7 +7,11 @@ the clock and the scheduler ticks are driven by the test. On SQLite and PostgreS
 
 from __future__ import annotations
 
+import hashlib
+import socket
 import threading
+import time
+import tracemalloc
 import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +60,26 @@ class Replica:
             def do_POST(self):  # echoes the body and the headers the replica got
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) + b"|" + ",".join(sorted(k.lower() for k in self.headers)).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_PUT(self):  # reads the body in pieces (either framing): its length and sha256
+                h, n = hashlib.sha256(), 0
+                if self.headers.get("Content-Length") is not None:
+                    left = int(self.headers["Content-Length"])
+                    while left:
+                        data = self.rfile.read(min(65536, left))
+                        h.update(data)
+                        n, left = n + len(data), left - len(data)
+                else:  # chunked
+                    while (size := int(self.rfile.readline().strip(), 16)):
+                        h.update(self.rfile.read(size))
+                        self.rfile.readline()
+                        n += size
+                    self.rfile.readline()
+                body = f"{n} {h.hexdigest()}".encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -153,6 +177,80 @@ def test_two_replicas_serve_and_requests_are_spread(client, world):
     assert f'broker_service_requests_total{{code="200",{labels}}} 21.0' in text.replace(
         f'{{{labels},code="200"}}', f'{{code="200",{labels}}}'), [x for x in text.splitlines() if svc["name"] in x][:5]
     assert f"broker_service_request_duration_seconds_count{{{labels}}} 21.0" in text
+
+
+@pytest.fixture
+def http_server(app):
+    """The app behind a real HTTP server (uvicorn in a thread): what a client of the entry point
+    talks to, with the server's own flow control."""
+    import uvicorn
+
+    from broker.adapters.ray.local import free_port
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield port
+    server.should_exit = True
+    t.join(10)
+
+
+def _upload(port: int, path: str, token: str, size: int, *, chunked: bool, declared: int | None = None) -> bytes:
+    """PUT `size` bytes made on the fly (never all in memory); the raw answer."""
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {declared or size}"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer {token}\r\n{framing}\r\n"
+                     f"Connection: close\r\n\r\n".encode())
+        if declared is None:
+            sent = 0
+            while sent < size:
+                n = min(65536, size - sent)
+                piece = bytes([sent // 65536 % 251]) * n
+                sock.sendall(b"%x\r\n" % n + piece + b"\r\n" if chunked else piece)
+                sent += n
+            if chunked:
+                sock.sendall(b"0\r\n\r\n")
+        out = b""
+        while (data := sock.recv(65536)):
+            out += data
+    return out
+
+
+BIG = 20 * 1024 * 1024
+
+
+def _digest(size: int) -> str:
+    h = hashlib.sha256()
+    for sent in range(0, size, 65536):
+        h.update(bytes([sent // 65536 % 251]) * min(65536, size - sent))
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_body_streams_through_the_entry_point_in_bounded_memory(client, world, http_server, admin_token,
+                                                                         chunked):
+    ctl, clock, servers, step = world
+    svc = _deploy(client)
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    url = f"/svc/ouh-liver/{svc['name']}/upload"
+    tracemalloc.start()
+    try:
+        out = _upload(http_server, url, admin_token, BIG, chunked=chunked)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.startswith(b"HTTP/1.1 200"), out[:300]
+    assert out.split(b"\r\n\r\n", 1)[1] == f"{BIG} {_digest(BIG)}".encode()
+    # the whole process (server, proxy, replica, client) held at most a few chunks of the 20 MB
+    assert peak < 6 * 1024 * 1024, peak
+    # a body the service limit refuses is refused before anything is read or sent
+    out = _upload(http_server, url, admin_token, 0, chunked=False, declared=2 * 1024 ** 3)
+    assert out.startswith(b"HTTP/1.1 413") and b"PAYLOAD_TOO_LARGE" in out, out[:300]
 
 
 def test_a_dead_replica_leaves_rotation_and_is_replaced(client, world, fake_executor, engine):
