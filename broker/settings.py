@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     image_allow_prefixes: list[str] = ["localhost/"]
     rate_limit_per_s: float = 1500.0
     rate_limit_burst: int = 3000
+    # The service entry point's default per-caller limit (a token or API key, per service; a
+    # service's `rate_limit` overrides it and may add a limit for the whole service; 0 disables).
+    service_rate_limit_per_caller_per_s: float = 1500.0
+    service_rate_limit_per_caller_burst: int = 3000
     security_trusted_proxies: list[str] = []
     oidc_issuer: str = ""
     oidc_audience: str = ""

@@ -8,7 +8,9 @@ reuses the broker's tokens, roles and metrics, and listens on no port of its own
 clash with the broker's port). Its HTTP client is `broker.api.upstream` (keep-alive pools).
 
 Per request: authenticate (a bearer token with a role in the service's project, or one of the
-service's API keys in `X-Service-Key`; a foreign caller gets 404 like a missing service), pick
+service's API keys in `X-Service-Key`; a foreign caller gets 404 like a missing service), apply
+the service's rate limits (per caller, then for the whole service: 429 RATE_LIMITED with
+Retry-After; the API's own limiter does not see these requests), pick
 the ready replica with the fewest requests in flight, forward with the service's timeout,
 stream the response back. A replica that refuses the connection is marked down and the request
 goes to another one (it never reached the first, so any method may be retried); an idempotent
@@ -32,6 +34,7 @@ from typing import Any
 import orjson
 from anyio import to_thread
 
+from broker.auth.ratelimit import TokenBucketLimiter
 from broker.api.upstream import CHUNK, ConnectFailed, NoAnswer, Pool, UpstreamTimeout
 from broker.errors import BrokerError
 
@@ -53,8 +56,10 @@ class ServiceProxy:
     """The ASGI app of `/svc/...` (`broker.app.BrokerApp` sends those requests here before
     FastAPI's own stack: no routing, no middleware, no telemetry hooks)."""
 
-    def __init__(self, *, services: Any, max_body_bytes: int) -> None:
+    def __init__(self, *, services: Any, max_body_bytes: int, limiter: TokenBucketLimiter | None = None) -> None:
+        """`limiter`: the buckets of the services' rate limits (each check gives its own rate)."""
         self.services, self.max_body = services, max_body_bytes
+        self.limiter = limiter or TokenBucketLimiter(1.0, 1.0)
         self._pools: dict[int, Pool] = {}
 
     async def __call__(self, scope, receive, send):
@@ -103,7 +108,15 @@ class ServiceProxy:
             if not rt.loaded():
                 await refresh
         target = await mgr.resolve(project, name)
-        await mgr.authorize_call(target, auth, key, svc.authn)
+        caller = await mgr.authorize_call(target, auth, key, svc.authn)
+        lim = target.limits
+        if lim.per_caller_per_s is not None or lim.per_s is not None:
+            refused = self._limit(target, caller)
+            if refused is not None:
+                m = rt.metrics_for(target.project, target.name)
+                m.error("rate_limited")
+                m.code(429)
+                return await _answer(send, 429, *refused)
         if declared is not None and declared > self.max_body:
             raise _too_large(self.max_body)
         body, more = await self._body_start(receive, declared)
@@ -184,6 +197,27 @@ class ServiceProxy:
         m.code(503)
         return await _error(send, 503, "NO_READY_REPLICA", f"service {project}/{name} has no ready replica now"
                             + (f" (tried {len(tried)})" if tried else ""))
+
+    def _limit(self, target, caller: str) -> tuple[dict, list[tuple[str, str]]] | None:
+        """None when the caller may go on; else the 429 body and headers. The caller's own limit
+        first (a greedy caller is refused there without draining the service's bucket), then
+        the service's."""
+        lim = target.limits
+        for scope, key, rate, burst in (("caller", (target.id, caller), lim.per_caller_per_s, lim.per_caller_burst),
+                                        ("service", target.id, lim.per_s, lim.burst)):
+            if rate is None:
+                continue
+            d = self.limiter.check(key, rate=rate, burst=burst)
+            if not d.allowed:
+                who = "this caller of " if scope == "caller" else ""
+                return ({"error": {"code": "RATE_LIMITED",
+                                   "message": f"too many requests to {who}service {target.project}/{target.name} "
+                                              f"(limit {rate:g}/s, burst {burst:g}); retry in "
+                                              f"{d.retry_after_header} s",
+                                   "details": {"scope": scope, "limit_per_s": rate, "burst": burst,
+                                               "retry_after_s": round(d.retry_after_s, 3)}}},
+                        [("retry-after", d.retry_after_header)])
+        return None
 
     async def _body_start(self, receive, declared: int | None) -> tuple[bytes, bool]:
         """The body when it is small (at most STREAM_ABOVE bytes: read whole, so it can be

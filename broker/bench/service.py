@@ -150,8 +150,10 @@ def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 50
 
     work = Path(keep_dir or tempfile.mkdtemp(prefix="bench-service-"))
     port = free_port()
+    # the entry point's per-caller limit set where no run reaches it (the limiter stays on the path)
     settings = Settings(data_dir=work / "broker", port=port, allow_process_runtime=True, cycle_interval_s=0.25,
-                        grace_period_s=2.0)
+                        grace_period_s=2.0, service_rate_limit_per_caller_per_s=1e7,
+                        service_rate_limit_per_caller_burst=10_000_000)
     settings.ensure_data_dir()
     migrate(settings)
     engine = make_engine(settings)

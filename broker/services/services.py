@@ -55,6 +55,27 @@ class Target:
     ref: Ref
     key_hashes: frozenset[str]
     timeout_s: float
+    limits: "Limits"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The entry point's rate limits of one service (None: unlimited)."""
+
+    per_s: float | None = None
+    burst: float = 1.0
+    per_caller_per_s: float | None = None
+    per_caller_burst: float = 1.0
+
+
+def _limits(spec: dict, default: tuple[float, float] | None) -> Limits:
+    """The spec's `rate_limit` over the broker's per-caller default (rate, burst; None: none)."""
+    per_s, caller = spec.get("per_s"), spec.get("per_caller_per_s")
+    caller_burst = spec.get("per_caller_burst")
+    if caller is None and default is not None:
+        caller, caller_burst = default[0], caller_burst or default[1]
+    return Limits(per_s=per_s, burst=float(spec.get("burst") or max(1.0, per_s or 1.0)),
+                  per_caller_per_s=caller, per_caller_burst=float(caller_burst or max(1.0, 2 * (caller or 1.0))))
 
 
 # fields of a prepared job row that each replica sets itself
@@ -73,14 +94,17 @@ def not_found(service_id: str) -> NotFound:
 
 class ServiceManager:
     def __init__(self, engine, authz: Authz, jobs: JobService, *, wakeup: Wakeup | None = None,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, caller_limit: tuple[float, float] | None = None) -> None:
+        """`caller_limit`: the entry point's default per-caller (rate per s, burst) where a
+        service sets none (None: no default limit)."""
         self.engine, self.authz, self.jobs, self.clock = engine, authz, jobs, clock
+        self.caller_limit = caller_limit
         self.wakeup = wakeup or Wakeup()
         self._targets: dict[tuple[str, str], tuple[Target | None, float]] = {}  # None: no such service
         self._loading: dict[tuple[str, str], asyncio.Future] = {}
         self._gen = 0  # bumped by every change here: a read that started before it is not stored
-        # (authorization, service id) -> (until, token expiry, authn + authz generation)
-        self._allowed: dict[tuple[str | None, str], tuple[float, float | None, int]] = {}
+        # (authorization, service id) -> (until, token expiry, authn + authz generation, caller)
+        self._allowed: dict[tuple[str | None, str], tuple[float, float | None, int, str]] = {}
 
     # ------------------------------------------------------------------ the proxy's side
     async def resolve(self, project: str, name: str) -> Target:
@@ -127,30 +151,35 @@ class ServiceManager:
             if svc is None or svc.status == ServiceStatus.DELETING.value:
                 raise not_found(f"{project}/{name}")
             rev = repo.revision(s, svc.id, svc.revision)
-            timeout = float((rev.spec if rev else {}).get("request_timeout_s", 60.0))
-            return Target(svc.id, svc.project_id, svc.name, self.ref(svc), frozenset(svc.api_key_hashes or ()), timeout)
+            spec = rev.spec if rev else {}
+            timeout = float(spec.get("request_timeout_s", 60.0))
+            return Target(svc.id, svc.project_id, svc.name, self.ref(svc), frozenset(svc.api_key_hashes or ()), timeout,
+                          _limits(spec.get("rate_limit") or {}, self.caller_limit))
 
-    async def authorize_call(self, target: Target, authorization: str | None, key: str | None, authn) -> None:
+    async def authorize_call(self, target: Target, authorization: str | None, key: str | None, authn) -> str:
         """One of the service's API keys, or a user token with a role in its project (a foreign
-        caller gets 404, like a missing service). An allowed (token, service) pair is remembered
-        for TARGET_TTL_S (role changes in another process show within that), but never past the
-        token's own expiry nor past a revocation or a role change in this process (`generation`)."""
+        caller gets 404, like a missing service); the caller's name for rate limits ("key:..."
+        or "token:<id>"). An allowed (token, service) pair is remembered for TARGET_TTL_S (role
+        changes in another process show within that), but never past the token's own expiry
+        nor past a revocation or a role change in this process (`generation`)."""
         if key:
             h = _key_hash(key)
             if any(hmac.compare_digest(h, k) for k in target.key_hashes):
-                return
+                return "key:" + h[:16]
             if not authorization:
                 raise Unauthorized("this API key is not valid for this service", code="UNAUTHORIZED")
         now = time.monotonic()
         gen = authn.generation + self.authz.generation
         hit = self._allowed.get((authorization, target.id))
         if hit is not None and hit[0] > now and hit[2] == gen and (hit[1] is None or time.time() < hit[1]):
-            return
+            return hit[3]
         principal = await authn.user(authorization)
         self.authz.require(principal, Action.JOB_READ, target.ref, hidden=not_found(f"{target.project}/{target.name}"))
         if len(self._allowed) > 10_000:
             self._allowed.clear()
-        self._allowed[(authorization, target.id)] = (now + TARGET_TTL_S, principal.expires_at, gen)
+        caller = "token:" + principal.token_id
+        self._allowed[(authorization, target.id)] = (now + TARGET_TTL_S, principal.expires_at, gen, caller)
+        return caller
 
     def create_key(self, *, principal: Principal, service_id: str) -> dict:
         """A new per-service API key for clinical systems (shown once; only its hash is kept)."""
@@ -269,9 +298,12 @@ class ServiceManager:
             spec_json = dict(cur.spec)
             fields = change.model_dump(exclude_none=True, mode="json")
             replicas = fields.pop("replicas", None)
+            limits = fields.pop("rate_limit", None)
             new_spec = {**spec_json, **fields}
             if replicas is not None:
                 new_spec["replicas"] = replicas
+            if limits is not None:
+                new_spec["rate_limit"] = limits
             try:
                 spec = ServiceCreate.model_validate(new_spec)
             except Exception as e:  # pydantic ValidationError: the combined spec is refused
@@ -297,10 +329,14 @@ class ServiceManager:
                 svc.failures, svc.next_start_at = 0, None
                 add_event(s, svc.id, "revision", f"revision {number}: {', '.join(sorted(fields))} changed; "
                           "rolling out one replica at a time", {"revision": number, "fields": sorted(fields)}, now=now)
-            elif replicas is not None:
-                # keep the stored spec's replica bounds in step without a new revision
+            if limits is not None:
+                add_event(s, svc.id, "rate_limit", "entry point limits changed",
+                          spec.rate_limit.model_dump(mode="json"), now=now)
+            if not new_revision and (replicas is not None or limits is not None):
+                # keep the stored spec's replica bounds and limits in step without a new revision
                 cur = repo.revision(s, svc.id, svc.revision)
-                cur.spec = {**cur.spec, "replicas": spec.replicas.model_dump()}
+                cur.spec = {**cur.spec, "replicas": spec.replicas.model_dump(),
+                            "rate_limit": spec.rate_limit.model_dump(mode="json")}
                 s.add(cur)
             svc.updated_at, svc.version = now, svc.version + 1
             s.add(svc)

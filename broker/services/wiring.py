@@ -118,7 +118,9 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
                           pending_note=cluster_sync.note if cluster_sync else None,
                           secrets=secrets) if executor else None
     service_router = ServiceRouter(process.registry, load=partial(service_queries.ready_endpoints_of, engine))
-    service_manager = ServiceManager(engine, authz, jobs, wakeup=wakeup)
+    caller_limit = ((settings.service_rate_limit_per_caller_per_s, settings.service_rate_limit_per_caller_burst)
+                    if settings.service_rate_limit_per_caller_per_s > 0 else None)
+    service_manager = ServiceManager(engine, authz, jobs, wakeup=wakeup, caller_limit=caller_limit)
     service_controller = ServiceController(
         engine, executor=executor, router=service_router, wakeup=wakeup, grace_s=loop.grace_s,
         default_cap=settings.default_max_pending) if loop is not None else None

@@ -67,6 +67,8 @@ BAD = [
     ("container without image", {"image": ""}, 422, "VALIDATION_ERROR"),
     ("unknown field", {"status": "READY"}, 422, "VALIDATION_ERROR"),
     ("unknown project", {"project": "no-such-project"}, 422, "UNKNOWN_PROJECT"),
+    ("rate limit zero", {"rate_limit": {"per_s": 0}}, 422, "VALIDATION_ERROR"),
+    ("rate limit not a number", {"rate_limit": {"per_caller_per_s": "fast"}}, 422, "VALIDATION_ERROR"),
     ("image not allowed", {"image": "docker.io/evil:latest"}, 422, None),
     ("process runtime not allowed", {"runtime": "process", "image": ""}, 403, None),
 ]
@@ -215,6 +217,32 @@ def test_the_entry_points_caches_never_outlive_a_revocation_or_a_removed_role(ap
     for _ in range(3):  # an unknown name: 404 every time (the miss is cached, the answer the same)
         r = client.get("/svc/ouh-liver/no-such-service/x")
         assert r.status_code == 404 and r.json()["error"]["code"] == "SERVICE_NOT_FOUND"
+
+
+def test_the_entry_point_limits_each_caller_and_the_whole_service(client, anon):
+    svc = client.post("/api/v1/services", json=body(rate_limit={"per_s": 0.01, "burst": 3, "per_caller_per_s": 0.01,
+                                                                 "per_caller_burst": 2})).json()
+    url = f"/svc/ouh-liver/{svc['name']}/"
+    key = client.post(f"/api/v1/services/{svc['id']}/keys").json()["key"]
+    assert [client.get(url).status_code for _ in range(2)] == [503, 503]  # allowed (no replica yet)
+    r = client.get(url)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
+    err = r.json()["error"]
+    assert err["code"] == "RATE_LIMITED" and err["details"]["scope"] == "caller"
+    assert err["details"]["limit_per_s"] == 0.01 and err["details"]["retry_after_s"] > 0
+    # another caller (the service's API key) has its own bucket; the service's holds one more
+    k = {"X-Service-Key": key}
+    assert anon.get(url, headers=k).status_code == 503
+    r = anon.get(url, headers=k)
+    assert r.status_code == 429 and r.json()["error"]["details"]["scope"] == "service", r.text
+    # new limits apply at once, without a new revision
+    p = client.patch(f"/api/v1/services/{svc['id']}", json={"rate_limit": {"per_caller_per_s": 1000}})
+    assert p.status_code == 200 and p.json()["revision"] == svc["revision"], p.text
+    assert client.get(url).status_code == 503
+    assert "rate_limit" in {e["kind"] for e in client.get(f"/api/v1/services/{svc['id']}/events").json()["items"]}
+    metrics = [x for x in client.get("/metrics").text.splitlines()
+               if x.startswith("broker_service_errors_total") and svc["name"] in x and "rate_limited" in x]
+    assert metrics and metrics[0].endswith(" 2.0"), metrics
 
 
 # ------------------------------------------------------------------ protection
