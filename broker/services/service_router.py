@@ -127,6 +127,11 @@ class ServiceRouter:
         with self._lock:
             return self._svc_inflight.get(service_id, 0)
 
+    def service_counts(self) -> dict[str, int]:
+        """Requests in flight per service now (services with none may be left out)."""
+        with self._lock:
+            return {sid: n for sid, n in self._svc_inflight.items() if n}
+
     # ------------------------------------------------------------------ refresh
     def refresh_due(self) -> bool:
         """The table is older than `refresh_s` (and no refresh is running): call `refresh()`."""

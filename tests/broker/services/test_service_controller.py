@@ -7,6 +7,7 @@ the clock and the scheduler ticks are driven by the test. On SQLite and PostgreS
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import threading
@@ -14,6 +15,7 @@ import time
 import tracemalloc
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -21,7 +23,10 @@ from sqlmodel import Session, select
 
 from broker.adapters.fake import FakeExecutor, node
 from broker.models import Job, QuotaRow, Service
+from broker.app import create_app
+from broker.models import ServiceLoad
 from broker.services.service_controller import ServiceController
+from broker.services.service_load import FRESH_S, RemoteLoad
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +53,12 @@ class Replica:
         outer = self
         self.healthy = healthy
 
+        self.release = threading.Event()  # /slow requests wait for it (requests held in flight)
+
         class H(BaseHTTPRequestHandler):
             def do_GET(self):
+                if self.path.startswith("/slow"):
+                    outer.release.wait(20)
                 code = 200 if outer.healthy else 500
                 body = name.encode()
                 self.send_response(code)
@@ -179,10 +188,10 @@ def test_two_replicas_serve_and_requests_are_spread(client, world):
     assert f"broker_service_request_duration_seconds_count{{{labels}}} 21.0" in text
 
 
-@pytest.fixture
-def http_server(app):
+@contextlib.contextmanager
+def serving(app):
     """The app behind a real HTTP server (uvicorn in a thread): what a client of the entry point
-    talks to, with the server's own flow control."""
+    talks to, with the server's own flow control. Yields the port."""
     import uvicorn
 
     from broker.adapters.ray.local import free_port
@@ -193,9 +202,17 @@ def http_server(app):
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
-    yield port
-    server.should_exit = True
-    t.join(10)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        t.join(10)
+
+
+@pytest.fixture
+def http_server(app):
+    with serving(app) as port:
+        yield port
 
 
 def _upload(port: int, path: str, token: str, size: int, *, chunked: bool, declared: int | None = None) -> bytes:
@@ -450,3 +467,63 @@ def test_a_rollout_without_room_for_a_surge_goes_one_down_one_up(client, world, 
     got = _get(client, svc)
     reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
     assert got["stable_revision"] == 2 and sorted(r["revision"] for r in reps) == [2, 2], (got, reps)
+
+
+def _events(client, svc) -> list[dict]:
+    return client.get(f"/api/v1/services/{svc['id']}/events").json()["items"]
+
+
+def test_the_autoscaler_counts_the_load_on_every_broker(client, world, app, engine, settings, fake_executor,
+                                                         admin_token):
+    """Two brokers on one database: this app (the leader: its controller autoscales) and a second
+    app instance whose entry point holds the requests. The second publishes its in-flight
+    count; the leader scales on the sum, and ignores a broker that stopped publishing."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("several brokers share only a PostgreSQL database")
+    ctl, clock, servers, step = world
+    leader = app.state.services
+    ctl.remote_load = RemoteLoad(engine, leader.broker_id)
+    svc = _deploy(client, replicas={"min": 1, "max": 4}, autoscale={"target_inflight": 2, "cooldown_s": 30})
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    assert _get(client, svc)["replicas"]["ready"] == 1
+    with Session(engine) as s:  # a broker that died with 100 requests in flight, FRESH_S + 1 s ago
+        s.add(ServiceLoad(broker_id="dead-broker", service_id=svc["id"], inflight=100.0,
+                          updated_at=clock() - FRESH_S - 1))
+        s.commit()
+    step()
+    assert _get(client, svc)["replicas"]["desired"] == 1  # a stale row never counts
+
+    other_app = create_app(settings, executor=fake_executor, start_background=False, engine=engine)
+    other = other_app.state.services
+    assert other.broker_id != leader.broker_id and other.service_load is not None
+    other.service_load.clock = clock
+    url = f"/svc/ouh-liver/{svc['name']}/slow"
+    with serving(other_app) as port:
+        import httpx
+
+        def call():
+            return httpx.get(f"http://127.0.0.1:{port}{url}", headers={"Authorization": f"Bearer {admin_token}"},
+                             timeout=30).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            calls = [pool.submit(call) for _ in range(6)]
+            deadline = time.monotonic() + 15
+            while other.service_router.service_inflight(svc["id"]) < 6 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert other.service_router.service_inflight(svc["id"]) == 6
+            assert leader.service_router.service_inflight(svc["id"]) == 0  # none on the leader's proxy
+            assert other.service_load.tick()  # the other broker publishes its 6
+            step()
+            assert _get(client, svc)["replicas"]["desired"] == 3  # ceil(6 / 2)
+            scaled = [e for e in _events(client, svc) if e["kind"] == "autoscaled"]
+            assert scaled and "6 requests in flight" in scaled[-1]["message"], scaled
+            for r in servers.values():
+                r.release.set()
+            assert [c.result() for c in calls] == [200] * 6
+        clock.advance(1.0)
+        assert other.service_load.tick()  # back to none: its row goes
+    with Session(engine) as s:
+        rows = s.exec(select(ServiceLoad).where(ServiceLoad.service_id == svc["id"])).all()
+        assert {r.broker_id for r in rows} == {"dead-broker"}
