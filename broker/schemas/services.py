@@ -19,7 +19,7 @@ from broker.schemas.jobs import MAX_COMMAND_ARGS, MAX_ENV_VARS, JobCreate, Resou
 
 # a replica runs until the service changes; the runner still needs a bound (it is replaced then)
 REPLICA_MAX_RUNTIME_S = 30 * 24 * 3600.0
-SERVICE_RESERVED_ENV = frozenset({"PORT"})
+SERVICE_RESERVED_ENV = frozenset({"PORT", "BROKER_SERVICE"})
 
 
 class ReplicasIn(Input):

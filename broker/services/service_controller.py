@@ -390,7 +390,8 @@ class ServiceController:
             idx = next(i for i in range(len(used_idx) + 1) if i not in used_idx)
             port = self._free_port(s)
             container = rev.template.get("runtime") == "container"
-            env = {**rev.template.get("env", {}), "PORT": str(spec.get("port", 8080) if container else port)}
+            env = {**rev.template.get("env", {}), "PORT": str(spec.get("port", 8080) if container else port),
+                   "BROKER_SERVICE": f"{svc.project_id}/{svc.name}"}  # also: the runner checks a process's PORT
             row = {**rev.template, "id": new_id(),
                    "name": f"{svc.name}-{idx}", "env": env, "status": JobStatus.PENDING.value, "version": 1,
                    "attempt": 1, "submit_time": now, "created_at": now, "service_id": svc.id, "replica_index": idx,

@@ -61,6 +61,7 @@ BAD = [
     ("name not a slug", {"name": "Echo Service"}, 422, "VALIDATION_ERROR"),
     ("min above max", {"replicas": {"min": 3, "max": 2}}, 422, "VALIDATION_ERROR"),
     ("PORT is the broker's", {"env": {"PORT": "1"}}, 422, "VALIDATION_ERROR"),
+    ("BROKER_SERVICE is the broker's", {"env": {"BROKER_SERVICE": "x/y"}}, 422, "VALIDATION_ERROR"),
     ("reserved job env", {"env": {"RANK": "1"}}, 422, "VALIDATION_ERROR"),
     ("probe both http and tcp", {"readiness": {"path": "/", "tcp": True}}, 422, "VALIDATION_ERROR"),
     ("port out of range", {"port": 70000}, 422, "VALIDATION_ERROR"),
@@ -115,7 +116,7 @@ def test_replicas_are_jobs_admitted_by_the_scheduling_core(client, app, engine, 
     jobs = _replicas(engine, svc["id"])
     assert len(jobs) == 2 and {j.replica_index for j in jobs} == {0, 1}
     assert all(j.status == "PENDING" and j.service_revision == 1 and j.port and j.env["PORT"] == "8080"
-               for j in jobs)
+               and j.env["BROKER_SERVICE"] == f"ouh-liver/{svc['name']}" for j in jobs)
     rep = _schedule(app)
     assert set(rep.admitted) >= {j.id for j in jobs}
     reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
