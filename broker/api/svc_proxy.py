@@ -61,6 +61,7 @@ class ServiceProxy:
         self.services, self.max_body = services, max_body_bytes
         self.limiter = limiter or TokenBucketLimiter(1.0, 1.0)
         self._pools: dict[int, Pool] = {}
+        self._refresh: asyncio.Future | None = None
 
     async def __call__(self, scope, receive, send):
         try:
@@ -104,9 +105,12 @@ class ServiceProxy:
             elif k not in HOP:
                 fwd.append((k, v))
         if rt.refresh_due():  # the routing table, read beside the requests (never on the event loop)
-            refresh = asyncio.ensure_future(to_thread.run_sync(rt.refresh))
+            refresh = self._refresh
+            if refresh is None or refresh.done() or refresh.get_loop() is not asyncio.get_running_loop():
+                # one at a time per event loop (and a reference: the task is never collected)
+                refresh = self._refresh = asyncio.ensure_future(to_thread.run_sync(rt.refresh))
             if not rt.loaded():
-                await refresh
+                await asyncio.shield(refresh)
         target = await mgr.resolve(project, name)
         caller = await mgr.authorize_call(target, auth, key, svc.authn)
         lim = target.limits
