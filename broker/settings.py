@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # an unknown field is refused at start.
     scheduling_policy_overrides: dict[str, float | bool | int | None] = {}
     max_body_bytes: int = 256 * 1024
+    # A service entry point's request body limit (/svc/...: bodies above 64 KiB stream to the replica).
+    service_max_body_bytes: int = 1024 * 1024 * 1024
     page_size_max: int = 500  # command/env limits live in broker.schemas (they are in the OpenAPI doc)
 
     token_cache_ttl_s: float = 30.0
@@ -66,6 +68,10 @@ class Settings(BaseSettings):
     image_allow_prefixes: list[str] = ["localhost/"]
     rate_limit_per_s: float = 1500.0
     rate_limit_burst: int = 3000
+    # The service entry point's default per-caller limit (a token or API key, per service; a
+    # service's `rate_limit` overrides it and may add a limit for the whole service; 0 disables).
+    service_rate_limit_per_caller_per_s: float = 1500.0
+    service_rate_limit_per_caller_burst: int = 3000
     security_trusted_proxies: list[str] = []
     oidc_issuer: str = ""
     oidc_audience: str = ""

@@ -17,6 +17,9 @@
 - idle.check              every 60 s: flag idle allocations, reclaim idle innovation work;
 - services.controller     every 0.25 s, with an executor: service replicas (count, probes, restarts,
                           rollouts, autoscaling; `broker.services.service_controller`);
+- services.load           every 0.25 s on EVERY broker (PostgreSQL only): its proxy's requests in
+                          flight per service, written about every second for the leader's
+                          autoscaler (`broker.services.service_load`);
 - dashboards.pool_rollups every 60 s: allocated / used / capacity per pool and project, per minute
                           and hour, for the dashboards (dashboards_rollup);
 - notify                  every 5 s: job outcomes and unhealthy nodes into the notification
@@ -30,7 +33,8 @@ None of them makes a network call inside a DB transaction; each opens its own sh
 Where several brokers share one PostgreSQL database, every task above runs on the leader only
 (`broker.services.leadership`): each checks `leader.is_leader` when it fires, and the
 scheduling loop's transactions are fenced besides. What runs on every broker is the API itself:
-submits (the group-commit writer), reads, agent reports and the health checks. A broker that
+submits (the group-commit writer), reads, agent reports and the health checks, and
+`services.load`. A broker that
 becomes leader runs a scheduling tick at once.
 
 Why a wake-up flag besides the interval: a submit should start a job in milliseconds, not at the
@@ -58,6 +62,7 @@ from broker.services.logs import remove_expired_logs
 from broker.services.reconcile import release_orphans
 from broker.services.leadership import Leadership, NotLeader, StaticLeadership
 from broker.services.scheduling import SchedulingLoop
+from broker.services.service_load import SAMPLE_S
 from broker.services.telemetry import rollup
 from broker.services.wakeup import Wakeup
 from broker.services.wiring import Services
@@ -90,6 +95,8 @@ def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
 
     if services.service_controller is not None:  # inference services: replicas, probes, rollouts
         tasks.add_interval(services.service_controller.tick, SERVICE_TICK_S, "services.controller")
+    if services.service_load is not None:  # every broker: its proxy's load, for the leader's autoscaler
+        tasks.add_interval(services.service_load.tick, SAMPLE_S, "services.load", every_broker=True)
 
     if services.cluster_sync is not None:  # cluster mode: Kubernetes node states, taints, worker groups
         tasks.add_interval(lambda: services.cluster_sync.tick(clock()), settings.k8s_sync_interval_s, "kubernetes.sync")
@@ -114,8 +121,9 @@ class Tasks:
             self._sched_job = self._aps.add_job(self._schedule, "interval", seconds=cycle_interval_s, id="schedule")
             self._aps.add_job(self._reconcile, "interval", seconds=reconcile_interval_s, id="reconcile")
 
-    def add_interval(self, fn: Callable[[], object], seconds: float, id: str) -> None:
-        self._aps.add_job(_guarded(fn, id, self.leader), "interval", seconds=seconds, id=id)
+    def add_interval(self, fn: Callable[[], object], seconds: float, id: str, *, every_broker: bool = False) -> None:
+        """`every_broker`: runs on followers too (else on the leader only)."""
+        self._aps.add_job(_guarded(fn, id, None if every_broker else self.leader), "interval", seconds=seconds, id=id)
 
     def start(self) -> None:
         """Join the leader election, then start every task; submits, cancels and quota changes
@@ -176,9 +184,9 @@ class Tasks:
             log.exception("reconcile failed")
 
 
-def _guarded(fn: Callable[[], object], name: str, leader: Leadership) -> Callable[[], None]:
+def _guarded(fn: Callable[[], object], name: str, leader: Leadership | None) -> Callable[[], None]:
     def run() -> None:
-        if not leader.is_leader:
+        if leader is not None and not leader.is_leader:
             return
         try:
             fn()

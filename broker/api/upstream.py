@@ -10,6 +10,7 @@ then the body as it comes (Content-Length, chunked, or until the connection clos
 Invariant: a connection goes back to the pool only once its response was read to the end and
 neither side asked to close it; a failure on a reused connection before any byte of the answer
 is retried once on a fresh one (the replica closed an idle connection: the request never ran).
+A streamed request body (`rest`) goes out on a fresh connection with backpressure (`drain`).
 """
 
 from __future__ import annotations
@@ -144,11 +145,23 @@ class Pool:
         return Conn(reader, writer)
 
     async def request(self, host: str, port: int, method: str, target: str, headers: list[tuple[bytes, bytes]],
-                      body: bytes, *, timeout_s: float, connect_timeout_s: float = 2.0) -> Response:
-        """Send one request and read the answer's head (the caller holds the overall timeout)."""
+                      body: bytes, *, timeout_s: float, connect_timeout_s: float = 2.0,
+                      rest: AsyncIterator[bytes] | None = None, length: int | None = None) -> Response:
+        """Send one request and read the answer's head (the caller holds the overall timeout).
+
+        `rest`: the body goes on after `body` with what this yields (a streamed upload), framed
+        with `length` (Content-Length) or chunked when it is None. A streamed request always
+        opens a fresh connection: nothing of it is sent before the connection stands, so a
+        `ConnectFailed` means the body is untouched (the caller may try another replica), and no
+        stale idle connection can fail it after the body was consumed."""
         key = (host, port)
         head = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n".encode()]
         head += [k + b": " + v + b"\r\n" for k, v in headers]
+        if rest is not None:
+            head.append(b"content-length: " + str(length).encode() + b"\r\n" if length is not None
+                        else b"transfer-encoding: chunked\r\n")
+            return await self._stream(key, b"".join(head) + b"\r\n", body, rest, chunked=length is None,
+                                      method=method, connect_timeout_s=connect_timeout_s)
         if body or method in ("POST", "PUT", "PATCH"):
             head.append(b"content-length: " + str(len(body)).encode() + b"\r\n")
         payload = b"".join(head) + b"\r\n" + body
@@ -167,6 +180,44 @@ class Pool:
                 raise NoAnswer(f"{type(e).__name__}: {e}") from None
             return _parse(raw, conn, self, key, method)
         raise NoAnswer("the replica closed the connection")  # not reached
+
+    async def _stream(self, key: tuple[str, int], head: bytes, first: bytes, rest: AsyncIterator[bytes], *,
+                      chunked: bool, method: str, connect_timeout_s: float) -> Response:
+        """A streamed upload on a fresh connection; memory stays within the transport's write
+        buffer plus one chunk (each write waits for `drain`)."""
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*key, limit=MAX_HEAD), connect_timeout_s)
+        except (OSError, asyncio.TimeoutError) as e:
+            raise ConnectFailed(f"{type(e).__name__}: {e}") from None
+        conn = Conn(reader, writer)
+        sent_all = False
+
+        def frame(data: bytes) -> bytes:
+            return b"%x\r\n" % len(data) + data + b"\r\n" if chunked else data
+
+        try:
+            try:
+                writer.write(head + (frame(first) if first else b""))
+                await writer.drain()
+                async for data in rest:
+                    if data:
+                        writer.write(frame(data))
+                        await writer.drain()
+                if chunked:
+                    writer.write(b"0\r\n\r\n")
+                    await writer.drain()
+                sent_all = True
+            except OSError:
+                pass  # the replica stopped reading (it may have answered early): read its answer
+            raw = await reader.readuntil(b"\r\n\r\n")
+        except BaseException as e:
+            writer.close()
+            if isinstance(e, (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError)):
+                raise NoAnswer(f"{type(e).__name__}: {e}") from None
+            raise  # the caller's timeout, a client that went away, a body over the limit
+        resp = _parse(raw, conn, self, key, method)
+        resp.keep = resp.keep and sent_all  # an answer before the whole body: the connection is spent
+        return resp
 
     async def close(self) -> None:
         for idle in self._idle.values():

@@ -58,6 +58,7 @@ class TokenAuth:
         self._engine, self._ttl, self._clock = engine, ttl_s, clock
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()
+        self.generation = 0  # bumped by forget(): a cache built on top of this one drops its hits
 
     def cached(self, authorization: str | None) -> Principal | None:
         """The principal if this token was verified within ttl_s and is still unexpired; no I/O."""
@@ -101,6 +102,7 @@ class TokenAuth:
     def forget(self, token_hash: str | None = None) -> None:
         """Drop one cached token (after revocation) or all of them."""
         with self._lock:
+            self.generation += 1
             if token_hash is None:
                 self._cache.clear()
             else:
@@ -133,6 +135,11 @@ class Authenticator:
 
     def __init__(self, tokens: TokenAuth, oidc: IdentityTokens | None = None) -> None:
         self.tokens, self.oidc = tokens, oidc
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a token is revoked in this process (see `TokenAuth.forget`)."""
+        return self.tokens.generation
 
     async def principal(self, authorization: str | None) -> Principal:
         """Any valid caller (user or agent). Raises Unauthorized (401)."""

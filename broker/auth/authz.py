@@ -81,6 +81,7 @@ class Authz:
         self._projects: tuple[dict[str, str], float] | None = None
         self._owners: dict[str, str | None] = {}  # token id -> owner user id (immutable once set)
         self._oidc: dict[str, tuple[tuple[Grant, ...], str | None]] = {}  # "oidc:<sub>" -> grants, user
+        self.generation = 0  # bumped by invalidate(): caches of decisions built on this one drop their hits
 
     # ------------------------------------------------------------------ principals
     def principal(self, p: AuthPrincipal) -> PolicyPrincipal:
@@ -176,6 +177,7 @@ class Authz:
     def invalidate(self) -> None:
         """Drop cached grants and projects (after an admin change in this process)."""
         with self._lock:
+            self.generation += 1
             self._principals.clear()
             self._projects = None
 

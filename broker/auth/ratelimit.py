@@ -54,19 +54,24 @@ class TokenBucketLimiter:
         self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
         self._lock = threading.Lock()
 
-    def check(self, key: Hashable, cost: float = 1.0, *, now: float | None = None) -> RateDecision:
-        """Take `cost` units from `key`'s bucket if it holds them; otherwise say when it will."""
-        if cost > self.burst:
+    def check(self, key: Hashable, cost: float = 1.0, *, now: float | None = None, rate: float | None = None,
+              burst: float | None = None) -> RateDecision:
+        """Take `cost` units from `key`'s bucket if it holds them; otherwise say when it will.
+        `rate` / `burst` override the limiter's for this key (one limiter, keys with their own
+        limits, e.g. per service); the invariant holds per key while its limits stay the same."""
+        rate = self.rate if rate is None else rate
+        burst = self.burst if burst is None else burst
+        if cost > burst:
             return RateDecision(False, retry_after_s=math.inf)
         with self._lock:
             t = self._clock() if now is None else now
-            tokens, at = self._buckets.get(key, (self.burst, t))
-            tokens = min(self.burst, tokens + max(0.0, t - at) * self.rate)
+            tokens, at = self._buckets.get(key, (burst, t))
+            tokens = min(burst, tokens + max(0.0, t - at) * rate)
             if tokens >= cost:
                 tokens -= cost
                 decision = RateDecision(True, remaining=tokens)
             else:
-                decision = RateDecision(False, retry_after_s=(cost - tokens) / self.rate, remaining=tokens)
+                decision = RateDecision(False, retry_after_s=(cost - tokens) / rate, remaining=tokens)
             self._buckets[key] = (tokens, t)
             self._buckets.move_to_end(key)
             while len(self._buckets) > self._max_keys:

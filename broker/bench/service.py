@@ -16,7 +16,9 @@ One run, on a local one-node Ray cluster:
    replica runs it (errors); then a bad revision (exits at once), rolled back automatically
    (errors; the service keeps serving).
 
-JSON keys: proxy / direct ({rps, p50_ms, p99_ms, requests, errors}), throughput_ratio (proxy /
+JSON keys: proxy / direct ({rps, p50_ms, p99_ms, requests, errors}; proxy also
+broker_cpu_us_per_request: the CPU time of the broker's event-loop thread per proxied request,
+which depends far less on the machine's other load than the ratio), throughput_ratio (proxy /
 direct; goal >= 0.5), p50_overhead_ms (goal <= 2), failover {out_of_rotation_s, replaced_s,
 errors}, rollout {seconds, requests, errors}, rollback {seconds, requests, errors, rolled_back}.
 """
@@ -150,8 +152,10 @@ def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 50
 
     work = Path(keep_dir or tempfile.mkdtemp(prefix="bench-service-"))
     port = free_port()
+    # the entry point's per-caller limit set where no run reaches it (the limiter stays on the path)
     settings = Settings(data_dir=work / "broker", port=port, allow_process_runtime=True, cycle_interval_s=0.25,
-                        grace_period_s=2.0)
+                        grace_period_s=2.0, service_rate_limit_per_caller_per_s=1e7,
+                        service_rate_limit_per_caller_burst=10_000_000)
     settings.ensure_data_dir()
     migrate(settings)
     engine = make_engine(settings)
@@ -164,18 +168,30 @@ def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 50
     try:
         executor = RayExecutor(cluster.address, log_dir=work / "logs")
         app = create_app(settings, executor=executor, engine=engine)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+        # as `broker up` runs it (no access log)
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                               access_log=False))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         wait_until(lambda: server.started, 60, "the API start")
         with BrokerClient(f"http://127.0.0.1:{port}", token) as c:
             return _measure(c, port, token, concurrency=concurrency, duration_s=duration_s, latency_n=latency_n,
-                            users=users)
+                            users=users, server_tid=thread.native_id)
     finally:
         stop_stack(server, thread, executor, cluster, engine)
 
 
-def _measure(c, port: int, token: str, *, concurrency: int, duration_s: float, latency_n: int, users: int) -> dict:
+def _thread_cpu_s(tid: int | None) -> float:
+    """CPU seconds of one thread of this process (Linux; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _measure(c, port: int, token: str, *, concurrency: int, duration_s: float, latency_n: int, users: int,
+             server_tid: int | None = None) -> dict:
     c.deploy_service(service_spec())
     c.wait_service(NAME, project=PROJECT, ready=2, timeout=120)
     direct = [(r["host"], r["port"]) for r in c.service_replicas(NAME, project=PROJECT) if r["ready"]]
@@ -190,14 +206,23 @@ def _measure(c, port: int, token: str, *, concurrency: int, duration_s: float, l
                                                                                             n=latency_n // 4)
             (lat_p if which == 0 else lat_d).append(r)
     thr_p, thr_d = [], []
+    cpu = {0: 0.0, 1: 0.0}  # the broker's event-loop thread, during the proxy and the direct blocks
     for i in range(2):
         for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            c0 = _thread_cpu_s(server_tid)
             if which == 0:
                 thr_p.append(load(proxy, entry, token=token, concurrency=concurrency, duration_s=duration_s))
             else:
                 thr_d.append(load(direct, "/predict", concurrency=concurrency, duration_s=duration_s))
+            cpu[which] += _thread_cpu_s(server_tid) - c0
     p = _merge(lat_p, thr_p)
     d = _merge(lat_d, thr_d)
+    n_proxy = sum(r["requests"] for r in thr_p)
+    # CPU of the broker's event loop per proxied request, less what it spent meanwhile without
+    # proxying (the direct blocks: API calls, refreshes): robust to the machine's other load
+    p["broker_cpu_us_per_request"] = round((cpu[0] - cpu[1]) / n_proxy * 1e6, 1) if n_proxy and server_tid else None
+    p["broker_cpu_s"] = round(cpu[0], 2)
+    d["broker_cpu_s"] = round(cpu[1], 2)
     out = {"proxy": p, "direct": d, "throughput_ratio": round(p["rps"] / d["rps"], 3) if d["rps"] else None,
            "p50_overhead_ms": round(p["p50_ms"] - d["p50_ms"], 3), "goal_ratio": GOAL_RATIO,
            "goal_overhead_ms": GOAL_OVERHEAD_MS, "concurrency": concurrency, "duration_s": duration_s}

@@ -19,7 +19,8 @@ from broker.models.data import Dataset, DatasetAccess, DatasetGrant, ProjectSecr
 from broker.models.catalog import Department, Node, Pool, Project, QuotaRow
 from broker.models.jobs import HOLDING, TERMINAL, Attempt, IdempotencyKey, Job, JobEvent, JobStatus, Ledger, Placement
 from broker.models.reports import PoolPrice
-from broker.models.services import Service, ServiceEvent, ServiceReplica, ServiceRevision, ServiceStatus
+from broker.models.services import (Service, ServiceEvent, ServiceLoad, ServiceReplica, ServiceRevision,
+                                   ServiceStatus)
 from broker.models.dashboards import PoolRollup
 
 from broker.models.ops import IdleAllocation, IdlePolicy, NotifyMark, NotifyOutbox, NotifySubscription
@@ -32,5 +33,5 @@ __all__ = [
     "ApiToken", "AuditEntry", "Membership", "TokenOwner", "User", "GpuRollup", "GpuSample", "HostSampleRow",
     "TelemetryMark", "PoolPrice", "IdleAllocation", "IdlePolicy", "NotifyMark", "NotifyOutbox", "NotifySubscription",
     "Dataset", "DatasetAccess", "DatasetGrant", "ProjectSecret", "PoolRollup",
-    "Service", "ServiceEvent", "ServiceReplica", "ServiceRevision", "ServiceStatus",
+    "Service", "ServiceEvent", "ServiceLoad", "ServiceReplica", "ServiceRevision", "ServiceStatus",
 ]

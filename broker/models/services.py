@@ -95,6 +95,19 @@ class ServiceReplica(SQLModel, table=True):
     message: str = ""
 
 
+class ServiceLoad(SQLModel, table=True):
+    """One broker's requests in flight to one service (the mean its proxy saw over about the
+    last second), so that the leader's autoscaler counts the load of every broker. Rows older
+    than a few seconds belong to a broker that stopped publishing and are ignored."""
+
+    __tablename__ = "service_loads"
+
+    broker_id: str = Field(primary_key=True, max_length=64)
+    service_id: str = Field(primary_key=True, max_length=32)
+    inflight: float = 0.0
+    updated_at: float = 0.0
+
+
 class ServiceEvent(SQLModel, table=True):
     __tablename__ = "service_events"
     __table_args__ = (Index("ix_service_events_service_id", "service_id", "id"),)

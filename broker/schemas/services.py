@@ -19,7 +19,7 @@ from broker.schemas.jobs import MAX_COMMAND_ARGS, MAX_ENV_VARS, JobCreate, Resou
 
 # a replica runs until the service changes; the runner still needs a bound (it is replaced then)
 REPLICA_MAX_RUNTIME_S = 30 * 24 * 3600.0
-SERVICE_RESERVED_ENV = frozenset({"PORT"})
+SERVICE_RESERVED_ENV = frozenset({"PORT", "BROKER_SERVICE"})
 
 
 class ReplicasIn(Input):
@@ -64,6 +64,19 @@ class AutoscaleIn(Input):
     cooldown_s: float = Field(60.0, ge=0, le=24 * 3600, description="wait before scaling down")
 
 
+class RateLimitIn(Input):
+    """The entry point's limits (429 RATE_LIMITED with Retry-After above them), per broker process."""
+
+    per_s: Optional[float] = Field(None, gt=0, le=1_000_000,
+                                   description="requests per second to the whole service (none: unlimited)")
+    burst: Optional[int] = Field(None, ge=1, le=10_000_000, description="the service's burst (default: per_s, >= 1)")
+    per_caller_per_s: Optional[float] = Field(None, gt=0, le=1_000_000,
+                                              description="requests per second per token or API key "
+                                                          "(none: the broker's default)")
+    per_caller_burst: Optional[int] = Field(None, ge=1, le=10_000_000,
+                                            description="a caller's burst (default: 2 x per_caller_per_s)")
+
+
 class ServiceCreate(Input):
     """POST /api/v1/services (and `broker services deploy -f svc.yaml`)."""
 
@@ -84,6 +97,7 @@ class ServiceCreate(Input):
     restart: RestartIn = Field(default_factory=RestartIn)
     autoscale: AutoscaleIn = Field(default_factory=AutoscaleIn)
     request_timeout_s: float = Field(60.0, gt=0, le=3600, description="the proxy's per-request timeout")
+    rate_limit: RateLimitIn = Field(default_factory=RateLimitIn)
 
     @model_validator(mode="after")
     def _replica(self) -> "ServiceCreate":
@@ -109,7 +123,7 @@ class ServiceCreate(Input):
 
 class ServicePatch(Input):
     """PATCH /api/v1/services/{id}: image/command/env/probes make a new revision (rolled out one
-    replica at a time); replicas alone only rescale."""
+    replica at a time); replicas alone only rescale; rate_limit alone applies at once."""
 
     image: Optional[str] = Field(None, max_length=512)
     command: Optional[list[str]] = Field(None, min_length=1, max_length=MAX_COMMAND_ARGS)
@@ -117,6 +131,7 @@ class ServicePatch(Input):
     replicas: Optional[ReplicasIn] = None
     readiness: Optional[ProbeIn] = None
     liveness: Optional[ProbeIn] = None
+    rate_limit: Optional[RateLimitIn] = Field(None, description="new limits (no new revision; apply at once)")
 
 
 class ScaleIn(Input):

@@ -80,8 +80,13 @@ class TickStats:
 class ServiceController:
     def __init__(self, engine, *, executor: Executor | None, router: ServiceRouter, wakeup: Wakeup | None = None,
                  clock: Callable[[], float] = time.time, grace_s: Callable[[Job], float] | None = None,
-                 default_cap: int = 1000, host_ip: str = "127.0.0.1") -> None:
+                 default_cap: int = 1000, host_ip: str = "127.0.0.1",
+                 remote_load: Callable[[float], dict[str, float]] | None = None) -> None:
+        """`remote_load(now)`: requests in flight per service on the other brokers
+        (`broker.services.service_load.RemoteLoad`), added to this broker's own for autoscaling."""
         self.engine, self.executor, self.router, self.clock = engine, executor, router, clock
+        self.remote_load = remote_load
+        self._remote: dict[str, float] = {}
         self.wakeup = wakeup or Wakeup()
         self.grace_s = grace_s or (lambda job: 10.0)
         self.default_cap, self.host_ip = default_cap, host_ip
@@ -103,6 +108,7 @@ class ServiceController:
             with Session(self.engine) as s:
                 ids = [svc.id for svc in repo.all_services(s)]
             st.services = len(ids)
+            self._remote = self._read_remote() if ids else {}
             for sid in ids:
                 try:
                     self._service(sid, st)
@@ -384,7 +390,8 @@ class ServiceController:
             idx = next(i for i in range(len(used_idx) + 1) if i not in used_idx)
             port = self._free_port(s)
             container = rev.template.get("runtime") == "container"
-            env = {**rev.template.get("env", {}), "PORT": str(spec.get("port", 8080) if container else port)}
+            env = {**rev.template.get("env", {}), "PORT": str(spec.get("port", 8080) if container else port),
+                   "BROKER_SERVICE": f"{svc.project_id}/{svc.name}"}  # also: the runner checks a process's PORT
             row = {**rev.template, "id": new_id(),
                    "name": f"{svc.name}-{idx}", "env": env, "status": JobStatus.PENDING.value, "version": 1,
                    "attempt": 1, "submit_time": now, "created_at": now, "service_id": svc.id, "replica_index": idx,
@@ -467,13 +474,28 @@ class ServiceController:
         self.wakeup.cancelled()
 
     # ------------------------------------------------------------------ 5. autoscale
+    def _read_remote(self) -> dict[str, float]:
+        if self.remote_load is None:
+            return {}
+        try:
+            return self.remote_load(self.clock())
+        except Exception as e:  # a database hiccup: this tick scales on this broker's load only
+            log.warning("other brokers' service loads unreadable: %s", e)
+            return {}
+
+    def inflight(self, service_id: str) -> float:
+        """Requests in flight to a service: this broker's proxy's plus the other brokers' fresh
+        rows (as read at the start of this tick)."""
+        return self.router.service_inflight(service_id) + self._remote.get(service_id, 0.0)
+
     def _autoscale(self, svc: Service, spec: dict, active: Sequence[Job], now: float) -> None:
         if svc.max_replicas <= svc.min_replicas:
             return
         auto = spec.get("autoscale") or {}
         target = float(auto.get("target_inflight", 4.0))
+        inflight = self.inflight(svc.id)
         new, self._samples[svc.id] = policy.autoscale(
-            inflight=self.router.service_inflight(svc.id), target=target, lo=svc.min_replicas, hi=svc.max_replicas,
+            inflight=inflight, target=target, lo=svc.min_replicas, hi=svc.max_replicas,
             desired=svc.desired_replicas, samples=self._samples.get(svc.id, []), scaled_at=svc.scaled_at, now=now,
             cooldown_s=float(auto.get("cooldown_s", 60.0)))
         if new == svc.desired_replicas:
@@ -483,7 +505,7 @@ class ServiceController:
             cur.desired_replicas, cur.scaled_at = new, now
             s.add(cur)
             add_event(s, svc.id, "autoscaled", f"{svc.desired_replicas} -> {new} replicas "
-                      f"({self.router.service_inflight(svc.id)} requests in flight, target {target:g} per replica)",
+                      f"({inflight:g} requests in flight, target {target:g} per replica)",
                       {"from": svc.desired_replicas, "to": new}, now=now)
             s.commit()
         svc.desired_replicas, svc.scaled_at = new, now

@@ -34,7 +34,7 @@ def backoff(restart: dict, failures: int) -> float:
     return min(cap, first * (2 ** max(0, failures - 1)))
 
 
-def autoscale(*, inflight: int, target: float, lo: int, hi: int, desired: int, samples: list[tuple[float, int]],
+def autoscale(*, inflight: float, target: float, lo: int, hi: int, desired: int, samples: list[tuple[float, int]],
               scaled_at: float | None, now: float, cooldown_s: float) -> tuple[int, list[tuple[float, int]]]:
     """(new desired replicas, samples to keep). Want = ceil(in flight / target) within lo..hi: up
     at once; down only once `cooldown_s` passed since the last change, to the highest want seen

@@ -8,7 +8,7 @@ from sqlalchemy import delete, func, select
 from sqlmodel import Session
 
 from broker.models import (TERMINAL, Job, JobStatus, Node, Placement, Pool, QuotaRow, Service, ServiceEvent,
-                           ServiceReplica, ServiceRevision)
+                           ServiceLoad, ServiceReplica, ServiceRevision)
 
 
 def get(s: Session, service_id: str) -> Service | None:
@@ -145,3 +145,32 @@ def count_live(s: Session, service_id: str) -> int:
 
 
 PENDING = JobStatus.PENDING.value
+
+
+# ---------------------------------------------------------------------- every broker's load
+def publish_loads(s: Session, broker_id: str, loads: dict[str, float], now: float) -> None:
+    """This broker's requests in flight per service: rows written (or rewritten), zeros removed.
+    Only this broker writes its rows, so update-then-insert cannot race with itself."""
+    for sid, n in loads.items():
+        if n <= 0:
+            s.execute(delete(ServiceLoad).where(ServiceLoad.broker_id == broker_id, ServiceLoad.service_id == sid))
+            continue
+        row = s.get(ServiceLoad, (broker_id, sid))
+        if row is None:
+            s.add(ServiceLoad(broker_id=broker_id, service_id=sid, inflight=n, updated_at=now))
+        else:
+            row.inflight, row.updated_at = n, now
+            s.add(row)
+
+
+def other_loads(s: Session, broker_id: str, since: float) -> dict[str, float]:
+    """Requests in flight per service on every other broker that published since `since`."""
+    rows = s.execute(select(ServiceLoad.service_id, func.sum(ServiceLoad.inflight))
+                     .where(ServiceLoad.broker_id != broker_id, ServiceLoad.updated_at >= since)
+                     .group_by(ServiceLoad.service_id)).all()
+    return {sid: float(n or 0) for sid, n in rows}
+
+
+def forget_loads(s: Session, before: float) -> int:
+    """Rows of brokers that stopped publishing long ago (killed, partitioned)."""
+    return s.execute(delete(ServiceLoad).where(ServiceLoad.updated_at < before)).rowcount or 0

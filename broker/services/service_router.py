@@ -3,7 +3,9 @@ and the per-service request metrics exported on /metrics.
 
 In-process and lock-protected: the controller (leader) pushes each change at once
 (`set_endpoints`, `remove`), and any broker refreshes from the database (`ServiceReplica.ready`)
-at most every `refresh_s`, so a follower's proxy routes too. Balancing: the ready replica with
+at most every `refresh_s`, so a follower's proxy routes too. The proxy runs that refresh in a
+worker thread beside the requests (`refresh_due` / `refresh`): picking a replica never reads
+the database, and a read that started before a push never overwrites it. Balancing: the ready replica with
 the fewest requests in flight, ties broken round-robin, so a slow replica gets less.
 """
 
@@ -46,6 +48,8 @@ class ServiceRouter:
         self._rr = itertools.count()
         self._load, self._refresh_s, self._clock = load, refresh_s, clock
         self._loaded_at = float("-inf")
+        self._pushed_at = float("-inf")
+        self._loading = False
         self._metrics: dict[tuple[str, str], ServiceMetrics] = {}
         r = registry or CollectorRegistry()
         self.requests = Counter("broker_service_requests", "requests proxied to a service",
@@ -70,10 +74,12 @@ class ServiceRouter:
     def set_endpoints(self, service_id: str, eps: Iterable[Endpoint]) -> None:
         with self._lock:
             self._eps[service_id] = tuple(eps)
+            self._pushed_at = self._clock()
 
     def remove(self, job_id: str) -> None:
         """Out of rotation now (draining, failed probe, stopped)."""
         with self._lock:
+            self._pushed_at = self._clock()
             for sid, eps in self._eps.items():
                 if any(e.job_id == job_id for e in eps):
                     self._eps[sid] = tuple(e for e in eps if e.job_id != job_id)
@@ -90,8 +96,8 @@ class ServiceRouter:
             return self._eps.get(service_id, ())
 
     def pick(self, service_id: str, exclude: frozenset[str] = frozenset()) -> Endpoint | None:
-        """The ready replica with the fewest requests in flight (round-robin among equals)."""
-        self._maybe_refresh()
+        """The ready replica with the fewest requests in flight (round-robin among equals). Never
+        reads the database: the proxy refreshes the table beside the requests (`refresh`)."""
         now = self._clock()
         with self._lock:
             eps = [e for e in self._eps.get(service_id, ()) if e.job_id not in exclude
@@ -121,25 +127,55 @@ class ServiceRouter:
         with self._lock:
             return self._svc_inflight.get(service_id, 0)
 
-    # ------------------------------------------------------------------ refresh
-    def _maybe_refresh(self) -> None:
-        if self._load is None or self._clock() - self._loaded_at < self._refresh_s:
-            return
-        self._loaded_at = self._clock()
-        try:
-            rows = list(self._load())
-        except Exception:  # a database hiccup: keep routing to what is known
-            return
-        table: dict[str, list[Endpoint]] = {}
-        for sid, jid, host, port in rows:
-            if host and port:
-                table.setdefault(sid, []).append(Endpoint(jid, host, int(port)))
+    def service_counts(self) -> dict[str, int]:
+        """Requests in flight per service now (services with none may be left out)."""
         with self._lock:
-            self._eps = {sid: tuple(v) for sid, v in table.items()}
+            return {sid: n for sid, n in self._svc_inflight.items() if n}
+
+    # ------------------------------------------------------------------ refresh
+    def refresh_due(self) -> bool:
+        """The table is older than `refresh_s` (and no refresh is running): call `refresh()`."""
+        return (self._load is not None and not self._loading
+                and self._clock() - self._loaded_at >= self._refresh_s)
+
+    def loaded(self) -> bool:
+        """The table was read (or pushed) at least once."""
+        return self._loaded_at > float("-inf")
+
+    def refresh(self) -> None:
+        """Read every ready replica from the database (blocking: the proxy calls it in a worker
+        thread, never on the event loop). A database hiccup keeps the table as it is."""
+        if self._load is None:
+            return
+        with self._lock:
+            if self._loading:
+                return
+            self._loading = True
+        try:
+            started = self._clock()
+            try:
+                rows = list(self._load())
+            except Exception:  # a database hiccup: keep routing to what is known
+                self._loaded_at = started
+                return
+            table: dict[str, list[Endpoint]] = {}
+            for sid, jid, host, port in rows:
+                if host and port:
+                    table.setdefault(sid, []).append(Endpoint(jid, host, int(port)))
+            with self._lock:
+                if self._pushed_at <= started:  # a push by the controller meanwhile is newer: keep it
+                    self._eps = {sid: tuple(v) for sid, v in table.items()}
+                self._loaded_at = started
+        finally:
+            self._loading = False
+
+    def _maybe_refresh(self) -> None:
+        if self.refresh_due():
+            self.refresh()
 
     def refreshed(self) -> None:
         """The controller just pushed the whole table: no database read for a while."""
-        self._loaded_at = self._clock()
+        self._loaded_at = self._pushed_at = self._clock()
 
 
 class ServiceMetrics:

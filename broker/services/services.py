@@ -16,6 +16,7 @@ like a missing one (404 SERVICE_NOT_FOUND).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -40,6 +41,7 @@ from broker.services.jobs import JobService, project_env
 from broker.services.wakeup import Wakeup
 
 TARGET_TTL_S = 2.0  # the proxy's cache of (project, name) -> service
+REFRESH_AHEAD_S = 0.5  # a cached service is read again in the background this long before it expires
 KEY_PREFIX = "cbsvc_"
 
 
@@ -53,10 +55,37 @@ class Target:
     ref: Ref
     key_hashes: frozenset[str]
     timeout_s: float
+    limits: "Limits"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The entry point's rate limits of one service (None: unlimited)."""
+
+    per_s: float | None = None
+    burst: float = 1.0
+    per_caller_per_s: float | None = None
+    per_caller_burst: float = 1.0
+
+
+def _limits(spec: dict, default: tuple[float, float] | None) -> Limits:
+    """The spec's `rate_limit` over the broker's per-caller default (rate, burst; None: none)."""
+    per_s, caller = spec.get("per_s"), spec.get("per_caller_per_s")
+    caller_burst = spec.get("per_caller_burst")
+    if caller is None and default is not None:
+        caller, caller_burst = default[0], caller_burst or default[1]
+    return Limits(per_s=per_s, burst=float(spec.get("burst") or max(1.0, per_s or 1.0)),
+                  per_caller_per_s=caller, per_caller_burst=float(caller_burst or max(1.0, 2 * (caller or 1.0))))
 
 
 # fields of a prepared job row that each replica sets itself
 _PER_REPLICA = ("id", "submit_time", "created_at", "status", "version", "attempt")
+
+
+def _target_or_raise(t: Target | None, project: str, name: str) -> Target:
+    if t is None:
+        raise not_found(f"{project}/{name}")
+    return t
 
 
 def not_found(service_id: str) -> NotFound:
@@ -65,20 +94,55 @@ def not_found(service_id: str) -> NotFound:
 
 class ServiceManager:
     def __init__(self, engine, authz: Authz, jobs: JobService, *, wakeup: Wakeup | None = None,
-                 clock: Clock = time.time) -> None:
+                 clock: Clock = time.time, caller_limit: tuple[float, float] | None = None) -> None:
+        """`caller_limit`: the entry point's default per-caller (rate per s, burst) where a
+        service sets none (None: no default limit)."""
         self.engine, self.authz, self.jobs, self.clock = engine, authz, jobs, clock
+        self.caller_limit = caller_limit
         self.wakeup = wakeup or Wakeup()
-        self._targets: dict[tuple[str, str], tuple[Target, float]] = {}
-        self._allowed: dict[tuple[str | None, str], float] = {}  # (authorization, service id) -> until
+        self._targets: dict[tuple[str, str], tuple[Target | None, float]] = {}  # None: no such service
+        self._loading: dict[tuple[str, str], asyncio.Future] = {}
+        self._gen = 0  # bumped by every change here: a read that started before it is not stored
+        # (authorization, service id) -> (until, token expiry, authn + authz generation, caller)
+        self._allowed: dict[tuple[str | None, str], tuple[float, float | None, int, str]] = {}
 
     # ------------------------------------------------------------------ the proxy's side
     async def resolve(self, project: str, name: str) -> Target:
-        """The service behind `/svc/{project}/{name}` (404 SERVICE_NOT_FOUND), cached briefly."""
-        hit = self._targets.get((project, name))
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
-        t = await to_thread.run_sync(self._load_target, project, name)
-        self._targets[(project, name)] = (t, time.monotonic() + TARGET_TTL_S)
+        """The service behind `/svc/{project}/{name}` (404 SERVICE_NOT_FOUND), cached for
+        TARGET_TTL_S (a missing one too: a flood of unknown names costs one read per name).
+
+        One read per name at a time (concurrent callers share it), and a fresh entry is read
+        again in the background during its last REFRESH_AHEAD_S, so a busy entry point never
+        waits on the database and never sends a herd of reads to it when an entry expires."""
+        key = (project, name)
+        now = time.monotonic()
+        hit = self._targets.get(key)
+        if hit is not None and hit[1] > now:
+            if hit[1] - now < REFRESH_AHEAD_S and key not in self._loading:
+                self._load_async(key)
+            return _target_or_raise(hit[0], project, name)
+        fut = self._loading.get(key)
+        if fut is None or fut.get_loop() is not asyncio.get_running_loop():
+            fut = self._load_async(key)
+        return _target_or_raise(await asyncio.shield(fut), project, name)
+
+    def _load_async(self, key: tuple[str, str]) -> asyncio.Future:
+        fut = asyncio.ensure_future(self._reload(key))
+        self._loading[key] = fut
+        fut.add_done_callback(lambda f: (self._loading.pop(key, None) if self._loading.get(key) is f else None,
+                                         f.cancelled() or f.exception()))  # a background failure is read here
+        return fut
+
+    async def _reload(self, key: tuple[str, str]) -> Target | None:
+        gen = self._gen
+        try:
+            t: Target | None = await to_thread.run_sync(self._load_target, *key)
+        except NotFound:
+            t = None
+        if gen == self._gen:  # no change in this process meanwhile (else the next call reads again)
+            if len(self._targets) >= 10_000:
+                self._targets.clear()
+            self._targets[key] = (t, time.monotonic() + TARGET_TTL_S)
         return t
 
     def _load_target(self, project: str, name: str) -> Target:
@@ -87,28 +151,35 @@ class ServiceManager:
             if svc is None or svc.status == ServiceStatus.DELETING.value:
                 raise not_found(f"{project}/{name}")
             rev = repo.revision(s, svc.id, svc.revision)
-            timeout = float((rev.spec if rev else {}).get("request_timeout_s", 60.0))
-            return Target(svc.id, svc.project_id, svc.name, self.ref(svc), frozenset(svc.api_key_hashes or ()), timeout)
+            spec = rev.spec if rev else {}
+            timeout = float(spec.get("request_timeout_s", 60.0))
+            return Target(svc.id, svc.project_id, svc.name, self.ref(svc), frozenset(svc.api_key_hashes or ()), timeout,
+                          _limits(spec.get("rate_limit") or {}, self.caller_limit))
 
-    async def authorize_call(self, target: Target, authorization: str | None, key: str | None, authn) -> None:
+    async def authorize_call(self, target: Target, authorization: str | None, key: str | None, authn) -> str:
         """One of the service's API keys, or a user token with a role in its project (a foreign
-        caller gets 404, like a missing service). An allowed (token, service) pair is remembered
-        for TARGET_TTL_S: role changes show within that."""
+        caller gets 404, like a missing service); the caller's name for rate limits ("key:..."
+        or "token:<id>"). An allowed (token, service) pair is remembered for TARGET_TTL_S (role
+        changes in another process show within that), but never past the token's own expiry
+        nor past a revocation or a role change in this process (`generation`)."""
         if key:
             h = _key_hash(key)
             if any(hmac.compare_digest(h, k) for k in target.key_hashes):
-                return
+                return "key:" + h[:16]
             if not authorization:
                 raise Unauthorized("this API key is not valid for this service", code="UNAUTHORIZED")
         now = time.monotonic()
-        if self._allowed.get((authorization, target.id), 0.0) > now:
-            await authn.user(authorization)  # still valid (cached: expiry and revocation checked)
-            return
+        gen = authn.generation + self.authz.generation
+        hit = self._allowed.get((authorization, target.id))
+        if hit is not None and hit[0] > now and hit[2] == gen and (hit[1] is None or time.time() < hit[1]):
+            return hit[3]
         principal = await authn.user(authorization)
         self.authz.require(principal, Action.JOB_READ, target.ref, hidden=not_found(f"{target.project}/{target.name}"))
         if len(self._allowed) > 10_000:
             self._allowed.clear()
-        self._allowed[(authorization, target.id)] = now + TARGET_TTL_S
+        caller = "token:" + principal.token_id
+        self._allowed[(authorization, target.id)] = (now + TARGET_TTL_S, principal.expires_at, gen, caller)
+        return caller
 
     def create_key(self, *, principal: Principal, service_id: str) -> dict:
         """A new per-service API key for clinical systems (shown once; only its hash is kept)."""
@@ -120,7 +191,7 @@ class ServiceManager:
             add_event(s, svc.id, "api_key_created", f"API key created by {principal.name or principal.token_id}")
             s.commit()
             n = len(svc.api_key_hashes)
-        self._targets.clear()
+        self._changed()
         return {"key": key, "keys": n}
 
     def revoke_keys(self, *, principal: Principal, service_id: str) -> dict:
@@ -130,7 +201,7 @@ class ServiceManager:
             s.add(svc)
             add_event(s, svc.id, "api_keys_revoked", f"API keys revoked by {principal.name or principal.token_id}")
             s.commit()
-        self._targets.clear()
+        self._changed()
         return {"keys": 0}
 
     # ------------------------------------------------------------------ deploy
@@ -227,9 +298,12 @@ class ServiceManager:
             spec_json = dict(cur.spec)
             fields = change.model_dump(exclude_none=True, mode="json")
             replicas = fields.pop("replicas", None)
+            limits = fields.pop("rate_limit", None)
             new_spec = {**spec_json, **fields}
             if replicas is not None:
                 new_spec["replicas"] = replicas
+            if limits is not None:
+                new_spec["rate_limit"] = limits
             try:
                 spec = ServiceCreate.model_validate(new_spec)
             except Exception as e:  # pydantic ValidationError: the combined spec is refused
@@ -255,10 +329,14 @@ class ServiceManager:
                 svc.failures, svc.next_start_at = 0, None
                 add_event(s, svc.id, "revision", f"revision {number}: {', '.join(sorted(fields))} changed; "
                           "rolling out one replica at a time", {"revision": number, "fields": sorted(fields)}, now=now)
-            elif replicas is not None:
-                # keep the stored spec's replica bounds in step without a new revision
+            if limits is not None:
+                add_event(s, svc.id, "rate_limit", "entry point limits changed",
+                          spec.rate_limit.model_dump(mode="json"), now=now)
+            if not new_revision and (replicas is not None or limits is not None):
+                # keep the stored spec's replica bounds and limits in step without a new revision
                 cur = repo.revision(s, svc.id, svc.revision)
-                cur.spec = {**cur.spec, "replicas": spec.replicas.model_dump()}
+                cur.spec = {**cur.spec, "replicas": spec.replicas.model_dump(),
+                            "rate_limit": spec.rate_limit.model_dump(mode="json")}
                 s.add(cur)
             svc.updated_at, svc.version = now, svc.version + 1
             s.add(svc)
@@ -334,6 +412,7 @@ class ServiceManager:
     def _changed(self) -> None:
         """A service changed here: the proxy's caches forget it (other brokers' within TARGET_TTL_S;
         the controller picks the change up at its next tick)."""
+        self._gen += 1
         self._targets.clear()
         self._allowed.clear()
 

@@ -46,6 +46,7 @@ from broker.services.datasets import DatasetService
 from broker.services.secrets import SecretService
 from broker.services import service_queries
 from broker.services.service_controller import ServiceController
+from broker.services.service_load import LoadPublisher, RemoteLoad, new_broker_id
 from broker.services.service_router import ServiceRouter
 from broker.services.services import ServiceManager
 from broker.services.telemetry.reads import TelemetryReads
@@ -86,6 +87,10 @@ class Services:
     service_manager: ServiceManager | None = None  # inference services (broker.services.services)
     service_router: ServiceRouter | None = None  # the /svc proxy's ready replicas and metrics
     service_controller: ServiceController | None = None  # None without an executor
+    # publishes this broker's requests in flight per service (every broker; None on SQLite,
+    # where only one broker runs)
+    service_load: LoadPublisher | None = None
+    broker_id: str = ""
 
 
 def build_services(settings: Settings, engine: Engine, executor: Executor | None = None,
@@ -118,10 +123,16 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
                           pending_note=cluster_sync.note if cluster_sync else None,
                           secrets=secrets) if executor else None
     service_router = ServiceRouter(process.registry, load=partial(service_queries.ready_endpoints_of, engine))
-    service_manager = ServiceManager(engine, authz, jobs, wakeup=wakeup)
+    caller_limit = ((settings.service_rate_limit_per_caller_per_s, settings.service_rate_limit_per_caller_burst)
+                    if settings.service_rate_limit_per_caller_per_s > 0 else None)
+    service_manager = ServiceManager(engine, authz, jobs, wakeup=wakeup, caller_limit=caller_limit)
+    broker_id = new_broker_id()
+    several = engine.dialect.name != "sqlite"  # several brokers share only a PostgreSQL database
+    service_load = LoadPublisher(engine, service_router, broker_id) if several else None
     service_controller = ServiceController(
         engine, executor=executor, router=service_router, wakeup=wakeup, grace_s=loop.grace_s,
-        default_cap=settings.default_max_pending) if loop is not None else None
+        default_cap=settings.default_max_pending,
+        remote_load=RemoteLoad(engine, broker_id) if several else None) if loop is not None else None
     return Services(
         settings=settings, engine=engine, executor=executor, authz=authz, authn=authn, guard=guard,
         wakeup=wakeup, leader=leader, loop=loop, jobs=jobs,
@@ -138,4 +149,5 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
         idle=IdleService(engine, authz), notify=NotifyService(engine, authz, settings),
         secrets=secrets, datasets=datasets, cluster_sync=cluster_sync,
         service_manager=service_manager, service_router=service_router, service_controller=service_controller,
+        service_load=service_load, broker_id=broker_id,
     )

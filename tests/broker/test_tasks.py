@@ -17,7 +17,9 @@ def test_every_periodic_task_is_registered_once_with_one_instance_at_most(app):
     tasks._aps.start(paused=True)  # the job defaults apply once jobs are really added; nothing runs
     try:
         jobs = tasks._aps.get_jobs()
-        assert sorted(j.id for j in jobs) == EVERY_TASK
+        # services.load runs on every broker where several can share the database (PostgreSQL)
+        several = app.state.services.engine.dialect.name != "sqlite"
+        assert sorted(j.id for j in jobs) == sorted(EVERY_TASK + (["services.load"] if several else []))
         assert all(j.max_instances == 1 for j in jobs)
     finally:
         tasks._aps.shutdown(wait=False)
@@ -37,6 +39,21 @@ def test_tasks_pass_now_from_their_clock(app, monkeypatch):
     finally:
         leader.stop()
     assert calls == [1234.0]
+
+
+def test_a_followers_proxy_load_is_published_without_leading(app):
+    """services.load runs on every broker (the leader's autoscaler reads it), the others on the leader only."""
+    if app.state.services.service_load is None:
+        return  # SQLite: one broker, nothing to publish
+    ran = []
+    app.state.services.service_load.tick = lambda: ran.append(1)
+    try:
+        tasks = build_tasks(app.state.services)
+        (job,) = [j for j in tasks._aps.get_jobs() if j.id == "services.load"]
+        job.func()  # this broker has not joined the election: it leads nothing
+    finally:
+        del app.state.services.service_load.tick
+    assert ran == [1]
 
 
 def test_issued_agent_token_pushes_for_its_node_only(app, engine):

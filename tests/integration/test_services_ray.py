@@ -162,7 +162,11 @@ def served_broker(ray_cluster, broker_settings):
     token = ensure_admin_token(broker_settings, engine).read_text().strip()
     executor = RayExecutor(ray_cluster.address, log_dir=broker_settings.data_dir / "logs", namespace=NAMESPACE)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(broker_settings, executor=executor, engine=engine),
+    # the load tests send thousands of requests a second with one token: lift the entry point's
+    # per-caller limit (1,500/s by default) beyond their reach, as the bench does
+    settings = broker_settings.model_copy(update={"service_rate_limit_per_caller_per_s": 1e7,
+                                                  "service_rate_limit_per_caller_burst": 10_000_000})
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, executor=executor, engine=engine),
                                            host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -218,6 +218,25 @@ def podman_argv(
     return argv + [image, *command]
 
 
+def check_service_port(env: Mapping[str, str], node: str = "") -> None:
+    """A `runtime: process` service replica (its env names `BROKER_SERVICE`) listens on the
+    `PORT` the broker chose before the replica was placed, unique among the broker's replicas
+    but unchecked on this node. Refuse to start when something else listens there: the broker's
+    probes and proxy would reach that process instead of the replica (tenant requests to a
+    stranger). Raises RuntimeError (the attempt ends as a start failure and the service's
+    controller starts a replacement, on another port)."""
+    if "BROKER_SERVICE" not in env or not str(env.get("PORT", "")).isdigit():
+        return
+    port = int(env["PORT"])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket's TIME_WAIT is no clash
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            raise RuntimeError(f"PORT {port} is in use on node {node or socket.gethostname()} ({e.strerror}); "
+                               "the replica was not started") from None
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
@@ -517,6 +536,8 @@ class WorkerRunner:
                 self._notice_ok = True
             except OSError:  # the same disk: the job runs without a notice file
                 pass
+            if self.runtime == "process":
+                check_service_port(self.user_env, self.node)
             if self.checkpoint_dir:
                 Path(self.checkpoint_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             extra = self._prepare_storage()

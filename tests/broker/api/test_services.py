@@ -61,12 +61,15 @@ BAD = [
     ("name not a slug", {"name": "Echo Service"}, 422, "VALIDATION_ERROR"),
     ("min above max", {"replicas": {"min": 3, "max": 2}}, 422, "VALIDATION_ERROR"),
     ("PORT is the broker's", {"env": {"PORT": "1"}}, 422, "VALIDATION_ERROR"),
+    ("BROKER_SERVICE is the broker's", {"env": {"BROKER_SERVICE": "x/y"}}, 422, "VALIDATION_ERROR"),
     ("reserved job env", {"env": {"RANK": "1"}}, 422, "VALIDATION_ERROR"),
     ("probe both http and tcp", {"readiness": {"path": "/", "tcp": True}}, 422, "VALIDATION_ERROR"),
     ("port out of range", {"port": 70000}, 422, "VALIDATION_ERROR"),
     ("container without image", {"image": ""}, 422, "VALIDATION_ERROR"),
     ("unknown field", {"status": "READY"}, 422, "VALIDATION_ERROR"),
     ("unknown project", {"project": "no-such-project"}, 422, "UNKNOWN_PROJECT"),
+    ("rate limit zero", {"rate_limit": {"per_s": 0}}, 422, "VALIDATION_ERROR"),
+    ("rate limit not a number", {"rate_limit": {"per_caller_per_s": "fast"}}, 422, "VALIDATION_ERROR"),
     ("image not allowed", {"image": "docker.io/evil:latest"}, 422, None),
     ("process runtime not allowed", {"runtime": "process", "image": ""}, 403, None),
 ]
@@ -113,7 +116,7 @@ def test_replicas_are_jobs_admitted_by_the_scheduling_core(client, app, engine, 
     jobs = _replicas(engine, svc["id"])
     assert len(jobs) == 2 and {j.replica_index for j in jobs} == {0, 1}
     assert all(j.status == "PENDING" and j.service_revision == 1 and j.port and j.env["PORT"] == "8080"
-               for j in jobs)
+               and j.env["BROKER_SERVICE"] == f"ouh-liver/{svc['name']}" for j in jobs)
     rep = _schedule(app)
     assert set(rep.admitted) >= {j.id for j in jobs}
     reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
@@ -188,6 +191,59 @@ def test_the_entry_point_needs_a_token_or_a_service_key(client, anon):
     assert anon.get(f"/svc/ouh-liver/{svc['name']}/", headers={"X-Service-Key": key + "x"}).status_code == 401
     client.delete(f"/api/v1/services/{svc['id']}/keys")
     assert anon.get(f"/svc/ouh-liver/{svc['name']}/", headers={"X-Service-Key": key}).status_code == 401
+
+
+def test_the_entry_points_caches_never_outlive_a_revocation_or_a_removed_role(app, client):
+    """The entry point remembers an allowed caller and a service briefly; a token revoked here,
+    a membership removed here, or a deleted service take effect at the next request."""
+    uid = "u-" + uuid.uuid4().hex[:8]
+    assert client.post("/api/v1/admin/users", json={"id": uid}).status_code == 201
+    assert client.post("/api/v1/projects/ouh-liver/members", json={"user": uid, "role": "member"}).status_code == 201
+    t1 = client.post("/api/v1/admin/tokens", json={"name": uid, "user": uid}).json()
+    t2 = client.post("/api/v1/admin/tokens", json={"name": uid + "-2", "user": uid}).json()
+    svc = client.post("/api/v1/services", json=body()).json()
+    url = f"/svc/ouh-liver/{svc['name']}/"
+    with TestClient(app, headers={"Authorization": f"Bearer {t1['token']}"}) as c1, \
+            TestClient(app, headers={"Authorization": f"Bearer {t2['token']}"}) as c2:
+        assert c1.get(url).status_code == 503 and c2.get(url).status_code == 503  # allowed: no replica yet
+        assert client.delete(f"/api/v1/tokens/{t1['id']}").status_code == 200
+        r = c1.get(url)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "UNAUTHORIZED"
+        assert client.delete(f"/api/v1/projects/ouh-liver/members/{uid}?role=member").status_code == 204
+        r = c2.get(url)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "SERVICE_NOT_FOUND"
+    assert client.delete(f"/api/v1/services/{svc['id']}").status_code == 200
+    r = client.get(url)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "SERVICE_NOT_FOUND"
+    for _ in range(3):  # an unknown name: 404 every time (the miss is cached, the answer the same)
+        r = client.get("/svc/ouh-liver/no-such-service/x")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "SERVICE_NOT_FOUND"
+
+
+def test_the_entry_point_limits_each_caller_and_the_whole_service(client, anon):
+    svc = client.post("/api/v1/services", json=body(rate_limit={"per_s": 0.01, "burst": 3, "per_caller_per_s": 0.01,
+                                                                 "per_caller_burst": 2})).json()
+    url = f"/svc/ouh-liver/{svc['name']}/"
+    key = client.post(f"/api/v1/services/{svc['id']}/keys").json()["key"]
+    assert [client.get(url).status_code for _ in range(2)] == [503, 503]  # allowed (no replica yet)
+    r = client.get(url)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
+    err = r.json()["error"]
+    assert err["code"] == "RATE_LIMITED" and err["details"]["scope"] == "caller"
+    assert err["details"]["limit_per_s"] == 0.01 and err["details"]["retry_after_s"] > 0
+    # another caller (the service's API key) has its own bucket; the service's holds one more
+    k = {"X-Service-Key": key}
+    assert anon.get(url, headers=k).status_code == 503
+    r = anon.get(url, headers=k)
+    assert r.status_code == 429 and r.json()["error"]["details"]["scope"] == "service", r.text
+    # new limits apply at once, without a new revision
+    p = client.patch(f"/api/v1/services/{svc['id']}", json={"rate_limit": {"per_caller_per_s": 1000}})
+    assert p.status_code == 200 and p.json()["revision"] == svc["revision"], p.text
+    assert client.get(url).status_code == 503
+    assert "rate_limit" in {e["kind"] for e in client.get(f"/api/v1/services/{svc['id']}/events").json()["items"]}
+    metrics = [x for x in client.get("/metrics").text.splitlines()
+               if x.startswith("broker_service_errors_total") and svc["name"] in x and "rate_limited" in x]
+    assert metrics and metrics[0].endswith(" 2.0"), metrics
 
 
 # ------------------------------------------------------------------ protection

@@ -96,3 +96,74 @@ def test_garbage_is_no_answer():
             await _get(Pool(), port, "/")
         srv.close()
     asyncio.run(main())
+
+
+async def _sink():
+    """A replica that reads a body (Content-Length or chunked) and answers its length and sha256."""
+    import hashlib
+
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        h, n = hashlib.sha256(), 0
+        fields = dict(line.split(b": ", 1) for line in head[:-4].split(b"\r\n")[1:])
+        if b"content-length" in fields:
+            left = int(fields[b"content-length"])
+            while left:
+                data = await reader.read(min(65536, left))
+                h.update(data)
+                n, left = n + len(data), left - len(data)
+        else:
+            while (size := int((await reader.readuntil(b"\r\n")).strip(), 16)):
+                data = await reader.readexactly(size + 2)
+                h.update(data[:-2])
+                n += size
+            await reader.readuntil(b"\r\n")
+        body = f"{n} {h.hexdigest()}".encode()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return srv, srv.sockets[0].getsockname()[1]
+
+
+STREAMS = [("content-length", 3 * 1024 * 1024 + 7), ("chunked", None)]
+
+
+@pytest.mark.parametrize("name,length", STREAMS, ids=[s[0] for s in STREAMS])
+def test_a_streamed_body_arrives_whole_in_either_framing(name, length):
+    import hashlib
+
+    parts = [bytes([i % 251]) * 65536 for i in range(48)] + [b"x" * 7]
+    want = hashlib.sha256(b"".join(parts[1:])).hexdigest()
+
+    async def main():
+        srv, port = await _sink()
+
+        async def rest():
+            for p in parts[1:]:
+                yield p
+        async with asyncio.timeout(10):
+            r = await Pool().request("127.0.0.1", port, "PUT", "/", [], b"", timeout_s=10, rest=rest(),
+                                     length=None if length is None else length - len(parts[0]))
+            got = b"".join([c async for c in r.body(10)])
+        srv.close()
+        return got
+
+    assert asyncio.run(main()) == f"{3 * 1024 * 1024 + 7 - 65536} {want}".encode()
+
+
+def test_a_streamed_body_is_untouched_when_the_replica_refuses_the_connection():
+    consumed = []
+
+    async def rest():
+        consumed.append(1)
+        yield b"never"
+
+    async def main():
+        srv, port = await _server([])
+        srv.close()
+        await srv.wait_closed()
+        with pytest.raises(ConnectFailed):
+            await Pool().request("127.0.0.1", port, "POST", "/", [], b"first", timeout_s=1, rest=rest(), length=10)
+    asyncio.run(main())
+    assert consumed == []  # the proxy may send it to another replica

@@ -43,6 +43,15 @@ def test_keys_are_isolated():
     assert lim.check("b", now=0.0).allowed
 
 
+def test_a_key_may_carry_its_own_rate_and_burst():
+    lim = limiter()  # 2/s, burst 5 by default
+    assert sum(lim.check("svc", now=0.0, rate=10.0, burst=2).allowed for _ in range(5)) == 2
+    d = lim.check("svc", now=0.0, rate=10.0, burst=2)
+    assert not d.allowed and d.retry_after_s == pytest.approx(0.1)
+    assert lim.check("svc", now=0.1, rate=10.0, burst=2).allowed
+    assert sum(lim.check("other", now=0.0).allowed for _ in range(10)) == 5  # the limiter's own
+
+
 @pytest.mark.parametrize("seconds", [0.0, 0.7, 3.0, 10.0])
 def test_invariant_burst_plus_rate_times_window(seconds):
     lim = limiter(rate=2.0, burst=5)

@@ -7,9 +7,15 @@ the clock and the scheduler ticks are driven by the test. On SQLite and PostgreS
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import socket
 import threading
+import time
+import tracemalloc
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -17,7 +23,10 @@ from sqlmodel import Session, select
 
 from broker.adapters.fake import FakeExecutor, node
 from broker.models import Job, QuotaRow, Service
+from broker.app import create_app
+from broker.models import ServiceLoad
 from broker.services.service_controller import ServiceController
+from broker.services.service_load import FRESH_S, RemoteLoad
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +53,12 @@ class Replica:
         outer = self
         self.healthy = healthy
 
+        self.release = threading.Event()  # /slow requests wait for it (requests held in flight)
+
         class H(BaseHTTPRequestHandler):
             def do_GET(self):
+                if self.path.startswith("/slow"):
+                    outer.release.wait(20)
                 code = 200 if outer.healthy else 500
                 body = name.encode()
                 self.send_response(code)
@@ -56,6 +69,26 @@ class Replica:
             def do_POST(self):  # echoes the body and the headers the replica got
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) + b"|" + ",".join(sorted(k.lower() for k in self.headers)).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_PUT(self):  # reads the body in pieces (either framing): its length and sha256
+                h, n = hashlib.sha256(), 0
+                if self.headers.get("Content-Length") is not None:
+                    left = int(self.headers["Content-Length"])
+                    while left:
+                        data = self.rfile.read(min(65536, left))
+                        h.update(data)
+                        n, left = n + len(data), left - len(data)
+                else:  # chunked
+                    while (size := int(self.rfile.readline().strip(), 16)):
+                        h.update(self.rfile.read(size))
+                        self.rfile.readline()
+                        n += size
+                    self.rfile.readline()
+                body = f"{n} {h.hexdigest()}".encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -153,6 +186,88 @@ def test_two_replicas_serve_and_requests_are_spread(client, world):
     assert f'broker_service_requests_total{{code="200",{labels}}} 21.0' in text.replace(
         f'{{{labels},code="200"}}', f'{{code="200",{labels}}}'), [x for x in text.splitlines() if svc["name"] in x][:5]
     assert f"broker_service_request_duration_seconds_count{{{labels}}} 21.0" in text
+
+
+@contextlib.contextmanager
+def serving(app):
+    """The app behind a real HTTP server (uvicorn in a thread): what a client of the entry point
+    talks to, with the server's own flow control. Yields the port."""
+    import uvicorn
+
+    from broker.adapters.ray.local import free_port
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        t.join(10)
+
+
+@pytest.fixture
+def http_server(app):
+    with serving(app) as port:
+        yield port
+
+
+def _upload(port: int, path: str, token: str, size: int, *, chunked: bool, declared: int | None = None) -> bytes:
+    """PUT `size` bytes made on the fly (never all in memory); the raw answer."""
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {declared or size}"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer {token}\r\n{framing}\r\n"
+                     f"Connection: close\r\n\r\n".encode())
+        if declared is None:
+            sent = 0
+            while sent < size:
+                n = min(65536, size - sent)
+                piece = bytes([sent // 65536 % 251]) * n
+                sock.sendall(b"%x\r\n" % n + piece + b"\r\n" if chunked else piece)
+                sent += n
+            if chunked:
+                sock.sendall(b"0\r\n\r\n")
+        out = b""
+        while (data := sock.recv(65536)):
+            out += data
+    return out
+
+
+BIG = 20 * 1024 * 1024
+
+
+def _digest(size: int) -> str:
+    h = hashlib.sha256()
+    for sent in range(0, size, 65536):
+        h.update(bytes([sent // 65536 % 251]) * min(65536, size - sent))
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_body_streams_through_the_entry_point_in_bounded_memory(client, world, http_server, admin_token,
+                                                                         chunked):
+    ctl, clock, servers, step = world
+    svc = _deploy(client)
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    url = f"/svc/ouh-liver/{svc['name']}/upload"
+    tracemalloc.start()
+    try:
+        out = _upload(http_server, url, admin_token, BIG, chunked=chunked)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.startswith(b"HTTP/1.1 200"), out[:300]
+    assert out.split(b"\r\n\r\n", 1)[1] == f"{BIG} {_digest(BIG)}".encode()
+    # the whole process (server, proxy, replica, client) held at most a few chunks of the 20 MB
+    assert peak < 6 * 1024 * 1024, peak
+    # a body the service limit refuses is refused before anything is read or sent
+    out = _upload(http_server, url, admin_token, 0, chunked=False, declared=2 * 1024 ** 3)
+    assert out.startswith(b"HTTP/1.1 413") and b"PAYLOAD_TOO_LARGE" in out, out[:300]
 
 
 def test_a_dead_replica_leaves_rotation_and_is_replaced(client, world, fake_executor, engine):
@@ -352,3 +467,63 @@ def test_a_rollout_without_room_for_a_surge_goes_one_down_one_up(client, world, 
     got = _get(client, svc)
     reps = client.get(f"/api/v1/services/{svc['id']}/replicas").json()["items"]
     assert got["stable_revision"] == 2 and sorted(r["revision"] for r in reps) == [2, 2], (got, reps)
+
+
+def _events(client, svc) -> list[dict]:
+    return client.get(f"/api/v1/services/{svc['id']}/events").json()["items"]
+
+
+def test_the_autoscaler_counts_the_load_on_every_broker(client, world, app, engine, settings, fake_executor,
+                                                         admin_token):
+    """Two brokers on one database: this app (the leader: its controller autoscales) and a second
+    app instance whose entry point holds the requests. The second publishes its in-flight
+    count; the leader scales on the sum, and ignores a broker that stopped publishing."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("several brokers share only a PostgreSQL database")
+    ctl, clock, servers, step = world
+    leader = app.state.services
+    ctl.remote_load = RemoteLoad(engine, leader.broker_id)
+    svc = _deploy(client, replicas={"min": 1, "max": 4}, autoscale={"target_inflight": 2, "cooldown_s": 30})
+    for _ in range(3):
+        step()
+        clock.advance(1.0)
+    assert _get(client, svc)["replicas"]["ready"] == 1
+    with Session(engine) as s:  # a broker that died with 100 requests in flight, FRESH_S + 1 s ago
+        s.add(ServiceLoad(broker_id="dead-broker", service_id=svc["id"], inflight=100.0,
+                          updated_at=clock() - FRESH_S - 1))
+        s.commit()
+    step()
+    assert _get(client, svc)["replicas"]["desired"] == 1  # a stale row never counts
+
+    other_app = create_app(settings, executor=fake_executor, start_background=False, engine=engine)
+    other = other_app.state.services
+    assert other.broker_id != leader.broker_id and other.service_load is not None
+    other.service_load.clock = clock
+    url = f"/svc/ouh-liver/{svc['name']}/slow"
+    with serving(other_app) as port:
+        import httpx
+
+        def call():
+            return httpx.get(f"http://127.0.0.1:{port}{url}", headers={"Authorization": f"Bearer {admin_token}"},
+                             timeout=30).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            calls = [pool.submit(call) for _ in range(6)]
+            deadline = time.monotonic() + 15
+            while other.service_router.service_inflight(svc["id"]) < 6 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert other.service_router.service_inflight(svc["id"]) == 6
+            assert leader.service_router.service_inflight(svc["id"]) == 0  # none on the leader's proxy
+            assert other.service_load.tick()  # the other broker publishes its 6
+            step()
+            assert _get(client, svc)["replicas"]["desired"] == 3  # ceil(6 / 2)
+            scaled = [e for e in _events(client, svc) if e["kind"] == "autoscaled"]
+            assert scaled and "6 requests in flight" in scaled[-1]["message"], scaled
+            for r in servers.values():
+                r.release.set()
+            assert [c.result() for c in calls] == [200] * 6
+        clock.advance(1.0)
+        assert other.service_load.tick()  # back to none: its row goes
+    with Session(engine) as s:
+        rows = s.exec(select(ServiceLoad).where(ServiceLoad.service_id == svc["id"])).all()
+        assert {r.broker_id for r in rows} == {"dead-broker"}

@@ -11,7 +11,7 @@ pytest.importorskip("ray")
 from broker.adapters.ray.executor import _bundle, node_observation  # noqa: E402
 from broker.adapters.ray.local import ensure_token_file, loopback_shim, node_specs  # noqa: E402
 from broker.adapters.ray.runner import (NAME_RE, PG_NAME_RE, _exit_code, actor_name,  # noqa: E402
-                                        cdi_gpus_available, launch_env, log_path, pg_name,
+                                        cdi_gpus_available, check_service_port, launch_env, log_path, pg_name,
                                         podman_argv, worker_env)
 
 
@@ -265,3 +265,19 @@ def test_worker_env_and_mounts_for_notice_and_checkpoint():
     vols = [argv[i + 1] for i, a in enumerate(argv) if a == "-v"]
     assert vols == ["/logs/j/1/notice-0:/broker/notice:ro", "/ckpt/p/j:/broker/checkpoint:rw"]
     assert argv.index("-v") < argv.index("img")  # options before the image
+
+
+def test_a_process_replica_never_starts_on_a_port_another_process_listens_on():
+    """The broker picks a process replica's PORT before placement; on the node the runner
+    refuses to start it when something else listens there (probes and the proxy would reach
+    that process instead)."""
+    import socket
+
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"PORT {port} is in use on node n1"):
+            check_service_port({"BROKER_SERVICE": "ouh-liver/echo", "PORT": str(port)}, "n1")
+        check_service_port({"PORT": str(port)}, "n1")  # not a service replica: not the broker's port
+    check_service_port({"BROKER_SERVICE": "ouh-liver/echo", "PORT": str(port)}, "n1")  # free again
