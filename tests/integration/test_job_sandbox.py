@@ -117,7 +117,10 @@ def test_container_cannot_reach_the_nodes_services(ray_executor, ray_cluster, bu
 
 
 def test_gang_on_one_node_talks_over_two_ports(ray_executor, busybox_image, job_id):
-    server = ("nc -l -p $MASTER_PORT > /tmp/a & nc -l -p 29601 > /tmp/b & wait; "
+    # busybox `nc -l` with stdin at its end may close before it reads (a race: 4 of 20 on the
+    # node's own loopback): keep its stdin open and wait for the data instead
+    server = ("sleep 60 | nc -l -p $MASTER_PORT > /tmp/a & sleep 60 | nc -l -p 29601 > /tmp/b & "
+              "i=0; until [ -s /tmp/a ] && [ -s /tmp/b ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done; "
               "echo got=$(cat /tmp/a)+$(cat /tmp/b)")
     client = ("for p in $MASTER_PORT 29601; do i=0; until echo hello-$p | nc -w 2 $MASTER_ADDR $p; do "
               "i=$((i+1)); [ $i -gt 100 ] && exit 9; sleep 0.1; done; done; echo sent=yes")
