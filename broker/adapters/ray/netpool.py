@@ -14,9 +14,9 @@ So the namespaces are made ahead of time and *leased*: a slot is one network nam
 - `airgap`: loopback only (a gang in an air-gapped pool: its workers share the namespace).
 
 What a slot's container can reach is set once per machine, by interface name, in our own chains
-(`rules()`), not per attempt: nothing on the node itself (INPUT: every packet from a slot is
+(`rules()`), not per attempt: nothing on the node itself (INPUT: every new connection from a slot is
 rejected, so the node's services on any address, the veth's own gateway included, are out of
-reach), no other slot and no other container network (FORWARD: a slot's packets leave only
+reach; replies to connections the node opened pass), no other slot and no other container network (FORWARD: a slot's packets leave only
 through the node's uplinks, the interfaces of its default routes; no new connection enters a
 slot from anywhere but the node), and egress through NAT. A container in a slot has no
 capability (the sandbox drops them all), so it cannot change its addresses, routes or interfaces.
@@ -40,9 +40,11 @@ Invariants:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -92,7 +94,9 @@ class NetPool:
         self.state_dir = Path(state_dir)
         self._run = run or _run
         self._rules_ok = False
+        self._uplinks_seen: list[str] | None = None
         self._bg = threading.Lock()  # one background refill per process at a time
+        self._threads: list[threading.Thread] = []
 
     # --- names ---------------------------------------------------------------------------
 
@@ -188,7 +192,8 @@ class NetPool:
         with self._mutex():
             state = self._load()
             self._collect_stale(state, stale)
-            clean = sum(1 for s in state.values() if s["kind"] == kind and s["state"] == CLEAN)
+            # slots being recycled or made become clean soon: counted, or concurrent refills overshoot
+            clean = sum(1 for s in state.values() if s["kind"] == kind and s["state"] in (CLEAN, RECYCLING))
             for _ in range(max(0, self.spare - clean)):
                 k = self._free_index(state)
                 fd = self._try_lock(k, fcntl.LOCK_EX)
@@ -210,57 +215,79 @@ class NetPool:
     def destroy(self) -> None:
         """Remove every slot and the rules (tests; a node being retired). Slots still held are
         removed too: call it only when nothing runs."""
+        for t in self._threads:
+            t.join(timeout=30)
         with self._mutex():
             for k in self._load():
                 self._teardown(int(k))
             self._save({})
-        self._restore_rules(delete=True)
+        self._remove_rules()
         self._rules_ok = False
 
     # --- rules ---------------------------------------------------------------------------
 
-    def chains(self) -> tuple[str, str, str]:
+    def chains(self, uplinks: list[str] | None = None) -> tuple[str, str, str]:
+        """Our chains' names: they carry a digest of the rules, so changed rules (new code, new
+        uplinks) are installed beside the old ones and replace them without a gap."""
+        tag = hashlib.sha256(self._template(self._uplinks() if uplinks is None else uplinks).encode()).hexdigest()[:8]
         p = self.prefix.upper()
-        return f"{p}-NETPOOL-IN", f"{p}-NETPOOL-FWD", f"{p}-NETPOOL-NAT"
+        return f"{p}-NP-IN-{tag}", f"{p}-NP-FWD-{tag}", f"{p}-NP-NAT-{tag}"
 
     def rules(self, uplinks: list[str]) -> str:
         """The iptables-restore payload of the machine's slot rules (see the module doc)."""
-        cin, cfwd, cnat = self.chains()
+        cin, cfwd, cnat = self.chains(uplinks)
+        return self._template(uplinks).format(IN=cin, FWD=cfwd, NAT=cnat)
+
+    def _template(self, uplinks: list[str]) -> str:
         slots = f"{self.prefix}s+"
-        lines = ["*filter", f":{cin} - [0:0]", f":{cfwd} - [0:0]",
-                 f"-A {cin} -i {slots} -j REJECT",
-                 f"-A {cfwd} -o {slots} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-                 f"-A {cfwd} -o {slots} -j DROP"]
-        lines += [f"-A {cfwd} -i {slots} -o {u} -j ACCEPT" for u in uplinks]
-        lines += [f"-A {cfwd} -i {slots} -j DROP",
-                  f"-I INPUT -j {cin}", f"-I FORWARD -j {cfwd}", "COMMIT",
-                  "*nat", f":{cnat} - [0:0]",
-                  f"-A {cnat} -s {self.net} ! -d {self.net} -j MASQUERADE",
-                  f"-I POSTROUTING -j {cnat}", "COMMIT"]
+        lines = ["*filter", ":{IN} - [0:0]", ":{FWD} - [0:0]",
+                 f"-A {{IN}} -i {slots} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                 f"-A {{IN}} -i {slots} -j REJECT",
+                 f"-A {{FWD}} -o {slots} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+                 f"-A {{FWD}} -o {slots} -j DROP"]
+        lines += [f"-A {{FWD}} -i {slots} -o {u} -j ACCEPT" for u in uplinks]
+        lines += [f"-A {{FWD}} -i {slots} -j DROP",
+                  "-I INPUT -j {IN}", "-I FORWARD -j {FWD}", "COMMIT",
+                  "*nat", ":{NAT} - [0:0]",
+                  f"-A {{NAT}} -s {self.net} ! -d {self.net} -j MASQUERADE",
+                  "-I POSTROUTING -j {NAT}", "COMMIT"]
         return "\n".join(lines) + "\n"
 
+    def _uplinks(self) -> list[str]:
+        if self._uplinks_seen is None:
+            self._uplinks_seen = uplinks()
+        return self._uplinks_seen
+
     def ensure_rules(self) -> None:
-        """Install the slot rules once per machine (checked once per process)."""
+        """Install the slot rules once per machine (checked once per process); rules of an
+        earlier version are removed once the current ones are in place."""
         if self._rules_ok:
             return
         cin = self.chains()[0]
         with self._mutex():
             r = self._run(["iptables", "-w", "-S", "INPUT"])
             if f"-j {cin}" not in r.stdout:
-                self._restore_rules(delete=True)  # half-installed leftovers
-                r = self._run(["iptables-restore", "-w", "--noflush"], input=self.rules(uplinks()))
+                r = self._run(["iptables-restore", "-w", "--noflush"], input=self.rules(self._uplinks()))
                 if r.returncode != 0:
                     raise RuntimeError(f"iptables-restore failed: {r.stderr.strip()[:300]}")
+                self._remove_rules(keep=self.chains())
         self._rules_ok = True
 
-    def _restore_rules(self, delete: bool) -> None:
-        cin, cfwd, cnat = self.chains()
-        for table, parent, chain in (("filter", "INPUT", cin), ("filter", "FORWARD", cfwd),
-                                     ("nat", "POSTROUTING", cnat)):
-            while self._run(["iptables", "-w", "-t", table, "-D", parent, "-j", chain]).returncode == 0:
-                pass
-            self._run(["iptables", "-w", "-t", table, "-F", chain])
-            self._run(["iptables", "-w", "-t", table, "-X", chain])
+    def _remove_rules(self, keep: tuple[str, ...] = ()) -> None:
+        """Remove our chains (every version of them) but `keep`."""
+        mine = re.compile(rf"^{re.escape(self.prefix.upper())}-NP-(IN|FWD|NAT)-[0-9a-f]{{8}}$")
+        for table, parents in (("filter", ("INPUT", "FORWARD")), ("nat", ("POSTROUTING",))):
+            for parent in parents:
+                for line in self._run(["iptables", "-w", "-t", table, "-S", parent]).stdout.splitlines():
+                    parts = line.split()
+                    if parts[:1] == ["-A"] and parts[2:3] == ["-j"] and len(parts) == 4 \
+                            and mine.match(parts[3]) and parts[3] not in keep:
+                        self._run(["iptables", "-w", "-t", table, "-D", parent, "-j", parts[3]])
+            for line in self._run(["iptables", "-w", "-t", table, "-S"]).stdout.splitlines():
+                parts = line.split()
+                if parts[:1] == ["-N"] and len(parts) == 2 and mine.match(parts[1]) and parts[1] not in keep:
+                    self._run(["iptables", "-w", "-t", table, "-F", parts[1]])
+                    self._run(["iptables", "-w", "-t", table, "-X", parts[1]])
 
     # --- internals -----------------------------------------------------------------------
 
@@ -300,7 +327,9 @@ class NetPool:
                 for k, fd in stale:
                     self._recycle_and_free(k, self._kind_of(k), fd)
                 self.refill(kind)
-        threading.Thread(target=work, name="netpool-refill", daemon=True).start()
+        t = threading.Thread(target=work, name="netpool-refill", daemon=True)
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
 
     def _kind_of(self, k: int) -> str:
         with self._mutex():
