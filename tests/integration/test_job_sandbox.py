@@ -167,3 +167,37 @@ def test_container_sees_only_its_admitted_gpu(ray_executor, busybox_image, job_i
     (w,), (log,) = run(ray_executor, launch)
     assert w.exit_code == 0, log
     assert log.splitlines()[0].strip() == "1", log
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def test_jobs_cannot_reach_each_others_containers(ray_executor, busybox_image, job_id):
+    """Two listening jobs, one in a pooled namespace and one on its own bridge (a published
+    port, as a service replica has), and two probing jobs of both kinds: no job reaches the
+    other jobs' containers (netavark alone would forward between bridges)."""
+    listen = ("IP=$(ip -4 addr show eth0 | awk '/inet /{print $2}' | cut -d/ -f1); echo ip=$IP; "
+              "while true; do nc -l -p 7000 -e echo reached; done")
+    listeners = {"slot": replace(spec(job_id + "-ls", listen, image=busybox_image, gpus=0), max_runtime_s=60),
+                 "bridge": replace(spec(job_id + "-lb", listen, image=busybox_image, gpus=0), max_runtime_s=60,
+                                   publish=((_free_port(), 7000),))}
+    ips = {}
+    for kind, launch in listeners.items():
+        ray_executor.launch(launch)
+        ips[kind] = wait_for(lambda: log_fields(ray_executor, launch.job_id, 0).get("ip"), 60)
+    assert ips["slot"] != ips["bridge"]
+    probes = " ".join(f"nc -w 2 {ip} 7000 </dev/null | grep -q reached && echo {k}=open || echo {k}=closed;"
+                      for k, ip in ips.items())
+    for kind, extra in (("slot", {}), ("bridge", {"publish": ((_free_port(), 7001),)})):
+        probe = replace(spec(f"{job_id}-p{kind[0]}", probes, image=busybox_image, gpus=0), **extra)
+        (w,), (log,) = run(ray_executor, probe)
+        assert w.exit_code == 0, log
+        f = log_fields(ray_executor, probe.job_id, 0)
+        assert (f["slot"], f["bridge"]) == ("closed", "closed"), (kind, log)
+    # from the node itself both answer (so the probes above can fail)
+    for ip in ips.values():
+        with socket.create_connection((ip, 7000), timeout=5) as c:
+            assert c.recv(16).startswith(b"reached")

@@ -508,10 +508,11 @@ class WorkerRunner:
         return self._pump.stats() if self._pump is not None else None
 
     def read_log(self, offset: int = 0, max_bytes: int = 1 << 20) -> bytes:
-        if self.job_id is None:
+        log_file = getattr(self, "log_file", None)  # adopt sets job_id first, the log's path after
+        if self.job_id is None or log_file is None:
             return b""
         try:
-            with open(self.log_file, "rb") as f:
+            with open(log_file, "rb") as f:
                 f.seek(offset)
                 return f.read(max_bytes)
         except FileNotFoundError:

@@ -129,10 +129,17 @@ def guard_gateway(name: str, env: Mapping[str, str], fresh: bool = False) -> boo
     # replies to connections the node opened (the broker's proxy to a service replica's
     # published port) come back in on the bridge: accepted, first; a connection the network
     # opens to the node is NEW and still refused
+    # netavark (1.4) forwards between its bridges: a container on one podman network reaches
+    # the containers of every other one (measured). Nothing from this network to another
+    # podman bridge or to a pooled namespace (netpool's `<prefix>s<k>` veths), so no other
+    # job's container; its own bridge stays open (for hosts that pass bridged frames to iptables)
     rules = [f"-I INPUT -i {iface} -j REJECT",
              f"-I INPUT -i {iface} -p udp -d {gateway} --dport 53 -j ACCEPT",
              f"-I INPUT -i {iface} -p tcp -d {gateway} --dport 53 -j ACCEPT",
-             f"-I INPUT -i {iface} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
+             f"-I INPUT -i {iface} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+             f"-I FORWARD -i {iface} -o podman+ -j DROP",
+             f"-I FORWARD -i {iface} -o cbs+ -j DROP",
+             f"-I FORWARD -i {iface} -o {iface} -j ACCEPT"]
     return _restore(f"{r} -m comment --comment {tag}" for r in rules)
 
 
@@ -146,7 +153,7 @@ def _restore(rules: Iterable[str]) -> bool:
 
 
 def _rules_present(tag: str) -> bool:
-    r = subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True, timeout=30, check=False)
+    r = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True, timeout=30, check=False)
     return tag in r.stdout
 
 
@@ -154,8 +161,10 @@ def unguard_gateway(name: str) -> None:
     if shutil.which("iptables") is None:
         return
     tag = _rule_tag(name)
-    r = subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True, timeout=30, check=False)
-    gone = ["-D " + line[3:] for line in r.stdout.splitlines() if tag in line and line.startswith("-A INPUT")]
+    gone = []
+    for chain in ("INPUT", "FORWARD"):
+        r = subprocess.run(["iptables", "-w", "-S", chain], capture_output=True, text=True, timeout=30, check=False)
+        gone += ["-D " + line[3:] for line in r.stdout.splitlines() if tag in line and line.startswith(f"-A {chain}")]
     if gone:
         _restore(gone)
 
