@@ -182,12 +182,26 @@ def test_rules_are_installed_once_per_machine(pool):
     # an older version's chains (other rules) are replaced by the current ones
     pool.destroy()
     old = NetPool(prefix=pool.prefix, subnet=SUBNET, state_dir=pool.state_dir)
-    old._uplinks_seen = ["lo"]
-    old.ensure_rules()
-    pool._rules_ok = False
-    pool.ensure_rules()
+    old._uplinks = lambda: ["lo"]
+    old.ensure_rules(verify=True)
+    pool.ensure_rules(verify=True)  # what a runner does in the background after trusting rules.json
     listing = subprocess.run(["iptables", "-w", "-S"], capture_output=True, text=True).stdout
     assert f"-j {cin}" in listing and f"-j {old.chains()[0]}" not in listing and old.chains()[0] not in listing
+
+
+def test_a_runner_trusts_the_machines_record_and_verifies_in_the_background(pool, monkeypatch):
+    pool.ensure_rules(verify=True)
+    runner = NetPool(prefix=pool.prefix, subnet=SUBNET, state_dir=pool.state_dir, spare=1)
+    calls = []
+    real = runner._run
+    monkeypatch.setattr(runner, "_run", lambda argv, **kw: calls.append(argv[0]) or real(argv, **kw))
+    runner.ensure_rules()
+    assert calls == [] and runner._verify_later  # no iptables on the dispatch path
+    subprocess.run(["iptables", "-w", "-D", "INPUT", "-j", pool.chains()[0]], check=True)  # flushed by someone
+    runner.acquire("job-a/1")
+    wait_for(lambda: not runner._verify_later, 10)
+    listing = subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True).stdout
+    assert f"-j {pool.chains()[0]}" in listing  # reinstalled by the background verification
 
 
 def test_rules_payload_names_the_uplinks():

@@ -95,6 +95,7 @@ class NetPool:
         self._run = run or _run
         self._rules_ok = False
         self._uplinks_seen: list[str] | None = None
+        self._verify_later = False
         self._bg = threading.Lock()  # one background refill per process at a time
         self._threads: list[threading.Thread] = []
 
@@ -179,7 +180,7 @@ class NetPool:
         """Make the machine's rules and `spare` clean slots of each kind ahead of the first
         dispatch (a warm runner calls it at its start). Best effort."""
         try:
-            self.ensure_rules()
+            self.ensure_rules(verify=True)
             for kind in kinds:
                 self.refill(kind)
         except Exception:  # noqa: BLE001 - the lease path makes what is missing
@@ -221,6 +222,7 @@ class NetPool:
             for k in self._load():
                 self._teardown(int(k))
             self._save({})
+            (self.state_dir / "rules.json").unlink(missing_ok=True)
         self._remove_rules()
         self._rules_ok = False
 
@@ -258,20 +260,33 @@ class NetPool:
             self._uplinks_seen = uplinks()
         return self._uplinks_seen
 
-    def ensure_rules(self) -> None:
-        """Install the slot rules once per machine (checked once per process); rules of an
-        earlier version are removed once the current ones are in place."""
-        if self._rules_ok:
+    def ensure_rules(self, verify: bool = False) -> None:
+        """Install the slot rules once per machine; rules of an earlier version are removed once
+        the current ones are in place. Without `verify`, a process trusts the machine's record
+        (`rules.json`, written when they were installed or last verified) and verifies them in
+        the background (no iptables run on the dispatch path); with it, it asks iptables."""
+        if self._rules_ok and not verify:
             return
-        cin = self.chains()[0]
+        if not verify:
+            try:
+                seen = json.loads((self.state_dir / "rules.json").read_text())
+                self._uplinks_seen = list(seen["uplinks"])
+                self._rules_ok, self._verify_later = True, True
+                return
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
         with self._mutex():
+            self._uplinks_seen = None  # asked afresh: an uplink may have changed
+            cin = self.chains()[0]
             r = self._run(["iptables", "-w", "-S", "INPUT"])
             if f"-j {cin}" not in r.stdout:
                 r = self._run(["iptables-restore", "-w", "--noflush"], input=self.rules(self._uplinks()))
                 if r.returncode != 0:
                     raise RuntimeError(f"iptables-restore failed: {r.stderr.strip()[:300]}")
                 self._remove_rules(keep=self.chains())
-        self._rules_ok = True
+            (self.state_dir / "rules.json").write_text(json.dumps({"uplinks": self._uplinks(),
+                                                                   "chains": self.chains()}))
+        self._rules_ok, self._verify_later = True, False
 
     def _remove_rules(self, keep: tuple[str, ...] = ()) -> None:
         """Remove our chains (every version of them) but `keep`."""
@@ -324,6 +339,8 @@ class NetPool:
         """Recycle the stale slots taken and top the clean ones of `kind` up, off the caller's path."""
         def work() -> None:
             with self._bg:
+                if self._verify_later:
+                    self.ensure_rules(verify=True)
                 for k, fd in stale:
                     self._recycle_and_free(k, self._kind_of(k), fd)
                 self.refill(kind)
