@@ -473,10 +473,10 @@ def _close(fd: int) -> None:
 _DEFAULT: dict[str, NetPool] = {}  # no lock here: this module travels by value (a lock does not pickle)
 
 
-def default_pool() -> NetPool:
+def default_pool(subnet: str = DEFAULT_SUBNET) -> NetPool:
     """This process's handle on the machine's pool (the runner's). Two handles made by a race
     would be harmless: every decision is taken under the pool's file lock."""
-    pool = _DEFAULT.get("pool")
+    pool = _DEFAULT.get(subnet)
     if pool is None:
-        pool = _DEFAULT.setdefault("pool", NetPool())
+        pool = _DEFAULT.setdefault(subnet, NetPool(subnet=subnet))
     return pool

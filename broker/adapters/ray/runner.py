@@ -373,12 +373,14 @@ class WorkerRunner:
 
     def __init__(self, node: str, log_dir: str, namespace: str, gpu_devices: str = "auto",
                  network: str = "host", job: Mapping[str, Any] | None = None, isolation: bool = False,
-                 pids_limit: int = 0, secrets_dir: str = "/dev/shm") -> None:
+                 pids_limit: int = 0, secrets_dir: str = "/dev/shm",
+                 network_subnet: str = netpool.DEFAULT_SUBNET) -> None:
         """`job` given: run it now (a runner created for one worker). `job` None: a warm
         spare that waits, idle, until `adopt(job)`."""
         self.created_at = time.time()  # for dispatch timing: actor up vs. process up
         self.node, self.log_dir, self.namespace, self.network = node, log_dir, namespace, network
         self.isolation, self.pids_limit, self.secrets_base = isolation, pids_limit, secrets_dir
+        self.network_subnet = network_subnet
         self._secret_dir: Path | None = None
         self._gang_net = ""
         self.real_gpus = gpu_devices == "on" or (gpu_devices == "auto" and cdi_gpus_available())
@@ -401,7 +403,7 @@ class WorkerRunner:
         if job is not None:
             self.adopt(job)
         elif isolation and netpool.NetPool.available():  # a warm spare: the node's pool, ready before
-            threading.Thread(target=netpool.default_pool().prepare, name="netpool", daemon=True).start()
+            threading.Thread(target=netpool.default_pool(network_subnet).prepare, name="netpool", daemon=True).start()
 
     def adopt(self, job: Mapping[str, Any]) -> bool:
         """Take one worker of one attempt and start it (asynchronously). Keys: job_id,
@@ -725,7 +727,7 @@ class WorkerRunner:
         one-worker job falls back to its own bridge when the pool fails; a gang cannot (its
         workers would be apart), so its start fails."""
         try:
-            self._lease = netpool.default_pool().acquire(f"{self.job_id}/{self.attempt}", self._slot_kind)
+            self._lease = netpool.default_pool(self.network_subnet).acquire(f"{self.job_id}/{self.attempt}", self._slot_kind)
             self._net = self._lease.network
         except Exception:
             if self.world_size > 1:
