@@ -48,6 +48,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -57,7 +58,8 @@ CLEAN, LEASED, RECYCLING = "clean", "leased", "recycling"
 DEFAULT_PREFIX = "cb"
 DEFAULT_SUBNET = "10.213.0.0/16"
 DEFAULT_STATE_DIR = "/run/compute-broker/netpool"
-NETNS_DIR = Path("/run/netns")  # where `ip netns` keeps its namespaces
+NETNS_DIR = Path("/run/netns")
+VERIFY_DELAY_S = 1.0  # where `ip netns` keeps its namespaces
 
 
 @dataclass
@@ -340,6 +342,7 @@ class NetPool:
         def work() -> None:
             with self._bg:
                 if self._verify_later:
+                    time.sleep(VERIFY_DELAY_S)  # after the container's start, not beside it
                     self.ensure_rules(verify=True)
                 for k, fd in stale:
                     self._recycle_and_free(k, self._kind_of(k), fd)
