@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.adapters.ray import sandbox
+from broker.adapters.ray import netpool, sandbox
 from broker.adapters.ray.runner import cdi_gpus_available, container_name
 from broker.ports import WorkerState
 from tests.integration.conftest import wait_for
@@ -201,3 +201,17 @@ def test_jobs_cannot_reach_each_others_containers(ray_executor, busybox_image, j
     for ip in ips.values():
         with socket.create_connection((ip, 7000), timeout=5) as c:
             assert c.recv(16).startswith(b"reached")
+
+
+@pytest.mark.skipif(not netpool.NetPool.available(), reason="the namespace pool needs root, ip and iptables")
+def test_an_attempts_namespace_is_leased_while_it_runs_and_recycled_after(ray_executor, busybox_image, job_id):
+    pool = netpool.default_pool()
+    owner = f"{job_id}/1"
+    launch = spec(job_id, "echo gw=$(ip route | awk '/default/{print $3}'); sleep 3", image=busybox_image, gpus=0)
+    ray_executor.launch(launch)
+    leased = wait_for(lambda: [k for k, s in pool.slots().items() if s["owner"] == owner and s["state"] == "leased"], 60)
+    assert len(leased) == 1  # one slot for the attempt
+    until_state(ray_executor, job_id, WorkerState.EXITED)
+    assert log_fields(ray_executor, job_id, 0)["gw"] == pool.gateway_ip(leased[0])  # it ran in that slot
+    wait_for(lambda: pool.slots()[leased[0]]["state"] == "clean", 30)  # recycled once the worker ended
+    assert not [s for s in pool.slots().values() if s["owner"] == owner]
