@@ -89,12 +89,14 @@ class NetPool:
 
     def __init__(self, *, prefix: str = DEFAULT_PREFIX, subnet: str = DEFAULT_SUBNET,
                  state_dir: str | os.PathLike = DEFAULT_STATE_DIR, spare: int = 4, max_slots: int = 1024,
-                 run: Callable[..., Any] | None = None) -> None:
+                 run: Callable[..., Any] | None = None, netns_dir: str | os.PathLike = NETNS_DIR) -> None:
+        """`run` and `netns_dir`: a fake `ip`/`iptables` and where it keeps namespaces (tests)."""
         self.prefix, self.spare = prefix, spare
         self.net = ipaddress.ip_network(subnet)
         self.max_slots = min(max_slots, self.net.num_addresses // 4)
         self.state_dir = Path(state_dir)
         self._run = run or _run
+        self.netns_dir = Path(netns_dir)
         self._rules_ok = False
         self._uplinks_seen: list[str] | None = None
         self._verify_later = False
@@ -107,7 +109,7 @@ class NetPool:
         return f"{self.prefix}-slot-{k}"
 
     def netns_path(self, k: int) -> Path:
-        return NETNS_DIR / self.netns_name(k)
+        return self.netns_dir / self.netns_name(k)
 
     def host_if(self, k: int) -> str:
         return f"{self.prefix}s{k}"

@@ -55,11 +55,10 @@ class FakeIp:
         return subprocess.CompletedProcess(argv, 0, stdout="", stderr="")
 
 
-def test_lease_bookkeeping_with_a_fake_ip(tmp_path, monkeypatch):
+def test_lease_bookkeeping_with_a_fake_ip(tmp_path):
     fake = FakeIp()
-    p = NetPool(prefix="cbq", subnet=SUBNET, state_dir=tmp_path, spare=0, run=fake)
+    p = NetPool(prefix="cbq", subnet=SUBNET, state_dir=tmp_path, spare=0, run=fake, netns_dir=tmp_path / "netns")
     p._rules_ok = True
-    monkeypatch.setattr(netpool, "NETNS_DIR", tmp_path / "netns")
     a = p.acquire("job-a/1")  # none clean: made now
     assert a.network == f"ns:{tmp_path / 'netns' / 'cbq-slot-0'}" and a.kind == EGRESS
     batches = [inp for argv, inp in fake.calls if "-batch" in argv and inp and "netns add" in inp]
