@@ -661,7 +661,7 @@ class WorkerRunner:
             proc = self._pumped(subprocess.Popen(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=launch_env(os.environ), start_new_session=True, close_fds=True,
-                pass_fds=(rfd,)))
+                pass_fds=(rfd,), cwd=self._podman_cwd()))
         except BaseException:
             os.close(wfd)
             raise
@@ -669,6 +669,14 @@ class WorkerRunner:
             os.close(rfd)
         threading.Thread(target=_feed, args=(wfd, payload), name="env-file", daemon=True).start()
         return proc
+
+    def _podman_cwd(self) -> str:
+        """Where podman (and its conmon) run: the worker's log folder. conmon writes a file
+        named `oom` into its working directory when the kernel kills the container at its
+        memory limit (cgroup v1); from the runner's own directory (the broker's checkout, for
+        Ray workers) that left stray `oom` files there."""
+        d = self.log_file.parent
+        return str(d) if d.is_dir() else "/"
 
     def _pumped(self, proc: subprocess.Popen) -> subprocess.Popen:
         """Start copying the process's output into its log (see `LogPump`)."""
