@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     job_isolation: bool = True
     job_pids_limit: int = Field(4096, ge=0)  # 0: no pids limit
     no_egress_pools: list[str] = []  # pools whose jobs get no network beyond their own gang
+    # The addresses of the pooled job namespaces on every node (a /30 each; the node's side
+    # .1, the container .2): a private range no node uses. See docs/SECURITY.md.
+    job_network_subnet: str = "10.213.0.0/16"
     # Per-attempt scratch (removed at the end) and per-project results (kept; size reported in
     # usage, new jobs refused past the limit). Defaults under <data_dir>.
     scratch_root: Path | None = None

@@ -12,6 +12,10 @@ One run, on an idle local one-node Ray cluster (logical GPUs, dashboard on for t
    each job is waited for until it ends before the next one starts (an idle cluster each time);
 3. one warm-up run of each path comes first and is not counted.
 
+With `--isolation`: isolated_ms_median, host_ms_median, ratio (of the medians; goal <= 1.10),
+paired_ratio_median (the median of each back-to-back pair's ratio), load_1min (before, after),
+isolated_ms / host_ms (every sample).
+
 JSON keys: broker_ms_median, ray_jobs_ms_median, ratio (= broker / ray; goal <= 0.5), plus
 broker_ms / ray_jobs_ms (every sample), n, path ("api": through REST and the scheduling loop),
 warm_runners (spare runners per node; 0 measures the cold path: a fresh runner per worker).
@@ -19,6 +23,7 @@ warm_runners (spare runners per node; 0 measures the cold path: a fresh runner p
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import threading
@@ -153,6 +158,7 @@ def _isolation_cost(n: int, *, client, executor, settings, project: str, image: 
             raise RuntimeError(f"container job {job['id']} ended {done['status']}: {done['message']}")
         return (ran - t0) * 1000
 
+    load_before = os.getloadavg()[0]
     once(-1, True), once(-2, False)  # warm-up, not counted
     on, off = [], []
     for i in range(n):
@@ -160,7 +166,12 @@ def _isolation_cost(n: int, *, client, executor, settings, project: str, image: 
             (on if isolated else off).append(once(i, isolated))
     client.close()
     mon, moff = statistics.median(on), statistics.median(off)
+    # each pair ran back to back (alternating which first): the median of the pairs' ratios is
+    # less swayed by the shared machine's load drifting over the run than the ratio of medians
+    paired = statistics.median(a / b for a, b in zip(on, off))
     return {"isolated_ms_median": round(mon, 1), "host_ms_median": round(moff, 1),
-            "ratio": round(mon / moff, 3), "goal_ratio": 1.10, "n": n, "path": "api-container",
+            "ratio": round(mon / moff, 3), "paired_ratio_median": round(paired, 3),
+            "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "goal_ratio": 1.10, "n": n, "path": "api-container",
             "warm_runners": warm_runners, "isolated_ms": [round(x, 1) for x in on],
             "host_ms": [round(x, 1) for x in off]}

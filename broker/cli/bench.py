@@ -147,9 +147,11 @@ def bench_dispatch(
 
 def _isolation_lines(out: dict) -> list[str]:
     verdict = "meets" if out["ratio"] <= out["goal_ratio"] else "misses"
-    return [f"container, sandboxed (own netns, gang network, read-only, limits): median {out['isolated_ms_median']:.1f} ms",
-            f"container, host network, no sandbox:                             median {out['host_ms_median']:.1f} ms",
-            f"ratio {out['ratio']:.3f} ({verdict} the goal <= {out['goal_ratio']}), n={out['n']} each"]
+    return [f"container, sandboxed (leased netns, read-only, no caps, limits): median {out['isolated_ms_median']:.1f} ms",
+            f"container, host network, no sandbox:                           median {out['host_ms_median']:.1f} ms",
+            f"ratio {out['ratio']:.3f} ({verdict} the goal <= {out['goal_ratio']}), n={out['n']} each; "
+            f"median of the back-to-back pairs' ratios {out['paired_ratio_median']:.3f}; "
+            f"load average {out['load_1min'][0]} -> {out['load_1min'][1]}"]
 
 
 def _dispatch_lines(out: dict) -> list[str]:

@@ -134,7 +134,8 @@ def up(
                 state.save(settings.data_dir)
         executor = RayExecutor(address=address, log_dir=settings.data_dir / "logs",
                                isolation=settings.job_isolation, pids_limit=settings.job_pids_limit,
-                               secrets_dir=settings.secrets_tmpfs_dir)
+                               secrets_dir=settings.secrets_tmpfs_dir,
+                               network_subnet=settings.job_network_subnet)
         if settings.k8s_enabled:
             from broker.adapters.k8s import connect
             from broker.adapters.k8s.executor import KubeRayExecutor

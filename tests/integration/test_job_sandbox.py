@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.adapters.ray import sandbox
+from broker.adapters.ray import netpool, sandbox
 from broker.adapters.ray.runner import cdi_gpus_available, container_name
 from broker.ports import WorkerState
 from tests.integration.conftest import wait_for
@@ -117,7 +117,10 @@ def test_container_cannot_reach_the_nodes_services(ray_executor, ray_cluster, bu
 
 
 def test_gang_on_one_node_talks_over_two_ports(ray_executor, busybox_image, job_id):
-    server = ("nc -l -p $MASTER_PORT > /tmp/a & nc -l -p 29601 > /tmp/b & wait; "
+    # busybox `nc -l` with stdin at its end may close before it reads (a race: 4 of 20 on the
+    # node's own loopback): keep its stdin open and wait for the data instead
+    server = ("sleep 60 | nc -l -p $MASTER_PORT > /tmp/a & sleep 60 | nc -l -p 29601 > /tmp/b & "
+              "i=0; until [ -s /tmp/a ] && [ -s /tmp/b ]; do i=$((i+1)); [ $i -gt 300 ] && break; sleep 0.1; done; "
               "echo got=$(cat /tmp/a)+$(cat /tmp/b)")
     client = ("for p in $MASTER_PORT 29601; do i=0; until echo hello-$p | nc -w 2 $MASTER_ADDR $p; do "
               "i=$((i+1)); [ $i -gt 100 ] && exit 9; sleep 0.1; done; done; echo sent=yes")
@@ -164,3 +167,51 @@ def test_container_sees_only_its_admitted_gpu(ray_executor, busybox_image, job_i
     (w,), (log,) = run(ray_executor, launch)
     assert w.exit_code == 0, log
     assert log.splitlines()[0].strip() == "1", log
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def test_jobs_cannot_reach_each_others_containers(ray_executor, busybox_image, job_id):
+    """Two listening jobs, one in a pooled namespace and one on its own bridge (a published
+    port, as a service replica has), and two probing jobs of both kinds: no job reaches the
+    other jobs' containers (netavark alone would forward between bridges)."""
+    listen = ("IP=$(ip -4 addr show eth0 | awk '/inet /{print $2}' | cut -d/ -f1); echo ip=$IP; "
+              "while true; do nc -l -p 7000 -e echo reached; done")
+    listeners = {"slot": replace(spec(job_id + "-ls", listen, image=busybox_image, gpus=0), max_runtime_s=60),
+                 "bridge": replace(spec(job_id + "-lb", listen, image=busybox_image, gpus=0), max_runtime_s=60,
+                                   publish=((_free_port(), 7000),))}
+    ips = {}
+    for kind, launch in listeners.items():
+        ray_executor.launch(launch)
+        ips[kind] = wait_for(lambda: log_fields(ray_executor, launch.job_id, 0).get("ip"), 60)
+    assert ips["slot"] != ips["bridge"]
+    probes = " ".join(f"nc -w 2 {ip} 7000 </dev/null | grep -q reached && echo {k}=open || echo {k}=closed;"
+                      for k, ip in ips.items())
+    for kind, extra in (("slot", {}), ("bridge", {"publish": ((_free_port(), 7001),)})):
+        probe = replace(spec(f"{job_id}-p{kind[0]}", probes, image=busybox_image, gpus=0), **extra)
+        (w,), (log,) = run(ray_executor, probe)
+        assert w.exit_code == 0, log
+        f = log_fields(ray_executor, probe.job_id, 0)
+        assert (f["slot"], f["bridge"]) == ("closed", "closed"), (kind, log)
+    # from the node itself both answer (so the probes above can fail)
+    for ip in ips.values():
+        with socket.create_connection((ip, 7000), timeout=5) as c:
+            assert c.recv(16).startswith(b"reached")
+
+
+@pytest.mark.skipif(not netpool.NetPool.available(), reason="the namespace pool needs root, ip and iptables")
+def test_an_attempts_namespace_is_leased_while_it_runs_and_recycled_after(ray_executor, busybox_image, job_id):
+    pool = netpool.default_pool()
+    owner = f"{job_id}/1"
+    launch = spec(job_id, "echo gw=$(ip route | awk '/default/{print $3}'); sleep 3", image=busybox_image, gpus=0)
+    ray_executor.launch(launch)
+    leased = wait_for(lambda: [k for k, s in pool.slots().items() if s["owner"] == owner and s["state"] == "leased"], 60)
+    assert len(leased) == 1  # one slot for the attempt
+    until_state(ray_executor, job_id, WorkerState.EXITED)
+    assert log_fields(ray_executor, job_id, 0)["gw"] == pool.gateway_ip(leased[0])  # it ran in that slot
+    wait_for(lambda: pool.slots()[leased[0]]["state"] == "clean", 30)  # recycled once the worker ended
+    assert not [s for s in pool.slots().values() if s["owner"] == owner]

@@ -44,7 +44,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from broker import jobenv
 from broker.adapters.ray import runner as ray_runner
-from broker.adapters.ray import sandbox
+from broker.adapters.ray import netpool, sandbox
 from broker.adapters.ray.runner import (NAME_RE, PG_NAME_RE, WorkerRunner, actor_name,
                                         log_path, log_state_path, pg_name)
 from broker.adapters.ray.warm import WarmPool, del_names, get_names, put_names
@@ -63,6 +63,7 @@ _MIN_CPU = 0.01  # Ray refuses empty bundles: a 0-CPU 0-GPU worker reserves a sl
 cloudpickle.register_pickle_by_value(ray_runner)
 cloudpickle.register_pickle_by_value(jobenv)
 cloudpickle.register_pickle_by_value(sandbox)
+cloudpickle.register_pickle_by_value(netpool)
 
 
 class ExecutorError(RuntimeError):
@@ -75,7 +76,8 @@ class RayExecutor:
                  network: str = "host", call_timeout_s: float = 2.0,
                  release_timeout_s: float = 15.0, runner_concurrency: int = 8,
                  warm_runners: int = 2, init_kwargs: dict[str, Any] | None = None,
-                 isolation: bool = True, pids_limit: int = 4096, secrets_dir: str = "/dev/shm") -> None:
+                 isolation: bool = True, pids_limit: int = 4096, secrets_dir: str = "/dev/shm",
+                 network_subnet: str = netpool.DEFAULT_SUBNET) -> None:
         """Connect to Ray (`address`: None starts an in-process local Ray, "auto" or
         "host:port" joins a running cluster, "ray://..." uses Ray Client).
 
@@ -87,12 +89,14 @@ class RayExecutor:
         inside its bundle and Ray's GPU ids). `isolation`: containers get their own network
         namespace, no capabilities, a read-only root and the admitted limits (see sandbox);
         False keeps `network` (default: the host's) and no limits. `secrets_dir`: a tmpfs on
-        every node where runners write secret files.
+        every node where runners write secret files. `network_subnet`: the addresses of the
+        pooled job namespaces on every node (see netpool).
         """
         self.namespace = namespace
         self.log_dir = str(Path(log_dir).resolve())
         self.gpu_devices, self.network = gpu_devices, network
         self.isolation, self.pids_limit, self.secrets_dir = isolation, pids_limit, str(secrets_dir)
+        self.network_subnet = network_subnet
         self.call_timeout_s, self.release_timeout_s = call_timeout_s, release_timeout_s
         self._owns_connection = not ray.is_initialized()
         if self._owns_connection:
@@ -316,7 +320,7 @@ class RayExecutor:
     def _runner_args(self, node: str) -> dict[str, Any]:
         return dict(node=node, log_dir=self.log_dir, namespace=self.namespace,
                     gpu_devices=self.gpu_devices, network=self.network, isolation=self.isolation,
-                    pids_limit=self.pids_limit, secrets_dir=self.secrets_dir)
+                    pids_limit=self.pids_limit, secrets_dir=self.secrets_dir, network_subnet=self.network_subnet)
 
     def _start_pool(self) -> None:
         try:

@@ -549,6 +549,8 @@ def kill_orphans(log_dir: str | os.PathLike, secrets_dir: str | os.PathLike = "/
                                timeout=120, check=False)
             ended_one = ended_one or (r.returncode == 0 and container in r.stdout)
             # what lived only as long as the worker: its secret files (tmpfs) and gang network
+            # (a leased namespace needs nothing here: its runner is gone, so the pool's next
+            # lease finds it unheld and recycles it)
             sandbox.remove_secrets(Path(secrets_dir) / "cb-secrets" / container)
             sandbox.remove_network(sandbox.gang_network(path.parent.parent.name, int(path.parent.name)),
                                    os.environ)

@@ -46,7 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ray
 
-from broker.adapters.ray import sandbox
+from broker.adapters.ray import netpool, sandbox
 from broker.jobenv import env_file, process_env
 
 NAME_RE = re.compile(r"^job-(?P<job>.+)-a(?P<attempt>\d+)-r(?P<rank>\d+)$")
@@ -392,12 +392,14 @@ class WorkerRunner:
 
     def __init__(self, node: str, log_dir: str, namespace: str, gpu_devices: str = "auto",
                  network: str = "host", job: Mapping[str, Any] | None = None, isolation: bool = False,
-                 pids_limit: int = 0, secrets_dir: str = "/dev/shm") -> None:
+                 pids_limit: int = 0, secrets_dir: str = "/dev/shm",
+                 network_subnet: str = netpool.DEFAULT_SUBNET) -> None:
         """`job` given: run it now (a runner created for one worker). `job` None: a warm
         spare that waits, idle, until `adopt(job)`."""
         self.created_at = time.time()  # for dispatch timing: actor up vs. process up
         self.node, self.log_dir, self.namespace, self.network = node, log_dir, namespace, network
         self.isolation, self.pids_limit, self.secrets_base = isolation, pids_limit, secrets_dir
+        self.network_subnet = network_subnet
         self._secret_dir: Path | None = None
         self._gang_net = ""
         self.real_gpus = gpu_devices == "on" or (gpu_devices == "auto" and cdi_gpus_available())
@@ -416,8 +418,11 @@ class WorkerRunner:
         self._pump: LogPump | None = None
         self._pump_thread: threading.Thread | None = None
         self._notice_ok = False
+        self._lease = None
         if job is not None:
             self.adopt(job)
+        elif isolation and netpool.NetPool.available():  # a warm spare: the node's pool, ready before
+            threading.Thread(target=netpool.default_pool(network_subnet).prepare, name="netpool", daemon=True).start()
 
     def adopt(self, job: Mapping[str, Any]) -> bool:
         """Take one worker of one attempt and start it (asynchronously). Keys: job_id,
@@ -451,12 +456,22 @@ class WorkerRunner:
         net, gang = sandbox.network_for(isolated=self.isolation and self.runtime == "container",
                                         world_size=self.world_size, gang_local=bool(job.get("gang_local", True)),
                                         no_egress=bool(job.get("no_egress")), default=self.network)
-        self._net = sandbox.gang_network(self.job_id, self.attempt) if gang else net
-        self._gang_net = self._net if gang else ""
         self._no_egress = bool(job.get("no_egress"))
         self.publish = [(int(h), int(c)) for h, c in job.get("publish") or ()]  # a service replica's port
-        # in a gang network rank 0 is reached by its container name (podman's DNS); any port is free
-        self.master_addr = container_name(self.job_id, self.attempt, 0) if gang else self.ip
+        # the attempt's own network: a leased namespace of the node's pool (its workers share it and
+        # reach each other on 127.0.0.1, any port), or, where the pool cannot serve (a published
+        # port, no root or no `ip`), a podman bridge per attempt (rank 0 by its container name)
+        self._slot_kind = ""
+        if gang and not self.publish and netpool.NetPool.available():
+            self._slot_kind = netpool.AIRGAP if self._no_egress else netpool.EGRESS
+        self._lease: netpool.Lease | None = None
+        bridge = gang and not self._slot_kind
+        self._net = sandbox.gang_network(self.job_id, self.attempt) if bridge else net
+        self._gang_net = self._net if bridge else ""
+        if self._slot_kind:
+            self.master_addr = "127.0.0.1"
+        else:
+            self.master_addr = container_name(self.job_id, self.attempt, 0) if gang else self.ip
         self.port = (29500 if gang else _free_port()) if self.rank == 0 else 0
         threading.Thread(target=self._run, name="runner", daemon=True).start()
         return True
@@ -514,10 +529,11 @@ class WorkerRunner:
         return self._pump.stats() if self._pump is not None else None
 
     def read_log(self, offset: int = 0, max_bytes: int = 1 << 20) -> bytes:
-        if self.job_id is None:
+        log_file = getattr(self, "log_file", None)  # adopt sets job_id first, the log's path after
+        if self.job_id is None or log_file is None:
             return b""
         try:
-            with open(self.log_file, "rb") as f:
+            with open(log_file, "rb") as f:
                 f.seek(offset)
                 return f.read(max_bytes)
         except FileNotFoundError:
@@ -666,7 +682,7 @@ class WorkerRunner:
             proc = self._pumped(subprocess.Popen(
                 argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=launch_env(os.environ), start_new_session=True, close_fds=True,
-                pass_fds=(rfd,)))
+                pass_fds=(rfd,), cwd=self._podman_cwd()))
         except BaseException:
             os.close(wfd)
             raise
@@ -674,6 +690,14 @@ class WorkerRunner:
             os.close(rfd)
         threading.Thread(target=_feed, args=(wfd, payload), name="env-file", daemon=True).start()
         return proc
+
+    def _podman_cwd(self) -> str:
+        """Where podman (and its conmon) run: the worker's log folder. conmon writes a file
+        named `oom` into its working directory when the kernel kills the container at its
+        memory limit (cgroup v1); from the runner's own directory (the broker's checkout, for
+        Ray workers) that left stray `oom` files there."""
+        d = self.log_file.parent
+        return str(d) if d.is_dir() else "/"
 
     def _pumped(self, proc: subprocess.Popen) -> subprocess.Popen:
         """Start copying the process's output into its log (see `LogPump`)."""
@@ -720,10 +744,25 @@ class WorkerRunner:
         if self.results_dir:
             Path(self.results_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             extra["BROKER_RESULTS_DIR"] = self._inside(self.results_dir, RESULTS_IN_CONTAINER)
+        if self._slot_kind:
+            self._lease_network()
         if self._gang_net:
             sandbox.ensure_network(self._gang_net, internal=self._no_egress, env=launch_env(os.environ),
                                    dns=self.world_size > 1)
         return extra
+
+    def _lease_network(self) -> None:
+        """Lease the attempt's namespace from the node's pool (a gang mate's lease is shared). A
+        one-worker job falls back to its own bridge when the pool fails; a gang cannot (its
+        workers would be apart), so its start fails."""
+        try:
+            self._lease = netpool.default_pool(self.network_subnet).acquire(f"{self.job_id}/{self.attempt}", self._slot_kind)
+            self._net = self._lease.network
+        except Exception:
+            if self.world_size > 1:
+                raise
+            self._slot_kind, self._net = "", sandbox.gang_network(self.job_id, self.attempt)
+            self._gang_net = self._net
 
     def _cleanup(self) -> None:
         """What lives only as long as the worker: its secret files and scratch (before its end
@@ -734,9 +773,12 @@ class WorkerRunner:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
     def _remove_network(self) -> None:
-        """The last worker of the gang out removes its network (podman refuses while another
-        container is on it; one that is still being removed gets a second try)."""
+        """The worker's network after its end was reported: a leased namespace goes back to the
+        pool; the last worker of the gang out removes a bridge network (podman refuses while
+        another container is on it; one that is still being removed gets a second try)."""
         try:
+            if self._lease is not None:  # the last holder recycles the namespace for the next attempt
+                self._lease.release()
             if self._gang_net:
                 env = launch_env(os.environ)
                 if not sandbox.remove_network(self._gang_net, env):  # a gang mate still uses it:

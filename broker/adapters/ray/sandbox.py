@@ -5,14 +5,19 @@ Standard library only, like the runner: the executor ships this module to Ray no
 What an isolated container gets (`isolation_flags`), and why:
 - its own network namespace (`network_for`): never the node's, so 127.0.0.1 inside is the
   container's own and the node's loopback services (broker API, agent exporter, PostgreSQL,
-  Ray) are out of reach. A gang whose workers share a node gets one podman bridge network per
-  attempt (`cb-<job>-a<attempt>`), so its workers reach each other on any port by container
-  name (podman's DNS) and no other job's containers are on it; an air-gapped pool's network is
-  `--internal` (no route off the node). A one-worker job in an air-gapped pool gets
-  `--network none`. The bridge's gateway is the node itself: `guard_gateway` adds an INPUT
-  rule that drops what the network sends to the node (DNS to podman's resolver excepted), so
-  services bound to 0.0.0.0 on the node are out of reach too. Gangs across nodes are not
-  covered (see docs/SECURITY.md: they fall back to the host network; untested here).
+  Ray) are out of reach. A one-worker job in an air-gapped pool gets `--network none`. Any
+  other job whose workers share a node gets the attempt's own network: a namespace leased
+  from the node's pool (`netpool`: made ahead of time, one attempt at a time, recycled after;
+  the gang's workers share it and reach each other on 127.0.0.1, any port; egress through NAT,
+  or loopback only in an air-gapped pool), so no network is created, no netavark runs and no
+  iptables rule changes on the dispatch path. The pool's rules, installed once per machine,
+  drop what a slot sends to the node itself and to any other slot or container network.
+  Where the pool cannot serve (a service replica's published port, no root, no `ip`), a
+  podman bridge per attempt (`cb-<job>-a<attempt>`) as before: its workers find each other by
+  container name (podman's DNS), an air-gapped pool's is `--internal`, and `guard_gateway`
+  refuses what it sends to the node (DNS to podman's resolver excepted) and to other
+  container networks. Gangs across nodes are not covered (see docs/SECURITY.md: they fall back
+  to the host network; untested here).
 - `--cap-drop=ALL` and `no-new-privileges`: no capability, no setuid gain;
 - `--read-only` root with a writable tmpfs /tmp (unless the job asks for a writable root);
 - `--pids-limit`, `--memory` (= swap: no swap beyond it) and `--cpus` as admitted.
@@ -59,7 +64,8 @@ def gang_network(job_id: str, attempt: int) -> str:
 
 def network_for(*, isolated: bool, world_size: int, gang_local: bool, no_egress: bool,
                 default: str = "host") -> tuple[str, bool]:
-    """(podman --network value, whether it is the per-attempt gang network to create)."""
+    """(podman --network value, whether the attempt needs its own network: a leased namespace
+    of the node's pool, or a podman bridge where the pool cannot serve; the runner decides)."""
     if not isolated:
         return default, False
     if world_size == 1 and no_egress:
@@ -129,10 +135,17 @@ def guard_gateway(name: str, env: Mapping[str, str], fresh: bool = False) -> boo
     # replies to connections the node opened (the broker's proxy to a service replica's
     # published port) come back in on the bridge: accepted, first; a connection the network
     # opens to the node is NEW and still refused
+    # netavark (1.4) forwards between its bridges: a container on one podman network reaches
+    # the containers of every other one (measured). Nothing from this network to another
+    # podman bridge or to a pooled namespace (netpool's `<prefix>s<k>` veths), so no other
+    # job's container; its own bridge stays open (for hosts that pass bridged frames to iptables)
     rules = [f"-I INPUT -i {iface} -j REJECT",
              f"-I INPUT -i {iface} -p udp -d {gateway} --dport 53 -j ACCEPT",
              f"-I INPUT -i {iface} -p tcp -d {gateway} --dport 53 -j ACCEPT",
-             f"-I INPUT -i {iface} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT"]
+             f"-I INPUT -i {iface} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+             f"-I FORWARD -i {iface} -o podman+ -j DROP",
+             f"-I FORWARD -i {iface} -o cbs+ -j DROP",
+             f"-I FORWARD -i {iface} -o {iface} -j ACCEPT"]
     return _restore(f"{r} -m comment --comment {tag}" for r in rules)
 
 
@@ -146,7 +159,7 @@ def _restore(rules: Iterable[str]) -> bool:
 
 
 def _rules_present(tag: str) -> bool:
-    r = subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True, timeout=30, check=False)
+    r = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True, timeout=30, check=False)
     return tag in r.stdout
 
 
@@ -154,8 +167,10 @@ def unguard_gateway(name: str) -> None:
     if shutil.which("iptables") is None:
         return
     tag = _rule_tag(name)
-    r = subprocess.run(["iptables", "-w", "-S", "INPUT"], capture_output=True, text=True, timeout=30, check=False)
-    gone = ["-D " + line[3:] for line in r.stdout.splitlines() if tag in line and line.startswith("-A INPUT")]
+    gone = []
+    for chain in ("INPUT", "FORWARD"):
+        r = subprocess.run(["iptables", "-w", "-S", chain], capture_output=True, text=True, timeout=30, check=False)
+        gone += ["-D " + line[3:] for line in r.stdout.splitlines() if tag in line and line.startswith(f"-A {chain}")]
     if gone:
         _restore(gone)
 
