@@ -26,6 +26,7 @@ PAYLOAD_TOO_LARGE (at once when Content-Length says so). Responses stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -72,10 +73,8 @@ class ServiceProxy:
             return
         except Exception:  # what FastAPI's error middleware did: a 500 with a code, never a traceback
             log.exception("service entry point failed: %s", scope.get("path"))
-            try:
+            with contextlib.suppress(Exception):  # the answer had started: the client sees it cut
                 await _error(send, 500, "INTERNAL", "internal error; see the broker log")
-            except Exception:  # the answer had started: the client sees it cut
-                pass
 
     def _pool(self) -> Pool:
         """One pool per event loop (a test client runs its own)."""
@@ -233,32 +232,32 @@ class ServiceProxy:
             return msg.get("body", b""), bool(msg.get("more_body"))
         parts, size = [], 0
         while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise _too_large(self.max_body)
+            chunk, more, size = await self._chunk(receive, size)
             parts.append(chunk)
-            if not msg.get("more_body"):
+            if not more:
                 return b"".join(parts), False
             if size > STREAM_ABOVE:
                 return b"".join(parts), True
 
     async def _body_rest(self, receive, size: int):
         while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = msg.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                raise _too_large(self.max_body)
+            chunk, more, size = await self._chunk(receive, size)
             if chunk:
                 yield chunk
-            if not msg.get("more_body"):
+            if not more:
                 return
+
+    async def _chunk(self, receive, size: int) -> tuple[bytes, bool, int]:
+        """The next part of the request body: (bytes, more to come, size so far), within the
+        body limit; a client that went away raises ClientGone."""
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > self.max_body:
+            raise _too_large(self.max_body)
+        return chunk, bool(msg.get("more_body")), size
 
 
 class ClientGone(Exception):

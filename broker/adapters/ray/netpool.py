@@ -42,7 +42,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import ipaddress
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -52,6 +54,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 EGRESS, AIRGAP = "egress", "airgap"
 CLEAN, LEASED, RECYCLING = "clean", "leased", "recycling"
@@ -187,8 +191,8 @@ class NetPool:
             self.ensure_rules(verify=True)
             for kind in kinds:
                 self.refill(kind)
-        except Exception:  # noqa: BLE001 - the lease path makes what is missing
-            pass
+        except Exception as e:  # noqa: BLE001 - the lease path makes what is missing
+            log.warning("network slots not prepared ahead (the first lease makes them): %s", e)
 
     def refill(self, kind: str) -> None:
         """Make clean slots until `spare` of `kind` are clean (and recycle stale ones)."""
@@ -278,7 +282,7 @@ class NetPool:
                 self._rules_ok, self._verify_later = True, True
                 return
             except (OSError, ValueError, KeyError, TypeError):
-                pass
+                log.info("no usable record of the network rules: asking iptables")
         with self._mutex():
             self._uplinks_seen = None  # asked afresh: an uplink may have changed
             cin = self.chains()[0]
@@ -469,10 +473,8 @@ def _run(argv: list[str], input: str | None = None) -> subprocess.CompletedProce
 
 
 def _close(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):  # already closed: closing is idempotent here
         os.close(fd)
-    except OSError:
-        pass
 
 
 _DEFAULT: dict[str, NetPool] = {}  # no lock here: this module travels by value (a lock does not pickle)
