@@ -92,6 +92,7 @@ class _Cycle:
         self.bounds: dict[int, list[float]] = {}
         self.run_flags: dict[str, tuple[bool, bool, bool]] = {}
         self.guard_rooms: dict[int, tuple[list[float], list[float]]] = {}  # preemption._guarded_room
+        self.cheapest_lent: dict[int, float] = {}  # preemption.cheap_reclaim
         self.release_profiles: dict[int, tuple[list[float], list[float]]] = {}  # preemption._natural_wait
         self.guarded: dict[tuple[int, int], tuple] = {}  # preemption._guarded
         self.preemptors: set[str] = set()  # projects that got a PREEMPTING job this cycle
@@ -114,7 +115,7 @@ class _Cycle:
         pw = job.per_worker
         # the class as a bool: a str-Enum hashes through Python code, a bool in C
         key = (job.workload_class is _OP, job.pool, job.gpu_models, job.workers, pw.gpus, pw.cpus, pw.memory_gb,
-               self.lend_all or self.may_borrow_lent(job))
+               self.may_borrow(job))
         if job.nodes:  # only where its data is (a distinct shape)
             key += (job.nodes,)
         s = self.shapes.get(key)
@@ -129,6 +130,35 @@ class _Cycle:
         if p is not None and p.runtime_ratio < 1.0:
             return job.max_runtime_s * max(p.runtime_ratio, 0.0)
         return job.max_runtime_s
+
+    def may_borrow(self, job: Job) -> bool:
+        """The shape key's borrowing flag: for an innovation job, may it run on lent operation
+        capacity (`may_borrow_lent`); for an operation job, may it overflow into innovation
+        pools when its operation pools are full of operation work (`Policy.operation_overflow`)."""
+        if job.workload_class is _OP:
+            return (self.policy.operation_overflow and job.preemptible and not job.service and
+                    job.workers * job.per_worker.gpus * self.expected_runtime(job)
+                    <= self.policy.lend_max_gpu_hours * 3600.0)
+        return self.lend_all or self.may_borrow_lent(job)
+
+    def overflow_room(self, job: Job, s: Shape, roomy: list[int]) -> list[int]:
+        """An operation job's flavors with room, less the innovation pools' while one of its
+        operation flavors can be freed cheaply by reclaiming capacity lent to innovation.
+
+        Both start the operation job within this cycle; they differ in what they cost. A
+        reclaim throws away the victims' work since their start (or checkpoint); overflow
+        uses idle innovation capacity for the operation job's expected runtime and throws
+        nothing away. So: reclaim while the cheapest lent job loses no more GPU-seconds than
+        the operation job will use, else overflow; and overflow when operation work fills
+        the operation pool (a burst larger than the pool) or this project's preemption of
+        the cycle is spent."""
+        flavors, need = self.world.flavors, s.req[0]
+        budget = need * self.expected_runtime(job)
+        if self.policy.preemption and job.project not in self.preemptors and any(
+                flavors[f].pool.workload_class is _OP and pre.cheap_reclaim(self, f, need, budget)
+                for f in s.ready_fids):
+            return [f for f in roomy if flavors[f].pool.workload_class is _OP]
+        return roomy
 
     def may_borrow_lent(self, job: Job) -> bool:
         """May this job run on operation-pool capacity lent to innovation? Lent capacity is
@@ -280,10 +310,12 @@ class _Cycle:
                 r = by_fid.get(fid)
                 if r is not None and tf + r.blocked_g >= req0:
                     roomy.append(fid)
+        innovation = job.workload_class is not _OP
+        if not innovation and roomy and flavors[roomy[-1]].pool.workload_class is not _OP:
+            roomy = self.overflow_room(job, s, roomy)
         if not roomy:
             return self.no_room(job, s, position)
         qv = self.qv
-        innovation = job.workload_class is not _OP
         quota_fail = lend_fail = None
         cap_fids = []
         reclaim: list[Reclaim] = []

@@ -34,36 +34,42 @@ class Shape:
 
     Candidate flavors: operation jobs use operation pools; innovation jobs use innovation pools
     and, as borrowed preemptible work, operation pools that lend (when the policy lends to this
-    job: `may_borrow_lent`, part of the shape's key). Order: own-class pools first,
+    job: `may_borrow`, part of the shape's key); with `may_borrow`, operation jobs may also
+    overflow into innovation pools (`Policy.operation_overflow`). Order: own-class pools first,
     then the job's model preference, then names.
     """
 
     __slots__ = ("fids", "ready_fids", "code", "largest", "w", "g", "c", "m", "req", "rank", "allowed")
 
-    def __init__(self, world: World, job: Job, may_borrow_lent: bool = True) -> None:
+    def __init__(self, world: World, job: Job, may_borrow: bool = True) -> None:
         pw = job.per_worker
         self.w, self.g, self.c, self.m = job.workers, int(pw.gpus), float(pw.cpus), float(pw.memory_gb)
         self.req = (float(self.w * self.g), self.w * self.c, self.w * self.m)
         op = job.workload_class is WorkloadClass.OPERATION
         self.rank = 0 if op else 1
-        pool_ok = []
+        pool_ok, overflow = [], []
         for fx in world.flavors:
             p = fx.pool
             if job.pool is not None and p.name != job.pool:
                 continue
             if op and p.workload_class is not WorkloadClass.OPERATION:
+                if may_borrow and job.pool is None:
+                    overflow.append(fx)
                 continue
-            if not op and p.workload_class is WorkloadClass.OPERATION and not (p.lend_to_innovation and may_borrow_lent):
+            if not op and p.workload_class is WorkloadClass.OPERATION and not (p.lend_to_innovation and may_borrow):
                 continue
             pool_ok.append(fx)
         models = job.gpu_models
         with_model = [fx for fx in pool_ok if not models or fx.flavor.gpu_model in models]
         fits = [fx for fx in with_model if fx.max_cap_g >= self.g and fx.max_cap_c + EPS >= self.c
                 and fx.max_cap_m + EPS >= self.m]
+        if fits and overflow:  # an operation job that has an operation pool may overflow beside it
+            fits += [fx for fx in overflow if (not models or fx.flavor.gpu_model in models)
+                     and fx.max_cap_g >= self.g and fx.max_cap_c + EPS >= self.c and fx.max_cap_m + EPS >= self.m]
         self.largest = max((fx.max_cap_g for fx in with_model), default=0)
 
         def rank(fx):
-            lent = (not op) and fx.pool.workload_class is WorkloadClass.OPERATION
+            lent = (fx.pool.workload_class is WorkloadClass.OPERATION) is not op  # another class's pool
             mi = models.index(fx.flavor.gpu_model) if models else 0
             return (lent, mi, fx.flavor.pool, fx.flavor.gpu_model)
 

@@ -46,7 +46,7 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
         return
     managed = cyc.qv.managed
     shapes = cyc.shapes
-    lend_all, lendable = cyc.lend_all, cyc.may_borrow_lent
+    may_borrow = cyc.may_borrow
     # per shape key: (shape, tier flavor); tier flavor -2: no ready flavor (tier 2), -1: unmanaged (tier 1)
     info: dict[tuple, tuple[Shape, int]] = {}
     queues: dict[str, list[tuple]] = {}
@@ -56,7 +56,7 @@ def order(cyc: "_Cycle") -> Iterator[tuple[Job, Shape]]:
     for i, j in enumerate(pend):
         pw = j.per_worker
         key = (j.workload_class is _OP, j.pool, j.gpu_models, j.workers, pw.gpus, pw.cpus, pw.memory_gb,
-               lend_all or lendable(j))
+               may_borrow(j))
         if j.nodes:
             key += (j.nodes,)
         got = info.get(key)

@@ -151,6 +151,22 @@ def may_help(cyc: "_Cycle", job: "Job", s: "Shape", fid: int) -> bool:
     return room > 0 and cyc.world.flavors[fid].total_free_g + room >= s.req[0]
 
 
+def cheap_reclaim(cyc: "_Cycle", fid: int, need: float, budget_gpu_s: float) -> bool:
+    """Could operation free `need` GPUs of flavor fid by reclaiming lent capacity, when the
+    cheapest lent job loses at most `budget_gpu_s` GPU-seconds of work? (Operation reclaim
+    takes the least work at risk first, so if even that loses more, every set does.)"""
+    b = _bounds(cyc, fid)
+    if b[0] <= 0 or cyc.world.flavors[fid].total_free_g + b[0] < need:
+        return False
+    cheapest = cyc.cheapest_lent.get(fid)
+    if cheapest is None:
+        now, flags = cyc.now, cyc.run_flags
+        cheapest = cyc.cheapest_lent[fid] = min(
+            ((now - r.at_risk) * r.req[0] for r in cyc.runs_by_fid.get(fid, ())
+             if flags.get(r.job.id, _NO)[0]), default=float("inf"))
+    return cheapest <= budget_gpu_s
+
+
 def _bounds(cyc: "_Cycle", fid: int) -> list[float]:
     """Upper bounds of preemptible GPUs in a flavor: [lent to innovation on an operation pool,
     over nominal or borrowing, over guarantee]. Computed once; victims are subtracted."""

@@ -82,6 +82,7 @@ def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, p
         preemptions=preemptions, preemptible=getattr(row, "preemptible", True) is not False,
         # an operation service's min replicas (the only rows marked not preemptible) never wait for budget
         budget_exempt=getattr(row, "preemptible", True) is False and row.workload_class == WorkloadClass.OPERATION.value,
+        service=getattr(row, "service_id", None) is not None,
     )
 
 

@@ -12,7 +12,10 @@ reservations for aged jobs, lending operation capacity only to cheap victims, an
 messages that name the resource and flavor; and again when innovation reclaim spared jobs
 already preempted twice and bounded lost work in GPU-seconds too (Policy.reclaim_exempt_after,
 Policy.loss_gpu_weighted), and bounded it by what the preemption saves (the wait until the
-flavor frees the GPUs by itself, Policy.loss_bounded_by_release). fifo keeps all its digests; fair and fair-backfill
+flavor frees the GPUs by itself, Policy.loss_bounded_by_release); and again when operation jobs
+could overflow into idle innovation capacity and lent operation capacity went only to jobs of at
+most 24 expected GPU-hours (Policy.operation_overflow, Policy.lend_max_gpu_hours; with both set
+back to their old values the old digests still come out: test_default_without_the_new_rules). fifo keeps all its digests; fair and fair-backfill
 keep their bare ones (decisions and codes identical) and had their explain digests re-pinned
 once, when estimated starts became a forward simulation of the queue (scheduler.eta).
 
@@ -49,18 +52,18 @@ PINNED = {
     ("small", "fair", False): "b49515d2ae7c6cdb",
     ("small", "fair-backfill", True): "34f59e1c34faab18",
     ("small", "fair-backfill", False): "cc8889a4a8141d6a",
-    ("small", "fair-backfill-preempt", True): "fadcfd885a3b63b3",
-    ("small", "fair-backfill-preempt", False): "2bb6ae5b2e1cbffc",
+    ("small", "fair-backfill-preempt", True): "396403d813948c33",
+    ("small", "fair-backfill-preempt", False): "fd3fdc57902f68e7",
     ("mid7", "fifo", True): "84ba6f5fbce267a6",
     ("mid7", "fifo", False): "cebf6067a129771f",
     ("mid7", "fair", True): "a09ef604c45e6644",
     ("mid7", "fair", False): "b1a46e0767489e24",
     ("mid7", "fair-backfill", True): "7692fb7ac88ae4a3",
     ("mid7", "fair-backfill", False): "f55e04f4aedcd070",
-    ("mid7", "fair-backfill-preempt", True): "be17f27664ea2ded",
-    ("mid7", "fair-backfill-preempt", False): "9c033efa4ad5921a",
-    ("full", "fair-backfill-preempt", True): "b8029a9e8510026f",
-    ("full", "fair-backfill-preempt", False): "5203570e374b4d89",
+    ("mid7", "fair-backfill-preempt", True): "6e4d2fdabe6266da",
+    ("mid7", "fair-backfill-preempt", False): "b76775276ec68e7c",
+    ("full", "fair-backfill-preempt", True): "f6a3fdbb3868a771",
+    ("full", "fair-backfill-preempt", False): "581e28301bbef510",
 }
 SCENARIOS = {"small": SMALL, "mid7": MID7, "full": FULL}
 _SNAPS: dict[str, object] = {}
@@ -90,6 +93,22 @@ def test_decisions_identical_to_before_the_speedups(case):
     name, policy, explain = case
     res = run_cycle(snapshot(name), NOW, replace(POLICIES[policy], explain=explain))
     assert digest(res) == PINNED[case]
+
+
+OLD_DEFAULT = {
+    ("small", True): "fadcfd885a3b63b3", ("small", False): "2bb6ae5b2e1cbffc",
+    ("mid7", True): "be17f27664ea2ded", ("mid7", False): "9c033efa4ad5921a",
+    ("full", True): "b8029a9e8510026f", ("full", False): "5203570e374b4d89",
+}
+
+
+@pytest.mark.parametrize("case", sorted(OLD_DEFAULT), ids=lambda c: f"{c[0]}-{'explain' if c[1] else 'bare'}")
+def test_default_without_the_new_rules(case):
+    """Operation overflow and the lending limit change decisions only through themselves."""
+    name, explain = case
+    policy = replace(POLICIES["fair-backfill-preempt"], explain=explain, operation_overflow=False,
+                     lend_max_gpu_hours=math.inf)
+    assert digest(run_cycle(snapshot(name), NOW, policy)) == OLD_DEFAULT[case]
 
 
 @pytest.mark.parametrize("x", [0.0, -0.0, 1.0, -3.0, 8.0, 1e15, 2.0**60, 0.1, 1 / 3, -2.5e-10, 1234.5678901234,

@@ -3,7 +3,8 @@
 Minimum runtime, hysteresis, lost work bounded by the preemptor's wait, checkpointable victims
 preferred, operation reclaim by work at risk, per-resource borrowing, aging with a
 reservation, the binding resource in reasons and victim messages, estimated starts that count
-the queue ahead, the runtime ratio in backfill, lending only to cheap victims.
+the queue ahead, the runtime ratio in backfill, lending only to cheap victims, operation bursts
+overflowing into idle innovation capacity.
 """
 
 from __future__ import annotations
@@ -321,6 +322,80 @@ def test_lending_only_to_cheap_victims(checkpointable, runtime, lent):
     snap = snapshot([node("o1", pool="operation")], [j], projects=[project("res")])
     r = run_cycle(snap, 10.0, policy)
     assert bool(r.admissions) is lent
+
+
+@pytest.mark.parametrize("gpus,hours,lent", [(8, 3.0, True), (8, 3.5, False), (1, 24.0, True), (1, 30.0, False)])
+def test_the_default_lends_up_to_a_day_of_one_gpu(gpus, hours, lent):
+    """Default limit: 24 expected GPU-hours (a day of one GPU, three hours of a whole node)."""
+    j = job("a", gpus=gpus, project="res", runtime=hours * 3600.0)
+    r = run_cycle(snapshot([node("o1", pool="operation")], [j], projects=[project("res")]), 10.0)
+    assert bool(r.admissions) is lent
+    assert not run_cycle(snapshot([node("o1", pool="operation")], [j], projects=[project("res")]), 10.0,
+                         POLICIES["fair"]).pending  # the baselines lend to any job
+
+
+# -- operation overflow ---------------------------------------------------------------------------
+def op_snap(now: float, lent_ran_s: float | None, clinical_gpus: int = 2, **kw):
+    """Operation node o1: 6 GPUs held by operation work, 2 by a lent innovation job that has run
+    `lent_ran_s` (None: operation work holds all 8); innovation node n1 idle; one pending
+    clinical job of `clinical_gpus` GPUs and one hour."""
+    runs = [running(job("busy", gpus=6, cls=OP, project="ops", submit=now - 600.0, pool="operation"),
+                    ("o1", tuple(range(6))), start=now - 600.0, flavor=OPF)]
+    if lent_ran_s is None:
+        runs.append(running(job("busy2", gpus=2, cls=OP, project="ops", submit=now - 600.0, pool="operation"),
+                            ("o1", (6, 7)), start=now - 600.0, flavor=OPF))
+    else:
+        runs.append(running(job("lent", gpus=2, project="res", submit=now - lent_ran_s, runtime=DAY),
+                            ("o1", (6, 7)), start=now - lent_ran_s, flavor=OPF, borrowing=True))
+    clinical = replace(job("clinical", gpus=clinical_gpus, cls=OP, project="ops", submit=now - 30.0, **kw))
+    return snapshot([node("o1", pool="operation"), node("n1")], [clinical], runs,
+                    projects=[project("ops", nominal=8, flavor=("operation", "A100")), project("res")])
+
+
+def test_an_operation_burst_beyond_its_pool_starts_on_idle_innovation_capacity():
+    now = 100_000.0
+    r = run_cycle(op_snap(now, None), now)
+    assert [(a.job_id, a.flavor.pool) for a in r.admissions] == [("clinical", "innovation")]
+    assert not r.preemptions
+    # the baselines keep operation in its pool: it waits for operation work to end
+    assert run_cycle(op_snap(now, None), now, POLICIES["fair"]).pending["clinical"].code is RC.NO_CAPACITY
+
+
+def test_operation_reclaims_lent_capacity_when_that_loses_little():
+    now = 100_000.0
+    r = run_cycle(op_snap(now, lent_ran_s=300.0), now)  # 2 GPUs x 5 min at risk < 2 GPUs x 1 h
+    assert [p.job_id for p in r.preemptions] == ["lent"] and not r.admissions
+    assert r.pending["clinical"].code is RC.PREEMPTING
+
+
+def test_operation_overflows_instead_of_throwing_hours_of_lent_work_away():
+    now = 100_000.0
+    r = run_cycle(op_snap(now, lent_ran_s=5 * 3600.0), now)  # 2 GPUs x 5 h at risk > 2 GPUs x 1 h
+    assert not r.preemptions
+    assert [(a.job_id, a.flavor.pool) for a in r.admissions] == [("clinical", "innovation")]
+
+
+@pytest.mark.parametrize("kw", [{"pool": "operation"}, {"preemptible": False, "service": True}, {"service": True},
+                                {"max_runtime_s": 13 * 3600.0}],
+                         ids=["pinned", "service-min-replica", "service-extra-replica", "long-job"])
+def test_no_overflow_for_a_pinned_job_a_replica_or_long_work(kw):
+    """Innovation lends to operation as operation lends to innovation: short work only (2 GPUs x
+    13 h is over the 24 GPU-hours), never a service replica (it stays for months)."""
+    now = 100_000.0
+    extra = {"pool": "operation"} if "pool" in kw else {}
+    snap = op_snap(now, None, **extra)
+    if "pool" not in kw:
+        snap = replace(snap, pending=tuple(replace(j, **kw) for j in snap.pending))
+    r = run_cycle(snap, now)
+    assert not r.admissions and r.pending["clinical"].code is RC.NO_CAPACITY
+
+
+def test_innovation_reclaim_never_stops_an_overflowed_operation_job():
+    now = 100_000.0
+    overflowed = running(job("clin", gpus=8, cls=OP, project="ops", submit=now - 4000.0, runtime=DAY),
+                         ("n1", tuple(range(8))), start=now - 4000.0, borrowing=True)
+    r = run_cycle(owner_snap([overflowed], submit=now - WAITED), now)
+    assert not r.preemptions and r.pending["mine"].code is not RC.PREEMPTING
 
 
 def test_a_job_that_started_aged_is_no_reclaim_victim():

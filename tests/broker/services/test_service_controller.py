@@ -382,7 +382,10 @@ def test_an_operation_services_extra_replicas_are_preempted_its_min_ones_never(c
         assert sorted(j.status for j in reps) == ["RUNNING"] * 4, [(j.status, j.pending_message) for j in reps]
         protected = {j.id for j in reps if not j.preemptible}
     assert len(protected) == 1
+    # pinned to the operation pool: unpinned, an operation job finding its pool full of operation
+    # work starts on idle innovation capacity instead (Policy.operation_overflow), preempting nothing
     job = client.post("/api/v1/jobs", json={"name": "triage", "project": "shs-ops-triage", "class": "operation",
+                                            "pool": "operation",
                                             "image": "localhost/busybox:test", "command": ["/bin/busybox", "true"],
                                             "resources": {"gpus": 2, "cpus": 1, "memory_gb": 1}})
     assert job.status_code == 201, job.text
