@@ -54,7 +54,9 @@ ROUTERS = (job_routes.router, catalog_routes.router, observability_routes.router
 
 
 def create_app(settings: Settings | None = None, executor: Executor | None = None, start_background: bool = True,
-               engine=None, cluster: Cluster | None = None) -> FastAPI:
+               engine=None, cluster: Cluster | None = None, service_limiter=None) -> FastAPI:
+    """`service_limiter`: the buckets of the service entry point's rate limits when they are
+    shared with other processes (`broker.entry.EntryWorkers.limiter`); None: this process's own."""
     settings = settings or Settings()
     failpoints.arm(settings.failpoint)
     own_engine = engine is None
@@ -84,7 +86,7 @@ def create_app(settings: Settings | None = None, executor: Executor | None = Non
             if own_engine:
                 engine.dispose()
 
-    entry = ServiceProxy(services=services, max_body_bytes=settings.service_max_body_bytes)
+    entry = ServiceProxy(services=services, max_body_bytes=settings.service_max_body_bytes, limiter=service_limiter)
     app = BrokerApp(entry, title="Compute Broker", version="0.1.0", lifespan=lifespan,
                     default_response_class=JSON, docs_url=None, redoc_url=None,  # docs_routes: no CDN
                     description="Queue, quotas, fair share and preemption for GPU jobs on Ray.")

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     # service's `rate_limit` overrides it and may add a limit for the whole service; 0 disables).
     service_rate_limit_per_caller_per_s: float = 1500.0
     service_rate_limit_per_caller_burst: int = 3000
+    # Service entry point worker processes (`broker.entry`): N processes, each with its own
+    # event loop, serve `/svc/...` on `service_proxy_port` (SO_REUSEPORT: the kernel spreads
+    # connections over them), beside the broker's own port (which keeps serving `/svc/` too).
+    # Rate limits are shared between them (shared memory), loads reach the autoscaler through
+    # `service_loads`. 0: no workers, no extra port (the entry point is the broker process only).
+    service_proxy_workers: int = 0
+    service_proxy_port: int = 0  # 0: the API port + 1
     security_trusted_proxies: list[str] = []
     oidc_issuer: str = ""
     oidc_audience: str = ""

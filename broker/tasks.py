@@ -17,7 +17,7 @@
 - idle.check              every 60 s: flag idle allocations, reclaim idle innovation work;
 - services.controller     every 0.25 s, with an executor: service replicas (count, probes, restarts,
                           rollouts, autoscaling; `broker.services.service_controller`);
-- services.load           every 0.25 s on EVERY broker (PostgreSQL only): its proxy's requests in
+- services.load           every 0.25 s on EVERY broker (PostgreSQL, or entry workers on): its proxy's requests in
                           flight per service, written about every second for the leader's
                           autoscaler (`broker.services.service_load`);
 - dashboards.pool_rollups every 60 s: allocated / used / capacity per pool and project, per minute

@@ -12,6 +12,8 @@ Invariant: over any window of T seconds a key is allowed at most ``burst + rate 
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import math
 import threading
 import time
@@ -21,7 +23,7 @@ from typing import Hashable
 
 from broker.ports import Clock
 
-__all__ = ["RateDecision", "TokenBucketLimiter"]
+__all__ = ["RateDecision", "SharedTokenBuckets", "TokenBucketLimiter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,3 +124,90 @@ class RateLimitMiddleware:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"retry-after", d.retry_after_header.encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class _Slot(ctypes.Structure):
+    _fields_ = [("key", ctypes.c_uint64), ("tokens", ctypes.c_double), ("at", ctypes.c_double)]
+
+
+class SharedTokenBuckets:
+    """`TokenBucketLimiter.check(key, rate=, burst=)` with its buckets in shared memory, for
+    the service entry point's worker processes (`broker.entry`): every process that holds the
+    same table takes from the same buckets, so a caller's limit is the configured one whatever
+    process its connection lands on (not one per process).
+
+    The table: `slots` fixed slots of (64-bit key hash, tokens, time) in one shared array,
+    guarded by one process-shared lock (a semaphore: no system call when nobody else holds it).
+    A key's slot is found by open addressing within PROBE slots; when they are all taken, the
+    probed slot whose bucket is fullest after refill is given to the new key. A reused slot
+    comes back full, like a dropped bucket of `TokenBucketLimiter`: it only ever errs on the
+    side of allowing. Key hashes are blake2b of `repr(key)` (str / tuple keys: stable across
+    processes, unlike `hash`). The clock must be the same for every process
+    (`time.monotonic` is, on one host). Invariant: as `TokenBucketLimiter`'s, per key, while
+    its slot is kept.
+
+    Build it with `SharedTokenBuckets.create(ctx, slots)` in the parent; the object pickles into
+    a `multiprocessing` child of that context (the array and the lock travel with it)."""
+
+    PROBE = 8
+
+    def __init__(self, array, lock, *, clock: Clock = time.monotonic) -> None:
+        self._array, self._lock, self._clock = array, lock, clock
+        self._hashes: dict[Hashable, int] = {}  # this process's: key -> its 64-bit hash
+        self._slots = array
+        self._n = len(self._slots)
+
+    @classmethod
+    def create(cls, ctx, slots: int = 65_536) -> "SharedTokenBuckets":
+        """`ctx`: a multiprocessing context (spawn for processes started beside threads)."""
+        return cls(ctx.RawArray(_Slot, slots), ctx.Lock())
+
+    def __getstate__(self):
+        return {"array": self._array, "lock": self._lock}
+
+    def __setstate__(self, state) -> None:
+        self.__init__(state["array"], state["lock"])
+
+    def check(self, key: Hashable, cost: float = 1.0, *, now: float | None = None, rate: float | None = None,
+              burst: float | None = None) -> RateDecision:
+        if rate is None or burst is None or rate <= 0:
+            raise ValueError("a shared bucket needs its rate and burst on every check")
+        if cost > burst:
+            return RateDecision(False, retry_after_s=math.inf)
+        h = self._hashes.get(key)
+        if h is None:
+            if len(self._hashes) >= 100_000:
+                self._hashes.clear()
+            h = self._hashes[key] = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(),
+                                                   "little") or 1
+        slots, n = self._slots, self._n
+        with self._lock:
+            t = self._clock() if now is None else now
+            slot = None
+            fullest, fullest_tokens = None, -1.0
+            for i in range(self.PROBE):
+                s = slots[(h + i) % n]
+                k = s.key
+                if k == h:
+                    slot = s
+                    tokens = min(burst, s.tokens + max(0.0, t - s.at) * rate)
+                    break
+                if k == 0:
+                    slot, tokens = s, burst
+                    s.key = h
+                    break
+                # a slot of another key: how full its bucket is now (under this key's rate: only
+                # to choose which one to give up)
+                level = s.tokens + max(0.0, t - s.at) * rate
+                if level > fullest_tokens:
+                    fullest, fullest_tokens = s, level
+            if slot is None:
+                slot, tokens = fullest, burst
+                slot.key = h
+            if tokens >= cost:
+                tokens -= cost
+                decision = RateDecision(True, remaining=tokens)
+            else:
+                decision = RateDecision(False, retry_after_s=(cost - tokens) / rate, remaining=tokens)
+            slot.tokens, slot.at = tokens, t
+        return decision

@@ -8,9 +8,11 @@ One run, on a local one-node Ray cluster:
    `SERVER`) is deployed and waited for;
 3. latency (one connection, sequential requests) and throughput (`concurrency` keep-alive
    connections for `duration` s) through the entry point `/svc/ouh-liver/bench/` and straight
-   to the replicas (connections spread over both), alternating blocks so drift hits both; the
-   load generator runs in a subprocess (its own interpreter: no GIL shared with the broker);
-4. failover: one replica's process is killed (SIGKILL); the time until it is out of rotation
+   to the replicas (connections spread over both), and with `proxy_workers` (default 2) through
+   the entry point's worker processes too (`broker.entry`, their own port), alternating blocks
+   so drift hits every path; the load generator runs in a subprocess (its own interpreter: no
+   GIL shared with the broker);
+4. failover (through the workers when there are any, else the broker's port): one replica's process is killed (SIGKILL); the time until it is out of rotation
    and until a replacement is ready, with requests through the entry point meanwhile (errors);
 5. rollout: a new revision (env change) under a load of `users` sequential clients, until every
    replica runs it (errors); then a bad revision (exits at once), rolled back automatically
@@ -20,7 +22,13 @@ JSON keys: proxy / direct ({rps, p50_ms, p99_ms, requests, errors}; proxy also
 broker_cpu_us_per_request: the CPU time of the broker's event-loop thread per proxied request,
 which depends far less on the machine's other load than the ratio), throughput_ratio (proxy /
 direct; goal >= 0.5), p50_overhead_ms (goal <= 2), failover {out_of_rotation_s, replaced_s,
-errors}, rollout {seconds, requests, errors}, rollback {seconds, requests, errors, rolled_back}.
+errors}, rollout {seconds, requests, errors}, rollback {seconds, requests, errors, rolled_back};
+with workers also workers ({rps, p50_ms, p99_ms, ..., workers_cpu_us_per_request: the CPU of
+all the workers' processes per request through them}), workers_throughput_ratio,
+workers_p50_overhead_ms, and failover_via. cpu_us_per_request: per path, the CPU per request
+of the load generator, the replicas and the broker's loop (or the workers), their total, and
+cpu_bound_ratio (direct's total / the path's: the most the ratio can be when every core of the
+machine is busy).
 """
 
 from __future__ import annotations
@@ -138,7 +146,7 @@ def result(proc: subprocess.Popen, stop: bool = False) -> dict:
 
 # ----------------------------------------------------------------------------- the run
 def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 500, users: int = 20,
-          keep_dir: str | None = None) -> dict:
+          keep_dir: str | None = None, proxy_workers: int = 2) -> dict:
     import uvicorn
     from sqlmodel import Session
 
@@ -147,6 +155,7 @@ def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 50
     from broker.app import create_app
     from broker.client import BrokerClient
     from broker.db import make_engine, migrate
+    from broker.entry import EntryWorkers
     from broker.services.bootstrap import ensure_admin_token, seed_demo
     from broker.settings import Settings
 
@@ -155,7 +164,8 @@ def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 50
     # the entry point's per-caller limit set where no run reaches it (the limiter stays on the path)
     settings = Settings(data_dir=work / "broker", port=port, allow_process_runtime=True, cycle_interval_s=0.25,
                         grace_period_s=2.0, service_rate_limit_per_caller_per_s=1e7,
-                        service_rate_limit_per_caller_burst=10_000_000)
+                        service_rate_limit_per_caller_burst=10_000_000, service_proxy_workers=proxy_workers,
+                        service_proxy_port=free_port() if proxy_workers else 0)
     settings.ensure_data_dir()
     migrate(settings)
     engine = make_engine(settings)
@@ -164,10 +174,14 @@ def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 50
         s.commit()
     token = ensure_admin_token(settings, engine).read_text().strip()
     cluster = start_local_cluster(gpus=2, nodes=1, log_file=work / "ray.log")
-    server = executor = thread = None
+    server = executor = thread = workers = None
     try:
         executor = RayExecutor(cluster.address, log_dir=work / "logs")
-        app = create_app(settings, executor=executor, engine=engine)
+        if proxy_workers:  # as `broker up` with BROKER_SERVICE_PROXY_WORKERS
+            workers = EntryWorkers(settings)
+            workers.start()
+        app = create_app(settings, executor=executor, engine=engine,
+                         service_limiter=workers.limiter if workers else None)
         # as `broker up` runs it (no access log)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
                                                access_log=False))
@@ -176,8 +190,10 @@ def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 50
         wait_until(lambda: server.started, 60, "the API start")
         with BrokerClient(f"http://127.0.0.1:{port}", token) as c:
             return _measure(c, port, token, concurrency=concurrency, duration_s=duration_s, latency_n=latency_n,
-                            users=users, server_tid=thread.native_id)
+                            users=users, server_tid=thread.native_id, workers=workers)
     finally:
+        if workers is not None:
+            workers.stop()
         stop_stack(server, thread, executor, cluster, engine)
 
 
@@ -190,45 +206,118 @@ def _thread_cpu_s(tid: int | None) -> float:
         return 0.0
 
 
+def _procs_cpu_s(pids: list[int]) -> float:
+    """CPU seconds of whole processes (the entry point's workers; Linux; 0 elsewhere)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def _children_cpu_s() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _replica_pids(c) -> list[int]:
+    """The replicas' processes (each answers its job id and pid)."""
+    pids: set[int] = set()
+    for _ in range(40):
+        try:
+            pids.add(int(c.call_service(PROJECT, NAME, "/whoami").text.split()[1]))
+        except (ValueError, IndexError):
+            continue
+        if len(pids) >= 2:
+            break
+    return sorted(pids)
+
+
 def _measure(c, port: int, token: str, *, concurrency: int, duration_s: float, latency_n: int, users: int,
-             server_tid: int | None = None) -> dict:
+             server_tid: int | None = None, workers=None) -> dict:
     c.deploy_service(service_spec())
     c.wait_service(NAME, project=PROJECT, ready=2, timeout=120)
     direct = [(r["host"], r["port"]) for r in c.service_replicas(NAME, project=PROJECT) if r["ready"]]
-    proxy = [("127.0.0.1", port)]
     entry = f"/svc/{PROJECT}/{NAME}/predict"
-    load(proxy, entry, token=token, n=200)  # warm-up: connections, caches
-    load(direct, "/predict", n=200)
-    lat_p, lat_d = [], []
-    for i in range(4):  # latency: one connection, sequential; alternating blocks
-        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
-            r = load(proxy, entry, token=token, n=latency_n // 4) if which == 0 else load(direct, "/predict",
-                                                                                            n=latency_n // 4)
-            (lat_p if which == 0 else lat_d).append(r)
-    thr_p, thr_d = [], []
-    cpu = {0: 0.0, 1: 0.0}  # the broker's event-loop thread, during the proxy and the direct blocks
-    for i in range(2):
-        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
-            c0 = _thread_cpu_s(server_tid)
-            if which == 0:
-                thr_p.append(load(proxy, entry, token=token, concurrency=concurrency, duration_s=duration_s))
-            else:
-                thr_d.append(load(direct, "/predict", concurrency=concurrency, duration_s=duration_s))
-            cpu[which] += _thread_cpu_s(server_tid) - c0
-    p = _merge(lat_p, thr_p)
-    d = _merge(lat_d, thr_d)
-    n_proxy = sum(r["requests"] for r in thr_p)
+    # the paths: 0 the broker's own port, 1 straight to the replicas, 2 the entry point's workers
+    paths = {0: ([("127.0.0.1", port)], entry, token), 1: (direct, "/predict", "")}
+    if workers is not None:
+        paths[2] = ([("127.0.0.1", workers.port)], entry, token)
+    for targets, path, tok in paths.values():  # warm-up: connections, caches
+        load(targets, path, token=tok, n=200)
+    keys = list(paths)
+    lat: dict[int, list[dict]] = {k: [] for k in keys}
+    for i in range(4):  # latency: one connection, sequential; blocks alternate (order rotates)
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+            targets, path, tok = paths[k]
+            lat[k].append(load(targets, path, token=tok, n=latency_n // 4))
+    thr: dict[int, list[dict]] = {k: [] for k in keys}
+    cpu = {k: 0.0 for k in keys}  # the broker's event-loop thread during each path's blocks
+    wcpu = {k: 0.0 for k in keys}  # the workers' processes during each path's blocks
+    rcpu = {k: 0.0 for k in keys}  # the replicas' processes
+    lcpu = {k: 0.0 for k in keys}  # the load generator (a child: its CPU once it exited)
+    rpids = _replica_pids(c)
+    for i in range(3 if len(keys) > 2 else 2):
+        order = keys[i % len(keys):] + keys[:i % len(keys)]
+        for k in (order if i % 2 == 0 else order[::-1]):
+            targets, path, tok = paths[k]
+            c0, w0 = _thread_cpu_s(server_tid), _procs_cpu_s(workers.pids if workers else [])
+            r0, l0 = _procs_cpu_s(rpids), _children_cpu_s()
+            thr[k].append(load(targets, path, token=tok, concurrency=concurrency, duration_s=duration_s))
+            cpu[k] += _thread_cpu_s(server_tid) - c0
+            wcpu[k] += _procs_cpu_s(workers.pids if workers else []) - w0
+            rcpu[k] += _procs_cpu_s(rpids) - r0
+            lcpu[k] += _children_cpu_s() - l0
+    p, d = _merge(lat[0], thr[0]), _merge(lat[1], thr[1])
+    n_proxy = sum(r["requests"] for r in thr[0])
     # CPU of the broker's event loop per proxied request, less what it spent meanwhile without
-    # proxying (the direct blocks: API calls, refreshes): robust to the machine's other load
-    p["broker_cpu_us_per_request"] = round((cpu[0] - cpu[1]) / n_proxy * 1e6, 1) if n_proxy and server_tid else None
+    # proxying (the direct blocks, per block: API calls, refreshes): robust to the machine's other load
+    idle = cpu[1] / len(thr[1])
+    p["broker_cpu_us_per_request"] = (round((cpu[0] - idle * len(thr[0])) / n_proxy * 1e6, 1)
+                                      if n_proxy and server_tid else None)
     p["broker_cpu_s"] = round(cpu[0], 2)
     d["broker_cpu_s"] = round(cpu[1], 2)
     out = {"proxy": p, "direct": d, "throughput_ratio": round(p["rps"] / d["rps"], 3) if d["rps"] else None,
            "p50_overhead_ms": round(p["p50_ms"] - d["p50_ms"], 3), "goal_ratio": GOAL_RATIO,
            "goal_overhead_ms": GOAL_OVERHEAD_MS, "concurrency": concurrency, "duration_s": duration_s}
-    out["failover"] = _failover(c, proxy, entry, token)
-    out["rollout"] = _rollout(c, proxy, entry, token, users, {"env": {"MODEL": "v2"}}, want_rolled_back=False)
-    out["rollback"] = _rollout(c, proxy, entry, token, users,
+    # CPU per request of every process on each path (us): on a machine whose cores are all busy
+    # the ratio cannot exceed direct's total over the path's total ("cpu_bound_ratio")
+    per = {}
+    for k, name in ((0, "proxy"), (1, "direct"), (2, "workers")):
+        n = sum(r["requests"] for r in thr.get(k, ()))
+        if not n:
+            continue
+        parts = {"load": lcpu[k] / n * 1e6, "replicas": rcpu[k] / n * 1e6}
+        if k == 0:  # less what the broker's loop and the workers spend without these requests
+            parts["broker"] = (cpu[0] - cpu[1] / len(thr[1]) * len(thr[0])) / n * 1e6
+        elif k == 2:
+            parts["workers"] = (wcpu[2] - wcpu[1] / len(thr[1]) * len(thr[2])) / n * 1e6
+        per[name] = {x: round(v, 1) for x, v in parts.items()} | {"total": round(sum(parts.values()), 1)}
+    for name in ("proxy", "workers"):
+        if name in per and "direct" in per:
+            per[name]["cpu_bound_ratio"] = round(per["direct"]["total"] / per[name]["total"], 3)
+    out["cpu_us_per_request"] = per | {"replica_pids": len(rpids)}
+    via = [("127.0.0.1", port)]
+    if workers is not None:
+        w = _merge(lat[2], thr[2])
+        n_w = sum(r["requests"] for r in thr[2])
+        w["workers"] = workers.n
+        # CPU of all the workers' processes per request through them, less their idle CPU
+        w["workers_cpu_us_per_request"] = round((wcpu[2] - wcpu[1] / len(thr[1]) * len(thr[2])) / n_w * 1e6, 1) \
+            if n_w else None
+        out["workers"] = w
+        out["workers_throughput_ratio"] = round(w["rps"] / d["rps"], 3) if d["rps"] else None
+        out["workers_p50_overhead_ms"] = round(w["p50_ms"] - d["p50_ms"], 3)
+        via = [("127.0.0.1", workers.port)]  # failover and rollouts through the workers: the harder path
+    out["failover_via"] = "workers" if workers is not None else "broker"
+    out["failover"] = _failover(c, via, entry, token)
+    out["rollout"] = _rollout(c, via, entry, token, users, {"env": {"MODEL": "v2"}}, want_rolled_back=False)
+    out["rollback"] = _rollout(c, via, entry, token, users,
                                {"command": ["python3", "-c", "import sys; sys.exit(1)"]}, want_rolled_back=True)
     c.delete_service(NAME, project=PROJECT)
     return out

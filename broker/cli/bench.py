@@ -226,11 +226,14 @@ def bench_service(
     duration: float = typer.Option(5.0, "--duration", "-d", metavar="SECONDS", help="seconds per throughput block"),
     latency_n: int = typer.Option(500, "--latency-requests", metavar="N", help="sequential requests per path for latency"),
     users: int = typer.Option(20, "--users", metavar="N", help="concurrent clients during the rollouts"),
+    proxy_workers: int = typer.Option(2, "--proxy-workers", metavar="N", min=0,
+                                      help="entry point worker processes measured beside the broker's port (0: none)"),
 ):
     """A service's entry point vs straight to its replicas (same run), failover, rollout errors."""
     from broker.bench.service import bench
 
-    out = bench(concurrency=concurrency, duration_s=duration, latency_n=latency_n, users=users)
+    out = bench(concurrency=concurrency, duration_s=duration, latency_n=latency_n, users=users,
+                proxy_workers=proxy_workers)
     _emit(out, as_json, _service_lines)
 
 
@@ -239,9 +242,21 @@ def _service_lines(out: dict) -> list[str]:
         return (f"{name:7} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
                 f"(loaded p50 {r['p50_ms_loaded']:.2f} ms)  errors {r['errors']}")
     f, ro, rb = out["failover"], out["rollout"], out["rollback"]
-    return [line("proxy", out["proxy"]), line("direct", out["direct"]),
-            f"throughput ratio {out['throughput_ratio']} (goal >= {out['goal_ratio']}), p50 overhead "
-            f"{out['p50_overhead_ms']} ms (goal <= {out['goal_overhead_ms']})",
+    lines = [line("proxy", out["proxy"]), line("direct", out["direct"]),
+             f"throughput ratio {out['throughput_ratio']} (goal >= {out['goal_ratio']}), p50 overhead "
+             f"{out['p50_overhead_ms']} ms (goal <= {out['goal_overhead_ms']})"]
+    if "workers" in out:
+        lines += [line("workers", out["workers"]),
+                  f"workers ({out['workers']['workers']} processes): throughput ratio {out['workers_throughput_ratio']}, "
+                  f"p50 overhead {out['workers_p50_overhead_ms']} ms"]
+    cpu = out.get("cpu_us_per_request") or {}
+    for name in ("direct", "proxy", "workers"):
+        if name in cpu:
+            c = cpu[name]
+            parts = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("total", "cpu_bound_ratio"))
+            bound = f"; ratio at most {c['cpu_bound_ratio']} with every core busy" if "cpu_bound_ratio" in c else ""
+            lines.append(f"CPU us/request {name}: {c['total']} ({parts}){bound}")
+    return lines + [
             f"failover: out of rotation {f.get('out_of_rotation_s')} s, replaced {f.get('replaced_s')} s, "
             f"errors {f.get('errors')}",
             f"rollout: {ro['seconds']} s, {ro['requests']} requests, errors {ro['errors']}",

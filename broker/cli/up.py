@@ -4,7 +4,8 @@ What it starts, in order: the database (SQLite in the data dir unless BROKER_DAT
 otherwise; migrations applied), the demo region on an empty DB, the platform-admin token, a
 local Ray head (or a small local multi-node cluster with `--nodes`) with Ray token authentication
 (token in <data dir>/ray-auth-token) and, for the one-node head, every Ray port on 127.0.0.1, the API with the
-scheduling loop, and one node agent per local Ray node. Ctrl-C (or SIGTERM) stops them in
+scheduling loop, and one node agent per local Ray node, and with `BROKER_SERVICE_PROXY_WORKERS=N` the
+service entry point's N worker processes on their own port (`broker.entry`). Ctrl-C (or SIGTERM) stops them in
 reverse order: the API and the loop, every running attempt (containers stopped, runner actors
 and placement groups released), the agents, then Ray. Nothing is left behind.
 
@@ -113,6 +114,7 @@ def up(
     kube = None  # cluster mode: the Kubernetes adapter (docs/KUBERNETES.md)
     gpu_indices: dict[str, str] = {}
     state = Embedded()
+    entry_workers = None  # the service entry point's worker processes (broker.entry)
     try:
         from broker.adapters.ray.executor import RayExecutor
 
@@ -163,7 +165,15 @@ def up(
 
         from broker.app import create_app
 
-        api = create_app(settings, executor=executor, engine=engine, cluster=kube)
+        if settings.service_proxy_workers > 0:  # before the API: a taken port fails the start here
+            from broker.entry import EntryWorkers
+
+            entry_workers = EntryWorkers(settings)
+            entry_workers.start()
+            typer.echo(f"service entry points: {entry_workers.n} worker processes on "
+                       f"{host}:{entry_workers.port} (pids {', '.join(map(str, entry_workers.pids))})")
+        api = create_app(settings, executor=executor, engine=engine, cluster=kube,
+                         service_limiter=entry_workers.limiter if entry_workers else None)
         signal.signal(signal.SIGTERM, on_sigterm)
         typer.echo(_ready_lines(host, port, token_path))
         uvicorn.run(api, host=host, port=port, log_level=settings.log_level, lifespan="on", access_log=False)
@@ -171,6 +181,8 @@ def up(
         pass
     finally:
         typer.echo("stopping ...")
+        if entry_workers is not None:  # first: no request reaches a replica that is being stopped
+            entry_workers.stop()
         if executor is not None and cluster is not None:
             _stop_attempts(executor, settings.grace_period_s)
         for p, _ in agents:

@@ -127,7 +127,9 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
                     if settings.service_rate_limit_per_caller_per_s > 0 else None)
     service_manager = ServiceManager(engine, authz, jobs, wakeup=wakeup, caller_limit=caller_limit)
     broker_id = new_broker_id()
-    several = engine.dialect.name != "sqlite"  # several brokers share only a PostgreSQL database
+    # several brokers share only a PostgreSQL database; the entry point's worker processes
+    # (`broker.entry`) are brokers of their own for the autoscaler, on SQLite too
+    several = engine.dialect.name != "sqlite" or settings.service_proxy_workers > 0
     service_load = LoadPublisher(engine, service_router, broker_id) if several else None
     service_controller = ServiceController(
         engine, executor=executor, router=service_router, wakeup=wakeup, grace_s=loop.grace_s,

@@ -7,7 +7,9 @@ for the module; the tests check what a user and a security reviewer rely on:
   refused, one with it is served), the token file is private, and every port the broker's
   process tree listens on (gcs_server, raylet, workers, agents, the API) is on loopback;
 - the job's own environment carries neither Ray's token nor the bind shim;
-- SIGTERM stops everything it started: no process of its tree is left.
+- the service entry point's worker processes (started here with BROKER_SERVICE_PROXY_WORKERS=2)
+  serve their own port, on loopback too;
+- SIGTERM stops everything it started (the entry workers included): no process of its tree is left.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def broker_up(tmp_path_factory):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # nothing from the test process
     env.setdefault("CONTAINERS_CONF", str(Path(__file__).resolve().parents[1] / "containers.conf"))
+    entry_port = _free_port()
+    env.update(BROKER_SERVICE_PROXY_WORKERS="2", BROKER_SERVICE_PROXY_PORT=str(entry_port))
     broker_bin = Path(sys.executable).with_name("broker")
     log = open(data / "up.log", "wb")
     proc = subprocess.Popen([str(broker_bin), "up", "--port", str(port), "--data-dir", str(data), "--gpus", "2",
@@ -76,6 +80,7 @@ def broker_up(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"broker up not ready in 120 s: {(data / 'up.log').read_text()[-3000:]}")
     token = (data / "admin-token").read_text().strip()
+    proc.entry_port = entry_port  # the entry point workers' port
     try:
         yield proc, url, token, data
     finally:
@@ -154,6 +159,22 @@ def test_ray_refuses_clients_without_the_cluster_token(broker_up):
                             env={**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)})
     assert authed.returncode == 0, authed.stderr[-2000:]
     assert authed.stdout.strip() == "2"  # the default: one node per pool, the head and one more
+
+
+def test_the_entry_point_workers_serve_their_own_port(broker_up):
+    import httpx
+
+    proc, _, token, data = broker_up
+    base = f"http://127.0.0.1:{proc.entry_port}"
+    auth = {"Authorization": f"Bearer {token}"}
+    for _ in range(4):  # new connections: both workers
+        r = httpx.get(base + "/svc/ouh-liver/no-such-service/", headers=auth, timeout=30)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "SERVICE_NOT_FOUND", r.text
+        r = httpx.get(base + "/api/v1/jobs", headers=auth, timeout=30)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND", r.text
+    workers = [p for p in _tree(proc.pid) if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 2, [(p.pid, p.cmdline()) for p in _tree(proc.pid)]
+    assert "service entry points: 2 worker processes" in (data / "up.log").read_text()
 
 
 def test_every_port_of_the_broker_listens_on_loopback_only(broker_up):

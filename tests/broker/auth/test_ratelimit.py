@@ -137,3 +137,70 @@ def test_middleware_refills_with_clock():
         assert c.get("/x").status_code == 429
         t[0] = 1.0
         assert c.get("/x").status_code == 200
+
+
+# ------------------------------------------------------------------ shared buckets (entry workers)
+def shared(slots=64):
+    import multiprocessing
+
+    from broker.auth.ratelimit import SharedTokenBuckets
+
+    return SharedTokenBuckets.create(multiprocessing.get_context("spawn"), slots)
+
+
+SHARED = [  # (name, checks as (key, now), rate, burst, allowed flags)
+    ("burst then refused", [("k", 0.0)] * 4, 1.0, 3, [True, True, True, False]),
+    ("refill", [("k", 0.0)] * 2 + [("k", 0.5), ("k", 1.0)], 1.0, 2, [True, True, False, True]),
+    ("keys are isolated", [("a", 0.0), ("a", 0.0), ("b", 0.0)], 0.1, 1, [True, False, True]),
+    ("tuple keys", [(("svc", "token:1"), 0.0), (("svc", "token:1"), 0.0), (("svc", "token:2"), 0.0)], 0.1, 1,
+     [True, False, True]),
+    ("refill capped at burst", [("k", 0.0)] + [("k", 1000.0)] * 3, 1.0, 2, [True, True, True, False]),
+]
+
+
+@pytest.mark.parametrize("name,checks,rate,burst,want", SHARED, ids=[c[0] for c in SHARED])
+def test_shared_buckets_behave_as_the_limiter(name, checks, rate, burst, want):
+    b = shared()
+    assert [b.check(k, now=t, rate=rate, burst=burst).allowed for k, t in checks] == want
+    ref = TokenBucketLimiter(rate, burst)
+    assert [ref.check(k, now=t).allowed for k, t in checks] == want
+
+
+def test_shared_buckets_give_retry_after_and_refuse_a_cost_above_burst():
+    b = shared()
+    b.check("k", now=0.0, rate=2.0, burst=1)
+    d = b.check("k", now=0.0, rate=2.0, burst=1)
+    assert not d.allowed and d.retry_after_s == pytest.approx(0.5)
+    assert b.check("k", cost=5, now=0.0, rate=2.0, burst=1).retry_after_s == math.inf
+    with pytest.raises(ValueError):
+        b.check("k", now=0.0)  # a shared bucket has no default rate
+
+
+def test_a_full_table_gives_up_the_fullest_bucket_and_errs_on_allowing():
+    b = shared(slots=8)  # fewer slots than keys: every key probes the whole table
+    for i in range(8):
+        assert b.check(f"k{i}", now=0.0, rate=1.0, burst=1).allowed
+    # k0..k7 hold empty buckets; at t=10 all are full again: a new key takes one slot
+    assert b.check("new", now=10.0, rate=1.0, burst=1).allowed
+    assert not b.check("new", now=10.0, rate=1.0, burst=1).allowed
+    # over any window a key never gets more than burst + rate * T while it keeps its slot
+    allowed = sum(b.check("hot", now=20.0 + i * 0.01, rate=1.0, burst=3).allowed for i in range(100))
+    assert allowed <= 3 + 1.0 * 1.0
+
+
+def test_shared_buckets_are_one_table_for_every_process():
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    b = shared()
+    assert sum(b.check("caller", now=0.0, rate=0.001, burst=10).allowed for _ in range(6)) == 6
+    q = ctx.Queue()
+    p = ctx.Process(target=_take, args=(b, q))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(30)
+    assert got == 4  # 10 in all, 6 taken here
+
+
+def _take(b, q) -> None:
+    q.put(sum(b.check("caller", now=0.0, rate=0.001, burst=10).allowed for _ in range(10)))

@@ -1,0 +1,204 @@
+"""The service entry point's worker processes (`broker.entry`), on SQLite and PostgreSQL:
+requests through the workers' port reach the replica from every worker; tenancy holds there
+(a foreign user gets 404, no token 401); the port serves nothing but `/svc/...`; rate limits
+are one set of buckets for the broker process and every worker; the workers stop by PID.
+
+The replica is a small HTTP server in this process; its row in `service_replicas` is written
+ready by hand (the workers read the routing table from the database, as followers do).
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import socket
+import threading
+import time
+import uuid
+
+import psutil
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from broker.app import create_app
+from broker.entry import EntryWorkers
+from broker.models import ServiceReplica
+
+WORKERS = 2
+
+
+class _Replica(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = b"ok " + self.path.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        return
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def replica():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Replica)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def workers(settings, engine):
+    w = EntryWorkers(settings.model_copy(update={"service_proxy_workers": WORKERS}), port=_free_port())
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_app(settings, engine, fake_executor, workers):
+    """The broker process's app, with the workers' rate-limit buckets."""
+    return create_app(settings, executor=fake_executor, start_background=False, engine=engine,
+                      service_limiter=workers.limiter)
+
+
+@pytest.fixture(scope="module")
+def admin(shared_app, admin_token):
+    with TestClient(shared_app, headers={"Authorization": f"Bearer {admin_token}"}) as c:
+        yield c
+
+
+def _service(admin, engine, replica_port: int, **over) -> dict:
+    b = {"name": "entry-" + uuid.uuid4().hex[:6], "project": "ouh-liver", "class": "innovation",
+         "image": "localhost/busybox:test", "command": ["/bin/busybox", "httpd", "-f", "-p", "8080"],
+         "resources": {"gpus": 0, "cpus": 0.5, "memory_gb": 0.5}, "replicas": {"min": 1, "max": 1}, "port": 8080}
+    b.update(over)
+    r = admin.post("/api/v1/services", json=b)
+    assert r.status_code == 201, r.text
+    svc = r.json()
+    with Session(engine) as s:
+        s.add(ServiceReplica(job_id="r-" + uuid.uuid4().hex[:10], service_id=svc["id"], host="127.0.0.1",
+                             port=replica_port, ready=True))
+        s.commit()
+    return svc
+
+
+def _get(port: int, path: str, headers: dict | None = None, timeout: float = 30.0):
+    """One request on a new connection: (status, body, the connection's local address)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.read(), c.sock.getsockname(), c
+    except BaseException:
+        c.close()
+        raise
+
+
+def _server_pid(pids: list[int], client_addr) -> int | None:
+    """The worker whose socket holds the server side of the connection from `client_addr`."""
+    for pid in pids:
+        for conn in psutil.Process(pid).net_connections(kind="tcp"):
+            if conn.raddr and (conn.raddr.ip, conn.raddr.port) == tuple(client_addr[:2]):
+                return pid
+    return None
+
+
+def _wait_routed(port: int, url: str, headers: dict, timeout_s: float = 60.0) -> None:
+    """Until a worker routes the new service (it reads the table at most every second)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body, _, c = _get(port, url, headers)
+        c.close()
+        if status == 200 or time.monotonic() > deadline:
+            assert status == 200, body
+            return
+        time.sleep(0.2)
+
+
+def test_every_worker_proxies_to_the_replica(admin, engine, workers, replica, admin_token):
+    svc = _service(admin, engine, replica)
+    url = f"/svc/ouh-liver/{svc['name']}/predict?x=1"
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    _wait_routed(workers.port, url, auth)
+    served: dict[int, int] = {}
+    for _ in range(40):  # new connections: the kernel spreads them over the workers
+        status, body, addr, c = _get(workers.port, url, auth)
+        try:
+            assert status == 200 and body == b"ok /predict?x=1", (status, body)
+            pid = _server_pid(workers.pids, addr)
+            if pid is not None:
+                served[pid] = served.get(pid, 0) + 1
+        finally:
+            c.close()
+        if len(served) == WORKERS:
+            break
+    assert set(served) == set(workers.pids), served
+    # the broker's own port serves the entry point too (same replica)
+    assert admin.get(url).text == "ok /predict?x=1"
+
+
+def test_tenancy_and_bad_input_hold_on_the_workers_port(admin, engine, workers, replica, admin_token):
+    svc = _service(admin, engine, replica)
+    url = f"/svc/ouh-liver/{svc['name']}/"
+    _wait_routed(workers.port, url, {"Authorization": f"Bearer {admin_token}"})
+    uid = "u-" + uuid.uuid4().hex[:8]
+    assert admin.post("/api/v1/admin/users", json={"id": uid}).status_code == 201
+    assert admin.post("/api/v1/projects/slb-cardio/members", json={"user": uid, "role": "member"}).status_code == 201
+    tok = admin.post("/api/v1/admin/tokens", json={"name": uid, "user": uid}).json()["token"]
+    cases = [  # (name, path, headers, status, code), each on several new connections (every worker)
+        ("foreign user", url, {"Authorization": f"Bearer {tok}"}, 404, "SERVICE_NOT_FOUND"),
+        ("no token", url, {}, 401, None),
+        ("bad token", url, {"Authorization": "Bearer nope"}, 401, None),
+        ("not a service path", "/api/v1/jobs", {"Authorization": f"Bearer {admin_token}"}, 404, "NOT_FOUND"),
+        ("bad slug", "/svc/NOPE!/x/", {"Authorization": f"Bearer {admin_token}"}, 404, "SERVICE_NOT_FOUND"),
+        ("no such service", "/svc/ouh-liver/no-such-svc/", {"Authorization": f"Bearer {admin_token}"}, 404,
+         "SERVICE_NOT_FOUND"),
+    ]
+    for name, path, headers, status, code in cases:
+        for _ in range(6):
+            got, body, _, c = _get(workers.port, path, headers)
+            c.close()
+            assert got == status, (name, got, body)
+            err = json.loads(body)["error"]
+            assert err["code"] and (code is None or err["code"] == code), (name, err)
+
+
+def test_rate_limits_are_shared_by_the_broker_and_every_worker(admin, engine, workers, replica, admin_token):
+    svc = _service(admin, engine, replica, rate_limit={"per_caller_per_s": 0.01, "per_caller_burst": 5})
+    url = f"/svc/ouh-liver/{svc['name']}/"
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    codes = []
+    for i in range(12):  # new connections (both workers) and the broker's own port, one caller
+        if i % 3 == 2:
+            codes.append(admin.get(url).status_code)
+        else:
+            status, _, _, c = _get(workers.port, url, auth)
+            c.close()
+            codes.append(status)
+    # 5 allowed in all (the replica may not be routed yet on a worker: 503 is allowed too)
+    assert sum(1 for s in codes if s != 429) == 5 and codes.count(429) == 7, codes
+
+
+def test_stop_ends_every_worker_by_pid(settings, engine):
+    w = EntryWorkers(settings.model_copy(update={"service_proxy_workers": 2}), port=_free_port())
+    w.start()
+    pids = w.pids
+    assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+    w.stop()
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+    with pytest.raises(OSError):  # the port is free again: nothing listens
+        socket.create_connection(("127.0.0.1", w.port), timeout=2).close()
