@@ -42,8 +42,9 @@ from broker.services.checkpoints import last_checkpoint
 from broker.services import jobdata
 from broker.services.leadership import Leadership
 from broker.services.secrets import SecretService
+from broker.services.ledger_usage import LedgerUsage
 from broker.services.pending_cache import PendingCache
-from broker.services.snapshot import RATIO_WINDOW, build_snapshot, lookback_start, runtime_ratio
+from broker.services.snapshot import RATIO_WINDOW, build_snapshot, runtime_ratio
 from broker.settings import Settings
 from scheduler import run_cycle
 from scheduler.model import CycleResult, NodeState, Policy
@@ -109,6 +110,7 @@ class SchedulingLoop:
         self._checkpoint_times: dict[str, float] = {}
         self._reason_written: dict[str, float] = {}  # job id -> when its pending reason was last written
         self._queue = PendingCache()  # the PENDING rows between ticks, re-read when their version moves
+        self._usage = LedgerUsage()  # budget and fair-share usage, closed ledger rows folded once
         self._scheduled_at = float("-inf")  # monotonic time of the last schedule step
         self._lock = threading.Lock()  # one tick at a time, whoever calls it
         self.last_cycle: CycleResult | None = None
@@ -414,11 +416,13 @@ class SchedulingLoop:
     def schedule(self, rep: TickReport) -> CycleResult | None:
         if time.monotonic() - self._scheduled_at > self._queue.max_age_s:
             self._queue.clear()  # not scheduling for a while (a follower): another leader wrote
+            self._usage.clear()
         self._scheduled_at = time.monotonic()
         try:
             return self._schedule(rep)
         except BaseException:
             self._queue.clear()  # what it holds may not be what the database has now
+            self._usage.clear()
             raise
 
     def _schedule(self, rep: TickReport) -> CycleResult | None:
@@ -434,7 +438,7 @@ class SchedulingLoop:
                 now=now, half_life_s=self.policy.fair_share_half_life_s, departments=repo.departments(s),
                 projects=projects, pools=repo.pools(s), nodes=repo.nodes(s), quotas=repo.quota_rows(s),
                 holding=holding, placements=repo.placements_of(s, [(j.id, j.attempt) for j in holding]),
-                pending=pending, ledger=repo.ledger_since(s, lookback_start(now, self.policy.fair_share_half_life_s)),
+                pending=pending, ledger=(), usage=self._usage.usage(s, now, self.policy.fair_share_half_life_s),
                 runtime_ratios=self._runtime_ratios(s, now), checkpoints=self._checkpoint_times,
                 preemptions=repo.preemption_counts(s, [j.id for j in holding if j.attempt > 1]),
                 cached=self._queue.converted,
@@ -520,6 +524,7 @@ class SchedulingLoop:
                 failpoints.hit("before_admit_commit")
             s.commit()
         self._queue.reasons_written(changed)
+        self._usage.watch((jid, by_id[jid].attempt) for jid in rep.admitted)
         if rep.admitted:
             failpoints.hit("after_admit_commit")
         if victims:
