@@ -18,8 +18,10 @@ job goes back to PENDING; the Attempt row of the current attempt follows the job
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from sqlalchemy import bindparam, func, select, update
@@ -84,6 +86,77 @@ def transition(
     target unless given: ADMITTED sets admitted_at, RUNNING started_at, terminal finished_at;
     PENDING (requeue) bumps `attempt` and clears the admission fields. The caller commits.
     """
+    frm, to, t, values = _plan(job, to, now, message, fields)
+    res = session.execute(_cas_update(frozenset(values)),
+                          {"cas_id": job.id, "cas_version": expected_version, "cas_status": to.value,
+                           **{f"cas_{k}": v for k, v in values.items()}})
+    if res.rowcount != 1:
+        return False
+    _applied(session, job, frm, to, t, values, message, expected_version, event_details)
+    return True
+
+
+@dataclass(frozen=True)
+class Move:
+    """One `transition` of a batch (`transition_many`): its arguments."""
+
+    job: Job
+    to: JobStatus
+    expected_version: int
+    message: str = ""
+    event_details: Mapping[str, Any] | None = None
+    fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    now: float | None = None  # the time of this move, when not the batch's
+
+
+def transition_many(session: Session, moves: Sequence[Move], *, now: float | None = None) -> list[bool]:
+    """`transition` for each move (in order; True where it applied), with the compare-and-set of
+    all of them in a few statements instead of one round trip each: the scheduling loop moves
+    hundreds of jobs a tick (admissions, launches), and on PostgreSQL the round trips were most
+    of its time (BENCHMARKS.md, "Scale").
+
+    How, on PostgreSQL: the rows are locked and their versions read in one
+    `SELECT ... FOR UPDATE` (ordered by id); the moves whose version still matches are applied
+    with one executemany UPDATE per set of columns, each still `WHERE id = :id AND version = :v`
+    (a row locked by us cannot have moved, so every one matches; if one did not, that is a bug
+    and raises, and the caller's transaction is rolled back); the others return False, as
+    their `transition` would. Fencing is unchanged: it is the transaction's (`Leadership.guard`
+    checks at its start), and the batch runs inside the caller's transaction. SQLite (one
+    writer, no round trips to save, no row locks) and batches of one take the per-move path."""
+    if len(moves) < 2 or session.get_bind().dialect.name != "postgresql" \
+            or len({m.job.id for m in moves}) != len(moves):
+        return [transition(session, m.job, m.to, expected_version=m.expected_version, now=_or(m.now, now),
+                           message=m.message, event_details=m.event_details, **m.fields) for m in moves]
+    plans = [_plan(m.job, m.to, _or(m.now, now), m.message, m.fields) for m in moves]  # refuses a bad edge first
+    ids = sorted(m.job.id for m in moves)
+    current: dict[str, int] = {}
+    for k in range(0, len(ids), 500):
+        current.update(session.execute(select(Job.id, Job.version).where(Job.id.in_(ids[k:k + 500]))
+                                       .order_by(Job.id).with_for_update()).all())
+    ok = [current.get(m.job.id) == m.expected_version for m in moves]
+    groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for m, (_, to, _, values), good in zip(moves, plans, ok):
+        if good:
+            groups.setdefault(frozenset(values), []).append(
+                {"cas_id": m.job.id, "cas_version": m.expected_version, "cas_status": to.value,
+                 **{f"cas_{k}": v for k, v in values.items()}})
+    for columns, params in groups.items():
+        matched = session.execute(_cas_update_many(columns), params).rowcount
+        if matched != len(params):
+            raise RuntimeError(f"compare-and-set of {len(params)} locked job rows matched {matched}")
+    for m, (frm, to, t, values), good in zip(moves, plans, ok):
+        if good:
+            _applied(session, m.job, frm, to, t, values, m.message, m.expected_version, m.event_details)
+    return ok
+
+
+def _or(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a
+
+
+def _plan(job: Job, to: JobStatus | str, now: float | None, message: str, fields: Mapping[str, Any]
+          ) -> tuple[JobStatus, JobStatus, float, dict[str, Any]]:
+    """(from, to, time, columns to set) of a transition; raises on an edge the machine lacks."""
     frm, to = S(job.status), S(to)
     check_transition(frm, to)
     bad = set(fields) - _SETTABLE
@@ -109,13 +182,12 @@ def transition(
         values.setdefault("borrowing", False)
     if message:
         values.setdefault("message", message)
+    return frm, to, t, values
 
-    res = session.execute(_cas_update(frozenset(values)),
-                          {"cas_id": job.id, "cas_version": expected_version, "cas_status": to.value,
-                           **{f"cas_{k}": v for k, v in values.items()}})
-    if res.rowcount != 1:
-        return False
 
+def _applied(session: Session, job: Job, frm: JobStatus, to: JobStatus, t: float, values: Mapping[str, Any],
+             message: str, expected_version: int, event_details: Mapping[str, Any] | None) -> None:
+    """What follows a compare-and-set that matched: the attempt row, the event, the object."""
     _follow_attempt(session, job, frm, to, t, values, message)
     session.add(JobEvent(
         job_id=job.id, ts=t, kind="transition", from_status=frm.value, to_status=to.value,
@@ -123,7 +195,15 @@ def transition(
     ))
     for k, v in {"status": to.value, "version": expected_version + 1, **values}.items():
         set_committed_value(job, k, v)
-    return True
+
+
+@functools.lru_cache(maxsize=64)
+def _cas_update_many(columns: frozenset[str]):
+    """`_cas_update` in Core (an executemany; the ORM would make it a bulk update by key)."""
+    jobs = Job.__table__
+    return (update(jobs).where(jobs.c.id == bindparam("cas_id"), jobs.c.version == bindparam("cas_version"))
+            .values(status=bindparam("cas_status"), version=jobs.c.version + 1,
+                    **{k: bindparam(f"cas_{k}") for k in sorted(columns)}))
 
 
 @functools.lru_cache(maxsize=64)

@@ -22,6 +22,7 @@ retry (preemption is the platform's decision, not the job's failure); a lost job
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -42,8 +43,9 @@ from broker.services.checkpoints import last_checkpoint
 from broker.services import jobdata
 from broker.services.leadership import Leadership
 from broker.services.secrets import SecretService
+from broker.services.ledger_usage import LedgerUsage
 from broker.services.pending_cache import PendingCache
-from broker.services.snapshot import RATIO_WINDOW, build_snapshot, lookback_start, runtime_ratio
+from broker.services.snapshot import RATIO_WINDOW, build_snapshot, runtime_ratio
 from broker.settings import Settings
 from scheduler import run_cycle
 from scheduler.model import CycleResult, NodeState, Policy
@@ -107,8 +109,10 @@ class SchedulingLoop:
         # newest checkpoint per running checkpointable job, read by `observe` outside any
         # transaction (the checkpoint root may be a network filesystem) and used by `schedule`
         self._checkpoint_times: dict[str, float] = {}
+        self._deferred: list | None = None  # the observe pass's moves, applied together (`_move`)
         self._reason_written: dict[str, float] = {}  # job id -> when its pending reason was last written
         self._queue = PendingCache()  # the PENDING rows between ticks, re-read when their version moves
+        self._usage = LedgerUsage()  # budget and fair-share usage, closed ledger rows folded once
         self._scheduled_at = float("-inf")  # monotonic time of the last schedule step
         self._lock = threading.Lock()  # one tick at a time, whoever calls it
         self.last_cycle: CycleResult | None = None
@@ -195,8 +199,18 @@ class SchedulingLoop:
             # before each compare-and-set UPDATE.
             s.autoflush = False
             repo.preload(s, [(job.id, job.attempt) for job, _ in seen])
-            for job, st in seen:
-                self._observe_one(s, job, st, rep, after)
+            # The common moves (STARTING -> RUNNING, an attempt that ended) are applied together
+            # after the pass (`jobstate.transition_many`: a few statements, not one round trip
+            # each); each job is looked at once per pass, so none depends on another's move.
+            self._deferred = deferred = []
+            try:
+                for job, st in seen:
+                    self._observe_one(s, job, st, rep, after)
+            finally:
+                self._deferred = None
+            for (_, on_ok), ok in zip(deferred, jobstate.transition_many(s, [m for m, _ in deferred])):
+                if ok and on_ok is not None:
+                    on_ok()
             s.commit()
         for fn in after:
             fn()
@@ -270,7 +284,7 @@ class SchedulingLoop:
             started = min((w.started_at for w in workers if w.started_at), default=now)
             row = s.get(Job, job.id)
             if row is not None and row.status == S.STARTING.value and row.attempt == job.attempt:
-                jobstate.transition(s, row, S.RUNNING, expected_version=row.version, now=now, started_at=started)
+                self._move(s, jobstate.Move(row, S.RUNNING, row.version, fields={"started_at": started}), now)
                 self._record_devices(s, job, st)
 
     def grace_s(self, job: Job) -> float:
@@ -342,14 +356,25 @@ class SchedulingLoop:
             fields = {"exit_code": exit_code} if exit_code is not None else {}
             if row.started_at is None and key in self._started:
                 fields["started_at"] = self._started[key]
-            if jobstate.transition(s, row, to, expected_version=row.version, now=now, message=message, **fields) \
-                    and "started_at" in fields:
+            def started_at() -> None:
                 att = s.get(Attempt, (row.id, row.attempt))
                 if att is not None and att.started_at is None:
                     att.started_at = fields["started_at"]
                     s.add(att)
+            self._move(s, jobstate.Move(row, to, row.version, message=message, fields=fields), now,
+                       started_at if "started_at" in fields else None)
         rep.finished.append(job.id)
         after.append(lambda: self._finished(key, held, release))
+
+    def _move(self, s: Session, move: jobstate.Move, now: float, on_ok: Callable[[], None] | None = None) -> None:
+        """`move` now, or with the others of the observe pass when it collects them."""
+        if self._deferred is not None:
+            self._deferred.append((dataclasses.replace(move, now=now), on_ok))
+            return
+        if jobstate.transition(s, move.job, move.to, expected_version=move.expected_version, now=now,
+                               message=move.message, event_details=move.event_details, **move.fields) \
+                and on_ok is not None:
+            on_ok()
 
     def _finished(self, key: tuple[str, int], held: bool, release: bool) -> None:
         """After the commit that ended an attempt: a reload sees a node hold, the executor lets
@@ -414,11 +439,13 @@ class SchedulingLoop:
     def schedule(self, rep: TickReport) -> CycleResult | None:
         if time.monotonic() - self._scheduled_at > self._queue.max_age_s:
             self._queue.clear()  # not scheduling for a while (a follower): another leader wrote
+            self._usage.clear()
         self._scheduled_at = time.monotonic()
         try:
             return self._schedule(rep)
         except BaseException:
             self._queue.clear()  # what it holds may not be what the database has now
+            self._usage.clear()
             raise
 
     def _schedule(self, rep: TickReport) -> CycleResult | None:
@@ -434,7 +461,7 @@ class SchedulingLoop:
                 now=now, half_life_s=self.policy.fair_share_half_life_s, departments=repo.departments(s),
                 projects=projects, pools=repo.pools(s), nodes=repo.nodes(s), quotas=repo.quota_rows(s),
                 holding=holding, placements=repo.placements_of(s, [(j.id, j.attempt) for j in holding]),
-                pending=pending, ledger=repo.ledger_since(s, lookback_start(now, self.policy.fair_share_half_life_s)),
+                pending=pending, ledger=(), usage=self._usage.usage(s, now, self.policy.fair_share_half_life_s),
                 runtime_ratios=self._runtime_ratios(s, now), checkpoints=self._checkpoint_times,
                 preemptions=repo.preemption_counts(s, [j.id for j in holding if j.attempt > 1]),
                 cached=self._queue.converted,
@@ -454,17 +481,23 @@ class SchedulingLoop:
             # first flush what the admissions before it added (attempt, placements, ledger row,
             # event), a few round trips per admission; it all goes out batched at the commit.
             s.autoflush = False
+            admissions = []
             for adm in result.admissions:
-                job = by_id[adm.job_id]
                 if moved and any(p.node in moved for p in adm.placements):
-                    log.info("admission of %s skipped: a node of its placement changed pool", job.id)
+                    log.info("admission of %s skipped: a node of its placement changed pool", adm.job_id)
                     continue
-                if not jobstate.transition(
-                        s, job, S.ADMITTED, expected_version=job.version, now=now, borrowing=adm.borrowing,
-                        flavor_pool=adm.flavor.pool, flavor_gpu_model=adm.flavor.gpu_model,
-                        event_details={"placements": [{"rank": p.rank, "node": p.node, "gpus": list(p.gpu_indices)}
-                                                      for p in adm.placements], "borrowing": adm.borrowing}):
+                admissions.append(adm)
+            # every compare-and-set of the admissions in a few statements (`transition_many`)
+            applied = jobstate.transition_many(s, [jobstate.Move(
+                by_id[adm.job_id], S.ADMITTED, by_id[adm.job_id].version,
+                event_details={"placements": [{"rank": p.rank, "node": p.node, "gpus": list(p.gpu_indices)}
+                                              for p in adm.placements], "borrowing": adm.borrowing},
+                fields={"borrowing": adm.borrowing, "flavor_pool": adm.flavor.pool,
+                        "flavor_gpu_model": adm.flavor.gpu_model}) for adm in admissions], now=now)
+            for adm, ok in zip(admissions, applied):
+                if not ok:
                     continue
+                job = by_id[adm.job_id]
                 self._queue.left_queue(job.id)
                 for p in adm.placements:
                     s.add(Placement(job_id=job.id, attempt=job.attempt, rank=p.rank, node_id=p.node,
@@ -520,6 +553,7 @@ class SchedulingLoop:
                 failpoints.hit("before_admit_commit")
             s.commit()
         self._queue.reasons_written(changed)
+        self._usage.watch((jid, by_id[jid].attempt) for jid in rep.admitted)
         if rep.admitted:
             failpoints.hit("after_admit_commit")
         if victims:
@@ -615,10 +649,12 @@ class SchedulingLoop:
             with self._session() as s:
                 s.autoflush = False
                 repo.preload(s, [(j.id, j.attempt) for j in launched])
+                moves = []
                 for job in launched:
                     row = s.get(Job, job.id)
                     if row is not None and row.status == S.ADMITTED.value and row.attempt == job.attempt:
-                        jobstate.transition(s, row, S.STARTING, expected_version=row.version, now=now)
+                        moves.append(jobstate.Move(row, S.STARTING, row.version))
+                jobstate.transition_many(s, moves, now=now)
                 s.commit()
 
     def _still_admitted(self, jobs: Sequence[Job]) -> set[tuple[str, int]]:

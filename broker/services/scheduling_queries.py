@@ -6,7 +6,7 @@ Queries only; the transactions belong to `broker.services.scheduling`.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from sqlalchemy import func, or_, select, tuple_, update
 from sqlalchemy.orm import defer
@@ -97,6 +97,55 @@ def ledger_since(session: Session, since: float) -> Sequence[Ledger]:
     return session.execute(
         select(Ledger).where(or_(Ledger.ended_at.is_(None), Ledger.ended_at >= since))
     ).scalars().all()
+
+
+class LedgerRow(NamedTuple):
+    """The columns of a ledger row that budget and fair-share usage read."""
+
+    job_id: str
+    attempt: int
+    project_id: str
+    department_id: str
+    gpus: int
+    started_at: float
+    ended_at: float | None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.job_id, self.attempt)
+
+
+_LEDGER_USAGE = (Ledger.job_id, Ledger.attempt, Ledger.project_id, Ledger.department_id, Ledger.gpus,
+                 Ledger.started_at, Ledger.ended_at)
+
+
+def ledger_rows_since(session: Session, since: float) -> list[LedgerRow]:
+    """`ledger_since` as plain `LedgerRow`s (no ORM objects: the loop reads thousands)."""
+    return [LedgerRow._make(r) for r in session.execute(
+        select(*_LEDGER_USAGE).where(or_(Ledger.ended_at.is_(None), Ledger.ended_at >= since)))]
+
+
+def open_ledger_rows(session: Session) -> list[LedgerRow]:
+    """Ledger rows of attempts that still hold their GPUs."""
+    return [LedgerRow._make(r) for r in session.execute(select(*_LEDGER_USAGE).where(Ledger.ended_at.is_(None)))]
+
+
+def ledger_rows_of(session: Session, keys: Iterable[tuple[str, int]]) -> list[LedgerRow]:
+    """The ledger rows of these (job id, attempt) keys that exist."""
+    keys = set(keys)
+    ids = sorted({k[0] for k in keys})
+    out = []
+    for i in range(0, len(ids), 500):
+        out += [r for r in map(LedgerRow._make, session.execute(
+            select(*_LEDGER_USAGE).where(Ledger.job_id.in_(ids[i:i + 500])))) if r.key in keys]
+    return out
+
+
+def closed_ledger_count(session: Session, since: float, until: float) -> tuple[int, int]:
+    """(rows, GPUs) of the ledger rows that ended within [since, until]."""
+    n, gpus = session.execute(select(func.count(), func.coalesce(func.sum(Ledger.gpus), 0)).where(
+        Ledger.ended_at.is_not(None), Ledger.ended_at >= since, Ledger.ended_at <= until)).one()
+    return int(n), int(gpus)
 
 
 def preload(session: Session, keys: Sequence[tuple[str, int]]) -> None:

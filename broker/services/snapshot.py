@@ -146,14 +146,20 @@ def usage_from_ledger(rows: Sequence[Ledger], now: float, half_life_s: float
     decayed: dict[str, float] = defaultdict(float)
     for r in rows:
         end = now if r.ended_at is None else min(r.ended_at, now)
-        start = r.started_at
-        if end <= start or r.gpus <= 0:
+        if end <= r.started_at or r.gpus <= 0:
             continue
-        in_period = max(0.0, end - max(start, period)) * r.gpus / 3600.0
+        in_period, acc = row_usage(r.gpus, r.started_at, end, period, half_life_s)
         spent_p[r.project_id] += in_period
         spent_d[r.department_id] += in_period
-        decayed[r.project_id] += decay(accumulate(0.0, r.gpus, end - start, half_life_s), now - end, half_life_s)
+        decayed[r.project_id] += decay(acc, now - end, half_life_s)
     return dict(spent_p), dict(spent_d), dict(decayed)
+
+
+def row_usage(gpus: int, start: float, end: float, period: float, half_life_s: float) -> tuple[float, float]:
+    """One ledger row held from `start` to `end` (end > start): (GPU-hours inside the budget
+    period that starts at `period`, decayed GPU-seconds as of `end`). The one formula both
+    `usage_from_ledger` and the loop's running sums (`ledger_usage`) use."""
+    return max(0.0, end - max(start, period)) * gpus / 3600.0, accumulate(0.0, gpus, end - start, half_life_s)
 
 
 def build_snapshot(
@@ -164,6 +170,7 @@ def build_snapshot(
     runtime_ratios: Mapping[str, float] | None = None, checkpoints: Mapping[str, float] | None = None,
     preemptions: Mapping[str, int] | None = None,
     cached: Callable[[JobRow, Callable[[JobRow], Job]], Job] | None = None,
+    usage: tuple[Mapping[str, float], Mapping[str, float], Mapping[str, float]] | None = None,
 ) -> Snapshot:
     """Rows in, Snapshot out. Jobs that hold resources become `Running` with their placements;
     a holding job without placements (should not happen) is skipped rather than guessed.
@@ -171,7 +178,9 @@ def build_snapshot(
     checkpoint (only read for checkpointable jobs); `preemptions`: job id -> its preempted
     attempts (running jobs; spares a job preempted often from innovation reclaims);
     `cached(row, convert)`: the pending rows' conversion kept between ticks (not used for a job
-    that mounts data: where the data is depends on the nodes of the moment)."""
+    that mounts data: where the data is depends on the nodes of the moment); `usage`: what
+    `usage_from_ledger(ledger, now, half_life_s)` says, when the caller keeps it (the loop's
+    `ledger_usage.LedgerUsage`; `ledger` is not read then)."""
     runtime_ratios, checkpoints, preemptions = runtime_ratios or {}, checkpoints or {}, preemptions or {}
     models_by_pool: dict[str, list[str]] = defaultdict(list)
     for n in nodes:
@@ -181,7 +190,7 @@ def build_snapshot(
     pool_nodes: dict[str, list[str]] = defaultdict(list)
     for n in nodes:
         pool_nodes[n.pool].append(n.id)
-    spent_p, spent_d, decayed = usage_from_ledger(ledger, now, half_life_s)
+    spent_p, spent_d, decayed = usage if usage is not None else usage_from_ledger(ledger, now, half_life_s)
 
     deps = tuple(
         Department(id=d.id, name=d.name, weight=d.weight,

@@ -194,3 +194,44 @@ def test_pending_reason_only_touches_pending_jobs_and_keeps_the_version(engine):
         s.commit()
         s.refresh(p)
         assert (p.pending_code, p.version) == ("NO_CAPACITY", 1)
+
+
+def test_transition_many_applies_the_matching_moves_and_refuses_the_stale_one(engine):
+    """One batch (on PostgreSQL: one locking read and one executemany; on SQLite: one by one):
+    a move whose version is stale returns False and changes nothing, the others apply with
+    their event, attempt row and in-memory object, as `transition` would."""
+    with Session(engine, expire_on_commit=False) as s:
+        jobs = [make_job(s) for _ in range(4)] + [make_job(s, S.RUNNING)]
+        s.commit()
+    with Session(engine, expire_on_commit=False) as s:
+        s.add_all(jobs)
+        stale = jobs[1]
+        moves = [jobstate.Move(j, S.ADMITTED, j.version, fields={"flavor_pool": "innovation"}) for j in jobs[:4]]
+        moves[1] = jobstate.Move(stale, S.ADMITTED, stale.version - 1)
+        moves.append(jobstate.Move(jobs[4], S.SUCCEEDED, jobs[4].version, message="done", now=123.0,
+                                   fields={"exit_code": 0}))
+        assert jobstate.transition_many(s, moves, now=100.0) == [True, False, True, True, True]
+        s.commit()
+    with Session(engine) as s:
+        rows = {j.id: s.get(Job, j.id) for j in jobs}
+        assert [rows[j.id].status for j in jobs] == ["ADMITTED", "PENDING", "ADMITTED", "ADMITTED", "SUCCEEDED"]
+        assert rows[jobs[0].id].admitted_at == 100.0 and rows[jobs[0].id].flavor_pool == "innovation"
+        assert rows[jobs[4].id].finished_at == 123.0 and rows[jobs[4].id].exit_code == 0
+        assert rows[stale.id].version == stale.version
+        assert s.get(Attempt, (jobs[2].id, 1)).status == "ADMITTED"
+        assert s.get(Attempt, (jobs[4].id, 1)).status == "SUCCEEDED"
+        events = s.exec(select(JobEvent).where(JobEvent.job_id.in_([j.id for j in jobs]),
+                                               JobEvent.to_status.in_(["ADMITTED", "SUCCEEDED"]),
+                                               JobEvent.ts.in_([100.0, 123.0]))).all()
+        assert sorted(e.job_id for e in events) == sorted(j.id for j in jobs if j is not stale)
+    assert jobs[0].status == "ADMITTED" and stale.status == "PENDING"
+
+
+def test_transition_many_refuses_an_edge_the_machine_lacks_before_writing(engine):
+    with Session(engine, expire_on_commit=False) as s:
+        a, b = make_job(s), make_job(s, S.SUCCEEDED)
+        s.commit()
+        with pytest.raises(InvalidTransition):
+            jobstate.transition_many(s, [jobstate.Move(a, S.ADMITTED, a.version), jobstate.Move(b, S.RUNNING, b.version)])
+        s.rollback()
+        assert s.get(Job, a.id).status == "PENDING"
