@@ -259,5 +259,5 @@ def test_every_example_runs_to_completion(broker, example):
         specs.apply_set(spec, override)
     created = broker.submit(spec)
     done = wait_status(broker, created["id"], TERMINAL, 90)
-    assert done["status"] == "SUCCEEDED", (done["message"], broker.logs(created["id"], worker=0))
+    assert done["status"] == "SUCCEEDED", (done["message"], broker.logs(created["id"], worker=0), broker.logs(created["id"], worker=1) if spec.get("workers", 1) > 1 else "")
     assert EXAMPLE_OUTPUT[example.name] in broker.logs(created["id"], worker=0)

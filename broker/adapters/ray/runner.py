@@ -32,6 +32,7 @@ as 128 + signal (what podman reports for containers), never negative.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -450,6 +451,12 @@ class WorkerRunner:
         self.secrets = dict(job.get("secrets") or {})
         self.data_mounts = [tuple(m) for m in job.get("mounts") or ()]
         self.scratch_dir, self.results_dir = job.get("scratch_dir") or "", job.get("results_dir") or ""
+        # one scratch per worker: workers of a gang on nodes that share a file system (Ray nodes
+        # of one host) must not remove each other's scratch when the first of them ends (rank 1
+        # then failed to start: its mount's source was gone)
+        self._scratch_root = self.scratch_dir
+        if self.scratch_dir:
+            self.scratch_dir = str(Path(self.scratch_dir) / f"rank-{self.rank}")
         self.memory_gb, self.cpus = float(job.get("memory_gb") or 0), float(job.get("cpus") or 0)
         self.read_only = bool(job.get("read_only_root", True))
         self.isolation = bool(job.get("isolation", self.isolation))  # the executor's, at launch
@@ -771,6 +778,8 @@ class WorkerRunner:
         self._secret_dir = None
         if self.scratch_dir:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the last worker of the attempt out removes it
+                os.rmdir(self._scratch_root)
 
     def _remove_network(self) -> None:
         """The worker's network after its end was reported: a leased namespace goes back to the
