@@ -238,6 +238,26 @@ def test_operation_reclaims_capacity_lent_to_innovation(client, loop, fake_execu
     assert j["status"] == "PENDING" and j["attempt"] == 2 and j["submit_time"] == submit_time
 
 
+def test_an_operation_burst_beyond_its_pool_runs_on_idle_innovation_nodes(client, loop, fake_executor):
+    """The operation pool (op-1, 8 GPUs) is full of operation work (6 + 2 GPUs): the next one
+    starts at once on an idle innovation node instead of waiting for operation work to end,
+    and preempts nothing; pinned to the operation pool, it waits (Policy.operation_overflow)."""
+    full = submit(client, gpus=6, project="shs-ops-triage", max_runtime_s=600, **{"class": "operation"})
+    radiology = submit(client, gpus=2, project="ouh-radiology", max_runtime_s=600, **{"class": "operation"})
+    loop.tick()
+    for jid in (full, radiology):
+        assert [p["node"] for p in get(client, jid)["placements"]] == ["op-1"], get(client, jid)["pending_reason"]
+    burst = submit(client, gpus=2, project="shs-ops-triage", max_runtime_s=600, **{"class": "operation"})
+    pinned = submit(client, gpus=2, project="shs-ops-triage", max_runtime_s=600, pool="operation",
+                    **{"class": "operation"})
+    loop.tick()
+    j = get(client, burst)
+    assert j["status"] in ("STARTING", "RUNNING"), j
+    assert j["flavor"]["pool"] == "innovation" and j["placements"][0]["node"].startswith("inno-"), j
+    assert all(get(client, jid)["status"] in ("STARTING", "RUNNING") for jid in (full, radiology))  # no victim
+    assert get(client, pinned)["status"] == "PENDING"
+
+
 def test_preempted_job_gets_a_notice_with_its_pools_grace_and_keeps_its_checkpoint_dir(
         client, loop, fake_executor, settings):
     """The victim is stopped with reason "preempted", the preemption message and the grace of
