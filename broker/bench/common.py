@@ -226,3 +226,13 @@ def stop_stack(server, thread, executor, cluster, engine) -> None:
         executor.shutdown()
     cluster.stop()
     engine.dispose()
+
+
+def stat_cpu_s(stat_path: str) -> float | None:
+    """User + system CPU seconds from a Linux `/proc/<pid>/stat` (or `/proc/self/task/<tid>/stat`)
+    file; None where it cannot be read (not Linux, or the process or thread has ended)."""
+    try:
+        fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

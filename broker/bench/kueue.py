@@ -46,8 +46,8 @@ from typing import Callable
 
 import orjson
 
-from broker.bench.common import (free_port, percentile, read_response, redact, run_async, stop_server,
-                                 wait_healthy)
+from broker.bench.common import (free_port, percentile, read_response, redact, run_async, stat_cpu_s,
+                                 stop_server, wait_healthy)
 
 GOAL_WALL_S = 120.0
 GOAL_USAGE_PCT = 80.0
@@ -518,11 +518,7 @@ def bench(*, scale: float = 1.0, database: str | None = None, priority_preemptio
 
 def _cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of one process (Linux /proc), None where unreadable."""
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
+    return stat_cpu_s(f"/proc/{pid}/stat")
 
 
 if __name__ == "__main__" and len(sys.argv) >= 6 and sys.argv[1] == "serve":

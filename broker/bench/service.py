@@ -45,7 +45,7 @@ import threading
 import time
 from pathlib import Path
 
-from broker.bench.common import percentile, read_response, stop_stack, wait_until
+from broker.bench.common import percentile, read_response, stat_cpu_s, stop_stack, wait_until
 
 GOAL_RATIO, GOAL_OVERHEAD_MS = 0.5, 2.0
 PROJECT, NAME = "ouh-liver", "bench"
@@ -199,23 +199,13 @@ def bench(*, concurrency: int = 16, duration_s: float = 5.0, latency_n: int = 50
 
 def _thread_cpu_s(tid: int | None) -> float:
     """CPU seconds of one thread of this process (Linux; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    return stat_cpu_s(f"/proc/self/task/{tid}/stat") or 0.0
 
 
 def _procs_cpu_s(pids: list[int]) -> float:
-    """CPU seconds of whole processes (the entry point's workers; Linux; 0 elsewhere)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
+    """CPU seconds of whole processes (the entry point's workers; Linux; 0 elsewhere). A worker
+    that has ended has no /proc entry left and counts nothing."""
+    return sum(stat_cpu_s(f"/proc/{pid}/stat") or 0.0 for pid in pids)
 
 
 def _children_cpu_s() -> float:
