@@ -54,14 +54,19 @@ ROUTERS = (job_routes.router, catalog_routes.router, observability_routes.router
 
 
 def create_app(settings: Settings | None = None, executor: Executor | None = None, start_background: bool = True,
-               engine=None, cluster: Cluster | None = None, service_limiter=None) -> FastAPI:
+               engine=None, cluster: Cluster | None = None, service_limiter=None,
+               service_metrics=None) -> FastAPI:
     """`service_limiter`: the buckets of the service entry point's rate limits when they are
-    shared with other processes (`broker.entry.EntryWorkers.limiter`); None: this process's own."""
+    shared with other processes (`broker.entry.EntryWorkers.limiter`); None: this process's own.
+    `service_metrics`: other processes' service request samples to add on /metrics
+    (`broker.entry.EntryWorkers.samples`)."""
     settings = settings or Settings()
     failpoints.arm(settings.failpoint)
     own_engine = engine is None
     engine = engine or make_engine(settings)
     services = build_services(settings, engine, executor, cluster=cluster)
+    if service_metrics is not None and services.service_router is not None:
+        services.service_router.extra_samples = service_metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -19,8 +19,13 @@ process shows within their 2 s, as on a follower). What must stay exact across p
 - load: every worker publishes its requests in flight per service as a broker of its own
   (`service_loads`, `LoadPublisher`), which the leader's autoscaler adds to its own count.
 
-Not shared: the per-service request metrics (`broker_service_requests` etc. on /metrics) count
-the broker process's own requests only.
+- request metrics: every worker sends its per-service samples (`broker_service_requests`,
+  `..._errors`, the latency histogram, requests in flight) to the parent about every second
+  (`METRICS_S`, a multiprocessing queue; the request path itself only increments its own
+  counters), and the broker's /metrics adds them to its own (`ServiceRouter.extra_samples` =
+  `EntryWorkers.samples`). When a worker dies, its last counts are kept as retired totals before
+  it is started again, so counters never go backwards; what it counted in its last second is
+  lost with it (a graceful stop sends a last snapshot). Workers' figures lag by up to a second.
 
 Lifecycle: `EntryWorkers.start()` binds one socket per worker in the parent (a busy port fails
 there, before any process starts), starts the workers (multiprocessing spawn: a fresh
@@ -38,6 +43,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import threading
@@ -50,6 +56,7 @@ from broker.api.svc_proxy import PREFIX, ServiceProxy
 from broker.settings import Settings
 
 log = logging.getLogger("broker.entry")
+METRICS_S = 1.0  # how often a worker sends its request metrics to the parent
 _CTX = multiprocessing.get_context("spawn")
 _NOT_HERE = orjson.dumps({"error": {"code": "NOT_FOUND", "message": "this port serves service entry points only "
                                                                      "(/svc/{project}/{service}/...)", "details": {}}})
@@ -70,6 +77,10 @@ class EntryWorkers:
         self.host, self.port = settings.host, entry_port(settings) if port is None else port
         self.limiter = SharedTokenBuckets.create(_CTX, slots)
         self._procs: list[multiprocessing.Process | None] = [None] * self.n
+        self.metrics = _CTX.Queue(maxsize=max(64, 16 * self.n))  # (pid, [Sample]) from the workers
+        self._last: dict[int, list] = {}  # pid -> its newest samples (live workers)
+        self._retired: dict[tuple, float] = {}  # (name, labels) -> what ended workers counted
+        self._mlock = threading.Lock()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._watcher: threading.Thread | None = None
@@ -85,6 +96,39 @@ class EntryWorkers:
             self._spawn(i, sock)
         self._watcher = threading.Thread(target=self._watch, name="entry-workers", daemon=True)
         self._watcher.start()
+
+    def samples(self) -> list:
+        """Every worker's service-metric samples: the live workers' newest and what ended
+        workers counted (counters and histograms only; the broker adds its own on /metrics)."""
+        from broker.services.service_router import Sample
+
+        with self._mlock:
+            self._drain()
+            out = [Sample(name, labels, v, True) for (name, labels), v in self._retired.items()]
+            for snap in self._last.values():
+                out.extend(snap)
+        return out
+
+    def _drain(self) -> None:
+        """Take what the workers sent (caller holds `_mlock`); a dead worker's late message is
+        ignored once its counts are retired."""
+        while True:
+            try:
+                pid, snap = self.metrics.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                return
+            if pid in self._last or pid in self.pids:
+                self._last[pid] = snap
+
+    def _retire(self, pid: int | None) -> None:
+        """Keep an ended worker's last counts (its gauges end with it)."""
+        from broker.services.service_router import merge_samples
+
+        with self._mlock:
+            self._drain()
+            snap = self._last.pop(pid, None) if pid is not None else None
+            for key, v in merge_samples(s for s in snap or () if s.cumulative).items():
+                self._retired[key] = self._retired.get(key, 0.0) + v
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM to every worker by PID, wait up to `timeout_s`, then SIGKILL by PID."""
@@ -104,6 +148,8 @@ class EntryWorkers:
                 p.join(5)
         if self._watcher is not None:
             self._watcher.join(5)
+        for p in procs:
+            self._retire(p.pid)
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -120,7 +166,7 @@ class EntryWorkers:
         return sock
 
     def _spawn(self, i: int, sock: socket.socket) -> None:
-        p = _CTX.Process(target=_worker_main, args=(self.settings, sock, self.limiter, os.getpid(), i),
+        p = _CTX.Process(target=_worker_main, args=(self.settings, sock, self.limiter, os.getpid(), i, self.metrics),
                          name=f"broker-entry-{i}", daemon=False)
         try:
             p.start()  # the socket is duplicated into the child here
@@ -138,6 +184,7 @@ class EntryWorkers:
                     continue
                 log.warning("service entry point worker %d (pid %s) exited with %s; starting it again",
                             i, p.pid, p.exitcode)
+                self._retire(p.pid)  # before its successor counts from zero
                 try:
                     self._spawn(i, self._bind())
                 except Exception:
@@ -145,7 +192,8 @@ class EntryWorkers:
 
 
 # ----------------------------------------------------------------------------- the worker
-def _worker_main(settings: Settings, sock: socket.socket, limiter: SharedTokenBuckets, parent: int, i: int) -> None:
+def _worker_main(settings: Settings, sock: socket.socket, limiter: SharedTokenBuckets, parent: int, i: int,
+                 metrics=None) -> None:
     with contextlib.suppress(Exception):  # Linux: end with the parent, whatever way it ends
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
@@ -159,7 +207,7 @@ def _worker_main(settings: Settings, sock: socket.socket, limiter: SharedTokenBu
 
     engine = make_engine(settings)
     services = build_services(settings, engine)
-    app = EntryApp(services, limiter, settings.service_max_body_bytes)
+    app = EntryApp(services, limiter, settings.service_max_body_bytes, metrics)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", access_log=False, log_level=settings.log_level))
     try:
         server.run(sockets=[sock])
@@ -171,10 +219,12 @@ class EntryApp:
     """The worker's ASGI app: `/svc/...` to the proxy, anything else 404 NOT_FOUND (the API is
     on the broker's own port); its lifespan publishes the worker's load."""
 
-    def __init__(self, services, limiter, max_body_bytes: int) -> None:
+    def __init__(self, services, limiter, max_body_bytes: int, metrics=None) -> None:
+        """`metrics`: the parent's queue for this worker's request metrics (None: not sent)."""
         self.services = services
         self.proxy = ServiceProxy(services=services, max_body_bytes=max_body_bytes, limiter=limiter)
-        self._publisher: asyncio.Task | None = None
+        self._metrics = metrics
+        self._tasks: list[asyncio.Task] = []
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -197,15 +247,31 @@ class EntryApp:
             if msg["type"] == "lifespan.startup":
                 gc.freeze()  # as the broker: the long-lived heap stays out of full collections
                 if self.services.service_load is not None:
-                    self._publisher = asyncio.ensure_future(self._publish())
+                    self._tasks.append(asyncio.ensure_future(self._publish()))
+                if self._metrics is not None:
+                    self._tasks.append(asyncio.ensure_future(self._send_metrics()))
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
-                if self._publisher is not None:
-                    self._publisher.cancel()
+                for task in self._tasks:
+                    task.cancel()
                     with contextlib.suppress(BaseException):
-                        await self._publisher
+                        await task
+                self.send_metrics()  # the last counts, after the requests in flight finished
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def send_metrics(self) -> None:
+        """This worker's request metrics to the parent (dropped when its queue is full: the
+        next send carries the totals again)."""
+        if self._metrics is None or self.services.service_router is None:
+            return
+        with contextlib.suppress(queue.Full, OSError, ValueError):
+            self._metrics.put_nowait((os.getpid(), self.services.service_router.export_samples()))
+
+    async def _send_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_S)
+            self.send_metrics()
 
     async def _publish(self) -> None:
         from broker.services.service_load import SAMPLE_S

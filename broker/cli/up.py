@@ -173,7 +173,8 @@ def up(
             typer.echo(f"service entry points: {entry_workers.n} worker processes on "
                        f"{host}:{entry_workers.port} (pids {', '.join(map(str, entry_workers.pids))})")
         api = create_app(settings, executor=executor, engine=engine, cluster=kube,
-                         service_limiter=entry_workers.limiter if entry_workers else None)
+                         service_limiter=entry_workers.limiter if entry_workers else None,
+                         service_metrics=entry_workers.samples if entry_workers else None)
         signal.signal(signal.SIGTERM, on_sigterm)
         typer.echo(_ready_lines(host, port, token_path))
         uvicorn.run(api, host=host, port=port, log_level=settings.log_level, lifespan="on", access_log=False)

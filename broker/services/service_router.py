@@ -18,10 +18,84 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 from broker.services.metrics import HTTP_BUCKETS
 
 SERVICE_BUCKETS = (0.0005, 0.001, 0.002) + HTTP_BUCKETS
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One series value of a service metric, as it crosses a process boundary."""
+
+    name: str  # the sample's name (`..._total`, `..._bucket`, `..._sum`, `..._count`, the gauge's)
+    labels: tuple[tuple[str, str], ...]
+    value: float
+    cumulative: bool  # True: counts up for the life of the process (added across restarts)
+
+
+_SUFFIX_ORDER = {"_bucket": 0, "_count": 1, "_sum": 2}
+
+
+def _own_samples(registry: CollectorRegistry) -> Iterable[tuple[Any, Sample]]:
+    """(family, sample) of a registry, without the `_created` timestamps (not additive)."""
+    for fam in registry.collect():
+        cumulative = fam.type != "gauge"
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            yield fam, Sample(s.name, tuple(sorted(s.labels.items())), s.value, cumulative)
+
+
+def merge_samples(samples: Iterable[Sample]) -> dict[tuple[str, tuple], float]:
+    """Sum samples of the same name and labels."""
+    out: dict[tuple[str, tuple], float] = {}
+    for s in samples:
+        key = (s.name, s.labels)
+        out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+class _Merged:
+    """The router's four metric families as one collector: this process's values plus
+    `router.extra_samples()` (other processes'), summed per name and labels. Families keep
+    their names, types and help; a label set only another process has seen appears too."""
+
+    def __init__(self, router: "ServiceRouter", own: CollectorRegistry) -> None:
+        self._router, self._own = router, own
+
+    def describe(self):
+        return [Metric(f.name, f.documentation, f.type) for f in self._own.collect()]
+
+    def collect(self):
+        extra = self._router.extra_samples
+        others = merge_samples(extra()) if extra is not None else {}
+        fams = {}
+        sums: dict[str, dict[tuple[str, tuple], float]] = {}
+        for fam, s in _own_samples(self._own):
+            fams.setdefault(fam.name, fam)
+            sums.setdefault(fam.name, {})[(s.name, s.labels)] = s.value
+        for fam in self._own.collect():
+            fams.setdefault(fam.name, fam)
+            sums.setdefault(fam.name, {})
+        family_of = {fname + suffix: fname for fname in fams for suffix in ("", "_total", "_bucket", "_count", "_sum")}
+        for (name, labels), v in others.items():
+            fname = family_of.get(name)
+            if fname is not None:  # (a sample of no family of ours is dropped)
+                d = sums[fname]
+                d[(name, labels)] = d.get((name, labels), 0.0) + v
+        for fname, fam in fams.items():
+            m = Metric(fam.name, fam.documentation, fam.type)
+
+            def order(item, _base=fam.name):
+                (name, labels), _ = item
+                rest = tuple(kv for kv in labels if kv[0] != "le")
+                le = dict(labels).get("le")
+                return (rest, _SUFFIX_ORDER.get(name[len(_base):], 0), float(le) if le is not None else 0.0)
+            for (name, labels), v in sorted(sums[fname].items(), key=order):
+                m.add_sample(name, dict(labels), v)
+            yield m
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +125,12 @@ class ServiceRouter:
         self._pushed_at = float("-inf")
         self._loading = False
         self._metrics: dict[tuple[str, str], ServiceMetrics] = {}
-        r = registry or CollectorRegistry()
+        # Other processes' samples to add on /metrics (the entry point's workers,
+        # `broker.entry.EntryWorkers.samples`); None: this process's own only.
+        self.extra_samples: Callable[[], Iterable[Sample]] | None = None
+        r = CollectorRegistry()  # ours; `registry` gets them through `_Merged` (ours + extra)
+        if registry is not None:
+            registry.register(_Merged(self, r))
         self.requests = Counter("broker_service_requests", "requests proxied to a service",
                                 ["project", "service", "code"], registry=r)
         self.errors = Counter("broker_service_errors", "proxied requests that failed (5xx, no replica, timeout)",
@@ -61,6 +140,12 @@ class ServiceRouter:
                                  ["project", "service"], buckets=SERVICE_BUCKETS, registry=r)
         self.inflight_gauge = Gauge("broker_service_requests_in_flight", "requests in flight per service",
                                     ["project", "service"], registry=r)
+        self._own = r
+
+    def export_samples(self) -> list[Sample]:
+        """This process's samples of the four service metrics, for another process to add
+        (`Sample.cumulative`: counters and histogram series; in-flight gauges are not)."""
+        return [s for _, s in _own_samples(self._own)]
 
     def metrics_for(self, project: str, service: str) -> "ServiceMetrics":
         """The labelled metrics of one service, built once (a labels() lookup per request costs)."""

@@ -1,7 +1,9 @@
 """The service entry point's worker processes (`broker.entry`), on SQLite and PostgreSQL:
 requests through the workers' port reach the replica from every worker; tenancy holds there
 (a foreign user gets 404, no token 401); the port serves nothing but `/svc/...`; rate limits
-are one set of buckets for the broker process and every worker; the workers stop by PID.
+are one set of buckets for the broker process and every worker; the broker's /metrics counts
+the requests of every worker too, and a worker killed and started again takes nothing back
+from the counters; the workers stop by PID.
 
 The replica is a small HTTP server in this process; its row in `service_replicas` is written
 ready by hand (the workers read the routing table from the database, as followers do).
@@ -12,6 +14,8 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -19,6 +23,7 @@ import uuid
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
@@ -72,7 +77,7 @@ def workers(settings, engine):
 def shared_app(settings, engine, fake_executor, workers):
     """The broker process's app, with the workers' rate-limit buckets."""
     return create_app(settings, executor=fake_executor, start_background=False, engine=engine,
-                      service_limiter=workers.limiter)
+                      service_limiter=workers.limiter, service_metrics=workers.samples)
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +198,70 @@ def test_rate_limits_are_shared_by_the_broker_and_every_worker(admin, engine, wo
     assert sum(1 for s in codes if s != 429) == 5 and codes.count(429) == 7, codes
 
 
+def _service_counts(admin, name: str) -> tuple[dict[str, float], float]:
+    """(requests per status code, latency histogram count) of one service on /metrics."""
+    codes, count = {}, 0.0
+    for fam in text_string_to_metric_families(admin.get("/metrics").text):
+        for s in fam.samples:
+            if s.labels.get("service") != name:
+                continue
+            if s.name == "broker_service_requests_total":
+                codes[s.labels["code"]] = codes.get(s.labels["code"], 0.0) + s.value
+            elif s.name == "broker_service_request_duration_seconds_count":
+                count += s.value
+    return codes, count
+
+
+def _wait_ok(admin, name: str, want: float, timeout_s: float = 30.0) -> tuple[dict, float]:
+    """Until /metrics shows `want` answers 200 (the workers send their counts every second)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        codes, count = _service_counts(admin, name)
+        if codes.get("200") == want or time.monotonic() > deadline:
+            return codes, count
+        time.sleep(0.25)
+
+
+def test_metrics_count_every_workers_requests_and_survive_a_worker_restart(admin, engine, workers, replica,
+                                                                           admin_token):
+    svc = _service(admin, engine, replica)
+    url = f"/svc/ouh-liver/{svc['name']}/x"
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    _wait_routed(workers.port, url, auth)  # one 200 (503s while a worker's table loads count too)
+    ok, served = 1, set()
+    for _ in range(200):  # new connections, until both workers served 200s (spread by the kernel)
+        status, _, addr, c = _get(workers.port, url, auth)
+        if status == 200:
+            ok += 1
+            served.add(_server_pid(workers.pids, addr))
+        c.close()
+        if ok >= 31 and served == set(workers.pids):
+            break
+    deadline = time.monotonic() + 30  # and one on the broker's own port (once its table has it)
+    while admin.get(url).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ok += 1
+    assert served == set(workers.pids)
+    codes, count = _wait_ok(admin, svc["name"], float(ok))
+    assert codes.get("200") == ok, codes
+    assert count >= ok, count  # every request's latency is in the histogram too
+    before = count
+
+    victim = workers.pids[0]
+    old = set(workers.pids)
+    os.kill(victim, signal.SIGKILL)  # by PID; the watcher starts it again
+    deadline = time.monotonic() + 60
+    while (len(workers.pids) < WORKERS or set(workers.pids) == old) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert victim not in workers.pids and len(workers.pids) == WORKERS
+    codes, count = _service_counts(admin, svc["name"])
+    assert codes.get("200") == ok and count >= before, (codes, count)  # nothing taken back
+    for _ in range(10):
+        _wait_routed(workers.port, url, auth)  # a 200 from either worker (the new one too)
+    codes, count = _wait_ok(admin, svc["name"], float(ok + 10))
+    assert codes.get("200") == ok + 10, codes
+
+
 def test_stop_ends_every_worker_by_pid(settings, engine):
     w = EntryWorkers(settings.model_copy(update={"service_proxy_workers": 2}), port=_free_port())
     w.start()
@@ -202,3 +271,19 @@ def test_stop_ends_every_worker_by_pid(settings, engine):
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
     with pytest.raises(OSError):  # the port is free again: nothing listens
         socket.create_connection(("127.0.0.1", w.port), timeout=2).close()
+
+
+def test_an_ended_workers_counts_are_kept_and_its_gauges_dropped(settings):
+    from broker.services.service_router import Sample, merge_samples
+
+    w = EntryWorkers(settings.model_copy(update={"service_proxy_workers": 0}), port=_free_port())
+    lab = (("code", "200"), ("project", "p"), ("service", "s"))
+    gauge = Sample("broker_service_requests_in_flight", (("project", "p"), ("service", "s")), 3.0, False)
+    w._last[111] = [Sample("broker_service_requests_total", lab, 5.0, True), gauge]
+    w._last[222] = [Sample("broker_service_requests_total", lab, 2.0, True), gauge]
+    total = merge_samples(w.samples())
+    assert total[("broker_service_requests_total", lab)] == 7.0 and total[(gauge.name, gauge.labels)] == 6.0
+    w._retire(111)  # ended: its count stays, its requests are no longer in flight
+    w._last[333] = [Sample("broker_service_requests_total", lab, 1.0, True)]  # its successor, from zero
+    total = merge_samples(w.samples())
+    assert total[("broker_service_requests_total", lab)] == 8.0 and total[(gauge.name, gauge.labels)] == 3.0
