@@ -25,19 +25,22 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from broker.app import create_app
 from broker.entry import EntryWorkers
-from broker.models import ServiceReplica
+from broker.models import ServiceLoad, ServiceReplica
 
 WORKERS = 2
+SLOW_S = 4.0  # a slow answer of the replica: requests stay in flight that long
 
 
 class _Replica(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        if self.path.endswith("/slow"):
+            time.sleep(SLOW_S)
         body = b"ok " + self.path.encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -271,6 +274,42 @@ def test_stop_ends_every_worker_by_pid(settings, engine):
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
     with pytest.raises(OSError):  # the port is free again: nothing listens
         socket.create_connection(("127.0.0.1", w.port), timeout=2).close()
+
+
+def test_a_workers_requests_in_flight_reach_the_autoscaler_rows_and_the_brokers_gauge(admin, engine, workers,
+                                                                                       replica, admin_token):
+    """The leader's autoscaler counts a worker's load (`service_loads`, one row per broker
+    process and service), and the broker's in-flight gauge shows it."""
+    svc = _service(admin, engine, replica)
+    base = f"/svc/ouh-liver/{svc['name']}"
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    _wait_routed(workers.port, base + "/", auth)
+    results: list[int] = []
+
+    def slow() -> None:
+        status, _, _, c = _get(workers.port, base + "/slow", auth)
+        c.close()
+        results.append(status)
+    threads = [threading.Thread(target=slow) for _ in range(4)]
+    for th in threads:
+        th.start()
+    worker_pids = {str(p) for p in workers.pids}
+    seen_rows, seen_gauge = 0.0, 0.0
+    deadline = time.monotonic() + SLOW_S - 0.5
+    while time.monotonic() < deadline and not (seen_rows > 0 and seen_gauge > 0):
+        with Session(engine) as s:
+            rows = s.exec(select(ServiceLoad).where(ServiceLoad.service_id == svc["id"])).all()
+        seen_rows = max(seen_rows, sum(r.inflight for r in rows if r.broker_id.split(":")[1] in worker_pids))
+        for fam in text_string_to_metric_families(admin.get("/metrics").text):
+            for s_ in fam.samples:
+                if s_.name == "broker_service_requests_in_flight" and s_.labels.get("service") == svc["name"]:
+                    seen_gauge = max(seen_gauge, s_.value)
+        time.sleep(0.2)
+    for th in threads:
+        th.join(30)
+    assert results == [200] * 4, results
+    assert seen_rows > 0, "no worker published its requests in flight to service_loads"
+    assert seen_gauge > 0, "the broker's in-flight gauge never showed the workers' requests"
 
 
 def test_an_ended_workers_counts_are_kept_and_its_gauges_dropped(settings):
