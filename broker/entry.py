@@ -21,9 +21,10 @@ process shows within their 2 s, as on a follower). What must stay exact across p
 
 - request metrics: every worker sends its per-service samples (`broker_service_requests`,
   `..._errors`, the latency histogram, requests in flight) to the parent about every second
-  (`METRICS_S`, a multiprocessing queue; the request path itself only increments its own
-  counters), and the broker's /metrics adds them to its own (`ServiceRouter.extra_samples` =
-  `EntryWorkers.samples`). When a worker dies, its last counts are kept as retired totals before
+  (`METRICS_S`: a file per worker in a private directory, replaced atomically, so a reader
+  never sees half of one and a killed writer blocks nobody; the request path itself only
+  increments its own counters), and the broker's /metrics adds them to its own
+  (`ServiceRouter.extra_samples` = `EntryWorkers.samples`). When a worker dies, its last counts are kept as retired totals before
   it is started again, so counters never go backwards; what it counted in its last second is
   lost with it (a graceful stop sends a last snapshot). Workers' figures lag by up to a second.
 
@@ -43,7 +44,8 @@ import gc
 import logging
 import multiprocessing
 import os
-import queue
+import shutil
+import tempfile
 import signal
 import socket
 import threading
@@ -77,8 +79,7 @@ class EntryWorkers:
         self.host, self.port = settings.host, entry_port(settings) if port is None else port
         self.limiter = SharedTokenBuckets.create(_CTX, slots)
         self._procs: list[multiprocessing.Process | None] = [None] * self.n
-        self.metrics = _CTX.Queue(maxsize=max(64, 16 * self.n))  # (pid, [Sample]) from the workers
-        self._last: dict[int, list] = {}  # pid -> its newest samples (live workers)
+        self.metrics_dir = tempfile.mkdtemp(prefix="broker-entry-metrics-")  # <pid>.json per worker (0700)
         self._retired: dict[tuple, float] = {}  # (name, labels) -> what ended workers counted
         self._mlock = threading.Lock()
         self._stopping = threading.Event()
@@ -103,32 +104,22 @@ class EntryWorkers:
         from broker.services.service_router import Sample
 
         with self._mlock:
-            self._drain()
             out = [Sample(name, labels, v, True) for (name, labels), v in self._retired.items()]
-            for snap in self._last.values():
-                out.extend(snap)
+            for pid in self.pids:
+                out.extend(read_samples(self.metrics_dir, pid))
         return out
-
-    def _drain(self) -> None:
-        """Take what the workers sent (caller holds `_mlock`); a dead worker's late message is
-        ignored once its counts are retired."""
-        while True:
-            try:
-                pid, snap = self.metrics.get_nowait()
-            except (queue.Empty, OSError, ValueError):
-                return
-            if pid in self._last or pid in self.pids:
-                self._last[pid] = snap
 
     def _retire(self, pid: int | None) -> None:
         """Keep an ended worker's last counts (its gauges end with it)."""
         from broker.services.service_router import merge_samples
 
+        if pid is None:
+            return
         with self._mlock:
-            self._drain()
-            snap = self._last.pop(pid, None) if pid is not None else None
-            for key, v in merge_samples(s for s in snap or () if s.cumulative).items():
+            for key, v in merge_samples(s for s in read_samples(self.metrics_dir, pid) if s.cumulative).items():
                 self._retired[key] = self._retired.get(key, 0.0) + v
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.metrics_dir, f"{pid}.json"))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM to every worker by PID, wait up to `timeout_s`, then SIGKILL by PID."""
@@ -150,6 +141,7 @@ class EntryWorkers:
             self._watcher.join(5)
         for p in procs:
             self._retire(p.pid)
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -166,7 +158,7 @@ class EntryWorkers:
         return sock
 
     def _spawn(self, i: int, sock: socket.socket) -> None:
-        p = _CTX.Process(target=_worker_main, args=(self.settings, sock, self.limiter, os.getpid(), i, self.metrics),
+        p = _CTX.Process(target=_worker_main, args=(self.settings, sock, self.limiter, os.getpid(), i, self.metrics_dir),
                          name=f"broker-entry-{i}", daemon=False)
         try:
             p.start()  # the socket is duplicated into the child here
@@ -193,7 +185,7 @@ class EntryWorkers:
 
 # ----------------------------------------------------------------------------- the worker
 def _worker_main(settings: Settings, sock: socket.socket, limiter: SharedTokenBuckets, parent: int, i: int,
-                 metrics=None) -> None:
+                 metrics_dir: str | None = None) -> None:
     with contextlib.suppress(Exception):  # Linux: end with the parent, whatever way it ends
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
@@ -207,7 +199,7 @@ def _worker_main(settings: Settings, sock: socket.socket, limiter: SharedTokenBu
 
     engine = make_engine(settings)
     services = build_services(settings, engine)
-    app = EntryApp(services, limiter, settings.service_max_body_bytes, metrics)
+    app = EntryApp(services, limiter, settings.service_max_body_bytes, metrics_dir)
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", access_log=False, log_level=settings.log_level))
     try:
         server.run(sockets=[sock])
@@ -219,11 +211,11 @@ class EntryApp:
     """The worker's ASGI app: `/svc/...` to the proxy, anything else 404 NOT_FOUND (the API is
     on the broker's own port); its lifespan publishes the worker's load."""
 
-    def __init__(self, services, limiter, max_body_bytes: int, metrics=None) -> None:
-        """`metrics`: the parent's queue for this worker's request metrics (None: not sent)."""
+    def __init__(self, services, limiter, max_body_bytes: int, metrics_dir: str | None = None) -> None:
+        """`metrics_dir`: where the parent reads this worker's request metrics (None: not sent)."""
         self.services = services
         self.proxy = ServiceProxy(services=services, max_body_bytes=max_body_bytes, limiter=limiter)
-        self._metrics = metrics
+        self._metrics_dir = metrics_dir
         self._tasks: list[asyncio.Task] = []
 
     async def __call__(self, scope, receive, send) -> None:
@@ -248,7 +240,7 @@ class EntryApp:
                 gc.freeze()  # as the broker: the long-lived heap stays out of full collections
                 if self.services.service_load is not None:
                     self._tasks.append(asyncio.ensure_future(self._publish()))
-                if self._metrics is not None:
+                if self._metrics_dir is not None:
                     self._tasks.append(asyncio.ensure_future(self._send_metrics()))
                 await send({"type": "lifespan.startup.complete"})
             elif msg["type"] == "lifespan.shutdown":
@@ -261,12 +253,14 @@ class EntryApp:
                 return
 
     def send_metrics(self) -> None:
-        """This worker's request metrics to the parent (dropped when its queue is full: the
-        next send carries the totals again)."""
-        if self._metrics is None or self.services.service_router is None:
+        """This worker's request metrics for the parent (a write that fails is retried by the
+        next one, which carries the totals again)."""
+        if self._metrics_dir is None or self.services.service_router is None:
             return
-        with contextlib.suppress(queue.Full, OSError, ValueError):
-            self._metrics.put_nowait((os.getpid(), self.services.service_router.export_samples()))
+        try:
+            write_samples(self._metrics_dir, os.getpid(), self.services.service_router.export_samples())
+        except OSError:
+            log.warning("writing the entry point's request metrics failed", exc_info=True)
 
     async def _send_metrics(self) -> None:
         while True:
@@ -284,3 +278,25 @@ class EntryApp:
             except Exception:  # a database hiccup: the next tick writes again
                 log.warning("publishing the entry point's load failed", exc_info=True)
 
+
+
+# ----------------------------------------------------------------------------- metrics files
+def write_samples(directory: str, pid: int, samples) -> None:
+    """One worker's samples as `<directory>/<pid>.json`, replaced atomically (write, rename)."""
+    path = os.path.join(directory, f"{pid}.json")
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps([[s.name, s.labels, s.value, s.cumulative] for s in samples]))
+    os.replace(tmp, path)
+
+
+def read_samples(directory: str, pid: int) -> list:
+    """What `write_samples` last wrote for `pid` ([] when nothing or unreadable)."""
+    from broker.services.service_router import Sample
+
+    try:
+        with open(os.path.join(directory, f"{pid}.json"), "rb") as f:
+            rows = orjson.loads(f.read())
+        return [Sample(name, tuple(tuple(kv) for kv in labels), float(v), bool(c)) for name, labels, v, c in rows]
+    except (OSError, ValueError, TypeError):
+        return []

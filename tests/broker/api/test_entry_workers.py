@@ -15,10 +15,12 @@ import http.client
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import threading
 import time
+import types
 import uuid
 
 import psutil
@@ -28,7 +30,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from broker.app import create_app
-from broker.entry import EntryWorkers
+from broker.entry import EntryWorkers, write_samples
 from broker.models import ServiceLoad, ServiceReplica
 
 WORKERS = 2
@@ -315,14 +317,21 @@ def test_a_workers_requests_in_flight_reach_the_autoscaler_rows_and_the_brokers_
 def test_an_ended_workers_counts_are_kept_and_its_gauges_dropped(settings):
     from broker.services.service_router import Sample, merge_samples
 
-    w = EntryWorkers(settings.model_copy(update={"service_proxy_workers": 0}), port=_free_port())
+    w = EntryWorkers(settings.model_copy(update={"service_proxy_workers": 2}), port=_free_port())
+    pids = [111, 222]  # stand-ins for the two workers' processes
+    w._procs = [types.SimpleNamespace(pid=p) for p in pids]
     lab = (("code", "200"), ("project", "p"), ("service", "s"))
     gauge = Sample("broker_service_requests_in_flight", (("project", "p"), ("service", "s")), 3.0, False)
-    w._last[111] = [Sample("broker_service_requests_total", lab, 5.0, True), gauge]
-    w._last[222] = [Sample("broker_service_requests_total", lab, 2.0, True), gauge]
+    write_samples(w.metrics_dir, 111, [Sample("broker_service_requests_total", lab, 5.0, True), gauge])
+    write_samples(w.metrics_dir, 222, [Sample("broker_service_requests_total", lab, 2.0, True), gauge])
     total = merge_samples(w.samples())
     assert total[("broker_service_requests_total", lab)] == 7.0 and total[(gauge.name, gauge.labels)] == 6.0
     w._retire(111)  # ended: its count stays, its requests are no longer in flight
-    w._last[333] = [Sample("broker_service_requests_total", lab, 1.0, True)]  # its successor, from zero
+    w._procs[0] = types.SimpleNamespace(pid=333)  # its successor, counting from zero
+    write_samples(w.metrics_dir, 333, [Sample("broker_service_requests_total", lab, 1.0, True)])
     total = merge_samples(w.samples())
     assert total[("broker_service_requests_total", lab)] == 8.0 and total[(gauge.name, gauge.labels)] == 3.0
+    with open(os.path.join(w.metrics_dir, "222.json"), "wb") as f:
+        f.write(b"[[not json")  # unreadable: that worker counts nothing this time, no error
+    assert merge_samples(w.samples())[("broker_service_requests_total", lab)] == 6.0
+    shutil.rmtree(w.metrics_dir)
