@@ -50,7 +50,14 @@ def binding(cyc: "_Cycle", s: "Shape", fids: list[int]) -> Binding:
     flavors = cyc.world.flavors
     need_g = s.req[0]
     first = -1
-    for f in fids:
+    if s.only is not None:  # a node filter (data, image): totals over the nodes it may use
+        free = {f: [cyc.world.nodes[i].free_g for i in flavors[f].nodes if s.usable(cyc.world.nodes[i])] for f in fids}
+        total = {f: sum(v) for f, v in free.items()}
+        first = next((f for f in fids if total[f] >= need_g and total[f] > 0), -1)
+        if first < 0:
+            largest = max((x for v in free.values() for x in v), default=0)
+            return Binding(ReasonCode.NO_CAPACITY, 0, need_g, s.g, sum(total.values()), largest)
+    for f in fids if first < 0 else ():
         if flavors[f].total_free_g >= need_g:
             first = f
             break
@@ -75,7 +82,7 @@ def _scan(cyc: "_Cycle", s: "Shape", fid: int) -> Binding:
     fits = [False, False, False]
     for i in w.flavors[fid].nodes:
         n = w.nodes[i]
-        if not n.ready:
+        if not n.ready or (s.only is not None and not s.usable(n)):
             continue
         tot[0] += n.free_g
         tot[1] += n.free_c

@@ -118,6 +118,8 @@ class _Cycle:
                self.may_borrow(job))
         if job.nodes:  # only where its data is (a distinct shape)
             key += (job.nodes,)
+        if self.world.dedicated:  # nodes dedicated to images: only its image's (or general) nodes
+            key += ("image", job.image)
         s = self.shapes.get(key)
         if s is None:
             s = self.shapes[key] = Shape(self.world, job, key[7])
@@ -505,10 +507,14 @@ class _Cycle:
         if hit is not None and hit[0] == self.epoch:
             return hit[1]
         fl = [self.world.flavors[f] for f in fids]
-        free = sum(fx.total_free_g for fx in fl if fx.any_ready)
+        if s.only is None:
+            free = sum(fx.total_free_g for fx in fl if fx.any_ready)
+            ready = sum(fx.ready_cap_g for fx in fl) if self.explain else 0
+        else:  # only the nodes this job may use (its data's, its image's)
+            ws = [self.world.nodes[i] for fx in fl for i in fx.nodes if s.usable(self.world.nodes[i])]
+            free, ready = sum(w.free_g for w in ws), sum(w.cap_g for w in ws)
         if not self.explain:
             return {"free": free}
-        ready = sum(fx.ready_cap_g for fx in fl)
         d = {"requested": int(s.req[0]), "per_worker": s.g, "workers": s.w, "free": free,
              "in_use": max(0, ready - free), "flavors": [self.labels[f] for f in fids]}
         if bd is not None and bd.resource:

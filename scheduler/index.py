@@ -39,7 +39,7 @@ class Shape:
     then the job's model preference, then names.
     """
 
-    __slots__ = ("fids", "ready_fids", "code", "largest", "w", "g", "c", "m", "req", "rank", "allowed")
+    __slots__ = ("fids", "ready_fids", "code", "largest", "w", "g", "c", "m", "req", "rank", "allowed", "only")
 
     def __init__(self, world: World, job: Job, may_borrow: bool = True) -> None:
         pw = job.per_worker
@@ -73,13 +73,26 @@ class Shape:
             mi = models.index(fx.flavor.gpu_model) if models else 0
             return (lent, mi, fx.flavor.pool, fx.flavor.gpu_model)
 
-        self.allowed = None  # `place`'s node filter: None, or only the nodes that hold the job's data
+        # `place`'s node filter: None, or only the nodes that hold the job's data and take its
+        # image (`only`: their indices); a node dedicated to an image takes one worker, on an
+        # otherwise empty node (one job per pod)
+        self.allowed = self.only = None
+        only: frozenset[int] | None = None
         if job.nodes:
             only = frozenset(world.by_id[n] for n in job.nodes if n in world.by_id)
-            self.allowed = lambda wn, k, _only=only: k if wn.i in _only else 0
             fits = [fx for fx in fits if any(i in only and world.nodes[i].ready for i in fx.nodes)]
+        if world.dedicated:
+            mine = world.image_nodes.get(job.image, frozenset())
+            only = mine if only is None else only & mine
+        if only is not None:
+            self.only = only
+            self.allowed = _dedicated_filter(only) if job.image else lambda wn, k, _only=only: k if wn.i in _only else 0
         self.fids = tuple(fx.fid for fx in sorted(fits, key=rank))
-        self.ready_fids = tuple(f for f in self.fids if world.flavors[f].any_ready)
+        if only is None:
+            self.ready_fids = tuple(f for f in self.fids if world.flavors[f].any_ready)
+        else:  # a flavor counts as ready only with a ready node this job may use
+            self.ready_fids = tuple(f for f in self.fids
+                                    if any(i in only and world.nodes[i].ready for i in world.flavors[f].nodes))
         self.code: ReasonCode | None = None  # a reason that holds whatever the cycle does
         if job.nodes and not self.fids and with_model:
             self.code = ReasonCode.DATA_UNAVAILABLE
@@ -92,6 +105,20 @@ class Shape:
             self.code = ReasonCode.NEVER_FITS
         elif not self.ready_fids:
             self.code = ReasonCode.GPU_MODEL_UNAVAILABLE if models else ReasonCode.NO_CAPACITY
+
+    def usable(self, wn) -> bool:
+        """A ready node that may take one worker of this shape now (its node filter passed)."""
+        return wn.ready and (self.allowed is None or self.allowed(wn, 1) >= 1)
+
+
+def _dedicated_filter(only: frozenset[int]):
+    """`place`'s filter for an image's job: its image's nodes only, one worker on a node
+    nothing else holds (a pod runs one job worker in its life; the broker retires it after)."""
+    def allowed(wn, k: int) -> int:
+        if wn.i not in only or wn.free_g != wn.cap_g or wn.free_c + EPS < wn.cap_c:
+            return 0
+        return min(k, 1)
+    return allowed
 
 
 class Run:

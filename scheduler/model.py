@@ -99,6 +99,10 @@ class Node:
     capacity: Resources
     state: NodeState = NodeState.READY
     state_reason: str = ""
+    # "" : a general node. Otherwise the node is dedicated to the jobs of one approved image (a
+    # Kubernetes pod that runs that image beside the Ray worker): it takes only jobs with the
+    # same `Job.image`, and one worker at most, so two jobs never share one pod.
+    image: str = ""
 
     @property
     def flavor(self) -> Flavor:
@@ -166,6 +170,10 @@ class Job:
     checkpointable: bool = False
     # Only these nodes hold the data the job mounts (datasets on named nodes); empty: any node.
     nodes: frozenset[str] = frozenset()
+    # The approved image whose dedicated nodes run this job (`Node.image`); "" : general nodes
+    # only. A job never lands on a node dedicated to another image, nor an image job on a
+    # general node.
+    image: str = ""
     # How often this job was preempted before (the broker counts its preempted attempts): once
     # it reaches `Policy.reclaim_exempt_after`, reclaim between innovation projects leaves it
     # alone, so one job is not thrown back and forth (operation reclaim still may take it).

@@ -119,6 +119,14 @@ class World:
                 fx.any_ready = True
                 fx.ready_cap_g += w.cap_g
         self.pools_with_nodes = sorted({fx.pool.name for fx in self.flavors})
+        # image -> indices of the nodes that take its jobs ("" : general nodes); `dedicated`
+        # False (no node dedicated to an image, every deployment but pods per image) keeps every
+        # shape free of a node filter
+        by_image: dict[str, list[int]] = {}
+        for w in wnodes:
+            by_image.setdefault(w.node.image, []).append(w.i)
+        self.image_nodes = {k: frozenset(v) for k, v in by_image.items()}
+        self.dedicated = any(by_image.keys() - {""})
         self._used_ids: dict[int, set[int]] = {}
         self._unassigned: list[tuple[int, int, list]] = []  # (node, gpus, slot to fill with ids)
         self._final = False

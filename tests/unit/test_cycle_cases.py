@@ -151,6 +151,52 @@ def c_data_node_full_waits_instead_of_going_elsewhere():
     return Case(snap, set())  # n1 is free, but the data is on n2
 
 
+def _pod(id: str, image: str, gpus: int = 8, **kw):
+    return replace(node(id, gpus=gpus, **kw), image=image)
+
+
+def _img(j, image: str):
+    return replace(j, image=image)
+
+
+def c_image_job_only_on_its_image_pods():
+    # general n1 is free and first by name; the job goes to the pod of its own image
+    snap = snapshot([node("a1"), _pod("p-other", "seg"), _pod("p-mine", "llm")], [_img(job("a", gpus=2), "llm")])
+    return Case(snap, {"a"}, check=lambda r: _on(r, "a")[0][0] == "p-mine" or pytest.fail())
+
+
+def c_general_job_never_on_an_image_pod():
+    snap = snapshot([node("n1"), _pod("p1", "llm")], [job("a", gpus=8), job("b", gpus=8, submit=1)])
+    return Case(snap, {"a"}, {"b": RC.NO_CAPACITY},
+                check=lambda r: _on(r, "a")[0][0] == "n1" or pytest.fail())
+
+
+def c_image_pod_takes_one_worker_only():
+    # two 1-GPU jobs of the same image, one 8-GPU pod: one job per pod, the other waits
+    snap = snapshot([_pod("p1", "llm")], [_img(job("a"), "llm"), _img(job("b", submit=1), "llm")])
+    return Case(snap, {"a"}, {"b": RC.NO_CAPACITY})
+
+
+def c_image_gang_one_worker_per_pod():
+    pods = [_pod(f"p{i}", "llm", gpus=2) for i in range(3)]
+    snap = snapshot(pods, [_img(job("a", gpus=1, workers=3), "llm")])
+    return Case(snap, {"a"}, check=lambda r: len({n for n, _ in _on(r, "a")}) == 3 or pytest.fail())
+
+
+def c_image_pod_holding_work_takes_no_more():
+    snap = snapshot([_pod("p1", "llm")], [_img(job("a"), "llm")],
+                    [running(_img(job("r", project="other"), "llm"), ("p1", (0,)))])
+    return Case(snap, set(), {"a": RC.NO_CAPACITY},
+                check=lambda r: r.pending["a"].details["free"] == 0 or pytest.fail())
+
+
+def c_image_without_a_pod_waits_for_capacity():
+    # no pod of its image yet (the scaler starts one on NO_CAPACITY); free GPUs elsewhere not counted
+    snap = snapshot([node("n1"), _pod("p1", "seg")], [_img(job("a"), "llm")])
+    return Case(snap, set(), {"a": RC.NO_CAPACITY},
+                check=lambda r: r.pending["a"].details["free"] == 0 or pytest.fail())
+
+
 def c_never_fits_gpus_per_worker():
     return Case(snapshot([node("n1")], [job("a", gpus=16)]), set(), {"a": RC.NEVER_FITS},
                 check=lambda r: r.pending["a"].details["largest_node"] == 8 or pytest.fail())
