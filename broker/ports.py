@@ -149,6 +149,13 @@ class Clock(Protocol):
 
 CLUSTER_REASON = "kubernetes: "  # prefix of node states Kubernetes set (the cluster sync may lift them)
 SCALE_DOWN_REASON = CLUSTER_REASON + "scale-down: "  # drained by the broker before its pod is removed
+# A node dedicated to one approved image (a pod of that image's worker group: docs/KUBERNETES.md)
+# carries IMAGE_LABEL=<the image's key> and HOST_LABEL=<the Kubernetes node it runs on>. It runs
+# one attempt in its life: the admission that places a worker there drains it with SPENT_REASON
+# (no second tenant ever runs in a pod another ran in), and the scaler replaces it once idle.
+IMAGE_LABEL = "broker.io/image"
+HOST_LABEL = "broker.io/host"
+SPENT_REASON = "spent: "
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,13 @@ file `<data_dir>/broker.db`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+IMAGE_KEY = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")  # a label value
 
 
 class Settings(BaseSettings):
@@ -178,6 +181,12 @@ class Settings(BaseSettings):
     k8s_agent_namespace: str = "compute-broker-agents"
     k8s_agent_service_account: str = "broker-agent"
     k8s_agent_audience: str = "compute-broker"
+    # Tenant images approved to run on KubeRay: key -> image reference, e.g.
+    # {"seg-v3": "registry.region.dk/radiology/seg:3.0"}. Each key has a worker group whose pods
+    # run that image beside the Ray worker and carry the Ray label broker.io/image=<key>
+    # (docs/KUBERNETES.md, "Tenant containers on KubeRay"): a container job of such an image is
+    # accepted even where the nodes have no podman, and runs only in a fresh pod of its image.
+    k8s_images: dict[str, str] = {}
 
     # Test-only: arm one named failpoint (broker.failpoints), e.g. "after_admit_commit" or
     # "after_launch@2"; the process then dies there as if killed. Empty in production.
@@ -185,6 +194,23 @@ class Settings(BaseSettings):
     # Operations insight (usage reports): running attempts accrue in the ledger at every multiple
     # of this period (UTC), so budgets, usage and reports see long jobs and services while they run.
     accrual_period_s: float = Field(default=3600.0, ge=60.0, le=86400.0)
+
+    @field_validator("k8s_images")
+    @classmethod
+    def _image_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not IMAGE_KEY.fullmatch(k)]
+        if bad:
+            raise ValueError(f"k8s_images: keys must be Ray/Kubernetes label values (letters, digits, '-', '_', '.', "
+                             f"at most 63, alphanumeric at both ends): {bad}")
+        refs = list(v.values())
+        dup = sorted({r for r in refs if refs.count(r) > 1})
+        if dup or any(not r or r != r.strip() for r in refs):
+            raise ValueError(f"k8s_images: each key needs its own non-empty image reference; repeated: {dup}")
+        return v
+
+    def image_keys(self) -> dict[str, str]:
+        """Approved image reference -> its key (`k8s_images` read the other way)."""
+        return {ref: key for key, ref in self.k8s_images.items()}
 
     @model_validator(mode="after")
     def _default_db(self) -> "Settings":

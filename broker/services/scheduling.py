@@ -37,7 +37,7 @@ from sqlmodel import Session
 from broker import failpoints, jobstate
 from broker.errors import BrokerError, Forbidden, Invalid, NotFound
 from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
-from broker.ports import AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
+from broker.ports import SPENT_REASON, AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
 from broker.services import scheduling_queries as repo
 from broker.services.checkpoints import last_checkpoint
 from broker.services import jobdata
@@ -112,6 +112,7 @@ class SchedulingLoop:
         self._deferred: list | None = None  # the observe pass's moves, applied together (`_move`)
         self._reason_written: dict[str, float] = {}  # job id -> when its pending reason was last written
         self._queue = PendingCache()  # the PENDING rows between ticks, re-read when their version moves
+        self._images = settings.image_keys()  # approved image reference -> key (pods per image)
         self._usage = LedgerUsage()  # budget and fair-share usage, closed ledger rows folded once
         self._scheduled_at = float("-inf")  # monotonic time of the last schedule step
         self._lock = threading.Lock()  # one tick at a time, whoever calls it
@@ -464,7 +465,7 @@ class SchedulingLoop:
                 pending=pending, ledger=(), usage=self._usage.usage(s, now, self.policy.fair_share_half_life_s),
                 runtime_ratios=self._runtime_ratios(s, now), checkpoints=self._checkpoint_times,
                 preemptions=repo.preemption_counts(s, [j.id for j in holding if j.attempt > 1]),
-                cached=self._queue.converted,
+                cached=self._queue.converted, images=self._images,
             )
             t0 = time.perf_counter()
             result = run_cycle(snap, now, self.policy)
@@ -494,6 +495,7 @@ class SchedulingLoop:
                                               for p in adm.placements], "borrowing": adm.borrowing},
                 fields={"borrowing": adm.borrowing, "flavor_pool": adm.flavor.pool,
                         "flavor_gpu_model": adm.flavor.gpu_model}) for adm in admissions], now=now)
+            pods = {n.id for n in snap.nodes if n.image}  # nodes dedicated to an image: one attempt each
             for adm, ok in zip(admissions, applied):
                 if not ok:
                     continue
@@ -506,6 +508,8 @@ class SchedulingLoop:
                              department_id=snap_department(snap, job.project_id), pool=adm.flavor.pool,
                              gpu_model=adm.flavor.gpu_model, gpus=job.gpus * job.workers, started_at=now))
                 rep.admitted.append(job.id)
+                if pods:
+                    spend_pods(s, pods, job, adm.placements, now)
             victims = []
             for pre in result.preemptions:
                 job = held.get(pre.job_id)
@@ -697,6 +701,19 @@ def concurrency_cap(projects, holding, pending):
                           "running": busy})
     keep.sort(key=lambda j: (j.submit_time, j.id))
     return keep, capped
+
+
+def spend_pods(s: Session, pods: set[str], job: Job, placements, now: float) -> None:
+    """Drain the nodes dedicated to an image (pods) that this admission places a worker on: a
+    pod runs one attempt in its life, so no tenant ever starts where another ran (files, /tmp,
+    GPU memory); its running worker is untouched, and the scaler replaces the pod once idle.
+    In the admission's transaction: the next snapshot already sees the pod taken."""
+    for nid in sorted({p.node for p in placements} & pods):
+        row = s.get(Node, nid)
+        if row is not None:
+            row.state, row.updated_at = NodeState.DRAINING.value, now
+            row.state_reason = f"{SPENT_REASON}runs job {job.id} attempt {job.attempt}; the pod is replaced after it"
+            s.add(row)
 
 
 def launch_spec(job: Job, placements: Sequence[Placement], grace_s: float, checkpoint_dir: str = "",

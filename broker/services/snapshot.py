@@ -32,6 +32,7 @@ from broker.models import Placement as PlacementRow
 from broker.models import Pool as PoolRow
 from broker.models import Project as ProjectRow
 from broker.models import QuotaRow
+from broker.ports import IMAGE_LABEL
 from quotas.amount import UNLIMITED, Amount
 from quotas.fairshare import accumulate, decay
 from scheduler.model import (
@@ -72,7 +73,9 @@ def replica_horizon(row: JobRow, now: float | None) -> float:
 
 
 def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, preemptions: int = 0,
-           now: float | None = None) -> Job:
+           now: float | None = None, images: Mapping[str, str] | None = None) -> Job:
+    """`images`: approved image reference -> its key: a container job of such an image runs
+    only on the nodes dedicated to it (`Node.image`), any other job only on general nodes."""
     return Job(
         id=row.id, project=row.project_id, workload_class=WorkloadClass(row.workload_class),
         priority=row.priority, submit_time=row.submit_time, workers=row.workers,
@@ -83,6 +86,7 @@ def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, p
         # an operation service's min replicas (the only rows marked not preemptible) never wait for budget
         budget_exempt=getattr(row, "preemptible", True) is False and row.workload_class == WorkloadClass.OPERATION.value,
         service=getattr(row, "service_id", None) is not None,
+        image=images.get(row.image, "") if images and row.runtime == "container" else "",
     )
 
 
@@ -122,7 +126,8 @@ def to_node(row: NodeRow) -> Node:
     except ValueError:
         state = NodeState.UNHEALTHY
     return Node(id=row.id, pool=row.pool, gpu_model=row.gpu_model,
-                capacity=Resources(row.gpus, row.cpus, row.memory_gb), state=state, state_reason=reason)
+                capacity=Resources(row.gpus, row.cpus, row.memory_gb), state=state, state_reason=reason,
+                image=(row.labels or {}).get(IMAGE_LABEL, ""))
 
 
 def _quotas(rows: Sequence[QuotaRow], models_by_pool: Mapping[str, Sequence[str]]
@@ -171,6 +176,7 @@ def build_snapshot(
     preemptions: Mapping[str, int] | None = None,
     cached: Callable[[JobRow, Callable[[JobRow], Job]], Job] | None = None,
     usage: tuple[Mapping[str, float], Mapping[str, float], Mapping[str, float]] | None = None,
+    images: Mapping[str, str] | None = None,
 ) -> Snapshot:
     """Rows in, Snapshot out. Jobs that hold resources become `Running` with their placements;
     a holding job without placements (should not happen) is skipped rather than guessed.
@@ -180,7 +186,8 @@ def build_snapshot(
     `cached(row, convert)`: the pending rows' conversion kept between ticks (not used for a job
     that mounts data: where the data is depends on the nodes of the moment); `usage`: what
     `usage_from_ledger(ledger, now, half_life_s)` says, when the caller keeps it (the loop's
-    `ledger_usage.LedgerUsage`; `ledger` is not read then)."""
+    `ledger_usage.LedgerUsage`; `ledger` is not read then); `images`: approved image reference
+    -> key (`to_job`)."""
     runtime_ratios, checkpoints, preemptions = runtime_ratios or {}, checkpoints or {}, preemptions or {}
     models_by_pool: dict[str, list[str]] = defaultdict(list)
     for n in nodes:
@@ -206,7 +213,7 @@ def build_snapshot(
         for p in projects
     )
     def pending_job(j: JobRow) -> Job:
-        return to_job(j, pool_nodes, now=now)
+        return to_job(j, pool_nodes, now=now, images=images)
 
     def convert(j: JobRow) -> Job:
         return pending_job(j) if cached is None or getattr(j, "mounts", None) else cached(j, pending_job)
@@ -218,7 +225,7 @@ def build_snapshot(
             continue
         start = j.started_at or j.admitted_at or now
         running.append(Running(
-            job=to_job(j, pool_nodes, preemptions.get(j.id, 0), now), placements=tuple(Placement(p.rank, p.node_id, tuple(p.gpu_indices or ())) for p in pls),
+            job=to_job(j, pool_nodes, preemptions.get(j.id, 0), now, images), placements=tuple(Placement(p.rank, p.node_id, tuple(p.gpu_indices or ())) for p in pls),
             start_time=start, flavor=Flavor(j.flavor_pool or "", j.flavor_gpu_model or ""), borrowing=j.borrowing,
             checkpoint_time=checkpoints.get(j.id) if j.checkpointable else None,
         ))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -115,8 +115,13 @@ def never_fits(inv: Inventory, *, workload_class: str, pool: str | None, shape: 
     return None
 
 
-def no_container_runtime() -> Invalid:
-    """The 422 for a container job on a broker whose nodes have no container runtime."""
+def no_container_runtime(approved: Sequence[str] = ()) -> Invalid:
+    """The 422 for a container job on a broker whose nodes have no container runtime, unless
+    its image is one of the `approved` ones (pods per image on Kubernetes)."""
+    if approved:
+        return Invalid("this broker's nodes run only approved images (Kubernetes pods per image; no podman on "
+                       f"the nodes); use one of: {', '.join(approved)}, or ask a platform-admin to approve yours",
+                       code="IMAGE_NOT_APPROVED", details={"approved_images": list(approved)})
     return Invalid("this broker's nodes have no container runtime (podman was not found when the broker started), "
                    "so container jobs cannot run here; install podman and restart the broker, or use "
                    "runtime 'process' where your project is allowed to", code="CONTAINER_RUNTIME_UNAVAILABLE")
