@@ -185,6 +185,7 @@ class ScaleDemand:
     gpu_models: tuple[str, ...]  # () = any
     gpus_per_worker: int
     workers: int
+    image: str = ""  # an approved image's key: only that image's worker group serves it ("" : general groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +194,7 @@ class ScaleInput:
     busy_nodes: frozenset[str] = frozenset()  # nodes holding work (placements of holding jobs)
     drained_nodes: frozenset[str] = frozenset()  # nodes the broker drained for a scale-down
     guaranteed_gpus: Mapping[str, float] = field(default_factory=dict)  # per pool: never scale below
+    spent_nodes: frozenset[str] = frozenset()  # pods that ran their one attempt (SPENT_REASON): replaced once idle
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from broker.models import HOLDING, Job, JobStatus, Node, Placement, Pool, QuotaRow
-from broker.ports import CLUSTER_REASON, SCALE_DOWN_REASON, Clock, Cluster, ClusterNode, ScaleDemand, ScaleInput
+from broker.ports import (CLUSTER_REASON, HOST_LABEL, SCALE_DOWN_REASON, SPENT_REASON, Clock, Cluster, ClusterNode,
+                          ScaleDemand, ScaleInput)
 from broker.services import scheduling_queries as repo
 from broker.services.telemetry.health import PREFIX as TELEMETRY_REASON
 from scheduler.model import NodeState
@@ -44,8 +45,11 @@ STATIC_CODES = ("GPU_MODEL_UNAVAILABLE", "NEVER_FITS")
 
 class ClusterSync:
     def __init__(self, engine: Engine, cluster: Cluster, *, autoscale: bool = True, clock: Clock = time.time,
-                 on_nodes_changed: Callable[[], None] | None = None) -> None:
+                 on_nodes_changed: Callable[[], None] | None = None, images: Mapping[str, str] | None = None) -> None:
+        """`images`: approved image reference -> key (`Settings.image_keys`): a container job of
+        such an image is demand for that image's worker group only."""
         self.engine, self.cluster, self.autoscale_on, self.clock = engine, cluster, autoscale, clock
+        self.images = dict(images or {})
         self.on_nodes_changed = on_nodes_changed
         self._notes: Mapping[str, str] = {}
 
@@ -68,7 +72,8 @@ class ClusterSync:
         changed = 0
         with Session(self.engine) as s:
             for row in repo.nodes(s):
-                k = by_name.get(row.id)
+                # a pod per image is a broker node of its own, on the Kubernetes node it names
+                k = by_name.get(row.id) or by_name.get((row.labels or {}).get(HOST_LABEL, ""))
                 if k is None:
                     continue
                 ours = row.state_reason.startswith(CLUSTER_REASON) and not row.state_reason.startswith(SCALE_DOWN_REASON)
@@ -138,7 +143,9 @@ class ClusterSync:
             busy = set(s.execute(select(Placement.node_id).join(
                 Job, (Job.id == Placement.job_id) & (Job.attempt == Placement.attempt))
                 .where(Job.status.in_([j.value for j in HOLDING]))).scalars().all())
-            drained = {n.id for n in repo.nodes(s) if n.state_reason.startswith(SCALE_DOWN_REASON)}
+            rows = repo.nodes(s)
+            drained = {n.id for n in rows if n.state_reason.startswith(SCALE_DOWN_REASON)}
+            spent = {n.id for n in rows if n.state_reason.startswith(SPENT_REASON)}
         entitled = {(q.owner_id, q.pool) for q in quotas
                     if q.owner_kind == "project" and q.resource == "gpus" and q.nominal > 0 and q.limit != 0}
         demands = []
@@ -147,10 +154,11 @@ class ClusterSync:
             if j.pending_code in STATIC_CODES:
                 allowed = tuple(p for p in allowed if (j.project_id, p) in entitled)
             if allowed:
+                image = self.images.get(j.image, "") if j.runtime == "container" else ""
                 demands.append(ScaleDemand(job_id=j.id, pools=allowed, gpu_models=tuple(j.gpu_models or ()),
-                                           gpus_per_worker=j.gpus, workers=j.workers))
+                                           gpus_per_worker=j.gpus, workers=j.workers, image=image))
         return ScaleInput(demands=tuple(demands), busy_nodes=frozenset(busy), drained_nodes=frozenset(drained),
-                          guaranteed_gpus=guaranteed_gpus(quotas))
+                          guaranteed_gpus=guaranteed_gpus(quotas), spent_nodes=frozenset(spent))
 
 
 def drain_taint(n: Node) -> str | None:

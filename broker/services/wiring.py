@@ -116,7 +116,7 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
 
     leader = leadership_for(settings, engine)
     process = ProcessMetrics(engine)  # this process's counters and histograms (/metrics)
-    cluster_sync = ClusterSync(engine, cluster, autoscale=settings.k8s_autoscale,
+    cluster_sync = ClusterSync(engine, cluster, autoscale=settings.k8s_autoscale, images=settings.image_keys(),
                                on_nodes_changed=jobs.catalog_changed) if cluster is not None else None
     loop = SchedulingLoop(settings, engine, executor, on_nodes_changed=jobs.catalog_changed, leader=leader,
                           on_tick=process.on_tick,

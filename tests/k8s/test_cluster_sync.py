@@ -26,7 +26,7 @@ from broker.adapters.k8s.nodes import BROKER_TAINT_KEY
 from broker.app import create_app
 from broker.db import make_engine, migrate
 from broker.models import Node, QuotaRow
-from broker.ports import NodeObservation
+from broker.ports import HOST_LABEL, IMAGE_LABEL, SPENT_REASON, NodeObservation
 from broker.services.bootstrap import ensure_admin_token, seed_demo
 from broker.settings import Settings
 from scheduler.model import Resources
@@ -61,19 +61,23 @@ def seeded_db(tmp_path_factory) -> Path:
 @pytest.fixture
 def world(tmp_path: Path, seeded_db: Path):
     fake = FakeKube()
-    server = fake.serve()
     fake.raycluster = raycluster(group("innovation-a100", pool="innovation", replicas=2, max_r=6, gpus=4))
     for i, name in enumerate(("gpu-1", "gpu-2")):
         fake.add_node(node(name, INNO))
         fake.add_pod(pod(f"w-{name}", name, ip=f"10.0.0.{i + 5}"))
+    yield from _world(fake, tmp_path, seeded_db, [obs("gpu-1", "10.0.0.5"), obs("gpu-2", "10.0.0.6")])
+
+
+def _world(fake: FakeKube, tmp_path: Path, seeded_db: Path, observed, **settings_over):
+    server = fake.serve()
     settings = Settings(data_dir=tmp_path, k8s_enabled=True, k8s_api_url=f"http://127.0.0.1:{server.server_address[1]}",
-                        overview_max_age_s=0.0, seed_demo=False)
+                        overview_max_age_s=0.0, seed_demo=False, **settings_over)
     shutil.copy(seeded_db, tmp_path / "broker.db")
     engine = make_engine(settings)
     kube = connect(settings, start=False)
     kube.node_informer.relist()
     kube.pod_informer.relist()
-    executor = FakeExecutor([obs("gpu-1", "10.0.0.5"), obs("gpu-2", "10.0.0.6")])
+    executor = FakeExecutor(observed)
     from broker.adapters.k8s.executor import KubeRayExecutor
 
     app = create_app(settings, executor=KubeRayExecutor(executor, kube), start_background=False, engine=engine,
@@ -231,3 +235,58 @@ def test_pools_a_job_may_scale_and_the_guarantee_floor():
             QuotaRow(owner_kind="project", owner_id="a", pool="operation", resource="gpus", guaranteed=6),
             QuotaRow(owner_kind="project", owner_id="a", pool="operation", resource="cpus", guaranteed=64)]
     assert guaranteed_gpus(rows) == {"operation": 6.0}  # departments' 4 or, larger, projects' 6
+
+
+@pytest.fixture
+def image_world(tmp_path: Path, seeded_db: Path):
+    """One approved image (llm) with a worker group of 1-GPU pods on Kubernetes node gpu-1, and
+    no podman anywhere (the manifests' broker): container jobs run only as pods of their image."""
+    fake = FakeKube()
+    g = group("img-llm", pool="innovation", replicas=1, min_r=1, max_r=4, gpus=1)
+    g["rayStartParams"]["labels"] = "broker.io/pool=innovation,broker.io/image=llm"
+    fake.raycluster = raycluster(g)
+    fake.add_node(node("gpu-1", INNO))
+    fake.add_pod(pod("llm-x", "gpu-1", group="img-llm", ip="10.0.0.7"))
+    llm_x = NodeObservation(id="llm-x", hostname="llm-x", address="10.0.0.7", pool="innovation", gpu_model="A100",
+                            capacity=Resources(gpus=1, cpus=8, memory_gb=64), labels={IMAGE_LABEL: "llm"})
+    yield from _world(fake, tmp_path, seeded_db, [llm_x], k8s_images={"llm": "localhost/llm:1"},
+                      container_runtime_available=False)
+
+
+def test_an_image_pod_runs_one_job_and_is_replaced_by_a_fresh_one(image_world):
+    fake, kube, services, client, engine = image_world
+    services.loop.clock = lambda: T0
+    services.loop.sync_nodes()
+    assert node_row(engine, "llm-x").labels[HOST_LABEL] == "gpu-1"
+    # a cordon of the Kubernetes node reaches its pods, and lifting it brings them back
+    relist(fake, kube, "gpu-1", node("gpu-1", INNO, unschedulable=True))
+    services.cluster_sync.sync_states(kube.nodes(), T0)
+    assert node_row(engine, "llm-x").state == "cordoned"
+    relist(fake, kube, "gpu-1", node("gpu-1", INNO))
+    services.cluster_sync.sync_states(kube.nodes(), T0)
+    assert node_row(engine, "llm-x").state == "ready"
+
+    body = {"name": "infer", "project": "ouh-liver", "class": "innovation", "image": "localhost/llm:1",
+            "command": ["python", "serve.py"], "resources": {"gpus": 1, "cpus": 2, "memory_gb": 8}, "max_runtime_s": 600}
+    refused = client.post("/api/v1/jobs", json={**body, "image": "localhost/busybox:test"})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "IMAGE_NOT_APPROVED"
+    first, second = (client.post("/api/v1/jobs", json=body).json()["id"] for _ in range(2))
+    services.loop.tick()
+    assert client.get(f"/api/v1/jobs/{first}").json()["status"] in ("STARTING", "RUNNING")
+    assert node_row(engine, "llm-x").state_reason.startswith(SPENT_REASON)
+    services.cluster_sync.tick(T0)  # the second job waits for a pod of its image: one more is asked for
+    (up,) = fake.of("PATCH", "/apis/ray.io")
+    assert up.body["spec"]["workerGroupSpecs"][0]["replicas"] == 2
+    assert up.body["spec"]["workerGroupSpecs"][0]["scaleStrategy"]["workersToDelete"] == []
+
+    services.executor.inner.finish(first, 1)
+    services.loop.tick()
+    assert client.get(f"/api/v1/jobs/{first}").json()["status"] == "SUCCEEDED"
+    assert client.get(f"/api/v1/jobs/{second}").json()["status"] == "PENDING"  # never the spent pod
+    fake.raycluster["spec"]["workerGroupSpecs"][0]["replicas"] = 2  # as KubeRay has it now
+    services.cluster_sync.tick(T0 + 5)
+    down = fake.of("PATCH", "/apis/ray.io")[-1].body["spec"]["workerGroupSpecs"][0]
+    assert down["scaleStrategy"]["workersToDelete"] == ["llm-x"]  # the spent pod goes once idle
+    # 2 replicas were llm-x and the fresh pod asked for above: llm-x goes, the fresh one (for the
+    # second job) stays, no third is asked for
+    assert down["replicas"] == 1

@@ -154,6 +154,6 @@ def test_a_ray_node_takes_pool_model_and_topology_from_its_kubernetes_node():
                                capacity=Resources(gpus=8, cpus=32, memory_gb=256))
     got = enrich(ray_node, facts, pods)
     assert (got.id, got.pool, got.gpu_model) == ("3f9a...", "operation", "H100-80GB-HBM3")
-    assert got.labels == {"kubernetes.io/hostname": "gpu-1", "topology.kubernetes.io/zone": "odense-a",
-                          "broker.io/gpu-memory-mib": "81559"}
+    assert got.labels == {"kubernetes.io/hostname": "gpu-1", "broker.io/host": "gpu-1",
+                          "topology.kubernetes.io/zone": "odense-a", "broker.io/gpu-memory-mib": "81559"}
     assert enrich(replace(ray_node, address="10.9.9.9"), facts, pods) == replace(ray_node, address="10.9.9.9")

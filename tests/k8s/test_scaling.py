@@ -156,3 +156,52 @@ def test_pods_already_gone_leave_workers_to_delete():
     p0 = run(cluster, pods, ScaleInput(drained_nodes=frozenset({"in-2"})))
     (c,) = p0.changes
     assert c.delete_pods == ("w-in-1", "w-in-2")  # w-gone dropped, w-in-1 still pending at KubeRay
+
+
+# --------------------------------------------------------------------------------------------
+# rule 8: pods per approved image
+def image_rc(replicas=2, min_r=1, to_delete=None):
+    g = group("img-llm", pool="innovation", replicas=replicas, min_r=min_r, max_r=6, gpus=1, to_delete=to_delete)
+    g["rayStartParams"]["labels"] = "broker.io/pool=innovation,broker.io/image=llm"
+    return raycluster(group("innovation-a100", pool="innovation", replicas=1, min_r=0, max_r=8, gpus=4), g)
+
+
+def image_pods(*names):
+    """Pods of the image group, all on Kubernetes node gpu-1: the broker's node is the pod."""
+    return worker_pods([pod(n, "gpu-1", group="img-llm", ip=f"10.1.0.{i}") for i, n in enumerate(names)]
+                       + [pod("w-in-1", "in-1", group="innovation-a100", ip="10.0.0.9")], "compute-broker-ray")
+
+
+def test_an_image_demand_goes_to_its_group_only_one_pod_per_worker():
+    pods = image_pods("llm-a", "llm-b")
+    # a 3-worker job of the image, 1 GPU each: one pod per worker; both pods busy -> 3 more
+    inp = ScaleInput(demands=(ScaleDemand("j1", ("innovation",), (), 1, 3, image="llm"),),
+                     busy_nodes=frozenset({"llm-a", "llm-b"}))
+    p = run(image_rc(), pods, inp)
+    assert replicas(p) == {"img-llm": 5}
+    # a general job's demand never goes to the image group (its pods take only the image's jobs)
+    general = run(image_rc(), pods, ScaleInput(demands=(demand(gpus=1, workers=3),), busy_nodes=frozenset({"in-1"})))
+    assert replicas(general) == {"innovation-a100": 2}
+    # an image with no group: no scale-up anywhere
+    other = run(image_rc(), pods, ScaleInput(demands=(ScaleDemand("j2", ("innovation",), (), 1, 1, image="seg"),)))
+    assert replicas(other) == {} and "j2" not in other.notes
+
+
+def test_a_spent_pod_is_replaced_once_idle_and_never_counts_as_capacity():
+    pods = image_pods("llm-a", "llm-b")
+    # llm-a ran its attempt and still runs it: kept; llm-b idle and fresh
+    running = ScaleInput(spent_nodes=frozenset({"llm-a"}), busy_nodes=frozenset({"llm-a", "in-1"}))
+    assert run(image_rc(), pods, running).changes == ()
+    # its attempt ended: the pod goes at once (no cool-down), and the minimum (1) is kept by llm-b
+    ended = ScaleInput(spent_nodes=frozenset({"llm-a"}), busy_nodes=frozenset({"in-1"}))
+    p = run(image_rc(), pods, ended)
+    assert replicas(p) == {"img-llm": 1} and p.changes[0].delete_pods == ("llm-a",) and p.deleted == ("llm-a",)
+    # both spent: KubeRay is asked for a fresh pod in place of them (minReplicas 1)
+    both = run(image_rc(), pods, ScaleInput(spent_nodes=frozenset({"llm-a", "llm-b"}), busy_nodes=frozenset({"in-1"})))
+    assert replicas(both) == {"img-llm": 1} and both.changes[0].delete_pods == ("llm-a", "llm-b")
+    # a waiting job of the image does not count an idle spent pod as room: it asks for a fresh one
+    wait = ScaleInput(demands=(ScaleDemand("j1", ("innovation",), (), 1, 1, image="llm"),),
+                      spent_nodes=frozenset({"llm-a"}), busy_nodes=frozenset({"llm-a", "llm-b", "in-1"}))
+    assert replicas(run(image_rc(), pods, wait)) == {"img-llm": 3}
+    # a spent pod is never returned to service nor drained for a scale-down
+    assert not run(image_rc(), pods, ended).undrain

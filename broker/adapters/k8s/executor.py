@@ -10,7 +10,9 @@ Node names: the manifests label every Ray worker with `broker.io/node=$(K8S_NODE
 downward API), so the broker's node id is the Kubernetes node name, which is what the agent
 DaemonSet reports (`BROKER_NODE_ID` = `spec.nodeName`): telemetry joins placements by name.
 A Ray node that carries no such label keeps the Ray adapter's id, and gains a
-`kubernetes.io/hostname` label naming its node.
+`kubernetes.io/hostname` label naming its node. A pod of an approved image's worker group is a
+broker node of its own (`broker.io/node=$(POD_NAME)`, one job worker per pod): its
+`broker.io/host` label names the Kubernetes node, for cordon sync and telemetry.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from broker.adapters.k8s.nodes import ZONE_LABEL, node_of_address
-from broker.ports import Executor, NodeObservation
+from broker.ports import HOST_LABEL, Executor, NodeObservation
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 RACK_LABEL = "broker.io/rack"
@@ -46,7 +48,7 @@ def enrich(obs: NodeObservation, facts, pods) -> NodeObservation:
     node = facts.get(name) if name else None
     if node is None:
         return obs
-    labels = {**obs.labels, HOSTNAME_LABEL: node.name}
+    labels = {**obs.labels, HOSTNAME_LABEL: node.name, HOST_LABEL: node.name}
     for key, value in ((ZONE_LABEL, node.zone), (RACK_LABEL, node.rack),
                        (GPU_MEMORY_LABEL, str(node.gpu_memory_mb) if node.gpu_memory_mb else "")):
         if value:

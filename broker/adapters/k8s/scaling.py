@@ -19,6 +19,11 @@ rules, each a test case in tests/k8s/test_scaling.py:
 6. Never below what the pool's guarantee needs: the GPUs of the pool's remaining nodes must
    still cover `guaranteed_gpus[pool]` (the operation guarantee), nor below minReplicas.
 7. Demand that comes back for a group returns its drained nodes to service.
+8. Pods per approved image (a group whose Ray labels carry `broker.io/image`; each pod is a
+   broker node named after the pod): a demand of that image goes only to its group and needs
+   one pod per worker; a pod that ran its one attempt (spent) is named in `workersToDelete` as
+   soon as it is idle, whatever the demand, and KubeRay starts a fresh one where the group's
+   minimum or its demand needs it. A spent pod never counts as capacity nor returns to service.
 
 `plan` is pure: the caller keeps the `Memory` (idle-since times, recent requests) between
 calls. A broker that takes over as leader starts with an empty memory: it waits a full
@@ -29,11 +34,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from broker.adapters.k8s.nodes import PRODUCT_LABEL, WorkerPod, gpu_model_name
-from broker.ports import ScaleDemand, ScaleInput
+from broker.ports import IMAGE_LABEL, ScaleDemand, ScaleInput
 
 POOL_LABEL = "broker.io/pool"  # rayStartParams.labels key (the Ray adapter's)
 
@@ -60,6 +65,12 @@ class Group:
     min_replicas: int
     max_replicas: int
     workers_to_delete: tuple[str, ...] = ()
+    image: str = ""  # an approved image's key: its pods take that image's jobs only, one each
+
+    def node_of(self, pod: WorkerPod) -> str:
+        """The broker's node id of one of the group's pods: the pod for an image group (a pod
+        per job worker), else the Kubernetes node it runs on."""
+        return pod.name if self.image else pod.node
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,8 @@ def groups_of(raycluster: Mapping, rules: Rules = Rules(), pods: Sequence[Worker
                          gpus_per_node=_gpus_per_node(g, tpl), replicas=int(g.get("replicas") or 0),
                          min_replicas=int(g.get("minReplicas") or 0),
                          max_replicas=int(g.get("maxReplicas") if g.get("maxReplicas") is not None else 1 << 30),
-                         workers_to_delete=tuple((g.get("scaleStrategy") or {}).get("workersToDelete") or ())))
+                         workers_to_delete=tuple((g.get("scaleStrategy") or {}).get("workersToDelete") or ()),
+                         image=ray_labels.get(IMAGE_LABEL, "")))
     return out
 
 
@@ -113,6 +125,7 @@ def plan(groups: Sequence[Group], pods: Sequence[WorkerPod], demand: ScaleInput,
          rules: Rules = Rules()) -> Plan:
     """The scaling decisions for one moment (rules 1-7 of the module doc)."""
     by_group: dict[str, list[WorkerPod]] = {g.name: [p for p in pods if p.group == g.name] for g in groups}
+    group_of = {g.name: g for g in groups}
     assigned: dict[str, list[ScaleDemand]] = {g.name: [] for g in groups}
     for d in demand.demands:
         g = _group_for(d, groups)
@@ -121,24 +134,33 @@ def plan(groups: Sequence[Group], pods: Sequence[WorkerPod], demand: ScaleInput,
     pool_gpus: dict[str, int] = {}
     for g in groups:
         pool_gpus[g.pool] = pool_gpus.get(g.pool, 0) + g.gpus_per_node * len(by_group[g.name])
-    live = {p.node for p in pods}
+    live = {group_of[p.group].node_of(p) if p.group in group_of else p.node for p in pods}
     idle_since = {n: t for n, t in memory.idle_since.items() if n in live and n not in demand.busy_nodes}
     for n in live - set(demand.busy_nodes):
         idle_since.setdefault(n, now)
     ups = {k: tuple(u for u in v if now - u[0] < rules.window_s) for k, v in memory.ups.items()}
     requested = dict(memory.requested)
     changes, notes, drain, deleted, undrain = [], {}, [], [], []
-    for g in groups:
-        mine, running = assigned[g.name], by_group[g.name]
+    for g0 in groups:
+        mine, every = assigned[g0.name], by_group[g0.name]
+        # rule 8: spent pods go as soon as they are idle; the minimum is kept with fresh pods
+        spent = [p for p in every if g0.node_of(p) in demand.spent_nodes and g0.node_of(p) not in demand.busy_nodes]
+        running = [p for p in every if p not in spent]
+        g = replace(g0, replicas=max(g0.min_replicas, g0.replicas - len(spent))) if spent else g0
+        gone = tuple(p.name for p in spent)
+        deleted += [g.node_of(p) for p in spent]
+        pool_gpus[g.pool] -= g.gpus_per_node * len(spent)
+        replicas, delete = g.replicas, []
         in_flight = max(0, g.replicas - len(running))
         if mine:
-            undrain += [p.node for p in running if p.node in demand.drained_nodes]
-            idle = sum(1 for p in running if p.node not in demand.busy_nodes and p.node not in demand.drained_nodes)
+            undrain += [g.node_of(p) for p in running if g.node_of(p) in demand.drained_nodes]
+            idle = sum(1 for p in running if g.node_of(p) not in demand.busy_nodes
+                       and g.node_of(p) not in demand.drained_nodes and g.node_of(p) not in demand.spent_nodes)
             need = max(0, sum(_nodes_for(d, g) for d in mine) - idle)
             recent = sum(n for _, n in ups.get(g.name, ()))
             add = max(0, min(need - in_flight, rules.max_up - recent, g.max_replicas - g.replicas))
             if add:
-                changes.append(GroupChange(g, g.replicas + add, _still_there(g, running)))
+                replicas += add
                 ups[g.name] = ups.get(g.name, ()) + ((now, add),)
                 requested[g.name] = (now, in_flight + add)
             elif not in_flight:
@@ -146,24 +168,25 @@ def plan(groups: Sequence[Group], pods: Sequence[WorkerPod], demand: ScaleInput,
             note = _note(g, requested.get(g.name), in_flight + add, need)
             for d in mine:
                 notes[d.job_id] = note
-            continue
-        if not in_flight:
-            requested.pop(g.name, None)
-        replicas, delete = g.replicas, []
-        for p in running:  # step 2 first: nodes drained earlier and still idle go now
-            if p.node in demand.drained_nodes and p.node in idle_since and _may_remove(g, replicas, pool_gpus, demand):
-                replicas -= 1
-                pool_gpus[g.pool] -= g.gpus_per_node
-                delete.append(p.name)
-                deleted.append(p.node)
-        for p in running:  # step 1: one more node idle past the cool-down is drained
-            if p.node in demand.drained_nodes or p.node not in idle_since:
-                continue
-            if now - idle_since[p.node] >= rules.cooldown_s and _may_remove(g, replicas, pool_gpus, demand):
-                drain.append(p.node)
-                break
-        if delete:
-            changes.append(GroupChange(g, replicas, _still_there(g, running) + tuple(delete)))
+        else:
+            if not in_flight:
+                requested.pop(g.name, None)
+            for p in running:  # step 2 first: nodes drained earlier and still idle go now
+                n = g.node_of(p)
+                if n in demand.drained_nodes and n in idle_since and _may_remove(g, replicas, pool_gpus, demand):
+                    replicas -= 1
+                    pool_gpus[g.pool] -= g.gpus_per_node
+                    delete.append(p.name)
+                    deleted.append(n)
+            for p in running:  # step 1: one more node idle past the cool-down is drained
+                n = g.node_of(p)
+                if n in demand.drained_nodes or n in demand.spent_nodes or n not in idle_since:
+                    continue
+                if now - idle_since[n] >= rules.cooldown_s and _may_remove(g, replicas, pool_gpus, demand):
+                    drain.append(n)
+                    break
+        if replicas != g0.replicas or delete or gone:
+            changes.append(GroupChange(g0, replicas, _still_there(g0, running) + gone + tuple(delete)))
     return Plan(changes=tuple(changes), notes=notes, drain=tuple(drain), deleted=tuple(deleted),
                 undrain=tuple(undrain), memory=Memory(idle_since=idle_since, ups=ups, requested=requested))
 
@@ -188,13 +211,15 @@ def merge_patch(raycluster: Mapping, changes: Sequence[GroupChange]) -> dict:
 def _group_for(d: ScaleDemand, groups: Sequence[Group]) -> Group | None:
     for pool in d.pools:
         for g in groups:
-            if g.pool == pool and (not d.gpu_models or g.gpu_model in d.gpu_models) \
+            if g.pool == pool and g.image == d.image and (not d.gpu_models or g.gpu_model in d.gpu_models) \
                     and g.gpus_per_node >= d.gpus_per_worker and g.max_replicas > 0:
                 return g
     return None
 
 
 def _nodes_for(d: ScaleDemand, g: Group) -> int:
+    if g.image:  # a pod per job worker
+        return d.workers
     per_node = g.gpus_per_node // d.gpus_per_worker if d.gpus_per_worker else d.workers
     return math.ceil(d.workers / max(1, per_node))
 
