@@ -37,7 +37,7 @@ from sqlmodel import Session
 from broker import failpoints, jobstate
 from broker.errors import BrokerError, Forbidden, Invalid, NotFound
 from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
-from broker.ports import SPENT_REASON, AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
+from broker.ports import IMAGE_LABEL, SPENT_REASON, AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
 from broker.services import scheduling_queries as repo
 from broker.services.checkpoints import last_checkpoint
 from broker.services import jobdata
@@ -166,6 +166,17 @@ class SchedulingLoop:
                     row.updated_at = now
                     s.add(row)
                     dirty = True
+            # a pod per image that is gone holds nothing any more: its row goes (each attempt
+            # has a pod of its own, so they would pile up in every snapshot); its placements and
+            # telemetry keep its name. One that still holds an attempt waits until that has ended.
+            gone = [nid for nid, row in rows.items() if (row.labels or {}).get(IMAGE_LABEL)
+                    and (nid not in observed or not observed[nid].alive)]
+            if gone:
+                held_now = repo.holding_nodes(s, gone)
+                for nid in gone:
+                    if nid not in held_now:
+                        s.delete(rows.pop(nid))
+                        dirty = True
             for nid, row in rows.items():
                 if nid not in observed and row.state == NodeState.READY.value:
                     _assign(row, state=NodeState.UNHEALTHY.value,

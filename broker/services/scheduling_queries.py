@@ -35,6 +35,16 @@ def nodes(session: Session) -> Sequence[Node]:
     return session.execute(select(Node).order_by(Node.id)).scalars().all()
 
 
+def holding_nodes(session: Session, ids: Iterable[str]) -> set[str]:
+    """Those of these nodes that hold a worker of an attempt holding resources."""
+    ids = sorted(set(ids))
+    if not ids:
+        return set()
+    return set(session.execute(select(Placement.node_id).join(
+        Job, (Job.id == Placement.job_id) & (Job.attempt == Placement.attempt))
+        .where(Placement.node_id.in_(ids), Job.status.in_(_HOLDING))).scalars().all())
+
+
 def node_pools_locked(session: Session, ids: Iterable[str]) -> dict[str, str]:
     """Current pool of these nodes, share-locked until the transaction ends (PostgreSQL; SQLite
     serializes writers anyway): an admin's move of one of them waits for our commit."""

@@ -112,10 +112,22 @@ def test_each_job_of_an_image_gets_a_fresh_pod_of_that_image(world):
     assert _where(engine, third) == []
     assert _node(engine, "llm-a").state == "draining"
 
-    # the scaler's replacement pod appears: the third job starts there
+    # the scaler's replacement pod appears where llm-a was deleted: the third job starts there
     executor.set_nodes([GENERAL, pod("llm-b"), pod("seg-a", "seg"), pod("llm-c")])
     loop.tick()
     assert _where(engine, third) == ["llm-c"]
+    assert _node(engine, "llm-a") is None  # a gone pod that holds nothing leaves the inventory
+    assert _where(engine, first) == ["llm-a"]  # the job's history keeps its name
+
+    # a pod lost while its job runs stays until the attempt has ended, then goes
+    second = next(j for j in (a, b) if j != first)
+    executor.set_nodes([GENERAL, pod("seg-a", "seg"), pod("llm-c")])
+    loop.sync_nodes()
+    assert _node(engine, "llm-b") is not None
+    executor.lose(second, 1)
+    loop.tick()
+    loop.tick()
+    assert _node(engine, "llm-b") is None
 
 
 def test_a_gang_of_an_image_takes_one_pod_per_worker(world):
