@@ -561,6 +561,9 @@ class WorkerRunner:
         try:
             self._wait_placed()
             addr, port = self._master()
+            if self.handoff_dir and self.runtime != "container":
+                raise RuntimeError(f"runtime {self.runtime!r} is not run in an image pod: it would run "
+                                   "beside the Ray token in the ray-worker container")
             if self.in_pod:
                 self._claim_pod()  # before the log: a refused second attempt leaves the log alone
             self._pump = LogPump(self.log_file, self.log_max_bytes, opener=self.log_opener)

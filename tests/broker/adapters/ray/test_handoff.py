@@ -167,3 +167,36 @@ def test_what_the_runner_writes_is_group_readable_not_group_writable(tmp_path, s
     h.submit(["true"], {})
     assert (shared / "ctl").stat().st_mode & 0o777 == 0o750
     assert (shared / "ctl" / "run.sh").stat().st_mode & 0o777 == 0o640
+
+
+def _runner(tmp_path, monkeypatch, runtime, **job):
+    from broker.adapters.ray.runner import WorkerRunner
+
+    monkeypatch.setenv(handoff.HANDOFF_ENV, str(tmp_path / "handoff"))
+    (tmp_path / "handoff").mkdir(exist_ok=True)
+    r = WorkerRunner(node="pod", log_dir=str(tmp_path / "logs"), namespace="t", job=dict(
+        job_id="pj", attempt=1, rank=0, world_size=1, image="img", command=["sh", "-c", "touch ran"],
+        env={}, runtime=runtime, max_runtime_s=0, grace_s=1.0, gpu_ids=[], handoff_start_timeout_s=0.5, **job))
+    assert r._done.wait(10), r.status()
+    return r.status()
+
+
+def test_a_process_job_is_not_run_in_an_image_pod(tmp_path, monkeypatch):
+    """It would run in the ray-worker container, beside the Ray token."""
+    monkeypatch.chdir(tmp_path)
+    st = _runner(tmp_path, monkeypatch, "process")
+    assert st["exit_code"] == 125 and "not run in an image pod" in st["message"]
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("job", [{"secrets": {"token": "s3cret-value"}}, {"mounts": [["/data", "/data", "ro"]]}])
+def test_secrets_and_mounts_are_refused_in_an_image_pod(tmp_path, monkeypatch, job):
+    st = _runner(tmp_path, monkeypatch, "container", **job)
+    assert st["exit_code"] == 125 and "not delivered to image pods" in st["message"]
+    assert not (tmp_path / "handoff" / "ctl").exists()
+
+
+def test_a_job_the_launcher_never_starts_fails_and_is_never_started_later(tmp_path, monkeypatch):
+    st = _runner(tmp_path, monkeypatch, "container")
+    assert st["exit_code"] == 125 and "did not start the job" in st["message"]
+    assert (tmp_path / "handoff" / "ctl" / "kill").exists()  # a late launcher finds it and does not start
