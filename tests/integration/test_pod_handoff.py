@@ -206,3 +206,13 @@ def test_a_symlinked_out_log_is_not_followed(pod, tmp_path, target):
     assert "TOPSECRET" not in log and "ray-token-c0ffee" not in log and "RAY_ADDRESS" not in log
     assert "out.log is a symbolic link" in log, log
     assert st["ended_at"] is not None
+
+
+def test_what_the_job_leaves_behind_ends_with_it(pod):
+    """As when a podman container's main process exits: a daemon in its own session goes too."""
+    pod.start()
+    r = pod.runner(["sh", "-c", "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo daemon started"])
+    assert ended(r)["exit_code"] == 0 and "daemon started" in pod.log(r)
+    ps = subprocess.run(["podman", "exec", pod.name, "ps", "-o", "pid,args"], capture_output=True, text=True,
+                        timeout=30).stdout
+    assert "sleep 300" not in ps, ps
