@@ -147,6 +147,7 @@ class Handoff:
         self.path = Path(path)
         self._dir = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._ctl: int | None = None
+        self._gid = os.fstat(self._dir).st_gid  # the pod's fsGroup: the job reads what we write
 
     def claim(self, private: Path, identity: str) -> None:
         """Take this pod for one attempt, once in its life. `private`: a path in the runner's
@@ -168,9 +169,10 @@ class Handoff:
         if st.st_uid != os.geteuid():  # a directory swapped in between mkdir and open
             os.close(fd)
             raise HandoffRefused(f"{self.path / CTL} is not the runner's")
-        # the job's group (the pod's fsGroup, inherited from the setgid directory) reads it;
-        # only the runner writes it
-        os.fchmod(fd, 0o750 | (st.st_mode & stat.S_ISGID))
+        # the job's group (the pod's fsGroup, the directory's group) reads it; only the runner
+        # writes it. The group is set here too, should the directory not pass it on (setgid)
+        os.fchown(fd, -1, self._gid)
+        os.fchmod(fd, 0o750 | (os.fstat(fd).st_mode & stat.S_ISGID))
         self._ctl = fd
         self._write(CLAIM, identity + "\n")
 
@@ -232,6 +234,7 @@ class Handoff:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
                      dir_fd=self._ctl)
         try:
+            os.fchown(fd, -1, self._gid)
             os.fchmod(fd, 0o640)
             view = memoryview(text.encode())
             while view:

@@ -12,14 +12,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from broker.adapters.ray import handoff
 from broker.adapters.ray.handoff import Handoff, HandoffRefused, parse_exit, quote, read_small, run_script
 
+LAUNCHER = Path(__file__).resolve().parents[4] / "k8s" / "base" / "launch.sh"
 SHELLS = [s for s in (["dash"], ["busybox", "sh"], ["bash", "--posix"]) if shutil.which(s[0])]
 
 TRICKY = {
@@ -200,3 +204,102 @@ def test_a_job_the_launcher_never_starts_fails_and_is_never_started_later(tmp_pa
     st = _runner(tmp_path, monkeypatch, "container")
     assert st["exit_code"] == 125 and "did not start the job" in st["message"]
     assert (tmp_path / "handoff" / "ctl" / "kill").exists()  # a late launcher finds it and does not start
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
+def test_the_runners_files_get_the_directorys_group_without_setgid(tmp_path, shared):
+    os.chown(shared, 0, 20001)
+    shared.chmod(0o770)  # no setgid: the group is not passed on by the file system
+    h = Handoff(shared)
+    h.claim(tmp_path / "private-claim", "j 1 0")
+    h.submit(["true"], {})
+    assert (shared / "ctl").stat().st_gid == (shared / "ctl" / "run.sh").stat().st_gid == 20001
+
+
+# --- launch.sh on this host's shells (no container: not PID 1, so no container-wide kill) ----
+
+LAUNCH_SHELLS = [s for s in (["dash"], ["busybox", "sh"]) if shutil.which(s[0])]
+
+
+@pytest.fixture(params=LAUNCH_SHELLS, ids=lambda s: s[0])
+def host_pod(request, tmp_path, monkeypatch):
+    """(handoff dir, start a launcher, run a job through a runner) with the launcher run by
+    dash or busybox sh as a plain process, and a Ray token in the runner's environment."""
+    from broker.adapters.ray.runner import WorkerRunner
+
+    d = tmp_path / "handoff"
+    d.mkdir()
+    monkeypatch.setenv(handoff.HANDOFF_ENV, str(d))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "ray-token-c0ffee")
+    launchers: list[subprocess.Popen] = []
+
+    def launch() -> subprocess.Popen:
+        """Start a launcher; what it prints goes to `launcher-<n>.out` beside the directory."""
+        with open(tmp_path / f"launcher-{len(launchers)}.out", "wb") as out:
+            p = subprocess.Popen([*request.param, str(LAUNCHER), str(d)], stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+        launchers.append(p)
+        return p
+
+    def run(command, **job):
+        job = dict(dict(job_id="hj", attempt=1, rank=0, world_size=1, image="img", command=command, env={},
+                        runtime="container", max_runtime_s=0, grace_s=5.0, gpu_ids=[],
+                        handoff_start_timeout_s=20), **job)
+        return WorkerRunner(node="pod", log_dir=str(tmp_path / "logs"), namespace="t", job=job)
+
+    yield d, launch, run
+    for p in launchers:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+
+
+def _ended(r, timeout_s=20.0):
+    assert r._done.wait(timeout_s), r.status()
+    return r.status(), r.read_log().decode()
+
+
+def test_launcher_runs_the_job_with_exactly_its_env(host_pod):
+    _, launch, run = host_pod
+    launch()
+    st, log = _ended(run(["env"], env={"FOO": "a b"}))
+    assert st["exit_code"] == 0, log
+    seen = dict(line.split("=", 1) for line in log.splitlines())
+    assert seen["FOO"] == "a b" and "ray-token-c0ffee" not in log and "PWD" not in seen
+    st, log = _ended(run(["true"], attempt=2))  # a second attempt in this pod
+    assert st["exit_code"] == 125 and "already ran an attempt" in st["message"]
+
+
+def test_launcher_stops_the_job_with_its_notice(host_pod):
+    d, launch, run = host_pod
+    launch()
+    script = ('trap \'cat "$BROKER_NOTICE_FILE" > notice-seen; echo got-term; exit 7\' TERM; '
+              'echo ready; while :; do sleep 0.1; done')
+    r = run(["sh", "-c", script])
+    deadline = time.monotonic() + 20
+    while b"ready" not in r.read_log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert r.status()["state"] == "running"
+    r.stop(5.0, "cancelled by its owner", "cancelled")
+    st, log = _ended(r, 10.0)
+    assert st["exit_code"] == 7 and "got-term" in log, log
+    assert json.loads((d.parent / "notice-seen").read_text())["reason"] == "cancelled"
+
+
+def test_launcher_exit_code_and_no_second_run_after_a_relaunch(host_pod):
+    d, launch, run = host_pod
+    first = launch()
+    st, log = _ended(run(["sh", "-c", "echo ran >> runs; echo out; echo err >&2; exit 3"]))
+    assert st["exit_code"] == 3 and "out\n" in log and "err\n" in log
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    launch()
+    out = d.parent / "launcher-1.out"
+    deadline = time.monotonic() + 10
+    while b"already started" not in out.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert b"already started" in out.read_bytes()
+    time.sleep(0.5)
+    assert (d.parent / "runs").read_text() == "ran\n" and not (d / "lost").exists()
