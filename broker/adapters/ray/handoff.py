@@ -54,6 +54,7 @@ EXIT_INVALID = 255  # the launcher's exit record was not a number (the tenant's 
 POLL_S = 0.1
 KILL_WAIT_S = 15.0  # after `kill`: how long the launcher has to confirm the end
 _CHUNK = 64 * 1024
+_COPY_MAX = 8 << 20  # bytes copied per look at out.log, so the end and a stop are still noticed
 _EXIT_RE = re.compile(rb"\A([0-9]{1,3})\n?\Z")
 
 
@@ -320,9 +321,9 @@ class PodProcess:
                     self.started_at = time.time()
                     self._started.set()
                 status = self._check(self.handoff.exit_status)
-                self._copy_log()
+                self._copy_log(_COPY_MAX)
                 if status:
-                    self._copy_log()  # what it wrote before the end was recorded
+                    self._copy_log(self._log_left())  # what it wrote before the end was recorded
                     self._end(*status)
                     break
                 time.sleep(POLL_S)
@@ -341,8 +342,19 @@ class PodProcess:
         except (OSError, ValueError):
             return None
 
-    def _copy_log(self) -> None:
-        """Copy what `out.log` has gained since the last look (nothing once refused)."""
+    def _log_left(self) -> int:
+        """Bytes of out.log not copied yet, as of now: the last copy stops there even if
+        something still writes (the launcher ran the tenant's shell)."""
+        if self._log_fd is None:
+            return _COPY_MAX
+        try:
+            return max(0, os.fstat(self._log_fd).st_size - os.lseek(self._log_fd, 0, os.SEEK_CUR))
+        except OSError:
+            return 0
+
+    def _copy_log(self, limit: int) -> None:
+        """Copy what `out.log` has gained since the last look, at most `limit` bytes
+        (nothing once refused)."""
         if self._log_fd is None and not self._log_refused:
             try:
                 self._log_fd = self.handoff.open_log()
@@ -352,13 +364,14 @@ class PodProcess:
         if self._log_fd is None:
             return
         masker = getattr(self.pump, "masker", None)
-        while True:
+        while limit > 0:
             try:
-                data = os.read(self._log_fd, _CHUNK)
+                data = os.read(self._log_fd, min(_CHUNK, limit))
             except OSError:
                 return
             if not data:
                 return
+            limit -= len(data)
             self.pump.feed(masker.feed(data) if masker is not None else data)
 
 

@@ -19,10 +19,15 @@ CPUs before it starts. The runner
   period (podman stop -t), on request and when max_runtime is exceeded;
 - gives a checkpointable job its checkpoint directory (`BROKER_CHECKPOINT_DIR`), which
   survives attempts: the broker names it per job, the runner creates and mounts it.
+- in an image pod on Kubernetes (`BROKER_HANDOFF_DIR` set: no podman there) hands a
+  container job to the pod's `job` container instead (`handoff`: the job's argv and env as a
+  quoted run script, stop and kill as files, one attempt per pod in its life) and follows it
+  like a process; see docs/SECURITY.md, "the in-pod path".
 
 Why this module imports only the standard library, `ray` and `broker.jobenv` (itself stdlib
 only): the executor ships this class and jobenv's functions to the Ray workers *by value*
-(cloudpickle), so Ray nodes (a KubeRay pod, a GPU server) need Ray but not the broker package.
+(cloudpickle), so Ray nodes (a KubeRay pod, a GPU server) need Ray but not the broker package
+(`sandbox`, `netpool` and `handoff` beside it travel the same way, on the same terms).
 Keep it that way; status comes back as plain dicts.
 
 Invariants: the process is started at most once per runner; after `ended_at` is set the
