@@ -303,3 +303,13 @@ def test_launcher_exit_code_and_no_second_run_after_a_relaunch(host_pod):
     assert b"already started" in out.read_bytes()
     time.sleep(0.5)
     assert (d.parent / "runs").read_text() == "ran\n" and not (d / "lost").exists()
+
+
+def test_handoff_imports_only_the_standard_library_and_jobenv():
+    """It travels to Ray nodes by value: a node has Ray, not the broker package."""
+    import ast
+
+    tree = ast.parse(Path(handoff.__file__).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert {n for n in names if n.split(".")[0] not in sys.stdlib_module_names} == {"broker.jobenv"}
