@@ -44,7 +44,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from broker import jobenv
 from broker.adapters.ray import runner as ray_runner
-from broker.adapters.ray import netpool, sandbox
+from broker.adapters.ray import handoff, netpool, sandbox
 from broker.adapters.ray.runner import (NAME_RE, PG_NAME_RE, WorkerRunner, actor_name,
                                         log_path, log_state_path, pg_name)
 from broker.adapters.ray.warm import WarmPool, del_names, get_names, put_names
@@ -64,6 +64,7 @@ cloudpickle.register_pickle_by_value(ray_runner)
 cloudpickle.register_pickle_by_value(jobenv)
 cloudpickle.register_pickle_by_value(sandbox)
 cloudpickle.register_pickle_by_value(netpool)
+cloudpickle.register_pickle_by_value(handoff)
 
 
 class ExecutorError(RuntimeError):

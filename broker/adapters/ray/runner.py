@@ -19,10 +19,15 @@ CPUs before it starts. The runner
   period (podman stop -t), on request and when max_runtime is exceeded;
 - gives a checkpointable job its checkpoint directory (`BROKER_CHECKPOINT_DIR`), which
   survives attempts: the broker names it per job, the runner creates and mounts it.
+- in an image pod on Kubernetes (`BROKER_HANDOFF_DIR` set: no podman there) hands a
+  container job to the pod's `job` container instead (`handoff`: the job's argv and env as a
+  quoted run script, stop and kill as files, one attempt per pod in its life) and follows it
+  like a process; see docs/SECURITY.md, "the in-pod path".
 
 Why this module imports only the standard library, `ray` and `broker.jobenv` (itself stdlib
 only): the executor ships this class and jobenv's functions to the Ray workers *by value*
-(cloudpickle), so Ray nodes (a KubeRay pod, a GPU server) need Ray but not the broker package.
+(cloudpickle), so Ray nodes (a KubeRay pod, a GPU server) need Ray but not the broker package
+(`sandbox`, `netpool` and `handoff` beside it travel the same way, on the same terms).
 Keep it that way; status comes back as plain dicts.
 
 Invariants: the process is started at most once per runner; after `ended_at` is set the
@@ -47,7 +52,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import ray
 
-from broker.adapters.ray import netpool, sandbox
+from broker.adapters.ray import handoff, netpool, sandbox
 from broker.jobenv import env_file, process_env
 
 NAME_RE = re.compile(r"^job-(?P<job>.+)-a(?P<attempt>\d+)-r(?P<rank>\d+)$")
@@ -420,6 +425,11 @@ class WorkerRunner:
         self._pump_thread: threading.Thread | None = None
         self._notice_ok = False
         self._lease = None
+        # the ray-worker container of an image pod (Kubernetes): container jobs are handed to
+        # the pod's job container (`handoff`), never started here
+        self.handoff_dir = os.environ.get(handoff.HANDOFF_ENV, "")
+        self._pod: handoff.Handoff | None = None
+        self.in_pod = False
         if job is not None:
             self.adopt(job)
         elif isolation and netpool.NetPool.available():  # a warm spare: the node's pool, ready before
@@ -460,7 +470,11 @@ class WorkerRunner:
         self.memory_gb, self.cpus = float(job.get("memory_gb") or 0), float(job.get("cpus") or 0)
         self.read_only = bool(job.get("read_only_root", True))
         self.isolation = bool(job.get("isolation", self.isolation))  # the executor's, at launch
-        net, gang = sandbox.network_for(isolated=self.isolation and self.runtime == "container",
+        # in an image pod the pod is the sandbox: the job shares the pod's network, no podman
+        self.in_pod = self.runtime == "container" and bool(self.handoff_dir)
+        self.handoff_start_timeout_s = float(job.get("handoff_start_timeout_s") or 60.0)
+        net, gang = sandbox.network_for(isolated=self.isolation and self.runtime == "container"
+                                        and not self.in_pod,
                                         world_size=self.world_size, gang_local=bool(job.get("gang_local", True)),
                                         no_egress=bool(job.get("no_egress")), default=self.network)
         self._no_egress = bool(job.get("no_egress"))
@@ -552,38 +566,32 @@ class WorkerRunner:
         try:
             self._wait_placed()
             addr, port = self._master()
+            if self.handoff_dir and self.runtime != "container":
+                raise RuntimeError(f"runtime {self.runtime!r} is not run in an image pod: it would run "
+                                   "beside the Ray token in the ray-worker container")
+            if self.in_pod:
+                self._claim_pod()  # before the log: a refused second attempt leaves the log alone
             self._pump = LogPump(self.log_file, self.log_max_bytes, opener=self.log_opener)
             self._pump.open()  # a refused log file (full disk) ends the logging, not the start
-            try:
-                self.notice_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-                self._notice_ok = True
-            except OSError:  # the same disk: the job runs without a notice file
-                pass
-            if self.runtime == "process":
-                check_service_port(self.user_env, self.node)
-            if self.checkpoint_dir:
-                Path(self.checkpoint_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-            extra = self._prepare_storage()
-            env = worker_env(job_id=self.job_id, attempt=self.attempt, rank=self.rank,
-                             world_size=self.world_size, master_addr=addr, master_port=port,
-                             gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
-                             user_env=self.user_env,
-                             notice_file=str(Path(self._inside(str(self.notice_dir), NOTICE_DIR_IN_CONTAINER))
-                                             / NOTICE_NAME) if self._notice_ok else "",
-                             checkpoint_dir=self._inside(self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER),
-                             extra=extra)
+            if self.in_pod:
+                env = self._pod_env(addr, port)
+            else:
+                env = self._host_env(addr, port)
             with self._lock:
                 cancelled = self._stop_requested
                 if cancelled:  # cancelled before it ever ran
                     self._finish_locked(128 + signal.SIGTERM)
                 else:
                     self._proc = self._spawn(env)
-                    self._record_pid(self._proc.pid)
-                    self.started_at, self.state = time.time(), RUNNING
+                    if not self.in_pod:  # a pod's job runs once its launcher says so (below)
+                        self._record_pid(self._proc.pid)
+                        self.started_at, self.state = time.time(), RUNNING
             if cancelled:
                 self._cleanup()
                 self._remove_network()
                 return
+            if self.in_pod:
+                self._pod_started()
         except Exception as exc:  # noqa: BLE001 - anything that stops the start is the job's end
             if self._pump is not None and self._proc is None:
                 self._pump.close()  # no process will feed it: release the file
@@ -604,12 +612,71 @@ class WorkerRunner:
         self._cleanup()
         with self._lock:
             code = _exit_code(rc)
-            if self.runtime == "container":
+            if self.runtime == "container" and not self.in_pod:
                 oom = sandbox.oom_message(code, self.memory_gb, self._stop_requested)
                 if oom:
                     self.message = oom
+            pod_message = getattr(self._proc, "message", "") if self.in_pod else ""
+            if pod_message:
+                self.message = f"{self.message}; {pod_message}"[:500] if self.message else pod_message
             self._finish_locked(code)
         self._remove_network()
+
+    def _host_env(self, addr: str, port: int) -> dict[str, str]:
+        """A podman or process job's variables, with its notice, checkpoint and storage paths
+        as it sees them (after preparing those directories on this node)."""
+        try:
+            self.notice_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+            self._notice_ok = True
+        except OSError:  # the same disk: the job runs without a notice file
+            pass
+        if self.runtime == "process":
+            check_service_port(self.user_env, self.node)
+        if self.checkpoint_dir:
+            Path(self.checkpoint_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        extra = self._prepare_storage()
+        return worker_env(job_id=self.job_id, attempt=self.attempt, rank=self.rank,
+                          world_size=self.world_size, master_addr=addr, master_port=port,
+                          gpu_ids=self.gpu_ids, real_gpus=self.real_gpus,
+                          user_env=self.user_env,
+                          notice_file=str(Path(self._inside(str(self.notice_dir), NOTICE_DIR_IN_CONTAINER))
+                                          / NOTICE_NAME) if self._notice_ok else "",
+                          checkpoint_dir=self._inside(self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER),
+                          extra=extra)
+
+    # --- image pods (Kubernetes): the job runs in the pod's other container -------------
+
+    def _claim_pod(self) -> None:
+        """Take this pod for this worker, once in the pod's life (`handoff.Handoff.claim`).
+        Secrets and dataset mounts cannot reach the job container from here (no tmpfs or bind
+        mount across containers): such a job is refused rather than run without them."""
+        if self.secrets or self.data_mounts:
+            raise RuntimeError("secrets and dataset mounts are not delivered to image pods yet")
+        self._pod = handoff.Handoff(self.handoff_dir)
+        private = Path(self.log_dir) / f".pod-claim-{socket.gethostname()}"
+        private.parent.mkdir(parents=True, exist_ok=True)
+        self._pod.claim(private, f"{self.job_id} {self.attempt} {self.rank}")
+        self._notice_ok = True
+
+    def _pod_env(self, addr: str, port: int) -> dict[str, str]:
+        """The job's variables in a pod: the same as in a container (its env, then ours), the
+        notice in the handoff directory, no checkpoint or storage paths (the runner's
+        directories are not in the job container), the pod's GPUs numbered from 0 (the device
+        plugin gives the job container only its own), and nothing of this process's
+        environment (`run_script` ends in `env -i`)."""
+        env = worker_env(job_id=self.job_id, attempt=self.attempt, rank=self.rank,
+                         world_size=self.world_size, master_addr=addr, master_port=port,
+                         gpu_ids=self.gpu_ids, real_gpus=True, user_env=self.user_env,
+                         notice_file=self._pod.notice_path())
+        return handoff.pod_env(env)
+
+    def _pod_started(self) -> None:
+        """RUNNING once the launcher started the job (`started`); raises when it does not."""
+        proc = self._proc
+        proc.wait_started(self.handoff_start_timeout_s)
+        with self._lock:
+            if proc.started_at is not None and self.ended_at is None:
+                self.started_at, self.state = proc.started_at, RUNNING
 
     def _notify(self, reason: str, message: str, grace_s: float) -> None:
         """Write the notice before the signal: a job that traps SIGTERM reads why and until
@@ -619,14 +686,17 @@ class WorkerRunner:
                   "attempt": self.attempt, "rank": self.rank,
                   "checkpoint_dir": self._inside(self.checkpoint_dir, CHECKPOINT_DIR_IN_CONTAINER) or None}
         try:
-            write_notice(self.notice_dir, notice)
+            if self._pod is not None:
+                self._pod.write_notice(notice)
+            else:
+                write_notice(self.notice_dir, notice)
         except OSError as e:
             with self._lock:
                 self.message = f"{self.message} (notice not written: {e})"[:500]
 
     def _inside(self, host_path: str, container_path: str) -> str:
         """A host directory as the worker sees it ("" when there is none)."""
-        if not host_path:
+        if not host_path or self.in_pod:  # the runner's directories are not in the pod's job container
             return ""
         return container_path if self.runtime == "container" else host_path
 
@@ -677,6 +747,11 @@ class WorkerRunner:
                 start_new_session=True, close_fds=True))
         if self.runtime != "container":
             raise ValueError(f"unknown runtime {self.runtime!r}")
+        if self.in_pod:  # hand it to the pod's job container; the launcher starts it
+            self._pod.submit(self.command, env)
+            proc = handoff.PodProcess(self._pod, self._pump or LogPump(self.log_file, self.log_max_bytes))
+            self._pump_thread = proc.thread
+            return proc
         payload = env_file(env)  # refuses a value that would break the file's lines
         rfd, wfd = os.pipe()
         try:
@@ -797,6 +872,9 @@ class WorkerRunner:
             self._gone.set()
 
     def _terminate(self, proc: subprocess.Popen, grace_s: float) -> None:
+        if isinstance(proc, handoff.PodProcess):  # no signal reaches the other container: files
+            proc.stop(grace_s)
+            return
         if self.runtime == "container":
             name = container_name(self.job_id, self.attempt, self.rank)
             t = max(0, int(round(grace_s)))
