@@ -360,22 +360,64 @@ def test_agent_args_parse_and_present_the_projected_token():
 
 def test_ray_workers_name_their_node_and_carry_their_pool():
     from broker.adapters.ray.executor import NODE_LABEL, POOL_LABEL
+    from broker.ports import HOST_LABEL, IMAGE_LABEL
 
     rc = one(rendered("base"), "RayCluster", "compute-broker-ray")
     assert rc["spec"]["enableInTreeAutoscaling"] is False  # the broker scales the groups
     assert rc["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    pools = set()
+    pools, images = set(), set()
     for g in rc["spec"]["workerGroupSpecs"]:
         labels = dict(kv.split("=", 1) for kv in g["rayStartParams"]["labels"].split(","))
         tpl = g["template"]["spec"]
-        (c,) = tpl["containers"]
-        assert labels[NODE_LABEL] == "$(K8S_NODE_NAME)"
-        assert {"name": "K8S_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in c["env"]
+        c = next(c for c in tpl["containers"] if c["name"] == "ray-worker")
+        env = c["env"]
+        assert {"name": "K8S_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} in env
+        if IMAGE_LABEL in labels:  # a pod per job worker: the pod is the broker's node, on its Kubernetes node
+            assert labels[NODE_LABEL] == "$(POD_NAME)" and labels[HOST_LABEL] == "$(K8S_NODE_NAME)"
+            assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in env
+            images.add(labels[IMAGE_LABEL])
+        else:
+            assert labels[NODE_LABEL] == "$(K8S_NODE_NAME)"
         assert labels[POOL_LABEL] == tpl["nodeSelector"]["compute-broker/pool"]
-        assert int(g["rayStartParams"]["num-gpus"]) == c["resources"]["limits"]["nvidia.com/gpu"]
+        gpus = sum(int(k["resources"]["limits"].get("nvidia.com/gpu", 0)) for k in tpl["containers"])
+        assert int(g["rayStartParams"]["num-gpus"]) == gpus
         assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
         pools.add(labels[POOL_LABEL])
-    assert pools == {"operation", "innovation"}
+    assert pools == {"operation", "innovation"} and images == {"example"}
+
+
+def test_an_approved_image_runs_as_its_own_container_beside_the_ray_worker():
+    """The pod per approved image: the tenant's image is the `job` container with the GPU, no
+    Ray token, no environment of ours, no service-account token; it runs the launcher from the
+    broker-launcher ConfigMap and shares only the handoff volume with the runner; the broker's
+    settings name the same image under the same key."""
+    import os
+    from unittest import mock
+
+    from broker.ports import IMAGE_LABEL
+    from broker.settings import Settings
+
+    docs = rendered("base")
+    rc = one(docs, "RayCluster", "compute-broker-ray")
+    (g,) = [g for g in rc["spec"]["workerGroupSpecs"] if IMAGE_LABEL in g["rayStartParams"]["labels"]]
+    spec = g["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False
+    ray, job = (next(c for c in spec["containers"] if c["name"] == n) for n in ("ray-worker", "job"))
+    assert "env" not in job and "envFrom" not in job  # nothing of ours, the Ray token least of all
+    assert "nvidia.com/gpu" in job["resources"]["limits"] and "nvidia.com/gpu" not in ray["resources"]["limits"]
+    assert job["securityContext"]["runAsUser"] != spec["securityContext"]["runAsUser"]  # not the runner's uid
+    mounts = {m["name"]: m["mountPath"] for m in job["volumeMounts"]}
+    handoff = {e["name"]: e.get("value") for e in ray["env"]}["BROKER_HANDOFF_DIR"]
+    assert mounts["handoff"] == handoff == {m["name"]: m["mountPath"] for m in ray["volumeMounts"]}["handoff"]
+    assert job["command"] == ["/bin/sh", f"{mounts['launcher']}/launch.sh"]
+    (vol,) = [v for v in spec["volumes"] if v["name"] == "launcher"]
+    launcher = one(docs, "ConfigMap", vol["configMap"]["name"])
+    assert launcher["data"]["launch.sh"] == (ROOT / "k8s/base/launch.sh").read_text()
+    data = one(docs, "ConfigMap", "broker-settings")["data"]
+    with mock.patch.dict(os.environ, data, clear=False):
+        s = Settings()
+    key = dict(kv.split("=", 1) for kv in g["rayStartParams"]["labels"].split(","))[IMAGE_LABEL]
+    assert s.k8s_images[key] == job["image"]
 
 
 def test_ray_pods_and_the_broker_share_one_token_and_ray_admits_only_them():
@@ -388,6 +430,9 @@ def test_ray_pods_and_the_broker_share_one_token_and_ray_admits_only_them():
     secrets = set()
     for c in containers:
         env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+        if c["name"] == "job":  # a tenant's approved image beside a Ray worker: never the token
+            assert "RAY_AUTH_TOKEN" not in env and not c.get("envFrom")
+            continue
         assert env.get("RAY_AUTH_MODE") == "token", c["name"]
         ref = env["RAY_AUTH_TOKEN"]["secretKeyRef"]
         secrets.add((ref["name"], ref["key"]))
