@@ -21,7 +21,7 @@ import pytest
 from broker.adapters.ray.executor import NODE_LABEL, POOL_LABEL
 from broker.adapters.ray.handoff import HANDOFF_ENV
 from broker.ports import IMAGE_LABEL, SPENT_REASON
-from tests.integration.conftest import NODE_POOLS, wait_for
+from tests.integration.conftest import NAMESPACE, NODE_POOLS, wait_for
 from tests.integration.test_e2e_ray import (  # noqa: F401  (broker_settings: a fixture)
     TERMINAL, _release_all, broker_settings, job, running_broker, wait_status,
 )
@@ -51,6 +51,17 @@ def image_pod(ray_cluster, tmp_path, busybox_image):
         _release_all(ray_cluster)
         ray_cluster.remove_node(node)
         pod.remove()
+        wait_for(lambda: not _alive(ray_cluster, POD_NODE), 90, interval_s=0.5)  # the next tests see 3 nodes
+
+
+def _alive(ray_cluster, node: str) -> bool:
+    from broker.adapters.ray.executor import RayExecutor
+
+    ex = RayExecutor(ray_cluster.address, namespace=NAMESPACE)
+    try:
+        return any(n.id == node and n.alive for n in ex.nodes())
+    finally:
+        ex.shutdown()
 
 
 @pytest.fixture
