@@ -71,8 +71,16 @@ if [ -e "$C/stop" ] || [ -e "$C/kill" ]; then # stopped before it started
     idle
 fi
 
-# The job: run.sh ends in `exec env -i -- NAME=value... command args...`, so its environment
-# is exactly what the runner wrote, nothing of ours or of this container's.
+# The job: run.sh ends in `exec env -- NAME=value... command args...`: its environment is this
+# container's own (the image's ENV, as podman gives a container) with the runner's variables for
+# the job over it, less what Kubernetes adds to every container (the API server's address,
+# KUBERNETES_*). Nothing of the broker's is here to inherit: the runner is the other container.
+kubernetes_names() {
+    env | while IFS= read -r line; do
+        case $line in KUBERNETES_*=*) printf '%s\n' "${line%%=*}" ;; esac
+    done
+}
+for name in $(kubernetes_names); do unset "$name" 2>/dev/null; done
 if command -v setsid >/dev/null 2>&1; then
     setsid /bin/sh "$C/run.sh" >>"$H/out.log" 2>&1 </dev/null &
 else

@@ -26,6 +26,10 @@ pytestmark = [pytest.mark.container, pytest.mark.timeout(120)]
 
 LAUNCHER = Path(__file__).resolve().parents[2] / "k8s" / "base" / "launch.sh"
 JOB_UID = FS_GROUP = 20001
+# the job container's own environment besides the image's: an ENV of the image, and what
+# Kubernetes adds to every container (the launcher drops the latter)
+CONTAINER_ENV = {"MODEL_HOME": "/opt/model", "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+                 "KUBERNETES_PORT_443_TCP_ADDR": "10.96.0.1"}
 HANDOFF_IN_POD = "/broker/handoff"
 
 
@@ -43,6 +47,7 @@ class Pod:
 
     def start(self) -> None:
         argv = ["podman", "run", "-d", "--name", self.name, "--user", f"{JOB_UID}:{FS_GROUP}",
+                *(f"--env={k}={v}" for k, v in CONTAINER_ENV.items()),
                 "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
                 "-v", f"{self.dir}:{HANDOFF_IN_POD}:rw", "-v", f"{LAUNCHER}:/broker/launch/launch.sh:ro",
                 self.image, "/bin/sh", "/broker/launch/launch.sh"]
@@ -113,10 +118,14 @@ def test_the_job_sees_its_env_and_nothing_of_the_runners(pod):
     seen = dict(line.split("=", 1) for line in log.splitlines())
     assert seen["FOO"] == "bar baz" and seen["QUOTE"] == "it's $(x) `y`"
     assert "ray-token-c0ffee" not in log and not any(k.startswith("RAY_") for k in seen)
-    given = {"FOO", "QUOTE", "PATH", "CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "RANK", "LOCAL_RANK",
+    given = {"FOO", "QUOTE", "CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "RANK", "LOCAL_RANK",
              "MASTER_ADDR", "MASTER_PORT", "BROKER_JOB_ID", "BROKER_ATTEMPT", "BROKER_GPU_IDS",
              "BROKER_NOTICE_FILE"}
-    assert set(seen) == given  # not the container's own (HOSTNAME, HOME, container...) either
+    assert given <= set(seen)
+    # the rest is the job container's own, as podman gives any container: its image's ENV (here
+    # MODEL_HOME, as a CUDA image's LD_LIBRARY_PATH), HOME, HOSTNAME...; not what Kubernetes adds
+    assert seen["MODEL_HOME"] == "/opt/model" and not [k for k in seen if k.startswith("KUBERNETES_")]
+    assert set(seen) - given <= {"MODEL_HOME", "PATH", "HOME", "HOSTNAME", "TERM", "container", "SHLVL", "PWD"}
     # the runner's path: a real pod mounts the directory at the same path in both containers
     assert seen["BROKER_NOTICE_FILE"] == str(pod.dir / "ctl" / "notice.json")
 

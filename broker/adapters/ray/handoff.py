@@ -11,7 +11,8 @@ module is the other end:
   filesystem (O_EXCL; the tenant cannot reach it, so cannot undo it) and a `ctl/` directory in
   the shared one that only the runner may write (mkdir: taken once);
 - `submit`: `ctl/run.sh`, the job's argv and environment with every word single-quoted, ending
-  in `exec env -i -- NAME=value... argv...`: the job's environment is exactly what the runner
+  in `exec env -- NAME=value... argv...`: the job's environment is its container's own (the
+  image's ENV, less Kubernetes' KUBERNETES_*) with what the runner
   gave, never the runner's own (no RAY_*, no token), renamed into place;
 - `PodProcess`: a Popen-like view of the job (`wait`, `poll`, `stop`) that follows the files
   the launcher writes (`started`, `exit`, `out.log`) and copies `out.log` into the runner's
@@ -43,7 +44,6 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from broker.jobenv import SAFE_PATH
 
 HANDOFF_ENV = "BROKER_HANDOFF_DIR"  # set in the ray-worker container of an image pod only
 CTL = "ctl"  # the runner's directory inside the handoff directory (the job may read it)
@@ -70,17 +70,20 @@ def quote(word: str) -> str:
 
 
 def run_script(argv: Sequence[str], env: Mapping[str, str]) -> str:
-    """The launcher's `run.sh`: `exec env -i -- NAME=value... argv...`, every word quoted.
+    """The launcher's `run.sh`: `exec env -- NAME=value... argv...`, every word quoted.
 
-    `env -i` starts from nothing, so the job sees exactly `env`; `--` ends env's options (a
-    name may start with '-'). Raises ValueError for what the script cannot say: an empty
-    command, NUL anywhere, a name that is empty or holds '=', and a command whose first word
-    holds '=' (env would take it for a variable)."""
+    The job's environment is the job container's own (its image's ENV, as podman gives a
+    container; the launcher drops what Kubernetes adds, KUBERNETES_*) with `env` over it: a
+    CUDA image keeps its LD_LIBRARY_PATH and NVIDIA_* settings. Nothing of the runner's reaches
+    it: the runner lives in the pod's other container. `--` ends env's options (a name may start
+    with '-'). Raises ValueError for what the script cannot say: an empty command, NUL anywhere,
+    a name that is empty or holds '=', and a command whose first word holds '=' (env would take
+    it for a variable)."""
     if not argv or not argv[0]:
         raise ValueError("the job has no command")
     if "=" in argv[0]:
         raise ValueError("the command's first word contains '=': it cannot be run through env(1)")
-    words = ["exec", "env", "-i", "--"]
+    words = ["exec", "env", "--"]
     for name, value in env.items():
         if not name or "=" in name or "\x00" in name or "\x00" in value:
             raise ValueError(f"env name {name[:64]!r} or its value cannot be passed to the job")
@@ -94,11 +97,9 @@ def run_script(argv: Sequence[str], env: Mapping[str, str]) -> str:
 
 
 def pod_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The job's environment in a pod: `env -i` drops the image's own PATH, so a job that sets
-    none gets the usual one (the image's other ENV settings are not inherited either)."""
-    out = dict(env)
-    out.setdefault("PATH", SAFE_PATH)
-    return out
+    """The job's variables in a pod, over the job container's own environment (its image's
+    PATH too: a job that sets none keeps the image's, as in a podman container)."""
+    return dict(env)
 
 
 def read_small(dir_fd: int, name: str, limit: int = SMALL_MAX) -> bytes | None:

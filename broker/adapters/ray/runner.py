@@ -662,8 +662,8 @@ class WorkerRunner:
         """The job's variables in a pod: the same as in a container (its env, then ours), the
         notice in the handoff directory, no checkpoint or storage paths (the runner's
         directories are not in the job container), the pod's GPUs numbered from 0 (the device
-        plugin gives the job container only its own), and nothing of this process's
-        environment (`run_script` ends in `env -i`)."""
+        plugin gives the job container only its own), over the job container's own environment
+        (its image's ENV), never this process's (the runner is the pod's other container)."""
         env = worker_env(job_id=self.job_id, attempt=self.attempt, rank=self.rank,
                          world_size=self.world_size, master_addr=addr, master_port=port,
                          gpu_ids=self.gpu_ids, real_gpus=True, user_env=self.user_env,

@@ -53,12 +53,16 @@ def test_run_script_passes_every_word_literally(tmp_path, shell, case):
     env = {"LC_ALL": "C.UTF-8", "V": value, "-dash": value, "X_" + "Y": "1"}
     script = tmp_path / "run.sh"
     script.write_text(run_script([sys.executable, "-c", _PRINT, value, "second", value], env))
+    # the caller is the launcher: its environment is the job container's own (the image's ENV)
+    container = {"IMAGE_HOME": "/opt/model", "V": "the image's", "PATH": os.environ["PATH"]}
     r = subprocess.run([*shell, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=30,
-                       env={"RUNNER_SECRET": "s3cret", "PATH": os.environ["PATH"]})
+                       env=container)
     assert r.returncode == 0, r.stderr
     argv, seen = json.loads(r.stdout)
     assert argv == [value, "second", value]
-    assert seen == env  # exactly what was given: not the shell's, not the caller's (RUNNER_SECRET)
+    for shell_own in ("PWD", "SHLVL"):  # what bash and busybox sh export themselves
+        seen.pop(shell_own, None)
+    assert seen == {**container, **env}  # the image's ENV under the job's variables, literally
     assert not (tmp_path / "PWNED").exists()
 
 
@@ -219,6 +223,10 @@ def test_the_runners_files_get_the_directorys_group_without_setgid(tmp_path, sha
 # --- launch.sh on this host's shells (no container: not PID 1, so no container-wide kill) ----
 
 LAUNCH_SHELLS = [s for s in (["dash"], ["busybox", "sh"]) if shutil.which(s[0])]
+# the job container's own environment: its image's ENV and what Kubernetes adds to every container
+JOB_CONTAINER_ENV = {"PATH": os.environ["PATH"], "MODEL_HOME": "/opt/model", "LD_LIBRARY_PATH": "/usr/local/cuda/lib64",
+                     "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+                     "KUBERNETES_PORT_443_TCP_ADDR": "10.96.0.1"}
 
 
 @pytest.fixture(params=LAUNCH_SHELLS, ids=lambda s: s[0])
@@ -237,7 +245,8 @@ def host_pod(request, tmp_path, monkeypatch):
         """Start a launcher; what it prints goes to `launcher-<n>.out` beside the directory."""
         with open(tmp_path / f"launcher-{len(launchers)}.out", "wb") as out:
             p = subprocess.Popen([*request.param, str(LAUNCHER), str(d)], stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+                                 stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
+                                 env=JOB_CONTAINER_ENV)
         launchers.append(p)
         return p
 
@@ -261,13 +270,16 @@ def _ended(r, timeout_s=20.0):
     return r.status(), r.read_log().decode()
 
 
-def test_launcher_runs_the_job_with_exactly_its_env(host_pod):
+def test_launcher_runs_the_job_with_its_image_env_and_its_own(host_pod):
     _, launch, run = host_pod
     launch()
     st, log = _ended(run(["env"], env={"FOO": "a b"}))
     assert st["exit_code"] == 0, log
     seen = dict(line.split("=", 1) for line in log.splitlines())
-    assert seen["FOO"] == "a b" and "ray-token-c0ffee" not in log and "PWD" not in seen
+    assert seen["FOO"] == "a b" and "ray-token-c0ffee" not in log  # the runner's environment: never
+    # the image's ENV is kept (a CUDA image's libraries), what Kubernetes adds is not
+    assert seen["MODEL_HOME"] == "/opt/model" and seen["LD_LIBRARY_PATH"] == "/usr/local/cuda/lib64"
+    assert not [k for k in seen if k.startswith("KUBERNETES_")]
     st, log = _ended(run(["true"], attempt=2))  # a second attempt in this pod
     assert st["exit_code"] == 125 and "already ran an attempt" in st["message"]
 
@@ -312,4 +324,4 @@ def test_handoff_imports_only_the_standard_library_and_jobenv():
     tree = ast.parse(Path(handoff.__file__).read_text())
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert {n for n in names if n.split(".")[0] not in sys.stdlib_module_names} == {"broker.jobenv"}
+    assert {n for n in names if n.split(".")[0] not in sys.stdlib_module_names} <= {"broker.jobenv"}
