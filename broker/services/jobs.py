@@ -115,7 +115,9 @@ class JobService:
         if spec.runtime == "process":
             checks.require_process_runtime(self.engine, spec.project,
                                            deployment_allows=self.settings.allow_process_runtime)
-        elif not self.settings.container_runtime_available and spec.image not in self.settings.k8s_images.values():
+        elif spec.image in self.settings.k8s_images.values():
+            checks.fits_image_pods(spec)
+        elif not self.settings.container_runtime_available:
             raise checks.no_container_runtime(sorted(self.settings.k8s_images.values()))
         if spec.secrets:
             self._check_secrets(spec)

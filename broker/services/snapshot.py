@@ -76,17 +76,20 @@ def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, p
            now: float | None = None, images: Mapping[str, str] | None = None) -> Job:
     """`images`: approved image reference -> its key: a container job of such an image runs
     only on the nodes dedicated to it (`Node.image`), any other job only on general nodes."""
+    image = images.get(row.image, "") if images and row.runtime == "container" else ""
     return Job(
         id=row.id, project=row.project_id, workload_class=WorkloadClass(row.workload_class),
         priority=row.priority, submit_time=row.submit_time, workers=row.workers,
         per_worker=Resources(row.gpus, row.cpus, row.memory_gb), gpu_models=tuple(row.gpu_models or ()),
-        pool=row.pool, max_runtime_s=replica_horizon(row, now), checkpointable=bool(row.checkpointable),
+        pool=row.pool, max_runtime_s=replica_horizon(row, now),
+        # a pod per image has no checkpoint directory (yet): a preemption there loses everything
+        checkpointable=bool(row.checkpointable) and not image,
         nodes=data_nodes(row.mounts, pool_nodes or {}) if getattr(row, "mounts", None) else frozenset(),
         preemptions=preemptions, preemptible=getattr(row, "preemptible", True) is not False,
         # an operation service's min replicas (the only rows marked not preemptible) never wait for budget
         budget_exempt=getattr(row, "preemptible", True) is False and row.workload_class == WorkloadClass.OPERATION.value,
         service=getattr(row, "service_id", None) is not None,
-        image=images.get(row.image, "") if images and row.runtime == "container" else "",
+        image=image,
     )
 
 

@@ -127,6 +127,17 @@ def no_container_runtime(approved: Sequence[str] = ()) -> Invalid:
                    "runtime 'process' where your project is allowed to", code="CONTAINER_RUNTIME_UNAVAILABLE")
 
 
+def fits_image_pods(spec) -> None:
+    """A job of an approved image runs in pods of that image (docs/KUBERNETES.md): nothing
+    brings project secrets or dataset mounts into a pod's job container yet, so such a job is
+    refused here rather than failed at its start."""
+    missing = [what for what, on in (("secrets", spec.secrets), ("mounts", spec.mounts)) if on]
+    if missing:
+        raise Invalid(f"image {spec.image} runs in Kubernetes pods of its own, which cannot take {' or '.join(missing)} "
+                      "yet; submit without them, or use an image that runs under podman", code="NOT_SUPPORTED_IN_IMAGE_PODS",
+                      details={"image": spec.image, "unsupported": missing})
+
+
 def require_process_runtime(engine: Engine, project: str, *, deployment_allows: bool) -> None:
     """Refuse a `runtime: process` job unless this deployment allows host processes at all
     (`allow_process_runtime`) and a platform-admin enabled them for the project.

@@ -145,3 +145,24 @@ def test_general_work_never_lands_in_a_pod(world):
     placed = [n for jid in ids for n in _where(engine, jid)]
     assert placed == ["gen-0", "gen-0"], placed
     assert all(_node(engine, p).state == "ready" for p in ("llm-a", "llm-b", "seg-a"))
+
+
+def test_what_a_pod_cannot_take_is_refused_at_submit(world):
+    c, _, _, _ = world
+    r = c.post("/api/v1/jobs", json=job_body(image=LLM, secrets=["db-password"]))
+    err = r.json()["error"]
+    assert r.status_code == 422 and err["code"] == "NOT_SUPPORTED_IN_IMAGE_PODS", r.text
+    assert err["details"] == {"image": LLM, "unsupported": ["secrets"]}
+    assert c.get("/api/v1/jobs").json()["items"] == []
+
+
+def test_a_checkpointable_job_in_a_pod_is_planned_as_losing_its_work(world):
+    from broker.services.snapshot import to_job
+
+    c, _, _, engine = world
+    jid = _submit(c, image=LLM, checkpointable=True)
+    with Session(engine) as s:
+        row = s.get(Job, jid)
+    # no checkpoint directory reaches a pod's job container: preempting it is not cheap
+    assert to_job(row, images={LLM: "llm"}).checkpointable is False
+    assert to_job(row).checkpointable is True  # under podman it resumes from its checkpoint
