@@ -2,7 +2,8 @@
 
 `build_tasks(services)` lists them all:
 
-- schedule                every `cycle_interval_s`, plus a wake-up after each submit or cancel:
+- schedule                every `cycle_interval_s`, plus a wake-up after each submit or cancel
+                          and each attempt end the executor reports (`EndNotifier`):
                           the scheduling loop's tick (observe, run the core, apply, launch);
 - reconcile               every `reconcile_interval_s`: release orphaned executor attempts;
   (both only with an executor: without one there is nothing to schedule onto)
@@ -38,7 +39,8 @@ submits (the group-commit writer), reads, agent reports and the health checks, a
 becomes leader runs a scheduling tick at once.
 
 Why a wake-up flag besides the interval: a submit should start a job in milliseconds, not at the
-next interval. A wake-up that arrives while a tick runs is not lost: the tick runs once more.
+next interval, and an attempt's end should free its GPUs as soon as the executor knows of it, not
+at the next tick. A wake-up that arrives while a tick runs is not lost: the tick runs once more.
 """
 
 from __future__ import annotations
@@ -126,13 +128,13 @@ class Tasks:
         self._aps.add_job(_guarded(fn, id, None if every_broker else self.leader), "interval", seconds=seconds, id=id)
 
     def start(self) -> None:
-        """Join the leader election, then start every task; submits, cancels and quota changes
-        now wake the scheduling tick. Raises `AnotherBroker` on a SQLite file another broker
+        """Join the leader election, then start every task; submits, cancels, quota changes and
+        the executor's attempt ends now wake the scheduling tick. Raises `AnotherBroker` on a SQLite file another broker
         holds (nothing is started then)."""
         self.leader.start(on_change=self._leadership_changed)
         self._aps.start()
         if self.wakeup is not None and self.loop is not None:
-            self.wakeup.connect(self.wake, self.wake)
+            self.wakeup.connect(self.wake, self.wake, self.wake)
         self.wake()
 
     def stop(self) -> None:
@@ -149,8 +151,9 @@ class Tasks:
     def wake(self) -> None:
         """Run a scheduling tick now (or right after the one running).
 
-        Cheap when called in bursts (every submit calls it): while a wake-up is pending, the
-        next one only finds the flag set and returns."""
+        Cheap when called in bursts (every submit and every attempt end calls it): while a
+        wake-up is pending, the next one only finds the flag set and returns, so a burst of ends
+        during a tick costs one more tick, not one per end."""
         if self._sched_job is None or self._dirty.is_set():
             return
         self._dirty.set()
