@@ -106,3 +106,40 @@ def test_a_burst_of_attempt_ends_costs_one_more_tick_not_one_each():
     wakeup.ended("after", 1)  # stopped: disconnected, nothing runs
     time.sleep(0.1)
     assert loop.ticks == ticks
+
+
+class _LateWake(threading.Event):
+    """The tick's wake-up flag, with a wake-up slipped in just after the scheduling job's last
+    look at it (`is_set` from the job's thread answers as before the wake-up): the narrow
+    window in which a tick is over but APScheduler still counts the job as running."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: Tasks | None = None
+        self.armed = False
+
+    def is_set(self) -> bool:
+        was = super().is_set()
+        if self.armed and threading.current_thread().name != "late-wake" and not was:
+            self.armed = False
+            t = threading.Thread(target=self.tasks.wake, name="late-wake")
+            t.start()
+            t.join()
+        return was
+
+
+def test_a_wake_up_as_a_tick_ends_is_not_lost():
+    loop = _SlowLoop(0.05)
+    tasks = Tasks(loop, FakeExecutor(), cycle_interval_s=3600, reconcile_interval_s=3600, wakeup=Wakeup())
+    tasks._dirty = flag = _LateWake()
+    flag.tasks = tasks
+    tasks.start()
+    try:
+        assert loop.running.wait(5)
+        flag.armed = True  # the first tick's last look at the flag lets a wake-up in
+        deadline = time.monotonic() + 3
+        while loop.ticks < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert loop.ticks == 2, "the wake-up that came as the tick ended ran a tick (not an hour later)"
+    finally:
+        tasks.stop()
