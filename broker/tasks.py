@@ -72,7 +72,7 @@ from broker.services.wiring import Services
 
 log = logging.getLogger("broker.tasks")
 SERVICE_TICK_S = 0.25  # the service controller's tick; each probe keeps its own period
-RETRY_S = 0.01  # a wake-up's run that APScheduler refused (the last run not yet counted out) retries after this
+RETRY_S = 0.01  # a wake-up's run APScheduler refused (the last run still counted) is retried after this
 
 
 def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
@@ -134,8 +134,8 @@ class Tasks:
 
     def start(self) -> None:
         """Join the leader election, then start every task; submits, cancels, quota changes and
-        the executor's attempt ends now wake the scheduling tick. Raises `AnotherBroker` on a SQLite file another broker
-        holds (nothing is started then)."""
+        the executor's attempt ends now wake the scheduling tick. Raises `AnotherBroker` on a
+        SQLite file another broker holds (nothing is started then)."""
         self.leader.start(on_change=self._leadership_changed)
         self._aps.start()
         if self.wakeup is not None and self.loop is not None:
@@ -181,8 +181,8 @@ class Tasks:
             # would have its run refused: the flag says so, and the next run is due at once.
             with self._wake_lock:
                 self._running = False
-                again = self._dirty.is_set() and self.leader.is_leader
-            if again:
+                again = self._dirty.is_set()
+            if again and self.leader.is_leader:
                 self._run_in(RETRY_S)
 
     def _ticks(self) -> None:

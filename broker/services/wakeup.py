@@ -2,9 +2,10 @@
 
 A submit, a cancel or a quota change should start work in milliseconds, not at the next
 interval; so should the end of an attempt (the executor says so through `ended`, see
-`broker.ports.EndNotifier`), since the GPUs it held stay allocated until the loop sees it. The services get one `Wakeup` at construction and call it after their transaction
-commits; the periodic tasks connect their tick to it when they start and disconnect when they
-stop. Unconnected (an app without background tasks, a test) a call does nothing.
+`broker.ports.EndNotifier`), since the GPUs it held stay allocated until the loop sees it. The
+services get one `Wakeup` at construction and call it after their transaction commits; the
+periodic tasks connect their tick to it when they start and disconnect when they stop.
+Unconnected (an app without background tasks, a test) a call does nothing.
 """
 
 from __future__ import annotations
