@@ -11,13 +11,17 @@ Invariants every Executor implementation keeps:
 - workers are named after (job_id, attempt, rank), so a restarted broker re-adopts them
   through `attempts()` and `status()`.
 - no method is called inside a DB transaction (they do network I/O).
+
+An executor may also tell the broker when an attempt ended (`EndNotifier`, optional): the
+scheduling loop otherwise sees an end only at its next tick, and the attempt's GPUs stay
+allocated (and charged) until then.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from scheduler.model import Resources
 
@@ -103,7 +107,8 @@ class AttemptStatus:
 
 
 class Executor(Protocol):
-    """Runs gangs of workers. Ray in production; a fake for unit and load tests."""
+    """Runs gangs of workers. Ray in production; a fake for unit and load tests. May also be an
+    `EndNotifier` (the wiring connects it to the scheduling loop's wake-up when it is)."""
 
     def nodes(self) -> Sequence[NodeObservation]: ...
 
@@ -133,6 +138,24 @@ class Executor(Protocol):
         ...
 
     def shutdown(self) -> None: ...
+
+
+OnEnd = Callable[[str, int], None]  # (job_id, attempt) of an attempt that ended
+
+
+class EndNotifier(Protocol):
+    """Optional for an `Executor`: one that knows when its workers end says so at once.
+
+    Invariants: `on_end(job_id, attempt)` is called at least once after a worker of that
+    attempt exited or was lost (more often, or for an attempt already released, is harmless: it
+    only asks the broker to look); never with a lock held that `status()` needs, and it must
+    return quickly (the broker's side only sets a flag). The call is a hint: the broker still
+    reads the end itself through `status()`, and still polls on its interval, so an executor
+    without this hook (or a missed call) is only slower, never wrong."""
+
+    def set_on_end(self, on_end: OnEnd | None) -> None:
+        """Call `on_end` from now on (None: stop calling)."""
+        ...
 
 
 class Clock(Protocol):

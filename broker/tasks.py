@@ -2,7 +2,8 @@
 
 `build_tasks(services)` lists them all:
 
-- schedule                every `cycle_interval_s`, plus a wake-up after each submit or cancel:
+- schedule                every `cycle_interval_s`, plus a wake-up after each submit or cancel
+                          and each attempt end the executor reports (`EndNotifier`):
                           the scheduling loop's tick (observe, run the core, apply, launch);
 - reconcile               every `reconcile_interval_s`: release orphaned executor attempts;
   (both only with an executor: without one there is nothing to schedule onto)
@@ -38,7 +39,8 @@ submits (the group-commit writer), reads, agent reports and the health checks, a
 becomes leader runs a scheduling tick at once.
 
 Why a wake-up flag besides the interval: a submit should start a job in milliseconds, not at the
-next interval. A wake-up that arrives while a tick runs is not lost: the tick runs once more.
+next interval, and an attempt's end should free its GPUs as soon as the executor knows of it, not
+at the next tick. A wake-up that arrives while a tick runs is not lost: the tick runs once more.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import threading
 import time
 from typing import Callable
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from broker.ports import Clock, Executor
@@ -69,6 +72,7 @@ from broker.services.wiring import Services
 
 log = logging.getLogger("broker.tasks")
 SERVICE_TICK_S = 0.25  # the service controller's tick; each probe keeps its own period
+RETRY_S = 0.01  # a wake-up's run APScheduler refused (the last run still counted) is retried after this
 
 
 def build_tasks(services: Services, clock: Clock = time.time) -> "Tasks":
@@ -116,23 +120,26 @@ class Tasks:
         self._aps = BackgroundScheduler(timezone=dt.timezone.utc,
                                         job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None})
         self._dirty = threading.Event()
+        self._wake_lock = threading.Lock()  # `_running` and the flag's last look, against `wake`
+        self._running = False  # the scheduling job is in its loop of ticks: it will see the flag
         self._sched_job = None
         if loop is not None and executor is not None:
             self._sched_job = self._aps.add_job(self._schedule, "interval", seconds=cycle_interval_s, id="schedule")
             self._aps.add_job(self._reconcile, "interval", seconds=reconcile_interval_s, id="reconcile")
+            self._aps.add_listener(self._refused, EVENT_JOB_MAX_INSTANCES)
 
     def add_interval(self, fn: Callable[[], object], seconds: float, id: str, *, every_broker: bool = False) -> None:
         """`every_broker`: runs on followers too (else on the leader only)."""
         self._aps.add_job(_guarded(fn, id, None if every_broker else self.leader), "interval", seconds=seconds, id=id)
 
     def start(self) -> None:
-        """Join the leader election, then start every task; submits, cancels and quota changes
-        now wake the scheduling tick. Raises `AnotherBroker` on a SQLite file another broker
-        holds (nothing is started then)."""
+        """Join the leader election, then start every task; submits, cancels, quota changes and
+        the executor's attempt ends now wake the scheduling tick. Raises `AnotherBroker` on a
+        SQLite file another broker holds (nothing is started then)."""
         self.leader.start(on_change=self._leadership_changed)
         self._aps.start()
         if self.wakeup is not None and self.loop is not None:
-            self.wakeup.connect(self.wake, self.wake)
+            self.wakeup.connect(self.wake, self.wake, self.wake)
         self.wake()
 
     def stop(self) -> None:
@@ -149,17 +156,36 @@ class Tasks:
     def wake(self) -> None:
         """Run a scheduling tick now (or right after the one running).
 
-        Cheap when called in bursts (every submit calls it): while a wake-up is pending, the
-        next one only finds the flag set and returns."""
+        Cheap when called in bursts (every submit and every attempt end calls it): while a
+        wake-up is pending, the next one only finds the flag set and returns, so a burst of ends
+        during a tick costs one more tick, not one per end. While the scheduling job runs, the
+        flag is all it takes (the job looks at it after each tick); otherwise the job's next
+        run is moved to now."""
         if self._sched_job is None or self._dirty.is_set():
             return
-        self._dirty.set()
-        try:
-            self._sched_job.modify(next_run_time=dt.datetime.now(dt.timezone.utc))
-        except Exception:  # scheduler shutting down
-            pass
+        with self._wake_lock:
+            if self._dirty.is_set():
+                return
+            self._dirty.set()
+            if self._running:
+                return
+        self._run_in(0.0)
 
     def _schedule(self) -> None:
+        with self._wake_lock:
+            self._running = True
+        try:
+            self._ticks()
+        finally:
+            # A wake-up after the last look at the flag, while APScheduler still counts this run,
+            # would have its run refused: the flag says so, and the next run is due at once.
+            with self._wake_lock:
+                self._running = False
+                again = self._dirty.is_set()
+            if again and self.leader.is_leader:
+                self._run_in(RETRY_S)
+
+    def _ticks(self) -> None:
         if not self.leader.is_leader:
             self._dirty.clear()  # a follower's submits wake nothing here; the leader polls
             return
@@ -174,6 +200,22 @@ class Tasks:
                 log.exception("scheduling tick failed")
             if not self._dirty.is_set():
                 return
+
+    def _refused(self, event) -> None:
+        """APScheduler skipped a run of the scheduling job (the previous one still counted as
+        running). A wake-up that is still owed, with no run of ours to see it, tries again."""
+        if event.job_id != "schedule":
+            return
+        with self._wake_lock:
+            owed = self._dirty.is_set() and not self._running
+        if owed:
+            self._run_in(RETRY_S)
+
+    def _run_in(self, delay_s: float) -> None:
+        try:
+            self._sched_job.modify(next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=delay_s))
+        except Exception:  # scheduler shutting down
+            pass
 
     def _reconcile(self) -> None:
         if not self.leader.is_leader:

@@ -10,6 +10,11 @@ by a clock (`clock()`, injectable) and a per-job outcome:
   default runs forever (run_s=None), so tests decide the end explicitly with `finish()`.
 - `finish`, `lose`, `start` force a state; `stop` records the request and ends the workers
   with exit code 143 (SIGTERM) at once, message "stopped".
+- `set_on_end(on_end)` (`broker.ports.EndNotifier`): `finish`, `lose` and `stop` call it at once;
+  a scripted end (`run_s`) calls it when its time passes, from one timer thread (a heap of end
+  times, started with the first such launch, stopped by `shutdown`), but only when the clock is
+  the real `time.time`: an injected clock does not move by itself, so with one nothing is
+  called behind the test's back and the workers end only when the test looks.
 
 Invariants (same as the real adapter): launch is idempotent per (job_id, attempt); status of an
 unknown attempt has exists=False; read_log never raises for a known attempt.
@@ -17,13 +22,17 @@ unknown attempt has exists=False; read_log never raises for a known attempt.
 
 from __future__ import annotations
 
+import heapq
+import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
-from broker.ports import AttemptStatus, Clock, LaunchSpec, NodeObservation, WorkerState, WorkerStatus
+from broker.ports import AttemptStatus, Clock, LaunchSpec, NodeObservation, OnEnd, WorkerState, WorkerStatus
 from scheduler.model import Resources
+
+log = logging.getLogger("broker.adapters.fake")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,8 @@ class FakeExecutor:
         self.releases: list[tuple[str, int]] = []
         self._log_info: dict[tuple[str, int, int], dict | None] = {}
         self._lock = threading.Lock()
+        self._on_end: OnEnd | None = None
+        self._ends = _EndTimer(self._due)  # scripted ends on the real clock
 
     # -- inventory -------------------------------------------------------------------------
     def set_nodes(self, nodes: Sequence[NodeObservation]) -> None:
@@ -96,6 +107,9 @@ class FakeExecutor:
                 ws.append(wk)
             self._attempts[key] = ws
             self.specs[key] = spec
+            timed = self.clock is time.time and out.run_s is not None
+        if timed:
+            self._ends.add(now + out.start_s + out.run_s, key)
 
     def status(self, job_id: str, attempt: int) -> AttemptStatus:
         with self._lock:
@@ -110,9 +124,13 @@ class FakeExecutor:
         with self._lock:
             self.stops.append((job_id, attempt, grace_s, message, reason))
             now = self.clock()
+            ended = False
             for w in self._attempts.get((job_id, attempt), []):
                 if self._worker_status(w, now).state is not WorkerState.EXITED:
                     w.forced, w.exit_code, w.ended_at, w.message = WorkerState.EXITED, 143, now, message or "stopped"
+                    ended = True
+        if ended:
+            self._ended(job_id, attempt)
 
     def release(self, job_id: str, attempt: int) -> None:
         with self._lock:
@@ -135,8 +153,13 @@ class FakeExecutor:
             return self._log_info.get((job_id, attempt, rank))
 
     def shutdown(self) -> None:
+        self._ends.stop()
         with self._lock:
             self._attempts.clear()
+
+    # -- EndNotifier -------------------------------------------------------------------------
+    def set_on_end(self, on_end: OnEnd | None) -> None:
+        self._on_end = on_end
 
     # -- test controls -----------------------------------------------------------------------
     def set_log_info(self, job_id: str, attempt: int, rank: int, info: dict | None) -> None:
@@ -166,6 +189,27 @@ class FakeExecutor:
                     w.forced, w.message = state, message
                     if state is WorkerState.EXITED:
                         w.exit_code, w.ended_at = exit_code, now
+        if state is not WorkerState.RUNNING:
+            self._ended(job_id, attempt)
+
+    def _ended(self, job_id: str, attempt: int) -> None:
+        """Tell the broker; outside the lock (the hook may look at the executor)."""
+        on_end = self._on_end
+        if on_end is None:
+            return
+        try:
+            on_end(job_id, attempt)
+        except Exception:  # the broker's side failing must not break a test control or the timer
+            log.exception("on_end(%s, %s) failed", job_id, attempt)
+
+    def _due(self, key: tuple[str, int]) -> None:
+        """The timer's call: a scripted end passed. An attempt released (or forced to an end,
+        which told already) in the meantime is not told again."""
+        with self._lock:
+            ws = self._attempts.get(key)
+            if ws is None or all(w.forced is not None for w in ws):
+                return
+        self._ended(*key)
 
     @staticmethod
     def _worker_status(w: _Worker, now: float) -> WorkerStatus:
@@ -184,3 +228,54 @@ class FakeExecutor:
                                ended_at=started + o.run_s)
             return replace(base, state=WorkerState.RUNNING, started_at=min(started, now))
         return base
+
+
+class _EndTimer:
+    """One daemon thread that calls `due(key)` when each added end time (epoch, `time.time`)
+    has passed, in time order. Started by the first `add`, stopped (and joined) by `stop`; an
+    `add` after `stop` starts a new one. Keys due together are called one after another: the
+    broker's wake-up coalesces them."""
+
+    def __init__(self, due: Callable[[tuple[str, int]], None]) -> None:
+        self._due = due
+        self._heap: list[tuple[float, tuple[str, int]]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._generation = 0  # a thread runs while this is the value it was started with
+
+    def add(self, at: float, key: tuple[str, int]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (at, key))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, args=(self._generation,),
+                                                name="fake-executor-ends", daemon=True)
+                self._thread.start()
+            elif self._heap[0][1] == key:  # a new earliest end: the sleeper must wake sooner
+                self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            thread, self._thread = self._thread, None
+            self._generation += 1
+            self._heap.clear()
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _run(self, generation: int) -> None:
+        while True:
+            with self._cond:
+                while generation == self._generation and (not self._heap or self._heap[0][0] > time.time()):
+                    self._cond.wait(self._heap[0][0] - time.time() if self._heap else None)
+                if generation != self._generation:
+                    return
+                now, keys = time.time(), []
+                while self._heap and self._heap[0][0] <= now:
+                    keys.append(heapq.heappop(self._heap)[1])
+            for key in keys:  # outside the condition: `due` takes the executor's lock
+                self._due(key)

@@ -103,6 +103,8 @@ def build_services(settings: Settings, engine: Engine, executor: Executor | None
                                        service_account=settings.k8s_agent_service_account, fallback=identity)
     authn = Authenticator(tokens, identity)
     wakeup = Wakeup()
+    if executor is not None and hasattr(executor, "set_on_end"):  # optional: an EndNotifier
+        executor.set_on_end(wakeup.ended)  # an attempt's end wakes the loop (no-op until it runs)
     admin_settings = SettingsAdmin(engine, authz, settings, on_change=lambda: guard.invalidate())
     guard = SubmitGuard(settings, engine, authz, admin_settings=admin_settings.effective)
     secrets = SecretService(settings, engine, authz)

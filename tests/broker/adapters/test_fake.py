@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 from broker.adapters.fake import FakeExecutor, Outcome, node
 from broker.ports import Executor, LaunchSpec, WorkerLaunch, WorkerState
 
@@ -62,3 +65,98 @@ def test_stop_finish_lose_release():
     ex.release("a", 1)
     ex.release("a", 1)
     assert ("a", 1) not in ex.attempts()
+
+
+# -- attempt ends told at once (broker.ports.EndNotifier) --------------------------------------
+
+def _told(ex):
+    told = []
+    ex.set_on_end(lambda job_id, attempt: told.append((job_id, attempt, time.time())))
+    return told
+
+
+def _wait_for(cond, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return cond()
+
+
+def test_a_scripted_end_is_told_when_its_time_passes_on_the_real_clock():
+    ex = FakeExecutor(outcome_for=lambda s: Outcome(start_s=0.05, run_s=0.15 if s.job_id == "short" else 0.4))
+    told = _told(ex)
+    try:
+        t0 = time.time()
+        ex.launch(spec("long"))
+        ex.launch(spec("short"))  # ends first although launched last: the sleeper wakes sooner
+        assert _wait_for(lambda: len(told) == 2)
+        assert [(j, a) for j, a, _ in told] == [("short", 1), ("long", 1)]
+        assert told[0][2] - t0 >= 0.2 and told[1][2] - t0 >= 0.45, "never before the end"
+        assert told[0][2] - t0 < 0.2 + 1.0, "told about when it ended, not much later"
+        assert {w.state for w in ex.status("short", 1).workers} == {WorkerState.EXITED}
+    finally:
+        ex.shutdown()
+
+
+def test_an_injected_clock_tells_nothing_behind_the_tests_back():
+    clk = Clock()
+    ex = FakeExecutor(clock=clk, outcome_for=lambda s: Outcome(run_s=0.01))
+    told = _told(ex)
+    ex.launch(spec())
+    clk.t += 1  # the worker has ended as far as status goes ...
+    assert {w.state for w in ex.status("j1", 1).workers} == {WorkerState.EXITED}
+    time.sleep(0.1)
+    assert told == [] and not ex._ends.running, "... but no timer runs for a clock that is not time.time"
+
+
+def test_finish_lose_and_stop_tell_at_once_start_and_release_do_not():
+    clk = Clock()
+    ex = FakeExecutor(clock=clk)
+    told = _told(ex)
+    for j in "abcd":
+        ex.launch(spec(j))
+    ex.start("d", 1)
+    ex.finish("a", 1, exit_code=0, rank=1)
+    ex.lose("b", 1)
+    ex.stop("c", 1, 30)
+    ex.stop("c", 1, 30)  # already ended: nothing new to tell
+    ex.release("d", 1)
+    assert [(j, a) for j, a, _ in told] == [("a", 1), ("b", 1), ("c", 1)]
+
+
+def test_a_released_attempt_is_not_told_and_shutdown_stops_the_timer():
+    ex = FakeExecutor(outcome_for=lambda s: Outcome(run_s=0.3))
+    told = _told(ex)
+    ex.launch(spec("gone"))
+    ex.release("gone", 1)
+    ex.launch(spec("kept"))
+    assert ex._ends.running
+    assert _wait_for(lambda: told)
+    time.sleep(0.05)
+    assert [(j, a) for j, a, _ in told] == [("kept", 1)]
+
+    ex.launch(spec("late"))
+    threads = [t for t in threading.enumerate() if t.name == "fake-executor-ends"]
+    ex.shutdown()
+    assert not ex._ends.running and not any(t.is_alive() for t in threads)
+    time.sleep(0.4)
+    assert [(j, a) for j, a, _ in told] == [("kept", 1)], "nothing told after shutdown"
+
+
+def test_a_failing_hook_does_not_stop_the_timer():
+    ex = FakeExecutor(outcome_for=lambda s: Outcome(run_s=0.05))
+    told = []
+
+    def hook(job_id, attempt):
+        told.append(job_id)
+        if job_id == "first":
+            raise RuntimeError("broker side failed")
+
+    ex.set_on_end(hook)
+    try:
+        ex.launch(spec("first"))
+        assert _wait_for(lambda: told == ["first"])
+        ex.launch(spec("second"))
+        assert _wait_for(lambda: told == ["first", "second"])
+    finally:
+        ex.shutdown()
