@@ -26,6 +26,12 @@ TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
+
+def pause(seconds: float) -> None:
+    """The wait between two polls of `wait`/`wait_service` (tests replace this one function,
+    never `time.sleep` itself, which every thread of the process shares)."""
+    time.sleep(seconds)
+
 class BrokerAPIError(Exception):
     """An error answer of the API: HTTP `status`, machine-readable `code`, `message`, `details`."""
 
@@ -164,7 +170,7 @@ class BrokerClient:
                 return job
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout:g} s")
-            time.sleep(poll_s)
+            pause(poll_s)
 
     # -- catalog ----------------------------------------------------------------------------
     def projects(self) -> list[dict]:
@@ -321,7 +327,7 @@ class BrokerClient:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"service {service} has {s['replicas']['ready']} of {want} ready replicas "
                                    f"after {timeout} s ({s['status']}: {s.get('pending_reason') or s['message']})")
-            time.sleep(poll_s)
+            pause(poll_s)
 
     # -- helpers ----------------------------------------------------------------------------
     def _json(self, r: httpx.Response) -> Any:

@@ -121,6 +121,12 @@ def detail_lines(details: Any, message: str = "") -> list[str]:
     return lines
 
 
+def pause(seconds: float) -> None:
+    """The wait between two frames of `watch` (tests replace this one function, never
+    `time.sleep` itself, which every thread of the process shares)."""
+    time.sleep(seconds)
+
+
 def watch(render: Callable[[], str], interval: float, *, until: Callable[[], bool] = lambda: False) -> None:
     """Redraw `render()` every `interval` seconds until Ctrl-C (or `until()`): `watch`-like.
 
@@ -138,7 +144,7 @@ def watch(render: Callable[[], str], interval: float, *, until: Callable[[], boo
             typer.echo(f"every {interval:g}s, {stamp} (Ctrl-C to stop)\n{frame}\n")
             if until():
                 return
-            time.sleep(interval)
+            pause(interval)
     except KeyboardInterrupt:
         typer.echo("")
 

@@ -253,7 +253,7 @@ def test_watch_redraws_and_ctrl_c_ends_cleanly(cli, client, monkeypatch, args):
         if len(sleeps) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("broker.cli.common.time.sleep", sleep)
+    monkeypatch.setattr("broker.cli.common.pause", sleep)
     r = cli("jobs", *[a.format(id=j["id"]) for a in args])
     assert r.exit_code == 0, r.output
     assert r.output.count("(Ctrl-C to stop)") == 2 and j["id"] in r.output and "Traceback" not in r.output
@@ -262,7 +262,7 @@ def test_watch_redraws_and_ctrl_c_ends_cleanly(cli, client, monkeypatch, args):
 def test_get_watch_stops_when_the_job_ends(cli, client, monkeypatch):
     j = client.post("/api/v1/jobs", json=job_body()).json()
     client.post(f"/api/v1/jobs/{j['id']}/cancel")
-    monkeypatch.setattr("broker.cli.common.time.sleep", lambda s: pytest.fail("no redraw after the end"))
+    monkeypatch.setattr("broker.cli.common.pause", lambda s: pytest.fail("no redraw after the end"))
     r = cli("jobs", "get", j["id"], "-w")
     assert r.exit_code == 0 and "CANCELLED" in r.output
 
@@ -290,7 +290,7 @@ def test_submit_wait_prints_progress_and_the_summary(cli, engine, new_project, m
         seen.append(str(msg))
         real_echo(msg, *a, **kw)
 
-    monkeypatch.setattr("broker.client.time.sleep", sleep)
+    monkeypatch.setattr("broker.client.pause", sleep)
     monkeypatch.setattr(jobs_cli.typer, "echo", echo)
     r = cli("jobs", "submit", "-p", p, "--wait", "--image", "localhost/img", "--", "x")
     assert r.exit_code == 0, r.output

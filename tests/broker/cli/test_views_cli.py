@@ -78,6 +78,6 @@ def test_overview_watch_ends_on_ctrl_c(cli, monkeypatch):
     def sleep(s):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("broker.cli.common.time.sleep", sleep)
+    monkeypatch.setattr("broker.cli.common.pause", sleep)
     r = cli("overview", "-w")
     assert r.exit_code == 0 and "GPUs:" in r.output

@@ -290,8 +290,8 @@ def test_launcher_stops_the_job_with_its_notice(host_pod):
     script = ('trap \'cat "$BROKER_NOTICE_FILE" > notice-seen; echo got-term; exit 7\' TERM; '
               'echo ready; while :; do sleep 0.1; done')
     r = run(["sh", "-c", script])
-    deadline = time.monotonic() + 20
-    while b"ready" not in r.read_log() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 20  # its output may show before the runner has seen `started`
+    while not (b"ready" in r.read_log() and r.status()["state"] == "running") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert r.status()["state"] == "running"
     r.stop(5.0, "cancelled by its owner", "cancelled")
