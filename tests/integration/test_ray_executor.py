@@ -228,6 +228,29 @@ def test_process_stop_sigterm_then_sigkill(ray_executor, job_id):
     assert w.exit_code == 137 and w.message == "preempted"
 
 
+def test_the_end_hook_tells_each_ended_attempt_once_without_a_status_call(ray_executor, busybox_image, job_id):
+    """The scheduling loop's wake-up on an end (ports.EndNotifier): the executor calls the hook
+    as soon as a worker ends, with nobody asking `status()`, and never again for that attempt
+    (an ended attempt not yet released must not wake the loop over and over)."""
+    calls: list[tuple[str, int, float]] = []
+    ray_executor.set_on_end(lambda job, attempt: calls.append((job, attempt, time.time())))
+    ray_executor.launch(spec(job_id, "sleep 2; exit 3", image=busybox_image))
+    told = wait_for(lambda: [c for c in calls if c[:2] == (job_id, 1)], 60)
+    (w,) = ray_executor.status(job_id, 1).workers
+    assert w.state is WorkerState.EXITED and w.exit_code == 3
+    assert told[0][2] - w.ended_at < 2.0, (told, w)  # told within moments of the end
+    for _ in range(3):  # the loop keeps looking until it releases the attempt
+        ray_executor.status(job_id, 1)
+    time.sleep(1.5)
+    assert [c for c in calls if c[:2] == (job_id, 1)] == told[:1]
+    # a stopped worker is an end too
+    ray_executor.launch(spec(job_id, ["sleep", "300"], image=busybox_image, attempt=2))
+    until_state(ray_executor, job_id, WorkerState.RUNNING, attempt=2)
+    ray_executor.stop(job_id, 2, grace_s=1, message="stopped by cancel")
+    wait_for(lambda: [c for c in calls if c[:2] == (job_id, 2)], 30)
+    ray_executor.set_on_end(None)
+
+
 def test_launch_on_unknown_node_is_refused(ray_executor, job_id):
     from broker.adapters.ray.executor import ExecutorError
 

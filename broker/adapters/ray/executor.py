@@ -23,6 +23,11 @@ actors, placement groups and that map outlive the broker's driver: a new RayExec
 restarted broker) re-adopts running attempts through `attempts()` and `status()`. This object
 keeps only caches (actor handles, names, the last status seen).
 
+Ends are told at once (`set_on_end`, ports.EndNotifier): each runner answers an outstanding
+`wait_ended` call when its worker is done (a dead runner answers with an error: a lost worker),
+one thread waits on those answers and calls the hook once per ended worker, so the scheduling
+loop looks as soon as GPUs are free instead of at its next interval.
+
 Invariants: `launch` is idempotent per (job_id, attempt) (a second launch finds the named
 placement group and does nothing); no method blocks on a runner for longer than `call_timeout_s`, except
 `release` (bounded by `release_timeout_s`); `shutdown` never kills runners.
@@ -31,10 +36,11 @@ placement group and does nothing); no method blocks on a runner for longer than 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import ray
 from ray import cloudpickle
@@ -58,6 +64,8 @@ RAY_NODE_ID_LABEL = "ray.io/node-id"
 DEFAULT_POOL = "innovation"
 GIB = float(1 << 30)
 _MIN_CPU = 0.01  # Ray refuses empty bundles: a 0-CPU 0-GPU worker reserves a sliver of CPU
+END_WAIT_S = 60.0  # one `wait_ended` call's wait; the watcher asks again while the worker runs
+log = logging.getLogger("broker.ray")
 
 # Runner code travels by value, so Ray nodes need Ray but not the broker package.
 cloudpickle.register_pickle_by_value(ray_runner)
@@ -109,6 +117,13 @@ class RayExecutor:
         self._handles: dict[str, Any] = {}
         self._last: dict[str, WorkerStatus] = {}
         self._names_cache: dict[tuple[str, int], dict[int, str]] = {}
+        # the attempt-end hook (ports.EndNotifier): one outstanding `wait_ended` call per
+        # worker, watched by one thread (`_watch_ends`), started by `set_on_end`
+        self._on_end: Callable[[str, int], None] | None = None
+        self._ends: dict[Any, tuple[str, int, str]] = {}  # wait_ended ref -> (job, attempt, runner)
+        self._watched: set[str] = set()  # runner names with a call outstanding, or that ended
+        self._watcher: threading.Thread | None = None
+        self._stop_watch = threading.Event()
         self._pool = None
         if warm_runners > 0:
             self._pool = WarmPool(self._runner_cls, per_node=warm_runners, namespace=namespace,
@@ -189,6 +204,7 @@ class RayExecutor:
                 self._handles[name] = handle
         with self._lock:
             self._names_cache[(spec.job_id, spec.attempt)] = names
+        self._arm(spec.job_id, spec.attempt, names)
         if adoptions:
             put_names(self.namespace, spec.job_id, spec.attempt, names)  # before they start
             for handle, job in adoptions:
@@ -200,6 +216,7 @@ class RayExecutor:
         names = self._names(job_id, attempt)
         if not names:
             return AttemptStatus(job_id, attempt, (), exists=False)
+        self._arm(job_id, attempt, names)  # an attempt this process did not launch (re-adopted)
         asked: dict[int, Any] = {}
         workers: dict[int, WorkerStatus] = {}
         for rank, name in sorted(names.items()):
@@ -239,6 +256,7 @@ class RayExecutor:
     def release(self, job_id: str, attempt: int) -> None:
         """Kill what still runs, then the runners, then the placement group."""
         handles = []
+        self._disarm(self._names(job_id, attempt).values())
         for name in self._names(job_id, attempt).values():
             handle = self._handle(name)
             if handle is not None:
@@ -260,6 +278,84 @@ class RayExecutor:
         del_names(self.namespace, job_id, attempt)
         with self._lock:
             self._names_cache.pop((job_id, attempt), None)
+
+    # --- the attempt-end hook ------------------------------------------------------------
+
+    def set_on_end(self, on_end: Callable[[str, int], None] | None) -> None:
+        """Call `on_end(job_id, attempt)` as soon as a worker of an attempt ends (ports.
+        EndNotifier): each worker's runner answers a `wait_ended` call when its process is done,
+        and one thread waits on those answers. A runner that dies answers with an error: that
+        is an end too (a lost worker). Attempts launched before (a re-adopting broker) are
+        watched from their first `status()`."""
+        with self._lock:
+            self._on_end = on_end
+            start = on_end is not None and self._watcher is None
+            if start:
+                self._stop_watch.clear()
+                self._watcher = threading.Thread(target=self._watch_ends, name="ray-ends", daemon=True)
+        if start:
+            self._watcher.start()
+
+    def _arm(self, job_id: str, attempt: int, names: Mapping[int, str]) -> None:
+        """One outstanding `wait_ended` per runner of the attempt (no-op without a hook)."""
+        if self._on_end is None:
+            return
+        for name in names.values():
+            with self._lock:
+                if name in self._watched:
+                    continue
+            handle = self._handle(name)
+            if handle is None:
+                continue
+            ref = handle.wait_ended.remote(END_WAIT_S)
+            with self._lock:
+                self._watched.add(name)
+                self._ends[ref] = (job_id, attempt, name)
+
+    def _watch_ends(self) -> None:
+        while not self._stop_watch.is_set():
+            with self._lock:
+                refs = list(self._ends)
+            if not refs:
+                self._stop_watch.wait(0.2)
+                continue
+            try:
+                ready, rest = ray.wait(refs, num_returns=1, timeout=1.0)
+                if ready and rest:  # a burst: take every answer already there
+                    more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                    ready += more
+            except Exception:  # noqa: BLE001 - Ray going away (shutdown): stop quietly
+                if self._stop_watch.wait(1.0):
+                    return
+                continue
+            for ref in ready:
+                with self._lock:
+                    key = self._ends.pop(ref, None)
+                if key is None:
+                    continue
+                job_id, attempt, name = key
+                try:
+                    ended = bool(ray.get(ref, timeout=0))
+                except Exception:  # noqa: BLE001 - the runner died: its worker is gone
+                    ended = True
+                with self._lock:
+                    hook = self._on_end
+                    if not ended:  # asked again below; an ended runner is never asked again
+                        self._watched.discard(name)
+                if ended and hook is not None:
+                    try:
+                        hook(job_id, attempt)
+                    except Exception:  # noqa: BLE001 - a hint only; never stop the watcher
+                        log.exception("attempt-end hook failed for %s/%s", job_id, attempt)
+                elif not ended:
+                    self._arm(job_id, attempt, {0: name})  # still running: ask again
+
+    def _disarm(self, names: Iterable[str]) -> None:
+        gone = set(names)
+        with self._lock:
+            for ref in [r for r, key in self._ends.items() if key[2] in gone]:
+                del self._ends[ref]
+            self._watched -= gone
 
     def attempts(self) -> Sequence[tuple[str, int]]:
         found = set()
@@ -311,8 +407,14 @@ class RayExecutor:
 
     def shutdown(self) -> None:
         """Disconnect from Ray. Detached runners and placement groups keep running."""
+        self._stop_watch.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.join(5.0)
         with self._lock:
             self._handles.clear()
+            self._ends.clear()
+            self._watched.clear()
         if self._owns_connection and ray.is_initialized():
             ray.shutdown()
 

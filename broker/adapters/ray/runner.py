@@ -537,6 +537,12 @@ class WorkerRunner:
         if proc is not None:
             threading.Thread(target=self._terminate, args=(proc, grace_s), daemon=True).start()
 
+    def wait_ended(self, timeout_s: float = 60.0) -> bool:
+        """True as soon as this worker has ended (exited, killed, failed to start); False after
+        `timeout_s` (the executor's end watcher asks again). Holds one of the actor's threads
+        while it waits, nothing else."""
+        return self._done.wait(timeout_s)
+
     def terminate(self, wait_s: float = 10.0) -> bool:
         """Kill now (no grace) and wait until the process is gone; True when it is."""
         if self.job_id is None:
