@@ -6,6 +6,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# the suite's 30 slowest tests at the end of every run: where its 20 minutes go
+PYTEST_ARGS ?= --durations=30
 
 # podman settings that work on hosts where crun or setrlimit are refused (runc, no default
 # ulimits); override with your own containers.conf.
