@@ -45,6 +45,7 @@ at the next tick. A wake-up that arrives while a tick runs is not lost: the tick
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -52,6 +53,8 @@ import time
 from typing import Callable
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from broker.ports import Clock, Executor
@@ -212,10 +215,9 @@ class Tasks:
             self._run_in(RETRY_S)
 
     def _run_in(self, delay_s: float) -> None:
-        try:
+        # the scheduler shutting down (its job removed, or no longer running): nothing to run
+        with contextlib.suppress(JobLookupError, SchedulerNotRunningError):
             self._sched_job.modify(next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=delay_s))
-        except Exception:  # scheduler shutting down
-            pass
 
     def _reconcile(self) -> None:
         if not self.leader.is_leader:

@@ -32,6 +32,7 @@ from broker.models import HOLDING, Job, JobStatus, Node, Placement, Pool, QuotaR
 from broker.ports import (CLUSTER_REASON, HOST_LABEL, SCALE_DOWN_REASON, SPENT_REASON, Clock, Cluster, ClusterNode,
                           ScaleDemand, ScaleInput)
 from broker.services import scheduling_queries as repo
+from broker.services.snapshot import image_key
 from broker.services.telemetry.health import PREFIX as TELEMETRY_REASON
 from scheduler.model import NodeState
 
@@ -154,9 +155,9 @@ class ClusterSync:
             if j.pending_code in STATIC_CODES:
                 allowed = tuple(p for p in allowed if (j.project_id, p) in entitled)
             if allowed:
-                image = self.images.get(j.image, "") if j.runtime == "container" else ""
                 demands.append(ScaleDemand(job_id=j.id, pools=allowed, gpu_models=tuple(j.gpu_models or ()),
-                                           gpus_per_worker=j.gpus, workers=j.workers, image=image))
+                                           gpus_per_worker=j.gpus, workers=j.workers,
+                                           image=image_key(j, self.images)))
         return ScaleInput(demands=tuple(demands), busy_nodes=frozenset(busy), drained_nodes=frozenset(drained),
                           guaranteed_gpus=guaranteed_gpus(quotas), spent_nodes=frozenset(spent))
 

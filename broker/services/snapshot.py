@@ -76,7 +76,7 @@ def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, p
            now: float | None = None, images: Mapping[str, str] | None = None) -> Job:
     """`images`: approved image reference -> its key: a container job of such an image runs
     only on the nodes dedicated to it (`Node.image`), any other job only on general nodes."""
-    image = images.get(row.image, "") if images and row.runtime == "container" else ""
+    image = image_key(row, images)
     return Job(
         id=row.id, project=row.project_id, workload_class=WorkloadClass(row.workload_class),
         priority=row.priority, submit_time=row.submit_time, workers=row.workers,
@@ -91,6 +91,11 @@ def to_job(row: JobRow, pool_nodes: Mapping[str, Sequence[str]] | None = None, p
         service=getattr(row, "service_id", None) is not None,
         image=image,
     )
+
+
+def image_key(row: JobRow, images: Mapping[str, str] | None) -> str:
+    """The key of the approved image a job runs in (its pods per image), "" for any other job."""
+    return images.get(row.image, "") if images and row.runtime == "container" else ""
 
 
 def data_nodes(mounts: Sequence[Mapping], pool_nodes: Mapping[str, Sequence[str]]) -> frozenset[str]:

@@ -220,10 +220,8 @@ class Handoff:
     def close(self) -> None:
         for fd in (self._ctl, self._dir):
             if fd is not None:
-                try:
+                with contextlib.suppress(OSError):  # closed already: nothing to release
                     os.close(fd)
-                except OSError:
-                    pass
         self._ctl = None
 
     def _write(self, name: str, text: str) -> None:
