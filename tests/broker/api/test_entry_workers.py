@@ -146,11 +146,30 @@ def _wait_routed(port: int, url: str, headers: dict, timeout_s: float = 60.0) ->
         time.sleep(0.2)
 
 
+def _wait_routed_by_all(workers, url: str, headers: dict, timeout_s: float = 60.0) -> None:
+    """Until every worker routes the new service: each reads the table on its own clock, so one
+    worker's 200 says nothing of the other's (a test that then spread requests over both saw
+    503 NO_READY_REPLICA from the one that had not read it yet)."""
+    deadline = time.monotonic() + timeout_s
+    routed: set[int] = set()
+    while routed != set(workers.pids):
+        status, body, addr, c = _get(workers.port, url, headers)
+        try:
+            if status == 200:
+                pid = _server_pid(workers.pids, addr)
+                if pid is not None:
+                    routed.add(pid)
+        finally:
+            c.close()
+        assert time.monotonic() < deadline, (routed, workers.pids, status, body)
+        time.sleep(0.05)
+
+
 def test_every_worker_proxies_to_the_replica(admin, engine, workers, replica, admin_token):
     svc = _service(admin, engine, replica)
     url = f"/svc/ouh-liver/{svc['name']}/predict?x=1"
     auth = {"Authorization": f"Bearer {admin_token}"}
-    _wait_routed(workers.port, url, auth)
+    _wait_routed_by_all(workers, url, auth)
     served: dict[int, int] = {}
     for _ in range(40):  # new connections: the kernel spreads them over the workers
         status, body, addr, c = _get(workers.port, url, auth)
@@ -171,7 +190,7 @@ def test_every_worker_proxies_to_the_replica(admin, engine, workers, replica, ad
 def test_tenancy_and_bad_input_hold_on_the_workers_port(admin, engine, workers, replica, admin_token):
     svc = _service(admin, engine, replica)
     url = f"/svc/ouh-liver/{svc['name']}/"
-    _wait_routed(workers.port, url, {"Authorization": f"Bearer {admin_token}"})
+    _wait_routed_by_all(workers, url, {"Authorization": f"Bearer {admin_token}"})
     uid = "u-" + uuid.uuid4().hex[:8]
     assert admin.post("/api/v1/admin/users", json={"id": uid}).status_code == 201
     assert admin.post("/api/v1/projects/slb-cardio/members", json={"user": uid, "role": "member"}).status_code == 201
@@ -292,7 +311,7 @@ def test_a_workers_requests_in_flight_reach_the_autoscaler_rows_and_the_brokers_
     svc = _service(admin, engine, replica)
     base = f"/svc/ouh-liver/{svc['name']}"
     auth = {"Authorization": f"Bearer {admin_token}"}
-    _wait_routed(workers.port, base + "/", auth)
+    _wait_routed_by_all(workers, base + "/", auth)
     results: list[int] = []
 
     def slow() -> None:
