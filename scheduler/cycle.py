@@ -48,7 +48,7 @@ from scheduler.model import (
 )
 from scheduler.binding import UNITS, Binding, binding
 from scheduler.index import Run, Shape, index_snapshot
-from scheduler.reasons import bare, explained
+from scheduler.reasons import bare, explained, message
 from scheduler.steps import Blocked, Deferred, QuotaFail, Reclaim, Started, failed_at
 
 DEFAULT_POLICY = POLICIES["fair-backfill-preempt"]
@@ -276,7 +276,14 @@ class _Cycle:
                 self.to_estimate.append((job, s, outcome.fids, code, details, position))
                 return False
         elif self.explain:
-            self.pending[job.id] = explained(code, details, position)
+            # Every job that meets this outcome gets the same sentence (the details are shared
+            # and never changed), except the one that says the queue position: built once.
+            text = None
+            if code is not ReasonCode.WAITING_FOR_HIGHER_PRIORITY:
+                text = outcome.text
+                if text is None:
+                    text = outcome.text = message(code, details, position)
+            self.pending[job.id] = explained(code, details, position, text=text)
             return False
         self.pending[job.id] = bare(code)
         return False

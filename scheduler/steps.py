@@ -80,10 +80,11 @@ class Blocked:
     is the flavors whose capacity was looked at (the estimate is computed over them).
     """
 
-    __slots__ = ("code", "details", "fids")
+    __slots__ = ("code", "details", "fids", "text")
 
     def __init__(self, code: "ReasonCode", details: Any, fids: list[int] | None = None) -> None:
         self.code, self.details, self.fids = code, details, fids
+        self.text: str | None = None  # the sentence, once a replay built it (`_Cycle.replay`)
 
     @property
     def capacity(self) -> bool:

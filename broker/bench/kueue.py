@@ -32,6 +32,7 @@ the server subprocess entry point.
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import json
 import os
 import shutil
@@ -166,7 +167,7 @@ def make_token(url: str) -> str:
 # ----------------------------------------------------------------------------- server
 
 
-def serve(url: str, port: int, data_dir: str, priority_preemption: bool) -> None:
+def serve(url: str, port: int, data_dir: str, priority_preemption: bool, profile: str | None = None) -> None:
     """The broker as deployed (its settings from BROKER_* as usual, scheduling loop on), with a
     FakeExecutor of NODES x GPUS_PER_NODE in place of Ray. When the server has stopped, writes
     `<data dir>/server.json`: the executor's launch calls (the double-launch check) and the time
@@ -190,13 +191,16 @@ def serve(url: str, port: int, data_dir: str, priority_preemption: bool) -> None
     loop = app.state.services.loop
     if priority_preemption:
         loop.policy = dataclasses.replace(loop.policy, priority_preemption=True)
-    phases = timed_loop(loop)
+    profiler = cProfile.Profile() if profile else None
+    phases = timed_loop(loop, profiler)
     # A tick longer than the interval makes APScheduler log every skipped interval run; the
     # loop still runs back to back (wake-ups), so those lines say nothing here.
     logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 
     def dump(*_):
         Path(data_dir, "server.json").write_text(json.dumps({"launches": ex.launches, "loop": phases}))
+        if profiler is not None:
+            profiler.dump_stats(profile)
         if _:
             sys.exit(0)
 
@@ -208,9 +212,10 @@ def serve(url: str, port: int, data_dir: str, priority_preemption: bool) -> None
     dump()
 
 
-def timed_loop(loop) -> dict:
+def timed_loop(loop, profiler: "cProfile.Profile | None" = None) -> dict:
     """Wrap the loop's steps (instance attributes shadow the methods; behaviour unchanged) to
-    add up calls, wall and thread-CPU seconds per step, and the core's `run_cycle` ms."""
+    add up calls, wall and thread-CPU seconds per step, and the core's `run_cycle` ms; with a
+    profiler, every tick runs under it (the loop's thread only: the API is not in it)."""
     stats = {n: {"calls": 0, "wall_s": 0.0, "cpu_s": 0.0}
              for n in ("tick", "sync_nodes", "observe", "schedule", "launch_admitted")}
     stats["run_cycle"] = {"calls": 0, "wall_s": 0.0}
@@ -235,7 +240,13 @@ def timed_loop(loop) -> dict:
 
     def timed_tick():
         t, c = time.perf_counter(), time.thread_time()
-        rep = tick()
+        if profiler is not None:
+            profiler.enable()
+        try:
+            rep = tick()
+        finally:
+            if profiler is not None:
+                profiler.disable()
         st = stats["tick"]
         st["calls"] += 1
         st["wall_s"] += time.perf_counter() - t
@@ -248,10 +259,12 @@ def timed_loop(loop) -> dict:
     return stats
 
 
-def start(url: str, data_dir: str, priority_preemption: bool, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def start(url: str, data_dir: str, priority_preemption: bool, env: dict[str, str],
+          profile: str | None = None) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "broker.bench.kueue", "serve", url, str(port), data_dir,
-                             "1" if priority_preemption else "0"], start_new_session=True,
+                             "1" if priority_preemption else "0", *([os.path.abspath(profile)] if profile else [])],
+                            start_new_session=True,
                             env={**os.environ, **env})
     return wait_healthy(proc, port, "the broker server"), port
 
@@ -467,7 +480,7 @@ def _dist(xs: list[float]) -> dict:
 
 
 def bench(*, scale: float = 1.0, database: str | None = None, priority_preemption: bool = True,
-          connections: int = 8, timeout_s: float = 900.0) -> dict:
+          connections: int = 8, timeout_s: float = 900.0, profile: str | None = None) -> dict:
     """One run of the scenario on a fresh database; see the module docstring for the figures."""
     from broker.settings import Settings
 
@@ -483,7 +496,7 @@ def bench(*, scale: float = 1.0, database: str | None = None, priority_preemptio
     load0 = os.getloadavg()
     try:
         token = make_token(url)
-        proc, port = start(url, data, priority_preemption, env)
+        proc, port = start(url, data, priority_preemption, env, profile)
         try:
             cpu0 = _cpu_s(proc.pid)
             t0, sent = run_async(lambda: submit_all(port, token, plan, connections))
@@ -522,4 +535,4 @@ def _cpu_s(pid: int) -> float | None:
 
 
 if __name__ == "__main__" and len(sys.argv) >= 6 and sys.argv[1] == "serve":
-    serve(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1")
+    serve(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "1", sys.argv[6] if len(sys.argv) > 6 else None)

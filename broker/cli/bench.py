@@ -171,12 +171,14 @@ def bench_kueue(
                                              help="higher priority preempts lower in a project (Kueue's scenario)"),
     connections: int = typer.Option(8, "--connections", metavar="N", min=1, help="keep-alive connections of the submitter"),
     timeout: float = typer.Option(900.0, "--timeout", metavar="SECONDS", help="seconds to wait for every job to end"),
+    profile: Optional[str] = typer.Option(None, "--profile", metavar="FILE",
+                                          help="write cProfile stats of the scheduling loop's ticks to FILE (pstats)"),
 ):
     """Kueue's scheduler performance scenario through the API, the scheduling loop and a fake executor."""
     from broker.bench.kueue import bench
 
     out = bench(scale=scale, database=database, priority_preemption=priority_preemption, connections=connections,
-                timeout_s=timeout)
+                timeout_s=timeout, profile=profile)
     _emit(out, as_json, _kueue_lines)
     if not out["ok"]:
         raise typer.Exit(1)

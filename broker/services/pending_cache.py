@@ -37,13 +37,15 @@ class PendingCache:
         self.max_age_s = max_age_s
         self.clock = clock
         self._rows: dict[str, Job] = {}
-        self._loaded_at: dict[str, float] = {}
+        # per cached row: (version, when loaded, queue order key): plain values, compared every
+        # tick for the whole queue without touching the ORM objects' instrumented attributes
+        self._meta: dict[str, tuple[int, float, tuple[float, str]]] = {}
         self._converted: dict[str, tuple[int, object]] = {}
         self.loads = 0  # rows read in full since the start (what a test or a bench looks at)
 
     def clear(self) -> None:
         self._rows.clear()
-        self._loaded_at.clear()
+        self._meta.clear()
         self._converted.clear()
 
     def load(self, session: Session) -> list[Job]:
@@ -55,9 +57,9 @@ class PendingCache:
         want = {jid: v for jid, v in current}
         for jid in [j for j in self._rows if j not in want]:
             self._forget(jid)
-        stale = [jid for jid, v in want.items()
-                 if (row := self._rows.get(jid)) is None or row.version != v
-                 or now - self._loaded_at.get(jid, now) >= self.max_age_s]
+        meta = self._meta
+        oldest = now - self.max_age_s
+        stale = [jid for jid, v in want.items() if (m := meta.get(jid)) is None or m[0] != v or m[1] <= oldest]
         for k in range(0, len(stale), CHUNK):
             rows = session.execute(
                 select(Job).where(Job.id.in_(stale[k:k + CHUNK]), Job.status == JobStatus.PENDING.value)
@@ -67,10 +69,11 @@ class PendingCache:
             for row in rows:
                 session.expunge(row)
                 self._rows[row.id] = row
-                self._loaded_at[row.id] = now
+                meta[row.id] = (row.version, now, (row.submit_time, row.id))
                 self._converted.pop(row.id, None)
             self.loads += len(rows)
-        return sorted((self._rows[j] for j in want if j in self._rows), key=lambda r: (r.submit_time, r.id))
+        rows = self._rows
+        return [rows[k[1]] for k in sorted(meta[j][2] for j in want if j in rows)]
 
     def converted(self, row: Job, convert: Callable[[Job], object]) -> object:
         """`convert(row)`, computed once per version of the row."""
@@ -100,6 +103,6 @@ class PendingCache:
 
     def _forget(self, jid: str) -> None:
         self._rows.pop(jid, None)
-        self._loaded_at.pop(jid, None)
+        self._meta.pop(jid, None)
         self._converted.pop(jid, None)
 

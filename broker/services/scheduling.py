@@ -110,6 +110,7 @@ class SchedulingLoop:
         # transaction (the checkpoint root may be a network filesystem) and used by `schedule`
         self._checkpoint_times: dict[str, float] = {}
         self._deferred: list | None = None  # the observe pass's moves, applied together (`_move`)
+        self._seen_due: list[tuple[tuple[str, int], float]] = []  # the pass's last-seen times to store
         self._reason_written: dict[str, float] = {}  # job id -> when its pending reason was last written
         self._queue = PendingCache()  # the PENDING rows between ticks, re-read when their version moves
         self._images = settings.image_keys()  # approved image reference -> key (pods per image)
@@ -210,7 +211,9 @@ class SchedulingLoop:
             # (attempts, ledger rows, events) goes out batched at the commit, not row by row
             # before each compare-and-set UPDATE.
             s.autoflush = False
-            repo.preload(s, [(job.id, job.attempt) for job, _ in seen])
+            # (an attempt that runs on, all workers up, reads nothing: only the others are loaded)
+            repo.preload(s, [(job.id, job.attempt) for job, st in seen if not _runs_on(job, st)])
+            self._seen_due = seen_due = []
             # The common moves (STARTING -> RUNNING, an attempt that ended) are applied together
             # after the pass (`jobstate.transition_many`: a few statements, not one round trip
             # each); each job is looked at once per pass, so none depends on another's move.
@@ -223,6 +226,10 @@ class SchedulingLoop:
             for (_, on_ok), ok in zip(deferred, jobstate.transition_many(s, [m for m, _ in deferred])):
                 if ok and on_ok is not None:
                     on_ok()
+            if seen_due:  # one statement; the earliest time seen counts for all (never later than true)
+                at = min(t for _, t in seen_due)
+                repo.mark_attempts_seen(s, [k for k, _ in seen_due], at)
+                after.append(partial(self._seen_written.update, {k: at for k, _ in seen_due}))
             s.commit()
         for fn in after:
             fn()
@@ -240,7 +247,7 @@ class SchedulingLoop:
         lost = [w for w in workers if w.state is WorkerState.LOST]
         gone = st.exists is False or (workers and len(exited) + len(lost) == len(workers))
         if any(w.state is WorkerState.RUNNING for w in workers):
-            self._note_seen(s, key, now, after)
+            self._note_seen(key, now)
 
         if status in (S.PREEMPTED, S.LOST):
             if not gone:
@@ -404,15 +411,14 @@ class SchedulingLoop:
         self._seen.pop(key, None)
         self._seen_written.pop(key, None)
 
-    def _note_seen(self, s: Session, key: tuple[str, int], now: float, after: list[Callable[[], None]]) -> None:
+    def _note_seen(self, key: tuple[str, int], now: float) -> None:
         """Remember that the attempt's workers run; store it at most every LAST_SEEN_EVERY_S
-        (one small UPDATE in the pass's transaction), so a broker that restarts still knows when
-        it was last alive."""
+        (the pass writes every attempt due in one UPDATE, in its transaction), so a broker that
+        restarts still knows when it was last alive."""
         self._seen[key] = now
         if now - self._seen_written.get(key, float("-inf")) < LAST_SEEN_EVERY_S:
             return
-        repo.mark_attempt_seen(s, key[0], key[1], now)
-        after.append(lambda: self._seen_written.__setitem__(key, now))
+        self._seen_due.append((key, now))
 
     def _last_seen(self, s: Session, job: Job, now: float) -> float:
         """Until when a LOST attempt is charged: the last time a worker was seen running (this
@@ -544,13 +550,14 @@ class SchedulingLoop:
                 if job is None:
                     continue
                 note = self.pending_note(jid) if self.pending_note is not None else None
-                news = job.pending_code != why.code.value or bool(note and f"({note})" not in (job.pending_message or ""))
+                # (a ReasonCode is a str: it compares with the stored code as it is)
+                news = job.pending_code != why.code or bool(note and f"({note})" not in (job.pending_message or ""))
                 last = refreshed.get(jid, float("-inf"))
                 if news:  # (a new note, e.g. "scaling up", is news too: written at once)
                     changed.append(self._reason_row(job, why, note))
                 elif now - last >= REASON_REFRESH_S:
                     due.append((last, jid, job, why, note))
-            due.sort(key=lambda d: (d[0], d[1]))
+            due.sort()  # (when written, job id): ids are unique, so nothing after them is compared
             for _, jid, job, why, note in due[:REASON_REFRESH_PER_TICK]:
                 changed.append(self._reason_row(job, why, note))
                 refreshed[jid] = now  # looked at: unchanged rows wait their turn too
@@ -681,6 +688,13 @@ class SchedulingLoop:
                 out.update(s.execute(select(Job.id, Job.attempt).where(
                     Job.id.in_(ids[k:k + 500]), Job.status == S.ADMITTED.value)).tuples())
         return out
+
+
+def _runs_on(job: Job, st: AttemptStatus) -> bool:
+    """A RUNNING attempt whose every worker still runs and that nobody cancels: the observe
+    pass notes it seen and changes nothing else (it reads no row for it)."""
+    return (job.status == S.RUNNING.value and job.cancel_requested_at is None and bool(st.exists)
+            and bool(st.workers) and all(w.state is WorkerState.RUNNING for w in st.workers))
 
 
 def concurrency_cap(projects, holding, pending):

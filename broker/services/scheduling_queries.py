@@ -177,11 +177,14 @@ def open_ledger(session: Session, job_id: str, attempt: int) -> Ledger | None:
     return session.get(Ledger, (job_id, attempt))
 
 
-def mark_attempt_seen(session: Session, job_id: str, attempt: int, at: float) -> None:
-    """Record that the attempt's workers were running at `at` (never moves backwards)."""
-    session.execute(update(Attempt).where(Attempt.job_id == job_id, Attempt.number == attempt,
-                                          or_(Attempt.last_seen_at.is_(None), Attempt.last_seen_at < at))
-                    .values(last_seen_at=at))
+def mark_attempts_seen(session: Session, keys: Sequence[tuple[str, int]], at: float) -> None:
+    """Record that these (job id, attempt) attempts' workers were running at `at` (never moves
+    backwards): one UPDATE per 500 attempts, not one per attempt."""
+    keys = list(keys)
+    for i in range(0, len(keys), 500):
+        session.execute(update(Attempt).where(tuple_(Attempt.job_id, Attempt.number).in_(keys[i:i + 500]),
+                                              or_(Attempt.last_seen_at.is_(None), Attempt.last_seen_at < at))
+                        .values(last_seen_at=at))
 
 
 def last_sample_of(session: Session, job_id: str, since: float) -> float | None:

@@ -40,6 +40,8 @@ from scheduler.model import (
     Running, Snapshot, WorkloadClass,
 )
 
+_PENDING = JobStatus.PENDING.value  # (an enum member's .value is a slow descriptor in a per-job loop)
+
 LOOKBACK_HALF_LIVES = 8
 # Runtime ratio: the median over a project's last RATIO_WINDOW finished attempts, known once it
 # has RATIO_MIN_SAMPLES of them (1.0 before: plan with the full request), clamped so that a
@@ -241,5 +243,5 @@ def build_snapshot(
         nodes=tuple(to_node(n) for n in nodes),
         pools=tuple(Pool(p.name, WorkloadClass(p.workload_class), p.lend_to_innovation) for p in pools),
         departments=deps, projects=projs, running=tuple(running),
-        pending=tuple(convert(j) for j in pending if j.status == JobStatus.PENDING.value),
+        pending=tuple(convert(j) for j in pending if j.status == _PENDING),
     )

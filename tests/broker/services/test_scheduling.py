@@ -176,6 +176,37 @@ def test_lost_attempt_is_charged_until_last_seen_alive_not_for_the_downtime(
     assert led.allocated_gpu_s <= 2 * (seen - started) + 1e-6
 
 
+def test_every_running_attempt_is_stored_seen_by_the_pass_and_never_backwards(client, loop, engine):
+    """The observe pass stores the last-seen time of every running attempt that is due (one
+    statement for all of them), at most every 15 s each, and never moves one backwards."""
+    from broker.models import Attempt
+
+    jids = [submit(client, gpus=1) for _ in range(3)]
+    loop.tick()
+    loop.tick()
+    assert {get(client, j)["status"] for j in jids} == {"RUNNING"}
+
+    def seen() -> dict[str, float | None]:
+        with Session(engine) as s:
+            return {j: s.get(Attempt, (j, 1)).last_seen_at for j in jids}
+
+    CLOCK.advance(20.0)
+    loop.tick()
+    first = CLOCK()
+    assert seen() == {j: first for j in jids}
+    CLOCK.advance(5.0)  # within 15 s of the last write: nothing written
+    loop.tick()
+    assert seen() == {j: first for j in jids}
+    with Session(engine) as s:  # a later time already stored (another writer) stays
+        a = s.get(Attempt, (jids[0], 1))
+        a.last_seen_at = first + 1000.0
+        s.add(a)
+        s.commit()
+    CLOCK.advance(20.0)
+    loop.tick()
+    assert seen() == {jids[0]: first + 1000.0, jids[1]: CLOCK(), jids[2]: CLOCK()}
+
+
 def test_a_job_that_ends_before_it_is_seen_running_keeps_its_gpus_in_the_placements(client, loop, fake_executor):
     jid = submit(client, gpus=2)
     loop.tick()  # admitted and launched: STARTING
