@@ -25,9 +25,13 @@ if TYPE_CHECKING:
     from broker.services.scheduling import SchedulingLoop
 
 
-def complete(loop: "SchedulingLoop", job: Job, spec: LaunchSpec) -> LaunchSpec:
+def complete(loop: "SchedulingLoop", job: Job, spec: LaunchSpec, *, measure: bool = True) -> LaunchSpec:
+    """`spec` with what the launch carries besides the job's own spec. `measure`: walk the
+    project's results directory now (what the submit check and usage read); a batch of launches
+    measures each project once."""
     settings = loop.settings
-    storage.measure(settings, job.project_id)  # what the submit check and usage read
+    if measure:
+        storage.measure(settings, job.project_id)
     changes: dict = {
         "no_egress": (job.flavor_pool or job.pool or "") in set(settings.no_egress_pools),
         "scratch_dir": str(settings.scratch_dir(job.id, job.attempt)),

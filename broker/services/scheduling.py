@@ -633,10 +633,11 @@ class SchedulingLoop:
         nothing; the new leader launches it); one read covers every attempt of the tick and is
         taken again once it is FENCE_FRESH_S old, so a long batch never launches on a stale view."""
         with self._session() as s:
-            admitted = [j for j in repo.holding_jobs(s) if j.status == S.ADMITTED.value]
+            admitted = list(repo.admitted_jobs(s))
             places = repo.placements_of(s, [(j.id, j.attempt) for j in admitted])
             s.expunge_all()
         launched: list[Job] = []
+        measured: set[str] = set()  # projects whose results were measured in this batch
         live: set[tuple[str, int]] = set()
         fresh_until = float("-inf")
         for n, job in enumerate(admitted):
@@ -649,7 +650,9 @@ class SchedulingLoop:
             if (job.id, job.attempt) not in live:
                 continue  # another tick or broker moved it on; or this broker is no longer leader
             try:
-                spec = jobdata.complete(self, job, spec)  # secrets, datasets, scratch and results
+                # secrets, datasets, scratch and results (measured once per project and batch)
+                spec = jobdata.complete(self, job, spec, measure=job.project_id not in measured)
+                measured.add(job.project_id)
             except (Invalid, NotFound, Forbidden) as e:
                 # The job itself can never start as submitted (a secret deleted or a dataset grant
                 # revoked while it waited): fail it now, saying why, instead of retrying in vain.
@@ -670,7 +673,7 @@ class SchedulingLoop:
             now = self.clock()
             with self._session() as s:
                 s.autoflush = False
-                repo.preload(s, [(j.id, j.attempt) for j in launched])
+                repo.preload(s, [(j.id, j.attempt) for j in launched], models=(Attempt,))
                 moves = []
                 for job in launched:
                     row = s.get(Job, job.id)

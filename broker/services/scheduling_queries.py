@@ -59,6 +59,11 @@ def quota_rows(session: Session) -> Sequence[QuotaRow]:
     return session.execute(select(QuotaRow).order_by(QuotaRow.id)).scalars().all()
 
 
+def admitted_jobs(session: Session) -> Sequence[Job]:
+    """Jobs admitted and not yet launched (ADMITTED), by id."""
+    return session.execute(select(Job).where(Job.status == JobStatus.ADMITTED.value).order_by(Job.id)).scalars().all()
+
+
 def holding_jobs(session: Session) -> Sequence[Job]:
     """Jobs whose current attempt holds (or may still hold) resources."""
     return session.execute(select(Job).where(Job.status.in_(_HOLDING)).order_by(Job.id)).scalars().all()
@@ -158,19 +163,22 @@ def closed_ledger_count(session: Session, since: float, until: float) -> tuple[i
     return int(n), int(gpus)
 
 
-def preload(session: Session, keys: Sequence[tuple[str, int]]) -> None:
-    """Load the jobs, current attempts, placements and ledger rows of these (job id, attempt)
-    keys into the session's identity map, a few SELECTs per 500 keys: the pass that follows
-    finds them with `session.get` instead of one SELECT per row and job."""
+def preload(session: Session, keys: Sequence[tuple[str, int]], models: Sequence[type] = (Attempt, Placement, Ledger)
+            ) -> None:
+    """Load the jobs and these rows (current attempts, placements, ledger rows: what the observe
+    pass may touch; a launch needs the attempts only) of these (job id, attempt) keys into the
+    session's identity map, a few SELECTs per 500 keys: the pass that follows finds them with
+    `session.get` instead of one SELECT per row and job."""
     keys = list(keys)
+    nums = {Attempt: Attempt.number, Placement: Placement.attempt, Ledger: Ledger.attempt}
     # The identity map holds its objects weakly: the rows are kept alive with the session.
     held = session.info.setdefault("preloaded", [])
     for i in range(0, len(keys), 500):
         chunk = keys[i:i + 500]
         ids = [k[0] for k in chunk]
         held += session.execute(select(Job).where(Job.id.in_(ids))).scalars().all()
-        for model, num in ((Attempt, Attempt.number), (Placement, Placement.attempt), (Ledger, Ledger.attempt)):
-            held += session.execute(select(model).where(tuple_(model.job_id, num).in_(chunk))).scalars().all()
+        for model in models:
+            held += session.execute(select(model).where(tuple_(model.job_id, nums[model]).in_(chunk))).scalars().all()
 
 
 def open_ledger(session: Session, job_id: str, attempt: int) -> Ledger | None:
