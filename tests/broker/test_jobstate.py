@@ -196,6 +196,38 @@ def test_pending_reason_only_touches_pending_jobs_and_keeps_the_version(engine):
         assert (p.pending_code, p.version) == ("NO_CAPACITY", 1)
 
 
+def test_many_pending_reasons_are_written_as_given_to_pending_jobs_only(engine):
+    """`set_pending_reasons` (one statement on PostgreSQL, an executemany on SQLite): every
+    field as given, absent ones as their defaults (no position, no estimate), nested details
+    and text that needs quoting intact, a job no longer PENDING untouched, versions kept."""
+    with Session(engine, expire_on_commit=False) as s:
+        a, b, c, r = make_job(s), make_job(s), make_job(s), make_job(s, S.RUNNING)
+        s.commit()
+        versions = {j.id: j.version for j in (a, b, c, r)}
+        jobstate.set_pending_reasons(s, [
+            {"job_id": a.id, "code": "NO_CAPACITY", "message": "needs 8 GPUs, 2 free 'here' \\ {x}",
+             "details": {"requested": 8, "free": 2.5, "gpu_models": ["A100", "H100"], "nested": {"k": None}},
+             "queue_position": 3, "estimated_start": 1_790_000_123.25},
+            {"job_id": b.id, "code": "QUOTA_LIMIT", "message": "over quota", "details": {}},
+            {"job_id": c.id, "code": "FRAGMENTED", "message": "", "details": {"free": 1},
+             "queue_position": None, "estimated_start": 1_790_000_000},
+            {"job_id": r.id, "code": "NO_CAPACITY", "message": "must not land", "details": {"x": 1}},
+        ])
+        s.commit()
+    with Session(engine) as s:
+        got = {j.id: j for j in s.exec(select(Job).where(Job.id.in_([a.id, b.id, c.id, r.id])))}
+    ga, gb, gc, gr = got[a.id], got[b.id], got[c.id], got[r.id]
+    assert (ga.pending_code, ga.pending_message, ga.queue_position, ga.estimated_start) == \
+        ("NO_CAPACITY", "needs 8 GPUs, 2 free 'here' \\ {x}", 3, 1_790_000_123.25)
+    assert ga.pending_details == {"requested": 8, "free": 2.5, "gpu_models": ["A100", "H100"], "nested": {"k": None}}
+    assert (gb.pending_code, gb.pending_message, gb.pending_details, gb.queue_position, gb.estimated_start) == \
+        ("QUOTA_LIMIT", "over quota", {}, None, None)
+    assert (gc.pending_code, gc.pending_details, gc.queue_position, gc.estimated_start) == \
+        ("FRAGMENTED", {"free": 1}, None, 1_790_000_000.0)
+    assert gr.pending_code is None and gr.pending_message != "must not land"
+    assert {j.id: j.version for j in (ga, gb, gc, gr)} == versions
+
+
 def test_transition_many_applies_the_matching_moves_and_refuses_the_stale_one(engine):
     """One batch (on PostgreSQL: one locking read and one executemany; on SQLite: one by one):
     a move whose version is stale returns False and changes nothing, the others apply with
