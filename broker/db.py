@@ -14,15 +14,34 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import orjson
-from sqlalchemy import event
+from sqlalchemy import any_, bindparam, event, func, select, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 from sqlmodel import create_engine
 
 from broker.settings import Settings
+
+
+def one_of(session, column, values: Sequence):
+    """`column IN values`. On PostgreSQL `column = ANY(:array)`: one parameter, so the statement's
+    text is the same for any number of values (psycopg parses a statement text it has not seen,
+    or one over 4 KiB, anew each time: a 500-value IN list was both, several times a tick)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=PG_ARRAY(column.type)))
+    return column.in_(list(values))
+
+
+def pairs_in(session, first, second, pairs: Sequence[tuple]):
+    """`(first, second) IN pairs`; on PostgreSQL against `unnest` of two arrays (see `one_of`)."""
+    if session.get_bind().dialect.name == "postgresql":
+        u = func.unnest(bindparam(None, [p[0] for p in pairs], type_=PG_ARRAY(first.type)),
+                        bindparam(None, [p[1] for p in pairs], type_=PG_ARRAY(second.type))).table_valued("a", "b").render_derived()
+        return tuple_(first, second).in_(select(u.c.a, u.c.b))
+    return tuple_(first, second).in_(list(pairs))
 
 
 def normalize_url(url: str) -> str:

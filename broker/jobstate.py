@@ -29,6 +29,7 @@ from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from broker.db import one_of
 from broker.errors import InvalidTransition
 from broker.models import HOLDING, TERMINAL, Attempt, Job, JobEvent, JobStatus
 
@@ -132,7 +133,7 @@ def transition_many(session: Session, moves: Sequence[Move], *, now: float | Non
     ids = sorted(m.job.id for m in moves)
     current: dict[str, int] = {}
     for k in range(0, len(ids), 500):
-        current.update(session.execute(select(Job.id, Job.version).where(Job.id.in_(ids[k:k + 500]))
+        current.update(session.execute(select(Job.id, Job.version).where(one_of(session, Job.id, ids[k:k + 500]))
                                        .order_by(Job.id).with_for_update()).all())
     ok = [current.get(m.job.id) == m.expected_version for m in moves]
     groups: dict[frozenset[str], list[dict[str, Any]]] = {}

@@ -27,6 +27,7 @@ from sqlalchemy.orm import defer
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
+from broker.db import one_of
 from broker.models import Job, JobStatus
 
 CHUNK = 500
@@ -62,7 +63,7 @@ class PendingCache:
         stale = [jid for jid, v in want.items() if (m := meta.get(jid)) is None or m[0] != v or m[1] <= oldest]
         for k in range(0, len(stale), CHUNK):
             rows = session.execute(
-                select(Job).where(Job.id.in_(stale[k:k + CHUNK]), Job.status == JobStatus.PENDING.value)
+                select(Job).where(one_of(session, Job.id, stale[k:k + CHUNK]), Job.status == JobStatus.PENDING.value)
                 .options(defer(Job.command, raiseload=True), defer(Job.env, raiseload=True),
                          defer(Job.secrets, raiseload=True))
             ).scalars().all()

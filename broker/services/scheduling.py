@@ -35,6 +35,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from broker import failpoints, jobstate
+from broker.db import one_of
 from broker.errors import BrokerError, Forbidden, Invalid, NotFound
 from broker.models import Attempt, Job, JobStatus, Ledger, Node, Placement
 from broker.ports import IMAGE_LABEL, SPENT_REASON, AttemptStatus, Clock, Executor, LaunchSpec, WorkerLaunch, WorkerState
@@ -689,7 +690,7 @@ class SchedulingLoop:
         with self._session() as s:
             for k in range(0, len(ids), 500):
                 out.update(s.execute(select(Job.id, Job.attempt).where(
-                    Job.id.in_(ids[k:k + 500]), Job.status == S.ADMITTED.value)).tuples())
+                    one_of(s, Job.id, ids[k:k + 500]), Job.status == S.ADMITTED.value)).tuples())
         return out
 
 

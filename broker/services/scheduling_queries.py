@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable, NamedTuple, Sequence
 
-from sqlalchemy import func, or_, select, tuple_, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import defer
 from sqlmodel import Session
 
+from broker.db import one_of, pairs_in
 from broker.models import (
     HOLDING, Attempt, Department, GpuSample, Job, JobStatus, Ledger, Node, Placement, Pool, Project, QuotaRow,
 )
@@ -75,7 +76,7 @@ def preemption_counts(session: Session, job_ids: Sequence[str]) -> dict[str, int
     for k in range(0, len(job_ids), 500):
         chunk = job_ids[k:k + 500]
         out.update(session.execute(
-            select(Attempt.job_id, func.count()).where(Attempt.job_id.in_(chunk),
+            select(Attempt.job_id, func.count()).where(one_of(session, Attempt.job_id, chunk),
                                                        Attempt.status == JobStatus.PREEMPTED.value)
             .group_by(Attempt.job_id)).all())
     return out
@@ -99,7 +100,7 @@ def placements_of(session: Session, keys: Iterable[tuple[str, int]]) -> dict[tup
     for i in range(0, len(keys), 500):
         chunk = keys[i:i + 500]
         rows = session.execute(
-            select(Placement).where(tuple_(Placement.job_id, Placement.attempt).in_(chunk))
+            select(Placement).where(pairs_in(session, Placement.job_id, Placement.attempt, chunk))
             .order_by(Placement.job_id, Placement.attempt, Placement.rank)
         ).scalars().all()
         for p in rows:
@@ -152,7 +153,7 @@ def ledger_rows_of(session: Session, keys: Iterable[tuple[str, int]]) -> list[Le
     out = []
     for i in range(0, len(ids), 500):
         out += [r for r in map(LedgerRow._make, session.execute(
-            select(*_LEDGER_USAGE).where(Ledger.job_id.in_(ids[i:i + 500])))) if r.key in keys]
+            select(*_LEDGER_USAGE).where(one_of(session, Ledger.job_id, ids[i:i + 500])))) if r.key in keys]
     return out
 
 
@@ -176,9 +177,9 @@ def preload(session: Session, keys: Sequence[tuple[str, int]], models: Sequence[
     for i in range(0, len(keys), 500):
         chunk = keys[i:i + 500]
         ids = [k[0] for k in chunk]
-        held += session.execute(select(Job).where(Job.id.in_(ids))).scalars().all()
+        held += session.execute(select(Job).where(one_of(session, Job.id, ids))).scalars().all()
         for model in models:
-            held += session.execute(select(model).where(tuple_(model.job_id, nums[model]).in_(chunk))).scalars().all()
+            held += session.execute(select(model).where(pairs_in(session, model.job_id, nums[model], chunk))).scalars().all()
 
 
 def open_ledger(session: Session, job_id: str, attempt: int) -> Ledger | None:
@@ -190,7 +191,7 @@ def mark_attempts_seen(session: Session, keys: Sequence[tuple[str, int]], at: fl
     backwards): one UPDATE per 500 attempts, not one per attempt."""
     keys = list(keys)
     for i in range(0, len(keys), 500):
-        session.execute(update(Attempt).where(tuple_(Attempt.job_id, Attempt.number).in_(keys[i:i + 500]),
+        session.execute(update(Attempt).where(pairs_in(session, Attempt.job_id, Attempt.number, keys[i:i + 500]),
                                               or_(Attempt.last_seen_at.is_(None), Attempt.last_seen_at < at))
                         .values(last_seen_at=at))
 
